@@ -1,0 +1,40 @@
+// Entry points of lazypull's subcommands, and the helpers they share.
+//
+// Each XxxMain(argc, argv) receives argv[0] = the subcommand's name and
+// returns the process exit code: 0 success, 1 failure (a message on stderr
+// says what was wrong and what to do), 2 usage error.
+//
+// Thread-safety: called once, from main().
+#ifndef LAZYPULL_CLI_COMMANDS_H_
+#define LAZYPULL_CLI_COMMANDS_H_
+
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "cli/flags.h"
+#include "core/layer_reader.h"
+
+namespace lazypull::cli {
+
+int InspectMain(int argc, char** argv);
+int VerifyMain(int argc, char** argv);
+int ExtractMain(int argc, char** argv);
+
+// Parses argv against `spec`; on --help prints usage and returns 0 through
+// *exit_code, on error prints it and returns 2. nullopt means "stop now".
+std::optional<ParsedArgs> ParseOrExit(const CommandSpec& spec, int argc,
+                                      char** argv, int* exit_code);
+
+// Opens a local layer file, verifying `--toc-digest` when given.
+absl::StatusOr<std::unique_ptr<LayerReader>> OpenLocalLayer(
+    const std::string& path, const std::optional<std::string>& toc_digest);
+
+// Prints "lazypull <cmd>: <status message>" and returns 1.
+int Fail(const std::string& cmd, const absl::Status& status);
+
+}  // namespace lazypull::cli
+
+#endif  // LAZYPULL_CLI_COMMANDS_H_

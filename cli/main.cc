@@ -1,0 +1,55 @@
+// lazypull: one binary, one subcommand per job.
+#include <cstring>
+#include <iostream>
+
+#include "cli/commands.h"
+
+namespace {
+
+struct Command {
+  const char* name;
+  int (*main)(int, char**);
+  const char* summary;
+};
+
+constexpr Command kCommands[] = {
+    {"inspect", lazypull::cli::InspectMain,
+     "show a layer's format, TOC digest and entries"},
+    {"verify", lazypull::cli::VerifyMain,
+     "check every chunk, file and the DiffID of a layer"},
+    {"extract", lazypull::cli::ExtractMain,
+     "verified extraction of a layer into an overlay-ready directory"},
+};
+
+void PrintUsage(std::ostream& os) {
+  os << "usage: lazypull COMMAND [ARGS...]\n\n"
+        "lazypull starts containers before their images finish downloading:\n"
+        "it reads eStargz and zstd:chunked layers lazily, verifying every "
+        "chunk.\n\ncommands:\n";
+  for (const Command& c : kCommands) {
+    os << "  " << c.name;
+    for (size_t i = std::strlen(c.name); i < 10; ++i) os << ' ';
+    os << c.summary << "\n";
+  }
+  os << "\nRun 'lazypull COMMAND --help' for a command's options.\n";
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2) {
+    PrintUsage(std::cerr);
+    return 2;
+  }
+  std::string cmd = argv[1];
+  if (cmd == "-h" || cmd == "--help" || cmd == "help") {
+    PrintUsage(std::cout);
+    return 0;
+  }
+  for (const Command& c : kCommands) {
+    if (cmd == c.name) return c.main(argc - 1, argv + 1);
+  }
+  std::cerr << "lazypull: unknown command '" << cmd << "'\n\n";
+  PrintUsage(std::cerr);
+  return 2;
+}

@@ -1,0 +1,59 @@
+// BlobSource: random access to the bytes of one compressed layer blob.
+//
+// This is the seam between "what the bytes mean" (footer, TOC, chunks: the
+// rest of core/) and "where the bytes come from": a local file
+// (//core:file_blob_source), the network (//fetch:http_blob_source, over the
+// range scheduler), or a scripted fault-injecting double in tests. core/ owns
+// the interface and never depends on an implementation.
+//
+// Contract:
+//  - size() is the blob's exact length, known once the source exists.
+//  - ReadAt fills all of `dst` with the bytes at [offset, offset+dst.size()),
+//    or fails; it never returns a short read as success. A range past the end
+//    is OutOfRange. Transient failures are retried *inside* the source (one
+//    layer of retries); a returned error is final for that call.
+//  - `priority` tells a scheduling source how urgent the read is; sources
+//    without a scheduler ignore it.
+//  - The bytes are untrusted: callers verify them against the TOC.
+//
+// Thread-safety: implementations must allow concurrent ReadAt calls from any
+// number of threads.
+#ifndef LAZYPULL_CORE_BLOB_SOURCE_H_
+#define LAZYPULL_CORE_BLOB_SOURCE_H_
+
+#include <cstdint>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/types/span.h"
+
+namespace lazypull {
+
+// Why a read is issued, most urgent first.
+enum class ReadPriority : uint8_t {
+  kOnDemand = 0,    // a process is blocked on it
+  kPrefetch = 1,    // the prioritized range of a layer
+  kBackground = 2,  // filling the rest of a layer
+};
+
+class BlobSource {
+ public:
+  virtual ~BlobSource() = default;
+
+  // Length of the blob in bytes.
+  virtual uint64_t size() const = 0;
+
+  // Reads exactly dst.size() bytes at `offset`. See the contract above.
+  virtual absl::Status ReadAt(uint64_t offset, absl::Span<char> dst,
+                              ReadPriority priority) = 0;
+  absl::Status ReadAt(uint64_t offset, absl::Span<char> dst) {
+    return ReadAt(offset, dst, ReadPriority::kOnDemand);
+  }
+
+  // A short human-readable name for log lines and errors ("file /x/layer").
+  virtual std::string Describe() const = 0;
+};
+
+}  // namespace lazypull
+
+#endif  // LAZYPULL_CORE_BLOB_SOURCE_H_

@@ -1,0 +1,314 @@
+#include "core/extractor.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <sys/xattr.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/match.h"
+#include "absl/synchronization/mutex.h"
+#include "core/errno_status.h"
+#include "core/status_macros.h"
+
+namespace lazypull {
+namespace {
+
+constexpr absl::string_view kWhiteoutPrefix = ".wh.";
+constexpr absl::string_view kOpaqueMarker = ".wh..wh..opq";
+
+// An fd closed on scope exit.
+class Fd {
+ public:
+  explicit Fd(int fd = -1) : fd_(fd) {}
+  ~Fd() {
+    if (fd_ >= 0) close(fd_);
+  }
+  Fd(Fd&& o) noexcept : fd_(o.fd_) { o.fd_ = -1; }
+  Fd& operator=(Fd&& o) noexcept {
+    std::swap(fd_, o.fd_);
+    return *this;
+  }
+  int get() const { return fd_; }
+
+ private:
+  int fd_;
+};
+
+class Extractor {
+ public:
+  Extractor(const LayerReader& r, const ExtractOptions& o)
+      : r_(r), idx_(r.index()), opts_(o) {}
+
+  absl::Status Run(const std::string& dir);
+
+ private:
+  // Opens the directory inode `ino` (already created) relative to the root.
+  absl::StatusOr<Fd> OpenDir(uint32_t ino) const;
+  absl::Status MakeDirs();
+  absl::Status WriteFiles();
+  absl::Status WriteFile(uint32_t dirent, std::string* buf);
+  absl::Status MakeOthers();
+  absl::Status ApplyAttrs(int dirfd, const std::string& name, uint32_t ino,
+                          bool is_dir);
+  absl::Status Fail(int err, absl::string_view op, uint32_t dirent) const {
+    return ErrnoToStatus(err, absl::StrCat(op, " \"", idx_.Path(dirent), "\""));
+  }
+
+  const LayerReader& r_;
+  const LayerIndex& idx_;
+  const ExtractOptions opts_;
+  std::string root_path_;
+  Fd root_;
+  std::vector<uint32_t> dir_order_;  // directory inodes, parents first
+};
+
+absl::StatusOr<Fd> Extractor::OpenDir(uint32_t ino) const {
+  std::vector<uint32_t> chain;
+  for (uint32_t i = ino; i != LayerIndex::kRoot;
+       i = idx_.dirents()[idx_.inode(i).dirent].parent) {
+    chain.push_back(idx_.inode(i).dirent);
+  }
+  Fd cur(dup(root_.get()));
+  for (auto it = chain.rbegin(); it != chain.rend(); ++it) {
+    int fd = openat(cur.get(), idx_.dirents()[*it].name.c_str(),
+                    O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) return Fail(errno, "open directory", *it);
+    cur = Fd(fd);
+  }
+  return cur;
+}
+
+absl::Status Extractor::MakeDirs() {
+  // Breadth-first from the root: parents before children.
+  dir_order_.push_back(LayerIndex::kRoot);
+  for (size_t i = 0; i < dir_order_.size(); ++i) {
+    uint32_t dir = dir_order_[i];
+    ASSIGN_OR_RETURN(Fd dfd, OpenDir(dir));
+    for (uint32_t d : idx_.Children(dir)) {
+      const Dirent& de = idx_.dirents()[d];
+      if (de.hardlink || idx_.inode(de.inode).type != EntryType::kDir) continue;
+      if (mkdirat(dfd.get(), de.name.c_str(), 0700) != 0) {
+        return Fail(errno, "mkdir", d);
+      }
+      dir_order_.push_back(de.inode);
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Extractor::ApplyAttrs(int dirfd, const std::string& name,
+                                   uint32_t ino, bool is_dir) {
+  const Inode& n = idx_.inode(ino);
+  const char* nm = name.empty() ? "." : name.c_str();
+  const int nofollow = name.empty() ? 0 : AT_SYMLINK_NOFOLLOW;
+  const uint32_t dirent = n.dirent;
+  if (opts_.same_owner &&
+      fchownat(dirfd, nm, n.uid, n.gid, nofollow) != 0) {
+    return Fail(errno, "chown", dirent);
+  }
+  // xattrs through /proc/self/fd so that a symlink is never followed.
+  std::string proc = absl::StrCat("/proc/self/fd/", dirfd, "/", name);
+  for (const auto& [k, v] : idx_.Xattrs(ino)) {
+    if (lsetxattr(proc.c_str(), k.c_str(), v.data(), v.size(), 0) != 0) {
+      return Fail(errno, absl::StrCat("setxattr ", k, " on"), dirent);
+    }
+  }
+  if (is_dir) {
+    for (uint32_t d : idx_.Children(ino)) {
+      if (idx_.dirents()[d].name == kOpaqueMarker &&
+          lsetxattr(proc.c_str(), "trusted.overlay.opaque", "y", 1, 0) != 0) {
+        return Fail(errno, "set trusted.overlay.opaque on", dirent);
+      }
+    }
+  }
+  if (n.type != EntryType::kSymlink &&
+      fchmodat(dirfd, nm, n.mode & 07777, 0) != 0) {
+    return Fail(errno, "chmod", dirent);
+  }
+  if (!n.implicit) {
+    struct timespec ts[2];
+    ts[0].tv_sec = ts[1].tv_sec = n.mtime_sec;
+    ts[0].tv_nsec = ts[1].tv_nsec = n.mtime_nsec;
+    if (utimensat(dirfd, nm, ts, nofollow) != 0) {
+      return Fail(errno, "set times on", dirent);
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Extractor::WriteFile(uint32_t d, std::string* buf) {
+  const Dirent& de = idx_.dirents()[d];
+  const Inode& n = idx_.inode(de.inode);
+  ASSIGN_OR_RETURN(Fd dfd, OpenDir(de.parent));
+  Fd fd(openat(dfd.get(), de.name.c_str(),
+               O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600));
+  if (fd.get() < 0) return Fail(errno, "create", d);
+  const auto& chunks = idx_.chunks();
+  for (uint32_t ci = n.first_chunk; ci < n.first_chunk + n.num_chunks; ++ci) {
+    const Chunk& c = chunks[ci];
+    buf->resize(c.size);
+    RETURN_IF_ERROR(r_.ReadChunk(ci, absl::MakeSpan(*buf)));
+    size_t done = 0;
+    while (done < c.size) {
+      ssize_t w = pwrite(fd.get(), buf->data() + done, c.size - done,
+                         static_cast<off_t>(c.file_offset + done));
+      if (w < 0) {
+        if (errno == EINTR) continue;
+        return Fail(errno, "write", d);
+      }
+      done += static_cast<size_t>(w);
+    }
+  }
+  return ApplyAttrs(dfd.get(), de.name, de.inode, false);
+}
+
+absl::Status Extractor::WriteFiles() {
+  std::vector<uint32_t> files;
+  for (uint32_t d = 0; d < idx_.dirents().size(); ++d) {
+    const Dirent& de = idx_.dirents()[d];
+    if (!de.hardlink && idx_.inode(de.inode).type == EntryType::kReg &&
+        idx_.inode(de.inode).dirent == d) {
+      files.push_back(d);
+    }
+  }
+  std::atomic<size_t> next{0};
+  absl::Mutex mu;
+  absl::Status first;
+  auto work = [&] {
+    std::string buf;
+    while (true) {
+      size_t i = next.fetch_add(1);
+      if (i >= files.size()) return;
+      absl::Status st = WriteFile(files[i], &buf);
+      if (!st.ok()) {
+        absl::MutexLock l(&mu);
+        if (first.ok()) first = st;
+        next.store(files.size());
+        return;
+      }
+    }
+  };
+  std::vector<std::thread> threads;
+  for (int t = 1; t < std::max(1, opts_.threads); ++t) threads.emplace_back(work);
+  work();
+  for (auto& t : threads) t.join();
+  return first;
+}
+
+absl::Status Extractor::MakeOthers() {
+  // Names that a whiteout must not shadow: real entries per directory.
+  for (uint32_t d = 0; d < idx_.dirents().size(); ++d) {
+    const Dirent& de = idx_.dirents()[d];
+    const Inode& n = idx_.inode(de.inode);
+    if (!de.hardlink && (n.type == EntryType::kDir ||
+                         (n.type == EntryType::kReg && n.dirent == d))) {
+      continue;  // made already
+    }
+    ASSIGN_OR_RETURN(Fd dfd, OpenDir(de.parent));
+    if (de.name == kOpaqueMarker) continue;  // an xattr on the parent
+    if (absl::StartsWith(de.name, kWhiteoutPrefix)) {
+      std::string target = de.name.substr(kWhiteoutPrefix.size());
+      if (idx_.Lookup(de.parent, target).has_value()) continue;
+      if (mknodat(dfd.get(), target.c_str(), S_IFCHR | 0, makedev(0, 0)) != 0) {
+        return Fail(errno, "make whiteout for", d);
+      }
+      continue;
+    }
+    if (de.hardlink) {
+      const Dirent& target = idx_.dirents()[n.dirent];
+      ASSIGN_OR_RETURN(Fd tfd, OpenDir(target.parent));
+      if (linkat(tfd.get(), target.name.c_str(), dfd.get(), de.name.c_str(),
+                 0) != 0) {
+        return Fail(errno, "hardlink", d);
+      }
+      continue;
+    }
+    int rc = 0;
+    switch (n.type) {
+      case EntryType::kSymlink:
+        rc = symlinkat(n.symlink.c_str(), dfd.get(), de.name.c_str());
+        break;
+      case EntryType::kChar:
+        rc = mknodat(dfd.get(), de.name.c_str(), S_IFCHR | 0600,
+                     makedev(n.dev_major, n.dev_minor));
+        break;
+      case EntryType::kBlock:
+        rc = mknodat(dfd.get(), de.name.c_str(), S_IFBLK | 0600,
+                     makedev(n.dev_major, n.dev_minor));
+        break;
+      case EntryType::kFifo:
+        rc = mkfifoat(dfd.get(), de.name.c_str(), 0600);
+        break;
+      case EntryType::kReg: {
+        // A regular inode whose defining name was replaced: make it empty.
+        rc = mknodat(dfd.get(), de.name.c_str(), S_IFREG | 0600, 0);
+        break;
+      }
+      default:
+        break;
+    }
+    if (rc != 0) return Fail(errno, "create", d);
+    RETURN_IF_ERROR(ApplyAttrs(dfd.get(), de.name, de.inode, false));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Extractor::Run(const std::string& dir) {
+  if (mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST) {
+    return ErrnoToStatus(errno, absl::StrCat("mkdir ", dir));
+  }
+  root_ = Fd(open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (root_.get() < 0) return ErrnoToStatus(errno, absl::StrCat("open ", dir));
+  {
+    DIR* dp = fdopendir(dup(root_.get()));
+    if (dp == nullptr) return ErrnoToStatus(errno, absl::StrCat("read ", dir));
+    bool empty = true;
+    while (struct dirent* e = readdir(dp)) {
+      if (strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0) {
+        empty = false;
+      }
+    }
+    closedir(dp);
+    if (!empty) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          dir, " is not empty: extract writes a layer into an empty "
+               "directory"));
+    }
+  }
+  RETURN_IF_ERROR(MakeDirs());
+  RETURN_IF_ERROR(WriteFiles());
+  RETURN_IF_ERROR(MakeOthers());
+  // Directories last, deepest first, so their times and modes stick.
+  for (auto it = dir_order_.rbegin(); it != dir_order_.rend(); ++it) {
+    uint32_t ino = *it;
+    if (ino == LayerIndex::kRoot) {
+      RETURN_IF_ERROR(ApplyAttrs(root_.get(), "", ino, true));
+      continue;
+    }
+    const Dirent& de = idx_.dirents()[idx_.inode(ino).dirent];
+    ASSIGN_OR_RETURN(Fd dfd, OpenDir(de.parent));
+    RETURN_IF_ERROR(ApplyAttrs(dfd.get(), de.name, ino, true));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status ExtractLayer(const LayerReader& reader, const std::string& dir,
+                          const ExtractOptions& options) {
+  Extractor e(reader, options);
+  return e.Run(dir);
+}
+
+}  // namespace lazypull

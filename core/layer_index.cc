@@ -1,0 +1,518 @@
+#include "core/layer_index.h"
+
+#include <algorithm>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "core/status_macros.h"
+
+namespace lazypull {
+
+absl::StatusOr<std::string> NormalizeTarPath(absl::string_view name) {
+  if (name.find('\0') != absl::string_view::npos) {
+    return absl::InvalidArgumentError("a name holds a NUL byte");
+  }
+  std::vector<absl::string_view> parts;
+  size_t pos = 0;
+  while (pos <= name.size()) {
+    size_t slash = name.find('/', pos);
+    if (slash == absl::string_view::npos) slash = name.size();
+    absl::string_view part = name.substr(pos, slash - pos);
+    pos = slash + 1;
+    if (part.empty() || part == ".") continue;
+    if (part == "..") {
+      if (parts.empty()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "name \"", name, "\" climbs above the layer's root"));
+      }
+      parts.pop_back();
+      continue;
+    }
+    parts.push_back(part);
+  }
+  std::string out;
+  for (absl::string_view p : parts) {
+    if (!out.empty()) out.push_back('/');
+    out.append(p.data(), p.size());
+  }
+  return out;
+}
+
+class LayerIndexBuilder {
+ public:
+  explicit LayerIndexBuilder(LayerIndex* idx) : idx_(*idx) {}
+
+  absl::Status Run(const Toc& toc, uint64_t data_end);
+
+ private:
+  struct PendingLink {
+    uint32_t dirent;
+    std::string target;
+    size_t entry;
+  };
+
+  uint32_t Intern(const std::string& s) {
+    if (s.empty()) return 0;
+    auto [it, inserted] =
+        name_ids_.try_emplace(s, static_cast<uint32_t>(idx_.names_.size()));
+    if (inserted) idx_.names_.push_back(s);
+    return it->second;
+  }
+  uint32_t NewInode(EntryType type) {
+    idx_.inodes_.emplace_back();
+    idx_.inodes_.back().type = type;
+    return static_cast<uint32_t>(idx_.inodes_.size() - 1);
+  }
+  // Returns the directory inode at `path`, creating implicit ones.
+  absl::StatusOr<uint32_t> EnsureDir(absl::string_view path);
+  absl::Status AddEntry(const TocEntry& e, size_t index);
+  void SetAttrs(uint32_t ino, const TocEntry& e, size_t index);
+  absl::Status FinishFile(size_t entry_index);
+  absl::Status ResolveLinks();
+  absl::Status ComputeExtents(uint64_t data_end);
+  void BuildChildren();
+
+  LayerIndex& idx_;
+  absl::flat_hash_map<std::string, uint32_t> name_ids_;
+  absl::flat_hash_map<std::string, uint32_t> path_to_dirent_;
+  absl::flat_hash_map<uint32_t, std::string> uid_names_;
+  absl::flat_hash_map<uint32_t, std::string> gid_names_;
+  std::vector<PendingLink> links_;
+  // The regular file whose chunks are being collected, or UINT32_MAX.
+  uint32_t open_file_ = UINT32_MAX;
+  std::string open_file_path_;
+  std::vector<uint64_t> end_offsets_;  // parallel to chunks_: endOffset or 0
+  std::vector<size_t> xattr_src_;      // per inode: TOC entry index or npos
+  const Toc* toc_ = nullptr;
+};
+
+absl::StatusOr<uint32_t> LayerIndexBuilder::EnsureDir(absl::string_view path) {
+  if (path.empty()) return LayerIndex::kRoot;
+  auto it = path_to_dirent_.find(path);
+  if (it != path_to_dirent_.end()) {
+    const Dirent& d = idx_.dirents_[it->second];
+    if (d.hardlink || idx_.inodes_[d.inode].type != EntryType::kDir) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "\"", path, "\" is used as a directory but is not one"));
+    }
+    return d.inode;
+  }
+  size_t slash = path.rfind('/');
+  absl::string_view parent_path =
+      slash == absl::string_view::npos ? absl::string_view() : path.substr(0, slash);
+  ASSIGN_OR_RETURN(uint32_t parent, EnsureDir(parent_path));
+  uint32_t ino = NewInode(EntryType::kDir);
+  xattr_src_.push_back(SIZE_MAX);
+  Inode& n = idx_.inodes_[ino];
+  n.implicit = true;
+  n.mode = 0755;
+  Dirent d;
+  d.name = std::string(slash == absl::string_view::npos ? path
+                                                       : path.substr(slash + 1));
+  d.parent = parent;
+  d.inode = ino;
+  idx_.dirents_.push_back(std::move(d));
+  uint32_t di = static_cast<uint32_t>(idx_.dirents_.size() - 1);
+  n.dirent = di;
+  path_to_dirent_.emplace(std::string(path), di);
+  return ino;
+}
+
+void LayerIndexBuilder::SetAttrs(uint32_t ino, const TocEntry& e,
+                                 size_t index) {
+  Inode& n = idx_.inodes_[ino];
+  n.implicit = false;
+  n.mode = e.mode;
+  n.uid = e.uid;
+  n.gid = e.gid;
+  // Writers omit a name when the id->name mapping repeats: back-fill.
+  if (!e.uname.empty()) uid_names_[e.uid] = e.uname;
+  if (!e.gname.empty()) gid_names_[e.gid] = e.gname;
+  auto u = uid_names_.find(e.uid);
+  n.uname = u == uid_names_.end() ? 0 : Intern(u->second);
+  auto g = gid_names_.find(e.gid);
+  n.gname = g == gid_names_.end() ? 0 : Intern(g->second);
+  n.has_mtime = e.has_modtime;
+  n.mtime_sec = e.mtime_sec;
+  n.mtime_nsec = e.mtime_nsec;
+  n.dev_major = e.dev_major;
+  n.dev_minor = e.dev_minor;
+  xattr_src_[ino] = e.xattrs.empty() ? SIZE_MAX : index;
+}
+
+absl::Status LayerIndexBuilder::FinishFile(size_t entry_index) {
+  if (open_file_ == UINT32_MAX) return absl::OkStatus();
+  Inode& f = idx_.inodes_[open_file_];
+  auto chunks = absl::MakeSpan(idx_.chunks_).subspan(f.first_chunk);
+  f.num_chunks = static_cast<uint32_t>(chunks.size());
+  auto fail = [&](absl::string_view what) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("TOC entry ", entry_index, " (file \"", open_file_path_,
+                     "\"): ", what));
+  };
+  if (chunks.empty() || chunks[0].file_offset != 0) {
+    return fail("its first chunk does not start at offset 0");
+  }
+  for (size_t k = 0; k < chunks.size(); ++k) {
+    Chunk& c = chunks[k];
+    uint64_t end = k + 1 < chunks.size() ? chunks[k + 1].file_offset : f.size;
+    if (end <= c.file_offset) {
+      return fail(absl::StrCat("chunks are out of order or overlap at offset ",
+                               c.file_offset));
+    }
+    if (c.size == 0) {
+      c.size = end - c.file_offset;
+    } else if (c.file_offset + c.size != end) {
+      return fail(absl::StrCat("chunk at offset ", c.file_offset, " of size ",
+                               c.size, " does not end where the next begins (",
+                               end, ")"));
+    }
+    if (!c.has_digest && !c.zeros) {
+      if (chunks.size() == 1 && f.digest.has_value()) {
+        c.digest = *f.digest;  // containers/storage: one chunk, only `digest`
+        c.has_digest = true;
+      } else {
+        return fail(absl::StrCat("chunk at offset ", c.file_offset,
+                                 " has no chunkDigest"));
+      }
+    }
+  }
+  open_file_ = UINT32_MAX;
+  return absl::OkStatus();
+}
+
+absl::Status LayerIndexBuilder::AddEntry(const TocEntry& e, size_t index) {
+  if (e.type == EntryType::kChunk) {
+    if (open_file_ == UINT32_MAX) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("TOC entry ", index,
+                       " is a chunk that follows no regular file with data"));
+    }
+    Chunk c;
+    c.file_offset = e.chunk_offset;
+    c.size = e.chunk_size;
+    c.blob_offset = e.offset;
+    c.inner_offset = e.inner_offset;
+    c.zeros = e.zeros;
+    if (e.chunk_digest) {
+      c.digest = *e.chunk_digest;
+      c.has_digest = true;
+    }
+    c.inode = open_file_;
+    idx_.chunks_.push_back(c);
+    end_offsets_.push_back(e.end_offset);
+    return absl::OkStatus();
+  }
+  RETURN_IF_ERROR(FinishFile(index));
+
+  absl::StatusOr<std::string> norm = NormalizeTarPath(e.name);
+  if (!norm.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("TOC entry ", index, ": ", norm.status().message()));
+  }
+  std::string path = *std::move(norm);
+  if (path.empty()) {
+    if (e.type != EntryType::kDir) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "TOC entry ", index, " names the root but is not a directory"));
+    }
+    SetAttrs(LayerIndex::kRoot, e, index);
+    return absl::OkStatus();
+  }
+  if (e.type == EntryType::kReg &&
+      (path == ".prefetch.landmark" || path == ".no.prefetch.landmark")) {
+    if (path[1] == 'p') {
+      idx_.prefetch_landmark_ = e.offset;
+    } else {
+      idx_.no_prefetch_landmark_ = true;
+    }
+    return absl::OkStatus();
+  }
+
+  size_t slash = path.rfind('/');
+  absl::string_view parent_path = slash == std::string::npos
+                                     ? absl::string_view()
+                                     : absl::string_view(path).substr(0, slash);
+  absl::StatusOr<uint32_t> parent = EnsureDir(parent_path);
+  if (!parent.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("TOC entry ", index, ": ", parent.status().message()));
+  }
+
+  uint32_t dirent;
+  auto it = path_to_dirent_.find(path);
+  if (it != path_to_dirent_.end()) {
+    dirent = it->second;
+    Dirent& d = idx_.dirents_[dirent];
+    bool old_dir = !d.hardlink && idx_.inodes_[d.inode].type == EntryType::kDir;
+    bool new_dir = e.type == EntryType::kDir;
+    if (old_dir != new_dir) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("TOC entry ", index, " (\"", path,
+                       "\") conflicts with an earlier entry of another type"));
+    }
+    if (new_dir) {
+      SetAttrs(d.inode, e, index);  // "late/" after "late/child.txt"
+      return absl::OkStatus();
+    }
+    // A later non-directory entry replaces an earlier one, as tar does.
+  } else {
+    Dirent d;
+    d.name = slash == std::string::npos ? path : path.substr(slash + 1);
+    d.parent = *parent;
+    idx_.dirents_.push_back(std::move(d));
+    dirent = static_cast<uint32_t>(idx_.dirents_.size() - 1);
+    path_to_dirent_.emplace(path, dirent);
+  }
+
+  if (e.type == EntryType::kHardlink) {
+    absl::StatusOr<std::string> target = NormalizeTarPath(e.link_name);
+    if (!target.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "TOC entry ", index, " (hardlink \"", path,
+          "\"): target ", target.status().message()));
+    }
+    idx_.dirents_[dirent].hardlink = true;
+    idx_.dirents_[dirent].inode = UINT32_MAX;
+    links_.push_back({dirent, *std::move(target), index});
+    return absl::OkStatus();
+  }
+
+  uint32_t ino = NewInode(e.type);
+  xattr_src_.push_back(SIZE_MAX);
+  idx_.dirents_[dirent].inode = ino;
+  idx_.dirents_[dirent].hardlink = false;
+  idx_.inodes_[ino].dirent = dirent;
+  SetAttrs(ino, e, index);
+  Inode& n = idx_.inodes_[ino];
+  switch (e.type) {
+    case EntryType::kSymlink:
+      n.symlink = e.link_name;
+      break;
+    case EntryType::kReg:
+      n.size = e.size;
+      n.digest = e.digest;
+      n.first_chunk = static_cast<uint32_t>(idx_.chunks_.size());
+      idx_.total_file_bytes_ += e.size;
+      if (!idx_.prefetch_landmark_.has_value() && e.size > 0) {
+        idx_.prioritized_.push_back(ino);
+      }
+      if (e.size > 0) {
+        open_file_ = ino;
+        open_file_path_ = path;
+        Chunk c;
+        c.file_offset = e.chunk_offset;
+        c.size = e.chunk_size;
+        c.blob_offset = e.offset;
+        c.inner_offset = e.inner_offset;
+        c.zeros = e.zeros;
+        if (e.chunk_digest) {
+          c.digest = *e.chunk_digest;
+          c.has_digest = true;
+        }
+        c.inode = ino;
+        idx_.chunks_.push_back(c);
+        end_offsets_.push_back(e.end_offset);
+      }
+      break;
+    default:
+      break;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status LayerIndexBuilder::ResolveLinks() {
+  // Targets may themselves be hardlinks; resolve with a bounded chase.
+  for (const PendingLink& l : links_) {
+    std::string target = l.target;
+    uint32_t ino = UINT32_MAX;
+    for (size_t hops = 0; hops <= links_.size(); ++hops) {
+      auto it = path_to_dirent_.find(target);
+      if (it == path_to_dirent_.end() || target.empty()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "TOC entry ", l.entry, ": hardlink \"",
+            idx_.Path(l.dirent), "\" points to missing \"", l.target, "\""));
+      }
+      const Dirent& d = idx_.dirents_[it->second];
+      if (!d.hardlink) {
+        ino = d.inode;
+        break;
+      }
+      if (d.inode != UINT32_MAX) {
+        ino = d.inode;
+        break;
+      }
+      auto next = std::find_if(links_.begin(), links_.end(),
+                               [&](const PendingLink& p) {
+                                 return p.dirent == it->second;
+                               });
+      target = next->target;
+    }
+    if (ino == UINT32_MAX) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("TOC entry ", l.entry, ": hardlink \"",
+                       idx_.Path(l.dirent), "\" is part of a link loop"));
+    }
+    if (idx_.inodes_[ino].type == EntryType::kDir) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("TOC entry ", l.entry, ": hardlink \"",
+                       idx_.Path(l.dirent), "\" points to a directory"));
+    }
+    idx_.dirents_[l.dirent].inode = ino;
+    idx_.inodes_[ino].nlink++;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status LayerIndexBuilder::ComputeExtents(uint64_t data_end) {
+  std::vector<uint64_t> starts;
+  starts.reserve(idx_.chunks_.size());
+  for (const Chunk& c : idx_.chunks_) {
+    if (!c.zeros) starts.push_back(c.blob_offset);
+  }
+  std::sort(starts.begin(), starts.end());
+  starts.erase(std::unique(starts.begin(), starts.end()), starts.end());
+  for (size_t i = 0; i < idx_.chunks_.size(); ++i) {
+    Chunk& c = idx_.chunks_[i];
+    if (c.zeros) continue;
+    if (c.blob_offset >= data_end) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "a chunk of \"", idx_.Path(idx_.inodes_[c.inode].dirent),
+          "\" at offset ", c.file_offset, " claims blob offset ",
+          c.blob_offset, ", past the payload region (ends at ", data_end,
+          ")"));
+    }
+    auto next = std::upper_bound(starts.begin(), starts.end(), c.blob_offset);
+    c.blob_end = next == starts.end() ? data_end : *next;
+    if (end_offsets_[i] != 0) {
+      if (end_offsets_[i] <= c.blob_offset || end_offsets_[i] > data_end) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "a chunk of \"", idx_.Path(idx_.inodes_[c.inode].dirent),
+            "\" has endOffset ", end_offsets_[i], " outside (",
+            c.blob_offset, ", ", data_end, "]"));
+      }
+      c.blob_end = end_offsets_[i];
+    }
+  }
+  return absl::OkStatus();
+}
+
+void LayerIndexBuilder::BuildChildren() {
+  std::vector<uint32_t> count(idx_.inodes_.size(), 0);
+  for (const Dirent& d : idx_.dirents_) count[d.parent]++;
+  uint32_t pos = 0;
+  for (size_t i = 0; i < idx_.inodes_.size(); ++i) {
+    idx_.inodes_[i].first_child = pos;
+    pos += count[i];
+  }
+  idx_.children_.assign(pos, 0);
+  std::vector<uint32_t> fill(idx_.inodes_.size(), 0);
+  for (uint32_t di = 0; di < idx_.dirents_.size(); ++di) {
+    Inode& p = idx_.inodes_[idx_.dirents_[di].parent];
+    idx_.children_[p.first_child + fill[idx_.dirents_[di].parent]++] = di;
+  }
+  for (size_t i = 0; i < idx_.inodes_.size(); ++i) {
+    Inode& n = idx_.inodes_[i];
+    n.num_children = count[i];
+    auto begin = idx_.children_.begin() + n.first_child;
+    std::sort(begin, begin + n.num_children, [&](uint32_t a, uint32_t b) {
+      return idx_.dirents_[a].name < idx_.dirents_[b].name;
+    });
+    if (n.type == EntryType::kDir) {
+      uint32_t subdirs = 0;
+      for (uint32_t k = 0; k < n.num_children; ++k) {
+        const Dirent& d = idx_.dirents_[idx_.children_[n.first_child + k]];
+        if (idx_.inodes_[d.inode].type == EntryType::kDir) ++subdirs;
+      }
+      n.nlink = 2 + subdirs;
+    }
+  }
+}
+
+absl::Status LayerIndexBuilder::Run(const Toc& toc, uint64_t data_end) {
+  toc_ = &toc;
+  idx_.names_.push_back("");
+  idx_.toc_entry_count_ = toc.entries.size();
+  uint32_t root = NewInode(EntryType::kDir);
+  xattr_src_.push_back(SIZE_MAX);
+  idx_.inodes_[root].implicit = true;
+  idx_.inodes_[root].mode = 0755;
+  idx_.inodes_[root].dirent = LayerIndex::kNoDirent;
+  for (size_t i = 0; i < toc.entries.size(); ++i) {
+    RETURN_IF_ERROR(AddEntry(toc.entries[i], i));
+  }
+  RETURN_IF_ERROR(FinishFile(toc.entries.size()));
+  // Drop files replaced by a later entry of the same name from the chunk
+  // list's owners: they stay reachable by inode number only.
+  RETURN_IF_ERROR(ResolveLinks());
+  RETURN_IF_ERROR(ComputeExtents(data_end));
+  for (uint32_t i = 0; i < idx_.inodes_.size(); ++i) {
+    if (xattr_src_[i] == SIZE_MAX) continue;
+    const auto& xs = toc.entries[xattr_src_[i]].xattrs;
+    idx_.inodes_[i].first_xattr = static_cast<uint32_t>(idx_.xattrs_.size());
+    idx_.inodes_[i].num_xattrs = static_cast<uint32_t>(xs.size());
+    idx_.xattrs_.insert(idx_.xattrs_.end(), xs.begin(), xs.end());
+  }
+  BuildChildren();
+  return absl::OkStatus();
+}
+
+absl::StatusOr<LayerIndex> LayerIndex::Build(const Toc& toc,
+                                             uint64_t data_end) {
+  LayerIndex idx;
+  LayerIndexBuilder b(&idx);
+  RETURN_IF_ERROR(b.Run(toc, data_end));
+  return idx;
+}
+
+std::optional<uint32_t> LayerIndex::Lookup(uint32_t dir,
+                                           absl::string_view name) const {
+  absl::Span<const uint32_t> kids = Children(dir);
+  auto it = std::lower_bound(
+      kids.begin(), kids.end(), name,
+      [&](uint32_t d, absl::string_view n) { return dirents_[d].name < n; });
+  if (it == kids.end() || dirents_[*it].name != name) return std::nullopt;
+  return *it;
+}
+
+std::string LayerIndex::Path(uint32_t dirent) const {
+  std::vector<const std::string*> parts;
+  while (dirent != kNoDirent) {
+    const Dirent& d = dirents_[dirent];
+    parts.push_back(&d.name);
+    dirent = inodes_[d.parent].dirent;
+  }
+  std::string out;
+  for (auto it = parts.rbegin(); it != parts.rend(); ++it) {
+    if (!out.empty()) out.push_back('/');
+    out.append(**it);
+  }
+  return out;
+}
+
+std::optional<uint32_t> LayerIndex::Resolve(absl::string_view path) const {
+  uint32_t ino = kRoot;
+  size_t pos = 0;
+  while (pos < path.size()) {
+    size_t slash = path.find('/', pos);
+    if (slash == absl::string_view::npos) slash = path.size();
+    if (inodes_[ino].type != EntryType::kDir) return std::nullopt;
+    std::optional<uint32_t> d = Lookup(ino, path.substr(pos, slash - pos));
+    if (!d) return std::nullopt;
+    ino = dirents_[*d].inode;
+    pos = slash + 1;
+  }
+  return ino;
+}
+
+uint32_t LayerIndex::ChunkAt(uint32_t inode, uint64_t offset) const {
+  absl::Span<const Chunk> cs = FileChunks(inode);
+  auto it = std::upper_bound(
+      cs.begin(), cs.end(), offset,
+      [](uint64_t off, const Chunk& c) { return off < c.file_offset; });
+  return inodes_[inode].first_chunk +
+         static_cast<uint32_t>(it - cs.begin() - 1);
+}
+
+}  // namespace lazypull

@@ -1,0 +1,245 @@
+#include "core/layer_reader.h"
+
+#include <cstring>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "core/status_macros.h"
+
+namespace lazypull {
+namespace {
+
+// Parses a tar numeric field: octal text, or base-256 when the high bit of
+// the first byte is set.
+bool ParseTarNumber(const char* p, size_t n, uint64_t* out) {
+  if (n > 0 && (static_cast<uint8_t>(p[0]) & 0x80)) {
+    uint64_t v = static_cast<uint8_t>(p[0]) & 0x7f;
+    for (size_t i = 1; i < n; ++i) {
+      if (v >> 56) return false;
+      v = v << 8 | static_cast<uint8_t>(p[i]);
+    }
+    *out = v;
+    return true;
+  }
+  uint64_t v = 0;
+  size_t i = 0;
+  while (i < n && p[i] == ' ') ++i;
+  bool any = false;
+  for (; i < n && p[i] >= '0' && p[i] <= '7'; ++i) {
+    if (v >> 60) return false;
+    v = v * 8 + static_cast<uint64_t>(p[i] - '0');
+    any = true;
+  }
+  for (; i < n; ++i) {
+    if (p[i] != ' ' && p[i] != '\0') return false;
+  }
+  *out = v;
+  return any;
+}
+
+absl::Status DecompressExactly(StreamDecompressor& d, absl::string_view* in,
+                               absl::Span<char> out) {
+  size_t filled = 0;
+  while (filled < out.size()) {
+    ASSIGN_OR_RETURN(StreamDecompressor::Result r,
+                     d.Decompress(*in, out.subspan(filled)));
+    in->remove_prefix(r.consumed);
+    filled += r.produced;
+    if (r.consumed == 0 && r.produced == 0 && !r.frame_end) {
+      return absl::DataLossError(absl::StrCat(
+          "TOC data ended after ", filled, " of ", out.size(), " bytes"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<std::string> ReadGzipTocMember(absl::string_view compressed,
+                                              uint64_t max_toc_size) {
+  std::unique_ptr<StreamDecompressor> d =
+      StreamDecompressor::New(Compression::kGzip);
+  char hdr[512];
+  // Skip PAX / GNU long-name headers the writer may have put first.
+  for (int headers = 0;; ++headers) {
+    if (headers > 4) {
+      return absl::InvalidArgumentError("TOC member has too many tar headers");
+    }
+    absl::Status st = DecompressExactly(*d, &compressed, absl::MakeSpan(hdr));
+    if (!st.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("TOC member is not a readable tar: ", st.message()));
+    }
+    uint64_t size;
+    if (!ParseTarNumber(hdr + 124, 12, &size)) {
+      return absl::InvalidArgumentError("TOC tar header has a bad size field");
+    }
+    char type = hdr[156];
+    if (type == 'x' || type == 'g' || type == 'L') {
+      if (size > (1 << 20)) {
+        return absl::InvalidArgumentError("TOC tar extension header too big");
+      }
+      std::string skip((size + 511) / 512 * 512, '\0');
+      RETURN_IF_ERROR(
+          DecompressExactly(*d, &compressed, absl::MakeSpan(skip)));
+      continue;
+    }
+    absl::string_view name(hdr, strnlen(hdr, 100));
+    if (name != "stargz.index.json") {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "TOC member holds \"", name.substr(0, 100),
+          "\", not stargz.index.json"));
+    }
+    if (type != '0' && type != '\0') {
+      return absl::InvalidArgumentError(
+          "TOC tar entry stargz.index.json is not a regular file");
+    }
+    if (size > max_toc_size) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("TOC of ", size, " bytes exceeds the limit of ",
+                       max_toc_size, " bytes"));
+    }
+    std::string json;
+    json.reserve(size + kTocParsePadding);
+    json.resize(size);
+    absl::Status rs = DecompressExactly(*d, &compressed, absl::MakeSpan(json));
+    if (!rs.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("TOC is truncated or corrupt: ", rs.message()));
+    }
+    return json;
+  }
+}
+
+absl::StatusOr<std::unique_ptr<LayerReader>> LayerReader::Open(
+    std::shared_ptr<BlobSource> source, const LayerOpenOptions& options) {
+  std::unique_ptr<LayerReader> r(new LayerReader());
+  r->source_ = std::move(source);
+  BlobSource& src = *r->source_;
+  const uint64_t size = src.size();
+
+  // One tail read: the footer, and the TOC too when it is within reach.
+  const uint64_t tail_len =
+      std::min(size, std::max<uint64_t>(options.tail_read_size,
+                                        kFooterTailSize));
+  std::string tail(tail_len, '\0');
+  RETURN_IF_ERROR(src.ReadAt(size - tail_len, absl::MakeSpan(tail)));
+  const uint64_t foot_len = std::min<uint64_t>(tail_len, kFooterTailSize);
+  ASSIGN_OR_RETURN(
+      r->footer_,
+      ParseFooter(absl::string_view(tail).substr(tail_len - foot_len), size,
+                  options.footer_limits));
+  const Footer& f = r->footer_;
+
+  // The compressed TOC bytes.
+  std::string toc_buf;
+  absl::string_view toc_compressed;
+  if (f.toc_offset >= size - tail_len) {
+    toc_compressed = absl::string_view(tail).substr(
+        f.toc_offset - (size - tail_len), f.toc_compressed_size);
+  } else {
+    toc_buf.resize(f.toc_compressed_size);
+    RETURN_IF_ERROR(src.ReadAt(f.toc_offset, absl::MakeSpan(toc_buf)));
+    toc_compressed = toc_buf;
+  }
+  r->toc_compressed_digest_ = Sha256::Of(toc_compressed);
+  if (options.toc_compressed_digest &&
+      *options.toc_compressed_digest != r->toc_compressed_digest_) {
+    return absl::DataLossError(absl::StrCat(
+        "compressed TOC hashes to ", r->toc_compressed_digest_.ToString(),
+        " but the layer's manifest checksum says ",
+        options.toc_compressed_digest->ToString(), ": refusing the layer"));
+  }
+
+  std::string json;
+  uint64_t data_end;
+  if (IsZstd(f.format)) {
+    if (f.toc_offset < 8) {
+      return absl::InvalidArgumentError(
+          "zstd:chunked TOC offset leaves no room for its skippable frame");
+    }
+    data_end = f.toc_offset - 8;
+    json.reserve(f.toc_uncompressed_size + kTocParsePadding);
+    json.resize(f.toc_uncompressed_size);
+    absl::Status st = DecompressRange(Compression::kZstd, toc_compressed, 0,
+                                      absl::MakeSpan(json));
+    if (!st.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("zstd:chunked TOC is corrupt: ", st.message()));
+    }
+  } else {
+    data_end = f.toc_offset;
+    ASSIGN_OR_RETURN(json, ReadGzipTocMember(toc_compressed,
+                                             options.footer_limits.max_toc_size));
+  }
+  r->toc_size_ = json.size();
+  r->toc_digest_ = Sha256::Of(json);
+  if (options.toc_digest && *options.toc_digest != r->toc_digest_) {
+    return absl::DataLossError(absl::StrCat(
+        "TOC digest mismatch: the layer's TOC hashes to ",
+        r->toc_digest_.ToString(), " but ", options.toc_digest->ToString(),
+        " was expected: refusing the layer"));
+  }
+  ASSIGN_OR_RETURN(Toc toc, ParseToc(json, options.toc_limits));
+  json = std::string();
+  ASSIGN_OR_RETURN(r->index_, LayerIndex::Build(toc, data_end));
+  return r;
+}
+
+std::string LayerReader::DescribeChunk(uint32_t chunk) const {
+  const Chunk& c = index_.chunks()[chunk];
+  return absl::StrCat("file \"", index_.Path(index_.inode(c.inode).dirent),
+                      "\", chunk at offset ", c.file_offset, " (", c.size,
+                      " bytes, blob offset ", c.blob_offset, ")");
+}
+
+absl::Status LayerReader::VerifyChunk(uint32_t chunk,
+                                      absl::string_view data) const {
+  const Chunk& c = index_.chunks()[chunk];
+  if (!c.has_digest) return absl::OkStatus();  // a zeros chunk
+  Digest got = Sha256::Of(data);
+  if (got != c.digest) {
+    return absl::DataLossError(absl::StrCat(
+        DescribeChunk(chunk), " does not match its digest: got ",
+        got.ToString(), ", want ", c.digest.ToString()));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status LayerReader::DecodeChunk(uint32_t chunk, absl::string_view extent,
+                                      absl::Span<char> out) const {
+  const Chunk& c = index_.chunks()[chunk];
+  if (out.size() != c.size) {
+    return absl::InvalidArgumentError("DecodeChunk: wrong output size");
+  }
+  if (c.zeros) {
+    std::memset(out.data(), 0, out.size());
+  } else {
+    absl::Status st =
+        DecompressRange(compression(), extent, c.inner_offset, out);
+    if (!st.ok()) {
+      return absl::DataLossError(
+          absl::StrCat(DescribeChunk(chunk), ": ", st.message()));
+    }
+  }
+  return VerifyChunk(chunk, absl::string_view(out.data(), out.size()));
+}
+
+absl::Status LayerReader::ReadChunk(uint32_t chunk, absl::Span<char> out,
+                                    ReadPriority priority) const {
+  const Chunk& c = index_.chunks()[chunk];
+  std::string extent;
+  if (!c.zeros) {
+    extent.resize(c.blob_end - c.blob_offset);
+    absl::Status st =
+        source_->ReadAt(c.blob_offset, absl::MakeSpan(extent), priority);
+    if (!st.ok()) {
+      return absl::Status(st.code(), absl::StrCat(DescribeChunk(chunk),
+                                                  ": ", st.message()));
+    }
+  }
+  return DecodeChunk(chunk, extent, out);
+}
+
+}  // namespace lazypull

@@ -1,0 +1,101 @@
+// LayerReader: opens one lazily-pullable layer over a BlobSource and reads
+// verified chunks from it.
+//
+// Open() does the trust chain of formats.md §1.4 up to the TOC: one tail read
+// (72 bytes, or more when the source asks for a speculative tail read) finds
+// the footer, the TOC is read, decompressed with its size bounded, hashed over
+// the exact bytes stored and compared with every anchor given (TOC digest;
+// for zstd:chunked also the manifest checksum of the compressed TOC), then
+// parsed and normalized into a LayerIndex. ReadChunk() is the read path's
+// miss handler: compressed extent from the source -> decompress -> sha256
+// against the chunk digest -> bytes. No byte leaves ReadChunk unverified.
+//
+// Thread-safety: after Open, all const methods may be called concurrently
+// (the BlobSource must allow concurrent reads, which its contract requires).
+#ifndef LAZYPULL_CORE_LAYER_READER_H_
+#define LAZYPULL_CORE_LAYER_READER_H_
+
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "core/blob_source.h"
+#include "core/decompressor.h"
+#include "core/digest.h"
+#include "core/footer.h"
+#include "core/layer_index.h"
+#include "core/toc.h"
+
+namespace lazypull {
+
+struct LayerOpenOptions {
+  // Trust anchors. A layer whose TOC does not match one is refused.
+  std::optional<Digest> toc_digest;             // sha256 of the TOC JSON
+  std::optional<Digest> toc_compressed_digest;  // zstd: manifest-checksum
+  FooterLimits footer_limits;
+  TocLimits toc_limits;
+  // How many bytes to read from the end of the blob in the first read; when
+  // the TOC lies within them, no second read is needed.
+  uint64_t tail_read_size = kFooterTailSize;
+};
+
+class LayerReader {
+ public:
+  static absl::StatusOr<std::unique_ptr<LayerReader>> Open(
+      std::shared_ptr<BlobSource> source, const LayerOpenOptions& options);
+
+  const Footer& footer() const { return footer_; }
+  LayerFormat format() const { return footer_.format; }
+  Compression compression() const {
+    return IsZstd(footer_.format) ? Compression::kZstd : Compression::kGzip;
+  }
+  const LayerIndex& index() const { return index_; }
+  // sha256 of the TOC JSON as stored (verified against the anchor if given).
+  const Digest& toc_digest() const { return toc_digest_; }
+  // sha256 of the compressed TOC bytes (zstd:chunked's manifest checksum).
+  const Digest& toc_compressed_digest() const { return toc_compressed_digest_; }
+  uint64_t toc_size() const { return toc_size_; }
+  BlobSource& source() const { return *source_; }
+  uint64_t blob_size() const { return source_->size(); }
+
+  // Reads chunk `chunk` (an index into index().chunks()) into `out`, which
+  // must be exactly the chunk's size, verified against its digest. Errors:
+  // DataLoss naming file, chunk offset and blob offset on a mismatch or
+  // corrupt data; the source's error if it fails.
+  absl::Status ReadChunk(uint32_t chunk, absl::Span<char> out,
+                         ReadPriority priority = ReadPriority::kOnDemand) const;
+
+  // Decompresses chunk `chunk` out of `extent`, the bytes of its compressed
+  // extent [blob_offset, blob_end), and verifies it. For callers that fetched
+  // the extent themselves (coalesced reads).
+  absl::Status DecodeChunk(uint32_t chunk, absl::string_view extent,
+                           absl::Span<char> out) const;
+
+  // Checks `data` (a chunk's bytes) against the chunk's digest.
+  absl::Status VerifyChunk(uint32_t chunk, absl::string_view data) const;
+
+  // "file \"a/b\", chunk at offset N (M bytes, blob offset B)": for errors
+  // and log lines.
+  std::string DescribeChunk(uint32_t chunk) const;
+
+ private:
+  LayerReader() = default;
+
+  std::shared_ptr<BlobSource> source_;
+  Footer footer_;
+  LayerIndex index_;
+  Digest toc_digest_;
+  Digest toc_compressed_digest_;
+  uint64_t toc_size_ = 0;
+};
+
+// Extracts the TOC JSON from the decompressed TOC member of a gzip layer:
+// a tar stream whose first file is "stargz.index.json". Exposed for tests.
+absl::StatusOr<std::string> ReadGzipTocMember(absl::string_view compressed,
+                                              uint64_t max_toc_size);
+
+}  // namespace lazypull
+
+#endif  // LAZYPULL_CORE_LAYER_READER_H_
