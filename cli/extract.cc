@@ -21,7 +21,8 @@ const CommandSpec kSpec = {
     "a layer whose names climb above its root is refused.",
     {"LAYER", "DIR"},
     {
-        {"toc-digest", "DIGEST", "refuse the layer unless its TOC has this digest"},
+        {"toc-digest", "DIGEST",
+         "refuse the layer unless its TOC has this digest"},
         {"no-same-owner", "", "do not apply owners (default when not root)"},
         {"threads", "N", "worker threads (default: number of CPUs)"},
     },
@@ -38,7 +39,8 @@ int ExtractMain(int argc, char** argv) {
   if (!r.ok()) return Fail("extract", r.status());
   ExtractOptions opts;
   opts.same_owner = geteuid() == 0 && !args->Has("no-same-owner");
-  opts.threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  opts.threads =
+      static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   if (auto t = args->Get("threads")) {
     opts.threads = std::atoi(t->c_str());
     if (opts.threads < 1 || opts.threads > 256) {

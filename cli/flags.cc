@@ -64,17 +64,17 @@ absl::StatusOr<ParsedArgs> Parse(const CommandSpec& spec, int argc,
     }
     if (!value) {
       if (i + 1 >= argc) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "option --", name, " needs a value (", f->value, ")"));
+        return absl::InvalidArgumentError(
+            absl::StrCat("option --", name, " needs a value (", f->value, ")"));
       }
       value = argv[++i];
     }
     out.values_[name] = *value;
   }
   if (!out.help && out.positionals.size() != spec.positionals.size()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "'", spec.name, "' takes ", spec.positionals.size(),
-        " argument(s), got ", out.positionals.size()));
+    return absl::InvalidArgumentError(
+        absl::StrCat("'", spec.name, "' takes ", spec.positionals.size(),
+                     " argument(s), got ", out.positionals.size()));
   }
   return out;
 }

@@ -25,10 +25,10 @@ struct FlagSpec {
 };
 
 struct CommandSpec {
-  std::string name;        // "inspect"
-  std::string args;        // "LAYER [--json]" positional synopsis
-  std::string summary;     // one line
-  std::string details;     // paragraphs shown by --help
+  std::string name;                      // "inspect"
+  std::string args;                      // "LAYER [--json]" positional synopsis
+  std::string summary;                   // one line
+  std::string details;                   // paragraphs shown by --help
   std::vector<std::string> positionals;  // names of required positionals
   std::vector<FlagSpec> flags;
 };

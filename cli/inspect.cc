@@ -19,7 +19,8 @@ const CommandSpec kSpec = {
     {"LAYER"},
     {
         {"json", "", "print JSON, with every normalized entry"},
-        {"toc-digest", "DIGEST", "refuse the layer unless its TOC has this digest"},
+        {"toc-digest", "DIGEST",
+         "refuse the layer unless its TOC has this digest"},
     },
 };
 
@@ -41,9 +42,10 @@ int InspectMain(int argc, char** argv) {
     JsonWriter w(1);
     w.BeginObject();
     w.Key("format").String(LayerFormatName(layer.format()));
-    w.Key("footer_size").Uint(layer.footer().footer_size == 48   ? 40
-                              : layer.footer().footer_size == 72 ? 64
-                                  : layer.footer().footer_size);
+    w.Key("footer_size")
+        .Uint(layer.footer().footer_size == 48   ? 40
+              : layer.footer().footer_size == 72 ? 64
+                                                 : layer.footer().footer_size);
     w.Key("toc_digest").String(layer.toc_digest().ToString());
     w.Key("toc_offset").Uint(layer.footer().toc_offset);
     w.Key("toc_compressed_size").Uint(layer.footer().toc_compressed_size);
@@ -80,8 +82,8 @@ int InspectMain(int argc, char** argv) {
             << f.toc_compressed_size << " bytes compressed, "
             << layer.toc_size() << " bytes of JSON\n"
             << "toc entries:      " << idx.toc_entry_count() << "\n"
-            << "regular files:    " << files << " ("
-            << idx.total_file_bytes() << " bytes)\n"
+            << "regular files:    " << files << " (" << idx.total_file_bytes()
+            << " bytes)\n"
             << "chunks:           " << idx.chunks().size() << "\n"
             << "prefetch:         ";
   if (idx.prefetch_landmark_offset()) {

@@ -15,8 +15,10 @@ const CommandSpec kSpec = {
     "of the uncompressed stream) is printed always and compared when given.",
     {"LAYER"},
     {
-        {"toc-digest", "DIGEST", "expected TOC digest (the toc.digest annotation)"},
-        {"diff-id", "DIGEST", "expected DiffID (the image config's diff_ids entry)"},
+        {"toc-digest", "DIGEST",
+         "expected TOC digest (the toc.digest annotation)"},
+        {"diff-id", "DIGEST",
+         "expected DiffID (the image config's diff_ids entry)"},
     },
 };
 
@@ -49,11 +51,10 @@ int VerifyMain(int argc, char** argv) {
             << v->files_verified << " files, " << v->uncompressed_size
             << " uncompressed bytes\n";
   if (want_diff && *want_diff != v->diff_id) {
-    return Fail("verify",
-                absl::DataLossError(absl::StrCat(
-                    "DiffID mismatch: the layer decompresses to ",
-                    v->diff_id.ToString(), " but ", want_diff->ToString(),
-                    " was expected")));
+    return Fail("verify", absl::DataLossError(absl::StrCat(
+                              "DiffID mismatch: the layer decompresses to ",
+                              v->diff_id.ToString(), " but ",
+                              want_diff->ToString(), " was expected")));
   }
   std::cout << "OK\n";
   return 0;

@@ -26,11 +26,10 @@ absl::Status DecompressRange(Compression c, absl::string_view compressed,
   const uint64_t want = skip + out.size();
   while (skipped + filled < want) {
     absl::Span<char> dst =
-        skipped < skip
-            ? absl::MakeSpan(scratch.data(),
-                             static_cast<size_t>(std::min<uint64_t>(
-                                 scratch.size(), skip - skipped)))
-            : out.subspan(filled);
+        skipped < skip ? absl::MakeSpan(scratch.data(),
+                                        static_cast<size_t>(std::min<uint64_t>(
+                                            scratch.size(), skip - skipped)))
+                       : out.subspan(filled);
     absl::StatusOr<StreamDecompressor::Result> r =
         d->Decompress(compressed, dst);
     if (!r.ok()) {
@@ -45,9 +44,9 @@ absl::Status DecompressRange(Compression c, absl::string_view compressed,
     }
     if (r->produced == 0 && r->consumed == 0 && !r->frame_end) {
       d->Reset();
-      return absl::DataLossError(absl::StrCat(
-          "compressed data ended after ", skipped + filled, " of ", want,
-          " bytes"));
+      return absl::DataLossError(absl::StrCat("compressed data ended after ",
+                                              skipped + filled, " of ", want,
+                                              " bytes"));
     }
   }
   return absl::OkStatus();

@@ -13,9 +13,9 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
-#include "absl/strings/string_view.h"
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 
 typedef struct evp_md_ctx_st EVP_MD_CTX;
 

@@ -8,9 +8,8 @@
 #ifndef LAZYPULL_CORE_ERRNO_STATUS_H_
 #define LAZYPULL_CORE_ERRNO_STATUS_H_
 
-#include "absl/strings/string_view.h"
-
 #include "absl/status/status.h"
+#include "absl/strings/string_view.h"
 
 namespace lazypull {
 

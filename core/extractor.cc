@@ -15,8 +15,8 @@
 #include <vector>
 
 #include "absl/status/status.h"
-#include "absl/strings/str_cat.h"
 #include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "core/errno_status.h"
 #include "core/status_macros.h"
@@ -113,8 +113,7 @@ absl::Status Extractor::ApplyAttrs(int dirfd, const std::string& name,
   const char* nm = name.empty() ? "." : name.c_str();
   const int nofollow = name.empty() ? 0 : AT_SYMLINK_NOFOLLOW;
   const uint32_t dirent = n.dirent;
-  if (opts_.same_owner &&
-      fchownat(dirfd, nm, n.uid, n.gid, nofollow) != 0) {
+  if (opts_.same_owner && fchownat(dirfd, nm, n.uid, n.gid, nofollow) != 0) {
     return Fail(errno, "chown", dirent);
   }
   // xattrs through /proc/self/fd so that a symlink is never followed.
@@ -200,7 +199,8 @@ absl::Status Extractor::WriteFiles() {
     }
   };
   std::vector<std::thread> threads;
-  for (int t = 1; t < std::max(1, opts_.threads); ++t) threads.emplace_back(work);
+  for (int t = 1; t < std::max(1, opts_.threads); ++t)
+    threads.emplace_back(work);
   work();
   for (auto& t : threads) t.join();
   return first;
@@ -281,9 +281,10 @@ absl::Status Extractor::Run(const std::string& dir) {
     }
     closedir(dp);
     if (!empty) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          dir, " is not empty: extract writes a layer into an empty "
-               "directory"));
+      return absl::FailedPreconditionError(
+          absl::StrCat(dir,
+                       " is not empty: extract writes a layer into an empty "
+                       "directory"));
     }
   }
   RETURN_IF_ERROR(MakeDirs());

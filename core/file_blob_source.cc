@@ -34,9 +34,9 @@ FileBlobSource::~FileBlobSource() { close(fd_); }
 absl::Status FileBlobSource::ReadAt(uint64_t offset, absl::Span<char> dst,
                                     ReadPriority /*priority*/) {
   if (offset > size_ || dst.size() > size_ - offset) {
-    return absl::OutOfRangeError(absl::StrCat(
-        "read [", offset, ", ", offset + dst.size(), ") past the end of ",
-        Describe(), " (", size_, " bytes)"));
+    return absl::OutOfRangeError(
+        absl::StrCat("read [", offset, ", ", offset + dst.size(),
+                     ") past the end of ", Describe(), " (", size_, " bytes)"));
   }
   size_t done = 0;
   while (done < dst.size()) {
@@ -47,9 +47,8 @@ absl::Status FileBlobSource::ReadAt(uint64_t offset, absl::Span<char> dst,
       return ErrnoToStatus(errno, absl::StrCat("pread ", path_));
     }
     if (n == 0) {
-      return absl::DataLossError(
-          absl::StrCat(path_, " shrank while being read (at offset ",
-                       offset + done, ")"));
+      return absl::DataLossError(absl::StrCat(
+          path_, " shrank while being read (at offset ", offset + done, ")"));
     }
     done += static_cast<size_t>(n);
   }

@@ -47,8 +47,8 @@ bool ParseHex16(absl::string_view s, uint64_t* out) {
 // the extra field) an empty stored final block and a zero CRC/ISIZE.
 constexpr unsigned char kGzipHeader[10] = {0x1f, 0x8b, 0x08, 0x04, 0x00,
                                            0x00, 0x00, 0x00, 0x00, 0xff};
-constexpr unsigned char kGzipTrailer[13] = {0x01, 0x00, 0x00, 0xff, 0xff,
-                                            0, 0, 0, 0, 0, 0, 0, 0};
+constexpr unsigned char kGzipTrailer[13] = {0x01, 0x00, 0x00, 0xff, 0xff, 0, 0,
+                                            0,    0,    0,    0,    0,    0};
 
 bool GzipFrameMatches(const char* p, size_t size, uint16_t xlen) {
   if (std::memcmp(p, kGzipHeader, 4) != 0) return false;

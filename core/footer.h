@@ -3,8 +3,8 @@
 // One tail read of the last kFooterTailSize bytes covers every dialect:
 //   eStargz         51-byte empty gzip member, extra subfield "SG"
 //   legacy stargz   47-byte empty gzip member, bare 22-byte extra field
-//   zstd:chunked    8-byte skippable-frame header + 40-byte payload ("GnUlInUx")
-//   containers/storage zstd:chunked: 8 + 64 bytes ("GNUlInUx")
+//   zstd:chunked    8-byte skippable-frame header + 40-byte payload
+//   ("GnUlInUx") containers/storage zstd:chunked: 8 + 64 bytes ("GNUlInUx")
 // The external-TOC eStargz footer (46 bytes) is recognised and refused with
 // an Unimplemented error. ParseFooter is pure: it never trusts an offset or a
 // length without checking it against the blob size and the limits given.
@@ -15,9 +15,9 @@
 
 #include <cstddef>
 #include <cstdint>
-#include "absl/strings/string_view.h"
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 
 namespace lazypull {
 
@@ -38,7 +38,8 @@ enum class LayerFormat : uint8_t {
 absl::string_view LayerFormatName(LayerFormat f);
 // True for the two zstd dialects.
 inline bool IsZstd(LayerFormat f) {
-  return f == LayerFormat::kZstdChunked || f == LayerFormat::kZstdChunkedStorage;
+  return f == LayerFormat::kZstdChunked ||
+         f == LayerFormat::kZstdChunkedStorage;
 }
 
 struct Footer {

@@ -58,13 +58,12 @@ class IsalInflater final : public StreamDecompressor {
       state_.crc_flag = ISAL_GZIP;
       in_member_ = true;
     }
-    state_.next_in =
-        reinterpret_cast<uint8_t*>(const_cast<char*>(in.data()));
-    state_.avail_in = static_cast<uint32_t>(
-        std::min<size_t>(in.size(), UINT32_MAX));
+    state_.next_in = reinterpret_cast<uint8_t*>(const_cast<char*>(in.data()));
+    state_.avail_in =
+        static_cast<uint32_t>(std::min<size_t>(in.size(), UINT32_MAX));
     state_.next_out = reinterpret_cast<uint8_t*>(out.data());
-    state_.avail_out = static_cast<uint32_t>(
-        std::min<size_t>(out.size(), UINT32_MAX));
+    state_.avail_out =
+        static_cast<uint32_t>(std::min<size_t>(out.size(), UINT32_MAX));
     const uint32_t avail_in = state_.avail_in;
     const uint32_t avail_out = state_.avail_out;
     int rc = isal_inflate(&state_);

@@ -23,8 +23,8 @@ absl::StatusOr<std::string> NormalizeTarPath(absl::string_view name) {
     if (part.empty() || part == ".") continue;
     if (part == "..") {
       if (parts.empty()) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "name \"", name, "\" climbs above the layer's root"));
+        return absl::InvalidArgumentError(
+            absl::StrCat("name \"", name, "\" climbs above the layer's root"));
       }
       parts.pop_back();
       continue;
@@ -93,14 +93,15 @@ absl::StatusOr<uint32_t> LayerIndexBuilder::EnsureDir(absl::string_view path) {
   if (it != path_to_dirent_.end()) {
     const Dirent& d = idx_.dirents_[it->second];
     if (d.hardlink || idx_.inodes_[d.inode].type != EntryType::kDir) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "\"", path, "\" is used as a directory but is not one"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("\"", path, "\" is used as a directory but is not one"));
     }
     return d.inode;
   }
   size_t slash = path.rfind('/');
-  absl::string_view parent_path =
-      slash == absl::string_view::npos ? absl::string_view() : path.substr(0, slash);
+  absl::string_view parent_path = slash == absl::string_view::npos
+                                      ? absl::string_view()
+                                      : path.substr(0, slash);
   ASSIGN_OR_RETURN(uint32_t parent, EnsureDir(parent_path));
   uint32_t ino = NewInode(EntryType::kDir);
   xattr_src_.push_back(SIZE_MAX);
@@ -108,8 +109,8 @@ absl::StatusOr<uint32_t> LayerIndexBuilder::EnsureDir(absl::string_view path) {
   n.implicit = true;
   n.mode = 0755;
   Dirent d;
-  d.name = std::string(slash == absl::string_view::npos ? path
-                                                       : path.substr(slash + 1));
+  d.name = std::string(
+      slash == absl::string_view::npos ? path : path.substr(slash + 1));
   d.parent = parent;
   d.inode = ino;
   idx_.dirents_.push_back(std::move(d));
@@ -147,9 +148,9 @@ absl::Status LayerIndexBuilder::FinishFile(size_t entry_index) {
   auto chunks = absl::MakeSpan(idx_.chunks_).subspan(f.first_chunk);
   f.num_chunks = static_cast<uint32_t>(chunks.size());
   auto fail = [&](absl::string_view what) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("TOC entry ", entry_index, " (file \"", open_file_path_,
-                     "\"): ", what));
+    return absl::InvalidArgumentError(absl::StrCat("TOC entry ", entry_index,
+                                                   " (file \"", open_file_path_,
+                                                   "\"): ", what));
   };
   if (chunks.empty() || chunks[0].file_offset != 0) {
     return fail("its first chunk does not start at offset 0");
@@ -231,9 +232,9 @@ absl::Status LayerIndexBuilder::AddEntry(const TocEntry& e, size_t index) {
   }
 
   size_t slash = path.rfind('/');
-  absl::string_view parent_path = slash == std::string::npos
-                                     ? absl::string_view()
-                                     : absl::string_view(path).substr(0, slash);
+  absl::string_view parent_path =
+      slash == std::string::npos ? absl::string_view()
+                                 : absl::string_view(path).substr(0, slash);
   absl::StatusOr<uint32_t> parent = EnsureDir(parent_path);
   if (!parent.ok()) {
     return absl::InvalidArgumentError(
@@ -269,9 +270,9 @@ absl::Status LayerIndexBuilder::AddEntry(const TocEntry& e, size_t index) {
   if (e.type == EntryType::kHardlink) {
     absl::StatusOr<std::string> target = NormalizeTarPath(e.link_name);
     if (!target.ok()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "TOC entry ", index, " (hardlink \"", path,
-          "\"): target ", target.status().message()));
+      return absl::InvalidArgumentError(
+          absl::StrCat("TOC entry ", index, " (hardlink \"", path,
+                       "\"): target ", target.status().message()));
     }
     idx_.dirents_[dirent].hardlink = true;
     idx_.dirents_[dirent].inode = UINT32_MAX;
@@ -331,8 +332,8 @@ absl::Status LayerIndexBuilder::ResolveLinks() {
       auto it = path_to_dirent_.find(target);
       if (it == path_to_dirent_.end() || target.empty()) {
         return absl::InvalidArgumentError(absl::StrCat(
-            "TOC entry ", l.entry, ": hardlink \"",
-            idx_.Path(l.dirent), "\" points to missing \"", l.target, "\""));
+            "TOC entry ", l.entry, ": hardlink \"", idx_.Path(l.dirent),
+            "\" points to missing \"", l.target, "\""));
       }
       const Dirent& d = idx_.dirents_[it->second];
       if (!d.hardlink) {
@@ -343,10 +344,9 @@ absl::Status LayerIndexBuilder::ResolveLinks() {
         ino = d.inode;
         break;
       }
-      auto next = std::find_if(links_.begin(), links_.end(),
-                               [&](const PendingLink& p) {
-                                 return p.dirent == it->second;
-                               });
+      auto next = std::find_if(
+          links_.begin(), links_.end(),
+          [&](const PendingLink& p) { return p.dirent == it->second; });
       target = next->target;
     }
     if (ino == UINT32_MAX) {
@@ -379,9 +379,8 @@ absl::Status LayerIndexBuilder::ComputeExtents(uint64_t data_end) {
     if (c.blob_offset >= data_end) {
       return absl::InvalidArgumentError(absl::StrCat(
           "a chunk of \"", idx_.Path(idx_.inodes_[c.inode].dirent),
-          "\" at offset ", c.file_offset, " claims blob offset ",
-          c.blob_offset, ", past the payload region (ends at ", data_end,
-          ")"));
+          "\" at offset ", c.file_offset, " claims blob offset ", c.blob_offset,
+          ", past the payload region (ends at ", data_end, ")"));
     }
     auto next = std::upper_bound(starts.begin(), starts.end(), c.blob_offset);
     c.blob_end = next == starts.end() ? data_end : *next;
@@ -389,8 +388,8 @@ absl::Status LayerIndexBuilder::ComputeExtents(uint64_t data_end) {
       if (end_offsets_[i] <= c.blob_offset || end_offsets_[i] > data_end) {
         return absl::InvalidArgumentError(absl::StrCat(
             "a chunk of \"", idx_.Path(idx_.inodes_[c.inode].dirent),
-            "\" has endOffset ", end_offsets_[i], " outside (",
-            c.blob_offset, ", ", data_end, "]"));
+            "\" has endOffset ", end_offsets_[i], " outside (", c.blob_offset,
+            ", ", data_end, "]"));
       }
       c.blob_end = end_offsets_[i];
     }

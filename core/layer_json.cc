@@ -25,14 +25,14 @@ void WriteEntriesJson(const LayerIndex& index, JsonWriter& w) {
   for (const auto& [path, d] : rows) {
     const bool hardlink =
         d != LayerIndex::kNoDirent && index.dirents()[d].hardlink;
-    const uint32_t ino =
-        d == LayerIndex::kNoDirent ? LayerIndex::kRoot : index.dirents()[d].inode;
+    const uint32_t ino = d == LayerIndex::kNoDirent ? LayerIndex::kRoot
+                                                    : index.dirents()[d].inode;
     const Inode& n = index.inode(ino);
     const bool reg = n.type == EntryType::kReg;
     w.BeginObject();
     w.Key("path").String(path);
-    w.Key("type").String(EntryTypeName(hardlink ? EntryType::kHardlink
-                                                : n.type));
+    w.Key("type").String(
+        EntryTypeName(hardlink ? EntryType::kHardlink : n.type));
     w.Key("mode").Uint(n.mode);
     w.Key("uid").Uint(n.uid);
     w.Key("gid").Uint(n.gid);
@@ -56,7 +56,8 @@ void WriteEntriesJson(const LayerIndex& index, JsonWriter& w) {
       w.Null();
     }
     w.Key("xattrs").BeginObject();
-    for (const auto& [k, v] : index.Xattrs(ino)) w.Key(k).String(Base64Encode(v));
+    for (const auto& [k, v] : index.Xattrs(ino))
+      w.Key(k).String(Base64Encode(v));
     w.EndObject();
     w.Key("dev_major").Uint(n.dev_major);
     w.Key("dev_minor").Uint(n.dev_minor);

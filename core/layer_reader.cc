@@ -47,8 +47,8 @@ absl::Status DecompressExactly(StreamDecompressor& d, absl::string_view* in,
     in->remove_prefix(r.consumed);
     filled += r.produced;
     if (r.consumed == 0 && r.produced == 0 && !r.frame_end) {
-      return absl::DataLossError(absl::StrCat(
-          "TOC data ended after ", filled, " of ", out.size(), " bytes"));
+      return absl::DataLossError(absl::StrCat("TOC data ended after ", filled,
+                                              " of ", out.size(), " bytes"));
     }
   }
   return absl::OkStatus();
@@ -81,15 +81,14 @@ absl::StatusOr<std::string> ReadGzipTocMember(absl::string_view compressed,
         return absl::InvalidArgumentError("TOC tar extension header too big");
       }
       std::string skip((size + 511) / 512 * 512, '\0');
-      RETURN_IF_ERROR(
-          DecompressExactly(*d, &compressed, absl::MakeSpan(skip)));
+      RETURN_IF_ERROR(DecompressExactly(*d, &compressed, absl::MakeSpan(skip)));
       continue;
     }
     absl::string_view name(hdr, strnlen(hdr, 100));
     if (name != "stargz.index.json") {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "TOC member holds \"", name.substr(0, 100),
-          "\", not stargz.index.json"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("TOC member holds \"", name.substr(0, 100),
+                       "\", not stargz.index.json"));
     }
     if (type != '0' && type != '\0') {
       return absl::InvalidArgumentError(
@@ -120,9 +119,8 @@ absl::StatusOr<std::unique_ptr<LayerReader>> LayerReader::Open(
   const uint64_t size = src.size();
 
   // One tail read: the footer, and the TOC too when it is within reach.
-  const uint64_t tail_len =
-      std::min(size, std::max<uint64_t>(options.tail_read_size,
-                                        kFooterTailSize));
+  const uint64_t tail_len = std::min(
+      size, std::max<uint64_t>(options.tail_read_size, kFooterTailSize));
   std::string tail(tail_len, '\0');
   RETURN_IF_ERROR(src.ReadAt(size - tail_len, absl::MakeSpan(tail)));
   const uint64_t foot_len = std::min<uint64_t>(tail_len, kFooterTailSize);
@@ -170,8 +168,9 @@ absl::StatusOr<std::unique_ptr<LayerReader>> LayerReader::Open(
     }
   } else {
     data_end = f.toc_offset;
-    ASSIGN_OR_RETURN(json, ReadGzipTocMember(toc_compressed,
-                                             options.footer_limits.max_toc_size));
+    ASSIGN_OR_RETURN(
+        json,
+        ReadGzipTocMember(toc_compressed, options.footer_limits.max_toc_size));
   }
   r->toc_size_ = json.size();
   r->toc_digest_ = Sha256::Of(json);
@@ -200,9 +199,9 @@ absl::Status LayerReader::VerifyChunk(uint32_t chunk,
   if (!c.has_digest) return absl::OkStatus();  // a zeros chunk
   Digest got = Sha256::Of(data);
   if (got != c.digest) {
-    return absl::DataLossError(absl::StrCat(
-        DescribeChunk(chunk), " does not match its digest: got ",
-        got.ToString(), ", want ", c.digest.ToString()));
+    return absl::DataLossError(
+        absl::StrCat(DescribeChunk(chunk), " does not match its digest: got ",
+                     got.ToString(), ", want ", c.digest.ToString()));
   }
   return absl::OkStatus();
 }
@@ -235,8 +234,8 @@ absl::Status LayerReader::ReadChunk(uint32_t chunk, absl::Span<char> out,
     absl::Status st =
         source_->ReadAt(c.blob_offset, absl::MakeSpan(extent), priority);
     if (!st.ok()) {
-      return absl::Status(st.code(), absl::StrCat(DescribeChunk(chunk),
-                                                  ": ", st.message()));
+      return absl::Status(
+          st.code(), absl::StrCat(DescribeChunk(chunk), ": ", st.message()));
     }
   }
   return DecodeChunk(chunk, extent, out);

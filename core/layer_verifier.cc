@@ -40,8 +40,8 @@ class ChunkTracker {
     while (next_ < order_.size() && cs[order_[next_]].blob_offset <= comp) {
       uint32_t ci = order_[next_];
       if (cs[ci].blob_offset < comp) return NotAMember(ci);
-      active_.push_back({ci, pos + cs[ci].inner_offset, 0,
-                         std::make_unique<Sha256>()});
+      active_.push_back(
+          {ci, pos + cs[ci].inner_offset, 0, std::make_unique<Sha256>()});
       ++next_;
     }
     return absl::OkStatus();
@@ -73,9 +73,9 @@ class ChunkTracker {
 
   absl::Status Finish() {
     if (!active_.empty()) {
-      return absl::DataLossError(absl::StrCat(
-          r_.DescribeChunk(active_.front().chunk),
-          ": the blob's data ends before the chunk does"));
+      return absl::DataLossError(
+          absl::StrCat(r_.DescribeChunk(active_.front().chunk),
+                       ": the blob's data ends before the chunk does"));
     }
     if (next_ < order_.size()) return NotAMember(order_[next_]);
     for (uint32_t ci : zeros_) {
@@ -120,9 +120,9 @@ class ChunkTracker {
   absl::Status FinishChunk(uint32_t ci, const Digest& got) {
     const Chunk& c = idx_.chunks()[ci];
     if (c.has_digest && got != c.digest) {
-      return absl::DataLossError(absl::StrCat(
-          r_.DescribeChunk(ci), " does not match its digest: got ",
-          got.ToString(), ", want ", c.digest.ToString()));
+      return absl::DataLossError(
+          absl::StrCat(r_.DescribeChunk(ci), " does not match its digest: got ",
+                       got.ToString(), ", want ", c.digest.ToString()));
     }
     ++chunks_verified_;
     const Inode& f = idx_.inode(c.inode);
@@ -133,9 +133,10 @@ class ChunkTracker {
     if (f.digest) {
       Digest file = f.num_chunks == 1 ? got : file_hashers_[c.inode]->Finish();
       if (file != *f.digest) {
-        return absl::DataLossError(absl::StrCat(
-            "file \"", idx_.Path(f.dirent), "\" does not match its digest: got ",
-            file.ToString(), ", want ", f.digest->ToString()));
+        return absl::DataLossError(
+            absl::StrCat("file \"", idx_.Path(f.dirent),
+                         "\" does not match its digest: got ", file.ToString(),
+                         ", want ", f.digest->ToString()));
       }
     }
     file_hashers_[c.inode].reset();
@@ -186,13 +187,13 @@ absl::StatusOr<VerifyResult> VerifyLayer(const LayerReader& reader,
       RETURN_IF_ERROR(tracker.MemberStart(comp, pos));
       at_member_start = false;
     }
-    absl::StatusOr<StreamDecompressor::Result> r = d->Decompress(
-        absl::string_view(in.data() + in_pos, in_len - in_pos),
-        absl::MakeSpan(out));
+    absl::StatusOr<StreamDecompressor::Result> r =
+        d->Decompress(absl::string_view(in.data() + in_pos, in_len - in_pos),
+                      absl::MakeSpan(out));
     if (!r.ok()) {
-      return absl::DataLossError(absl::StrCat(
-          "the blob's compressed stream is corrupt near offset ", comp, ": ",
-          r.status().message()));
+      return absl::DataLossError(
+          absl::StrCat("the blob's compressed stream is corrupt near offset ",
+                       comp, ": ", r.status().message()));
     }
     in_pos += r->consumed;
     comp += r->consumed;
@@ -221,9 +222,10 @@ absl::StatusOr<VerifyResult> VerifyLayer(const LayerReader& reader,
   for (const Inode& n : idx.inodes()) {
     if (n.type == EntryType::kReg && n.size == 0) {
       if (n.digest && *n.digest != kEmpty) {
-        return absl::DataLossError(absl::StrCat(
-            "empty file \"", idx.Path(n.dirent),
-            "\" carries a digest of non-empty content: ", n.digest->ToString()));
+        return absl::DataLossError(
+            absl::StrCat("empty file \"", idx.Path(n.dirent),
+                         "\" carries a digest of non-empty content: ",
+                         n.digest->ToString()));
       }
       ++res.files_verified;
     }

@@ -23,11 +23,11 @@
 namespace lazypull {
 
 struct VerifyResult {
-  Digest diff_id;               // sha256 of the uncompressed stream
+  Digest diff_id;  // sha256 of the uncompressed stream
   uint64_t uncompressed_size = 0;
   uint64_t chunks_verified = 0;
   uint64_t files_verified = 0;
-  Digest blob_digest;           // sha256 of the compressed blob
+  Digest blob_digest;  // sha256 of the compressed blob
 };
 
 struct VerifyOptions {

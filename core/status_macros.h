@@ -16,19 +16,19 @@
 #define LAZYPULL_CONCAT_INNER_(a, b) a##b
 #define LAZYPULL_CONCAT_(a, b) LAZYPULL_CONCAT_INNER_(a, b)
 
-#define RETURN_IF_ERROR(expr)                                  \
-  do {                                                         \
-    ::absl::Status lazypull_status_ = (expr);                  \
-    if (!lazypull_status_.ok()) return lazypull_status_;       \
+#define RETURN_IF_ERROR(expr)                            \
+  do {                                                   \
+    ::absl::Status lazypull_status_ = (expr);            \
+    if (!lazypull_status_.ok()) return lazypull_status_; \
   } while (0)
 
-#define ASSIGN_OR_RETURN(lhs, rexpr)                                     \
-  LAZYPULL_ASSIGN_OR_RETURN_IMPL_(                                       \
+#define ASSIGN_OR_RETURN(lhs, rexpr) \
+  LAZYPULL_ASSIGN_OR_RETURN_IMPL_(   \
       LAZYPULL_CONCAT_(lazypull_statusor_, __LINE__), lhs, rexpr)
 
 #define LAZYPULL_ASSIGN_OR_RETURN_IMPL_(statusor, lhs, rexpr) \
-  auto statusor = (rexpr);                                   \
-  if (!statusor.ok()) return std::move(statusor).status();   \
+  auto statusor = (rexpr);                                    \
+  if (!statusor.ok()) return std::move(statusor).status();    \
   lhs = std::move(statusor).value()
 
 #endif  // LAZYPULL_CORE_STATUS_MACROS_H_

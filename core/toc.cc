@@ -22,16 +22,16 @@ absl::string_view View(std::string_view s) {
 
 absl::Status EntryError(size_t index, absl::string_view key,
                         absl::string_view what) {
-  return absl::InvalidArgumentError(absl::StrCat(
-      "TOC entry ", index, ": \"", key, "\" ", what));
+  return absl::InvalidArgumentError(
+      absl::StrCat("TOC entry ", index, ": \"", key, "\" ", what));
 }
 
 bool ParseType(absl::string_view s, EntryType* t) {
   static constexpr std::pair<absl::string_view, EntryType> kTypes[] = {
-      {"reg", EntryType::kReg},         {"dir", EntryType::kDir},
-      {"chunk", EntryType::kChunk},     {"symlink", EntryType::kSymlink},
+      {"reg", EntryType::kReg},           {"dir", EntryType::kDir},
+      {"chunk", EntryType::kChunk},       {"symlink", EntryType::kSymlink},
       {"hardlink", EntryType::kHardlink}, {"char", EntryType::kChar},
-      {"block", EntryType::kBlock},     {"fifo", EntryType::kFifo},
+      {"block", EntryType::kBlock},       {"fifo", EntryType::kFifo},
   };
   for (const auto& [name, type] : kTypes) {
     if (s == name) {
@@ -116,9 +116,9 @@ absl::Status ParseEntry(const object& obj, size_t index,
           st = GetString(v, index, key, &s);
           if (st.ok() && !s.empty()) {
             if (!ParseRfc3339(s, &e->mtime_sec, &e->mtime_nsec)) {
-              st = EntryError(index, key,
-                              absl::StrCat("is not RFC 3339: \"",
-                                           s.substr(0, 64), "\""));
+              st = EntryError(
+                  index, key,
+                  absl::StrCat("is not RFC 3339: \"", s.substr(0, 64), "\""));
             }
             e->has_modtime = true;
           }
@@ -212,9 +212,9 @@ absl::Status ParseEntry(const object& obj, size_t index,
             if (s == "zeros") {
               e->zeros = true;
             } else if (!s.empty()) {
-              st = EntryError(index, key,
-                              absl::StrCat("has unknown chunk type \"", s,
-                                           "\""));
+              st = EntryError(
+                  index, key,
+                  absl::StrCat("has unknown chunk type \"", s, "\""));
             }
           }
         }
@@ -266,8 +266,8 @@ absl::StatusOr<Toc> ParseToc(absl::string_view json, const TocLimits& limits) {
   element doc;
   if (auto err = parser.parse(json.data(), json.size(), false).get(doc);
       err != simdjson::SUCCESS) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "TOC is not valid JSON: ", simdjson::error_message(err)));
+    return absl::InvalidArgumentError(
+        absl::StrCat("TOC is not valid JSON: ", simdjson::error_message(err)));
   }
   object root;
   if (doc.get_object().get(root) != simdjson::SUCCESS) {
@@ -286,8 +286,7 @@ absl::StatusOr<Toc> ParseToc(absl::string_view json, const TocLimits& limits) {
   }
   toc.version = static_cast<int>(version);
   element entries;
-  if (root["entries"].get(entries) != simdjson::SUCCESS ||
-      entries.is_null()) {
+  if (root["entries"].get(entries) != simdjson::SUCCESS || entries.is_null()) {
     return toc;  // {"version":1,"entries":null}: an empty layer
   }
   simdjson::dom::array arr;
@@ -425,8 +424,8 @@ bool Base64Decode(absl::string_view in, std::string* out) {
         if (v[j] < 0) return false;
       }
     }
-    uint32_t n = static_cast<uint32_t>(v[0] << 18 | v[1] << 12 | v[2] << 6 |
-                                       v[3]);
+    uint32_t n =
+        static_cast<uint32_t>(v[0] << 18 | v[1] << 12 | v[2] << 6 | v[3]);
     out->push_back(static_cast<char>(n >> 16));
     if (pad < 2) out->push_back(static_cast<char>(n >> 8 & 0xff));
     if (pad < 1) out->push_back(static_cast<char>(n & 0xff));

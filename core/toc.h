@@ -18,11 +18,11 @@
 #include <cstdint>
 #include <optional>
 #include <string>
-#include "absl/strings/string_view.h"
 #include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "core/digest.h"
 
 namespace lazypull {
@@ -57,7 +57,7 @@ struct TocEntry {
   uint32_t dev_major = 0;
   uint32_t dev_minor = 0;
   std::vector<std::pair<std::string, std::string>> xattrs;  // decoded values
-  std::optional<Digest> digest;        // whole-file digest
+  std::optional<Digest> digest;                             // whole-file digest
   uint64_t offset = 0;                 // compressed offset of the payload
   uint64_t end_offset = 0;             // containers/storage; 0 = absent
   uint64_t inner_offset = 0;           // uncompressed offset inside the member

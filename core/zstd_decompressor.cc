@@ -10,9 +10,9 @@
 namespace lazypull {
 
 absl::Status ZstdError(size_t code, absl::string_view what) {
-  return absl::DataLossError(absl::StrCat(what, ": ", ZSTD_getErrorName(code),
-                                          " (zstd error ",
-                                          static_cast<int>(ZSTD_getErrorCode(code)), ")"));
+  return absl::DataLossError(
+      absl::StrCat(what, ": ", ZSTD_getErrorName(code), " (zstd error ",
+                   static_cast<int>(ZSTD_getErrorCode(code)), ")"));
 }
 
 namespace {

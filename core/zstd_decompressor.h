@@ -9,9 +9,9 @@
 
 #include <cstddef>
 #include <memory>
-#include "absl/strings/string_view.h"
 
 #include "absl/status/status.h"
+#include "absl/strings/string_view.h"
 #include "core/decompressor.h"
 
 namespace lazypull {
