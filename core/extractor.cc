@@ -177,7 +177,8 @@ absl::Status Extractor::WriteFiles() {
   for (uint32_t d = 0; d < idx_.dirents().size(); ++d) {
     const Dirent& de = idx_.dirents()[d];
     if (!de.hardlink && idx_.inode(de.inode).type == EntryType::kReg &&
-        idx_.inode(de.inode).dirent == d) {
+        idx_.inode(de.inode).dirent == d &&
+        !absl::StartsWith(de.name, kWhiteoutPrefix)) {  // MakeOthers' job
       files.push_back(d);
     }
   }
@@ -211,13 +212,16 @@ absl::Status Extractor::MakeOthers() {
   for (uint32_t d = 0; d < idx_.dirents().size(); ++d) {
     const Dirent& de = idx_.dirents()[d];
     const Inode& n = idx_.inode(de.inode);
-    if (!de.hardlink && (n.type == EntryType::kDir ||
-                         (n.type == EntryType::kReg && n.dirent == d))) {
+    const bool whiteout = n.type != EntryType::kDir &&
+                          absl::StartsWith(de.name, kWhiteoutPrefix);
+    if (!whiteout && !de.hardlink &&
+        (n.type == EntryType::kDir ||
+         (n.type == EntryType::kReg && n.dirent == d))) {
       continue;  // made already
     }
     ASSIGN_OR_RETURN(Fd dfd, OpenDir(de.parent));
     if (de.name == kOpaqueMarker) continue;  // an xattr on the parent
-    if (absl::StartsWith(de.name, kWhiteoutPrefix)) {
+    if (whiteout) {
       std::string target = de.name.substr(kWhiteoutPrefix.size());
       if (idx_.Lookup(de.parent, target).has_value()) continue;
       if (mknodat(dfd.get(), target.c_str(), S_IFCHR | 0, makedev(0, 0)) != 0) {

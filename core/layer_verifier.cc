@@ -87,6 +87,26 @@ class ChunkTracker {
     return absl::OkStatus();
   }
 
+  // The stream failed to decompress at compressed offset `comp`: blame the
+  // chunk being read, or the chunk whose extent holds `comp`.
+  absl::Status CorruptAt(uint64_t comp, const absl::Status& cause) const {
+    const auto& cs = idx_.chunks();
+    std::string where =
+        absl::StrCat("the compressed stream near blob offset ", comp);
+    if (!active_.empty()) {
+      where = r_.DescribeChunk(active_.front().chunk);
+    } else {
+      for (uint32_t ci : order_) {
+        if (cs[ci].blob_offset <= comp && comp < cs[ci].blob_end) {
+          where = r_.DescribeChunk(ci);
+          break;
+        }
+      }
+    }
+    return absl::DataLossError(
+        absl::StrCat(where, " is corrupt: ", cause.message()));
+  }
+
   uint64_t chunks_verified() const { return chunks_verified_; }
   uint64_t files_verified() const { return files_verified_; }
 
@@ -190,11 +210,7 @@ absl::StatusOr<VerifyResult> VerifyLayer(const LayerReader& reader,
     absl::StatusOr<StreamDecompressor::Result> r =
         d->Decompress(absl::string_view(in.data() + in_pos, in_len - in_pos),
                       absl::MakeSpan(out));
-    if (!r.ok()) {
-      return absl::DataLossError(
-          absl::StrCat("the blob's compressed stream is corrupt near offset ",
-                       comp, ": ", r.status().message()));
-    }
+    if (!r.ok()) return tracker.CorruptAt(comp, r.status());
     in_pos += r->consumed;
     comp += r->consumed;
     if (r->produced > 0) {
