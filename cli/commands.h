@@ -22,6 +22,8 @@ namespace lazypull::cli {
 int InspectMain(int argc, char** argv);
 int VerifyMain(int argc, char** argv);
 int ExtractMain(int argc, char** argv);
+int MountMain(int argc, char** argv);
+int UnmountMain(int argc, char** argv);
 
 // Parses argv against `spec`; on --help prints usage and returns 0 through
 // *exit_code, on error prints it and returns 2. nullopt means "stop now".

@@ -36,6 +36,7 @@ absl::StatusOr<ParsedArgs> Parse(const CommandSpec& spec, int argc,
       out.help = true;
       continue;
     }
+    if (a == "-o") a = "--o";  // mount(8)-style -o OPTIONS
     if (!absl::StartsWith(a, "--")) {
       return absl::InvalidArgumentError(
           absl::StrCat("unknown option ", a, " (options are spelled --name)"));

@@ -19,6 +19,10 @@ constexpr Command kCommands[] = {
      "check every chunk, file and the DiffID of a layer"},
     {"extract", lazypull::cli::ExtractMain,
      "verified extraction of a layer into an overlay-ready directory"},
+    {"mount", lazypull::cli::MountMain,
+     "mount a layer lazily as a read-only filesystem"},
+    {"unmount", lazypull::cli::UnmountMain,
+     "unmount a lazypull mount and end its serving process"},
 };
 
 void PrintUsage(std::ostream& os) {

@@ -1,0 +1,280 @@
+// `lazypull mount` and `lazypull unmount`.
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <fstream>
+#include <iostream>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "cli/commands.h"
+#include "core/cached_layer.h"
+#include "core/digest.h"
+#include "core/dir_chunk_cache.h"
+#include "core/errno_status.h"
+#include "core/file_blob_source.h"
+#include "core/log.h"
+#include "core/status_macros.h"
+#include "fuse/fuse_server.h"
+#include "fuse/layer_fs.h"
+
+namespace lazypull::cli {
+namespace {
+
+const CommandSpec kMountSpec = {
+    "mount",
+    "--blob PATH (--toc-digest sha256:... | --insecure-skip-toc-verify) "
+    "MOUNTPOINT [--cache-dir DIR] [--foreground] [-o allow_other]",
+    "Mount one layer as a read-only filesystem at once; bytes are fetched, "
+    "verified and cached only when read.",
+    "The mount is ready when the command returns (the serving process stays\n"
+    "in the background unless --foreground). `lazypull unmount MOUNTPOINT`\n"
+    "ends it; so do SIGINT/SIGTERM to the serving process. The TOC must match\n"
+    "--toc-digest: without it the mount is refused unless\n"
+    "--insecure-skip-toc-verify is given. The file\n"
+    "/.stargz-snapshotter/<toc digest>.json (reachable by name only) reports\n"
+    "{error, digest, size, fetchedSize, fetchedPercent}.\n"
+    "Default cache dir: /var/lib/lazypull as root, $XDG_CACHE_HOME/lazypull\n"
+    "otherwise.",
+    {"MOUNTPOINT"},
+    {
+        {"blob", "PATH", "the layer blob (eStargz or zstd:chunked) to serve"},
+        {"toc-digest", "DIGEST",
+         "the trusted TOC digest (toc.digest annotation)"},
+        {"insecure-skip-toc-verify", "", "mount without a trusted TOC digest"},
+        {"cache-dir", "DIR", "where verified chunks are cached"},
+        {"foreground", "", "serve in this process; do not daemonize"},
+        {"log-file", "FILE", "daemon log (default: CACHE_DIR/lazypull.log)"},
+        {"o", "OPTIONS", "mount options; only allow_other is accepted"},
+    },
+};
+
+const CommandSpec kUnmountSpec = {
+    "unmount",
+    "MOUNTPOINT [--force]",
+    "Unmount a lazypull mount and end its serving process.",
+    "A busy mount (a process has files open or its working directory there)\n"
+    "is refused with EBUSY unless --force, which detaches it lazily.",
+    {"MOUNTPOINT"},
+    {{"force", "", "detach even if busy (lazy unmount)"}},
+};
+
+std::string DefaultCacheDir() {
+  if (geteuid() == 0) return "/var/lib/lazypull";
+  if (const char* x = getenv("XDG_CACHE_HOME"); x && *x) {
+    return absl::StrCat(x, "/lazypull");
+  }
+  const char* home = getenv("HOME");
+  return absl::StrCat(home ? home : "/tmp", "/.cache/lazypull");
+}
+
+std::string RuntimeDir() {
+  if (geteuid() == 0) return "/run/lazypull";
+  if (const char* x = getenv("XDG_RUNTIME_DIR"); x && *x) {
+    return absl::StrCat(x, "/lazypull");
+  }
+  return absl::StrCat("/tmp/lazypull-", geteuid());
+}
+
+std::string AbsPath(const std::string& p) {
+  char buf[PATH_MAX];
+  if (realpath(p.c_str(), buf) != nullptr) return buf;
+  if (!p.empty() && p[0] == '/') return p;
+  char cwd[PATH_MAX];
+  if (getcwd(cwd, sizeof(cwd)) == nullptr) return p;
+  return absl::StrCat(cwd, "/", p);
+}
+
+std::string PidFile(const std::string& mountpoint) {
+  return absl::StrCat(RuntimeDir(), "/",
+                      Sha256::Of(AbsPath(mountpoint)).Hex().substr(0, 16),
+                      ".pid");
+}
+
+// Everything from opening the layer to serving it. `ready` is called once
+// the mount exists (or with the error that prevented it).
+absl::Status Serve(const ParsedArgs& args,
+                   const std::function<void(const absl::Status&)>& ready) {
+  const std::string mountpoint = AbsPath(args.positionals[0]);
+  std::optional<std::string> toc = args.Get("toc-digest");
+  LayerOpenOptions lo;
+  if (toc) {
+    absl::StatusOr<Digest> d = Digest::Parse(*toc);
+    if (!d.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--toc-digest: ", d.status().message()));
+    }
+    lo.toc_digest = *d;
+  }
+  ASSIGN_OR_RETURN(std::unique_ptr<FileBlobSource> src,
+                   FileBlobSource::Open(*args.Get("blob")));
+  absl::StatusOr<std::unique_ptr<LayerReader>> reader =
+      LayerReader::Open(std::move(src), lo);
+  if (!reader.ok()) {
+    return absl::Status(
+        reader.status().code(),
+        absl::StrCat(*args.Get("blob"), ": ", reader.status().message()));
+  }
+  const std::string cache_dir = args.GetOr("cache-dir", DefaultCacheDir());
+  ASSIGN_OR_RETURN(std::unique_ptr<DirChunkCache> cache,
+                   DirChunkCache::Open(cache_dir));
+  std::shared_ptr<const LayerReader> shared_reader = std::move(*reader);
+  auto layer = std::make_shared<CachedLayer>(shared_reader, std::move(cache));
+  LayerFsOptions fo;
+  fo.state_name = shared_reader->toc_digest().ToString();
+  fo.state_digest = fo.state_name;
+  LayerFs fs(layer, fo);
+  FuseServerOptions so;
+  so.allow_other = args.GetOr("o", "") == "allow_other";
+  ASSIGN_OR_RETURN(std::unique_ptr<FuseServer> server,
+                   FuseServer::Mount(mountpoint, LayerFs::Ops(), &fs, so));
+  const std::string pid_file = PidFile(mountpoint);
+  mkdir(RuntimeDir().c_str(), 0700);
+  std::ofstream(pid_file) << getpid() << "\n" << mountpoint << "\n";
+  LogInfo("serving ", *args.Get("blob"), " (TOC ", fo.state_name, ") at ",
+          mountpoint, ", cache ", cache_dir);
+  ready(absl::OkStatus());
+  absl::Status st = server->Run();
+  server.reset();
+  unlink(pid_file.c_str());
+  LogInfo("unmounted ", mountpoint);
+  return st;
+}
+
+}  // namespace
+
+int MountMain(int argc, char** argv) {
+  int code;
+  std::optional<ParsedArgs> args = ParseOrExit(kMountSpec, argc, argv, &code);
+  if (!args) return code;
+  if (!args->Has("blob")) {
+    return Fail("mount", absl::InvalidArgumentError(
+                             "--blob PATH is required (registry mounts come "
+                             "with IMAGE_REF in a later version)"));
+  }
+  if (!args->Has("toc-digest") && !args->Has("insecure-skip-toc-verify")) {
+    return Fail("mount",
+                absl::InvalidArgumentError(
+                    "refusing to mount without --toc-digest: nothing would "
+                    "anchor the layer's contents. Pass the layer's "
+                    "containerd.io/snapshot/stargz/toc.digest, or "
+                    "--insecure-skip-toc-verify to trust the blob as is"));
+  }
+  if (args->Has("o") && args->GetOr("o", "") != "allow_other") {
+    return Fail("mount",
+                absl::InvalidArgumentError("-o accepts only allow_other"));
+  }
+  if (args->Has("foreground")) {
+    absl::Status st = Serve(*args, [&](const absl::Status&) {
+      std::cout << "mounted " << AbsPath(args->positionals[0]) << std::endl;
+    });
+    return st.ok() ? 0 : Fail("mount", st);
+  }
+  // Daemonize: the child serves; the parent returns once it is mounted.
+  int fds[2];
+  if (pipe2(fds, O_CLOEXEC) != 0) {
+    return Fail("mount", ErrnoToStatus(errno, "pipe"));
+  }
+  pid_t pid = fork();
+  if (pid < 0) return Fail("mount", ErrnoToStatus(errno, "fork"));
+  if (pid > 0) {
+    close(fds[1]);
+    std::string msg;
+    char buf[512];
+    ssize_t n;
+    while ((n = read(fds[0], buf, sizeof(buf))) > 0) msg.append(buf, n);
+    close(fds[0]);
+    if (msg == "OK") {
+      std::cout << "mounted " << AbsPath(args->positionals[0]) << " (pid "
+                << pid << ")\n";
+      return 0;
+    }
+    int status = 0;
+    waitpid(pid, &status, 0);
+    std::cerr << "lazypull mount: "
+              << (msg.empty() ? "the serving process died before the mount "
+                                "was ready"
+                              : msg)
+              << "\n";
+    return 1;
+  }
+  close(fds[0]);
+  setsid();
+  const std::string cache_dir = args->GetOr("cache-dir", DefaultCacheDir());
+  mkdir(cache_dir.c_str(), 0700);
+  const std::string log_file =
+      args->GetOr("log-file", absl::StrCat(cache_dir, "/lazypull.log"));
+  int devnull = open("/dev/null", O_RDWR);
+  int logfd = open(log_file.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0600);
+  dup2(devnull, 0);
+  dup2(devnull, 1);
+  if (logfd >= 0) dup2(logfd, 2);
+  bool told = false;
+  absl::Status st = Serve(*args, [&](const absl::Status&) {
+    ssize_t w = write(fds[1], "OK", 2);
+    (void)w;
+    close(fds[1]);
+    told = true;
+  });
+  if (!told) {
+    std::string m(st.message());
+    ssize_t w = write(fds[1], m.data(), m.size());
+    (void)w;
+    close(fds[1]);
+  }
+  if (!st.ok()) LogError("mount: ", st.message());
+  _exit(st.ok() ? 0 : 1);
+}
+
+int UnmountMain(int argc, char** argv) {
+  int code;
+  std::optional<ParsedArgs> args = ParseOrExit(kUnmountSpec, argc, argv, &code);
+  if (!args) return code;
+  const std::string mp = AbsPath(args->positionals[0]);
+  const bool force = args->Has("force");
+  int rc = umount2(mp.c_str(), force ? MNT_DETACH : 0);
+  if (rc != 0 && errno == EPERM) {
+    // Not root: fusermount3 unmounts FUSE mounts the user owns.
+    std::string cmd =
+        absl::StrCat("fusermount3 -u ", force ? "-z " : "", "'", mp, "'");
+    rc = system(cmd.c_str()) == 0 ? 0 : -1;
+    if (rc != 0) errno = EPERM;
+  }
+  if (rc != 0) {
+    if (errno == EBUSY) {
+      return Fail("unmount",
+                  absl::UnavailableError(absl::StrCat(
+                      mp,
+                      " is busy (EBUSY): a process has files open or its "
+                      "working directory there. Stop it, or pass --force "
+                      "to detach the mount lazily")));
+    }
+    if (errno == EINVAL) {
+      return Fail("unmount", absl::InvalidArgumentError(
+                                 absl::StrCat(mp, " is not a mount point")));
+    }
+    return Fail("unmount", ErrnoToStatus(errno, absl::StrCat("umount ", mp)));
+  }
+  // Wait for the serving process to finish, so the caller may remount.
+  std::ifstream in(PidFile(mp));
+  pid_t pid = 0;
+  if (in >> pid && pid > 0) {
+    for (int i = 0; i < 100 && kill(pid, 0) == 0; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    if (kill(pid, 0) == 0) kill(pid, SIGTERM);
+  }
+  unlink(PidFile(mp).c_str());
+  std::cout << "unmounted " << mp << "\n";
+  return 0;
+}
+
+}  // namespace lazypull::cli

@@ -1,0 +1,47 @@
+// ChunkCache: where verified, uncompressed chunks are kept, keyed by their
+// content digest (content addressing: the same chunk in two files, two layers
+// or two images is one cache entry).
+//
+// Contract:
+//  - Only verified bytes go in: Insert's caller has checked sha256(data) == d.
+//    Implementations may still re-check (cheap insurance) but need not.
+//  - Read copies part of a cached chunk; `false` means a miss (the caller
+//    then fetches, verifies and inserts). A cache may drop entries at any
+//    time (bounded caches evict): a chunk read once may miss later.
+//  - Errors are for broken storage only; a corrupt entry detected by an
+//    implementation is dropped and reported as a miss.
+//
+// Thread-safety: implementations must be safe for concurrent use from any
+// number of threads.
+#ifndef LAZYPULL_CORE_CHUNK_CACHE_H_
+#define LAZYPULL_CORE_CHUNK_CACHE_H_
+
+#include <cstdint>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/types/span.h"
+#include "core/digest.h"
+
+namespace lazypull {
+
+class ChunkCache {
+ public:
+  virtual ~ChunkCache() = default;
+
+  // If chunk `d` (of `size` bytes) is cached, copies its bytes
+  // [offset, offset + out.size()) into `out` and returns true.
+  // REQUIRES: offset + out.size() <= size.
+  virtual absl::StatusOr<bool> Read(const Digest& d, uint64_t size,
+                                    uint64_t offset, absl::Span<char> out) = 0;
+
+  // Adds a verified chunk. Inserting a present chunk is a no-op.
+  virtual absl::Status Insert(const Digest& d, absl::string_view data) = 0;
+
+  // Whether chunk `d` is present right now (a hint: it may be evicted next).
+  virtual bool Contains(const Digest& d) = 0;
+};
+
+}  // namespace lazypull
+
+#endif  // LAZYPULL_CORE_CHUNK_CACHE_H_

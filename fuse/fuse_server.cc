@@ -1,0 +1,80 @@
+#include "fuse/fuse_server.h"
+
+#include <errno.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "core/errno_status.h"
+#include "core/log.h"
+
+namespace lazypull {
+
+void DetachStaleMount(const std::string& mountpoint) {
+  struct stat st;
+  if (stat(mountpoint.c_str(), &st) == 0 || errno != ENOTCONN) return;
+  if (umount2(mountpoint.c_str(), MNT_DETACH) == 0) {
+    LogWarning("mountpoint ", mountpoint,
+               " held a dead FUSE mount (transport endpoint is not "
+               "connected): detached it");
+  } else {
+    LogWarning("mountpoint ", mountpoint,
+               " holds a dead FUSE mount and detaching it failed: errno ",
+               errno);
+  }
+}
+
+absl::StatusOr<std::unique_ptr<FuseServer>> FuseServer::Mount(
+    const std::string& mountpoint, const fuse_lowlevel_ops& ops, void* userdata,
+    const FuseServerOptions& options) {
+  DetachStaleMount(mountpoint);
+  std::string opts =
+      "ro,default_permissions,fsname=lazypull,subtype=lazypull,"
+      "max_read=1048576";
+  if (options.allow_other) opts += ",allow_other";
+  std::vector<std::string> argv_s = {"lazypull", "-o", opts};
+  std::vector<char*> argv;
+  for (auto& s : argv_s) argv.push_back(s.data());
+  struct fuse_args args =
+      FUSE_ARGS_INIT(static_cast<int>(argv.size()), argv.data());
+  fuse_session* se = fuse_session_new(&args, &ops, sizeof(ops), userdata);
+  if (se == nullptr) {
+    return absl::InternalError("fuse_session_new failed (bad mount options?)");
+  }
+  if (fuse_session_mount(se, mountpoint.c_str()) != 0) {
+    fuse_session_destroy(se);
+    return absl::UnavailableError(absl::StrCat(
+        "cannot mount FUSE at ", mountpoint,
+        " (is /dev/fuse available, the mountpoint a directory, and are you "
+        "root or is fusermount3 installed?)"));
+  }
+  if (fuse_set_signal_handlers(se) != 0) {
+    fuse_session_unmount(se);
+    fuse_session_destroy(se);
+    return absl::InternalError("cannot install signal handlers");
+  }
+  return std::unique_ptr<FuseServer>(new FuseServer(se, options));
+}
+
+FuseServer::~FuseServer() {
+  fuse_remove_signal_handlers(se_);
+  if (mounted_) fuse_session_unmount(se_);
+  fuse_session_destroy(se_);
+}
+
+absl::Status FuseServer::Run() {
+  struct fuse_loop_config* cfg = fuse_loop_cfg_create();
+  fuse_loop_cfg_set_clone_fd(cfg, 1);
+  fuse_loop_cfg_set_max_threads(cfg, options_.max_threads);
+  fuse_loop_cfg_set_idle_threads(cfg, 4);
+  int rc = fuse_session_loop_mt(se_, cfg);
+  fuse_loop_cfg_destroy(cfg);
+  fuse_session_unmount(se_);
+  mounted_ = false;
+  if (rc < 0) return ErrnoToStatus(-rc, "FUSE session loop");
+  return absl::OkStatus();
+}
+
+}  // namespace lazypull

@@ -1,0 +1,54 @@
+// FuseServer: mounts a libfuse3 low-level filesystem and runs its
+// multi-threaded loop until it is unmounted or the process is signalled.
+//
+// Mount options: read-only, default_permissions, fsname/subtype "lazypull",
+// max_read 1 MiB (libfuse needs it as a mount option too), optionally
+// allow_other. A mountpoint left behind by a killed server ("transport
+// endpoint is not connected") is detached first, with a log line.
+// SIGINT/SIGTERM/SIGHUP end the loop; Run() then unmounts cleanly.
+//
+// Thread-safety: Mount and Run from one thread; the filesystem's callbacks
+// run on the loop's worker threads.
+#ifndef LAZYPULL_FUSE_FUSE_SERVER_H_
+#define LAZYPULL_FUSE_FUSE_SERVER_H_
+
+#include <fuse3/fuse_lowlevel.h>
+
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+
+namespace lazypull {
+
+struct FuseServerOptions {
+  bool allow_other = false;
+  unsigned max_threads = 16;
+};
+
+class FuseServer {
+ public:
+  static absl::StatusOr<std::unique_ptr<FuseServer>> Mount(
+      const std::string& mountpoint, const fuse_lowlevel_ops& ops,
+      void* userdata, const FuseServerOptions& options);
+  ~FuseServer();
+  FuseServer(const FuseServer&) = delete;
+  FuseServer& operator=(const FuseServer&) = delete;
+
+  // Serves requests until unmounted or signalled, then unmounts.
+  absl::Status Run();
+
+ private:
+  FuseServer(fuse_session* se, FuseServerOptions options)
+      : se_(se), options_(options) {}
+  fuse_session* se_;
+  FuseServerOptions options_;
+  bool mounted_ = true;
+};
+
+// Detaches a dead FUSE mount at `mountpoint` (ENOTCONN), if there is one.
+void DetachStaleMount(const std::string& mountpoint);
+
+}  // namespace lazypull
+
+#endif  // LAZYPULL_FUSE_FUSE_SERVER_H_

@@ -1,0 +1,587 @@
+#include "fuse/layer_fs.h"
+
+#include <errno.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+
+#include <algorithm>
+#include <string>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "core/json_writer.h"
+#include "core/log.h"
+#include "fuse/status_errno.h"
+
+namespace lazypull {
+namespace {
+
+constexpr absl::string_view kWhiteoutPrefix = ".wh.";
+constexpr absl::string_view kOpaqueMarker = ".wh..wh..opq";
+constexpr absl::string_view kStateDirName = ".stargz-snapshotter";
+constexpr size_t kMaxRead = 1 << 20;
+
+const char* const kOpaqueXattrs[] = {"trusted.overlay.opaque",
+                                     "user.overlay.opaque"};
+
+LayerFs* Fs(fuse_req_t req) {
+  return static_cast<LayerFs*>(fuse_req_userdata(req));
+}
+
+mode_t TypeBits(EntryType t) {
+  switch (t) {
+    case EntryType::kDir:
+      return S_IFDIR;
+    case EntryType::kReg:
+      return S_IFREG;
+    case EntryType::kSymlink:
+      return S_IFLNK;
+    case EntryType::kChar:
+      return S_IFCHR;
+    case EntryType::kBlock:
+      return S_IFBLK;
+    case EntryType::kFifo:
+      return S_IFIFO;
+    default:
+      return S_IFREG;
+  }
+}
+
+}  // namespace
+
+LayerFs::LayerFs(std::shared_ptr<CachedLayer> layer, LayerFsOptions options)
+    : layer_(std::move(layer)),
+      index_(layer_->index()),
+      options_(std::move(options)) {
+  const size_t n = index_.inodes().size();
+  children_.resize(n);
+  whiteout_.assign(n, false);
+  opaque_.assign(n, false);
+  const auto& dirents = index_.dirents();
+  for (uint32_t dir = 0; dir < n; ++dir) {
+    if (index_.inode(dir).type != EntryType::kDir) continue;
+    std::vector<Child>& kids = children_[dir];
+    for (uint32_t d : index_.Children(dir)) {
+      const Dirent& de = dirents[d];
+      absl::string_view name = de.name;
+      if (name == kOpaqueMarker) {
+        opaque_[dir] = true;
+        continue;
+      }
+      if (absl::StartsWith(name, kWhiteoutPrefix) &&
+          index_.inode(de.inode).type != EntryType::kDir) {
+        absl::string_view target = name.substr(kWhiteoutPrefix.size());
+        if (target.empty() || index_.Lookup(dir, target).has_value()) continue;
+        whiteout_[de.inode] = true;
+        kids.push_back({target, de.inode});
+        continue;
+      }
+      kids.push_back({name, de.inode});
+    }
+    std::sort(kids.begin(), kids.end(),
+              [](const Child& a, const Child& b) { return a.name < b.name; });
+  }
+  state_dir_ino_ = n + 1;
+  state_file_ino_ = n + 2;
+  state_file_name_ = options_.state_name + ".json";
+}
+
+const LayerFs::Child* LayerFs::Find(uint32_t dir,
+                                    absl::string_view name) const {
+  const auto& kids = children_[dir];
+  auto it = std::lower_bound(
+      kids.begin(), kids.end(), name,
+      [](const Child& c, absl::string_view n) { return c.name < n; });
+  if (it == kids.end() || it->name != name) return nullptr;
+  return &*it;
+}
+
+void LayerFs::RecordError(const std::string& message) {
+  absl::MutexLock l(&mu_);
+  if (last_error_.empty()) last_error_ = message;
+}
+
+std::string LayerFs::StateJson() const {
+  JsonWriter w;
+  w.BeginObject();
+  {
+    absl::MutexLock l(&mu_);
+    w.Key("error").String(last_error_);
+  }
+  const uint64_t size = layer_->reader().blob_size();
+  const uint64_t fetched = std::min(size, layer_->fetched_blob_bytes());
+  w.Key("digest").String(options_.state_digest);
+  w.Key("size").Uint(size);
+  w.Key("fetchedSize").Uint(fetched);
+  w.Key("fetchedPercent")
+      .Double(size == 0 ? 100.0
+                        : 100.0 * static_cast<double>(fetched) /
+                              static_cast<double>(size));
+  w.EndObject();
+  return w.Release() + "\n";
+}
+
+void LayerFs::Stat(fuse_ino_t ino, struct stat* st) const {
+  memset(st, 0, sizeof(*st));
+  st->st_ino = ino;
+  st->st_blksize = 4096;
+  if (IsStateDir(ino)) {
+    st->st_mode = S_IFDIR | 0755;
+    st->st_nlink = 2;
+    st->st_size = 4096;
+    return;
+  }
+  if (IsStateFile(ino)) {
+    st->st_mode = S_IFREG | 0444;
+    st->st_nlink = 1;
+    st->st_size = static_cast<off_t>(StateJson().size());
+    return;
+  }
+  const uint32_t i = static_cast<uint32_t>(ino - 1);
+  const Inode& n = index_.inode(i);
+  st->st_nlink = n.nlink;
+  st->st_uid = n.uid;
+  st->st_gid = n.gid;
+  st->st_mtim.tv_sec = st->st_atim.tv_sec = st->st_ctim.tv_sec = n.mtime_sec;
+  st->st_mtim.tv_nsec = st->st_atim.tv_nsec = st->st_ctim.tv_nsec =
+      n.mtime_nsec;
+  if (whiteout_[i]) {
+    st->st_mode = S_IFCHR;
+    st->st_rdev = makedev(0, 0);
+    return;
+  }
+  st->st_mode = TypeBits(n.type) | (n.mode & 07777);
+  switch (n.type) {
+    case EntryType::kReg:
+      st->st_size = static_cast<off_t>(n.size);
+      break;
+    case EntryType::kSymlink:
+      st->st_size = static_cast<off_t>(n.symlink.size());
+      break;
+    case EntryType::kDir:
+      st->st_size = 4096;
+      break;
+    case EntryType::kChar:
+    case EntryType::kBlock:
+      st->st_rdev = makedev(n.dev_major, n.dev_minor);
+      break;
+    default:
+      break;
+  }
+  st->st_blocks = (st->st_size + 511) / 512;
+}
+
+struct LayerFsOpsImpl {
+  static void Entry(fuse_req_t req, LayerFs* fs, fuse_ino_t ino) {
+    struct fuse_entry_param e;
+    memset(&e, 0, sizeof(e));
+    e.ino = ino;
+    const bool volatile_attr = fs->IsStateFile(ino);
+    e.attr_timeout = volatile_attr ? 0 : fs->options_.attr_timeout;
+    e.entry_timeout = fs->options_.entry_timeout;
+    fs->Stat(ino, &e.attr);
+    fuse_reply_entry(req, &e);
+  }
+
+  static void Lookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
+    LayerFs* fs = Fs(req);
+    if (!fs->Valid(parent)) {
+      fuse_reply_err(req, ENOENT);
+      return;
+    }
+    if (fs->IsStateDir(parent)) {
+      if (fs->state_file_name_ == name) {
+        Entry(req, fs, fs->state_file_ino_);
+      } else {
+        fuse_reply_err(req, ENOENT);
+      }
+      return;
+    }
+    if (fs->IsStateFile(parent)) {
+      fuse_reply_err(req, ENOTDIR);
+      return;
+    }
+    const uint32_t dir = static_cast<uint32_t>(parent - 1);
+    if (fs->index_.inode(dir).type != EntryType::kDir || fs->whiteout_[dir]) {
+      fuse_reply_err(req, ENOTDIR);
+      return;
+    }
+    if (parent == FUSE_ROOT_ID && kStateDirName == name) {
+      Entry(req, fs, fs->state_dir_ino_);
+      return;
+    }
+    const LayerFs::Child* c = fs->Find(dir, name);
+    if (c == nullptr) {
+      // A cacheable negative entry: the layer never changes.
+      struct fuse_entry_param e;
+      memset(&e, 0, sizeof(e));
+      e.ino = 0;
+      e.entry_timeout = fs->options_.entry_timeout;
+      fuse_reply_entry(req, &e);
+      return;
+    }
+    Entry(req, fs, c->inode + 1);
+  }
+
+  static void Forget(fuse_req_t req, fuse_ino_t, uint64_t) {
+    fuse_reply_none(req);
+  }
+
+  static void ForgetMulti(fuse_req_t req, size_t, struct fuse_forget_data*) {
+    fuse_reply_none(req);
+  }
+
+  static void GetAttr(fuse_req_t req, fuse_ino_t ino, fuse_file_info*) {
+    LayerFs* fs = Fs(req);
+    if (!fs->Valid(ino)) {
+      fuse_reply_err(req, ENOENT);
+      return;
+    }
+    struct stat st;
+    fs->Stat(ino, &st);
+    fuse_reply_attr(req, &st,
+                    fs->IsStateFile(ino) ? 0 : fs->options_.attr_timeout);
+  }
+
+  static void ReadLink(fuse_req_t req, fuse_ino_t ino) {
+    LayerFs* fs = Fs(req);
+    if (!fs->Valid(ino) || ino >= fs->state_dir_ino_ ||
+        fs->index_.inode(static_cast<uint32_t>(ino - 1)).type !=
+            EntryType::kSymlink) {
+      fuse_reply_err(req, EINVAL);
+      return;
+    }
+    fuse_reply_readlink(
+        req, fs->index_.inode(static_cast<uint32_t>(ino - 1)).symlink.c_str());
+  }
+
+  static void OpenDir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+    LayerFs* fs = Fs(req);
+    if (!fs->Valid(ino)) {
+      fuse_reply_err(req, ENOENT);
+      return;
+    }
+    struct stat st;
+    fs->Stat(ino, &st);
+    if (!S_ISDIR(st.st_mode)) {
+      fuse_reply_err(req, ENOTDIR);
+      return;
+    }
+    fi->cache_readdir = 1;
+    fi->keep_cache = 1;
+    fuse_reply_open(req, fi);
+  }
+
+  static void DoReadDir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+                        bool plus) {
+    LayerFs* fs = Fs(req);
+    std::string buf(std::min<size_t>(size, kMaxRead), '\0');
+    size_t used = 0;
+    // Entry k: 0 ".", 1 "..", 2.. children.
+    std::vector<std::pair<std::string, fuse_ino_t>> synthetic;
+    const std::vector<LayerFs::Child>* kids = nullptr;
+    if (fs->IsStateDir(ino)) {
+      synthetic.emplace_back(fs->state_file_name_, fs->state_file_ino_);
+    } else {
+      kids = &fs->Children(static_cast<uint32_t>(ino - 1));
+    }
+    const size_t count = kids ? kids->size() : synthetic.size();
+    for (size_t k = static_cast<size_t>(off); k < count + 2; ++k) {
+      std::string name;
+      fuse_ino_t child;
+      if (k == 0) {
+        name = ".";
+        child = ino;
+      } else if (k == 1) {
+        name = "..";
+        child = FUSE_ROOT_ID;  // the kernel does not use it
+      } else if (kids) {
+        const LayerFs::Child& c = (*kids)[k - 2];
+        name.assign(c.name.data(), c.name.size());
+        child = c.inode + 1;
+      } else {
+        name = synthetic[k - 2].first;
+        child = synthetic[k - 2].second;
+      }
+      size_t need;
+      if (plus) {
+        struct fuse_entry_param e;
+        memset(&e, 0, sizeof(e));
+        if (k >= 2) {
+          e.ino = child;
+          e.attr_timeout = fs->options_.attr_timeout;
+          e.entry_timeout = fs->options_.entry_timeout;
+          fs->Stat(child, &e.attr);
+        } else {
+          e.attr.st_ino = child;
+          e.attr.st_mode = S_IFDIR;
+        }
+        need =
+            fuse_add_direntry_plus(req, buf.data() + used, buf.size() - used,
+                                   name.c_str(), &e, static_cast<off_t>(k + 1));
+      } else {
+        struct stat st;
+        memset(&st, 0, sizeof(st));
+        st.st_ino = child;
+        if (k >= 2) {
+          fs->Stat(child, &st);
+        } else {
+          st.st_mode = S_IFDIR;
+        }
+        need = fuse_add_direntry(req, buf.data() + used, buf.size() - used,
+                                 name.c_str(), &st, static_cast<off_t>(k + 1));
+      }
+      if (need > buf.size() - used) break;
+      used += need;
+    }
+    fuse_reply_buf(req, buf.data(), used);
+  }
+
+  static void ReadDir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+                      fuse_file_info*) {
+    DoReadDir(req, ino, size, off, false);
+  }
+
+  static void ReadDirPlus(fuse_req_t req, fuse_ino_t ino, size_t size,
+                          off_t off, fuse_file_info*) {
+    DoReadDir(req, ino, size, off, true);
+  }
+
+  static void ReleaseDir(fuse_req_t req, fuse_ino_t, fuse_file_info*) {
+    fuse_reply_err(req, 0);
+  }
+
+  static void Open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+    LayerFs* fs = Fs(req);
+    if (!fs->Valid(ino)) {
+      fuse_reply_err(req, ENOENT);
+      return;
+    }
+    if ((fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC)) {
+      fuse_reply_err(req, EROFS);
+      return;
+    }
+    struct stat st;
+    fs->Stat(ino, &st);
+    if (S_ISDIR(st.st_mode)) {
+      fuse_reply_err(req, EISDIR);
+      return;
+    }
+    if (fs->IsStateFile(ino)) {
+      fi->direct_io = 1;  // its content changes as the layer is fetched
+    } else {
+      fi->keep_cache = 1;
+      if (fs->options_.on_open)
+        fs->options_.on_open(static_cast<uint32_t>(ino - 1));
+    }
+    fuse_reply_open(req, fi);
+  }
+
+  static void Read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+                   fuse_file_info*) {
+    LayerFs* fs = Fs(req);
+    if (fs->IsStateFile(ino)) {
+      std::string json = fs->StateJson();
+      size_t start = std::min(json.size(), static_cast<size_t>(off));
+      size_t len = std::min(size, json.size() - start);
+      fuse_reply_buf(req, json.data() + start, len);
+      return;
+    }
+    const uint32_t i = static_cast<uint32_t>(ino - 1);
+    if (!fs->Valid(ino) || ino >= fs->state_dir_ino_ ||
+        fs->index_.inode(i).type != EntryType::kReg || fs->whiteout_[i]) {
+      fuse_reply_err(req, EINVAL);
+      return;
+    }
+    thread_local std::string buf;
+    buf.resize(std::min(size, kMaxRead));
+    absl::StatusOr<size_t> n = fs->layer_->Read(
+        i, static_cast<uint64_t>(off), absl::MakeSpan(buf.data(), buf.size()));
+    if (!n.ok()) {
+      std::string msg =
+          absl::StrCat("layer ", fs->options_.state_digest, ": read of \"",
+                       fs->index_.Path(fs->index_.inode(i).dirent),
+                       "\" at offset ", off, " failed: ", n.status().message());
+      LogError(msg);
+      fs->RecordError(msg);
+      fuse_reply_err(req, StatusToErrno(n.status()));
+      return;
+    }
+    fuse_reply_buf(req, buf.data(), *n);
+  }
+
+  static void Release(fuse_req_t req, fuse_ino_t, fuse_file_info*) {
+    fuse_reply_err(req, 0);
+  }
+
+  static void StatFs(fuse_req_t req, fuse_ino_t) {
+    LayerFs* fs = Fs(req);
+    struct statvfs sv;
+    memset(&sv, 0, sizeof(sv));
+    sv.f_bsize = 4096;
+    sv.f_frsize = 4096;
+    sv.f_blocks = (fs->index_.total_file_bytes() + 4095) / 4096;
+    sv.f_files = fs->index_.inodes().size();
+    sv.f_namemax = 255;
+    fuse_reply_statfs(req, &sv);
+  }
+
+  // Xattrs of an inode as presented (opaque markers included).
+  static std::vector<std::pair<std::string, std::string>> Xattrs(
+      LayerFs* fs, fuse_ino_t ino) {
+    std::vector<std::pair<std::string, std::string>> out;
+    if (ino >= fs->state_dir_ino_) return out;
+    const uint32_t i = static_cast<uint32_t>(ino - 1);
+    if (fs->whiteout_[i]) return out;
+    for (const auto& kv : fs->index_.Xattrs(i)) out.push_back(kv);
+    if (fs->opaque_[i]) {
+      for (const char* k : kOpaqueXattrs) out.emplace_back(k, "y");
+    }
+    return out;
+  }
+
+  static void GetXattr(fuse_req_t req, fuse_ino_t ino, const char* name,
+                       size_t size) {
+    LayerFs* fs = Fs(req);
+    if (!fs->Valid(ino)) {
+      fuse_reply_err(req, ENOENT);
+      return;
+    }
+    for (const auto& [k, v] : Xattrs(fs, ino)) {
+      if (k != name) continue;
+      if (size == 0) {
+        fuse_reply_xattr(req, v.size());
+      } else if (size < v.size()) {
+        fuse_reply_err(req, ERANGE);
+      } else {
+        fuse_reply_buf(req, v.data(), v.size());
+      }
+      return;
+    }
+    fuse_reply_err(req, ENODATA);
+  }
+
+  static void ListXattr(fuse_req_t req, fuse_ino_t ino, size_t size) {
+    LayerFs* fs = Fs(req);
+    if (!fs->Valid(ino)) {
+      fuse_reply_err(req, ENOENT);
+      return;
+    }
+    std::string names;
+    for (const auto& kv : Xattrs(fs, ino)) {
+      names.append(kv.first);
+      names.push_back('\0');
+    }
+    if (size == 0) {
+      fuse_reply_xattr(req, names.size());
+    } else if (size < names.size()) {
+      fuse_reply_err(req, ERANGE);
+    } else {
+      fuse_reply_buf(req, names.data(), names.size());
+    }
+  }
+
+  static void Access(fuse_req_t req, fuse_ino_t ino, int mask) {
+    LayerFs* fs = Fs(req);
+    if (!fs->Valid(ino)) {
+      fuse_reply_err(req, ENOENT);
+    } else {
+      fuse_reply_err(req, (mask & W_OK) ? EROFS : 0);
+    }
+  }
+
+  static void Init(void*, struct fuse_conn_info* conn) {
+    conn->max_readahead = kMaxRead;
+    conn->max_read = kMaxRead;
+    if (conn->capable & FUSE_CAP_CACHE_SYMLINKS) {
+      conn->want |= FUSE_CAP_CACHE_SYMLINKS;
+    }
+    if (conn->capable & FUSE_CAP_READDIRPLUS) {
+      conn->want |= FUSE_CAP_READDIRPLUS;
+    }
+    if (conn->capable & FUSE_CAP_PARALLEL_DIROPS) {
+      conn->want |= FUSE_CAP_PARALLEL_DIROPS;
+    }
+  }
+
+  // Every mutating operation: the layer is read-only.
+  static void SetAttr(fuse_req_t req, fuse_ino_t, struct stat*, int,
+                      fuse_file_info*) {
+    fuse_reply_err(req, EROFS);
+  }
+  static void MkNod(fuse_req_t req, fuse_ino_t, const char*, mode_t, dev_t) {
+    fuse_reply_err(req, EROFS);
+  }
+  static void MkDir(fuse_req_t req, fuse_ino_t, const char*, mode_t) {
+    fuse_reply_err(req, EROFS);
+  }
+  static void Unlink(fuse_req_t req, fuse_ino_t, const char*) {
+    fuse_reply_err(req, EROFS);
+  }
+  static void SymLink(fuse_req_t req, const char*, fuse_ino_t, const char*) {
+    fuse_reply_err(req, EROFS);
+  }
+  static void Rename(fuse_req_t req, fuse_ino_t, const char*, fuse_ino_t,
+                     const char*, unsigned int) {
+    fuse_reply_err(req, EROFS);
+  }
+  static void Link(fuse_req_t req, fuse_ino_t, fuse_ino_t, const char*) {
+    fuse_reply_err(req, EROFS);
+  }
+  static void Write(fuse_req_t req, fuse_ino_t, const char*, size_t, off_t,
+                    fuse_file_info*) {
+    fuse_reply_err(req, EROFS);
+  }
+  static void Create(fuse_req_t req, fuse_ino_t, const char*, mode_t,
+                     fuse_file_info*) {
+    fuse_reply_err(req, EROFS);
+  }
+  static void SetXattr(fuse_req_t req, fuse_ino_t, const char*, const char*,
+                       size_t, int) {
+    fuse_reply_err(req, EROFS);
+  }
+  static void RemoveXattr(fuse_req_t req, fuse_ino_t, const char*) {
+    fuse_reply_err(req, EROFS);
+  }
+};
+
+const fuse_lowlevel_ops& LayerFs::Ops() {
+  static const fuse_lowlevel_ops ops = [] {
+    fuse_lowlevel_ops o;
+    memset(&o, 0, sizeof(o));
+    o.init = LayerFsOpsImpl::Init;
+    o.lookup = LayerFsOpsImpl::Lookup;
+    o.forget = LayerFsOpsImpl::Forget;
+    o.forget_multi = LayerFsOpsImpl::ForgetMulti;
+    o.getattr = LayerFsOpsImpl::GetAttr;
+    o.readlink = LayerFsOpsImpl::ReadLink;
+    o.opendir = LayerFsOpsImpl::OpenDir;
+    o.readdir = LayerFsOpsImpl::ReadDir;
+    o.readdirplus = LayerFsOpsImpl::ReadDirPlus;
+    o.releasedir = LayerFsOpsImpl::ReleaseDir;
+    o.open = LayerFsOpsImpl::Open;
+    o.read = LayerFsOpsImpl::Read;
+    o.release = LayerFsOpsImpl::Release;
+    o.statfs = LayerFsOpsImpl::StatFs;
+    o.getxattr = LayerFsOpsImpl::GetXattr;
+    o.listxattr = LayerFsOpsImpl::ListXattr;
+    o.access = LayerFsOpsImpl::Access;
+    o.setattr = LayerFsOpsImpl::SetAttr;
+    o.mknod = LayerFsOpsImpl::MkNod;
+    o.mkdir = LayerFsOpsImpl::MkDir;
+    o.unlink = LayerFsOpsImpl::Unlink;
+    o.rmdir = LayerFsOpsImpl::Unlink;
+    o.symlink = LayerFsOpsImpl::SymLink;
+    o.rename = LayerFsOpsImpl::Rename;
+    o.link = LayerFsOpsImpl::Link;
+    o.write = LayerFsOpsImpl::Write;
+    o.create = LayerFsOpsImpl::Create;
+    o.setxattr = LayerFsOpsImpl::SetXattr;
+    o.removexattr = LayerFsOpsImpl::RemoveXattr;
+    return o;
+  }();
+  return ops;
+}
+
+}  // namespace lazypull

@@ -1,0 +1,101 @@
+// LayerFs: one layer served as a read-only filesystem through the libfuse3
+// low-level API.
+//
+// Presentation (runtime.md §5, formats.md §1.5):
+//  - FUSE inode = LayerIndex inode + 1 (root = FUSE_ROOT_ID); stable for a
+//    given TOC. Hardlinks are one inode with the right link count.
+//  - `.wh.X` is shown as a character device 0:0 named X (hidden when a real X
+//    exists in the same directory); a directory holding `.wh..wh..opq` hides
+//    it and reports xattrs trusted.overlay.opaque=y and user.overlay.opaque=y.
+//    Landmarks and the TOC are not in the index, so never shown.
+//  - `/.stargz-snapshotter/<name>.json` (reachable by lookup only, never
+//    listed in the root) reports {error, digest, size, fetchedSize,
+//    fetchedPercent} as the reference does.
+//  - Long entry/attr timeouts and cached negative lookups (a layer is
+//    immutable), keep_cache on open, 1 MiB reads. Every write answers EROFS.
+// The inode table is static, so lookup counts need no bookkeeping: forget
+// frees nothing and replies none.
+//
+// Thread-safety: the callbacks run on libfuse's worker threads concurrently;
+// LayerFs holds no lock across a fuse_reply_* (its only shared mutable state
+// is the CachedLayer, which is thread-safe, and an error string under a
+// mutex).
+#ifndef LAZYPULL_FUSE_LAYER_FS_H_
+#define LAZYPULL_FUSE_LAYER_FS_H_
+
+#include <fuse3/fuse_lowlevel.h>
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
+#include "core/cached_layer.h"
+
+namespace lazypull {
+
+struct LayerFsOptions {
+  // Basename of the state file: "<digest>" gives /.stargz-snapshotter/
+  // <digest>.json. The layer's blob digest for registry mounts, its TOC
+  // digest for --blob mounts.
+  std::string state_name;
+  // The digest reported in the state file.
+  std::string state_digest;
+  double entry_timeout = 86400.0;
+  double attr_timeout = 86400.0;
+  // Called (on a FUSE thread) for each file opened and each read, in order:
+  // the hook `optimize` records workloads with. May be empty.
+  std::function<void(uint32_t inode)> on_open;
+};
+
+class LayerFs {
+ public:
+  LayerFs(std::shared_ptr<CachedLayer> layer, LayerFsOptions options);
+
+  // The callback table; `userdata` for fuse_session_new must be this.
+  static const fuse_lowlevel_ops& Ops();
+
+  // The state file's JSON as of now.
+  std::string StateJson() const;
+
+ private:
+  friend struct LayerFsOpsImpl;
+
+  struct Child {
+    absl::string_view name;
+    uint32_t inode;  // index inode
+  };
+
+  // Index inode for a FUSE ino, or -1 for the synthetic ones.
+  bool IsStateDir(fuse_ino_t ino) const { return ino == state_dir_ino_; }
+  bool IsStateFile(fuse_ino_t ino) const { return ino == state_file_ino_; }
+  bool Valid(fuse_ino_t ino) const {
+    return ino >= 1 && ino <= state_file_ino_;
+  }
+  void Stat(fuse_ino_t ino, struct stat* st) const;
+  const std::vector<Child>& Children(uint32_t dir) const {
+    return children_[dir];
+  }
+  const Child* Find(uint32_t dir, absl::string_view name) const;
+  void RecordError(const std::string& message);
+
+  std::shared_ptr<CachedLayer> layer_;
+  const LayerIndex& index_;
+  const LayerFsOptions options_;
+  std::vector<std::vector<Child>> children_;  // visible children per dir
+  std::vector<bool> whiteout_;                // index inode shown as 0:0
+  std::vector<bool> opaque_;                  // dir holds .wh..wh..opq
+  fuse_ino_t state_dir_ino_;
+  fuse_ino_t state_file_ino_;
+  std::string state_file_name_;
+  mutable absl::Mutex mu_;
+  std::string last_error_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace lazypull
+
+#endif  // LAZYPULL_FUSE_LAYER_FS_H_
