@@ -24,6 +24,7 @@ int VerifyMain(int argc, char** argv);
 int ExtractMain(int argc, char** argv);
 int MountMain(int argc, char** argv);
 int UnmountMain(int argc, char** argv);
+int CacheMain(int argc, char** argv);
 
 // Parses argv against `spec`; on --help prints usage and returns 0 through
 // *exit_code, on error prints it and returns 2. nullopt means "stop now".
@@ -33,6 +34,13 @@ std::optional<ParsedArgs> ParseOrExit(const CommandSpec& spec, int argc,
 // Opens a local layer file, verifying `--toc-digest` when given.
 absl::StatusOr<std::unique_ptr<LayerReader>> OpenLocalLayer(
     const std::string& path, const std::optional<std::string>& toc_digest);
+
+// "10G", "512M", "64k", "1048576" -> bytes (powers of 1024).
+absl::StatusOr<uint64_t> ParseByteSize(const std::string& text);
+
+// /var/lib/lazypull as root, $XDG_CACHE_HOME/lazypull (or ~/.cache/lazypull)
+// otherwise.
+std::string DefaultCacheDir();
 
 // Prints "lazypull <cmd>: <status message>" and returns 1.
 int Fail(const std::string& cmd, const absl::Status& status);

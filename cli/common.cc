@@ -1,4 +1,7 @@
+#include <unistd.h>
+
 #include <cstdio>
+#include <cstdlib>
 #include <iostream>
 
 #include "absl/strings/str_cat.h"
@@ -46,6 +49,38 @@ absl::StatusOr<std::unique_ptr<LayerReader>> OpenLocalLayer(
                         absl::StrCat(path, ": ", r.status().message()));
   }
   return r;
+}
+
+absl::StatusOr<uint64_t> ParseByteSize(const std::string& text) {
+  size_t i = 0;
+  uint64_t v = 0;
+  while (i < text.size() && text[i] >= '0' && text[i] <= '9') {
+    if (v > (UINT64_MAX - 9) / 10) break;
+    v = v * 10 + static_cast<uint64_t>(text[i++] - '0');
+  }
+  std::string unit = text.substr(i);
+  int shift = -1;
+  if (unit.empty() || unit == "B") shift = 0;
+  if (unit == "k" || unit == "K" || unit == "KiB" || unit == "KB") shift = 10;
+  if (unit == "M" || unit == "MiB" || unit == "MB") shift = 20;
+  if (unit == "G" || unit == "GiB" || unit == "GB") shift = 30;
+  if (unit == "T" || unit == "TiB" || unit == "TB") shift = 40;
+  if (i == 0 || shift < 0 || (shift > 0 && v > (UINT64_MAX >> shift))) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("\"", text,
+                     "\" is not a size (use bytes, or a number with K, M, G "
+                     "or T)"));
+  }
+  return v << shift;
+}
+
+std::string DefaultCacheDir() {
+  if (geteuid() == 0) return "/var/lib/lazypull";
+  if (const char* x = getenv("XDG_CACHE_HOME"); x && *x) {
+    return absl::StrCat(x, "/lazypull");
+  }
+  const char* home = getenv("HOME");
+  return absl::StrCat(home ? home : "/tmp", "/.cache/lazypull");
 }
 
 int Fail(const std::string& cmd, const absl::Status& status) {

@@ -23,6 +23,8 @@ constexpr Command kCommands[] = {
      "mount a layer lazily as a read-only filesystem"},
     {"unmount", lazypull::cli::UnmountMain,
      "unmount a lazypull mount and end its serving process"},
+    {"cache", lazypull::cli::CacheMain,
+     "show, prune or verify the shared chunk cache"},
 };
 
 void PrintUsage(std::ostream& os) {

@@ -18,7 +18,7 @@
 #include "cli/commands.h"
 #include "core/cached_layer.h"
 #include "core/digest.h"
-#include "core/dir_chunk_cache.h"
+#include "core/disk_chunk_cache.h"
 #include "core/errno_status.h"
 #include "core/file_blob_source.h"
 #include "core/log.h"
@@ -51,6 +51,7 @@ const CommandSpec kMountSpec = {
          "the trusted TOC digest (toc.digest annotation)"},
         {"insecure-skip-toc-verify", "", "mount without a trusted TOC digest"},
         {"cache-dir", "DIR", "where verified chunks are cached"},
+        {"cache-size", "BYTES", "cache budget (e.g. 10G); LRU eviction beyond"},
         {"foreground", "", "serve in this process; do not daemonize"},
         {"log-file", "FILE", "daemon log (default: CACHE_DIR/lazypull.log)"},
         {"o", "OPTIONS", "mount options; only allow_other is accepted"},
@@ -66,15 +67,6 @@ const CommandSpec kUnmountSpec = {
     {"MOUNTPOINT"},
     {{"force", "", "detach even if busy (lazy unmount)"}},
 };
-
-std::string DefaultCacheDir() {
-  if (geteuid() == 0) return "/var/lib/lazypull";
-  if (const char* x = getenv("XDG_CACHE_HOME"); x && *x) {
-    return absl::StrCat(x, "/lazypull");
-  }
-  const char* home = getenv("HOME");
-  return absl::StrCat(home ? home : "/tmp", "/.cache/lazypull");
-}
 
 std::string RuntimeDir() {
   if (geteuid() == 0) return "/run/lazypull";
@@ -124,18 +116,22 @@ absl::Status Serve(const ParsedArgs& args,
         absl::StrCat(*args.Get("blob"), ": ", reader.status().message()));
   }
   const std::string cache_dir = args.GetOr("cache-dir", DefaultCacheDir());
-  ASSIGN_OR_RETURN(std::unique_ptr<DirChunkCache> cache,
-                   DirChunkCache::Open(cache_dir));
+  DiskChunkCacheOptions co;
+  if (auto size = args.Get("cache-size")) {
+    ASSIGN_OR_RETURN(co.capacity, ParseByteSize(*size));
+  }
+  ASSIGN_OR_RETURN(std::unique_ptr<DiskChunkCache> cache,
+                   DiskChunkCache::Open(cache_dir + "/cache", co));
   std::shared_ptr<const LayerReader> shared_reader = std::move(*reader);
   auto layer = std::make_shared<CachedLayer>(shared_reader, std::move(cache));
   LayerFsOptions fo;
   fo.state_name = shared_reader->toc_digest().ToString();
   fo.state_digest = fo.state_name;
-  LayerFs fs(layer, fo);
+  auto fs = std::make_unique<LayerFs>(layer, fo);
   FuseServerOptions so;
   so.allow_other = args.GetOr("o", "") == "allow_other";
   ASSIGN_OR_RETURN(std::unique_ptr<FuseServer> server,
-                   FuseServer::Mount(mountpoint, LayerFs::Ops(), &fs, so));
+                   FuseServer::Mount(mountpoint, LayerFs::Ops(), fs.get(), so));
   const std::string pid_file = PidFile(mountpoint);
   mkdir(RuntimeDir().c_str(), 0700);
   std::ofstream(pid_file) << getpid() << "\n" << mountpoint << "\n";
@@ -144,8 +140,12 @@ absl::Status Serve(const ParsedArgs& args,
   ready(absl::OkStatus());
   absl::Status st = server->Run();
   server.reset();
-  unlink(pid_file.c_str());
+  fs.reset();
+  layer.reset();
+  // The last reference to the cache: its destructor flushes queued writes.
+  // Only then may `unmount` (waiting on this pid) return.
   LogInfo("unmounted ", mountpoint);
+  unlink(pid_file.c_str());
   return st;
 }
 
@@ -240,6 +240,13 @@ int UnmountMain(int argc, char** argv) {
   if (!args) return code;
   const std::string mp = AbsPath(args->positionals[0]);
   const bool force = args->Has("force");
+  // Read the serving process's pid before unmounting: it removes the file
+  // on its way out.
+  pid_t pid = 0;
+  {
+    std::ifstream in(PidFile(mp));
+    if (!(in >> pid)) pid = 0;
+  }
   int rc = umount2(mp.c_str(), force ? MNT_DETACH : 0);
   if (rc != 0 && errno == EPERM) {
     // Not root: fusermount3 unmounts FUSE mounts the user owns.
@@ -264,15 +271,14 @@ int UnmountMain(int argc, char** argv) {
     return Fail("unmount", ErrnoToStatus(errno, absl::StrCat("umount ", mp)));
   }
   // Wait for the serving process to finish, so the caller may remount.
-  std::ifstream in(PidFile(mp));
-  pid_t pid = 0;
-  if (in >> pid && pid > 0) {
-    for (int i = 0; i < 100 && kill(pid, 0) == 0; ++i) {
+  if (pid > 0) {
+    // The pid file disappears when the server is done (or the process dies).
+    for (int i = 0;
+         i < 600 && kill(pid, 0) == 0 && access(PidFile(mp).c_str(), F_OK) == 0;
+         ++i) {
       std::this_thread::sleep_for(std::chrono::milliseconds(50));
     }
-    if (kill(pid, 0) == 0) kill(pid, SIGTERM);
   }
-  unlink(PidFile(mp).c_str());
   std::cout << "unmounted " << mp << "\n";
   return 0;
 }

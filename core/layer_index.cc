@@ -64,8 +64,25 @@ class LayerIndexBuilder {
     idx_.inodes_.back().type = type;
     return static_cast<uint32_t>(idx_.inodes_.size() - 1);
   }
-  // Returns the directory inode at `path`, creating implicit ones.
+  // Returns the directory inode at `path`, creating implicit ones. Iterative:
+  // a hostile name may have millions of components.
   absl::StatusOr<uint32_t> EnsureDir(absl::string_view path);
+  // The dirent called `name` in directory inode `dir`, if any.
+  std::optional<uint32_t> FindChild(uint32_t dir, absl::string_view name) {
+    auto it = child_dirent_.find(ChildKey(dir, name));
+    if (it == child_dirent_.end()) return std::nullopt;
+    return it->second;
+  }
+  void AddChild(uint32_t dir, absl::string_view name, uint32_t dirent) {
+    child_dirent_.emplace(std::string(ChildKey(dir, name)), dirent);
+  }
+  // The dirent at a normalized, non-empty path, if any.
+  std::optional<uint32_t> FindPath(absl::string_view path);
+  absl::string_view ChildKey(uint32_t dir, absl::string_view name) {
+    key_buf_.assign(reinterpret_cast<const char*>(&dir), sizeof(dir));
+    key_buf_.append(name.data(), name.size());
+    return key_buf_;
+  }
   absl::Status AddEntry(const TocEntry& e, size_t index);
   void SetAttrs(uint32_t ino, const TocEntry& e, size_t index);
   absl::Status FinishFile(size_t entry_index);
@@ -75,7 +92,12 @@ class LayerIndexBuilder {
 
   LayerIndex& idx_;
   absl::flat_hash_map<std::string, uint32_t> name_ids_;
-  absl::flat_hash_map<std::string, uint32_t> path_to_dirent_;
+  // (parent directory inode, name) -> dirent. Keyed per component, not by
+  // full path, so memory stays linear in the TOC size for deep trees.
+  absl::flat_hash_map<std::string, uint32_t> child_dirent_;
+  std::string key_buf_;
+  std::string last_dir_path_;  // EnsureDir's last answer (dirs never move)
+  uint32_t last_dir_ = LayerIndex::kRoot;
   absl::flat_hash_map<uint32_t, std::string> uid_names_;
   absl::flat_hash_map<uint32_t, std::string> gid_names_;
   std::vector<PendingLink> links_;
@@ -89,35 +111,59 @@ class LayerIndexBuilder {
 
 absl::StatusOr<uint32_t> LayerIndexBuilder::EnsureDir(absl::string_view path) {
   if (path.empty()) return LayerIndex::kRoot;
-  auto it = path_to_dirent_.find(path);
-  if (it != path_to_dirent_.end()) {
-    const Dirent& d = idx_.dirents_[it->second];
-    if (d.hardlink || idx_.inodes_[d.inode].type != EntryType::kDir) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("\"", path, "\" is used as a directory but is not one"));
+  if (path == last_dir_path_) return last_dir_;
+  uint32_t dir = LayerIndex::kRoot;
+  size_t pos = 0;
+  while (pos < path.size()) {
+    size_t slash = path.find('/', pos);
+    if (slash == absl::string_view::npos) slash = path.size();
+    absl::string_view name = path.substr(pos, slash - pos);
+    pos = slash + 1;
+    if (std::optional<uint32_t> found = FindChild(dir, name)) {
+      const Dirent& d = idx_.dirents_[*found];
+      if (d.hardlink || idx_.inodes_[d.inode].type != EntryType::kDir) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("\"", path.substr(0, slash),
+                         "\" is used as a directory but is not one"));
+      }
+      dir = d.inode;
+      continue;
     }
-    return d.inode;
+    uint32_t ino = NewInode(EntryType::kDir);
+    xattr_src_.push_back(SIZE_MAX);
+    Inode& n = idx_.inodes_[ino];
+    n.implicit = true;
+    n.mode = 0755;
+    Dirent d;
+    d.name = std::string(name);
+    d.parent = dir;
+    d.inode = ino;
+    idx_.dirents_.push_back(std::move(d));
+    uint32_t di = static_cast<uint32_t>(idx_.dirents_.size() - 1);
+    n.dirent = di;
+    AddChild(dir, name, di);
+    dir = ino;
   }
-  size_t slash = path.rfind('/');
-  absl::string_view parent_path = slash == absl::string_view::npos
-                                      ? absl::string_view()
-                                      : path.substr(0, slash);
-  ASSIGN_OR_RETURN(uint32_t parent, EnsureDir(parent_path));
-  uint32_t ino = NewInode(EntryType::kDir);
-  xattr_src_.push_back(SIZE_MAX);
-  Inode& n = idx_.inodes_[ino];
-  n.implicit = true;
-  n.mode = 0755;
-  Dirent d;
-  d.name = std::string(
-      slash == absl::string_view::npos ? path : path.substr(slash + 1));
-  d.parent = parent;
-  d.inode = ino;
-  idx_.dirents_.push_back(std::move(d));
-  uint32_t di = static_cast<uint32_t>(idx_.dirents_.size() - 1);
-  n.dirent = di;
-  path_to_dirent_.emplace(std::string(path), di);
-  return ino;
+  last_dir_path_.assign(path.data(), path.size());
+  last_dir_ = dir;
+  return dir;
+}
+
+std::optional<uint32_t> LayerIndexBuilder::FindPath(absl::string_view path) {
+  uint32_t dir = LayerIndex::kRoot;
+  size_t pos = 0;
+  for (;;) {
+    size_t slash = path.find('/', pos);
+    if (slash == absl::string_view::npos) slash = path.size();
+    std::optional<uint32_t> d = FindChild(dir, path.substr(pos, slash - pos));
+    if (!d || slash == path.size()) return d;
+    const Dirent& x = idx_.dirents_[*d];
+    if (x.hardlink || idx_.inodes_[x.inode].type != EntryType::kDir) {
+      return std::nullopt;
+    }
+    dir = x.inode;
+    pos = slash + 1;
+  }
 }
 
 void LayerIndexBuilder::SetAttrs(uint32_t ino, const TocEntry& e,
@@ -241,10 +287,12 @@ absl::Status LayerIndexBuilder::AddEntry(const TocEntry& e, size_t index) {
         absl::StrCat("TOC entry ", index, ": ", parent.status().message()));
   }
 
+  absl::string_view leaf = slash == std::string::npos
+                               ? absl::string_view(path)
+                               : absl::string_view(path).substr(slash + 1);
   uint32_t dirent;
-  auto it = path_to_dirent_.find(path);
-  if (it != path_to_dirent_.end()) {
-    dirent = it->second;
+  if (std::optional<uint32_t> existing = FindChild(*parent, leaf)) {
+    dirent = *existing;
     Dirent& d = idx_.dirents_[dirent];
     bool old_dir = !d.hardlink && idx_.inodes_[d.inode].type == EntryType::kDir;
     bool new_dir = e.type == EntryType::kDir;
@@ -260,11 +308,11 @@ absl::Status LayerIndexBuilder::AddEntry(const TocEntry& e, size_t index) {
     // A later non-directory entry replaces an earlier one, as tar does.
   } else {
     Dirent d;
-    d.name = slash == std::string::npos ? path : path.substr(slash + 1);
+    d.name = std::string(leaf);
     d.parent = *parent;
     idx_.dirents_.push_back(std::move(d));
     dirent = static_cast<uint32_t>(idx_.dirents_.size() - 1);
-    path_to_dirent_.emplace(path, dirent);
+    AddChild(*parent, leaf, dirent);
   }
 
   if (e.type == EntryType::kHardlink) {
@@ -324,30 +372,33 @@ absl::Status LayerIndexBuilder::AddEntry(const TocEntry& e, size_t index) {
 }
 
 absl::Status LayerIndexBuilder::ResolveLinks() {
-  // Targets may themselves be hardlinks; resolve with a bounded chase.
+  // Targets may themselves be hardlinks; resolve with a bounded chase. Every
+  // unresolved link met on the way gets the answer too, so a chain of n links
+  // costs O(n), not O(n^3).
+  absl::flat_hash_map<uint32_t, size_t> first_link;  // dirent -> links_ index
+  for (size_t i = 0; i < links_.size(); ++i) {
+    first_link.try_emplace(links_[i].dirent, i);
+  }
+  std::vector<uint32_t> chain;
   for (const PendingLink& l : links_) {
-    std::string target = l.target;
+    const std::string* target = &l.target;
     uint32_t ino = UINT32_MAX;
+    chain.clear();
     for (size_t hops = 0; hops <= links_.size(); ++hops) {
-      auto it = path_to_dirent_.find(target);
-      if (it == path_to_dirent_.end() || target.empty()) {
+      std::optional<uint32_t> found =
+          target->empty() ? std::nullopt : FindPath(*target);
+      if (!found) {
         return absl::InvalidArgumentError(absl::StrCat(
             "TOC entry ", l.entry, ": hardlink \"", idx_.Path(l.dirent),
             "\" points to missing \"", l.target, "\""));
       }
-      const Dirent& d = idx_.dirents_[it->second];
-      if (!d.hardlink) {
+      const Dirent& d = idx_.dirents_[*found];
+      if (!d.hardlink || d.inode != UINT32_MAX) {
         ino = d.inode;
         break;
       }
-      if (d.inode != UINT32_MAX) {
-        ino = d.inode;
-        break;
-      }
-      auto next = std::find_if(
-          links_.begin(), links_.end(),
-          [&](const PendingLink& p) { return p.dirent == it->second; });
-      target = next->target;
+      chain.push_back(*found);
+      target = &links_[first_link[*found]].target;
     }
     if (ino == UINT32_MAX) {
       return absl::InvalidArgumentError(
@@ -359,6 +410,7 @@ absl::Status LayerIndexBuilder::ResolveLinks() {
           absl::StrCat("TOC entry ", l.entry, ": hardlink \"",
                        idx_.Path(l.dirent), "\" points to a directory"));
     }
+    for (uint32_t c : chain) idx_.dirents_[c].inode = ino;
     idx_.dirents_[l.dirent].inode = ino;
     idx_.inodes_[ino].nlink++;
   }

@@ -1,0 +1,434 @@
+#include "core/disk_chunk_cache.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "core/block_io.h"
+#include "core/digest.h"
+#include "core/errno_status.h"
+#include "core/log.h"
+#include "core/status_macros.h"
+
+namespace lazypull {
+namespace {
+
+absl::Status MkdirP(const std::string& path) {
+  for (size_t i = 1; i <= path.size(); ++i) {
+    if (i == path.size() || path[i] == '/') {
+      std::string cur = path.substr(0, i);
+      if (mkdir(cur.c_str(), 0700) != 0 && errno != EEXIST) {
+        return ErrnoToStatus(errno, absl::StrCat("mkdir ", cur));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+// Calls fn(name) for each entry of `dir` but "." and "..".
+template <typename Fn>
+void ForEachEntry(const std::string& dir, Fn fn) {
+  DIR* d = opendir(dir.c_str());
+  if (d == nullptr) return;
+  while (struct dirent* e = readdir(d)) {
+    if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
+    fn(std::string(e->d_name));
+  }
+  closedir(d);
+}
+
+class FileLock {
+ public:
+  explicit FileLock(int fd) : fd_(fd) {
+    while (flock(fd_, LOCK_EX) != 0 && errno == EINTR) {
+    }
+  }
+  ~FileLock() { flock(fd_, LOCK_UN); }
+
+ private:
+  int fd_;
+};
+
+}  // namespace
+
+CachedFile::~CachedFile() { close(fd_); }
+
+absl::StatusOr<std::unique_ptr<DiskChunkCache>> DiskChunkCache::Open(
+    const std::string& dir, const DiskChunkCacheOptions& options) {
+  std::unique_ptr<DiskChunkCache> c(new DiskChunkCache(dir, options));
+  RETURN_IF_ERROR(c->Load());
+  c->writer_ = std::thread([p = c.get()] { p->WriterLoop(); });
+  return c;
+}
+
+DiskChunkCache::~DiskChunkCache() {
+  Flush();
+  {
+    std::lock_guard<std::mutex> l(q_mu_);
+    stop_ = true;
+  }
+  q_cv_.notify_all();
+  if (writer_.joinable()) writer_.join();
+  if (lock_fd_ >= 0) close(lock_fd_);
+}
+
+std::string DiskChunkCache::ChunkPath(const Digest& d) const {
+  std::string hex = d.Hex();
+  return absl::StrCat(dir_, "/chunks/", hex.substr(0, 2), "/", hex);
+}
+
+absl::Status DiskChunkCache::Load() {
+  RETURN_IF_ERROR(MkdirP(dir_ + "/chunks"));
+  RETURN_IF_ERROR(MkdirP(dir_ + "/tmp"));
+  std::string lock = dir_ + "/lock";
+  lock_fd_ = open(lock.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  if (lock_fd_ < 0) return ErrnoToStatus(errno, absl::StrCat("open ", lock));
+  // Stray writes of dead processes: <hex>.<pid>.<seq>.
+  ForEachEntry(dir_ + "/tmp", [&](const std::string& name) {
+    size_t a = name.find('.');
+    size_t b = a == std::string::npos ? a : name.find('.', a + 1);
+    pid_t pid = b == std::string::npos
+                    ? 0
+                    : static_cast<pid_t>(
+                          std::atoi(name.substr(a + 1, b - a - 1).c_str()));
+    if (pid <= 0 || (kill(pid, 0) != 0 && errno == ESRCH)) {
+      unlink((dir_ + "/tmp/" + name).c_str());
+    }
+  });
+  Rescan();
+  return absl::OkStatus();
+}
+
+void DiskChunkCache::Rescan() {
+  struct Found {
+    Digest d;
+    uint64_t size;
+    int64_t mtime;
+  };
+  std::vector<Found> found;
+  ForEachEntry(dir_ + "/chunks", [&](const std::string& sub) {
+    std::string subdir = dir_ + "/chunks/" + sub;
+    ForEachEntry(subdir, [&](const std::string& name) {
+      absl::StatusOr<Digest> d = Digest::Parse("sha256:" + name);
+      std::string path = subdir + "/" + name;
+      struct stat st;
+      if (!d.ok() || name.substr(0, 2) != sub || stat(path.c_str(), &st) != 0 ||
+          !S_ISREG(st.st_mode) || st.st_size == 0) {
+        unlink(path.c_str());  // not ours, or an empty/torn leftover
+        dropped_.fetch_add(1);
+        return;
+      }
+      found.push_back({*d, static_cast<uint64_t>(st.st_size),
+                       static_cast<int64_t>(st.st_mtim.tv_sec)});
+    });
+  });
+  // Oldest first, so the newest end up most recently used.
+  std::sort(found.begin(), found.end(),
+            [](const Found& a, const Found& b) { return a.mtime < b.mtime; });
+  absl::MutexLock l(&mu_);
+  for (const Found& f : found) {
+    if (!index_.contains(f.d)) Track(f.d, f.size);
+  }
+}
+
+void DiskChunkCache::Track(const Digest& d, uint64_t size) {
+  auto it = index_.find(d);
+  if (it != index_.end()) {
+    lru_.splice(lru_.begin(), lru_, it->second.lru);
+    return;
+  }
+  lru_.push_front(d);
+  index_[d] = Meta{size, lru_.begin()};
+  bytes_ += size;
+}
+
+void DiskChunkCache::Forget(const Digest& d) {
+  auto it = index_.find(d);
+  if (it != index_.end()) {
+    bytes_ -= it->second.size;
+    lru_.erase(it->second.lru);
+    index_.erase(it);
+  }
+  if (files_.erase(d) > 0) {
+    files_lru_.remove(d);
+  }
+}
+
+void DiskChunkCache::Drop(const Digest& d) {
+  {
+    absl::MutexLock l(&mu_);
+    Forget(d);
+  }
+  unlink(ChunkPath(d).c_str());
+  dropped_.fetch_add(1);
+}
+
+bool DiskChunkCache::Discover(const Digest& d, uint64_t size) {
+  struct stat st;
+  if (stat(ChunkPath(d).c_str(), &st) != 0) return false;
+  if (static_cast<uint64_t>(st.st_size) != size) {
+    Drop(d);
+    return false;
+  }
+  absl::MutexLock l(&mu_);
+  Track(d, size);
+  return true;
+}
+
+std::shared_ptr<CachedFile> DiskChunkCache::OpenChunk(const Digest& d,
+                                                      uint64_t size) {
+  bool wrong_size = false;
+  {
+    absl::MutexLock l(&mu_);
+    auto it = index_.find(d);
+    if (it != index_.end()) {
+      // A size other than the TOC's: this file is not the chunk we want.
+      wrong_size = it->second.size != size;
+      if (!wrong_size) {
+        lru_.splice(lru_.begin(), lru_, it->second.lru);
+        auto f = files_.find(d);
+        if (f != files_.end()) return f->second;
+      }
+    } else if (pending_.contains(d)) {
+      return nullptr;  // not on disk yet
+    }
+  }
+  if (wrong_size) {
+    Drop(d);
+    return nullptr;
+  }
+  if (!Contains(d) && !Discover(d, size)) return nullptr;
+  int fd = open(ChunkPath(d).c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    absl::MutexLock l(&mu_);
+    Forget(d);  // evicted by another process meanwhile
+    return nullptr;
+  }
+  struct stat st;
+  if (fstat(fd, &st) != 0 || static_cast<uint64_t>(st.st_size) != size) {
+    close(fd);
+    Drop(d);
+    return nullptr;
+  }
+  auto file = std::make_shared<CachedFile>(fd);
+  absl::MutexLock l(&mu_);
+  if (!index_.contains(d)) Track(d, size);
+  files_[d] = file;
+  files_lru_.push_front(d);
+  while (files_.size() > options_.max_open_files && !files_lru_.empty()) {
+    files_.erase(files_lru_.back());
+    files_lru_.pop_back();
+  }
+  return file;
+}
+
+absl::StatusOr<bool> DiskChunkCache::Read(const Digest& d, uint64_t size,
+                                          uint64_t offset,
+                                          absl::Span<char> out) {
+  {
+    absl::MutexLock l(&mu_);
+    auto p = pending_.find(d);
+    if (p != pending_.end() && p->second->size() == size) {
+      std::memcpy(out.data(), p->second->data() + offset, out.size());
+      hits_.fetch_add(1);
+      return true;
+    }
+  }
+  std::shared_ptr<CachedFile> f = OpenChunk(d, size);
+  if (f == nullptr) {
+    misses_.fetch_add(1);
+    return false;
+  }
+  IoOp op{f->fd(), offset, out.data(), out.size()};
+  absl::Status st = BlockIo::ForThisThread().ReadAll({&op, 1});
+  if (!st.ok()) {
+    // Truncated under us (or unreadable): drop it and refetch.
+    LogWarning("cache file ", ChunkPath(d), " unreadable (", st.message(),
+               "): dropped, the chunk will be fetched again");
+    Drop(d);
+    misses_.fetch_add(1);
+    return false;
+  }
+  hits_.fetch_add(1);
+  return true;
+}
+
+bool DiskChunkCache::Contains(const Digest& d) {
+  absl::MutexLock l(&mu_);
+  return index_.contains(d) || pending_.contains(d);
+}
+
+absl::Status DiskChunkCache::Insert(const Digest& d, absl::string_view data) {
+  if (data.empty()) return absl::OkStatus();
+  if (options_.capacity != 0 && data.size() > options_.capacity) {
+    return absl::OkStatus();  // larger than the whole budget: not cached
+  }
+  bool inline_write = false;
+  auto copy = std::make_shared<const std::string>(data.data(), data.size());
+  {
+    absl::MutexLock l(&mu_);
+    if (index_.contains(d) || pending_.contains(d)) return absl::OkStatus();
+    if (pending_bytes_ + data.size() > options_.max_pending_bytes) {
+      inline_write = true;  // back-pressure: write on the caller's thread
+    } else {
+      pending_[d] = copy;
+      pending_bytes_ += data.size();
+    }
+  }
+  if (inline_write) return WriteChunk(d, data);
+  {
+    std::lock_guard<std::mutex> l(q_mu_);
+    queue_.push_back(Job{d, std::move(copy)});
+  }
+  q_cv_.notify_one();
+  return absl::OkStatus();
+}
+
+void DiskChunkCache::WriterLoop() {
+  while (true) {
+    Job job;
+    {
+      std::unique_lock<std::mutex> l(q_mu_);
+      q_cv_.wait(l, [&] { return stop_ || !queue_.empty(); });
+      if (queue_.empty()) return;  // stop_ with nothing left
+      job = std::move(queue_.front());
+      queue_.pop_front();
+      ++writing_;
+    }
+    absl::Status st = WriteChunk(job.digest, *job.data);
+    if (!st.ok()) {
+      LogWarning("cache: could not store chunk ", job.digest.ToString(), ": ",
+                 st.message());
+    }
+    {
+      absl::MutexLock l(&mu_);
+      pending_bytes_ -= job.data->size();
+      pending_.erase(job.digest);
+    }
+    {
+      std::lock_guard<std::mutex> l(q_mu_);
+      --writing_;
+    }
+    q_done_cv_.notify_all();
+  }
+}
+
+void DiskChunkCache::Flush() {
+  std::unique_lock<std::mutex> l(q_mu_);
+  q_done_cv_.wait(l, [&] { return queue_.empty() && writing_ == 0; });
+}
+
+absl::Status DiskChunkCache::WriteChunk(const Digest& d,
+                                        absl::string_view data) {
+  const std::string path = ChunkPath(d);
+  const std::string hex = d.Hex();
+  RETURN_IF_ERROR(MkdirP(absl::StrCat(dir_, "/chunks/", hex.substr(0, 2))));
+  const std::string tmp =
+      absl::StrCat(dir_, "/tmp/", hex, ".", getpid(), ".", seq_.fetch_add(1));
+  int fd = open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  if (fd < 0) return ErrnoToStatus(errno, absl::StrCat("create ", tmp));
+  IoOp op{fd, 0, const_cast<char*>(data.data()), data.size()};
+  absl::Status st = BlockIo::ForThisThread().WriteAll({&op, 1});
+  if (st.ok() && options_.sync && fdatasync(fd) != 0) {
+    st = ErrnoToStatus(errno, absl::StrCat("fdatasync ", tmp));
+  }
+  close(fd);
+  if (st.ok() && rename(tmp.c_str(), path.c_str()) != 0) {
+    st = ErrnoToStatus(errno, absl::StrCat("rename ", tmp));
+  }
+  if (!st.ok()) {
+    unlink(tmp.c_str());
+    return st;
+  }
+  inserts_.fetch_add(1);
+  bool over;
+  {
+    absl::MutexLock l(&mu_);
+    Track(d, data.size());
+    over = options_.capacity != 0 && bytes_ > options_.capacity;
+  }
+  if (options_.rescan_every != 0 &&
+      inserts_.load() % options_.rescan_every == 0) {
+    Rescan();
+  }
+  if (over) return EvictTo(options_.capacity / 10 * 9);
+  return absl::OkStatus();
+}
+
+absl::Status DiskChunkCache::EvictTo(uint64_t target) {
+  FileLock lock(lock_fd_);
+  while (true) {
+    Digest victim;
+    {
+      absl::MutexLock l(&mu_);
+      if (bytes_ <= target || lru_.empty()) break;
+      victim = lru_.back();
+      Forget(victim);
+    }
+    // An fd held by a reader keeps the bytes alive; later lookups miss.
+    if (unlink(ChunkPath(victim).c_str()) != 0 && errno != ENOENT) {
+      return ErrnoToStatus(errno, "unlink evicted chunk");
+    }
+    evictions_.fetch_add(1);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status DiskChunkCache::Prune(uint64_t bytes) {
+  Flush();
+  Rescan();
+  return EvictTo(bytes);
+}
+
+CacheUsage DiskChunkCache::Usage() {
+  absl::MutexLock l(&mu_);
+  return CacheUsage{index_.size(), bytes_};
+}
+
+CacheCounters DiskChunkCache::counters() const {
+  CacheCounters c;
+  c.hits = hits_.load();
+  c.misses = misses_.load();
+  c.inserts = inserts_.load();
+  c.evictions = evictions_.load();
+  c.dropped = dropped_.load();
+  return c;
+}
+
+absl::StatusOr<CacheVerifyReport> DiskChunkCache::VerifyAll() {
+  Flush();
+  Rescan();
+  std::vector<std::pair<Digest, uint64_t>> all;
+  {
+    absl::MutexLock l(&mu_);
+    for (const auto& [d, m] : index_) all.emplace_back(d, m.size);
+  }
+  CacheVerifyReport rep;
+  std::string buf;
+  for (const auto& [d, size] : all) {
+    std::shared_ptr<CachedFile> f = OpenChunk(d, size);
+    if (f == nullptr) continue;
+    buf.resize(size);
+    IoOp op{f->fd(), 0, buf.data(), buf.size()};
+    absl::Status st = BlockIo::ForThisThread().ReadAll({&op, 1});
+    ++rep.checked;
+    if (!st.ok() || Sha256::Of(buf) != d) {
+      LogWarning("cache verify: ", ChunkPath(d),
+                 " does not hash to its name: removed");
+      Drop(d);
+      ++rep.removed;
+    }
+  }
+  return rep;
+}
+
+}  // namespace lazypull

@@ -1,0 +1,179 @@
+// DiskChunkCache: the persistent, bounded, content-addressed chunk cache.
+//
+// Layout under the cache directory:
+//   chunks/<hex[0:2]>/<hex>   one file per verified chunk, named by the
+//                             sha256 of its bytes (content addressing: a
+//                             chunk shared by files, layers, images or
+//                             processes is stored and fetched once)
+//   tmp/<hex>.<pid>.<seq>     chunks being written
+//   lock                      flock(2)ed while evicting or pruning
+//
+// Commit protocol: a chunk's bytes are written to tmp/ (through BlockIo, i.e.
+// io_uring), fdatasync'ed, then renamed into chunks/. The rename is the
+// record: a chunk is visible only after its bytes are durable, so a crash
+// (kill -9 mid-fill, power loss) can leave a stray tmp file (removed at the
+// next Open once its writer is dead) or lose a recent chunk (refetched), but
+// never expose a torn one. On load and on every read the file size must equal
+// the chunk size (the TOC's), else the file is dropped and refetched; full
+// re-hashing is on request (VerifyAll, `lazypull cache verify`).
+//
+// Writes are asynchronous: Insert queues the (verified) bytes for a writer
+// thread and returns; until written they are served from memory. Reads of
+// cached chunks go through BlockIo; OpenChunk hands out a file descriptor for
+// zero-copy replies (splice).
+//
+// Bound: `capacity` bytes; when exceeded, least-recently-used chunks are
+// unlinked down to 90% of it. Eviction never breaks a reader: an fd already
+// open keeps the data, and a chunk evicted before it is read is a miss (the
+// read path fetches it again).
+//
+// Several processes may share one directory: publication is an atomic
+// rename of identical content, eviction an unlink (safe against readers),
+// eviction and pruning are serialized by flock(lock), and each process learns
+// of the others' chunks when it looks one up and by rescanning the directory
+// every `rescan_every` inserts, so the byte budget covers every process's
+// chunks.
+//
+// Thread-safety: all public methods may be called concurrently.
+#ifndef LAZYPULL_CORE_DISK_CHUNK_CACHE_H_
+#define LAZYPULL_CORE_DISK_CHUNK_CACHE_H_
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <list>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "core/chunk_cache.h"
+
+namespace lazypull {
+
+struct DiskChunkCacheOptions {
+  uint64_t capacity = 0;  // bytes of chunk data; 0 = unbounded
+  bool sync = true;       // fdatasync each chunk before publishing it
+  uint64_t max_pending_bytes = 256 << 20;  // queued writes held in memory
+  uint64_t rescan_every = 4096;            // inserts between directory scans
+  size_t max_open_files = 512;             // cached read descriptors
+};
+
+// An open cache file holding one chunk at offset 0; closes on destruction.
+class CachedFile {
+ public:
+  explicit CachedFile(int fd) : fd_(fd) {}
+  ~CachedFile();
+  CachedFile(const CachedFile&) = delete;
+  CachedFile& operator=(const CachedFile&) = delete;
+  int fd() const { return fd_; }
+
+ private:
+  const int fd_;
+};
+
+struct CacheUsage {
+  uint64_t chunks = 0;
+  uint64_t bytes = 0;
+};
+
+struct CacheCounters {
+  uint64_t hits = 0;
+  uint64_t misses = 0;
+  uint64_t inserts = 0;    // chunks written
+  uint64_t evictions = 0;  // chunks unlinked to stay in budget
+  uint64_t dropped = 0;    // files found torn/foreign and removed
+};
+
+struct CacheVerifyReport {
+  uint64_t checked = 0;
+  uint64_t removed = 0;  // corrupt chunks found and removed
+};
+
+class DiskChunkCache final : public ChunkCache {
+ public:
+  static absl::StatusOr<std::unique_ptr<DiskChunkCache>> Open(
+      const std::string& dir, const DiskChunkCacheOptions& options = {});
+  ~DiskChunkCache() override;  // flushes queued writes
+
+  absl::StatusOr<bool> Read(const Digest& d, uint64_t size, uint64_t offset,
+                            absl::Span<char> out) override;
+  absl::Status Insert(const Digest& d, absl::string_view data) override;
+  bool Contains(const Digest& d) override;
+
+  // An fd for chunk `d` (of `size` bytes) if it is on disk, for zero-copy.
+  std::shared_ptr<CachedFile> OpenChunk(const Digest& d, uint64_t size);
+
+  // Waits until every queued write is on disk.
+  void Flush();
+  CacheUsage Usage();
+  CacheCounters counters() const;
+  // Evicts least-recently-used chunks until at most `bytes` remain.
+  absl::Status Prune(uint64_t bytes);
+  // Re-hashes every chunk file; removes those whose content is not their name.
+  absl::StatusOr<CacheVerifyReport> VerifyAll();
+
+  const std::string& dir() const { return dir_; }
+  std::string ChunkPath(const Digest& d) const;
+
+ private:
+  struct Meta {
+    uint64_t size;
+    std::list<Digest>::iterator lru;
+  };
+  struct Job {
+    Digest digest;
+    std::shared_ptr<const std::string> data;
+  };
+
+  DiskChunkCache(std::string dir, DiskChunkCacheOptions options)
+      : dir_(std::move(dir)), options_(options) {}
+  absl::Status Load();
+  void WriterLoop();
+  absl::Status WriteChunk(const Digest& d, absl::string_view data);
+  // Adds or refreshes an entry. REQUIRES: mu_ held.
+  void Track(const Digest& d, uint64_t size) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Forget(const Digest& d) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Finds a file another process may have published.
+  bool Discover(const Digest& d, uint64_t size);
+  void Drop(const Digest& d);
+  absl::Status EvictTo(uint64_t target);
+  void Rescan();
+
+  const std::string dir_;
+  const DiskChunkCacheOptions options_;
+  int lock_fd_ = -1;
+
+  absl::Mutex mu_;
+  absl::flat_hash_map<Digest, Meta> index_ ABSL_GUARDED_BY(mu_);
+  std::list<Digest> lru_ ABSL_GUARDED_BY(mu_);  // front = most recent
+  uint64_t bytes_ ABSL_GUARDED_BY(mu_) = 0;
+  absl::flat_hash_map<Digest, std::shared_ptr<CachedFile>> files_
+      ABSL_GUARDED_BY(mu_);
+  std::list<Digest> files_lru_ ABSL_GUARDED_BY(mu_);
+  // Queued writes, readable until written.
+  absl::flat_hash_map<Digest, std::shared_ptr<const std::string>> pending_
+      ABSL_GUARDED_BY(mu_);
+  uint64_t pending_bytes_ ABSL_GUARDED_BY(mu_) = 0;
+
+  std::mutex q_mu_;
+  std::condition_variable q_cv_;
+  std::condition_variable q_done_cv_;
+  std::deque<Job> queue_;
+  size_t writing_ = 0;
+  bool stop_ = false;
+  std::thread writer_;
+
+  std::atomic<uint64_t> seq_{0};
+  std::atomic<uint64_t> hits_{0}, misses_{0}, inserts_{0}, evictions_{0},
+      dropped_{0};
+};
+
+}  // namespace lazypull
+
+#endif  // LAZYPULL_CORE_DISK_CHUNK_CACHE_H_
