@@ -235,6 +235,30 @@ absl::StatusOr<size_t> CachedLayer::Read(uint32_t inode, uint64_t offset,
   return static_cast<size_t>(end - offset);
 }
 
+std::optional<std::vector<CachedLayer::FilePiece>> CachedLayer::Locate(
+    uint32_t inode, uint64_t offset, size_t len) {
+  const LayerIndex& idx = reader_->index();
+  const Inode& n = idx.inode(inode);
+  std::vector<FilePiece> pieces;
+  if (n.type != EntryType::kReg) return std::nullopt;
+  if (offset >= n.size || len == 0) return pieces;
+  const uint64_t end = std::min<uint64_t>(n.size, offset + len);
+  const auto& cs = idx.chunks();
+  uint64_t pos = offset;
+  for (uint32_t ci = idx.ChunkAt(inode, offset); pos < end; ++ci) {
+    const Chunk& c = cs[ci];
+    if (c.zeros) return std::nullopt;
+    std::shared_ptr<CachedFile> f = cache_->OpenChunk(c.digest, c.size);
+    if (f == nullptr) return std::nullopt;
+    const uint64_t piece_end = std::min(end, c.file_offset + c.size);
+    pieces.push_back(FilePiece{std::move(f), pos - c.file_offset,
+                               static_cast<size_t>(piece_end - pos)});
+    pos = piece_end;
+  }
+  hits_.fetch_add(pieces.size());
+  return pieces;
+}
+
 void CachedLayer::FillAsync(std::vector<uint32_t> chunks,
                             ReadPriority priority) {
   {

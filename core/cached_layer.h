@@ -24,6 +24,7 @@
 #include <deque>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -68,6 +69,18 @@ class CachedLayer {
   absl::StatusOr<size_t> Read(uint32_t inode, uint64_t offset,
                               absl::Span<char> out,
                               ReadPriority priority = ReadPriority::kOnDemand);
+
+  // A piece of a file's bytes in a cache file, for zero-copy replies.
+  struct FilePiece {
+    std::shared_ptr<CachedFile> file;
+    uint64_t offset;  // in the cache file
+    size_t len;
+  };
+  // If every chunk covering [offset, offset + len) of `inode` is in a cache
+  // file, returns the pieces (clipped at end of file; empty past it);
+  // otherwise nullopt and the caller uses Read(). Counts as cache hits.
+  std::optional<std::vector<FilePiece>> Locate(uint32_t inode, uint64_t offset,
+                                               size_t len);
 
   // Makes sure chunk `chunk` is cached (fetching and verifying it if not).
   absl::Status Fill(uint32_t chunk, ReadPriority priority);

@@ -16,7 +16,10 @@
 #ifndef LAZYPULL_CORE_CHUNK_CACHE_H_
 #define LAZYPULL_CORE_CHUNK_CACHE_H_
 
+#include <unistd.h>
+
 #include <cstdint>
+#include <memory>
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
@@ -24,6 +27,20 @@
 #include "core/digest.h"
 
 namespace lazypull {
+
+// An open file holding one cached chunk at offset 0; closes on destruction.
+// Holding one keeps the bytes readable even if the chunk is evicted.
+class CachedFile {
+ public:
+  explicit CachedFile(int fd) : fd_(fd) {}
+  ~CachedFile() { close(fd_); }
+  CachedFile(const CachedFile&) = delete;
+  CachedFile& operator=(const CachedFile&) = delete;
+  int fd() const { return fd_; }
+
+ private:
+  const int fd_;
+};
 
 class ChunkCache {
  public:
@@ -40,6 +57,16 @@ class ChunkCache {
 
   // Whether chunk `d` is present right now (a hint: it may be evicted next).
   virtual bool Contains(const Digest& d) = 0;
+
+  // A file descriptor holding chunk `d` (of `size` bytes) at offset 0, for
+  // zero-copy replies; nullptr when the chunk is not in a file (a miss, a
+  // queued write, or a cache that keeps no files).
+  virtual std::shared_ptr<CachedFile> OpenChunk(const Digest& d,
+                                                uint64_t size) {
+    (void)d;
+    (void)size;
+    return nullptr;
+  }
 };
 
 }  // namespace lazypull

@@ -60,8 +60,6 @@ class FileLock {
 
 }  // namespace
 
-CachedFile::~CachedFile() { close(fd_); }
-
 absl::StatusOr<std::unique_ptr<DiskChunkCache>> DiskChunkCache::Open(
     const std::string& dir, const DiskChunkCacheOptions& options) {
   std::unique_ptr<DiskChunkCache> c(new DiskChunkCache(dir, options));

@@ -64,19 +64,6 @@ struct DiskChunkCacheOptions {
   size_t max_open_files = 512;             // cached read descriptors
 };
 
-// An open cache file holding one chunk at offset 0; closes on destruction.
-class CachedFile {
- public:
-  explicit CachedFile(int fd) : fd_(fd) {}
-  ~CachedFile();
-  CachedFile(const CachedFile&) = delete;
-  CachedFile& operator=(const CachedFile&) = delete;
-  int fd() const { return fd_; }
-
- private:
-  const int fd_;
-};
-
 struct CacheUsage {
   uint64_t chunks = 0;
   uint64_t bytes = 0;
@@ -107,7 +94,8 @@ class DiskChunkCache final : public ChunkCache {
   bool Contains(const Digest& d) override;
 
   // An fd for chunk `d` (of `size` bytes) if it is on disk, for zero-copy.
-  std::shared_ptr<CachedFile> OpenChunk(const Digest& d, uint64_t size);
+  std::shared_ptr<CachedFile> OpenChunk(const Digest& d,
+                                        uint64_t size) override;
 
   // Waits until every queued write is on disk.
   void Flush();

@@ -47,6 +47,9 @@ struct LayerFsOptions {
   std::string state_digest;
   double entry_timeout = 86400.0;
   double attr_timeout = 86400.0;
+  // Reply to warm reads by splicing from the cache files (zero-copy) rather
+  // than copying through a buffer.
+  bool splice_reads = true;
   // Called (on a FUSE thread) for each file opened and each read, in order:
   // the hook `optimize` records workloads with. May be empty.
   std::function<void(uint32_t inode)> on_open;
