@@ -1,0 +1,257 @@
+#include "core/disk_chunk_cache.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <fstream>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "core/block_io.h"
+#include "core/digest.h"
+#include "gtest/gtest.h"
+
+namespace lazypull {
+namespace {
+
+std::string TempDir() {
+  const char* base = getenv("TEST_TMPDIR");
+  std::string t = std::string(base ? base : "/tmp") + "/cacheXXXXXX";
+  std::vector<char> buf(t.begin(), t.end());
+  buf.push_back('\0');
+  EXPECT_NE(mkdtemp(buf.data()), nullptr);
+  return buf.data();
+}
+
+std::string Chunk(int seed, size_t size) {
+  std::mt19937 rng(seed);
+  std::string s(size, '\0');
+  for (char& c : s) c = static_cast<char>(rng());
+  return s;
+}
+
+size_t CountFiles(const std::string& dir) {
+  size_t n = 0;
+  std::string cmd = "find '" + dir + "' -type f | wc -l";
+  FILE* p = popen(cmd.c_str(), "r");
+  if (p != nullptr) {
+    if (fscanf(p, "%zu", &n) != 1) n = 0;
+    pclose(p);
+  }
+  return n;
+}
+
+TEST(DiskChunkCacheTest, StoresOnceAndReadsBack) {
+  std::string dir = TempDir();
+  auto c = DiskChunkCache::Open(dir);
+  ASSERT_TRUE(c.ok()) << c.status();
+  std::string a = Chunk(1, 100000);
+  Digest d = Sha256::Of(a);
+  ASSERT_TRUE((*c)->Insert(d, a).ok());
+  ASSERT_TRUE((*c)->Insert(d, a).ok());  // the same chunk again: deduplicated
+  (*c)->Flush();
+  EXPECT_EQ(CountFiles(dir + "/chunks"), 1u);
+  EXPECT_EQ((*c)->Usage().chunks, 1u);
+  EXPECT_EQ((*c)->counters().inserts, 1u);
+  std::string out(1000, '\0');
+  auto hit = (*c)->Read(d, a.size(), 5000, absl::MakeSpan(out));
+  ASSERT_TRUE(hit.ok());
+  EXPECT_TRUE(*hit);
+  EXPECT_EQ(out, a.substr(5000, 1000));
+  // A read with the wrong size is not this chunk: a miss, and dropped.
+  auto wrong = (*c)->Read(d, a.size() + 1, 0, absl::MakeSpan(out));
+  ASSERT_TRUE(wrong.ok());
+  EXPECT_FALSE(*wrong);
+}
+
+TEST(DiskChunkCacheTest, PersistsAcrossRestart) {
+  std::string dir = TempDir();
+  std::vector<std::string> chunks;
+  {
+    auto c = DiskChunkCache::Open(dir);
+    ASSERT_TRUE(c.ok());
+    for (int i = 0; i < 20; ++i) {
+      chunks.push_back(Chunk(i, 4096 + i));
+      ASSERT_TRUE((*c)->Insert(Sha256::Of(chunks.back()), chunks.back()).ok());
+    }
+  }  // destructor flushes
+  auto c = DiskChunkCache::Open(dir);
+  ASSERT_TRUE(c.ok());
+  EXPECT_EQ((*c)->Usage().chunks, 20u);
+  for (const std::string& s : chunks) {
+    std::string out(s.size(), '\0');
+    auto hit = (*c)->Read(Sha256::Of(s), s.size(), 0, absl::MakeSpan(out));
+    ASSERT_TRUE(hit.ok());
+    ASSERT_TRUE(*hit);
+    EXPECT_EQ(out, s);
+  }
+}
+
+TEST(DiskChunkCacheTest, EvictsToBudgetWhileReadersRun) {
+  std::string dir = TempDir();
+  DiskChunkCacheOptions o;
+  o.capacity = 64 * 1024;  // room for ~4 of the chunks below
+  auto c = DiskChunkCache::Open(dir, o);
+  ASSERT_TRUE(c.ok());
+  std::vector<std::string> chunks;
+  for (int i = 0; i < 40; ++i) chunks.push_back(Chunk(100 + i, 15000));
+  std::atomic<int> wrong{0}, hits{0};
+  std::vector<std::thread> ts;
+  for (int t = 0; t < 8; ++t) {
+    ts.emplace_back([&, t] {
+      std::mt19937 rng(t);
+      for (int k = 0; k < 400; ++k) {
+        const std::string& s = chunks[rng() % chunks.size()];
+        Digest d = Sha256::Of(s);
+        std::string out(s.size(), '\0');
+        auto hit = (*c)->Read(d, s.size(), 0, absl::MakeSpan(out));
+        if (!hit.ok()) {
+          ++wrong;
+        } else if (*hit) {
+          ++hits;
+          if (out != s) ++wrong;
+        } else {
+          (void)(*c)->Insert(d, s);  // what the read path does on a miss
+        }
+      }
+    });
+  }
+  for (auto& t : ts) t.join();
+  (*c)->Flush();
+  EXPECT_EQ(wrong.load(), 0);
+  EXPECT_GT(hits.load(), 0);
+  EXPECT_GT((*c)->counters().evictions, 0u);
+  EXPECT_LE((*c)->Usage().bytes, o.capacity);
+  EXPECT_LE(CountFiles(dir + "/chunks"), 5u);
+}
+
+TEST(DiskChunkCacheTest, OpenFileSurvivesEviction) {
+  std::string dir = TempDir();
+  auto c = DiskChunkCache::Open(dir);
+  ASSERT_TRUE(c.ok());
+  std::string a = Chunk(7, 8192);
+  Digest d = Sha256::Of(a);
+  ASSERT_TRUE((*c)->Insert(d, a).ok());
+  (*c)->Flush();
+  std::shared_ptr<CachedFile> f = (*c)->OpenChunk(d, a.size());
+  ASSERT_NE(f, nullptr);
+  ASSERT_TRUE((*c)->Prune(0).ok());
+  EXPECT_FALSE((*c)->Contains(d));
+  std::string out(a.size(), '\0');
+  ASSERT_EQ(pread(f->fd(), out.data(), out.size(), 0),
+            static_cast<ssize_t>(a.size()));
+  EXPECT_EQ(out, a);  // the reader holding the fd still sees its bytes
+}
+
+TEST(DiskChunkCacheTest, TornAndCorruptFilesAreNeverServed) {
+  std::string dir = TempDir();
+  std::string a = Chunk(9, 10000), b = Chunk(10, 10000);
+  Digest da = Sha256::Of(a), db = Sha256::Of(b);
+  std::string path_a, path_b;
+  {
+    auto c = DiskChunkCache::Open(dir);
+    ASSERT_TRUE(c.ok());
+    ASSERT_TRUE((*c)->Insert(da, a).ok());
+    ASSERT_TRUE((*c)->Insert(db, b).ok());
+    (*c)->Flush();
+    path_a = (*c)->ChunkPath(da);
+    path_b = (*c)->ChunkPath(db);
+  }
+  // A torn write left in tmp/ by a dead writer, a truncated chunk file, and
+  // a chunk file whose content was altered by hand.
+  std::ofstream(dir + "/tmp/" + da.Hex() + ".999999.1") << "partial";
+  ASSERT_EQ(truncate(path_a.c_str(), 5000), 0);
+  {
+    std::fstream f(path_b, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(1234);
+    f.put('\x5a' ^ b[1234]);
+  }
+  auto c = DiskChunkCache::Open(dir);
+  ASSERT_TRUE(c.ok());
+  EXPECT_EQ(CountFiles(dir + "/tmp"), 0u);
+  std::string out(10000, '\0');
+  auto ra = (*c)->Read(da, a.size(), 0, absl::MakeSpan(out));
+  ASSERT_TRUE(ra.ok());
+  EXPECT_FALSE(*ra) << "a truncated chunk must be a miss";
+  auto rep = (*c)->VerifyAll();
+  ASSERT_TRUE(rep.ok());
+  EXPECT_EQ(rep->removed, 1u);
+  EXPECT_FALSE((*c)->Contains(db));
+  auto rb = (*c)->Read(db, b.size(), 0, absl::MakeSpan(out));
+  ASSERT_TRUE(rb.ok());
+  EXPECT_FALSE(*rb);
+}
+
+TEST(DiskChunkCacheTest, TwoProcessesShareOneDirectory) {
+  std::string dir = TempDir();
+  // Both processes insert an overlapping set of chunks concurrently.
+  auto work = [&](int first) {
+    auto c = DiskChunkCache::Open(dir);
+    if (!c.ok()) return 1;
+    for (int i = first; i < first + 30; ++i) {
+      std::string s = Chunk(1000 + i, 3000 + i);
+      if (!(*c)->Insert(Sha256::Of(s), s).ok()) return 2;
+    }
+    return 0;
+  };
+  pid_t pid = fork();
+  if (pid == 0) _exit(work(0));
+  int mine = work(15);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  ASSERT_EQ(mine, 0);
+  ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  auto c = DiskChunkCache::Open(dir);
+  ASSERT_TRUE(c.ok());
+  EXPECT_EQ((*c)->Usage().chunks, 45u);  // 0..44, the overlap stored once
+  EXPECT_EQ(CountFiles(dir + "/chunks"), 45u);
+  for (int i = 0; i < 45; ++i) {
+    std::string s = Chunk(1000 + i, 3000 + i);
+    std::string out(s.size(), '\0');
+    auto hit = (*c)->Read(Sha256::Of(s), s.size(), 0, absl::MakeSpan(out));
+    ASSERT_TRUE(hit.ok());
+    ASSERT_TRUE(*hit);
+    EXPECT_EQ(out, s);
+  }
+  auto rep = (*c)->VerifyAll();
+  ASSERT_TRUE(rep.ok());
+  EXPECT_EQ(rep->removed, 0u);
+}
+
+TEST(BlockIoTest, UringAndPosixAgree) {
+  std::string dir = TempDir();
+  std::string path = dir + "/f";
+  std::string data = Chunk(3, 3 << 20);
+  std::ofstream(path, std::ios::binary) << data;
+  int fd = open(path.c_str(), O_RDONLY);
+  ASSERT_GE(fd, 0);
+  std::vector<std::unique_ptr<BlockIo>> ios;
+  ios.push_back(BlockIo::NewPosix());
+  std::unique_ptr<BlockIo> u;
+  if (BlockIo::NewUring(8, &u).ok()) ios.push_back(std::move(u));
+  for (auto& io : ios) {
+    // More ops than the queue depth, odd sizes, one past the end.
+    std::vector<std::string> bufs(20, std::string(100000, '\0'));
+    std::vector<IoOp> ops;
+    for (size_t i = 0; i < bufs.size(); ++i) {
+      ops.push_back({fd, i * 150001, bufs[i].data(), bufs[i].size() - i});
+    }
+    ASSERT_TRUE(io->ReadAll(ops).ok());
+    for (size_t i = 0; i < bufs.size(); ++i) {
+      EXPECT_EQ(bufs[i].substr(0, ops[i].len),
+                data.substr(ops[i].offset, ops[i].len));
+    }
+    std::string tail(10, '\0');
+    IoOp past{fd, data.size() - 5, tail.data(), tail.size()};
+    EXPECT_FALSE(io->ReadAll({&past, 1}).ok());
+  }
+  close(fd);
+}
+
+}  // namespace
+}  // namespace lazypull
