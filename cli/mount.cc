@@ -127,6 +127,10 @@ absl::Status Serve(const ParsedArgs& args,
   LayerFsOptions fo;
   fo.state_name = shared_reader->toc_digest().ToString();
   fo.state_digest = fo.state_name;
+  // LAZYPULL_REPLY=copy turns off splice replies (for measuring both).
+  if (const char* r = getenv("LAZYPULL_REPLY"); r && std::string(r) == "copy") {
+    fo.splice_reads = false;
+  }
   auto fs = std::make_unique<LayerFs>(layer, fo);
   FuseServerOptions so;
   so.allow_other = args.GetOr("o", "") == "allow_other";
