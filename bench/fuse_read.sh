@@ -58,8 +58,9 @@ umnt
 
 echo "== warm sequential read of big.bin (${BIG_MB} MB), fresh mount, warm cache"
 mnt "$W/cache"; cat "$MNT/big/big.bin" >/dev/null; umnt   # cache warm
+mkdir -p "$W/memmnt"
 "$MEMFS" "$W/memmnt" "$BIG_MB" & MEMPID=$!
-mkdir -p "$W/memmnt"; sleep 0.5
+sleep 0.5
 for round in 1 2 3; do
   for mode in splice copy memfs; do
     if [ $mode = memfs ]; then
