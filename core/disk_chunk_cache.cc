@@ -335,7 +335,12 @@ absl::Status DiskChunkCache::WriteChunk(const Digest& d,
   int fd = open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
   if (fd < 0) return ErrnoToStatus(errno, absl::StrCat("create ", tmp));
   IoOp op{fd, 0, const_cast<char*>(data.data()), data.size()};
-  absl::Status st = BlockIo::ForThisThread().WriteAll({&op, 1});
+  // Writes use pwrite: measured here (core:block_io_benchmark), a buffered
+  // io_uring write of a new chunk file is punted to io-wq workers and costs
+  // 165 us per 64 KiB against 3.8 us for pwrite; reads stay on io_uring,
+  // where batching wins (8 x 4 KiB: 4.1 vs 1.8 GB/s).
+  thread_local std::unique_ptr<BlockIo> writer = BlockIo::NewPosix();
+  absl::Status st = writer->WriteAll({&op, 1});
   if (st.ok() && options_.sync && fdatasync(fd) != 0) {
     st = ErrnoToStatus(errno, absl::StrCat("fdatasync ", tmp));
   }

@@ -8,8 +8,9 @@
 //   tmp/<hex>.<pid>.<seq>     chunks being written
 //   lock                      flock(2)ed while evicting or pruning
 //
-// Commit protocol: a chunk's bytes are written to tmp/ (through BlockIo, i.e.
-// io_uring), fdatasync'ed, then renamed into chunks/. The rename is the
+// Commit protocol: a chunk's bytes are written to tmp/ (pwrite: faster than
+// io_uring for buffered writes of new files here, see the .cc),
+// fdatasync'ed, then renamed into chunks/. The rename is the
 // record: a chunk is visible only after its bytes are durable, so a crash
 // (kill -9 mid-fill, power loss) can leave a stray tmp file (removed at the
 // next Open once its writer is dead) or lose a recent chunk (refetched), but

@@ -54,6 +54,27 @@ absl::Status DecompressExactly(StreamDecompressor& d, absl::string_view* in,
   return absl::OkStatus();
 }
 
+// Decompresses exactly `size` bytes into a string that grows as data really
+// arrives (a tiny hostile blob claiming a huge TOC costs no huge allocation),
+// leaving kTocParsePadding bytes of slack for the JSON parser.
+absl::StatusOr<std::string> DecompressGrowing(StreamDecompressor& d,
+                                              absl::string_view* in,
+                                              uint64_t size) {
+  std::string out;
+  uint64_t filled = 0;
+  while (filled < size) {
+    const uint64_t next = std::min<uint64_t>(
+        size, std::max<uint64_t>(filled * 2, uint64_t{1} << 20));
+    out.reserve(next + kTocParsePadding);
+    out.resize(next);
+    RETURN_IF_ERROR(DecompressExactly(
+        d, in, absl::MakeSpan(out.data() + filled, next - filled)));
+    filled = next;
+  }
+  out.reserve(size + kTocParsePadding);
+  return out;
+}
+
 }  // namespace
 
 absl::StatusOr<std::string> ReadGzipTocMember(absl::string_view compressed,
@@ -99,13 +120,10 @@ absl::StatusOr<std::string> ReadGzipTocMember(absl::string_view compressed,
           absl::StrCat("TOC of ", size, " bytes exceeds the limit of ",
                        max_toc_size, " bytes"));
     }
-    std::string json;
-    json.reserve(size + kTocParsePadding);
-    json.resize(size);
-    absl::Status rs = DecompressExactly(*d, &compressed, absl::MakeSpan(json));
-    if (!rs.ok()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("TOC is truncated or corrupt: ", rs.message()));
+    absl::StatusOr<std::string> json = DecompressGrowing(*d, &compressed, size);
+    if (!json.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "TOC is truncated or corrupt: ", json.status().message()));
     }
     return json;
   }
@@ -158,14 +176,16 @@ absl::StatusOr<std::unique_ptr<LayerReader>> LayerReader::Open(
           "zstd:chunked TOC offset leaves no room for its skippable frame");
     }
     data_end = f.toc_offset - 8;
-    json.reserve(f.toc_uncompressed_size + kTocParsePadding);
-    json.resize(f.toc_uncompressed_size);
-    absl::Status st = DecompressRange(Compression::kZstd, toc_compressed, 0,
-                                      absl::MakeSpan(json));
-    if (!st.ok()) {
+    std::unique_ptr<StreamDecompressor> zd =
+        StreamDecompressor::New(Compression::kZstd);
+    absl::string_view in = toc_compressed;
+    absl::StatusOr<std::string> z =
+        DecompressGrowing(*zd, &in, f.toc_uncompressed_size);
+    if (!z.ok()) {
       return absl::InvalidArgumentError(
-          absl::StrCat("zstd:chunked TOC is corrupt: ", st.message()));
+          absl::StrCat("zstd:chunked TOC is corrupt: ", z.status().message()));
     }
+    json = *std::move(z);
   } else {
     data_end = f.toc_offset;
     ASSIGN_OR_RETURN(
