@@ -22,6 +22,7 @@ namespace lazypull::cli {
 int InspectMain(int argc, char** argv);
 int VerifyMain(int argc, char** argv);
 int ExtractMain(int argc, char** argv);
+int ConvertMain(int argc, char** argv);
 int MountMain(int argc, char** argv);
 int UnmountMain(int argc, char** argv);
 int CacheMain(int argc, char** argv);

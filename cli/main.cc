@@ -19,6 +19,8 @@ constexpr Command kCommands[] = {
      "check every chunk, file and the DiffID of a layer"},
     {"extract", lazypull::cli::ExtractMain,
      "verified extraction of a layer into an overlay-ready directory"},
+    {"convert", lazypull::cli::ConvertMain,
+     "turn a tar or layer into an eStargz / zstd:chunked layer"},
     {"mount", lazypull::cli::MountMain,
      "mount a layer lazily as a read-only filesystem"},
     {"unmount", lazypull::cli::UnmountMain,

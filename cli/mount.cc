@@ -251,12 +251,26 @@ int UnmountMain(int argc, char** argv) {
     std::ifstream in(PidFile(mp));
     if (!(in >> pid)) pid = 0;
   }
-  int rc = umount2(mp.c_str(), force ? MNT_DETACH : 0);
+  // A busy mount detached lazily keeps its server until the last open file
+  // there is closed: then there is nothing to wait for.
+  bool detached_busy = false;
+  int rc = umount2(mp.c_str(), 0);
+  if (rc != 0 && errno == EBUSY && force) {
+    rc = umount2(mp.c_str(), MNT_DETACH);
+    detached_busy = rc == 0;
+  }
   if (rc != 0 && errno == EPERM) {
     // Not root: fusermount3 unmounts FUSE mounts the user owns.
-    std::string cmd =
-        absl::StrCat("fusermount3 -u ", force ? "-z " : "", "'", mp, "'");
-    rc = system(cmd.c_str()) == 0 ? 0 : -1;
+    auto fusermount = [&](bool lazy) {
+      std::string cmd =
+          absl::StrCat("fusermount3 -u ", lazy ? "-z " : "", "'", mp, "'");
+      return system(cmd.c_str()) == 0 ? 0 : -1;
+    };
+    rc = fusermount(false);
+    if (rc != 0 && force) {
+      rc = fusermount(true);
+      detached_busy = rc == 0;
+    }
     if (rc != 0) errno = EPERM;
   }
   if (rc != 0) {
@@ -273,6 +287,12 @@ int UnmountMain(int argc, char** argv) {
                                  absl::StrCat(mp, " is not a mount point")));
     }
     return Fail("unmount", ErrnoToStatus(errno, absl::StrCat("umount ", mp)));
+  }
+  if (detached_busy) {
+    std::cout << "detached " << mp
+              << " (busy: its serving process exits once the last file open "
+                 "there is closed)\n";
+    return 0;
   }
   // Wait for the serving process to finish, so the caller may remount.
   if (pid > 0) {

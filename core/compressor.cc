@@ -3,6 +3,7 @@
 #include <isa-l/igzip_lib.h>
 #include <libdeflate.h>
 #include <zstd.h>
+#include <zstd_errors.h>
 
 #include <cstring>
 #include <vector>
@@ -23,7 +24,7 @@ absl::Status IsalDeflateStatus(int code) {
 absl::Status ZstdCompressStatus(size_t code) {
   return absl::InternalError(absl::StrCat("zstd compression failed: ",
                                           ZSTD_getErrorName(code), " (code ",
-                                          ZSTD_getErrorCode(code), ")"));
+                                          static_cast<int>(ZSTD_getErrorCode(code)), ")"));
 }
 
 class LibdeflateGzip : public MemberCompressor {

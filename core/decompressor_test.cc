@@ -112,12 +112,12 @@ TEST_P(StreamTest, MultiMemberStreamReportsEveryEnd) {
     want_ends.push_back(data.size());
   }
   for (size_t in_step : {size_t{1}, size_t{7}, size_t{4096}, data.size()}) {
-    for (size_t out_step : {size_t{1}, size_t{13}, size_t{65536},
-                            size_t{1} << 20}) {
+    for (size_t out_step :
+         {size_t{1}, size_t{13}, size_t{65536}, size_t{1} << 20}) {
       // One byte in and one byte out is slow and proves nothing more.
       if (in_step == 1 && out_step == 1) continue;
-      SCOPED_TRACE(absl::StrCat(Name(c), " in_step ", in_step, " out_step ",
-                                out_step));
+      SCOPED_TRACE(
+          absl::StrCat(Name(c), " in_step ", in_step, " out_step ", out_step));
       StreamResult r = Stream(c, data, in_step, out_step);
       ASSERT_TRUE(r.status.ok()) << r.status;
       EXPECT_EQ(r.out.size(), want.size());
@@ -133,9 +133,8 @@ TEST_P(StreamTest, ResetForgetsAPartialMember) {
   std::string b = Compress(c, "second");
   std::unique_ptr<StreamDecompressor> d = StreamDecompressor::New(c);
   std::string buf(100, '\0');
-  absl::StatusOr<StreamDecompressor::Result> r =
-      d->Decompress(absl::string_view(a).substr(0, a.size() / 2),
-                    absl::MakeSpan(buf));
+  absl::StatusOr<StreamDecompressor::Result> r = d->Decompress(
+      absl::string_view(a).substr(0, a.size() / 2), absl::MakeSpan(buf));
   ASSERT_TRUE(r.ok()) << r.status();
   d->Reset();
   std::string out(64, '\0');
@@ -156,12 +155,9 @@ TEST_P(StreamTest, EmptyInputOrOutputMakesNoProgress) {
   EXPECT_FALSE(r->frame_end);
 }
 
-INSTANTIATE_TEST_SUITE_P(Both, StreamTest,
-                         ::testing::Values(Compression::kGzip,
-                                           Compression::kZstd),
-                         [](const auto& info) {
-                           return std::string(Name(info.param));
-                         });
+INSTANTIATE_TEST_SUITE_P(
+    Both, StreamTest, ::testing::Values(Compression::kGzip, Compression::kZstd),
+    [](const auto& info) { return std::string(Name(info.param)); });
 
 // Other gzip writers set FNAME, FCOMMENT, FEXTRA and FHCRC; headers must also
 // survive arriving a byte at a time.
@@ -169,7 +165,10 @@ TEST(GzipTest, OptionalHeaderFieldsAcrossCallBoundaries) {
   std::string member = GzipMember("payload with a named header");
   std::string fancy = member.substr(0, 10);
   fancy[3] = 0x04 | 0x08 | 0x10;  // FEXTRA | FNAME | FCOMMENT
-  fancy += std::string("\x06\x00" "AB\x02\x00xy", 8);  // XLEN 6, one subfield
+  fancy += std::string(
+      "\x06\x00"
+      "AB\x02\x00xy",
+      8);  // XLEN 6, one subfield
   fancy += std::string("name.txt\0", 9);
   fancy += std::string("a comment\0", 10);
   fancy += member.substr(10);
@@ -178,8 +177,9 @@ TEST(GzipTest, OptionalHeaderFieldsAcrossCallBoundaries) {
     SCOPED_TRACE(in_step);
     StreamResult r = Stream(Compression::kGzip, data, in_step, 4096);
     ASSERT_TRUE(r.status.ok()) << r.status;
-    EXPECT_EQ(r.out, "payload with a named header"
-                     "payload with a named header");
+    EXPECT_EQ(r.out,
+              "payload with a named header"
+              "payload with a named header");
     EXPECT_THAT(r.ends, ElementsAreArray({fancy.size(), data.size()}));
   }
 }
@@ -192,7 +192,7 @@ TEST(GzipTest, CrcMismatchOfAWholeMemberIsDataLoss) {
   bad[member.size() / 2] ^= 0x01;
   StreamResult r = Stream(Compression::kGzip, bad, bad.size(), 1 << 16);
   EXPECT_EQ(r.status.code(), absl::StatusCode::kDataLoss);
-  EXPECT_THAT(r.status.message(), HasSubstr("CRC"));
+  EXPECT_THAT(std::string(r.status.message()), HasSubstr("CRC"));
   // ISIZE is checked too.
   bad = member;
   bad[bad.size() - 1] ^= 0x01;
@@ -211,9 +211,9 @@ TEST(ZstdTest, SkippableFramesAreSkipped) {
   ASSERT_TRUE(r.status.ok()) << r.status;
   EXPECT_EQ(r.out, "helloworld");
   std::string out(10, '\0');
-  EXPECT_TRUE(
-      DecompressRange(Compression::kZstd, data, 2, absl::MakeSpan(out.data(), 6))
-          .ok());
+  EXPECT_TRUE(DecompressRange(Compression::kZstd, data, 2,
+                              absl::MakeSpan(out.data(), 6))
+                  .ok());
   EXPECT_EQ(out.substr(0, 6), "llowor");
 }
 
@@ -245,8 +245,8 @@ TEST_P(RangeTest, EverySkipAndLength) {
       }
     }
     // Asking for more than the stream holds.
-    for (uint64_t skip : {uint64_t{0}, uint64_t{1000}, plain.size(),
-                          plain.size() + 100000}) {
+    for (uint64_t skip :
+         {uint64_t{0}, uint64_t{1000}, plain.size(), plain.size() + 100000}) {
       std::string out(plain.size() - std::min<uint64_t>(skip, plain.size()) + 1,
                       '\0');
       absl::Status s = DecompressRange(c, *data, skip, absl::MakeSpan(out));
@@ -350,7 +350,7 @@ TEST_P(RangeTest, GarbageIsDataLoss) {
                                    absl::MakeSpan(out));
   EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss);
   // The library and its code are named.
-  EXPECT_THAT(s.message(),
+  EXPECT_THAT(std::string(s.message()),
               HasSubstr(c == Compression::kZstd ? "zstd error" : "ISA-L"));
 }
 
@@ -358,7 +358,9 @@ TEST_P(RangeTest, GarbageIsDataLoss) {
 // chunk, the decompressor produces exactly that and stops.
 TEST_P(RangeTest, BombIsBoundedByTheRequest) {
   const Compression c = GetParam();
-  const std::string bomb = Compress(c, std::string(100 << 20, '\0'));
+  const std::string zeros(100 << 20, '\0');
+  const std::string bomb =
+      c == Compression::kGzip ? GzipMember(zeros, 1) : ZstdFrame(zeros, 1);
   ASSERT_LT(bomb.size(), 1u << 20);
   std::string out(4096, 'x');
   auto start = std::chrono::steady_clock::now();
@@ -381,20 +383,18 @@ TEST_P(RangeTest, BombIsBoundedByTheRequest) {
   EXPECT_FALSE(r->frame_end);
 }
 
-INSTANTIATE_TEST_SUITE_P(Both, RangeTest,
-                         ::testing::Values(Compression::kGzip,
-                                           Compression::kZstd),
-                         [](const auto& info) {
-                           return std::string(Name(info.param));
-                         });
+INSTANTIATE_TEST_SUITE_P(
+    Both, RangeTest, ::testing::Values(Compression::kGzip, Compression::kZstd),
+    [](const auto& info) { return std::string(Name(info.param)); });
 
 // A hand-made zstd frame whose header declares a window of 2^window_log
 // bytes, holding one raw byte.
 std::string FrameWithWindowLog(int window_log) {
   std::string f("\x28\xb5\x2f\xfd", 4);  // magic
   f.push_back('\x00');  // descriptor: no content size, not single-segment
-  f.push_back(static_cast<char>((window_log - 10) << 3));  // exponent, mantissa 0
-  f += std::string("\x09\x00\x00", 3);  // last block, raw, size 1
+  f.push_back(
+      static_cast<char>((window_log - 10) << 3));  // exponent, mantissa 0
+  f += std::string("\x09\x00\x00", 3);             // last block, raw, size 1
   f.push_back('!');
   return f;
 }
@@ -407,7 +407,7 @@ TEST(ZstdTest, HugeDeclaredWindowIsRefused) {
     absl::Status s =
         DecompressRange(Compression::kZstd, frame, 0, absl::MakeSpan(&out, 1));
     EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss);
-    EXPECT_THAT(s.message(), HasSubstr("zstd"));
+    EXPECT_THAT(std::string(s.message()), HasSubstr("zstd"));
     StreamResult r = Stream(Compression::kZstd, frame, frame.size(), 16);
     EXPECT_EQ(r.status.code(), absl::StatusCode::kDataLoss);
   }

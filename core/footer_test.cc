@@ -60,9 +60,9 @@ TEST(FooterGoldenTest, ParsesEveryDialectFromTheTail) {
   LAZYPULL_SKIP_WITHOUT_TESTDATA();
   for (const GoldenFooter& g : kGolden) {
     SCOPED_TRACE(g.dir);
-    std::string blob = ::lazypull::testing::ReadFile(
-        *::lazypull::testing::TestdataDir() + "/estargz/" + g.dir + "/" +
-        g.file);
+    std::string blob =
+        ::lazypull::testing::ReadFile(*::lazypull::testing::TestdataDir() +
+                                      "/estargz/" + g.dir + "/" + g.file);
     ASSERT_EQ(blob.size(), g.blob_size);
     absl::StatusOr<Footer> f = Parse(blob);
     ASSERT_TRUE(f.ok()) << f.status();
@@ -78,9 +78,9 @@ TEST(FooterGoldenTest, BrokenCasesAreRefused) {
   LAZYPULL_SKIP_WITHOUT_TESTDATA();
   for (const char* dir : {"bad-footer", "truncated"}) {
     SCOPED_TRACE(dir);
-    std::string blob = ::lazypull::testing::ReadFile(
-        *::lazypull::testing::TestdataDir() + "/estargz/" + dir +
-        "/layer.esgz");
+    std::string blob =
+        ::lazypull::testing::ReadFile(*::lazypull::testing::TestdataDir() +
+                                      "/estargz/" + dir + "/layer.esgz");
     ASSERT_FALSE(blob.empty());
     EXPECT_EQ(Parse(blob).status().code(), absl::StatusCode::kInvalidArgument);
   }
@@ -91,9 +91,9 @@ TEST(FooterGoldenTest, EveryTruncationOfTheTailIsRefused) {
   LAZYPULL_SKIP_WITHOUT_TESTDATA();
   for (const GoldenFooter& g : kGolden) {
     SCOPED_TRACE(g.dir);
-    std::string blob = ::lazypull::testing::ReadFile(
-        *::lazypull::testing::TestdataDir() + "/estargz/" + g.dir + "/" +
-        g.file);
+    std::string blob =
+        ::lazypull::testing::ReadFile(*::lazypull::testing::TestdataDir() +
+                                      "/estargz/" + g.dir + "/" + g.file);
     ASSERT_EQ(blob.size(), g.blob_size);
     // Every cut within the last 4 KiB, then every 97th one before that.
     for (uint64_t len = blob.size(); len-- > 0;) {
@@ -161,8 +161,8 @@ TEST(FooterTest, LegacyStargz) {
 
 TEST(FooterTest, ZstdChunked) {
   // [payload 100][skippable hdr 8][TOC 50][footer 48]
-  std::string blob =
-      std::string(108, 'x') + std::string(50, 't') + ZstdChunkedFooter(108, 50, 400);
+  std::string blob = std::string(108, 'x') + std::string(50, 't') +
+                     ZstdChunkedFooter(108, 50, 400);
   absl::StatusOr<Footer> f = Parse(blob);
   ASSERT_TRUE(f.ok()) << f.status();
   EXPECT_EQ(f->format, LayerFormat::kZstdChunked);
@@ -217,7 +217,7 @@ TEST(FooterTest, ExternalTocIsUnimplemented) {
   std::string blob = std::string(500, 'x') + footer;
   absl::Status s = Parse(blob).status();
   EXPECT_EQ(s.code(), absl::StatusCode::kUnimplemented);
-  EXPECT_THAT(s.message(), HasSubstr("external"));
+  EXPECT_THAT(std::string(s.message()), HasSubstr("external"));
   // Also when the blob is the footer alone.
   EXPECT_EQ(Parse(footer).status().code(), absl::StatusCode::kUnimplemented);
 }
@@ -299,8 +299,8 @@ TEST(FooterTest, TocOffsetPastTheEndIsRefused) {
   std::string ok_blob = std::string(100, 'x') + EstargzFooter(100);
   ASSERT_TRUE(Parse(ok_blob).ok());
   EXPECT_EQ(Parse(ok_blob)->toc_compressed_size, 0u);
-  for (uint64_t off : {uint64_t{101}, uint64_t{151}, uint64_t{1} << 40,
-                       ~uint64_t{0}}) {
+  for (uint64_t off :
+       {uint64_t{101}, uint64_t{151}, uint64_t{1} << 40, ~uint64_t{0}}) {
     SCOPED_TRACE(off);
     EXPECT_EQ(Parse(std::string(100, 'x') + EstargzFooter(off)).status().code(),
               absl::StatusCode::kInvalidArgument);
@@ -322,8 +322,8 @@ TEST(FooterTest, ZstdTocRunningPastTheFooterIsRefused) {
   // 100 bytes before the footer, TOC at 20: at most 80 bytes fit.
   EXPECT_TRUE(
       Parse(std::string(100, 'x') + ZstdChunkedFooter(20, 80, 1000)).ok());
-  for (uint64_t len : {uint64_t{81}, uint64_t{1} << 33, ~uint64_t{0},
-                       ~uint64_t{0} - 19}) {
+  for (uint64_t len :
+       {uint64_t{81}, uint64_t{1} << 33, ~uint64_t{0}, ~uint64_t{0} - 19}) {
     SCOPED_TRACE(len);
     EXPECT_EQ(Parse(std::string(100, 'x') + ZstdChunkedFooter(20, len, 1000))
                   .status()
@@ -344,7 +344,7 @@ TEST(FooterTest, TocOverTheLimitIsRefused) {
   absl::Status s =
       Parse(std::string(100, 'x') + EstargzFooter(35), limits).status();
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(s.message(), HasSubstr("limit"));
+  EXPECT_THAT(std::string(s.message()), HasSubstr("limit"));
   // zstd: compressed or uncompressed length over the limit.
   EXPECT_TRUE(
       Parse(std::string(100, 'x') + ZstdChunkedFooter(8, 64, 64), limits).ok());
@@ -357,16 +357,16 @@ TEST(FooterTest, TocOverTheLimitIsRefused) {
                 .code(),
             absl::StatusCode::kInvalidArgument);
   // A 2 GiB uncompressed TOC claim, with the default limit.
-  EXPECT_EQ(Parse(std::string(100, 'x') +
-                  ZstdChunkedFooter(8, 10, uint64_t{2} << 30))
-                .status()
-                .code(),
-            absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(Parse(std::string(100, 'x') +
-                  ZstdStorageFooter(8, 10, ~uint64_t{0}))
-                .status()
-                .code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(
+      Parse(std::string(100, 'x') + ZstdChunkedFooter(8, 10, uint64_t{2} << 30))
+          .status()
+          .code(),
+      absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(
+      Parse(std::string(100, 'x') + ZstdStorageFooter(8, 10, ~uint64_t{0}))
+          .status()
+          .code(),
+      absl::StatusCode::kInvalidArgument);
 }
 
 // ---- Short blobs and short tails --------------------------------------------
@@ -393,10 +393,9 @@ TEST(FooterTest, BlobsShorterThan72Bytes) {
     SCOPED_TRACE(n);
     EXPECT_EQ(Parse(std::string(n, 'x')).status().code(),
               absl::StatusCode::kInvalidArgument);
-    EXPECT_EQ(Parse(EstargzFooter(0).substr(kEstargzFooterSize - n))
-                  .status()
-                  .code(),
-              absl::StatusCode::kInvalidArgument);
+    EXPECT_EQ(
+        Parse(EstargzFooter(0).substr(kEstargzFooterSize - n)).status().code(),
+        absl::StatusCode::kInvalidArgument);
   }
   // A 51-byte eStargz footer whose offset points into itself.
   EXPECT_EQ(Parse(EstargzFooter(1)).status().code(),
@@ -423,8 +422,8 @@ TEST(FooterTest, TailOfTheWrongLengthIsRefused) {
 
 TEST(FooterTest, EveryTruncationOfAHandMadeBlobIsRefused) {
   for (const std::string& footer :
-       {EstargzFooter(20), LegacyStargzFooter(20), ZstdChunkedFooter(28, 10, 10),
-        ZstdStorageFooter(28, 10, 10)}) {
+       {EstargzFooter(20), LegacyStargzFooter(20),
+        ZstdChunkedFooter(28, 10, 10), ZstdStorageFooter(28, 10, 10)}) {
     std::string blob = std::string(100, 'x') + footer;
     ASSERT_TRUE(Parse(blob).ok());
     for (size_t len = 0; len < blob.size(); ++len) {

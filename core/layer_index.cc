@@ -50,6 +50,7 @@ class LayerIndexBuilder {
     uint32_t dirent;
     std::string target;
     size_t entry;
+    bool replaced = false;  // a later entry of the same name took its place
   };
 
   uint32_t Intern(const std::string& s) {
@@ -101,6 +102,8 @@ class LayerIndexBuilder {
   absl::flat_hash_map<uint32_t, std::string> uid_names_;
   absl::flat_hash_map<uint32_t, std::string> gid_names_;
   std::vector<PendingLink> links_;
+  // dirent -> index in links_ of its current (not replaced) hardlink entry.
+  absl::flat_hash_map<uint32_t, size_t> live_link_;
   // The regular file whose chunks are being collected, or UINT32_MAX.
   uint32_t open_file_ = UINT32_MAX;
   std::string open_file_path_;
@@ -305,7 +308,15 @@ absl::Status LayerIndexBuilder::AddEntry(const TocEntry& e, size_t index) {
       SetAttrs(d.inode, e, index);  // "late/" after "late/child.txt"
       return absl::OkStatus();
     }
-    // A later non-directory entry replaces an earlier one, as tar does.
+    // A later non-directory entry replaces an earlier one, as tar does; a
+    // replaced hardlink must not be resolved (nor counted) any more.
+    if (d.hardlink) {
+      auto live = live_link_.find(dirent);
+      if (live != live_link_.end()) {
+        links_[live->second].replaced = true;
+        live_link_.erase(live);
+      }
+    }
   } else {
     Dirent d;
     d.name = std::string(leaf);
@@ -324,6 +335,7 @@ absl::Status LayerIndexBuilder::AddEntry(const TocEntry& e, size_t index) {
     }
     idx_.dirents_[dirent].hardlink = true;
     idx_.dirents_[dirent].inode = UINT32_MAX;
+    live_link_[dirent] = links_.size();
     links_.push_back({dirent, *std::move(target), index});
     return absl::OkStatus();
   }
@@ -375,12 +387,9 @@ absl::Status LayerIndexBuilder::ResolveLinks() {
   // Targets may themselves be hardlinks; resolve with a bounded chase. Every
   // unresolved link met on the way gets the answer too, so a chain of n links
   // costs O(n), not O(n^3).
-  absl::flat_hash_map<uint32_t, size_t> first_link;  // dirent -> links_ index
-  for (size_t i = 0; i < links_.size(); ++i) {
-    first_link.try_emplace(links_[i].dirent, i);
-  }
   std::vector<uint32_t> chain;
   for (const PendingLink& l : links_) {
+    if (l.replaced) continue;
     const std::string* target = &l.target;
     uint32_t ino = UINT32_MAX;
     chain.clear();
@@ -398,7 +407,8 @@ absl::Status LayerIndexBuilder::ResolveLinks() {
         break;
       }
       chain.push_back(*found);
-      target = &links_[first_link[*found]].target;
+      // An unresolved hardlink dirent always has a live link.
+      target = &links_[live_link_.at(*found)].target;
     }
     if (ino == UINT32_MAX) {
       return absl::InvalidArgumentError(
@@ -494,6 +504,8 @@ absl::Status LayerIndexBuilder::Run(const Toc& toc, uint64_t data_end) {
     RETURN_IF_ERROR(AddEntry(toc.entries[i], i));
   }
   RETURN_IF_ERROR(FinishFile(toc.entries.size()));
+  // Files are prioritized only by a .prefetch.landmark after them.
+  if (!idx_.prefetch_landmark_.has_value()) idx_.prioritized_.clear();
   // Drop files replaced by a later entry of the same name from the chunk
   // list's owners: they stay reachable by inode number only.
   RETURN_IF_ERROR(ResolveLinks());

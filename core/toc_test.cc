@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/string_view.h"
@@ -20,14 +21,15 @@ namespace {
 using ::testing::HasSubstr;
 
 // ParseToc needs readable slack after the JSON: give it a padded copy.
-absl::StatusOr<Toc> Parse(absl::string_view json, const TocLimits& limits = {}) {
+absl::StatusOr<Toc> Parse(absl::string_view json,
+                          const TocLimits& limits = {}) {
   std::string buf = PaddedTocBuffer(json);
   return ParseToc(buf, limits);
 }
 
 // A TOC whose only entry is `entry` (a JSON object's body).
 std::string OneEntry(absl::string_view entry) {
-  return absl::StrCat(R"({"version":1,"entries":[{)", entry, "}]})");
+  return absl::StrCat(R"({"version":1,"entries":[{)", entry, "}]}");
 }
 
 absl::Status ParseOne(absl::string_view entry) {
@@ -56,12 +58,14 @@ TEST(TocTest, EveryKeyOfARegularFile) {
 			"userName": "alice",
 			"groupName": "users",
 			"xattrs": {"user.bin": "AP8BAg==", "user.empty": ""},
-			"digest": ")", kDigestA, R"(",
+			"digest": ")",
+                                        kDigestA, R"(",
 			"offset": 4096,
 			"innerOffset": 512,
 			"chunkOffset": 0,
 			"chunkSize": 65536,
-			"chunkDigest": ")", kDigestB, R"(",
+			"chunkDigest": ")",
+                                        kDigestB, R"(",
 			"NumLink": 3,
 			"somethingNew": {"nested": [1, 2, 3]}
 		}
@@ -113,22 +117,22 @@ TEST(TocTest, EveryEntryType) {
   ]})");
   ASSERT_TRUE(toc.ok()) << toc.status();
   const std::vector<EntryType> want = {
-      EntryType::kDir,  EntryType::kReg,   EntryType::kSymlink,
+      EntryType::kDir,      EntryType::kReg,  EntryType::kSymlink,
       EntryType::kHardlink, EntryType::kChar, EntryType::kBlock,
-      EntryType::kFifo, EntryType::kChunk};
+      EntryType::kFifo,     EntryType::kChunk};
   ASSERT_EQ(toc->entries.size(), want.size());
   for (size_t i = 0; i < want.size(); ++i) {
     EXPECT_EQ(toc->entries[i].type, want[i]) << i;
     EntryType round_trip;
     // EntryTypeName gives back the TOC spelling.
     std::string name(EntryTypeName(want[i]));
-    absl::StatusOr<Toc> one = Parse(
-        OneEntry(absl::StrCat(R"("name":"x","type":")", name, "\"")));
+    absl::StatusOr<Toc> one =
+        Parse(OneEntry(absl::StrCat(R"("name":"x","type":")", name, "\"")));
     ASSERT_TRUE(one.ok()) << name;
     round_trip = one->entries[0].type;
     EXPECT_EQ(round_trip, want[i]);
   }
-  EXPECT_EQ(toc->entries[0].mode, 0755u);  // S_IFDIR dropped
+  EXPECT_EQ(toc->entries[0].mode, 0755u);               // S_IFDIR dropped
   EXPECT_EQ(toc->entries[2].link_name, "../abs/../x");  // verbatim
   EXPECT_EQ(toc->entries[3].link_name, "d/f");
   EXPECT_EQ(toc->entries[4].dev_major, 259u);
@@ -152,18 +156,23 @@ TEST(TocTest, SpecialModeBitsAreKept) {
 }
 
 TEST(TocTest, ContainersStorageKeys) {
-  absl::StatusOr<Toc> toc = Parse(absl::StrCat(R"({
+  absl::StatusOr<Toc> toc =
+      Parse(absl::StrCat(R"({
     "version": 2,
     "tarSplitDigest": "sha256:aa",
     "entries": [
       {"type":"reg","name":"z","size":8192,"modtime":"2023-01-02T03:04:05.123456789+02:00",
        "accesstime":"2023-01-02T03:04:05Z","changetime":"2023-01-02T03:04:05Z",
-       "digest":")", kDigestA, R"(","offset":100,"endOffset":200,
-       "chunkSize":4096,"chunkDigest":")", kDigestB, R"("},
+       "digest":")",
+                         kDigestA, R"(","offset":100,"endOffset":200,
+       "chunkSize":4096,"chunkDigest":")",
+                         kDigestB, R"("},
       {"type":"chunk","name":"z","offset":0,"chunkOffset":4096,"chunkSize":4096,
-       "chunkType":"zeros","chunkDigest":")", kDigestB, R"("},
-      {"type":"reg","name":"one","size":3,"digest":")", kDigestA,
-                                                R"(","offset":200,"endOffset":250,"chunkType":""}
+       "chunkType":"zeros","chunkDigest":")",
+                         kDigestB, R"("},
+      {"type":"reg","name":"one","size":3,"digest":")",
+                         kDigestA,
+                         R"(","offset":200,"endOffset":250,"chunkType":""}
     ]})"));
   ASSERT_TRUE(toc.ok()) << toc.status();
   EXPECT_EQ(toc->version, 2);
@@ -183,7 +192,8 @@ TEST(TocTest, ContainersStorageKeys) {
 
 TEST(TocTest, EmptyTocs) {
   // What estargz.NewWriter writes for a tar with no entries.
-  absl::StatusOr<Toc> toc = Parse("{\n\t\"version\": 1,\n\t\"entries\": null\n}");
+  absl::StatusOr<Toc> toc =
+      Parse("{\n\t\"version\": 1,\n\t\"entries\": null\n}");
   ASSERT_TRUE(toc.ok()) << toc.status();
   EXPECT_TRUE(toc->entries.empty());
   toc = Parse(R"({"version":1,"entries":[]})");
@@ -215,7 +225,8 @@ TEST(TocTest, GarbageIsNotAToc) {
        {"", " ", "not json", "{", "}", "{\"version\":1,", "[]", "null", "42",
         "\"string\"", "{\"version\":1,\"entries\":[}",
         "{\"version\":1} trailing", "\xff\xfe{}",
-        "{\"version\":1,\"entries\":[{\"name\":\"\xc3\x28\",\"type\":\"reg\"}]}"}) {
+        "{\"version\":1,\"entries\":[{\"name\":\"\xc3\x28\",\"type\":\"reg\"}]"
+        "}"}) {
     SCOPED_TRACE(absl::CHexEscape(json));
     absl::StatusOr<Toc> toc = Parse(json);
     EXPECT_FALSE(toc.ok());
@@ -241,33 +252,34 @@ TEST(TocTest, EntriesMustBeAnArrayOfObjects) {
   for (absl::string_view json :
        {R"({"version":1,"entries":{}})", R"({"version":1,"entries":"x"})",
         R"({"version":1,"entries":1})", R"({"version":1,"entries":[1]})",
-        R"({"version":1,"entries":[null]})", R"({"version":1,"entries":["reg"]})",
-        R"({"version":1,"entries":[[]]})",
+        R"({"version":1,"entries":[null]})",
+        R"({"version":1,"entries":["reg"]})", R"({"version":1,"entries":[[]]})",
         R"({"version":1,"entries":[{"name":"a","type":"reg"},7]})"}) {
     SCOPED_TRACE(json);
     EXPECT_EQ(Parse(json).status().code(), absl::StatusCode::kInvalidArgument);
   }
   absl::Status s =
-      Parse(R"({"version":1,"entries":[{"name":"a","type":"reg"},7]})").status();
-  EXPECT_THAT(s.message(), HasSubstr("entry 1"));
+      Parse(R"({"version":1,"entries":[{"name":"a","type":"reg"},7]})")
+          .status();
+  EXPECT_THAT(std::string(s.message()), HasSubstr("entry 1"));
 }
 
 TEST(TocTest, TypeIsRequiredAndKnown) {
   absl::Status s = ParseOne(R"("name":"a")");
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(s.message(), HasSubstr("type"));
+  EXPECT_THAT(std::string(s.message()), HasSubstr("type"));
   s = ParseOne(R"("name":"a","type":null)");
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
-  for (absl::string_view type : {"socket", "", "REG", "regular", "dir ",
-                                 "whiteout"}) {
+  for (absl::string_view type :
+       {"socket", "", "REG", "regular", "dir ", "whiteout"}) {
     SCOPED_TRACE(type);
     s = ParseOne(absl::StrCat(R"("name":"a","type":")", type, "\""));
     EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
-    EXPECT_THAT(s.message(), HasSubstr("unknown type"));
+    EXPECT_THAT(std::string(s.message()), HasSubstr("unknown type"));
   }
   s = ParseOne(R"("name":"a","type":"chunk","chunkType":"data")");
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(s.message(), HasSubstr("chunkType"));
+  EXPECT_THAT(std::string(s.message()), HasSubstr("chunkType"));
 }
 
 TEST(TocTest, WrongTypesForKeys) {
@@ -307,8 +319,9 @@ TEST(TocTest, WrongTypesForKeys) {
     SCOPED_TRACE(c.body);
     absl::Status s = ParseOne(c.body);
     EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
-    EXPECT_THAT(s.message(), HasSubstr(absl::StrCat("\"", c.key, "\"")));
-    EXPECT_THAT(s.message(), HasSubstr("entry 0"));
+    EXPECT_THAT(std::string(s.message()),
+                HasSubstr(absl::StrCat("\"", c.key, "\"")));
+    EXPECT_THAT(std::string(s.message()), HasSubstr("entry 0"));
   }
 }
 
@@ -356,21 +369,21 @@ TEST(TocTest, LimitsAreConfigurable) {
                          limits)
                        .status();
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(s.message(), HasSubstr("3 entries"));
+  EXPECT_THAT(std::string(s.message()), HasSubstr("3 entries"));
   s = Parse(OneEntry(R"("name":"b","type":"reg","size":101)"), limits).status();
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(s.message(), HasSubstr("limit"));
+  EXPECT_THAT(std::string(s.message()), HasSubstr("limit"));
 }
 
 TEST(TocTest, BadBase64Xattrs) {
   for (absl::string_view value :
-       {"abc", "a===", "ab=c", "ab!d", "AP8BAg=", "=AAA", "AA==AA==",
-        "YWJj\\n", "Y W=", "YWJj====", "\xc3\xa9\xc3\xa9"}) {
+       {"abc", "a===", "ab=c", "ab!d", "AP8BAg=", "=AAA", "AA==AA==", "YWJj\\n",
+        "Y W=", "YWJj====", "\xc3\xa9\xc3\xa9"}) {
     SCOPED_TRACE(absl::CHexEscape(value));
     absl::Status s = ParseOne(absl::StrCat(
         R"("name":"a","type":"reg","xattrs":{"user.x":")", value, "\"}"));
     EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
-    EXPECT_THAT(s.message(), HasSubstr("base64"));
+    EXPECT_THAT(std::string(s.message()), HasSubstr("base64"));
   }
 }
 
@@ -397,20 +410,20 @@ TEST(TocTest, BadDigests) {
       absl::Status s = ParseOne(
           absl::StrCat(R"("name":"a","type":"reg",")", key, R"(":")", d, "\""));
       EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << key;
-      EXPECT_THAT(s.message(), HasSubstr(key));
+      EXPECT_THAT(std::string(s.message()), HasSubstr(key));
     }
   }
 }
 
 TEST(TocTest, BadModtimes) {
-  for (absl::string_view t :
-       {"yesterday", "2021-06-01", "2021-06-01T12:00:00", "2021-13-01T12:00:00Z",
-        "2021-06-01T25:00:00Z", "2021-06-01T12:00:00+0200"}) {
+  for (absl::string_view t : {"yesterday", "2021-06-01", "2021-06-01T12:00:00",
+                              "2021-13-01T12:00:00Z", "2021-06-01T25:00:00Z",
+                              "2021-06-01T12:00:00+0200"}) {
     SCOPED_TRACE(t);
     absl::Status s = ParseOne(
         absl::StrCat(R"("name":"a","type":"reg","modtime":")", t, "\""));
     EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
-    EXPECT_THAT(s.message(), HasSubstr("modtime"));
+    EXPECT_THAT(std::string(s.message()), HasSubstr("modtime"));
   }
 }
 
@@ -491,10 +504,9 @@ std::string Format(int64_t sec, uint32_t nsec, int offset_min) {
   struct tm tm;
   gmtime_r(&local, &tm);
   // Not strftime: glibc's %Y does not pad years below 1000.
-  std::string out = absl::StrFormat("%04d-%02d-%02dT%02d:%02d:%02d",
-                                    tm.tm_year + 1900, tm.tm_mon + 1,
-                                    tm.tm_mday, tm.tm_hour, tm.tm_min,
-                                    tm.tm_sec);
+  std::string out = absl::StrFormat(
+      "%04d-%02d-%02dT%02d:%02d:%02d", tm.tm_year + 1900, tm.tm_mon + 1,
+      tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
   if (nsec != 0) out += absl::StrFormat(".%09u", nsec);
   if (offset_min == 0) {
     out += "Z";
@@ -531,8 +543,12 @@ TEST(Rfc3339Test, RoundTrips) {
 
 TEST(Base64Test, Rfc4648Vectors) {
   const std::pair<const char*, const char*> vectors[] = {
-      {"", ""},         {"f", "Zg=="},         {"fo", "Zm8="},
-      {"foo", "Zm9v"},  {"foob", "Zm9vYg=="},  {"fooba", "Zm9vYmE="},
+      {"", ""},
+      {"f", "Zg=="},
+      {"fo", "Zm8="},
+      {"foo", "Zm9v"},
+      {"foob", "Zm9vYg=="},
+      {"fooba", "Zm9vYmE="},
       {"foobar", "Zm9vYmFy"},
   };
   for (const auto& [plain, encoded] : vectors) {
@@ -562,9 +578,9 @@ TEST(Base64Test, RoundTripsEveryLengthAndByte) {
 }
 
 TEST(Base64Test, RejectsMalformed) {
-  for (absl::string_view in : {"A", "AB", "ABC", "A===", "====", "AB=C",
-                               "AB==CD==", "ab!d", "ab-d", "ab_d", "YWJj\n",
-                               "YW Jj", "=YWJ"}) {
+  for (absl::string_view in :
+       {"A", "AB", "ABC", "A===", "====", "AB=C", "AB==CD==", "ab!d", "ab-d",
+        "ab_d", "YWJj\n", "YW Jj", "=YWJ"}) {
     std::string out;
     EXPECT_FALSE(Base64Decode(in, &out)) << absl::CHexEscape(in);
   }

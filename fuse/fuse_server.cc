@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/vfs.h>
 
 #include <vector>
 
@@ -13,8 +14,10 @@
 namespace lazypull {
 
 void DetachStaleMount(const std::string& mountpoint) {
-  struct stat st;
-  if (stat(mountpoint.c_str(), &st) == 0 || errno != ENOTCONN) return;
+  // statfs, not stat: a FUSE mount answers stat from cached attributes even
+  // after its server died, but always sends STATFS to the server.
+  struct statfs sfs;
+  if (statfs(mountpoint.c_str(), &sfs) == 0 || errno != ENOTCONN) return;
   if (umount2(mountpoint.c_str(), MNT_DETACH) == 0) {
     LogWarning("mountpoint ", mountpoint,
                " held a dead FUSE mount (transport endpoint is not "

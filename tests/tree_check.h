@@ -34,6 +34,7 @@
 #include <string_view>
 #include <vector>
 
+#include "gtest/gtest.h"
 #include "tests/testdata.h"
 
 namespace lazypull::testing {
@@ -81,6 +82,11 @@ struct ExpectedLayer {
   std::map<std::string, ExpectedEntry> raw;      // expected.json, by path
   std::map<std::string, ExpectedEntry> overlay;  // the overlay form, by path
 
+  // The digest the blob's TOC really has: actual_toc_digest if present,
+  // else toc_digest.
+  const std::string& ValidTocDigest() const {
+    return actual_toc_digest ? *actual_toc_digest : toc_digest;
+  }
   // Paths of the overlay form whose mtime a reader chooses (implicit
   // directories have none in the layer; whiteouts have no attributes).
   std::set<std::string> UnspecifiedMtimePaths() const;
@@ -116,9 +122,9 @@ void CompareTreeWithExpected(const std::string& root,
                              const ExpectedCompareOptions& options = {});
 
 struct TreeCompareOptions {
-  std::string label;                  // prefixes every failure
-  std::set<std::string> skip_mtime;   // paths whose mtimes may differ
-  std::set<std::string> skip_content; // regular files not read
+  std::string label;                    // prefixes every failure
+  std::set<std::string> skip_mtime;     // paths whose mtimes may differ
+  std::set<std::string> skip_content;   // regular files not read
   std::set<std::string> ignore_xattrs;  // xattr names not compared
 };
 
@@ -146,6 +152,10 @@ std::string Printable(const std::string& value);
 // cannot be read.
 std::set<std::string> ListDir(const std::string& path);
 
+// A gtest parameter name for a case name ("corrupt-chunk" ->
+// "corrupt_chunk").
+std::string CaseParamName(const ::testing::TestParamInfo<std::string>& info);
+
 // ---- Mounts ----
 
 // How many mounts sit at exactly `path` (from /proc/self/mountinfo).
@@ -157,6 +167,17 @@ std::string MountType(const std::string& path);
 bool ProcessGone(pid_t pid);
 // Waits up to `timeout` for ProcessGone(pid).
 bool WaitProcessGone(pid_t pid, std::chrono::milliseconds timeout);
+
+// Why FUSE mounts cannot be tested here, or "" if they can (root and
+// /dev/fuse are needed).
+std::string FuseUnavailableReason();
+
+// Skips the current gtest loudly when FuseUnavailableReason() says so.
+#define LAZYPULL_SKIP_WITHOUT_FUSE()                                         \
+  do {                                                                       \
+    std::string lazypull_why = ::lazypull::testing::FuseUnavailableReason(); \
+    if (!lazypull_why.empty()) GTEST_SKIP() << "SKIPPED: " << lazypull_why;  \
+  } while (0)
 
 // Remembers mountpoints and serving processes; DetachAll() lazily unmounts
 // (umount2 MNT_DETACH) whatever is still mounted at them, newest first, and
@@ -195,15 +216,34 @@ LayerMount MountLayer(MountJanitor* janitor, const std::string& blob,
                       const std::vector<std::string>& trust_args,
                       std::string mountpoint = "", std::string cache_dir = "");
 
-// Mounts `layer` with --toc-digest (its actual digest if it has one).
+// Mounts `layer.blob` with --toc-digest ValidTocDigest().
 LayerMount MountExpected(MountJanitor* janitor, const ExpectedLayer& layer);
+
+// The state file MOUNTPOINT/.stargz-snapshotter/<digest>.json.
+struct LayerState {
+  bool ok = false;  // found, and every key has the right JSON type
+  std::set<std::string> keys;
+  std::string error, digest;
+  uint64_t size = 0, fetched_size = 0;
+  double fetched_percent = 0;
+};
+// Reads and parses the state file; ADD_FAILURE (and ok = false) if it is
+// missing or malformed.
+LayerState ReadLayerState(const std::string& mountpoint,
+                          const std::string& digest);
 
 // Runs `lazypull unmount MOUNTPOINT [--force]`.
 RunResult UnmountLayer(const std::string& mountpoint, bool force = false);
 
-// Runs `lazypull extract BLOB DIR --toc-digest ...` into a fresh directory
-// and returns it ("" after an ADD_FAILURE).
-std::string ExtractExpected(const ExpectedLayer& layer);
+// Runs `lazypull extract BLOB SANDBOX/root EXTRA_ARGS...` with SANDBOX a
+// fresh directory under $TEST_TMPDIR.
+struct Extraction {
+  std::string sandbox, root;
+  RunResult result;
+  bool ok() const { return result.exit_code == 0; }
+};
+Extraction ExtractLayer(const std::string& blob,
+                        const std::vector<std::string>& extra_args);
 
 }  // namespace lazypull::testing
 

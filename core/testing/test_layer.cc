@@ -53,13 +53,11 @@ void GzipFooterEnd(std::string* f) {
 std::string GzipMember(absl::string_view data, int level) {
   z_stream zs;
   std::memset(&zs, 0, sizeof(zs));
-  if (deflateInit2(&zs, level, Z_DEFLATED, 31, 8, Z_DEFAULT_STRATEGY) !=
-      Z_OK) {
+  if (deflateInit2(&zs, level, Z_DEFLATED, 31, 8, Z_DEFAULT_STRATEGY) != Z_OK) {
     Die("deflateInit2 failed");
   }
   std::string out(deflateBound(&zs, data.size()), '\0');
-  zs.next_in =
-      reinterpret_cast<Bytef*>(const_cast<char*>(data.data()));
+  zs.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(data.data()));
   zs.avail_in = static_cast<uInt>(data.size());
   zs.next_out = reinterpret_cast<Bytef*>(out.data());
   zs.avail_out = static_cast<uInt>(out.size());
@@ -102,7 +100,10 @@ std::string TarHeader(absl::string_view name, char typeflag, uint64_t size,
   PutOctal(h + 136, 12, 1622548800);  // 2021-06-01T12:00:00Z
   h[156] = typeflag;
   std::memcpy(h + 157, linkname.data(), linkname.size());
-  std::memcpy(h + 257, "ustar\0" "00", 8);
+  std::memcpy(h + 257,
+              "ustar\0"
+              "00",
+              8);
   std::memset(h + 148, ' ', 8);
   unsigned sum = 0;
   for (unsigned char c : h) sum += c;
@@ -214,9 +215,8 @@ TestLayer& TestLayer::AddDir(absl::string_view name, uint32_t mode) {
   return Add(std::move(e));
 }
 
-TestLayer& TestLayer::AddFile(absl::string_view name,
-                              absl::string_view content, uint64_t chunk_size,
-                              uint32_t mode) {
+TestLayer& TestLayer::AddFile(absl::string_view name, absl::string_view content,
+                              uint64_t chunk_size, uint32_t mode) {
   TestEntry e;
   e.name = std::string(name);
   e.type = EntryType::kReg;
@@ -305,8 +305,7 @@ TestBlob TestLayer::Build() const {
     flush();
     const uint64_t step = e.chunk_size == 0 ? size : e.chunk_size;
     for (uint64_t off = 0; off < size; off += step) {
-      absl::string_view piece =
-          absl::string_view(e.content).substr(off, step);
+      absl::string_view piece = absl::string_view(e.content).substr(off, step);
       TestChunk c;
       c.name = e.name;
       c.file_offset = off;
