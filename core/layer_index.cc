@@ -85,6 +85,8 @@ class LayerIndexBuilder {
     return key_buf_;
   }
   absl::Status AddEntry(const TocEntry& e, size_t index);
+  // Appends the chunk that TOC entry `e` (a `reg` or `chunk`) describes.
+  void AddChunk(const TocEntry& e, uint32_t inode);
   void SetAttrs(uint32_t ino, const TocEntry& e, size_t index);
   absl::Status FinishFile(size_t entry_index);
   absl::Status ResolveLinks();
@@ -232,6 +234,22 @@ absl::Status LayerIndexBuilder::FinishFile(size_t entry_index) {
   return absl::OkStatus();
 }
 
+void LayerIndexBuilder::AddChunk(const TocEntry& e, uint32_t inode) {
+  Chunk c;
+  c.file_offset = e.chunk_offset;
+  c.size = e.chunk_size;
+  c.blob_offset = e.offset;
+  c.inner_offset = e.inner_offset;
+  c.zeros = e.zeros;
+  if (e.chunk_digest) {
+    c.digest = *e.chunk_digest;
+    c.has_digest = true;
+  }
+  c.inode = inode;
+  idx_.chunks_.push_back(c);
+  end_offsets_.push_back(e.end_offset);
+}
+
 absl::Status LayerIndexBuilder::AddEntry(const TocEntry& e, size_t index) {
   if (e.type == EntryType::kChunk) {
     if (open_file_ == UINT32_MAX) {
@@ -239,19 +257,7 @@ absl::Status LayerIndexBuilder::AddEntry(const TocEntry& e, size_t index) {
           absl::StrCat("TOC entry ", index,
                        " is a chunk that follows no regular file with data"));
     }
-    Chunk c;
-    c.file_offset = e.chunk_offset;
-    c.size = e.chunk_size;
-    c.blob_offset = e.offset;
-    c.inner_offset = e.inner_offset;
-    c.zeros = e.zeros;
-    if (e.chunk_digest) {
-      c.digest = *e.chunk_digest;
-      c.has_digest = true;
-    }
-    c.inode = open_file_;
-    idx_.chunks_.push_back(c);
-    end_offsets_.push_back(e.end_offset);
+    AddChunk(e, open_file_);
     return absl::OkStatus();
   }
   RETURN_IF_ERROR(FinishFile(index));
@@ -362,19 +368,7 @@ absl::Status LayerIndexBuilder::AddEntry(const TocEntry& e, size_t index) {
       if (e.size > 0) {
         open_file_ = ino;
         open_file_path_ = path;
-        Chunk c;
-        c.file_offset = e.chunk_offset;
-        c.size = e.chunk_size;
-        c.blob_offset = e.offset;
-        c.inner_offset = e.inner_offset;
-        c.zeros = e.zeros;
-        if (e.chunk_digest) {
-          c.digest = *e.chunk_digest;
-          c.has_digest = true;
-        }
-        c.inode = ino;
-        idx_.chunks_.push_back(c);
-        end_offsets_.push_back(e.end_offset);
+        AddChunk(e, ino);
       }
       break;
     default:
