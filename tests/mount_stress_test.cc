@@ -26,6 +26,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstring>
+#include <iostream>
 #include <mutex>
 #include <optional>
 #include <random>
@@ -259,13 +260,13 @@ TEST_F(MountStressTest, ConcurrentRandomReadsMatchExtractedCopy) {
     }
   }
   ASSERT_GE(targets.size(), 10u);
-  targets[0].ref[65536] ^= 1;  // MUTATION
-  targets.back().ref[65535] ^= 1;  // MUTATION
 
   ReadStats cold = RandomReads(targets, kThreads, 250, 1000);
   EXPECT_EQ(cold.reads, static_cast<uint64_t>(kThreads) * 250);
   EXPECT_EQ(cold.mismatches, 0u) << Describe(cold);
   EXPECT_GT(cold.bytes, 10u << 20) << "too little was read to mean anything";
+  std::cout << "cold: " << cold.reads << " reads, " << cold.bytes
+            << " bytes from " << targets.size() << " files\n";
 
   // Whole files, sequentially, once everything above is cached.
   for (const Target& t : targets) {

@@ -1,21 +1,22 @@
 // lazypull mounts stacked by a read-only overlayfs, the way a container
-// runtime uses them:
+// runtime uses them.
 //
-//   lowerdir = WHITEOUTS_MNT : PLAIN : BASIC_MNT
+// ConvertedLayers: two layers made by `lazypull convert` from tars the test
+// writes (the upper one eStargz, the lower one zstd:chunked), mounted and
+// stacked as lowerdir=UPPER_MNT:LOWER_MNT. The upper layer holds whiteouts
+// (`.wh.removed` of a lower file, `.wh.gonedir` of a lower directory tree,
+// `merged/.wh.gone` inside a directory both layers have), an opaque `opq/`
+// (`.wh..wh..opq`), files shadowing lower ones and a symlink shadowing a
+// lower directory. The merged tree must be exactly what overlayfs semantics
+// say: whiteouts hide lower entries, the opaque directory hides the lower
+// directory's contents, upper entries shadow lower ones, the rest of the
+// lower layer shows through.
 //
-// - WHITEOUTS_MNT: the golden `whiteouts` layer mounted by lazypull
-//   (`.wh.removed`, opaque `dir/` with `dir/.wh.gone` and `dir/new.txt`,
-//   `keep.txt`);
-// - PLAIN: a directory written by the test (lazypull has no converter yet to
-//   make a layer of it): `removed`, `dir/gone`, `dir/other`, `keep.txt`,
-//   `lower-only.txt`, an `etc/hosts` shadowing the bottom layer's, a
-//   whiteout of `bin/tool` and an opaque `home/`;
-// - BASIC_MNT: the golden `basic` layer mounted by lazypull.
-//
-// The merged tree must obey overlayfs semantics through both mounts: the
-// top layer's whiteouts hide lower entries, its opaque directory hides the
-// lower directory's contents, its files shadow lower ones; and the bottom
-// layer shows through wherever nothing above covers it.
+// GoldenLayers: lowerdir = WHITEOUTS_MNT : PLAIN : BASIC_MNT, with the golden
+// `whiteouts` and `basic` layers mounted by lazypull and PLAIN a directory
+// written by the test (`removed`, `dir/gone`, `dir/other`, `keep.txt`, an
+// `etc/hosts` shadowing basic's, a whiteout of `bin/tool`, an opaque
+// `home/`), so that lazypull mounts sit both above and below other layers.
 //
 // Needs root, /dev/fuse and overlayfs (tag `no-sandbox`); skips loudly
 // otherwise.
@@ -27,14 +28,18 @@
 #include <sys/xattr.h>
 #include <unistd.h>
 
+#include <cstdint>
 #include <cstring>
 #include <fstream>
+#include <map>
 #include <optional>
 #include <set>
 #include <string>
 #include <vector>
 
+#include "core/testing/tar_builder.h"
 #include "gtest/gtest.h"
+#include "simdjson.h"
 #include "tests/testdata.h"
 #include "tests/tree_check.h"
 
@@ -90,6 +95,25 @@ class OverlayTest : public ::testing::Test {
     EXPECT_EQ(janitor_.DetachAll(), 0) << "the test left a mount behind";
   }
 
+  // Converts `tar` (bytes) with `lazypull convert` and mounts the result.
+  void ConvertAndMount(const std::string& tar, const std::string& format,
+                       LayerMount* m) {
+    const std::string dir = MakeTempDir("layer");
+    ASSERT_NO_FATAL_FAILURE(WriteFile(dir + "/in.tar", tar));
+    RunResult r = ::lazypull::testing::Run(
+        {LazypullBinary(), "convert", dir + "/in.tar", dir + "/layer",
+         "--format", format, "--chunk-size", "64K"});
+    ASSERT_EQ(r.exit_code, 0) << "convert: " << r.err;
+    simdjson::dom::parser parser;
+    std::string_view digest;
+    ASSERT_EQ(parser.parse(r.out)["toc_digest"].get_string().get(digest),
+              simdjson::SUCCESS)
+        << "convert printed no toc_digest: " << r.out;
+    *m = MountLayer(&janitor_, dir + "/layer",
+                    {"--toc-digest", std::string(digest)});
+    ASSERT_TRUE(m->ok()) << m->result.err << "\nlog:\n" << m->Log();
+  }
+
   void MountCase(const std::string& name, ExpectedLayer* layer, LayerMount* m) {
     std::optional<ExpectedLayer> l = LoadExpectedLayer(name);
     ASSERT_TRUE(l.has_value());
@@ -123,7 +147,131 @@ class OverlayTest : public ::testing::Test {
   MountJanitor janitor_;
 };
 
-TEST_F(OverlayTest, StackedLayersObeyOverlaySemantics) {
+// A pseudo-random payload spanning several 64 KiB chunks.
+std::string Payload(size_t n, uint64_t seed) {
+  std::string out(n, '\0');
+  for (size_t i = 0; i < n; ++i) {
+    seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+    out[i] = static_cast<char>(seed >> 56);
+  }
+  return out;
+}
+
+TEST_F(OverlayTest, ConvertedLayers) {
+  const std::string big_upper = Payload(200000, 1);
+  const std::string big_lower = Payload(150000, 2);
+  TarBuilder upper;
+  upper.File("keep.txt", "upper keep\n")
+      .File(".wh.removed", "")
+      .File(".wh.gonedir", "")
+      .Dir("opq/")
+      .File("opq/.wh..wh..opq", "")
+      .File("opq/new.txt", "upper opq\n")
+      .Dir("merged/")
+      .File("merged/.wh.gone", "")
+      .File("merged/upper.txt", "upper merged\n")
+      .File("upper-only.bin", big_upper)
+      .Symlink("kind", "keep.txt");
+  TarBuilder lower;
+  lower.File("keep.txt", "lower keep\n")
+      .File("removed", "lower removed\n")
+      .Dir("gonedir/")
+      .File("gonedir/a", "a\n")
+      .Dir("gonedir/b/")
+      .File("gonedir/b/c", "c\n")
+      .Dir("opq/")
+      .File("opq/other", "lower opq\n")
+      .Dir("opq/sub/")
+      .File("opq/sub/x", "x\n")
+      .Dir("merged/")
+      .File("merged/gone", "lower gone\n")
+      .File("merged/lower.txt", "lower merged\n")
+      .File("lower-only.bin", big_lower)
+      .Dir("kind/")
+      .File("kind/child", "lower kind\n");
+  LayerMount up, low;
+  ASSERT_NO_FATAL_FAILURE(ConvertAndMount(upper.Finish(), "estargz", &up));
+  ASSERT_NO_FATAL_FAILURE(
+      ConvertAndMount(lower.Finish(), "zstd:chunked", &low));
+
+  // The upper layer as lazypull presents it to overlayfs.
+  struct stat st;
+  for (const char* w : {"removed", "gonedir", "merged/gone"}) {
+    ASSERT_EQ(lstat((up.mountpoint + "/" + w).c_str(), &st), 0) << w;
+    EXPECT_TRUE(S_ISCHR(st.st_mode) && st.st_rdev == makedev(0, 0))
+        << w << " is not a whiteout (char 0:0)";
+  }
+  char v[8];
+  ASSERT_EQ(lgetxattr((up.mountpoint + "/opq").c_str(), kTrustedOpaqueXattr, v,
+                      sizeof(v)),
+            1)
+      << strerror(errno);
+  EXPECT_EQ(v[0], 'y');
+  EXPECT_EQ(ListDir(up.mountpoint + "/opq"), std::set<std::string>{"new.txt"});
+
+  const std::string merged = MakeTempDir("merged");
+  janitor_.Track(merged);
+  const std::string opts = "lowerdir=" + up.mountpoint + ":" + low.mountpoint;
+  ASSERT_EQ(
+      mount("overlay", merged.c_str(), "overlay", MS_RDONLY, opts.c_str()), 0)
+      << "mount -t overlay -o " << opts << ": " << strerror(errno);
+
+  // Exactly this tree, nothing else.
+  struct Want {
+    char type;         // 'd', 'f', 'l'
+    std::string data;  // file content or link target
+  };
+  const std::map<std::string, Want> want = {
+      {"", {'d', ""}},
+      {"keep.txt", {'f', "upper keep\n"}},
+      {"kind", {'l', "keep.txt"}},
+      {"lower-only.bin", {'f', big_lower}},
+      {"merged", {'d', ""}},
+      {"merged/lower.txt", {'f', "lower merged\n"}},
+      {"merged/upper.txt", {'f', "upper merged\n"}},
+      {"opq", {'d', ""}},
+      {"opq/new.txt", {'f', "upper opq\n"}},
+      {"upper-only.bin", {'f', big_upper}},
+  };
+  Tree got = WalkTree(merged);
+  for (const auto& [path, node] : got) {
+    if (!want.count(path)) {
+      ADD_FAILURE() << "merged tree has \"" << path << "\" (mode 0" << std::oct
+                    << node.st.st_mode << std::dec
+                    << "), which overlayfs semantics hide";
+    }
+  }
+  for (const auto& [path, w] : want) {
+    auto it = got.find(path);
+    if (it == got.end()) {
+      ADD_FAILURE() << "merged tree lacks \"" << path << "\"";
+      continue;
+    }
+    const mode_t mode = it->second.st.st_mode;
+    switch (w.type) {
+      case 'd':
+        EXPECT_TRUE(S_ISDIR(mode)) << path;
+        break;
+      case 'l':
+        EXPECT_TRUE(S_ISLNK(mode)) << path;
+        EXPECT_EQ(it->second.link, w.data) << path;
+        break;
+      default:
+        EXPECT_TRUE(S_ISREG(mode)) << path;
+        EXPECT_TRUE(Content(merged + "/" + path) == w.data)
+            << path << ": wrong content";
+    }
+  }
+
+  EXPECT_EQ(umount2(merged.c_str(), 0), 0) << strerror(errno);
+  for (const LayerMount* lm : {&up, &low}) {
+    RunResult r = UnmountLayer(lm->mountpoint);
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_EQ(MountCount(lm->mountpoint), 0);
+  }
+}
+
+TEST_F(OverlayTest, GoldenLayers) {
   ExpectedLayer top, bottom;
   LayerMount top_mnt, bottom_mnt;
   ASSERT_NO_FATAL_FAILURE(MountCase("whiteouts", &top, &top_mnt));

@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <openssl/evp.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <sys/mount.h>
@@ -627,6 +628,20 @@ std::string FuseUnavailableReason() {
   }
   if (access("/dev/fuse", R_OK | W_OK) != 0) {
     return std::string("/dev/fuse is not usable: ") + strerror(errno);
+  }
+  // Once per process, before any thread or mount exists.
+  static const std::string namespace_error = []() -> std::string {
+    if (unshare(CLONE_NEWNS) != 0) {
+      return std::string("unshare(CLONE_NEWNS): ") + strerror(errno);
+    }
+    // Mounts made here must not propagate back to the parent namespace.
+    if (mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0) {
+      return std::string("making / private: ") + strerror(errno);
+    }
+    return "";
+  }();
+  if (!namespace_error.empty()) {
+    return "cannot enter a private mount namespace: " + namespace_error;
   }
   return "";
 }

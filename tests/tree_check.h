@@ -169,7 +169,12 @@ bool ProcessGone(pid_t pid);
 bool WaitProcessGone(pid_t pid, std::chrono::milliseconds timeout);
 
 // Why FUSE mounts cannot be tested here, or "" if they can (root and
-// /dev/fuse are needed).
+// /dev/fuse are needed). The first call also moves this test process into a
+// private mount namespace (the mounts it and its children make are seen by
+// no one else): a mount namespace created elsewhere meanwhile (a container,
+// a build sandbox) would otherwise hold a copy of a test's mount, which
+// keeps that mount's server running after the test unmounts it. Call it
+// before starting threads.
 std::string FuseUnavailableReason();
 
 // Skips the current gtest loudly when FuseUnavailableReason() says so.
