@@ -82,7 +82,7 @@ run_demo() {
 
 run_tests() {
   local td args=() summary rc=0
-  check_format
+  check_format || { log "FAILED: clang-format check"; rc=1; }
   td=$(testdata_dir)
   if [ -n "$td" ]; then
     log "golden layers: $td"
@@ -91,7 +91,7 @@ run_tests() {
     log "WARNING: ../shared/testdata is absent: the golden-layer tests will be SKIPPED"
   fi
   log "running every test (bazel test //...)"
-  bazel test //... "${args[@]}" --test_output=errors --test_summary=short 2>&1 | tee /tmp/lazypull-test.log || rc=$?
+  bazel test //... "${args[@]}" --test_output=errors --test_summary=short 2>&1 | tee /tmp/lazypull-test.log || rc=1
   log "fuzzing the footer + TOC parser (bounded)"
   LAZYPULL_TESTDATA="$td" bash tests/fuzz/run_fuzzer.sh "${LAZYPULL_FUZZ_SECONDS:-60}" || rc=1
   summary=$(grep -Eo 'Executed [0-9]+ out of [0-9]+ tests?: .*' /tmp/lazypull-test.log | tail -1 || true)
