@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -251,6 +252,11 @@ int UnmountMain(int argc, char** argv) {
     std::ifstream in(PidFile(mp));
     if (!(in >> pid)) pid = 0;
   }
+  // The FUSE connection number, to end the server even if copies of the
+  // mount live on in other mount namespaces (e.g. a sandbox created while it
+  // was mounted): they would keep the connection, and the server, alive.
+  struct stat mst;
+  const bool have_dev = stat(mp.c_str(), &mst) == 0;
   // A busy mount detached lazily keeps its server until the last open file
   // there is closed: then there is nothing to wait for.
   bool detached_busy = false;
@@ -297,9 +303,20 @@ int UnmountMain(int argc, char** argv) {
   // Wait for the serving process to finish, so the caller may remount.
   if (pid > 0) {
     // The pid file disappears when the server is done (or the process dies).
-    for (int i = 0;
-         i < 600 && kill(pid, 0) == 0 && access(PidFile(mp).c_str(), F_OK) == 0;
-         ++i) {
+    auto serving = [&] {
+      return kill(pid, 0) == 0 && access(PidFile(mp).c_str(), F_OK) == 0;
+    };
+    for (int i = 0; i < 40 && serving(); ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    if (serving() && have_dev) {
+      // Still connected through another namespace's copy of the mount:
+      // abort the connection (fusectl), which ends the server everywhere.
+      std::ofstream(absl::StrCat("/sys/fs/fuse/connections/", minor(mst.st_dev),
+                                 "/abort"))
+          << "1";
+    }
+    for (int i = 0; i < 600 && serving(); ++i) {
       std::this_thread::sleep_for(std::chrono::milliseconds(50));
     }
   }
