@@ -312,9 +312,13 @@ int UnmountMain(int argc, char** argv) {
     if (serving() && have_dev) {
       // Still connected through another namespace's copy of the mount:
       // abort the connection (fusectl), which ends the server everywhere.
-      std::ofstream(absl::StrCat("/sys/fs/fuse/connections/", minor(mst.st_dev),
-                                 "/abort"))
-          << "1";
+      const char* kFuseCtl = "/sys/fs/fuse/connections";
+      std::string abort_file =
+          absl::StrCat(kFuseCtl, "/", minor(mst.st_dev), "/abort");
+      if (access(abort_file.c_str(), W_OK) != 0) {
+        mount("fusectl", kFuseCtl, "fusectl", 0, nullptr);
+      }
+      std::ofstream(abort_file) << "1";
     }
     for (int i = 0; i < 600 && serving(); ++i) {
       std::this_thread::sleep_for(std::chrono::milliseconds(50));
