@@ -13,8 +13,11 @@ struct CachedLayer::Flight {
   absl::Mutex mu;
   bool done ABSL_GUARDED_BY(mu) = false;
   absl::Status status ABSL_GUARDED_BY(mu);
-  // Decoded chunks of the group, by chunk index.
+  // Decoded chunks of the group, by chunk index; a chunk that failed its
+  // own verification has an entry in `errors` instead (its neighbours in
+  // the member are still served).
   absl::flat_hash_map<uint32_t, ChunkData> data ABSL_GUARDED_BY(mu);
+  absl::flat_hash_map<uint32_t, absl::Status> errors ABSL_GUARDED_BY(mu);
 };
 
 CachedLayer::CachedLayer(std::shared_ptr<const LayerReader> reader,
@@ -67,6 +70,7 @@ void CachedLayer::RunFill(uint32_t group, Flight* flight,
   const auto& cs = reader_->index().chunks();
   const std::vector<uint32_t>& members = groups_[group];
   absl::flat_hash_map<uint32_t, ChunkData> out;
+  absl::flat_hash_map<uint32_t, absl::Status> errors;
   absl::Status st;
   const Chunk& first = cs[members.front()];
   if (first.zeros) {
@@ -111,9 +115,13 @@ void CachedLayer::RunFill(uint32_t group, Flight* flight,
       for (size_t k = 0; st.ok() && k < members.size(); ++k) {
         uint32_t ci = members[k];
         std::string piece = plain.substr(cs[ci].inner_offset, cs[ci].size);
-        st = reader_->VerifyChunk(ci, piece);
-        if (st.ok())
+        absl::Status v = reader_->VerifyChunk(ci, piece);
+        if (v.ok()) {
           out[ci] = std::make_shared<const std::string>(std::move(piece));
+        } else {
+          failures_.fetch_add(1);
+          errors[ci] = std::move(v);
+        }
       }
     }
   }
@@ -128,6 +136,7 @@ void CachedLayer::RunFill(uint32_t group, Flight* flight,
   absl::MutexLock l(&flight->mu);
   flight->status = st;
   flight->data = std::move(out);
+  flight->errors = std::move(errors);
   flight->done = true;
 }
 
@@ -165,6 +174,9 @@ absl::StatusOr<CachedLayer::ChunkData> CachedLayer::GetChunk(
   absl::MutexLock l(&flight->mu);
   flight->mu.Await(absl::Condition(&flight->done));
   if (!flight->status.ok()) return flight->status;
+  if (auto e = flight->errors.find(chunk); e != flight->errors.end()) {
+    return e->second;
+  }
   auto it = flight->data.find(chunk);
   if (it == flight->data.end()) {
     return absl::InternalError("chunk missing from its member's fill");

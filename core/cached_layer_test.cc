@@ -1,0 +1,206 @@
+#include "core/cached_layer.h"
+
+#include <chrono>
+#include <random>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "core/memory_blob_source.h"
+#include "core/memory_chunk_cache.h"
+#include "core/testing/test_layer.h"
+#include "gtest/gtest.h"
+
+namespace lazypull {
+namespace {
+
+using testing::TestBlob;
+using testing::TestLayer;
+
+std::string Random(size_t n, int seed) {
+  std::mt19937 rng(seed);
+  std::string s(n, '\0');
+  for (char& c : s) c = static_cast<char>(rng());
+  return s;
+}
+
+struct Fixture {
+  std::shared_ptr<MemoryBlobSource> source;
+  std::shared_ptr<const LayerReader> reader;
+  std::shared_ptr<MemoryChunkCache> cache;
+  std::unique_ptr<CachedLayer> layer;
+
+  explicit Fixture(const std::string& blob, CachedLayerOptions o = {}) {
+    source = std::make_shared<MemoryBlobSource>(blob);
+    auto r = LayerReader::Open(source, {});
+    EXPECT_TRUE(r.ok()) << r.status();
+    reader = std::move(*r);
+    cache = std::make_shared<MemoryChunkCache>(0);
+    layer = std::make_unique<CachedLayer>(reader, cache, o);
+    source->ResetCounters();
+  }
+  uint32_t Inode(const std::string& path) {
+    auto i = reader->index().Resolve(path);
+    EXPECT_TRUE(i.has_value()) << path;
+    return *i;
+  }
+  std::string ReadAll(uint32_t ino) {
+    std::string out(reader->index().inode(ino).size, '\0');
+    auto n = layer->Read(ino, 0, absl::MakeSpan(out));
+    EXPECT_TRUE(n.ok()) << n.status();
+    return out;
+  }
+};
+
+TEST(CachedLayerTest, ConcurrentMissesShareOneFill) {
+  const std::string big = Random(1 << 20, 1);
+  TestBlob b = TestLayer().AddFile("big", big).Build();
+  CachedLayerOptions o;
+  o.readahead_chunks = 0;
+  Fixture f(b.blob, o);
+  const uint32_t ino = f.Inode("big");
+  std::vector<std::thread> ts;
+  std::atomic<int> bad{0};
+  for (int t = 0; t < 8; ++t) {
+    ts.emplace_back([&, t] {
+      std::string out(4096, '\0');
+      uint64_t off = static_cast<uint64_t>(t) * 100000;
+      auto n = f.layer->Read(ino, off, absl::MakeSpan(out));
+      if (!n.ok() || out != big.substr(off, 4096)) ++bad;
+    });
+  }
+  for (auto& t : ts) t.join();
+  EXPECT_EQ(bad.load(), 0);
+  EXPECT_EQ(f.source->reads(), 1u) << "one fill for the one chunk";
+  EXPECT_EQ(f.layer->stats().fills, 1u);
+  // Served from the cache from now on.
+  EXPECT_EQ(f.ReadAll(ino), big);
+  EXPECT_EQ(f.source->reads(), 1u);
+}
+
+TEST(CachedLayerTest, SmallFilesSharingAMemberCostOneInflate) {
+  // One gzip member holds both payloads: b's bytes start at innerOffset
+  // 1024 (a's 5 bytes padded to 512, then b's header).
+  using namespace testing;
+  std::string m0 = GzipMember(TarHeader("a", '0', 5));
+  std::string member1 = GzipMember(absl::StrCat(
+      "hello", TarPadding(5), TarHeader("b", '0', 5), "world", TarPadding(5)));
+  const uint64_t off = m0.size();
+  auto entry = [&](const char* name, const char* data, uint64_t inner) {
+    const std::string d = Sha256::Of(data).ToString();
+    return absl::StrCat(R"({"name":")", name,
+                        R"(","type":"reg","size":5,"offset":)", off,
+                        R"(,"innerOffset":)", inner, R"(,"digest":")", d,
+                        R"(","chunkDigest":")", d, R"("})");
+  };
+  std::string toc =
+      absl::StrCat(R"({"version":1,"entries":[)", entry("a", "hello", 0), ",",
+                   entry("b", "world", 1024), "]}");
+  Fixture f(AssembleEstargz(m0 + member1, toc));
+  EXPECT_EQ(f.ReadAll(f.Inode("a")), "hello");
+  EXPECT_EQ(f.ReadAll(f.Inode("b")), "world");
+  EXPECT_EQ(f.source->reads(), 1u);
+  EXPECT_EQ(f.layer->stats().fills, 1u);
+  EXPECT_EQ(f.layer->stats().cache_hits, 1u);  // b came with a's fill
+}
+
+TEST(CachedLayerTest, ABadNeighbourInTheSameMemberFailsAlone) {
+  using namespace testing;
+  std::string m0 = GzipMember(TarHeader("a", '0', 5));
+  std::string member1 = GzipMember(absl::StrCat(
+      "hello", TarPadding(5), TarHeader("b", '0', 5), "world", TarPadding(5)));
+  const std::string ha = Sha256::Of("hello").ToString();
+  const std::string hb = Sha256::Of("WORLD").ToString();  // lies about b
+  std::string toc = absl::StrCat(
+      R"({"version":1,"entries":[{"name":"a","type":"reg","size":5,"offset":)",
+      m0.size(), R"(,"digest":")", ha, R"(","chunkDigest":")", ha,
+      R"("},{"name":"b","type":"reg","size":5,"offset":)", m0.size(),
+      R"(,"innerOffset":1024,"digest":")", hb, R"(","chunkDigest":")", hb,
+      R"("}]})");
+  Fixture f(AssembleEstargz(m0 + member1, toc));
+  std::string out(5, '\0');
+  auto rb = f.layer->Read(f.Inode("b"), 0, absl::MakeSpan(out));
+  EXPECT_EQ(rb.status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_EQ(f.ReadAll(f.Inode("a")), "hello");
+  EXPECT_EQ(f.source->reads(), 1u);
+}
+
+TEST(CachedLayerTest, CorruptChunkFailsAndIsNeverCached) {
+  const std::string data = Random(200000, 2);
+  TestBlob b = TestLayer().AddFile("f", data, 65536).Build();
+  // Flip a byte inside chunk 1's compressed member (random data: stored).
+  std::string blob = b.blob;
+  const auto& c1 = b.chunks[1];
+  blob[(c1.blob_offset + c1.blob_end) / 2] ^= 0x40;
+  Fixture f(blob);
+  const uint32_t ino = f.Inode("f");
+  std::string out(1000, '\0');
+  auto bad = f.layer->Read(ino, 70000, absl::MakeSpan(out));
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_NE(bad.status().message().find("\"f\""), std::string::npos)
+      << bad.status();
+  EXPECT_FALSE(f.cache->Contains(c1.digest));
+  // The other chunks still read right.
+  auto good = f.layer->Read(ino, 1000, absl::MakeSpan(out));
+  ASSERT_TRUE(good.ok());
+  EXPECT_EQ(out, data.substr(1000, 1000));
+  auto tail = f.layer->Read(ino, 150000, absl::MakeSpan(out));
+  ASSERT_TRUE(tail.ok());
+  EXPECT_EQ(out, data.substr(150000, 1000));
+}
+
+TEST(CachedLayerTest, SequentialReaderTriggersReadAhead) {
+  const std::string data = Random(8 * 65536, 3);
+  TestBlob b = TestLayer().AddFile("f", data, 65536).Build();
+  CachedLayerOptions o;
+  o.readahead_chunks = 3;
+  Fixture f(b.blob, o);
+  const uint32_t ino = f.Inode("f");
+  std::string out(65536, '\0');
+  ASSERT_TRUE(f.layer->Read(ino, 0, absl::MakeSpan(out)).ok());
+  EXPECT_EQ(out, data.substr(0, 65536));
+  // Chunks 1..3 arrive in the background.
+  for (int i = 0; i < 200 && !(f.cache->Contains(b.chunks[1].digest) &&
+                               f.cache->Contains(b.chunks[3].digest));
+       ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_TRUE(f.cache->Contains(b.chunks[1].digest));
+  EXPECT_TRUE(f.cache->Contains(b.chunks[3].digest));
+  EXPECT_FALSE(f.cache->Contains(b.chunks[6].digest));
+  EXPECT_EQ(f.ReadAll(ino), data);
+  EXPECT_EQ(f.layer->fetched_blob_bytes(), f.source->bytes_read());
+}
+
+TEST(CachedLayerTest, ManyReadersRandomRangesByteExact) {
+  const std::string d1 = Random(300000, 4), d2 = Random(77777, 5);
+  TestBlob b =
+      TestLayer().AddFile("one", d1, 32768).AddFile("two", d2, 10000).Build();
+  Fixture f(b.blob);
+  const uint32_t i1 = f.Inode("one"), i2 = f.Inode("two");
+  std::atomic<int> bad{0};
+  std::vector<std::thread> ts;
+  for (int t = 0; t < 8; ++t) {
+    ts.emplace_back([&, t] {
+      std::mt19937 rng(t);
+      for (int k = 0; k < 200; ++k) {
+        const bool first = rng() % 2;
+        const std::string& d = first ? d1 : d2;
+        uint64_t off = rng() % d.size();
+        std::string out(1 + rng() % 70000, '\0');
+        auto n = f.layer->Read(first ? i1 : i2, off, absl::MakeSpan(out));
+        size_t want = std::min(out.size(), d.size() - off);
+        if (!n.ok() || *n != want ||
+            out.substr(0, want) != d.substr(off, want)) {
+          ++bad;
+        }
+      }
+    });
+  }
+  for (auto& t : ts) t.join();
+  EXPECT_EQ(bad.load(), 0);
+}
+
+}  // namespace
+}  // namespace lazypull
