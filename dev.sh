@@ -61,23 +61,34 @@ check_format() {
 }
 
 run_demo() {
-  local bin="$ROOT/bazel-bin/cli/lazypull" td layer work
-  td=$(testdata_dir)
-  work=$(mktemp -d /tmp/lazypull-demo.XXXXXX)
-  trap 'rm -rf "$work"' EXIT
-  if [ -z "$td" ]; then
-    log "the demo layer comes from ../shared/testdata, which is not beside this checkout"
-    "$bin" --help
-    return
-  fi
-  layer="$td/estargz/basic/layer.esgz"
-  log "lazypull inspect $layer"
-  "$bin" inspect "$layer"
-  log "lazypull verify $layer"
-  "$bin" verify "$layer" --toc-digest "$("$bin" inspect --json "$layer" | sed -n 's/.*"toc_digest": "\(sha256:[0-9a-f]*\)".*/\1/p')"
-  log "lazypull extract $layer $work/rootfs"
-  "$bin" extract "$layer" "$work/rootfs"
-  (cd "$work/rootfs" && ls -la . etc 2>/dev/null | head -30)
+  local bin="$ROOT/bazel-bin/cli/lazypull" toc
+  DEMO_WORK=$(mktemp -d /tmp/lazypull-demo.XXXXXX)
+  local work=$DEMO_WORK
+  trap 'umount -l "$DEMO_WORK/mnt" 2>/dev/null; rm -rf "$DEMO_WORK"' EXIT
+  log "making a layer: a tar of a few of this machine's files (bash, coreutils, zoneinfo)"
+  tar -C / -cf "$work/in.tar" usr/bin/bash usr/bin/ls usr/bin/cat usr/bin/sort \
+    usr/lib/os-release usr/share/zoneinfo usr/share/common-licenses 2>/dev/null || true
+  printf 'usr/bin/bash\nusr/lib/os-release\n' >"$work/prioritize.txt"
+  log "lazypull convert in.tar layer.esgz --prioritize prioritize.txt"
+  "$bin" convert "$work/in.tar" "$work/layer.esgz" --prioritize "$work/prioritize.txt" | tee "$work/convert.json"
+  toc=$(sed -n 's/.*"toc_digest": *"\(sha256:[0-9a-f]*\)".*/\1/p' "$work/convert.json" | head -1)
+  log "lazypull inspect layer.esgz"
+  "$bin" inspect "$work/layer.esgz"
+  log "lazypull verify layer.esgz --toc-digest $toc"
+  "$bin" verify "$work/layer.esgz" --toc-digest "$toc"
+  log "lazypull extract layer.esgz rootfs"
+  "$bin" extract "$work/layer.esgz" "$work/rootfs"
+  du -sh "$work/rootfs"
+  log "lazypull mount --blob layer.esgz: the layer is a filesystem at once, fetched as read"
+  mkdir -p "$work/mnt"
+  "$bin" mount --blob "$work/layer.esgz" --toc-digest "$toc" "$work/mnt" --cache-dir "$work/cache"
+  cat "$work/mnt/.stargz-snapshotter/$toc.json"; echo
+  head -3 "$work/mnt/usr/lib/os-release"
+  "$work/mnt/usr/bin/bash" -c 'echo "bash from the lazy mount says hello"' 2>/dev/null ||
+    echo "(could not run bash from the mount)"
+  cat "$work/mnt/.stargz-snapshotter/$toc.json"; echo
+  log "lazypull unmount"
+  "$bin" unmount "$work/mnt"
 }
 
 run_tests() {
