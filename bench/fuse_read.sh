@@ -26,7 +26,7 @@ RANDREAD=$PWD/bazel-bin/bench/randread
 
 echo "== input: ${INPUT_MB} MB of this machine's /usr plus a ${BIG_MB} MB file"
 find /usr -xdev -type f -printf '%s %p\n' 2>/dev/null | sort -k2 |
-  awk -v lim=$((INPUT_MB << 20)) '{s+=$1; if (s>lim) exit; print $2}' >"$W/list"
+  awk -v lim=$((INPUT_MB << 20)) '{s+=$1; if (s>lim) exit; print $2}' >"$W/list" || true
 mkdir -p "$W/big"
 xargs -a "$W/list" cat 2>/dev/null | head -c $((BIG_MB << 20)) >"$W/big/big.bin" || true
 tar -cf "$W/in.tar" -C / -T "$W/list" -C "$W" big 2>/dev/null
