@@ -26,6 +26,7 @@ int ConvertMain(int argc, char** argv);
 int MountMain(int argc, char** argv);
 int UnmountMain(int argc, char** argv);
 int CacheMain(int argc, char** argv);
+int PullMain(int argc, char** argv);
 
 // Parses argv against `spec`; on --help prints usage and returns 0 through
 // *exit_code, on error prints it and returns 2. nullopt means "stop now".

@@ -15,6 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
 #include "cli/commands.h"
+#include "core/compressor.h"
 #include "core/decompressor.h"
 #include "core/errno_status.h"
 #include "core/json_writer.h"
@@ -132,8 +133,8 @@ absl::StatusOr<InputKind> DetectInput(absl::string_view in,
     return InputKind::kZstd;
   }
   // A zstd stream may start with a skippable frame (0x184D2A5?).
-  if (in.size() >= 4 && (u(0) & 0xf0) == 0x50 && u(1) == 0x2a &&
-      u(2) == 0x4d && u(3) == 0x18) {
+  if (in.size() >= 4 && (u(0) & 0xf0) == 0x50 && u(1) == 0x2a && u(2) == 0x4d &&
+      u(3) == 0x18) {
     return InputKind::kZstd;
   }
   if (in.size() >= 512) {
@@ -251,6 +252,10 @@ absl::StatusOr<LayerWriterOptions> OptionsFrom(const ParsedArgs& args) {
       return absl::InvalidArgumentError(
           absl::StrCat("--level: \"", *s, "\" is not a level"));
     }
+    absl::Status st = ResolveCompressionLevel(o.compression, o.level).status();
+    if (!st.ok())
+      return absl::InvalidArgumentError(
+          absl::StrCat("--level: ", st.message()));
   }
   o.threads = 0;
   if (auto s = args.Get("threads")) {
@@ -278,18 +283,17 @@ absl::StatusOr<LayerWriteResult> Convert(const std::string& in_path,
   absl::string_view tar = in.view();
   std::unique_ptr<Fd> tmp_fd;
   if (kind != InputKind::kTar) {
-    ASSIGN_OR_RETURN(int fd,
-                     DecompressToTempFile(kind == InputKind::kGzip
-                                              ? Compression::kGzip
-                                              : Compression::kZstd,
-                                          in.view(), in_path));
+    ASSIGN_OR_RETURN(int fd, DecompressToTempFile(kind == InputKind::kGzip
+                                                      ? Compression::kGzip
+                                                      : Compression::kZstd,
+                                                  in.view(), in_path));
     tmp_fd = std::make_unique<Fd>(fd);
     RETURN_IF_ERROR(tar_file.Map(fd, "the decompressed input"));
     tar = tar_file.view();
   }
 
-  Fd out_fd(open(out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC,
-                 0644));
+  Fd out_fd(
+      open(out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
   if (out_fd.get() < 0) return ErrnoToStatus(errno, "create " + out_path);
   FdBlobSink sink(out_fd.get(), out_path);
   absl::StatusOr<LayerWriteResult> r = WriteLayer(tar, options, &sink);

@@ -27,6 +27,8 @@ constexpr Command kCommands[] = {
      "unmount a lazypull mount and end its serving process"},
     {"cache", lazypull::cli::CacheMain,
      "show, prune or verify the shared chunk cache"},
+    {"pull", lazypull::cli::PullMain,
+     "pull an image from a registry and unpack its root filesystem"},
 };
 
 void PrintUsage(std::ostream& os) {

@@ -22,9 +22,9 @@ absl::Status IsalDeflateStatus(int code) {
 
 // The one translation of zstd compression errors.
 absl::Status ZstdCompressStatus(size_t code) {
-  return absl::InternalError(absl::StrCat("zstd compression failed: ",
-                                          ZSTD_getErrorName(code), " (code ",
-                                          static_cast<int>(ZSTD_getErrorCode(code)), ")"));
+  return absl::InternalError(
+      absl::StrCat("zstd compression failed: ", ZSTD_getErrorName(code),
+                   " (code ", static_cast<int>(ZSTD_getErrorCode(code)), ")"));
 }
 
 class LibdeflateGzip : public MemberCompressor {
@@ -36,16 +36,13 @@ class LibdeflateGzip : public MemberCompressor {
   absl::Status CompressContiguous(absl::string_view in,
                                   std::string* out) override {
     size_t bound = libdeflate_gzip_compress_bound(c_, in.size());
-    size_t base = out->size();
-    out->resize(base + bound);
-    size_t n = libdeflate_gzip_compress(c_, in.data(), in.size(),
-                                        out->data() + base, bound);
+    char* buf = OutputBuffer(bound);
+    size_t n = libdeflate_gzip_compress(c_, in.data(), in.size(), buf, bound);
     if (n == 0) {
-      out->resize(base);
       return absl::InternalError(absl::StrCat(
           "libdeflate_gzip_compress found no room in ", bound, " bytes"));
     }
-    out->resize(base + n);
+    out->append(buf, n);
     return absl::OkStatus();
   }
 
@@ -66,9 +63,16 @@ class IsalGzip : public MemberCompressor {
                                   std::string* out) override {
     // Generous: ISA-L falls back to stored blocks (5 bytes per 64 KiB) on
     // incompressible input; the state check below catches any shortfall.
+    if (in.size() > (size_t{1} << 31)) {
+      // isal_zstream counts in 32 bits; members this large (gigabytes of
+      // tar headers in a row) are left to libdeflate.
+      return absl::InvalidArgumentError(absl::StrCat(
+          "a gzip member of ", in.size(),
+          " bytes is too large for the ISA-L levels (1-2); use --level 3 or "
+          "higher"));
+    }
     size_t bound = in.size() + in.size() / 8 + 1024;
-    size_t base = out->size();
-    out->resize(base + bound);
+    char* buf = OutputBuffer(bound);
     isal_zstream z;
     isal_deflate_init(&z);
     z.level = static_cast<uint32_t>(level_);
@@ -79,19 +83,15 @@ class IsalGzip : public MemberCompressor {
     z.flush = NO_FLUSH;
     z.next_in = reinterpret_cast<uint8_t*>(const_cast<char*>(in.data()));
     z.avail_in = static_cast<uint32_t>(in.size());
-    z.next_out = reinterpret_cast<uint8_t*>(out->data() + base);
+    z.next_out = reinterpret_cast<uint8_t*>(buf);
     z.avail_out = static_cast<uint32_t>(bound);
     int rc = isal_deflate(&z);
-    if (rc != COMP_OK) {
-      out->resize(base);
-      return IsalDeflateStatus(rc);
-    }
+    if (rc != COMP_OK) return IsalDeflateStatus(rc);
     if (z.internal_state.state != ZSTATE_END) {
-      out->resize(base);
       return absl::InternalError(absl::StrCat(
           "ISA-L isal_deflate did not finish within ", bound, " bytes"));
     }
-    out->resize(base + z.total_out);
+    out->append(buf, z.total_out);
     return absl::OkStatus();
   }
 
@@ -109,15 +109,10 @@ class ZstdFrame : public MemberCompressor {
   absl::Status CompressContiguous(absl::string_view in,
                                   std::string* out) override {
     size_t bound = ZSTD_compressBound(in.size());
-    size_t base = out->size();
-    out->resize(base + bound);
-    size_t n =
-        ZSTD_compress2(c_, out->data() + base, bound, in.data(), in.size());
-    if (ZSTD_isError(n)) {
-      out->resize(base);
-      return ZstdCompressStatus(n);
-    }
-    out->resize(base + n);
+    char* buf = OutputBuffer(bound);
+    size_t n = ZSTD_compress2(c_, buf, bound, in.data(), in.size());
+    if (ZSTD_isError(n)) return ZstdCompressStatus(n);
+    out->append(buf, n);
     return absl::OkStatus();
   }
 
@@ -160,7 +155,8 @@ absl::StatusOr<std::unique_ptr<MemberCompressor>> MemberCompressor::New(
     return std::unique_ptr<MemberCompressor>(new LibdeflateGzip(d));
   }
   ZSTD_CCtx* z = ZSTD_createCCtx();
-  if (z == nullptr) return absl::ResourceExhaustedError("ZSTD_createCCtx failed");
+  if (z == nullptr)
+    return absl::ResourceExhaustedError("ZSTD_createCCtx failed");
   for (auto [param, value] : {std::pair{ZSTD_c_compressionLevel, level},
                               std::pair{ZSTD_c_checksumFlag, 1},
                               std::pair{ZSTD_c_contentSizeFlag, 1}}) {
@@ -171,6 +167,16 @@ absl::StatusOr<std::unique_ptr<MemberCompressor>> MemberCompressor::New(
     }
   }
   return std::unique_ptr<MemberCompressor>(new ZstdFrame(z));
+}
+
+char* MemberCompressor::OutputBuffer(size_t n) {
+  if (n > out_capacity_) {
+    // Uninitialized: zero-filling a chunk-sized buffer per member showed up
+    // in profiles.
+    out_buf_.reset(new char[n]);
+    out_capacity_ = n;
+  }
+  return out_buf_.get();
 }
 
 absl::Status MemberCompressor::Compress(

@@ -19,6 +19,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "core/errno_status.h"
+#include "core/node_writer.h"
 #include "core/status_macros.h"
 
 namespace lazypull {
@@ -27,23 +28,7 @@ namespace {
 constexpr absl::string_view kWhiteoutPrefix = ".wh.";
 constexpr absl::string_view kOpaqueMarker = ".wh..wh..opq";
 
-// An fd closed on scope exit.
-class Fd {
- public:
-  explicit Fd(int fd = -1) : fd_(fd) {}
-  ~Fd() {
-    if (fd_ >= 0) close(fd_);
-  }
-  Fd(Fd&& o) noexcept : fd_(o.fd_) { o.fd_ = -1; }
-  Fd& operator=(Fd&& o) noexcept {
-    std::swap(fd_, o.fd_);
-    return *this;
-  }
-  int get() const { return fd_; }
-
- private:
-  int fd_;
-};
+using Fd = ScopedFd;
 
 class Extractor {
  public:
@@ -110,38 +95,27 @@ absl::Status Extractor::MakeDirs() {
 absl::Status Extractor::ApplyAttrs(int dirfd, const std::string& name,
                                    uint32_t ino, bool is_dir) {
   const Inode& n = idx_.inode(ino);
-  const char* nm = name.empty() ? "." : name.c_str();
-  const int nofollow = name.empty() ? 0 : AT_SYMLINK_NOFOLLOW;
-  const uint32_t dirent = n.dirent;
-  if (opts_.same_owner && fchownat(dirfd, nm, n.uid, n.gid, nofollow) != 0) {
-    return Fail(errno, "chown", dirent);
+  const std::string display = idx_.Path(n.dirent);
+  if (opts_.same_owner) {
+    RETURN_IF_ERROR(SetNodeOwner(dirfd, name, n.uid, n.gid, display));
   }
-  // xattrs through /proc/self/fd so that a symlink is never followed.
-  std::string proc = absl::StrCat("/proc/self/fd/", dirfd, "/", name);
-  for (const auto& [k, v] : idx_.Xattrs(ino)) {
-    if (lsetxattr(proc.c_str(), k.c_str(), v.data(), v.size(), 0) != 0) {
-      return Fail(errno, absl::StrCat("setxattr ", k, " on"), dirent);
-    }
-  }
+  RETURN_IF_ERROR(SetNodeXattrs(dirfd, name, idx_.Xattrs(ino), display));
   if (is_dir) {
+    // xattrs through /proc/self/fd so that a symlink is never followed.
+    std::string proc = absl::StrCat("/proc/self/fd/", dirfd, "/", name);
     for (uint32_t d : idx_.Children(ino)) {
       if (idx_.dirents()[d].name == kOpaqueMarker &&
           lsetxattr(proc.c_str(), "trusted.overlay.opaque", "y", 1, 0) != 0) {
-        return Fail(errno, "set trusted.overlay.opaque on", dirent);
+        return Fail(errno, "set trusted.overlay.opaque on", n.dirent);
       }
     }
   }
-  if (n.type != EntryType::kSymlink &&
-      fchmodat(dirfd, nm, n.mode & 07777, 0) != 0) {
-    return Fail(errno, "chmod", dirent);
+  if (n.type != EntryType::kSymlink) {
+    RETURN_IF_ERROR(SetNodeMode(dirfd, name, n.mode, display));
   }
   if (!n.implicit) {
-    struct timespec ts[2];
-    ts[0].tv_sec = ts[1].tv_sec = n.mtime_sec;
-    ts[0].tv_nsec = ts[1].tv_nsec = n.mtime_nsec;
-    if (utimensat(dirfd, nm, ts, nofollow) != 0) {
-      return Fail(errno, "set times on", dirent);
-    }
+    RETURN_IF_ERROR(
+        SetNodeTimes(dirfd, name, n.mtime_sec, n.mtime_nsec, display));
   }
   return absl::OkStatus();
 }
@@ -158,15 +132,8 @@ absl::Status Extractor::WriteFile(uint32_t d, std::string* buf) {
     const Chunk& c = chunks[ci];
     buf->resize(c.size);
     RETURN_IF_ERROR(r_.ReadChunk(ci, absl::MakeSpan(*buf)));
-    size_t done = 0;
-    while (done < c.size) {
-      ssize_t w = pwrite(fd.get(), buf->data() + done, c.size - done,
-                         static_cast<off_t>(c.file_offset + done));
-      if (w < 0) {
-        if (errno == EINTR) continue;
-        return Fail(errno, "write", d);
-      }
-      done += static_cast<size_t>(w);
+    if (int err = WriteAllAt(fd.get(), buf->data(), c.size, c.file_offset)) {
+      return Fail(err, "write", d);
     }
   }
   return ApplyAttrs(dfd.get(), de.name, de.inode, false);

@@ -99,8 +99,10 @@ class LayerIndexBuilder {
   // full path, so memory stays linear in the TOC size for deep trees.
   absl::flat_hash_map<std::string, uint32_t> child_dirent_;
   std::string key_buf_;
-  std::string last_dir_path_;  // EnsureDir's last answer (dirs never move)
-  uint32_t last_dir_ = LayerIndex::kRoot;
+  // EnsureDir's answers for the paths it was asked about (not for every
+  // prefix: each key is part of some entry's name, so this stays linear too).
+  // A directory never changes inode or type, so answers never go stale.
+  absl::flat_hash_map<std::string, uint32_t> dir_cache_;
   absl::flat_hash_map<uint32_t, std::string> uid_names_;
   absl::flat_hash_map<uint32_t, std::string> gid_names_;
   std::vector<PendingLink> links_;
@@ -116,7 +118,9 @@ class LayerIndexBuilder {
 
 absl::StatusOr<uint32_t> LayerIndexBuilder::EnsureDir(absl::string_view path) {
   if (path.empty()) return LayerIndex::kRoot;
-  if (path == last_dir_path_) return last_dir_;
+  if (auto it = dir_cache_.find(path); it != dir_cache_.end()) {
+    return it->second;
+  }
   uint32_t dir = LayerIndex::kRoot;
   size_t pos = 0;
   while (pos < path.size()) {
@@ -149,8 +153,7 @@ absl::StatusOr<uint32_t> LayerIndexBuilder::EnsureDir(absl::string_view path) {
     AddChild(dir, name, di);
     dir = ino;
   }
-  last_dir_path_.assign(path.data(), path.size());
-  last_dir_ = dir;
+  dir_cache_.emplace(std::string(path), dir);
   return dir;
 }
 

@@ -1,8 +1,8 @@
 #include "core/layer_writer.h"
 
 #include <algorithm>
-#include <cstdio>
 #include <condition_variable>
+#include <cstdio>
 #include <cstring>
 #include <memory>
 #include <mutex>
@@ -164,10 +164,14 @@ std::string GoUstarHeader(absl::string_view name, uint64_t size) {
   std::memcpy(h.data() + 100, "0000000", 7);
   std::memcpy(h.data() + 108, "0000000", 7);
   std::memcpy(h.data() + 116, "0000000", 7);
-  snprintf(h.data() + 124, 12, "%011llo", static_cast<unsigned long long>(size));
+  snprintf(h.data() + 124, 12, "%011llo",
+           static_cast<unsigned long long>(size));
   std::memcpy(h.data() + 136, "00000000000", 11);
   h[156] = '0';
-  std::memcpy(h.data() + 257, "ustar\0" "00", 8);
+  std::memcpy(h.data() + 257,
+              "ustar\0"
+              "00",
+              8);
   std::memcpy(h.data() + 329, "0000000", 7);
   std::memcpy(h.data() + 337, "0000000", 7);
   std::memset(h.data() + 148, ' ', 8);
@@ -503,7 +507,8 @@ absl::StatusOr<LayerWriteResult> WriteLayer(absl::string_view tar,
   }
   int threads = options.threads;
   if (threads <= 0) {
-    threads = std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+    threads =
+        std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
   }
   threads = std::min(threads, 256);
 
@@ -529,14 +534,14 @@ absl::StatusOr<LayerWriteResult> WriteLayer(absl::string_view tar,
         bad_name = NormalizeTarPath(it.h.link_name).status();
       }
       if (!bad_name.ok()) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "tar entry \"", it.h.name, "\": ", bad_name.message(),
-            " (readers refuse such layers)"));
+        return absl::InvalidArgumentError(
+            absl::StrCat("tar entry \"", it.h.name, "\": ", bad_name.message(),
+                         " (readers refuse such layers)"));
       }
       if (it.h.uid > UINT32_MAX || it.h.gid > UINT32_MAX) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "tar entry \"", it.h.name, "\" has uid ", it.h.uid, " / gid ",
-            it.h.gid, ", beyond 32 bits"));
+        return absl::InvalidArgumentError(
+            absl::StrCat("tar entry \"", it.h.name, "\" has uid ", it.h.uid,
+                         " / gid ", it.h.gid, ", beyond 32 bits"));
       }
       it.payload = tar.substr(it.h.data_offset, it.h.size);
       auto [pos, fresh] = by_name.try_emplace(it.clean, items.size());
@@ -568,9 +573,9 @@ absl::StatusOr<LayerWriteResult> WriteLayer(absl::string_view tar,
     order = std::move(sorter.out_order());
     std::vector<uint32_t> rest = sorter.Rest();
     Item landmark;
-    landmark.h.name = std::string(options.prioritized_files.empty()
-                                      ? kNoPrefetchLandmark
-                                      : kPrefetchLandmark);
+    landmark.h.name =
+        std::string(options.prioritized_files.empty() ? kNoPrefetchLandmark
+                                                      : kPrefetchLandmark);
     landmark.h.size = 1;
     landmark.h.raw = GoUstarHeader(landmark.h.name, 1);
     landmark.payload = absl::string_view(kLandmarkContents, 1);
@@ -647,6 +652,13 @@ absl::StatusOr<LayerWriteResult> WriteLayer(absl::string_view tar,
   };
   auto run = [&](MemberCompressor& c, size_t j, JobResult* r) -> absl::Status {
     const JobPlan& job = jobs[j];
+    uint64_t job_bytes = 0;
+    for (size_t m = job.first_member; m < job.first_member + job.num_members;
+         ++m) {
+      job_bytes += members[m].size;
+    }
+    r->data.reserve(static_cast<size_t>(job_bytes / 2 + 4096));
+    r->member_sizes.reserve(job.num_members);
     for (size_t m = job.first_member; m < job.first_member + job.num_members;
          ++m) {
       const MemberPlan& mp = members[m];
@@ -714,7 +726,8 @@ absl::StatusOr<LayerWriteResult> WriteLayer(absl::string_view tar,
     if (h.mode != 0) toc.SNum("mode", h.mode);
     if (h.uid != 0) toc.Num("uid", h.uid);
     if (h.gid != 0) toc.Num("gid", h.gid);
-    if (name_if_changed(last_uname, h.uid, h.uname)) toc.Str("userName", h.uname);
+    if (name_if_changed(last_uname, h.uid, h.uname))
+      toc.Str("userName", h.uname);
     if (name_if_changed(last_gname, h.gid, h.gname)) {
       toc.Str("groupName", h.gname);
     }
@@ -769,9 +782,8 @@ absl::StatusOr<LayerWriteResult> WriteLayer(absl::string_view tar,
     absl::Status st = parsed.status();
     if (st.ok()) st = LayerIndex::Build(*parsed, data_end).status();
     if (!st.ok()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("the converted layer would not be readable: ",
-                       st.message()));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "the converted layer would not be readable: ", st.message()));
     }
   }
 

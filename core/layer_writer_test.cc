@@ -9,8 +9,8 @@
 #include <string>
 #include <vector>
 
-#include "absl/strings/str_cat.h"
 #include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "core/decompressor.h"
 #include "core/layer_reader.h"
@@ -126,7 +126,8 @@ Input MakeInput(uint64_t chunk, TarDialect dialect = TarDialect::kPax) {
   TarSpec x;
   x.name = "data/xattr";
   x.content = "with xattrs";
-  x.xattrs = {{"user.b", "2"}, {"security.capability", std::string("\0\xff", 2)}};
+  x.xattrs = {{"user.b", "2"},
+              {"security.capability", std::string("\0\xff", 2)}};
   if (dialect == TarDialect::kPax) add(x);
   TarSpec big;
   big.name = "home/" + std::string(120, 'l') + "/big-ids.txt";
@@ -288,8 +289,8 @@ TEST_P(LayerWriterRoundTrip, ReadsBackVerifiesAndIsDeterministic) {
   uint32_t xi = *idx.Resolve("data/xattr");
   EXPECT_THAT(idx.Xattrs(xi),
               ::testing::ElementsAre(
-                  std::pair<std::string, std::string>(
-                      "security.capability", std::string("\0\xff", 2)),
+                  std::pair<std::string, std::string>("security.capability",
+                                                      std::string("\0\xff", 2)),
                   std::pair<std::string, std::string>("user.b", "2")));
   const Inode& big =
       idx.inode(*idx.Resolve("home/" + std::string(120, 'l') + "/big-ids.txt"));
@@ -372,14 +373,13 @@ TEST(LayerWriterTest, PrioritizedFilesComeFirst) {
     o.prioritized_files = {"data/plus1", "/app/bin/tool.hard", "./dev/null",
                            "not/there"};
     Written w = Write(in.tar, o);
-    EXPECT_THAT(w.result.missing_prioritized,
-                ElementsAreArray({"not/there"}));
+    EXPECT_THAT(w.result.missing_prioritized, ElementsAreArray({"not/there"}));
     std::vector<std::string> names = TocNames(TocJson(w, comp));
     std::vector<std::string> head(names.begin(), names.begin() + 8);
-    EXPECT_THAT(head, ElementsAreArray({"data/", "data/plus1", "app/",
-                                        "app/bin/", "app/bin/tool",
-                                        "app/bin/tool.hard", "dev/null",
-                                        ".prefetch.landmark"}));
+    EXPECT_THAT(
+        head, ElementsAreArray({"data/", "data/plus1", "app/", "app/bin/",
+                                "app/bin/tool", "app/bin/tool.hard", "dev/null",
+                                ".prefetch.landmark"}));
     EXPECT_EQ(names.size(), in.names.size() + 1);
 
     std::unique_ptr<LayerReader> r = Open(w);
@@ -387,7 +387,8 @@ TEST(LayerWriterTest, PrioritizedFilesComeFirst) {
     ASSERT_TRUE(VerifyLayer(*r).ok());
     const LayerIndex& idx = r->index();
     ASSERT_TRUE(idx.prefetch_landmark_offset().has_value());
-    EXPECT_EQ(idx.prefetch_landmark_offset(), w.result.prefetch_landmark_offset);
+    EXPECT_EQ(idx.prefetch_landmark_offset(),
+              w.result.prefetch_landmark_offset);
     EXPECT_FALSE(idx.has_no_prefetch_landmark());
     std::vector<std::string> prio;
     for (uint32_t ino : idx.prioritized_files()) {
@@ -428,16 +429,16 @@ TEST(LayerWriterTest, TocMatchesTheReferenceEncoding) {
   o.chunk_size = 1;
   Written w = Write(b.Finish(), o);
   std::string json = TocJson(w, Compression::kGzip);
-  EXPECT_THAT(json, HasSubstr("\"name\": \"odd/a\\u0026b\\u003cc\\u003e.txt\""));
+  EXPECT_THAT(json,
+              HasSubstr("\"name\": \"odd/a\\u0026b\\u003cc\\u003e.txt\""));
   EXPECT_TRUE(absl::StartsWith(
       json, "{\n\t\"version\": 1,\n\t\"entries\": [\n\t\t{\n\t\t\t\"name\""));
   EXPECT_TRUE(absl::EndsWith(json, "\"\n\t\t}\n\t]\n}"));
   // The landmark entry, exactly as the reference writes it.
-  EXPECT_THAT(json,
-              HasSubstr(absl::StrCat(
-                  "\t\t{\n\t\t\t\"name\": \".no.prefetch.landmark\",\n"
-                  "\t\t\t\"type\": \"reg\",\n\t\t\t\"size\": 1,\n"
-                  "\t\t\t\"offset\": ")));
+  EXPECT_THAT(json, HasSubstr(absl::StrCat(
+                        "\t\t{\n\t\t\t\"name\": \".no.prefetch.landmark\",\n"
+                        "\t\t\t\"type\": \"reg\",\n\t\t\t\"size\": 1,\n"
+                        "\t\t\t\"offset\": ")));
   size_t n_user = 0;
   for (size_t p = json.find("\"userName\""); p != std::string::npos;
        p = json.find("\"userName\"", p + 1)) {
@@ -455,14 +456,14 @@ TEST(LayerWriterTest, TocMatchesTheReferenceEncoding) {
   // chunk size 1: every chunk is full and carries chunkSize.
   EXPECT_THAT(json, HasSubstr("\"chunkSize\": 1,"));
   // Annotations.
-  EXPECT_THAT(w.result.annotations,
-              ElementsAreArray(
-                  {std::pair<std::string, std::string>(
-                       "containerd.io/snapshot/stargz/toc.digest",
-                       w.result.toc_digest.ToString()),
-                   std::pair<std::string, std::string>(
-                       "io.containers.estargz.uncompressed-size",
-                       absl::StrCat(w.result.uncompressed_size))}));
+  EXPECT_THAT(
+      w.result.annotations,
+      ElementsAreArray({std::pair<std::string, std::string>(
+                            "containerd.io/snapshot/stargz/toc.digest",
+                            w.result.toc_digest.ToString()),
+                        std::pair<std::string, std::string>(
+                            "io.containers.estargz.uncompressed-size",
+                            absl::StrCat(w.result.uncompressed_size))}));
 }
 
 TEST(LayerWriterTest, ZstdAnnotationsAndFooter) {
@@ -480,13 +481,13 @@ TEST(LayerWriterTest, ZstdAnnotationsAndFooter) {
             absl::StrCat(r.toc_offset, ":", r.toc_compressed_size, ":",
                          r.toc_uncompressed_size, ":1"));
   EXPECT_EQ(a["io.containers.zstd-chunked.manifest-checksum"],
-            Sha256::Of(absl::string_view(w.blob).substr(
-                           r.toc_offset, r.toc_compressed_size))
+            Sha256::Of(absl::string_view(w.blob).substr(r.toc_offset,
+                                                        r.toc_compressed_size))
                 .ToString());
-  EXPECT_EQ(a.count("io.github.containers.zstd-chunked.manifest-checksum"),
-            0u);
+  EXPECT_EQ(a.count("io.github.containers.zstd-chunked.manifest-checksum"), 0u);
   absl::string_view tail = absl::string_view(w.blob).substr(w.blob.size() - 48);
-  EXPECT_EQ(tail.substr(0, 8), absl::string_view("\x50\x2a\x4d\x18\x28\0\0\0", 8));
+  EXPECT_EQ(tail.substr(0, 8),
+            absl::string_view("\x50\x2a\x4d\x18\x28\0\0\0", 8));
   EXPECT_EQ(tail.substr(40), "GnUlInUx");
   EXPECT_EQ(r.toc_offset + r.toc_compressed_size + 48, w.blob.size());
   EXPECT_NE(Open(w), nullptr);

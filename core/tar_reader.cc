@@ -102,10 +102,10 @@ bool UrlDecode(absl::string_view in, std::string* out) {
     int v = 0;
     for (size_t k = 1; k <= 2; ++k) {
       char c = in[i + k];
-      int d = absl::ascii_isdigit(c)               ? c - '0'
-              : (c >= 'a' && c <= 'f')             ? c - 'a' + 10
-              : (c >= 'A' && c <= 'F')             ? c - 'A' + 10
-                                                   : -1;
+      int d = absl::ascii_isdigit(c)   ? c - '0'
+              : (c >= 'a' && c <= 'f') ? c - 'a' + 10
+              : (c >= 'A' && c <= 'F') ? c - 'A' + 10
+                                       : -1;
       if (d < 0) return false;
       v = v * 16 + d;
     }
@@ -135,8 +135,8 @@ struct PaxRecords {
 absl::Status ParsePax(absl::string_view data, uint64_t offset,
                       PaxRecords* out) {
   auto bad = [&](absl::string_view why) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "PAX header at tar offset ", offset, ": ", why));
+    return absl::InvalidArgumentError(
+        absl::StrCat("PAX header at tar offset ", offset, ": ", why));
   };
   while (!data.empty()) {
     // Trailing NULs pad some writers' records.
@@ -152,10 +152,12 @@ absl::Status ParsePax(absl::string_view data, uint64_t offset,
     }
     absl::string_view rec = data.substr(sp + 1, len - sp - 1);
     data.remove_prefix(len);
-    if (rec.empty() || rec.back() != '\n') return bad("record not ended by \\n");
+    if (rec.empty() || rec.back() != '\n')
+      return bad("record not ended by \\n");
     rec.remove_suffix(1);
     size_t eq = rec.find('=');
-    if (eq == absl::string_view::npos || eq == 0) return bad("record without key");
+    if (eq == absl::string_view::npos || eq == 0)
+      return bad("record without key");
     absl::string_view key = rec.substr(0, eq);
     absl::string_view value = rec.substr(eq + 1);
     if (absl::StartsWith(key, "GNU.sparse.")) {
@@ -201,9 +203,9 @@ absl::string_view TypeName(char t) {
 absl::StatusOr<uint64_t> ByteStream::Skip(uint64_t n) {
   uint64_t done = 0;
   while (done < n) {
-    ASSIGN_OR_RETURN(absl::string_view v,
-                     Read(static_cast<size_t>(std::min<uint64_t>(n - done,
-                                                                 1 << 20))));
+    ASSIGN_OR_RETURN(
+        absl::string_view v,
+        Read(static_cast<size_t>(std::min<uint64_t>(n - done, 1 << 20))));
     if (v.empty()) break;
     done += v.size();
   }
@@ -346,9 +348,9 @@ absl::Status TarReader::SkipRest() {
 
 absl::StatusOr<absl::string_view> TarReader::ReadData(size_t n) {
   if (data_left_ == 0 || n == 0) return absl::string_view();
-  ASSIGN_OR_RETURN(absl::string_view v,
-                   in_->Read(static_cast<size_t>(
-                       std::min<uint64_t>(n, data_left_))));
+  ASSIGN_OR_RETURN(
+      absl::string_view v,
+      in_->Read(static_cast<size_t>(std::min<uint64_t>(n, data_left_))));
   if (v.empty()) {
     return absl::DataLossError(
         absl::StrCat("tar stream ends inside the payload of \"", current_name_,
@@ -376,9 +378,9 @@ absl::StatusOr<bool> TarReader::Next(TarHeader* h) {
     RETURN_IF_ERROR(ReadBlock(&b, &eof));
     if (eof || AllZero(b)) {
       if (!raw.empty()) {
-        return absl::DataLossError(absl::StrCat(
-            "tar stream ends after an extension header at offset ",
-            header_offset, " without the entry it describes"));
+        return absl::DataLossError(
+            absl::StrCat("tar stream ends after an extension header at offset ",
+                         header_offset, " without the entry it describes"));
       }
       done_ = true;
       return false;
@@ -437,8 +439,8 @@ absl::StatusOr<bool> TarReader::Next(TarHeader* h) {
         !ParseTarNumber(block.substr(116, 8), &out.gid) ||
         !ParseTarTime(block.substr(136, 12), &mtime)) {
       return absl::InvalidArgumentError(
-          absl::StrCat("tar header at offset ", block_offset, " (\"",
-                       out.name, "\") has a malformed number field"));
+          absl::StrCat("tar header at offset ", block_offset, " (\"", out.name,
+                       "\") has a malformed number field"));
     }
     out.mode = static_cast<int64_t>(mode);
     out.mtime_sec = mtime;
@@ -453,8 +455,8 @@ absl::StatusOr<bool> TarReader::Next(TarHeader* h) {
         out.type = TarType::kReg;
         break;
       case '\0':
-        out.type = absl::EndsWith(out.name, "/") ? TarType::kDir
-                                                 : TarType::kReg;
+        out.type =
+            absl::EndsWith(out.name, "/") ? TarType::kDir : TarType::kReg;
         break;
       case '1':
         out.type = TarType::kHardlink;
@@ -514,10 +516,10 @@ absl::StatusOr<bool> TarReader::Next(TarHeader* h) {
         bad_pax |= !ParsePaxUint(value, &out.dev_minor);
       }
       if (bad_pax) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "PAX record \"", key, "\" of tar entry \"", out.name,
-            "\" has a malformed value \"", absl::CEscape(value.substr(0, 64)),
-            "\""));
+        return absl::InvalidArgumentError(
+            absl::StrCat("PAX record \"", key, "\" of tar entry \"", out.name,
+                         "\" has a malformed value \"",
+                         absl::CEscape(value.substr(0, 64)), "\""));
       }
     }
     out.xattrs = std::move(pax.xattrs);

@@ -130,8 +130,7 @@ class TarReader {
 
  private:
   absl::Status ReadBlock(const char** block, bool* eof);
-  absl::Status ReadExtension(uint64_t size, std::string* out,
-                             std::string* raw);
+  absl::Status ReadExtension(uint64_t size, std::string* out, std::string* raw);
   absl::Status SkipRest();
 
   ByteStream* in_;

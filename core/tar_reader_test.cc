@@ -121,7 +121,8 @@ TEST(TarReaderTest, PaxRecords) {
   s.uid = 4000000000;
   s.gid = 3000000;
   s.pax_mtime = "1622548800.75";
-  s.xattrs = {{"user.comment", "hi"}, {"security.capability", std::string("\0\xff", 2)}};
+  s.xattrs = {{"user.comment", "hi"},
+              {"security.capability", std::string("\0\xff", 2)}};
   s.pax_records = {{"LIBARCHIVE.xattr.user.a%3Db",
                     absl::Base64Escape(std::string("v\0w", 3))},
                    {"uname", "bigname"}};
@@ -267,10 +268,10 @@ TEST(TarReaderTest, HostileHeaders) {
               HasSubstr("not a regular file"));
 
   // Malformed PAX records.
-  for (std::string rec : {std::string("abc path=x\n"),
-                          std::string("99 path=x\n"),
-                          std::string("10 pathx\n"), PaxRecord("size", "-1"),
-                          PaxRecord("GNU.sparse.map", "0,1")}) {
+  for (std::string rec :
+       {std::string("abc path=x\n"), std::string("99 path=x\n"),
+        std::string("10 pathx\n"), PaxRecord("size", "-1"),
+        PaxRecord("GNU.sparse.map", "0,1")}) {
     TarBuilder b;
     b.Raw(TarBuilder::Header("pax", 'x', rec.size()));
     b.Raw(rec + std::string(512 - rec.size() % 512, '\0'));
@@ -295,11 +296,11 @@ TEST(TarReaderTest, HostileHeaders) {
 
   // An extension header with no entry after it.
   std::string rec = PaxRecord("path", "x");
-  EXPECT_EQ(ParseError(TarBuilder::Header("pax", 'x', rec.size()) + rec +
-                       std::string(512 - rec.size(), '\0') +
-                       std::string(1024, '\0'))
-                .code(),
-            absl::StatusCode::kDataLoss);
+  EXPECT_EQ(
+      ParseError(TarBuilder::Header("pax", 'x', rec.size()) + rec +
+                 std::string(512 - rec.size(), '\0') + std::string(1024, '\0'))
+          .code(),
+      absl::StatusCode::kDataLoss);
 }
 
 TEST(TarReaderTest, ParseTarNumber) {
@@ -312,10 +313,13 @@ TEST(TarReaderTest, ParseTarNumber) {
   EXPECT_EQ(v, 0u);
   EXPECT_FALSE(ParseTarNumber("0000758", &v));
   EXPECT_FALSE(ParseTarNumber("12 34", &v));
-  EXPECT_TRUE(ParseTarNumber(absl::string_view("\x80\0\0\0\0\0\x01\x02", 8), &v));
+  EXPECT_TRUE(
+      ParseTarNumber(absl::string_view("\x80\0\0\0\0\0\x01\x02", 8), &v));
   EXPECT_EQ(v, 0x102u);
   EXPECT_FALSE(ParseTarNumber(absl::string_view("\xff\xff\xff\xff", 4), &v));
-  EXPECT_FALSE(ParseTarNumber(absl::string_view("\x80\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff", 12), &v));
+  EXPECT_FALSE(ParseTarNumber(
+      absl::string_view("\x80\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff", 12),
+      &v));
 }
 
 }  // namespace

@@ -1,7 +1,7 @@
 #include "core/testing/tar_builder.h"
 
-#include <cstdio>
 #include <algorithm>
+#include <cstdio>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
@@ -11,7 +11,9 @@ namespace {
 
 constexpr size_t kBlock = 512;
 
-void Pad(std::string* s) { s->append((kBlock - s->size() % kBlock) % kBlock, '\0'); }
+void Pad(std::string* s) {
+  s->append((kBlock - s->size() % kBlock) % kBlock, '\0');
+}
 
 // Octal into a field of `len` bytes (len-1 digits + NUL); false if too big.
 bool PutOctal(char* field, size_t len, uint64_t v) {
@@ -69,7 +71,10 @@ std::string TarBuilder::Header(absl::string_view name, char typeflag,
   if (gnu) {
     std::memcpy(h.data() + 257, "ustar  ", 8);
   } else {
-    std::memcpy(h.data() + 257, "ustar\0" "00", 8);
+    std::memcpy(h.data() + 257,
+                "ustar\0"
+                "00",
+                8);
   }
   Checksum(&h);
   return h;
@@ -113,7 +118,8 @@ TarBuilder& TarBuilder::Add(const TarSpec& s) {
   std::string h(kBlock, '\0');
   PutString(h.data(), 100, s.name);
   PutOctal(h.data() + 100, 8, s.mode);
-  for (auto [off, v] : {std::pair<size_t, uint64_t>{108, s.uid}, {116, s.gid}}) {
+  for (auto [off, v] :
+       {std::pair<size_t, uint64_t>{108, s.uid}, {116, s.gid}}) {
     if (!PutOctal(h.data() + off, 8, v)) {
       if (gnu) {
         PutBase256(h.data() + off, 8, v);
@@ -129,7 +135,10 @@ TarBuilder& TarBuilder::Add(const TarSpec& s) {
   if (gnu) {
     std::memcpy(h.data() + 257, "ustar  ", 8);
   } else {
-    std::memcpy(h.data() + 257, "ustar\0" "00", 8);
+    std::memcpy(h.data() + 257,
+                "ustar\0"
+                "00",
+                8);
   }
   PutString(h.data() + 265, 32, s.uname);
   PutString(h.data() + 297, 32, s.gname);

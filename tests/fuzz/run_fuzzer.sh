@@ -230,6 +230,15 @@ for name, fn in [("estargz", lambda: estargz()),
 put("builtin-toc-empty.json", b'{\n\t"version": 1,\n\t"entries": null\n}')
 put("builtin-toc-min.json", b'{"version":2,"entries":[{"name":"./","type":"dir"},'
     b'{"name":"z","type":"reg","size":5,"chunkType":"zeros","endOffset":9}]}')
+# Regression seeds for hostile shapes that once crashed or hung the index:
+# a name 30,000 components deep (stack overflow in a recursive EnsureDir) and
+# a chain of 1,000 hardlinks (cubic link resolution).
+put("builtin-toc-deep.json", b'{"version":1,"entries":[{"name":"'
+    + b"d/" * 30000 + b'f","type":"reg"}]}')
+chain = [{"name": "f", "type": "reg"}] + [
+    {"name": f"l{i}", "type": "hardlink",
+     "linkName": f"l{i + 1}" if i + 1 < 1000 else "f"} for i in range(1000)]
+put("builtin-toc-chain.json", dumps(chain))
 print(f"   {n} seed files")
 PY
 
@@ -300,7 +309,7 @@ cov=$(grep -E '^#[0-9]+' "$WORK/fuzz.log" | tail -1 || true)
 artifacts=$(ls -A "$WORK/artifacts")
 echo "== result: exit ${rc}, ${execs:-?} executions in ${SECONDS_BUDGET} s"
 echo "   last status: ${cov:-?}"
-echo "   corpus: $(ls "$WORK/corpus" | wc -l) new inputs"
+echo "   corpus: $(find "$WORK/corpus" -type f | wc -l) new inputs"
 if [[ $rc -ne 0 || -n "$artifacts" ]]; then
   echo "== FAILURE: the fuzzer found a problem. Log tail:" >&2
   tail -n 60 "$WORK/fuzz.log" >&2

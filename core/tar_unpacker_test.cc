@@ -1,0 +1,181 @@
+#include "core/tar_unpacker.h"
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
+#include "core/testing/tar_builder.h"
+#include "gtest/gtest.h"
+
+namespace lazypull {
+namespace {
+
+using testing::TarBuilder;
+using testing::TarSpec;
+
+class TarUnpackerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    base_ = absl::StrCat(std::getenv("TEST_TMPDIR"), "/",
+                         ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    mkdir(base_.c_str(), 0755);
+    dir_ = base_ + "/layer";
+    mkdir(dir_.c_str(), 0755);
+  }
+  absl::StatusOr<UnpackedLayer> Unpack(const std::string& tar) {
+    MemoryByteStream in(tar);
+    TarReader r(&in);
+    TarUnpackOptions o;
+    o.same_owner = false;
+    return UnpackTar(&r, dir_, o);
+  }
+  std::string Read(const std::string& rel) {
+    std::ifstream f(dir_ + "/" + rel);
+    std::stringstream ss;
+    ss << f.rdbuf();
+    return ss.str();
+  }
+  struct stat Lstat(const std::string& rel) {
+    struct stat st {};
+    EXPECT_EQ(lstat((dir_ + "/" + rel).c_str(), &st), 0) << rel;
+    return st;
+  }
+  bool Exists(const std::string& path) {
+    struct stat st;
+    return lstat(path.c_str(), &st) == 0;
+  }
+  std::string base_, dir_;
+};
+
+TEST_F(TarUnpackerTest, CreatesEveryKindOfNode) {
+  TarBuilder b;
+  TarSpec root;
+  root.name = "./";
+  root.typeflag = '5';
+  root.mode = 0751;
+  b.Add(root);
+  b.Dir("./etc", 0700);
+  b.File("./etc/passwd", "root:x:0:0\n", 0644);
+  TarSpec suid;
+  suid.name = "usr/bin/su";  // parents implicit
+  suid.content = "ELF";
+  suid.mode = 04755;
+  suid.mtime = 1000000000;
+  b.Add(suid);
+  b.Symlink("etc/link", "/etc/passwd");
+  b.Hardlink("etc/hard", "etc/passwd");
+  TarSpec fifo;
+  fifo.name = "run/fifo";
+  fifo.typeflag = '6';
+  fifo.mode = 0640;
+  b.Add(fifo);
+  TarSpec x;
+  x.name = "etc/attr";
+  x.content = "a";
+  x.xattrs = {{"user.test", "v"}};
+  b.Add(x);
+  auto r = Unpack(b.Finish());
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(Read("etc/passwd"), "root:x:0:0\n");
+  EXPECT_EQ(Lstat("etc").st_mode & 07777, 0700u);
+  EXPECT_EQ(Lstat("").st_mode & 07777, 0751u);
+  struct stat su = Lstat("usr/bin/su");
+  EXPECT_EQ(su.st_mode & 07777, 04755u);
+  EXPECT_EQ(su.st_mtim.tv_sec, 1000000000);
+  EXPECT_TRUE(S_ISDIR(Lstat("usr/bin").st_mode));
+  char target[64] = {0};
+  ASSERT_GT(readlink((dir_ + "/etc/link").c_str(), target, sizeof(target)), 0);
+  EXPECT_STREQ(target, "/etc/passwd");
+  EXPECT_EQ(Lstat("etc/hard").st_ino, Lstat("etc/passwd").st_ino);
+  EXPECT_TRUE(S_ISFIFO(Lstat("run/fifo").st_mode));
+  EXPECT_EQ(r->explicit_dirs.count(""), 1u);
+  EXPECT_EQ(r->explicit_dirs.count("etc"), 1u);
+  EXPECT_EQ(r->explicit_dirs.count("usr"), 0u);
+  EXPECT_EQ(r->file_bytes, 15u);
+}
+
+TEST_F(TarUnpackerTest, ReportsWhiteoutsInsteadOfWritingThem) {
+  TarBuilder b;
+  b.File("a/.wh.gone", "");
+  b.File("b/.wh..wh..opq", "");
+  b.File("b/new", "n");
+  b.File(".wh.top", "");
+  b.File("c/.wh..wh.plnk", "");
+  auto r = Unpack(b.Finish());
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->whiteouts, (std::vector<std::string>{"a/gone", "top"}));
+  EXPECT_EQ(r->opaque_dirs, (std::vector<std::string>{"b"}));
+  EXPECT_FALSE(Exists(dir_ + "/a/.wh.gone"));
+  EXPECT_FALSE(Exists(dir_ + "/b/.wh..wh..opq"));
+  EXPECT_TRUE(S_ISDIR(Lstat("a").st_mode));
+  EXPECT_EQ(Read("b/new"), "n");
+}
+
+TEST_F(TarUnpackerTest, LaterEntriesReplaceEarlierOnes) {
+  TarBuilder b;
+  b.File("x", "first");
+  b.File("x", "second");
+  b.File("d/inner", "i");
+  b.File("d", "now a file");
+  b.Dir("e");
+  b.File("e/keep", "k");
+  b.Dir("e", 0700);
+  auto r = Unpack(b.Finish());
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(Read("x"), "second");
+  EXPECT_EQ(Read("d"), "now a file");
+  EXPECT_EQ(Read("e/keep"), "k");
+  EXPECT_EQ(Lstat("e").st_mode & 07777, 0700u);
+}
+
+TEST_F(TarUnpackerTest, HardlinkToALowerLayerIsDeferred) {
+  TarBuilder b;
+  b.Hardlink("bin/sh", "bin/bash");
+  auto r = Unpack(b.Finish());
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_EQ(r->lower_hardlinks.size(), 1u);
+  EXPECT_EQ(r->lower_hardlinks[0].first, "bin/sh");
+  EXPECT_EQ(r->lower_hardlinks[0].second, "bin/bash");
+}
+
+TEST_F(TarUnpackerTest, RefusesToClimbOut) {
+  {
+    TarBuilder b;
+    b.File("../escape", "x");
+    auto r = Unpack(b.Finish());
+    ASSERT_FALSE(r.ok());
+    EXPECT_NE(r.status().message().find(".."), std::string::npos) << r.status();
+  }
+  {
+    TarBuilder b;
+    b.Hardlink("h", "../../etc/passwd");
+    EXPECT_FALSE(Unpack(b.Finish()).ok());
+  }
+  // A symlink planted by the layer, then a file "through" it.
+  std::string outside = base_ + "/outside";
+  mkdir(outside.c_str(), 0755);
+  TarBuilder b;
+  b.Symlink("sneaky", outside);
+  b.File("sneaky/pwned", "x");
+  auto r = Unpack(b.Finish());
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("symlink"), std::string::npos)
+      << r.status();
+  EXPECT_FALSE(Exists(outside + "/pwned"));
+}
+
+TEST_F(TarUnpackerTest, TruncatedStreamIsAnError) {
+  TarBuilder b;
+  b.File("big", std::string(10000, 'z'));
+  std::string tar = b.Finish();
+  auto r = Unpack(tar.substr(0, 3000));
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kDataLoss) << r.status();
+}
+
+}  // namespace
+}  // namespace lazypull

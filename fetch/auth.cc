@@ -1,0 +1,531 @@
+#include "fetch/auth.h"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <simdjson.h>
+
+#include <cerrno>
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/escaping.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/strip.h"
+#include "absl/time/clock.h"
+#include "core/errno_status.h"
+#include "core/status_macros.h"
+
+extern char** environ;
+
+namespace lazypull {
+namespace {
+
+using simdjson::dom::element;
+using simdjson::dom::object;
+
+// Docker Hub's names, the first being what credential helpers and
+// `docker login` use as the key.
+const std::vector<std::string>& DockerHubKeys() {
+  static const auto* keys = new std::vector<std::string>{
+      "https://index.docker.io/v1/", "index.docker.io", "docker.io",
+      "registry-1.docker.io"};
+  return *keys;
+}
+
+// "https://host:5000/v1/" -> "host:5000".
+std::string NormalizeKey(absl::string_view key) {
+  absl::ConsumePrefix(&key, "https://");
+  absl::ConsumePrefix(&key, "http://");
+  key = key.substr(0, key.find('/'));
+  return absl::AsciiStrToLower(key);
+}
+
+bool KeyMatches(absl::string_view key, absl::string_view registry) {
+  std::string k = NormalizeKey(key);
+  if (registry == "docker.io") {
+    for (const std::string& alias : DockerHubKeys()) {
+      if (k == NormalizeKey(alias)) return true;
+    }
+    return false;
+  }
+  return k == absl::AsciiStrToLower(registry);
+}
+
+std::string HelperServer(absl::string_view registry) {
+  return registry == "docker.io" ? DockerHubKeys()[0] : std::string(registry);
+}
+
+// One config file (Docker's config.json or Podman's auth.json).
+absl::StatusOr<std::optional<Credentials>> LookupInFile(
+    const std::string& path, absl::string_view registry) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return std::optional<Credentials>();  // no such file: nothing here
+  std::stringstream ss;
+  ss << in.rdbuf();
+  const std::string text = ss.str();
+  auto bad = [&](absl::string_view why) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("credentials file ", path, ": ", why));
+  };
+  simdjson::dom::parser parser;
+  element root;
+  if (parser.parse(text).get(root) != simdjson::SUCCESS) {
+    return bad("not valid JSON");
+  }
+  object obj;
+  if (root.get(obj) != simdjson::SUCCESS) return bad("not a JSON object");
+
+  object helpers;
+  if (obj["credHelpers"].get(helpers) == simdjson::SUCCESS) {
+    for (auto [key, value] : helpers) {
+      std::string_view helper;
+      if (KeyMatches(absl::string_view(key.data(), key.size()), registry) &&
+          value.get(helper) == simdjson::SUCCESS) {
+        return RunCredentialHelper(
+            absl::string_view(helper.data(), helper.size()),
+            HelperServer(registry));
+      }
+    }
+  }
+  object auths;
+  if (obj["auths"].get(auths) == simdjson::SUCCESS) {
+    for (auto [key, value] : auths) {
+      if (!KeyMatches(absl::string_view(key.data(), key.size()), registry)) {
+        continue;
+      }
+      Credentials c;
+      c.source = path;
+      std::string_view s;
+      if (value["auth"].get(s) == simdjson::SUCCESS && !s.empty()) {
+        std::string decoded;
+        if (!absl::Base64Unescape(absl::string_view(s.data(), s.size()),
+                                  &decoded)) {
+          return bad(absl::StrCat("\"auth\" of ", std::string(key),
+                                  " is not base64"));
+        }
+        size_t colon = decoded.find(':');
+        if (colon == std::string::npos) {
+          return bad(absl::StrCat("\"auth\" of ", std::string(key),
+                                  " is not base64 of user:password"));
+        }
+        c.username = decoded.substr(0, colon);
+        c.password = decoded.substr(colon + 1);
+      }
+      if (value["username"].get(s) == simdjson::SUCCESS) c.username = s;
+      if (value["password"].get(s) == simdjson::SUCCESS) c.password = s;
+      if (value["identitytoken"].get(s) == simdjson::SUCCESS) {
+        c.identity_token = s;
+      }
+      if (!c.username.empty() || !c.identity_token.empty()) return c;
+      // An empty entry: `docker login` with a credsStore leaves these.
+    }
+  }
+  std::string_view store;
+  if (obj["credsStore"].get(store) == simdjson::SUCCESS && !store.empty()) {
+    return RunCredentialHelper(absl::string_view(store.data(), store.size()),
+                               HelperServer(registry));
+  }
+  return std::optional<Credentials>();
+}
+
+}  // namespace
+
+absl::StatusOr<std::optional<Credentials>> RunCredentialHelper(
+    absl::string_view helper, absl::string_view server) {
+  for (char c : helper) {
+    if (!absl::ascii_isalnum(c) && c != '-' && c != '_' && c != '.') {
+      return absl::InvalidArgumentError(
+          absl::StrCat("credential helper name \"", helper, "\" is invalid"));
+    }
+  }
+  const std::string prog = absl::StrCat("docker-credential-", helper);
+  int in_pipe[2], out_pipe[2];
+  if (pipe2(in_pipe, O_CLOEXEC) != 0) return ErrnoToStatus(errno, "pipe");
+  if (pipe2(out_pipe, O_CLOEXEC) != 0) {
+    int e = errno;
+    close(in_pipe[0]);
+    close(in_pipe[1]);
+    return ErrnoToStatus(e, "pipe");
+  }
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_adddup2(&fa, in_pipe[0], 0);
+  posix_spawn_file_actions_adddup2(&fa, out_pipe[1], 1);
+  std::string get = "get";
+  char* argv[] = {const_cast<char*>(prog.c_str()), get.data(), nullptr};
+  pid_t pid;
+  int rc = posix_spawnp(&pid, prog.c_str(), &fa, nullptr, argv, environ);
+  posix_spawn_file_actions_destroy(&fa);
+  close(in_pipe[0]);
+  close(out_pipe[1]);
+  if (rc != 0) {
+    close(in_pipe[1]);
+    close(out_pipe[0]);
+    return ErrnoToStatus(rc, absl::StrCat("run credential helper ", prog));
+  }
+  std::string input = std::string(server);
+  (void)!write(in_pipe[1], input.data(), input.size());
+  close(in_pipe[1]);
+  std::string out;
+  char buf[4096];
+  while (true) {
+    ssize_t n = read(out_pipe[0], buf, sizeof(buf));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    if (out.size() < (1 << 20)) out.append(buf, static_cast<size_t>(n));
+  }
+  close(out_pipe[0]);
+  int status = 0;
+  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+    // The helpers' protocol: "credentials not found" on stdout, exit 1.
+    if (absl::StrContains(out, "credentials not found")) {
+      return std::optional<Credentials>();
+    }
+    return absl::UnavailableError(
+        absl::StrCat("credential helper ", prog, " failed for ", server,
+                     WIFEXITED(status)
+                         ? absl::StrCat(" (exit status ", WEXITSTATUS(status), ")")
+                         : std::string(" (killed by a signal)")));
+  }
+  simdjson::dom::parser parser;
+  element root;
+  std::string_view user, secret;
+  if (parser.parse(out).get(root) != simdjson::SUCCESS ||
+      root["Username"].get(user) != simdjson::SUCCESS ||
+      root["Secret"].get(secret) != simdjson::SUCCESS) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "credential helper ", prog, " answered something other than "
+        "{\"Username\", \"Secret\"} JSON"));
+  }
+  Credentials c;
+  c.source = prog;
+  if (user == "<token>") {
+    c.identity_token = secret;
+  } else {
+    c.username = user;
+    c.password = secret;
+  }
+  return std::optional<Credentials>(std::move(c));
+}
+
+CredentialStore::CredentialStore(Options o) {
+  if (!o.docker_config_dir.empty()) {
+    docker_config_ = o.docker_config_dir + "/config.json";
+  } else if (const char* d = std::getenv("DOCKER_CONFIG"); d && *d) {
+    docker_config_ = absl::StrCat(d, "/config.json");
+  } else if (const char* h = std::getenv("HOME"); h && *h) {
+    docker_config_ = absl::StrCat(h, "/.docker/config.json");
+  }
+  if (!o.podman_auth_file.empty()) {
+    podman_auth_ = o.podman_auth_file;
+  } else if (const char* f = std::getenv("REGISTRY_AUTH_FILE"); f && *f) {
+    podman_auth_ = f;
+  } else if (const char* x = std::getenv("XDG_RUNTIME_DIR"); x && *x) {
+    podman_auth_ = absl::StrCat(x, "/containers/auth.json");
+  }
+}
+
+std::vector<std::string> CredentialStore::Files() const {
+  std::vector<std::string> out;
+  if (!docker_config_.empty()) out.push_back(docker_config_);
+  if (!podman_auth_.empty()) out.push_back(podman_auth_);
+  return out;
+}
+
+absl::StatusOr<std::optional<Credentials>> CredentialStore::Lookup(
+    absl::string_view registry) const {
+  for (const std::string& f : Files()) {
+    ASSIGN_OR_RETURN(std::optional<Credentials> c, LookupInFile(f, registry));
+    if (c) return c;
+  }
+  return std::optional<Credentials>();
+}
+
+// ---------------------------------------------------------------------------
+// WWW-Authenticate (RFC 9110 §11.6.1): challenges separated by commas, each
+// a scheme followed by auth-params `name=token` or `name="quoted"`.
+
+std::vector<AuthChallenge> ParseWwwAuthenticate(absl::string_view v) {
+  std::vector<AuthChallenge> out;
+  size_t i = 0;
+  auto skip_ws = [&] {
+    while (i < v.size() && (v[i] == ' ' || v[i] == '\t' || v[i] == ',')) ++i;
+  };
+  auto token = [&] {
+    size_t s = i;
+    while (i < v.size() && v[i] != ' ' && v[i] != '\t' && v[i] != ',' &&
+           v[i] != '=') {
+      ++i;
+    }
+    return std::string(v.substr(s, i - s));
+  };
+  while (true) {
+    skip_ws();
+    if (i >= v.size()) break;
+    std::string word = token();
+    size_t save = i;
+    while (i < v.size() && (v[i] == ' ' || v[i] == '\t')) ++i;
+    if (i < v.size() && v[i] == '=' && !out.empty()) {
+      // An auth-param of the current challenge.
+      ++i;
+      while (i < v.size() && (v[i] == ' ' || v[i] == '\t')) ++i;
+      std::string value;
+      if (i < v.size() && v[i] == '"') {
+        ++i;
+        while (i < v.size() && v[i] != '"') {
+          if (v[i] == '\\' && i + 1 < v.size()) ++i;
+          value.push_back(v[i++]);
+        }
+        ++i;  // closing quote
+      } else {
+        size_t s = i;
+        while (i < v.size() && v[i] != ',' && v[i] != ' ') ++i;
+        value = std::string(v.substr(s, i - s));
+      }
+      out.back().params[absl::AsciiStrToLower(word)] = value;
+      continue;
+    }
+    i = save;
+    AuthChallenge c;
+    c.scheme = absl::AsciiStrToLower(word);
+    out.push_back(std::move(c));
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------------------
+// RegistryAuth.
+
+RegistryAuth::RegistryAuth(Options options) : opts_(std::move(options)) {}
+
+int RegistryAuth::tokens_fetched() const {
+  absl::MutexLock l(&mu_);
+  return tokens_fetched_;
+}
+
+absl::StatusOr<std::optional<Credentials>> RegistryAuth::CredsFor(
+    absl::string_view registry) {
+  {
+    absl::MutexLock l(&mu_);
+    auto it = creds_.find(std::string(registry));
+    if (it != creds_.end()) return it->second;
+  }
+  std::optional<Credentials> c;
+  if (opts_.credentials != nullptr) {
+    ASSIGN_OR_RETURN(c, opts_.credentials->Lookup(registry));
+  }
+  absl::MutexLock l(&mu_);
+  creds_[std::string(registry)] = c;
+  return c;
+}
+
+absl::StatusOr<std::string> RegistryAuth::Authorization(
+    absl::string_view registry, absl::string_view host,
+    absl::string_view scope) {
+  HostState hs;
+  {
+    absl::MutexLock l(&mu_);
+    auto h = hosts_.find(std::string(host));
+    if (h == hosts_.end()) return std::string();  // no challenge seen yet
+    hs = h->second;
+    if (!hs.basic) {
+      auto t = tokens_.find(absl::StrCat(host, "|", scope));
+      if (t != tokens_.end() && absl::Now() < t->second.refresh_at) {
+        return absl::StrCat("Bearer ", t->second.value);
+      }
+    }
+  }
+  if (hs.basic) {
+    ASSIGN_OR_RETURN(std::optional<Credentials> c, CredsFor(registry));
+    if (!c || c->username.empty()) return std::string();
+    return absl::StrCat("Basic ",
+                        absl::Base64Escape(absl::StrCat(c->username, ":",
+                                                        c->password)));
+  }
+  // A token is missing or about to expire: get a fresh one now.
+  ASSIGN_OR_RETURN(Token t, FetchToken(registry, hs, {std::string(scope)}));
+  absl::MutexLock l(&mu_);
+  tokens_[absl::StrCat(host, "|", scope)] = t;
+  return absl::StrCat("Bearer ", t.value);
+}
+
+absl::Status RegistryAuth::HandleUnauthorized(
+    absl::string_view registry, absl::string_view host,
+    absl::string_view scope, const std::vector<std::string>& challenges,
+    absl::string_view sent) {
+  std::vector<AuthChallenge> parsed;
+  for (const std::string& h : challenges) {
+    for (AuthChallenge& c : ParseWwwAuthenticate(h)) parsed.push_back(std::move(c));
+  }
+  const AuthChallenge* bearer = nullptr;
+  const AuthChallenge* basic = nullptr;
+  for (const AuthChallenge& c : parsed) {
+    if (c.scheme == "bearer" && bearer == nullptr) bearer = &c;
+    if (c.scheme == "basic" && basic == nullptr) basic = &c;
+  }
+  ASSIGN_OR_RETURN(std::optional<Credentials> creds, CredsFor(registry));
+  auto no_creds_hint = [&] {
+    std::vector<std::string> files;
+    if (opts_.credentials != nullptr) files = opts_.credentials->Files();
+    return absl::StrCat(
+        "log in first (docker login / podman login ", registry,
+        "), or add credentials for ", registry, " to ",
+        files.empty() ? std::string("~/.docker/config.json")
+                      : absl::StrJoin(files, " or "));
+  };
+  if (bearer != nullptr) {
+    auto realm = bearer->params.find("realm");
+    if (realm == bearer->params.end() || realm->second.empty()) {
+      return absl::UnauthenticatedError(absl::StrCat(
+          host, " asked for a Bearer token without naming a realm"));
+    }
+    HostState hs;
+    hs.realm = realm->second;
+    if (auto s = bearer->params.find("service"); s != bearer->params.end()) {
+      hs.service = s->second;
+    }
+    std::vector<std::string> scopes = {std::string(scope)};
+    if (auto s = bearer->params.find("scope");
+        s != bearer->params.end() && s->second != scope) {
+      scopes.push_back(s->second);
+    }
+    if (absl::StartsWith(sent, "Bearer ")) {
+      // The registry refused a token we thought valid (expired early, or
+      // revoked): it is dropped and a new one fetched below.
+      absl::MutexLock l(&mu_);
+      tokens_.erase(absl::StrCat(host, "|", scope));
+    }
+    ASSIGN_OR_RETURN(Token t, FetchToken(registry, hs, scopes));
+    if (absl::StartsWith(sent, "Bearer ") &&
+        absl::StrCat("Bearer ", t.value) == sent) {
+      return absl::UnauthenticatedError(absl::StrCat(
+          host, " refused the token its realm just issued for \"", scope,
+          "\"", creds ? "" : absl::StrCat("; ", no_creds_hint())));
+    }
+    absl::MutexLock l(&mu_);
+    hosts_[std::string(host)] = hs;
+    tokens_[absl::StrCat(host, "|", scope)] = t;
+    return absl::OkStatus();
+  }
+  if (basic != nullptr) {
+    if (!creds || creds->username.empty()) {
+      return absl::UnauthenticatedError(
+          absl::StrCat(host, " requires a user name and password: ",
+                       no_creds_hint()));
+    }
+    if (absl::StartsWith(sent, "Basic ")) {
+      return absl::UnauthenticatedError(
+          absl::StrCat(host, " rejected the user name and password from ",
+                       creds->source));
+    }
+    absl::MutexLock l(&mu_);
+    hosts_[std::string(host)].basic = true;
+    return absl::OkStatus();
+  }
+  return absl::UnauthenticatedError(absl::StrCat(
+      host, " answered 401 without a Basic or Bearer challenge",
+      challenges.empty() ? "" : absl::StrCat(" (", challenges[0], ")")));
+}
+
+absl::Status RegistryAuth::Refused(absl::string_view registry,
+                                   absl::string_view host,
+                                   absl::string_view scope,
+                                   absl::string_view sent) {
+  absl::StatusOr<std::optional<Credentials>> creds = CredsFor(registry);
+  std::string source = creds.ok() && *creds ? (*creds)->source : "";
+  if (absl::StartsWith(sent, "Basic ")) {
+    return absl::UnauthenticatedError(absl::StrCat(
+        host, " rejected the user name and password from ", source));
+  }
+  if (absl::StartsWith(sent, "Bearer ")) {
+    return absl::UnauthenticatedError(absl::StrCat(
+        host, " refused a fresh token for \"", scope, "\": ",
+        source.empty() ? std::string("anonymous access is not allowed")
+                       : absl::StrCat("the credentials from ", source,
+                                      " do not grant it"),
+        " (or the repository does not exist)"));
+  }
+  return absl::UnauthenticatedError(
+      absl::StrCat(host, " answered 401 again after authentication"));
+}
+
+absl::StatusOr<RegistryAuth::Token> RegistryAuth::FetchToken(
+    absl::string_view registry, const HostState& hs,
+    const std::vector<std::string>& scopes) {
+  ASSIGN_OR_RETURN(std::optional<Credentials> creds, CredsFor(registry));
+  HttpRequest req;
+  req.retry = opts_.retry;
+  if (opts_.realm_tls) req.tls = opts_.realm_tls(hs.realm);
+  std::string query;
+  if (!hs.service.empty()) {
+    absl::StrAppend(&query, "service=", UrlQueryEscape(hs.service));
+  }
+  for (const std::string& s : scopes) {
+    absl::StrAppend(&query, query.empty() ? "" : "&", "scope=",
+                    UrlQueryEscape(s));
+  }
+  if (creds && !creds->identity_token.empty()) {
+    // OAuth2 refresh-token grant (Docker's token spec, "oauth.md").
+    req.method = "POST";
+    req.url = hs.realm;
+    req.headers.push_back(
+        {"Content-Type", "application/x-www-form-urlencoded"});
+    req.body = absl::StrCat("grant_type=refresh_token&client_id=lazypull",
+                            "&refresh_token=",
+                            UrlQueryEscape(creds->identity_token),
+                            query.empty() ? "" : "&", query);
+  } else {
+    req.url = absl::StrCat(hs.realm,
+                           absl::StrContains(hs.realm, "?") ? "&" : "?", query);
+    if (creds && !creds->username.empty()) {
+      req.headers.push_back(
+          {"Authorization",
+           absl::StrCat("Basic ", absl::Base64Escape(absl::StrCat(
+                                      creds->username, ":", creds->password)))});
+    }
+  }
+  ASSIGN_OR_RETURN(HttpResponse resp, opts_.http->Fetch(req, 1 << 20));
+  if (resp.status == 401 || resp.status == 403) {
+    return absl::UnauthenticatedError(absl::StrCat(
+        "the token service ", req.Describe(), " refused ",
+        creds ? absl::StrCat("the credentials from ", creds->source)
+              : std::string("anonymous access"),
+        " (HTTP ", resp.status, ")"));
+  }
+  RETURN_IF_ERROR(HttpStatusToStatus(resp.status,
+                                     absl::StrCat("token request ",
+                                                  req.Describe())));
+  simdjson::dom::parser parser;
+  element root;
+  std::string_view value;
+  if (parser.parse(resp.body).get(root) != simdjson::SUCCESS ||
+      (root["token"].get(value) != simdjson::SUCCESS &&
+       root["access_token"].get(value) != simdjson::SUCCESS) ||
+      value.empty()) {
+    return absl::UnauthenticatedError(absl::StrCat(
+        "the token service ", req.Describe(), " answered without a token"));
+  }
+  int64_t expires_in = 60;  // the distribution spec's default
+  int64_t e;
+  if (root["expires_in"].get(e) == simdjson::SUCCESS && e > 0) expires_in = e;
+  Token t;
+  t.value = std::string(value);
+  // Refresh a little early: a quarter of the lifetime, at most 30 s.
+  absl::Duration life = absl::Seconds(expires_in);
+  t.refresh_at = absl::Now() + life - std::min(life / 4, absl::Seconds(30));
+  absl::MutexLock l(&mu_);
+  ++tokens_fetched_;
+  return t;
+}
+
+}  // namespace lazypull

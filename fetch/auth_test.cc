@@ -1,0 +1,180 @@
+#include "fetch/auth.h"
+
+#include <sys/stat.h>
+
+#include <cstdlib>
+#include <fstream>
+
+#include "absl/strings/escaping.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "gtest/gtest.h"
+
+namespace lazypull {
+namespace {
+
+std::string Dir(const std::string& name) {
+  std::string d = absl::StrCat(std::getenv("TEST_TMPDIR"), "/", name);
+  mkdir(d.c_str(), 0755);
+  return d;
+}
+
+CredentialStore StoreWith(const std::string& docker_json,
+                          const std::string& podman_json = "") {
+  static int n = 0;
+  std::string d = Dir(absl::StrCat("store", n++));
+  std::ofstream(d + "/config.json") << docker_json;
+  CredentialStore::Options o;
+  o.docker_config_dir = d;
+  o.podman_auth_file = d + "/auth.json";
+  if (!podman_json.empty()) std::ofstream(o.podman_auth_file) << podman_json;
+  return CredentialStore(o);
+}
+
+std::string Auth(const std::string& user, const std::string& pass) {
+  return absl::Base64Escape(user + ":" + pass);
+}
+
+TEST(WwwAuthenticateTest, ParsesBearerAndBasic) {
+  auto c = ParseWwwAuthenticate(
+      "Bearer realm=\"https://auth.docker.io/token\",service=\"registry.docker."
+      "io\",scope=\"repository:library/alpine:pull\"");
+  ASSERT_EQ(c.size(), 1u);
+  EXPECT_EQ(c[0].scheme, "bearer");
+  EXPECT_EQ(c[0].params["realm"], "https://auth.docker.io/token");
+  EXPECT_EQ(c[0].params["service"], "registry.docker.io");
+  EXPECT_EQ(c[0].params["scope"], "repository:library/alpine:pull");
+
+  c = ParseWwwAuthenticate("Basic realm=\"Registry Realm\", Bearer realm=x,Scope=\"a\\\"b\"");
+  ASSERT_EQ(c.size(), 2u);
+  EXPECT_EQ(c[0].scheme, "basic");
+  EXPECT_EQ(c[0].params["realm"], "Registry Realm");
+  EXPECT_EQ(c[1].scheme, "bearer");
+  EXPECT_EQ(c[1].params["realm"], "x");
+  EXPECT_EQ(c[1].params["scope"], "a\"b");
+}
+
+TEST(CredentialStoreTest, AuthsKeysInEveryForm) {
+  CredentialStore s = StoreWith(absl::StrCat(
+      "{\"auths\":{",
+      "\"https://index.docker.io/v1/\":{\"auth\":\"", Auth("hub", "p1"), "\"},",
+      "\"http://reg.local:5000\":{\"auth\":\"", Auth("local", "p:2"), "\"},",
+      "\"ghcr.io\":{\"username\":\"gh\",\"password\":\"p3\"},",
+      "\"quay.io\":{\"identitytoken\":\"refresh-me\"},",
+      "\"empty.io\":{}}}"));
+  auto c = s.Lookup("docker.io");
+  ASSERT_TRUE(c.ok()) << c.status();
+  ASSERT_TRUE(c->has_value());
+  EXPECT_EQ((*c)->username, "hub");
+  EXPECT_EQ((*c)->password, "p1");
+  c = s.Lookup("reg.local:5000");
+  ASSERT_TRUE(c.ok() && c->has_value());
+  EXPECT_EQ((*c)->password, "p:2") << "only the first ':' splits";
+  c = s.Lookup("ghcr.io");
+  ASSERT_TRUE(c.ok() && c->has_value());
+  EXPECT_EQ((*c)->username, "gh");
+  c = s.Lookup("quay.io");
+  ASSERT_TRUE(c.ok() && c->has_value());
+  EXPECT_EQ((*c)->identity_token, "refresh-me");
+  c = s.Lookup("empty.io");
+  ASSERT_TRUE(c.ok());
+  EXPECT_FALSE(c->has_value());
+  c = s.Lookup("other.io");
+  ASSERT_TRUE(c.ok());
+  EXPECT_FALSE(c->has_value());
+}
+
+TEST(CredentialStoreTest, PodmanAuthFileAfterDocker) {
+  CredentialStore s = StoreWith(
+      "{\"auths\":{}}",
+      absl::StrCat("{\"auths\":{\"r.io\":{\"auth\":\"", Auth("pod", "man"), "\"}}}"));
+  auto c = s.Lookup("r.io");
+  ASSERT_TRUE(c.ok() && c->has_value()) << c.status();
+  EXPECT_EQ((*c)->username, "pod");
+  EXPECT_TRUE(absl::EndsWith((*c)->source, "auth.json"));
+}
+
+TEST(CredentialStoreTest, MalformedFilesSayWhichAndNeverLeakSecrets) {
+  CredentialStore s = StoreWith("{\"auths\":{\"r.io\":{\"auth\":\"%%%secret\"}}}");
+  auto c = s.Lookup("r.io");
+  ASSERT_FALSE(c.ok());
+  EXPECT_TRUE(absl::StrContains(c.status().message(), "config.json"));
+  EXPECT_FALSE(absl::StrContains(c.status().message(), "secret"));
+  CredentialStore broken = StoreWith("{not json");
+  EXPECT_FALSE(broken.Lookup("r.io").ok());
+}
+
+// A fake docker-credential-<name> on PATH that answers for one server.
+std::string InstallHelper(const std::string& name, const std::string& server,
+                          const std::string& user, const std::string& secret) {
+  std::string bin = Dir("bin");
+  std::string path = bin + "/docker-credential-" + name;
+  std::ofstream(path) << "#!/bin/sh\n"
+                      << "[ \"$1\" = get ] || exit 2\n"
+                      << "read server\n"
+                      << "echo \"$server\" >> " << bin << "/asked-" << name << "\n"
+                      << "if [ \"$server\" = \"" << server << "\" ]; then\n"
+                      << "  echo '{\"ServerURL\":\"" << server
+                      << "\",\"Username\":\"" << user << "\",\"Secret\":\""
+                      << secret << "\"}'\n"
+                      << "else\n"
+                      << "  echo 'credentials not found in native keychain'; exit 1\n"
+                      << "fi\n";
+  chmod(path.c_str(), 0755);
+  static bool once = [&] {
+    std::string p = absl::StrCat(bin, ":", std::getenv("PATH"));
+    setenv("PATH", p.c_str(), 1);
+    return true;
+  }();
+  (void)once;
+  return bin;
+}
+
+TEST(CredentialStoreTest, CredentialHelpers) {
+  std::string bin = InstallHelper("fake", "reg.example:443", "helper-user", "hs");
+  InstallHelper("store", "https://index.docker.io/v1/", "<token>", "idtok");
+  CredentialStore s = StoreWith(
+      "{\"credHelpers\":{\"reg.example:443\":\"fake\"},\"credsStore\":\"store\"}");
+  auto c = s.Lookup("reg.example:443");
+  ASSERT_TRUE(c.ok()) << c.status();
+  ASSERT_TRUE(c->has_value());
+  EXPECT_EQ((*c)->username, "helper-user");
+  EXPECT_EQ((*c)->password, "hs");
+  EXPECT_EQ((*c)->source, "docker-credential-fake");
+  // Docker Hub through the store, with an identity token.
+  c = s.Lookup("docker.io");
+  ASSERT_TRUE(c.ok()) << c.status();
+  ASSERT_TRUE(c->has_value());
+  EXPECT_EQ((*c)->identity_token, "idtok");
+  // Nothing stored for this one: not an error.
+  c = s.Lookup("unknown.io");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_FALSE(c->has_value());
+  std::ifstream asked(bin + "/asked-store");
+  std::string first;
+  std::getline(asked, first);
+  EXPECT_EQ(first, "https://index.docker.io/v1/");
+  // A helper that is not installed.
+  CredentialStore missing = StoreWith("{\"credsStore\":\"absent\"}");
+  auto m = missing.Lookup("x.io");
+  ASSERT_FALSE(m.ok());
+  EXPECT_TRUE(absl::StrContains(m.status().message(), "docker-credential-absent"));
+  // Names that could escape PATH lookup are refused.
+  EXPECT_FALSE(RunCredentialHelper("../x", "h").ok());
+}
+
+TEST(CredentialStoreTest, DockerConfigEnvironment) {
+  std::string d = Dir("envcfg");
+  std::ofstream(d + "/config.json")
+      << "{\"auths\":{\"e.io\":{\"auth\":\"" << Auth("env", "x") << "\"}}}";
+  setenv("DOCKER_CONFIG", d.c_str(), 1);
+  unsetenv("REGISTRY_AUTH_FILE");
+  CredentialStore s;
+  unsetenv("DOCKER_CONFIG");
+  auto c = s.Lookup("e.io");
+  ASSERT_TRUE(c.ok() && c->has_value()) << c.status();
+  EXPECT_EQ((*c)->username, "env");
+}
+
+}  // namespace
+}  // namespace lazypull

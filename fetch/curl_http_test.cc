@@ -1,0 +1,354 @@
+#include "fetch/curl_http.h"
+
+#include <string>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "fetch/testing/loopback_http_server.h"
+#include "gtest/gtest.h"
+
+namespace lazypull {
+namespace {
+
+using testing::LoopbackHttpServer;
+using testing::TestRequest;
+using testing::TestResponse;
+
+std::string Pattern(size_t n) {
+  std::string s(n, '\0');
+  for (size_t i = 0; i < n; ++i) s[i] = static_cast<char>('a' + (i * 7 + i / 251) % 26);
+  return s;
+}
+
+// Serves `body` with ranges, the way a registry serves blobs.
+void ServeRanges(const std::string& body, const TestRequest& req,
+                 TestResponse* resp) {
+  auto it = req.headers.find("range");
+  if (it == req.headers.end()) {
+    resp->body = body;
+    return;
+  }
+  std::optional<ByteRange> r = ParseRangeHeader(it->second);
+  uint64_t last = r->last.value_or(body.size() - 1);
+  resp->status = 206;
+  resp->headers.push_back(
+      {"Content-Range", absl::StrCat("bytes ", r->first, "-", last, "/", body.size())});
+  resp->body = body.substr(r->first, last - r->first + 1);
+}
+
+class CurlHttpTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto t = CurlHttpTransport::Create();
+    ASSERT_TRUE(t.ok()) << t.status();
+    http_ = *std::move(t);
+  }
+  HttpRequest Get(const LoopbackHttpServer& s, const std::string& path) {
+    HttpRequest r;
+    r.url = s.url() + path;
+    r.retry.initial_backoff = absl::Milliseconds(5);
+    return r;
+  }
+  std::unique_ptr<CurlHttpTransport> http_;
+};
+
+TEST_F(CurlHttpTest, FetchReusesTheConnectionAndLowercasesHeaders) {
+  auto s = LoopbackHttpServer::Start([](const TestRequest&, TestResponse* r) {
+    r->headers.push_back({"X-Thing", "  Value  "});
+    r->body = "hello";
+  });
+  ASSERT_TRUE(s.ok());
+  auto a = http_->Fetch(Get(**s, "/a"));
+  ASSERT_TRUE(a.ok()) << a.status();
+  EXPECT_EQ(a->status, 200);
+  EXPECT_EQ(a->body, "hello");
+  EXPECT_EQ(a->headers.Get("x-thing").value_or(""), "Value");
+  EXPECT_EQ(a->version, HttpVersion::kHttp11);
+  EXPECT_EQ(a->new_connections, 1);
+  auto b = http_->Fetch(Get(**s, "/b"));
+  ASSERT_TRUE(b.ok()) << b.status();
+  EXPECT_EQ(b->new_connections, 0) << "the second request should reuse";
+  EXPECT_EQ(http_->stats().connections, 1);
+}
+
+TEST_F(CurlHttpTest, NotFoundIsAResponseNotAnError) {
+  auto s = LoopbackHttpServer::Start([](const TestRequest&, TestResponse* r) {
+    r->status = 404;
+    r->body = "{\"errors\":[]}";
+  });
+  ASSERT_TRUE(s.ok());
+  auto a = http_->Fetch(Get(**s, "/x"));
+  ASSERT_TRUE(a.ok()) << a.status();
+  EXPECT_EQ(a->status, 404);
+  EXPECT_EQ(a->body, "{\"errors\":[]}");
+  EXPECT_EQ(a->attempts, 1);
+}
+
+TEST_F(CurlHttpTest, RetriesServerErrorsThenSucceeds) {
+  std::atomic<int> n{0};
+  auto s = LoopbackHttpServer::Start([&](const TestRequest&, TestResponse* r) {
+    if (n.fetch_add(1) < 2) {
+      r->status = 503;
+      r->body = "busy";
+    } else {
+      r->body = "ok";
+    }
+  });
+  ASSERT_TRUE(s.ok());
+  auto a = http_->Fetch(Get(**s, "/x"));
+  ASSERT_TRUE(a.ok()) << a.status();
+  EXPECT_EQ(a->body, "ok");
+  EXPECT_EQ(a->attempts, 3);
+}
+
+TEST_F(CurlHttpTest, HonoursRetryAfter) {
+  std::atomic<int> n{0};
+  auto s = LoopbackHttpServer::Start([&](const TestRequest&, TestResponse* r) {
+    if (n.fetch_add(1) == 0) {
+      r->status = 429;
+      r->headers.push_back({"Retry-After", "1"});
+    } else {
+      r->body = "ok";
+    }
+  });
+  ASSERT_TRUE(s.ok());
+  absl::Time start = absl::Now();
+  auto a = http_->Fetch(Get(**s, "/x"));
+  ASSERT_TRUE(a.ok()) << a.status();
+  EXPECT_GE(absl::Now() - start, absl::Milliseconds(950));
+  EXPECT_EQ(a->attempts, 2);
+}
+
+TEST_F(CurlHttpTest, ExhaustedRetriesAreFinalAndSayWhatFailed) {
+  auto s = LoopbackHttpServer::Start([](const TestRequest&, TestResponse* r) {
+    r->status = 503;
+    r->body = "overloaded";
+  });
+  ASSERT_TRUE(s.ok());
+  HttpRequest req = Get(**s, "/v2/x");
+  req.retry.max_attempts = 3;
+  auto a = http_->Fetch(req);
+  ASSERT_FALSE(a.ok());
+  EXPECT_EQ(a.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_NE(a.status().message().find("HTTP 503"), std::string::npos)
+      << a.status();
+  EXPECT_NE(a.status().message().find("gave up after 3 attempts"),
+            std::string::npos)
+      << a.status();
+  EXPECT_NE(a.status().message().find("/v2/x"), std::string::npos);
+  EXPECT_EQ((*s)->requests().size(), 3u);
+}
+
+TEST_F(CurlHttpTest, RetryAfterBeyondTheLimitEndsAtOnce) {
+  auto s = LoopbackHttpServer::Start([](const TestRequest&, TestResponse* r) {
+    r->status = 429;
+    r->headers.push_back({"Retry-After", "3600"});
+  });
+  ASSERT_TRUE(s.ok());
+  auto a = http_->Fetch(Get(**s, "/x"));
+  ASSERT_FALSE(a.ok());
+  EXPECT_EQ(a.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_NE(a.status().message().find("retry after"), std::string::npos)
+      << a.status();
+  EXPECT_EQ((*s)->requests().size(), 1u);
+}
+
+TEST_F(CurlHttpTest, ConnectionRefusedIsRetriedThenFinal) {
+  int port;
+  {
+    auto s = LoopbackHttpServer::Start([](const TestRequest&, TestResponse*) {});
+    ASSERT_TRUE(s.ok());
+    port = (*s)->port();
+  }  // closed: nothing listens there now
+  HttpRequest req;
+  req.url = absl::StrCat("http://127.0.0.1:", port, "/v2/");
+  req.retry.max_attempts = 2;
+  req.retry.initial_backoff = absl::Milliseconds(1);
+  auto a = http_->Fetch(req);
+  ASSERT_FALSE(a.ok());
+  EXPECT_EQ(a.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_NE(a.status().message().find("curl error 7"), std::string::npos)
+      << a.status();
+  EXPECT_NE(a.status().message().find("gave up after 2 attempts"),
+            std::string::npos);
+}
+
+TEST_F(CurlHttpTest, RangeAnsweredWith200IsRefused) {
+  auto s = LoopbackHttpServer::Start(
+      [](const TestRequest&, TestResponse* r) { r->body = "whole body"; });
+  ASSERT_TRUE(s.ok());
+  HttpRequest req = Get(**s, "/blob");
+  req.headers.push_back({"Range", "bytes=2-5"});
+  auto a = http_->Fetch(req);
+  ASSERT_FALSE(a.ok());
+  EXPECT_EQ(a.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(a.status().message().find("200"), std::string::npos) << a.status();
+}
+
+TEST_F(CurlHttpTest, RangeIsCheckedAgainstContentRange) {
+  const std::string body = Pattern(1000);
+  auto good = LoopbackHttpServer::Start(
+      [&](const TestRequest& q, TestResponse* r) { ServeRanges(body, q, r); });
+  ASSERT_TRUE(good.ok());
+  HttpRequest req = Get(**good, "/blob");
+  req.headers.push_back({"Range", "bytes=100-199"});
+  auto a = http_->Fetch(req);
+  ASSERT_TRUE(a.ok()) << a.status();
+  EXPECT_EQ(a->status, 206);
+  EXPECT_EQ(a->body, body.substr(100, 100));
+
+  auto bad = LoopbackHttpServer::Start([&](const TestRequest&, TestResponse* r) {
+    r->status = 206;
+    r->headers.push_back({"Content-Range", "bytes 0-99/1000"});
+    r->body = body.substr(0, 100);
+  });
+  ASSERT_TRUE(bad.ok());
+  HttpRequest req2 = Get(**bad, "/blob");
+  req2.headers.push_back({"Range", "bytes=100-199"});
+  auto b = http_->Fetch(req2);
+  ASSERT_FALSE(b.ok());
+  EXPECT_EQ(b.status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_NE(b.status().message().find("bytes 0-99/1000"), std::string::npos)
+      << b.status();
+}
+
+TEST_F(CurlHttpTest, BrokenBodyIsResumedWithARange) {
+  const std::string body = Pattern(300000);
+  std::atomic<int> n{0};
+  auto s = LoopbackHttpServer::Start([&](const TestRequest& q, TestResponse* r) {
+    ServeRanges(body, q, r);
+    if (n.fetch_add(1) == 0) r->truncate_after = 100000;
+  });
+  ASSERT_TRUE(s.ok());
+  auto a = http_->Fetch(Get(**s, "/blob"));
+  ASSERT_TRUE(a.ok()) << a.status();
+  EXPECT_EQ(a->status, 200);
+  ASSERT_EQ(a->body.size(), body.size());
+  EXPECT_TRUE(a->body == body);
+  auto reqs = (*s)->requests();
+  ASSERT_EQ(reqs.size(), 2u);
+  EXPECT_EQ(reqs[1].headers["range"], "bytes=100000-");
+}
+
+TEST_F(CurlHttpTest, SlowReaderPausesTheTransferAndGetsEveryByte) {
+  CurlHttpOptions o;
+  o.reader_window = 64 << 10;
+  auto t = CurlHttpTransport::Create(o);
+  ASSERT_TRUE(t.ok());
+  const std::string body = Pattern(4 << 20);
+  auto s = LoopbackHttpServer::Start(
+      [&](const TestRequest& q, TestResponse* r) { ServeRanges(body, q, r); });
+  ASSERT_TRUE(s.ok());
+  auto reader = (*t)->Open(Get(**s, "/blob"));
+  ASSERT_TRUE(reader.ok()) << reader.status();
+  std::string got;
+  int reads = 0;
+  while (true) {
+    auto piece = (*reader)->Read(8192);
+    ASSERT_TRUE(piece.ok()) << piece.status();
+    if (piece->empty()) break;
+    got.append(piece->data(), piece->size());
+    if (++reads % 64 == 0) absl::SleepFor(absl::Milliseconds(2));
+  }
+  EXPECT_TRUE(got == body);
+  EXPECT_EQ((*s)->requests().size(), 1u);
+}
+
+TEST_F(CurlHttpTest, DroppingAReaderCancelsTheTransfer) {
+  const std::string body = Pattern(16 << 20);
+  auto s = LoopbackHttpServer::Start(
+      [&](const TestRequest& q, TestResponse* r) { ServeRanges(body, q, r); });
+  ASSERT_TRUE(s.ok());
+  {
+    auto reader = http_->Open(Get(**s, "/blob"));
+    ASSERT_TRUE(reader.ok()) << reader.status();
+    auto piece = (*reader)->Read(10);
+    ASSERT_TRUE(piece.ok());
+  }
+  // The transport still works afterwards.
+  auto a = http_->Fetch(Get(**s, "/blob"), 32 << 20);
+  ASSERT_TRUE(a.ok()) << a.status();
+  EXPECT_EQ(a->body.size(), body.size());
+}
+
+TEST_F(CurlHttpTest, PerRequestTimeout) {
+  auto s = LoopbackHttpServer::Start([](const TestRequest&, TestResponse* r) {
+    r->delay = absl::Seconds(2);
+  });
+  ASSERT_TRUE(s.ok());
+  HttpRequest req = Get(**s, "/slow");
+  req.timeout = absl::Milliseconds(300);
+  req.retry.max_attempts = 1;
+  auto a = http_->Fetch(req);
+  ASSERT_FALSE(a.ok());
+  EXPECT_EQ(a.status().code(), absl::StatusCode::kDeadlineExceeded)
+      << a.status();
+  EXPECT_NE(a.status().message().find("curl error 28"), std::string::npos);
+}
+
+TEST_F(CurlHttpTest, ManyThreadsAtOnce) {
+  const std::string body = Pattern(100000);
+  auto s = LoopbackHttpServer::Start(
+      [&](const TestRequest& q, TestResponse* r) { ServeRanges(body, q, r); });
+  ASSERT_TRUE(s.ok());
+  std::vector<std::thread> threads;
+  std::atomic<int> ok{0};
+  for (int i = 0; i < 8; ++i) {
+    threads.emplace_back([&, i] {
+      HttpRequest req = Get(**s, "/blob");
+      req.headers.push_back(
+          {"Range", absl::StrCat("bytes=", i * 1000, "-", i * 1000 + 999)});
+      auto a = http_->Fetch(req);
+      if (a.ok() && a->body == body.substr(i * 1000, 1000)) ok.fetch_add(1);
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(ok.load(), 8);
+}
+
+TEST(HttpHelpersTest, ParsesRangesAndRetryAfter) {
+  auto r = ParseRangeHeader("bytes=5-9");
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(r->first, 5u);
+  EXPECT_EQ(*r->last, 9u);
+  EXPECT_FALSE(ParseRangeHeader("bytes=1-2,5-6").has_value());
+  EXPECT_FALSE(ParseRangeHeader("bytes=-5").has_value());
+  auto cr = ParseContentRange("bytes 0-99/1000");
+  ASSERT_TRUE(cr.ok());
+  EXPECT_EQ(cr->last, 99u);
+  EXPECT_FALSE(ParseContentRange("bytes 10-5/100").ok());
+  EXPECT_FALSE(ParseContentRange("bytes 0-99/50").ok());
+  absl::Time now = absl::FromUnixSeconds(784111777);  // 1994-11-06 08:49:37
+  EXPECT_EQ(*ParseRetryAfter("120", now), absl::Seconds(120));
+  EXPECT_EQ(*ParseRetryAfter("Sun, 06 Nov 1994 08:49:47 GMT", now),
+            absl::Seconds(10));
+  EXPECT_FALSE(ParseRetryAfter("soon", now).has_value());
+  EXPECT_EQ(ResolveUrl("https://a/v2/x/blobs/y", "https://b/z?s=1"),
+            "https://b/z?s=1");
+  EXPECT_EQ(ResolveUrl("https://a:5000/v2/x/blobs/y", "/z"), "https://a:5000/z");
+  EXPECT_EQ(ResolveUrl("https://a/v2/x/blobs/y", "//c/d"), "https://c/d");
+  EXPECT_EQ(UrlHost("https://u:p@h:1/x"), "h:1");
+  HttpRequest q;
+  q.url = "https://h/p?sig=secret";
+  EXPECT_EQ(q.Describe(), "GET https://h/p");
+}
+
+TEST(HttpStatusTest, KeepsTheRawCode) {
+  absl::Status s = HttpStatusToStatus(401, "GET x");
+  EXPECT_EQ(s.code(), absl::StatusCode::kUnauthenticated);
+  EXPECT_EQ(s.message(), "GET x: HTTP 401 Unauthorized");
+  EXPECT_TRUE(HttpStatusToStatus(206, "x").ok());
+  EXPECT_EQ(HttpStatusToStatus(418, "x").code(),
+            absl::StatusCode::kFailedPrecondition);
+  absl::Status c = CurlCodeToStatus(CURLE_COULDNT_CONNECT, "GET y", "detail");
+  EXPECT_EQ(c.code(), absl::StatusCode::kUnavailable);
+  EXPECT_NE(c.message().find("(curl error 7)"), std::string::npos);
+  EXPECT_NE(CurlMCodeToStatus(CURLM_BAD_HANDLE, "m").message().find(
+                "curl multi error 1"),
+            std::string::npos);
+}
+
+}  // namespace
+}  // namespace lazypull

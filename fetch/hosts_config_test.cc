@@ -1,0 +1,139 @@
+#include "fetch/hosts_config.h"
+
+#include <sys/stat.h>
+
+#include <cstdlib>
+#include <fstream>
+
+#include "gtest/gtest.h"
+
+namespace lazypull {
+namespace {
+
+std::string TempDir() {
+  const char* t = std::getenv("TEST_TMPDIR");
+  return t ? t : "/tmp";
+}
+
+void Write(const std::string& path, const std::string& text) {
+  std::ofstream(path) << text;
+}
+
+TEST(TomlTest, TablesKeysAndValues) {
+  auto doc = ParseToml(R"(# comment
+server = "https://r.example"   # trailing
+skip_verify = true
+n = 1_000
+
+[host."https://m1:5000"]
+  capabilities = ["pull",
+     "resolve",   # inside an array
+  ]
+  ca = 'lit\eral'
+[host."https://m1:5000".header]
+  x-a = ["b"]
+a.b = "esc\"\u00e9"
+)");
+  ASSERT_TRUE(doc.ok()) << doc.status();
+  ASSERT_EQ(doc->tables.size(), 2u);
+  EXPECT_EQ(doc->tables[0], (std::vector<std::string>{"host", "https://m1:5000"}));
+  ASSERT_EQ(doc->keys.size(), 7u);
+  EXPECT_EQ(doc->keys[0].second.str, "https://r.example");
+  EXPECT_TRUE(doc->keys[1].second.boolean);
+  EXPECT_EQ(doc->keys[2].second.integer, 1000);
+  EXPECT_EQ(doc->keys[3].first,
+            (std::vector<std::string>{"host", "https://m1:5000", "capabilities"}));
+  EXPECT_EQ(doc->keys[3].second.array.size(), 2u);
+  EXPECT_EQ(doc->keys[4].second.str, "lit\\eral");
+  EXPECT_EQ(doc->keys[6].first,
+            (std::vector<std::string>{"host", "https://m1:5000", "header", "a", "b"}));
+  EXPECT_EQ(doc->keys[6].second.str, "esc\"\xc3\xa9");
+}
+
+TEST(TomlTest, ErrorsNameTheLine) {
+  auto doc = ParseToml("a = 1\nb = \"open\n");
+  ASSERT_FALSE(doc.ok());
+  EXPECT_NE(doc.status().message().find("line 2"), std::string::npos)
+      << doc.status();
+  EXPECT_FALSE(ParseToml("[[arr]]\n").ok());
+  EXPECT_FALSE(ParseToml("a = {x = 1}\n").ok());
+  EXPECT_FALSE(ParseToml("a = 1 2\n").ok());
+}
+
+TEST(HostsConfigTest, NoDirectoryMeansTheOrigin) {
+  RegistryHostDefaults d;
+  d.hosts_dir = TempDir() + "/nonexistent";
+  d.plain_http = true;
+  auto hosts = LoadRegistryHosts("127.0.0.1:5000", "127.0.0.1:5000", d);
+  ASSERT_TRUE(hosts.ok()) << hosts.status();
+  ASSERT_EQ(hosts->size(), 1u);
+  EXPECT_EQ((*hosts)[0].BaseUrl(), "http://127.0.0.1:5000/v2");
+  EXPECT_FALSE((*hosts)[0].mirror);
+}
+
+TEST(HostsConfigTest, MirrorsInOrderThenTheServer) {
+  std::string dir = TempDir() + "/certs.d";
+  mkdir(dir.c_str(), 0755);
+  mkdir((dir + "/docker.io").c_str(), 0755);
+  Write(dir + "/docker.io/hosts.toml", R"(
+server = "https://registry-1.docker.io"
+ca = "origin.pem"
+
+[host."http://127.0.0.1:6000"]
+  capabilities = ["pull", "resolve"]
+
+[host."https://mirror.example/custom"]
+  capabilities = ["pull"]
+  skip_verify = true
+  ca = ["/abs/m.pem"]
+)");
+  RegistryHostDefaults d;
+  d.hosts_dir = dir;
+  d.ca_files = {"/global.pem"};
+  auto hosts = LoadRegistryHosts("docker.io", "registry-1.docker.io", d);
+  ASSERT_TRUE(hosts.ok()) << hosts.status();
+  ASSERT_EQ(hosts->size(), 3u);
+  const RegistryHost& m1 = (*hosts)[0];
+  EXPECT_EQ(m1.BaseUrl(), "http://127.0.0.1:6000/v2");
+  EXPECT_TRUE(m1.mirror);
+  EXPECT_TRUE(m1.can_pull && m1.can_resolve);
+  EXPECT_FALSE(m1.can_push);
+  const RegistryHost& m2 = (*hosts)[1];
+  EXPECT_EQ(m2.BaseUrl(), "https://mirror.example/custom/v2");
+  EXPECT_FALSE(m2.can_resolve);
+  EXPECT_FALSE(m2.tls.verify);
+  EXPECT_EQ(m2.tls.ca_files,
+            (std::vector<std::string>{"/global.pem", "/abs/m.pem"}));
+  const RegistryHost& o = (*hosts)[2];
+  EXPECT_FALSE(o.mirror);
+  EXPECT_EQ(o.BaseUrl(), "https://registry-1.docker.io/v2");
+  EXPECT_EQ(o.tls.ca_files, (std::vector<std::string>{
+                                "/global.pem", dir + "/docker.io/origin.pem"}));
+}
+
+TEST(HostsConfigTest, PlainHttpServerAndCertsDirCrtFiles) {
+  std::string dir = TempDir() + "/certs2.d";
+  mkdir(dir.c_str(), 0755);
+  mkdir((dir + "/reg.local:5000").c_str(), 0755);
+  Write(dir + "/reg.local:5000/hosts.toml",
+        "server = \"http://reg.local:5000\"\n");
+  mkdir((dir + "/other:443").c_str(), 0755);
+  Write(dir + "/other:443/ca.crt", "x");
+  RegistryHostDefaults d;
+  d.hosts_dir = dir;
+  auto hosts = LoadRegistryHosts("reg.local:5000", "reg.local:5000", d);
+  ASSERT_TRUE(hosts.ok()) << hosts.status();
+  ASSERT_EQ(hosts->size(), 1u);
+  EXPECT_EQ((*hosts)[0].scheme, "http");
+  hosts = LoadRegistryHosts("other:443", "other:443", d);
+  ASSERT_TRUE(hosts.ok());
+  EXPECT_EQ((*hosts)[0].tls.ca_files,
+            (std::vector<std::string>{dir + "/other:443/ca.crt"}));
+  Write(dir + "/reg.local:5000/hosts.toml", "server = [\n");
+  hosts = LoadRegistryHosts("reg.local:5000", "reg.local:5000", d);
+  ASSERT_FALSE(hosts.ok());
+  EXPECT_NE(hosts.status().message().find("hosts.toml"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace lazypull

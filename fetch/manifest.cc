@@ -1,0 +1,263 @@
+#include "fetch/manifest.h"
+
+#include <sys/utsname.h>
+
+#include <simdjson.h>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "core/status_macros.h"
+
+namespace lazypull {
+namespace {
+
+using simdjson::dom::array;
+using simdjson::dom::element;
+using simdjson::dom::object;
+
+std::string NormalizeArch(absl::string_view a) {
+  std::string s = absl::AsciiStrToLower(a);
+  if (s == "x86_64" || s == "x86-64") return "amd64";
+  if (s == "aarch64") return "arm64";
+  if (s == "i386" || s == "i686") return "386";
+  return s;
+}
+
+std::string DefaultVariant(absl::string_view arch) {
+  if (arch == "arm64") return "v8";
+  if (arch == "arm") return "v7";
+  if (arch == "amd64") return "v1";
+  return "";
+}
+
+std::string Str(element e, const char* key) {
+  std::string_view s;
+  if (e[key].get(s) != simdjson::SUCCESS) return "";
+  return std::string(s);
+}
+
+absl::StatusOr<element> ParseObject(simdjson::dom::parser& parser,
+                                    absl::string_view json,
+                                    absl::string_view what) {
+  element root;
+  simdjson::error_code err =
+      parser.parse(json.data(), json.size()).get(root);
+  if (err != simdjson::SUCCESS) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        what, " is not valid JSON: ", simdjson::error_message(err)));
+  }
+  if (!root.is_object()) {
+    return absl::InvalidArgumentError(absl::StrCat(what, " is not a JSON object"));
+  }
+  return root;
+}
+
+absl::StatusOr<Descriptor> ParseDescriptor(element e, absl::string_view what) {
+  Descriptor d;
+  d.media_type = Str(e, "mediaType");
+  std::string_view digest;
+  if (e["digest"].get(digest) != simdjson::SUCCESS) {
+    return absl::InvalidArgumentError(absl::StrCat(what, " has no digest"));
+  }
+  absl::StatusOr<Digest> dg =
+      Digest::Parse(absl::string_view(digest.data(), digest.size()));
+  if (!dg.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, ": ", dg.status().message()));
+  }
+  d.digest = *dg;
+  int64_t size;
+  if (e["size"].get(size) != simdjson::SUCCESS || size < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, " has no valid size"));
+  }
+  d.size = size;
+  element p;
+  if (e["platform"].get(p) == simdjson::SUCCESS) {
+    Platform pl;
+    pl.os = Str(p, "os");
+    pl.architecture = NormalizeArch(Str(p, "architecture"));
+    pl.variant = Str(p, "variant");
+    d.platform = pl;
+  }
+  object ann;
+  if (e["annotations"].get(ann) == simdjson::SUCCESS) {
+    for (auto [k, v] : ann) {
+      std::string_view s;
+      if (v.get(s) == simdjson::SUCCESS) {
+        d.annotations[std::string(k)] = std::string(s);
+      }
+    }
+  }
+  return d;
+}
+
+}  // namespace
+
+std::string ManifestAcceptHeader() {
+  return absl::StrCat(kOciIndexType, ", ", kOciManifestType, ", ",
+                      kDockerManifestListType, ", ", kDockerManifestType);
+}
+
+bool IsIndexMediaType(absl::string_view t) {
+  return t == kOciIndexType || t == kDockerManifestListType;
+}
+
+bool IsManifestMediaType(absl::string_view t) {
+  return t == kOciManifestType || t == kDockerManifestType;
+}
+
+absl::StatusOr<Platform> Platform::Parse(absl::string_view text) {
+  std::vector<std::string> parts = absl::StrSplit(text, '/');
+  if (parts.size() < 2 || parts.size() > 3 || parts[0].empty() ||
+      parts[1].empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "platform \"", text, "\" is not of the form os/arch[/variant]"));
+  }
+  Platform p;
+  p.os = absl::AsciiStrToLower(parts[0]);
+  p.architecture = NormalizeArch(parts[1]);
+  if (parts.size() == 3) p.variant = parts[2];
+  return p;
+}
+
+Platform Platform::Host() {
+  Platform p;
+  p.os = "linux";
+  struct utsname u;
+  p.architecture = uname(&u) == 0 ? NormalizeArch(u.machine) : "amd64";
+  if (p.architecture == "arm64") p.variant = "v8";
+  return p;
+}
+
+std::string Platform::String() const {
+  std::string s = absl::StrCat(os, "/", architecture);
+  if (!variant.empty()) absl::StrAppend(&s, "/", variant);
+  return s;
+}
+
+bool Platform::Matches(const Platform& c) const {
+  if (c.os != os || NormalizeArch(c.architecture) != architecture) return false;
+  std::string def = DefaultVariant(architecture);
+  std::string want = variant.empty() ? def : variant;
+  std::string have = c.variant.empty() ? def : c.variant;
+  return want == have;
+}
+
+absl::StatusOr<ManifestKind> SniffManifestKind(absl::string_view json) {
+  simdjson::dom::parser parser;
+  ASSIGN_OR_RETURN(element root, ParseObject(parser, json, "manifest"));
+  std::string mt = Str(root, "mediaType");
+  element unused;
+  if (IsIndexMediaType(mt) ||
+      (mt.empty() && root["manifests"].get(unused) == simdjson::SUCCESS)) {
+    return ManifestKind::kIndex;
+  }
+  if (IsManifestMediaType(mt) ||
+      (mt.empty() && root["layers"].get(unused) == simdjson::SUCCESS)) {
+    return ManifestKind::kManifest;
+  }
+  int64_t schema = 0;
+  if (root["schemaVersion"].get(schema) == simdjson::SUCCESS && schema == 1) {
+    return absl::UnimplementedError(
+        "Docker schema 1 manifests are not supported (deprecated since 2017)");
+  }
+  return absl::InvalidArgumentError(absl::StrCat(
+      "manifest has unknown media type \"", mt,
+      "\" (expected an OCI or Docker image manifest or index)"));
+}
+
+absl::StatusOr<ImageIndex> ParseImageIndex(absl::string_view json) {
+  simdjson::dom::parser parser;
+  ASSIGN_OR_RETURN(element root, ParseObject(parser, json, "image index"));
+  ImageIndex idx;
+  idx.media_type = Str(root, "mediaType");
+  array ms;
+  if (root["manifests"].get(ms) != simdjson::SUCCESS) {
+    return absl::InvalidArgumentError("image index has no \"manifests\" array");
+  }
+  size_t i = 0;
+  for (element m : ms) {
+    ASSIGN_OR_RETURN(Descriptor d,
+                     ParseDescriptor(m, absl::StrCat("manifests[", i++, "]")));
+    idx.manifests.push_back(std::move(d));
+  }
+  return idx;
+}
+
+absl::StatusOr<ImageManifest> ParseImageManifest(absl::string_view json) {
+  simdjson::dom::parser parser;
+  ASSIGN_OR_RETURN(element root, ParseObject(parser, json, "image manifest"));
+  ImageManifest m;
+  m.media_type = Str(root, "mediaType");
+  element config;
+  if (root["config"].get(config) != simdjson::SUCCESS) {
+    return absl::InvalidArgumentError("image manifest has no \"config\"");
+  }
+  ASSIGN_OR_RETURN(m.config, ParseDescriptor(config, "config"));
+  array layers;
+  if (root["layers"].get(layers) != simdjson::SUCCESS) {
+    return absl::InvalidArgumentError("image manifest has no \"layers\" array");
+  }
+  size_t i = 0;
+  for (element l : layers) {
+    ASSIGN_OR_RETURN(Descriptor d,
+                     ParseDescriptor(l, absl::StrCat("layers[", i++, "]")));
+    m.layers.push_back(std::move(d));
+  }
+  return m;
+}
+
+absl::StatusOr<ImageConfig> ParseImageConfig(absl::string_view json) {
+  simdjson::dom::parser parser;
+  ASSIGN_OR_RETURN(element root, ParseObject(parser, json, "image config"));
+  ImageConfig c;
+  c.platform.os = Str(root, "os");
+  c.platform.architecture = NormalizeArch(Str(root, "architecture"));
+  c.platform.variant = Str(root, "variant");
+  array ids;
+  if (root["rootfs"]["diff_ids"].get(ids) != simdjson::SUCCESS) {
+    return absl::InvalidArgumentError(
+        "image config has no rootfs.diff_ids array");
+  }
+  for (element e : ids) {
+    std::string_view s;
+    if (e.get(s) != simdjson::SUCCESS) {
+      return absl::InvalidArgumentError("rootfs.diff_ids holds a non-string");
+    }
+    absl::StatusOr<Digest> d = Digest::Parse(absl::string_view(s.data(), s.size()));
+    if (!d.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("rootfs.diff_ids: ", d.status().message()));
+    }
+    c.diff_ids.push_back(*d);
+  }
+  return c;
+}
+
+absl::StatusOr<Descriptor> SelectPlatform(const ImageIndex& index,
+                                          const Platform& want) {
+  std::vector<std::string> offered;
+  for (const Descriptor& d : index.manifests) {
+    if (!d.platform) continue;
+    offered.push_back(d.platform->String());
+    if (want.Matches(*d.platform)) return d;
+  }
+  // With no variant asked for, any variant of the architecture will do.
+  if (want.variant.empty()) {
+    for (const Descriptor& d : index.manifests) {
+      if (d.platform && d.platform->os == want.os &&
+          d.platform->architecture == want.architecture) {
+        return d;
+      }
+    }
+  }
+  return absl::NotFoundError(absl::StrCat(
+      "the image has no manifest for ", want.String(), " (it offers: ",
+      offered.empty() ? std::string("no platforms") : absl::StrJoin(offered, ", "),
+      "); choose one with --platform"));
+}
+
+}  // namespace lazypull

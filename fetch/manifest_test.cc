@@ -1,0 +1,99 @@
+#include "fetch/manifest.h"
+
+#include "absl/strings/match.h"
+#include "gtest/gtest.h"
+
+namespace lazypull {
+namespace {
+
+const char kD1[] =
+    "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+const char kD2[] =
+    "sha256:2222222222222222222222222222222222222222222222222222222222222222";
+const char kD3[] =
+    "sha256:3333333333333333333333333333333333333333333333333333333333333333";
+
+std::string Entry(const char* digest, const std::string& platform_json) {
+  return std::string("{\"mediaType\":\"") + kOciManifestType +
+         "\",\"digest\":\"" + digest + "\",\"size\":10,\"platform\":" +
+         platform_json + "}";
+}
+
+TEST(PlatformTest, ParseAndMatch) {
+  auto p = Platform::Parse("linux/x86_64");
+  ASSERT_TRUE(p.ok());
+  EXPECT_EQ(p->String(), "linux/amd64");
+  EXPECT_FALSE(Platform::Parse("linux").ok());
+  EXPECT_FALSE(Platform::Parse("linux/arm/v7/x").ok());
+  Platform arm64 = *Platform::Parse("linux/arm64");
+  EXPECT_TRUE(arm64.Matches({"linux", "arm64", "v8"}));
+  EXPECT_TRUE(arm64.Matches({"linux", "aarch64", ""}));
+  EXPECT_FALSE(arm64.Matches({"linux", "arm", "v8"}));
+  Platform armv6 = *Platform::Parse("linux/arm/v6");
+  EXPECT_FALSE(armv6.Matches({"linux", "arm", ""}));  // default v7
+  EXPECT_TRUE(armv6.Matches({"linux", "arm", "v6"}));
+  EXPECT_EQ(Platform::Host().os, "linux");
+}
+
+TEST(ManifestTest, IndexSelection) {
+  std::string json = std::string("{\"schemaVersion\":2,\"mediaType\":\"") +
+                     kOciIndexType + "\",\"manifests\":[" +
+                     Entry(kD1, "{\"os\":\"linux\",\"architecture\":\"arm64\","
+                                "\"variant\":\"v8\"}") +
+                     "," +
+                     Entry(kD2, "{\"os\":\"linux\",\"architecture\":\"amd64\"}") +
+                     "," +
+                     Entry(kD3, "{\"os\":\"unknown\",\"architecture\":\"unknown\"}") +
+                     "]}";
+  ASSERT_EQ(*SniffManifestKind(json), ManifestKind::kIndex);
+  auto idx = ParseImageIndex(json);
+  ASSERT_TRUE(idx.ok()) << idx.status();
+  ASSERT_EQ(idx->manifests.size(), 3u);
+  auto d = SelectPlatform(*idx, *Platform::Parse("linux/amd64"));
+  ASSERT_TRUE(d.ok());
+  EXPECT_EQ(d->digest.ToString(), kD2);
+  d = SelectPlatform(*idx, *Platform::Parse("linux/arm64"));
+  ASSERT_TRUE(d.ok());
+  EXPECT_EQ(d->digest.ToString(), kD1);
+  d = SelectPlatform(*idx, *Platform::Parse("windows/amd64"));
+  ASSERT_FALSE(d.ok());
+  EXPECT_TRUE(absl::StrContains(d.status().message(), "linux/arm64/v8, linux/amd64"))
+      << d.status();
+}
+
+TEST(ManifestTest, ManifestAndConfig) {
+  std::string m = std::string("{\"schemaVersion\":2,\"mediaType\":\"") +
+                  kDockerManifestType +
+                  "\",\"config\":{\"mediaType\":\"x\",\"digest\":\"" + kD1 +
+                  "\",\"size\":5},\"layers\":[{\"mediaType\":\"l\",\"digest\":\"" +
+                  kD2 + "\",\"size\":7,\"annotations\":{\"a\":\"b\"}}]}";
+  ASSERT_EQ(*SniffManifestKind(m), ManifestKind::kManifest);
+  auto man = ParseImageManifest(m);
+  ASSERT_TRUE(man.ok()) << man.status();
+  EXPECT_EQ(man->config.size, 5);
+  ASSERT_EQ(man->layers.size(), 1u);
+  EXPECT_EQ(man->layers[0].annotations.at("a"), "b");
+  auto cfg = ParseImageConfig(std::string("{\"os\":\"linux\",\"architecture\":"
+                                          "\"amd64\",\"rootfs\":{\"diff_ids\":[\"") +
+                              kD3 + "\"]}}");
+  ASSERT_TRUE(cfg.ok()) << cfg.status();
+  EXPECT_EQ(cfg->diff_ids[0].ToString(), kD3);
+}
+
+TEST(ManifestTest, Rejects) {
+  EXPECT_FALSE(SniffManifestKind("[]").ok());
+  EXPECT_FALSE(SniffManifestKind("{\"mediaType\":\"text/plain\"}").ok());
+  auto s1 = SniffManifestKind("{\"schemaVersion\":1,\"fsLayers\":[]}");
+  ASSERT_FALSE(s1.ok());
+  EXPECT_EQ(s1.status().code(), absl::StatusCode::kUnimplemented);
+  EXPECT_FALSE(ParseImageManifest("{\"config\":{\"digest\":\"md5:x\",\"size\":1},"
+                                  "\"layers\":[]}")
+                   .ok());
+  EXPECT_FALSE(ParseImageManifest(std::string("{\"config\":{\"digest\":\"") + kD1 +
+                                  "\",\"size\":-1},\"layers\":[]}")
+                   .ok());
+  EXPECT_FALSE(ParseImageConfig("{\"rootfs\":{}}").ok());
+}
+
+}  // namespace
+}  // namespace lazypull

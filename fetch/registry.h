@@ -1,0 +1,158 @@
+// RegistryClient: the OCI distribution API, read side, for one image
+// reference: manifests (OCI and Docker media types), image indexes resolved
+// to one platform's manifest, the image config, and blobs.
+//
+// Integrity: a manifest fetched by digest must hash to it; one fetched by tag
+// must match the registry's Docker-Content-Digest when it sends one; a child
+// manifest must also have its descriptor's size; every blob (config and
+// layers) is hashed as it is read and refused (DataLoss) unless its sha256
+// and size are those of its descriptor. Callers never see an unverified
+// blob's end: the last Read of a corrupt blob fails.
+//
+// Hosts: mirrors from hosts.toml first (for resolving a tag only those with
+// the "resolve" capability, for blobs and digests those with "pull"; their
+// requests carry ?ns=<registry>), then the origin; a host that fails (error,
+// 404, ...) passes the request to the next, and the final error names every
+// host's failure. TLS is verified unless turned off for that host.
+//
+// Auth: see fetch/auth.h; a 401 is answered once per request, after which the
+// registry's answer is final.
+//
+// Redirects (blob storage, e.g. S3/CDN behind a registry): followed here, not
+// by the transport, so that the Authorization header never goes to the
+// redirected host. The signed URL is cached per blob and reused until
+// `signed_url_ttl` passes or the storage answers 401/403/404, when the blob
+// is re-resolved through the registry once.
+//
+// Thread-safety: all methods are safe from any thread; blob readers are used
+// by one thread each.
+#ifndef LAZYPULL_FETCH_REGISTRY_H_
+#define LAZYPULL_FETCH_REGISTRY_H_
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "core/digest.h"
+#include "core/tar_reader.h"
+#include "fetch/auth.h"
+#include "fetch/hosts_config.h"
+#include "fetch/http.h"
+#include "fetch/manifest.h"
+#include "fetch/reference.h"
+
+namespace lazypull {
+
+struct RegistryOptions {
+  HttpTransport* http = nullptr;  // REQUIRED; not owned
+  // Credentials; null means anonymous only. Not owned.
+  const CredentialStore* credentials = nullptr;
+  // Hosts dir, --plain-http, --insecure-skip-tls-verify, --ca-file.
+  RegistryHostDefaults hosts;
+  // The platform to pick from an index (default: this machine).
+  Platform platform = Platform::Host();
+  RetryPolicy retry;
+  // Manifests and configs larger than this are refused (default 4 MiB, as
+  // containerd).
+  size_t max_manifest_size = 4 << 20;
+  // How long a redirect target is reused before re-resolving (default 5 min).
+  absl::Duration signed_url_ttl = absl::Minutes(5);
+};
+
+struct FetchedManifest {
+  Digest digest;        // sha256 of `bytes`
+  std::string bytes;    // exactly as served
+  ManifestKind kind = ManifestKind::kManifest;
+  std::string content_type;
+};
+
+// An image resolved to one platform.
+struct ResolvedImage {
+  // The index the reference named, if it named one.
+  std::optional<Digest> index_digest;
+  Digest manifest_digest;
+  ImageManifest manifest;
+  Descriptor config_descriptor;
+  ImageConfig config;
+};
+
+// A blob's bytes, checked against its descriptor as they are read (see the
+// ByteStream contract in core/tar_reader.h). The Read that reaches the end
+// fails with DataLoss if the digest or size is wrong.
+class BlobReader : public ByteStream {
+ public:
+  virtual uint64_t bytes_read() const = 0;
+  // Where the bytes came from ("https://host/v2/..."), for messages.
+  virtual std::string source() const = 0;
+};
+
+class RegistryClient {
+ public:
+  static absl::StatusOr<std::unique_ptr<RegistryClient>> Create(
+      const ImageReference& ref, const RegistryOptions& options);
+
+  const ImageReference& reference() const { return ref_; }
+  const std::vector<RegistryHost>& hosts() const { return hosts_; }
+
+  // The manifest or index the reference names (tag or digest), verified.
+  absl::StatusOr<FetchedManifest> FetchManifest(absl::string_view selector);
+
+  // Reference -> (index ->) platform manifest -> config.
+  absl::StatusOr<ResolvedImage> Resolve();
+
+  // A whole small blob (a config), verified.
+  absl::StatusOr<std::string> FetchBlob(const Descriptor& d);
+
+  // A blob as a stream, verified at its end.
+  absl::StatusOr<std::unique_ptr<BlobReader>> OpenBlob(const Descriptor& d);
+
+  // Token fetches so far (tests).
+  int tokens_fetched() const { return auth_.tokens_fetched(); }
+
+ private:
+  RegistryClient(const ImageReference& ref, const RegistryOptions& options,
+                 std::vector<RegistryHost> hosts);
+
+  // Runs `req` (URL relative to the host's API root + repository) on `h`
+  // with auth: one retry after a 401. The reader's response may have any
+  // status; redirects are returned, not followed.
+  absl::StatusOr<std::unique_ptr<HttpBodyReader>> OpenOnHost(
+      const RegistryHost& h, const std::string& method,
+      const std::string& suffix,
+      std::vector<std::pair<std::string, std::string>> headers,
+      absl::Duration timeout);
+  // Opens the blob on `h`, following a redirect (or a cached one).
+  absl::StatusOr<std::unique_ptr<HttpBodyReader>> OpenBlobOnHost(
+      const RegistryHost& h, const Descriptor& d, std::string* source);
+  absl::StatusOr<FetchedManifest> FetchManifestOnHost(
+      const RegistryHost& h, absl::string_view selector);
+  std::string CredentialKey(const RegistryHost& h) const;
+  TlsOptions TlsFor(absl::string_view url) const;
+
+  const ImageReference ref_;
+  const RegistryOptions opts_;
+  const std::vector<RegistryHost> hosts_;
+  RegistryAuth auth_;
+
+  struct SignedUrl {
+    std::string url;
+    absl::Time resolved;
+  };
+  absl::Mutex mu_;
+  std::map<std::string, SignedUrl> signed_urls_ ABSL_GUARDED_BY(mu_);
+};
+
+// The first "message" (and "code") of a registry's JSON error body
+// ({"errors":[{"code":...,"message":...}]}), or "".
+std::string RegistryErrorDetail(absl::string_view body);
+
+}  // namespace lazypull
+
+#endif  // LAZYPULL_FETCH_REGISTRY_H_

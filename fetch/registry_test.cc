@@ -1,0 +1,618 @@
+// RegistryClient against Debian's docker-registry on 127.0.0.1 (plain HTTP
+// and TLS/HTTP/2, htpasswd Basic auth, JWT token auth with a token server of
+// our own) and against scripted servers for what a real registry will not
+// do (redirects to blob storage, mirrors).
+#include "fetch/registry.h"
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <fstream>
+#include <thread>
+
+#include "absl/strings/escaping.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
+#include "core/testing/tar_builder.h"
+#include "fetch/curl_http.h"
+#include "fetch/testing/loopback_http_server.h"
+#include "fetch/testing/oci_image.h"
+#include "fetch/testing/registry_fixture.h"
+#include "fetch/testing/token_server.h"
+#include "gtest/gtest.h"
+
+namespace lazypull {
+namespace {
+
+using testing::LoopbackHttpServer;
+using testing::OciLayout;
+using testing::RegistryServer;
+using testing::RegistryServerOptions;
+using testing::TarBuilder;
+using testing::TestDir;
+using testing::TestImage;
+using testing::TestRequest;
+using testing::TestResponse;
+
+std::string LayerTar(const std::string& name, const std::string& content) {
+  TarBuilder b;
+  b.File(name, content);
+  return b.Finish();
+}
+
+std::string ReadAllBlob(BlobReader* r, absl::Status* st) {
+  std::string out;
+  while (true) {
+    auto p = r->Read(1 << 16);
+    if (!p.ok()) {
+      *st = p.status();
+      return out;
+    }
+    if (p->empty()) break;
+    out.append(p->data(), p->size());
+  }
+  *st = absl::OkStatus();
+  return out;
+}
+
+class RegistryTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto h = CurlHttpTransport::Create();
+    ASSERT_TRUE(h.ok());
+    http_ = *std::move(h);
+  }
+
+  std::unique_ptr<RegistryServer> StartRegistry(RegistryServerOptions o) {
+    if (o.work_dir.empty()) o.work_dir = TestDir("registry");
+    auto s = RegistryServer::Start(o);
+    EXPECT_TRUE(s.ok()) << s.status();
+    return s.ok() ? *std::move(s) : nullptr;
+  }
+
+  // Pushes a one-image layout as repo:tag.
+  TestImage Push(const RegistryServer& r, const std::string& repo,
+                 const std::string& tag, const std::vector<std::string>& tars,
+                 const std::string& creds = "") {
+    auto layout = OciLayout::Create(TestDir("layout-" + tag));
+    EXPECT_TRUE(layout.ok());
+    auto img = layout->AddImage(tars);
+    EXPECT_TRUE(img.ok());
+    EXPECT_TRUE(layout->Tag(tag, img->manifest).ok());
+    absl::Status st = testing::PushWithSkopeo(*layout, tag, r.host(), repo,
+                                              false, creds);
+    EXPECT_TRUE(st.ok()) << st;
+    return *img;
+  }
+
+  std::unique_ptr<RegistryClient> Client(const std::string& ref,
+                                         RegistryOptions o) {
+    o.http = http_.get();
+    o.hosts.hosts_dir = TestDir("no-hosts-dir");
+    o.retry.initial_backoff = absl::Milliseconds(5);
+    auto r = ImageReference::Parse(ref);
+    EXPECT_TRUE(r.ok()) << r.status();
+    auto c = RegistryClient::Create(*r, o);
+    EXPECT_TRUE(c.ok()) << c.status();
+    return c.ok() ? *std::move(c) : nullptr;
+  }
+
+  std::unique_ptr<CurlHttpTransport> http_;
+};
+
+TEST_F(RegistryTest, ResolvesAndVerifiesOverPlainHttp) {
+  auto reg = StartRegistry({});
+  ASSERT_NE(reg, nullptr);
+  TestImage img = Push(*reg, "team/app", "v1",
+                       {LayerTar("a", "one"), LayerTar("b", "two")});
+  RegistryOptions o;
+  o.hosts.plain_http = true;
+  auto c = Client(reg->host() + "/team/app:v1", o);
+  ASSERT_NE(c, nullptr);
+  auto res = c->Resolve();
+  ASSERT_TRUE(res.ok()) << res.status();
+  EXPECT_EQ(res->manifest_digest, img.manifest.digest);
+  EXPECT_FALSE(res->index_digest.has_value());
+  ASSERT_EQ(res->manifest.layers.size(), 2u);
+  EXPECT_EQ(res->manifest.layers[1].digest, img.layers[1].digest);
+  EXPECT_EQ(res->config.diff_ids[0], Sha256::Of(LayerTar("a", "one")));
+
+  // By digest, too.
+  auto by_digest =
+      Client(reg->host() + "/team/app@" + img.manifest.digest.ToString(), o);
+  auto m = by_digest->FetchManifest(img.manifest.digest.ToString());
+  ASSERT_TRUE(m.ok()) << m.status();
+  EXPECT_EQ(m->digest, img.manifest.digest);
+
+  auto blob = c->OpenBlob(res->manifest.layers[0]);
+  ASSERT_TRUE(blob.ok()) << blob.status();
+  absl::Status st;
+  std::string bytes = ReadAllBlob(blob->get(), &st);
+  EXPECT_TRUE(st.ok()) << st;
+  EXPECT_EQ(Sha256::Of(bytes), img.layers[0].digest);
+
+  auto missing = Client(reg->host() + "/team/app:nope", o);
+  auto r2 = missing->Resolve();
+  ASSERT_FALSE(r2.ok());
+  EXPECT_EQ(r2.status().code(), absl::StatusCode::kNotFound) << r2.status();
+  EXPECT_TRUE(absl::StrContains(r2.status().message(), "MANIFEST_UNKNOWN"))
+      << r2.status();
+}
+
+TEST_F(RegistryTest, CorruptBlobIsRefused) {
+  auto reg = StartRegistry({});
+  ASSERT_NE(reg, nullptr);
+  TestImage img = Push(*reg, "x/corrupt", "v1", {LayerTar("f", "payload")});
+  // Same size, other bytes: only the digest can tell.
+  std::string path = reg->BlobDataPath(img.layers[0].digest);
+  std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
+  ASSERT_TRUE(f.good()) << path;
+  f.seekp(4);  // the gzip header's MTIME field
+  f.write("\x01\x02\x03\x04", 4);
+  f.close();
+  RegistryOptions o;
+  o.hosts.plain_http = true;
+  auto c = Client(reg->host() + "/x/corrupt:v1", o);
+  Descriptor d;
+  d.media_type = img.layers[0].media_type;
+  d.digest = img.layers[0].digest;
+  d.size = img.layers[0].size;
+  auto blob = c->OpenBlob(d);
+  ASSERT_TRUE(blob.ok()) << blob.status();
+  absl::Status st;
+  ReadAllBlob(blob->get(), &st);
+  EXPECT_EQ(st.code(), absl::StatusCode::kDataLoss) << st;
+  EXPECT_TRUE(absl::StrContains(st.message(), "corrupt")) << st;
+  EXPECT_TRUE(absl::StrContains(st.message(), img.layers[0].digest.ToString()));
+}
+
+TEST_F(RegistryTest, TlsGivesHttp2AndMultiplexes) {
+  RegistryServerOptions ro;
+  ro.tls = true;
+  auto reg = StartRegistry(ro);
+  ASSERT_NE(reg, nullptr);
+  std::vector<std::string> tars;
+  for (int i = 0; i < 4; ++i) {
+    tars.push_back(LayerTar(absl::StrCat("f", i), std::string(300000 + i, 'a' + i)));
+  }
+  TestImage img = Push(*reg, "tls/app", "v1", tars);
+
+  // Untrusted: a clear error saying what to do.
+  auto untrusted = Client(reg->host() + "/tls/app:v1", {});
+  auto bad = untrusted->Resolve();
+  ASSERT_FALSE(bad.ok());
+  EXPECT_TRUE(absl::StrContains(bad.status().message(), "--ca-file"))
+      << bad.status();
+  // Skipping verification works.
+  RegistryOptions skip;
+  skip.hosts.skip_verify = true;
+  EXPECT_TRUE(Client(reg->host() + "/tls/app:v1", skip)->Resolve().ok());
+
+  // Trusted through --ca-file; a fresh transport counts connections.
+  auto h = CurlHttpTransport::Create();
+  ASSERT_TRUE(h.ok());
+  http_ = *std::move(h);
+  RegistryOptions o;
+  o.hosts.ca_files = {reg->ca_file()};
+  auto c = Client(reg->host() + "/tls/app:v1", o);
+  auto res = c->Resolve();
+  ASSERT_TRUE(res.ok()) << res.status();
+  // Four blobs at once, read in parallel.
+  std::vector<std::thread> threads;
+  std::atomic<int> ok{0};
+  for (int i = 0; i < 4; ++i) {
+    threads.emplace_back([&, i] {
+      auto b = c->OpenBlob(res->manifest.layers[i]);
+      if (!b.ok()) return;
+      absl::Status st;
+      ReadAllBlob(b->get(), &st);
+      if (st.ok()) ok.fetch_add(1);
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(ok.load(), 4);
+  EXPECT_EQ(http_->stats().connections, 1)
+      << "every request should share one HTTP/2 connection";
+  HttpRequest req;
+  req.url = reg->url() + "/v2/";
+  req.tls.ca_files = {reg->ca_file()};
+  auto v2 = http_->Fetch(req);
+  ASSERT_TRUE(v2.ok()) << v2.status();
+  EXPECT_EQ(v2->version, HttpVersion::kHttp2);
+  // The registry's access log records the protocol of each of our requests
+  // (skopeo's pushes, HTTP/1.1 there, are someone else's).
+  int ours = 0;
+  for (absl::string_view line : absl::StrSplit(reg->Log(), '\n')) {
+    if (!absl::StrContains(line, "\"lazypull/")) continue;
+    ++ours;
+    EXPECT_TRUE(absl::StrContains(line, " HTTP/2.0\"")) << line;
+  }
+  EXPECT_GE(ours, 6);
+}
+
+// Slow readers with a small window pause their HTTP/2 streams; the others
+// on the same connection must keep flowing.
+TEST_F(RegistryTest, PausedHttp2StreamsDoNotStallEachOther) {
+  RegistryServerOptions ro;
+  ro.tls = true;
+  auto reg = StartRegistry(ro);
+  ASSERT_NE(reg, nullptr);
+  std::vector<std::string> tars;
+  for (int i = 0; i < 3; ++i) {
+    // Incompressible, so that the blobs are big on the wire too.
+    std::string big(3 << 20, '\0');
+    uint64_t x = 88172645463325252ull + static_cast<uint64_t>(i);
+    for (char& ch : big) {
+      x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+      ch = static_cast<char>(x);
+    }
+    tars.push_back(LayerTar(absl::StrCat("big", i), big));
+  }
+  Push(*reg, "slow/app", "v1", tars);
+  CurlHttpOptions ho;
+  ho.reader_window = 32 << 10;
+  auto h = CurlHttpTransport::Create(ho);
+  ASSERT_TRUE(h.ok());
+  http_ = *std::move(h);
+  RegistryOptions o;
+  o.hosts.ca_files = {reg->ca_file()};
+  auto c = Client(reg->host() + "/slow/app:v1", o);
+  auto res = c->Resolve();
+  ASSERT_TRUE(res.ok()) << res.status();
+  std::vector<std::thread> threads;
+  std::atomic<int> ok{0};
+  for (int i = 0; i < 3; ++i) {
+    threads.emplace_back([&, i] {
+      auto b = c->OpenBlob(res->manifest.layers[i]);
+      if (!b.ok()) return;
+      int reads = 0;
+      while (true) {
+        auto p = (*b)->Read(4096);
+        if (!p.ok()) return;
+        if (p->empty()) break;
+        // Reader i is slow in a different rhythm from the others.
+        if (++reads % (16 * (i + 1)) == 0) absl::SleepFor(absl::Milliseconds(1));
+      }
+      ok.fetch_add(1);
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(ok.load(), 3);
+  EXPECT_EQ(http_->stats().connections, 1);
+}
+
+TEST_F(RegistryTest, IndexResolvesToThePlatformAsked) {
+  auto reg = StartRegistry({});
+  ASSERT_NE(reg, nullptr);
+  auto layout = OciLayout::Create(TestDir("multi"));
+  ASSERT_TRUE(layout.ok());
+  auto amd = layout->AddImage({LayerTar("arch", "amd64")}, "linux/amd64");
+  auto arm = layout->AddImage({LayerTar("arch", "arm64")}, "linux/arm64/v8");
+  ASSERT_TRUE(amd.ok() && arm.ok());
+  auto idx = layout->AddIndex({arm->manifest, amd->manifest});
+  ASSERT_TRUE(idx.ok());
+  ASSERT_TRUE(layout->Tag("multi", *idx).ok());
+  absl::Status st =
+      testing::PushWithSkopeo(*layout, "multi", reg->host(), "m/app", true);
+  ASSERT_TRUE(st.ok()) << st;
+
+  RegistryOptions o;
+  o.hosts.plain_http = true;
+  o.platform = *Platform::Parse("linux/amd64");
+  auto res = Client(reg->host() + "/m/app:multi", o)->Resolve();
+  ASSERT_TRUE(res.ok()) << res.status();
+  EXPECT_EQ(res->manifest_digest, amd->manifest.digest);
+  ASSERT_TRUE(res->index_digest.has_value());
+  EXPECT_EQ(*res->index_digest, idx->digest);
+
+  o.platform = *Platform::Parse("linux/arm64");
+  res = Client(reg->host() + "/m/app:multi", o)->Resolve();
+  ASSERT_TRUE(res.ok()) << res.status();
+  EXPECT_EQ(res->manifest_digest, arm->manifest.digest);
+
+  o.platform = *Platform::Parse("linux/s390x");
+  res = Client(reg->host() + "/m/app:multi", o)->Resolve();
+  ASSERT_FALSE(res.ok());
+  EXPECT_EQ(res.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_TRUE(absl::StrContains(res.status().message(), "linux/arm64/v8"))
+      << res.status();
+}
+
+// Writes $dir/config.json with Docker's "auths" for `host`.
+std::string WriteDockerConfig(const std::string& dir, const std::string& host,
+                              const std::string& user, const std::string& pass) {
+  std::ofstream(dir + "/config.json")
+      << "{\"auths\":{\"" << host << "\":{\"auth\":\""
+      << absl::Base64Escape(user + ":" + pass) << "\"}}}";
+  return dir;
+}
+
+TEST_F(RegistryTest, BasicAuthWithCredentialsFromDockerConfig) {
+  const std::string dir = TestDir("auth");
+  std::string htpasswd;
+  ASSERT_TRUE(
+      testing::RunProcess({"htpasswd", "-Bbn", "alice", "s3cret"}, &htpasswd).ok());
+  std::ofstream(dir + "/htpasswd") << htpasswd;
+  RegistryServerOptions ro;
+  ro.tls = true;
+  ro.htpasswd = dir + "/htpasswd";
+  auto reg = StartRegistry(ro);
+  ASSERT_NE(reg, nullptr);
+  TestImage img =
+      Push(*reg, "private/app", "v1", {LayerTar("secret", "data")}, "alice:s3cret");
+
+  RegistryOptions o;
+  o.hosts.ca_files = {reg->ca_file()};
+  // No credentials: a message saying where to put them.
+  CredentialStore::Options none;
+  none.docker_config_dir = TestDir("empty-config");
+  none.podman_auth_file = TestDir("empty-config") + "/auth.json";
+  CredentialStore empty(none);
+  o.credentials = &empty;
+  auto res = Client(reg->host() + "/private/app:v1", o)->Resolve();
+  ASSERT_FALSE(res.ok());
+  EXPECT_EQ(res.status().code(), absl::StatusCode::kUnauthenticated);
+  EXPECT_TRUE(absl::StrContains(res.status().message(), "config.json"))
+      << res.status();
+
+  // Wrong password.
+  CredentialStore::Options wrong;
+  wrong.docker_config_dir =
+      WriteDockerConfig(TestDir("wrong"), reg->host(), "alice", "nope");
+  wrong.podman_auth_file = "/nonexistent";
+  CredentialStore wrong_store(wrong);
+  o.credentials = &wrong_store;
+  res = Client(reg->host() + "/private/app:v1", o)->Resolve();
+  ASSERT_FALSE(res.ok());
+  EXPECT_TRUE(absl::StrContains(res.status().message(), "rejected"))
+      << res.status();
+  EXPECT_FALSE(absl::StrContains(res.status().message(), "nope"));
+
+  // Right password, in Podman's auth.json this time.
+  CredentialStore::Options right;
+  right.docker_config_dir = TestDir("empty-config");
+  right.podman_auth_file =
+      WriteDockerConfig(TestDir("podman"), "https://" + reg->host(), "alice",
+                        "s3cret") +
+      "/config.json";
+  CredentialStore store(right);
+  o.credentials = &store;
+  auto c = Client(reg->host() + "/private/app:v1", o);
+  res = c->Resolve();
+  ASSERT_TRUE(res.ok()) << res.status();
+  EXPECT_EQ(res->manifest_digest, img.manifest.digest);
+  auto blob = c->OpenBlob(res->manifest.layers[0]);
+  ASSERT_TRUE(blob.ok()) << blob.status();
+  absl::Status st;
+  ReadAllBlob(blob->get(), &st);
+  EXPECT_TRUE(st.ok()) << st;
+}
+
+class TokenAuthTest : public RegistryTest {
+ protected:
+  void SetUp() override {
+    RegistryTest::SetUp();
+    dir_ = TestDir("token");
+    ASSERT_TRUE(testing::MakeSelfSignedCert(dir_ + "/signer.crt",
+                                            dir_ + "/signer.key", "token-signer")
+                    .ok());
+    // Push without auth, then serve the same storage with token auth.
+    {
+      RegistryServerOptions plain;
+      plain.work_dir = TestDir("push-registry");
+      plain.storage_dir = dir_ + "/storage";
+      mkdir(plain.storage_dir.c_str(), 0755);
+      auto push_reg = StartRegistry(plain);
+      ASSERT_NE(push_reg, nullptr);
+      img_ = Push(*push_reg, "tok/app", "v1",
+                  {LayerTar("l1", std::string(100000, 'x')),
+                   LayerTar("l2", std::string(100000, 'y'))});
+    }
+    testing::TokenServerOptions to;
+    to.key_file = dir_ + "/signer.key";
+    to.cert_file = dir_ + "/signer.crt";
+    to.user = "bob";
+    to.password = "hunter2";
+    auto ts = testing::TokenServer::Start(to);
+    ASSERT_TRUE(ts.ok()) << ts.status();
+    tokens_ = *std::move(ts);
+    RegistryServerOptions ro;
+    ro.work_dir = TestDir("token-registry");
+    ro.storage_dir = dir_ + "/storage";
+    ro.token = RegistryServerOptions::Token{tokens_->realm(), to.service,
+                                            to.issuer, to.cert_file};
+    reg_ = StartRegistry(ro);
+    ASSERT_NE(reg_, nullptr);
+    CredentialStore::Options co;
+    co.docker_config_dir =
+        WriteDockerConfig(TestDir("docker"), reg_->host(), "bob", "hunter2");
+    co.podman_auth_file = "/nonexistent";
+    creds_ = std::make_unique<CredentialStore>(co);
+  }
+
+  std::unique_ptr<RegistryClient> TokenClient() {
+    RegistryOptions o;
+    o.hosts.plain_http = true;
+    o.credentials = creds_.get();
+    return Client(reg_->host() + "/tok/app:v1", o);
+  }
+
+  absl::Status PullBlobs(RegistryClient* c, const ResolvedImage& res) {
+    for (const Descriptor& d : res.manifest.layers) {
+      auto b = c->OpenBlob(d);
+      if (!b.ok()) return b.status();
+      absl::Status st;
+      ReadAllBlob(b->get(), &st);
+      if (!st.ok()) return st;
+    }
+    return absl::OkStatus();
+  }
+
+  std::string dir_;
+  TestImage img_;
+  std::unique_ptr<testing::TokenServer> tokens_;
+  std::unique_ptr<RegistryServer> reg_;
+  std::unique_ptr<CredentialStore> creds_;
+};
+
+TEST_F(TokenAuthTest, BearerTokenFlow) {
+  auto c = TokenClient();
+  auto res = c->Resolve();
+  ASSERT_TRUE(res.ok()) << res.status();
+  EXPECT_EQ(res->manifest_digest, img_.manifest.digest);
+  ASSERT_TRUE(PullBlobs(c.get(), *res).ok());
+  EXPECT_EQ(tokens_->issued(), 1) << "one token serves the whole pull";
+  auto reqs = tokens_->requests();
+  ASSERT_FALSE(reqs.empty());
+  EXPECT_EQ(reqs[0].query["service"], "lazypull-test-registry");
+  EXPECT_EQ(reqs[0].query["scope"], "repository:tok/app:pull");
+  EXPECT_TRUE(absl::StartsWith(reqs[0].headers["authorization"], "Basic "));
+}
+
+TEST_F(TokenAuthTest, WrongCredentialsAtTheTokenServer) {
+  CredentialStore::Options co;
+  co.docker_config_dir =
+      WriteDockerConfig(TestDir("bad"), reg_->host(), "bob", "wrong");
+  co.podman_auth_file = "/nonexistent";
+  CredentialStore bad(co);
+  RegistryOptions o;
+  o.hosts.plain_http = true;
+  o.credentials = &bad;
+  auto res = Client(reg_->host() + "/tok/app:v1", o)->Resolve();
+  ASSERT_FALSE(res.ok());
+  EXPECT_EQ(res.status().code(), absl::StatusCode::kUnauthenticated);
+  EXPECT_TRUE(absl::StrContains(res.status().message(), "refused"))
+      << res.status();
+  EXPECT_FALSE(absl::StrContains(res.status().message(), "wrong"));
+}
+
+TEST_F(TokenAuthTest, TokenIsRefreshedWhenItExpires) {
+  // Told 2 s, accepted 2 s: the client must fetch a new one by itself.
+  tokens_->set_lifetimes(2, 2);
+  auto c = TokenClient();
+  auto res = c->Resolve();
+  ASSERT_TRUE(res.ok()) << res.status();
+  absl::SleepFor(absl::Milliseconds(2500));
+  ASSERT_TRUE(PullBlobs(c.get(), *res).ok());
+  EXPECT_EQ(tokens_->issued(), 2);
+  EXPECT_EQ(c->tokens_fetched(), 2);
+}
+
+TEST_F(TokenAuthTest, TokenRefusedMidSessionIsReplaced) {
+  // Told 300 s, accepted 2 s: the registry's 401 mid-pull must make the
+  // client drop the token and fetch another.
+  tokens_->set_lifetimes(300, 2);
+  auto c = TokenClient();
+  auto res = c->Resolve();
+  ASSERT_TRUE(res.ok()) << res.status();
+  absl::SleepFor(absl::Milliseconds(2500));
+  absl::Status st = PullBlobs(c.get(), *res);
+  ASSERT_TRUE(st.ok()) << st;
+  EXPECT_EQ(tokens_->issued(), 2);
+}
+
+// A scripted registry that sends blobs to a separate "storage" host with
+// signed, single-use URLs (as S3/CDN-backed registries do).
+TEST_F(RegistryTest, FollowsRedirectsWithoutCredentialsAndReResolves) {
+  const std::string blob = "blob bytes served by storage";
+  const Digest digest = Sha256::Of(blob);
+  std::atomic<int> signature{0};
+  std::atomic<int> storage_auth_headers{0};
+  auto storage = LoopbackHttpServer::Start([&](const TestRequest& q, TestResponse* r) {
+    if (q.headers.count("authorization")) storage_auth_headers.fetch_add(1);
+    // Only the newest signature is valid (the others have "expired").
+    if (q.query.count("sig") == 0 ||
+        q.query.at("sig") != std::to_string(signature.load())) {
+      r->status = 403;
+      return;
+    }
+    r->body = blob;
+  });
+  ASSERT_TRUE(storage.ok());
+  std::atomic<int> redirects{0};
+  auto registry = LoopbackHttpServer::Start([&](const TestRequest& q, TestResponse* r) {
+    if (q.headers.count("authorization") == 0 ||
+        q.headers.at("authorization") !=
+            "Basic " + absl::Base64Escape("carol:pw")) {
+      r->status = 401;
+      r->headers.push_back({"WWW-Authenticate", "Basic realm=\"test\""});
+      return;
+    }
+    if (absl::StrContains(q.path, "/blobs/")) {
+      int sig = signature.fetch_add(1) + 1;
+      redirects.fetch_add(1);
+      r->status = 307;
+      r->headers.push_back(
+          {"Location", absl::StrCat((*storage)->url(), "/data?sig=", sig)});
+      return;
+    }
+    r->status = 404;
+  });
+  ASSERT_TRUE(registry.ok());
+  const std::string host = absl::StrCat("127.0.0.1:", (*registry)->port());
+  CredentialStore::Options co;
+  co.docker_config_dir = WriteDockerConfig(TestDir("cfg"), host, "carol", "pw");
+  co.podman_auth_file = "/nonexistent";
+  CredentialStore store(co);
+  RegistryOptions o;
+  o.hosts.plain_http = true;
+  o.credentials = &store;
+  auto c = Client(host + "/r/app:v1", o);
+  Descriptor d;
+  d.digest = digest;
+  d.size = static_cast<int64_t>(blob.size());
+  for (int round = 0; round < 3; ++round) {
+    auto b = c->OpenBlob(d);
+    ASSERT_TRUE(b.ok()) << b.status();
+    absl::Status st;
+    EXPECT_EQ(ReadAllBlob(b->get(), &st), blob);
+    EXPECT_TRUE(st.ok()) << st;
+    if (round == 0) {
+      // The cached URL is reused while its signature is valid...
+      auto again = c->OpenBlob(d);
+      ASSERT_TRUE(again.ok());
+      EXPECT_EQ(redirects.load(), 1);
+    }
+    // ... and re-resolved once storage refuses it.
+    signature.fetch_add(100);
+  }
+  EXPECT_EQ(redirects.load(), 3);
+  EXPECT_EQ(storage_auth_headers.load(), 0)
+      << "credentials must never reach the redirected host";
+}
+
+TEST_F(RegistryTest, MirrorsFirstWithNsThenTheOrigin) {
+  auto reg = StartRegistry({});
+  ASSERT_NE(reg, nullptr);
+  TestImage img = Push(*reg, "mir/app", "v1", {LayerTar("m", "mirrored")});
+  auto mirror = LoopbackHttpServer::Start([](const TestRequest&, TestResponse* r) {
+    r->status = 404;
+    r->body = "{\"errors\":[{\"code\":\"NAME_UNKNOWN\",\"message\":\"no\"}]}";
+  });
+  ASSERT_TRUE(mirror.ok());
+  const std::string hosts_dir = TestDir("certs.d");
+  const std::string host_dir = hosts_dir + "/" + reg->host();
+  mkdir(host_dir.c_str(), 0755);
+  std::ofstream(host_dir + "/hosts.toml")
+      << "server = \"" << reg->url() << "\"\n\n[host.\"" << (*mirror)->url()
+      << "\"]\n  capabilities = [\"pull\", \"resolve\"]\n";
+  RegistryOptions o;
+  o.http = http_.get();
+  o.hosts.hosts_dir = hosts_dir;  // no --plain-http: hosts.toml says http://
+  auto ref = ImageReference::Parse(reg->host() + "/mir/app:v1");
+  auto c = RegistryClient::Create(*ref, o);
+  ASSERT_TRUE(c.ok()) << c.status();
+  ASSERT_EQ((*c)->hosts().size(), 2u);
+  auto res = (*c)->Resolve();
+  ASSERT_TRUE(res.ok()) << res.status();
+  EXPECT_EQ(res->manifest_digest, img.manifest.digest);
+  auto reqs = (*mirror)->requests();
+  ASSERT_FALSE(reqs.empty());
+  EXPECT_EQ(reqs[0].path, "/v2/mir/app/manifests/v1");
+  EXPECT_EQ(reqs[0].query["ns"], reg->host());
+}
+
+}  // namespace
+}  // namespace lazypull
