@@ -59,16 +59,25 @@ umnt
 echo "== warm sequential read of big.bin (${BIG_MB} MB), fresh mount, warm cache"
 mnt "$W/cache"; cat "$MNT/big/big.bin" >/dev/null; umnt   # cache warm
 mkdir -p "$W/memmnt"
-"$MEMFS" "$W/memmnt" "$BIG_MB" & MEMPID=$!
-sleep 0.5
+memfs_up() {
+  "$MEMFS" "$W/memmnt" "$BIG_MB" & MEMPID=$!
+  for _ in $(seq 100); do mountpoint -q "$W/memmnt" && return; sleep 0.05; done
+}
+memfs_down() { umount "$W/memmnt"; wait "$MEMPID" 2>/dev/null || true; }
 for round in 1 2 3; do
   for mode in splice copy memfs; do
     if [ $mode = memfs ]; then
-      umount "$W/memmnt" 2>/dev/null || true; wait $MEMPID 2>/dev/null || true
-      "$MEMFS" "$W/memmnt" "$BIG_MB" & MEMPID=$!; sleep 0.5
-      F="$W/memmnt/data"
+      memfs_up; F="$W/memmnt/data"
     else
       if [ $mode = copy ]; then export LAZYPULL_REPLY=copy; else unset LAZYPULL_REPLY; fi
+      mnt "$W/cache"; F="$MNT/big/big.bin"
+    fi
+    R=$(dd if="$F" of=/dev/null bs=1M 2>&1 | awk '/copied/ {print $(NF-1), $NF}')
+    echo "round $round $mode: $R"
+    if [ $mode = memfs ]; then memfs_down; else umnt; fi
+  done
+done
+unset LAZYPULL_REPLY; fi
       mnt "$W/cache"; F="$MNT/big/big.bin"
     fi
     R=$(dd if="$F" of=/dev/null bs=1M 2>&1 | awk '/copied/ {print $(NF-1), $NF}')
@@ -77,4 +86,3 @@ for round in 1 2 3; do
   done
 done
 unset LAZYPULL_REPLY
-umount "$W/memmnt" 2>/dev/null || true
