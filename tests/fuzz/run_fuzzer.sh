@@ -45,7 +45,7 @@ else
   WORK="$(mktemp -d "${TMPDIR:-/tmp}/lazypull-fuzz.XXXXXX")"
   KEEP="${LAZYPULL_FUZZ_KEEP:-0}"
 fi
-mkdir -p "$WORK/seeds" "$WORK/corpus" "$WORK/artifacts"
+mkdir -p "$WORK/seeds" "$WORK/regress" "$WORK/corpus" "$WORK/artifacts"
 
 # ---- build ------------------------------------------------------------------
 SRCS=(footer toc layer_index decompressor isal_inflater zstd_decompressor
@@ -230,15 +230,18 @@ for name, fn in [("estargz", lambda: estargz()),
 put("builtin-toc-empty.json", b'{\n\t"version": 1,\n\t"entries": null\n}')
 put("builtin-toc-min.json", b'{"version":2,"entries":[{"name":"./","type":"dir"},'
     b'{"name":"z","type":"reg","size":5,"chunkType":"zeros","endOffset":9}]}')
-# Regression seeds for hostile shapes that once crashed or hung the index:
-# a name 30,000 components deep (stack overflow in a recursive EnsureDir) and
-# a chain of 1,000 hardlinks (cubic link resolution).
-put("builtin-toc-deep.json", b'{"version":1,"entries":[{"name":"'
+# Regression inputs for hostile shapes that once crashed or hung the index,
+# run once before fuzzing (too slow to be worth mutating): a name 30,000
+# components deep (stack overflow in a recursive EnsureDir) and a chain of
+# 1,000 hardlinks (cubic link resolution: ~24 s, over -timeout).
+out = os.path.join(os.path.dirname(out), "regress")
+put("toc-deep-name.json", b'{"version":1,"entries":[{"name":"'
     + b"d/" * 30000 + b'f","type":"reg"}]}')
 chain = [{"name": "f", "type": "reg"}] + [
     {"name": f"l{i}", "type": "hardlink",
      "linkName": f"l{i + 1}" if i + 1 < 1000 else "f"} for i in range(1000)]
-put("builtin-toc-chain.json", dumps(chain))
+put("toc-hardlink-chain.json", dumps(chain))
+n -= 2
 print(f"   {n} seed files")
 PY
 
@@ -287,6 +290,21 @@ cat > "$WORK/toc.dict" <<'EOF'
 "\x50\x2a\x4d\x18"
 "stargz.index.json"
 EOF
+
+# ---- regression inputs ------------------------------------------------------
+echo "== running the regression inputs once"
+set +e
+"$BIN" -rss_limit_mb=2048 -timeout=10 -artifact_prefix="$WORK/artifacts/" \
+  "$WORK"/regress/* >"$WORK/regress.log" 2>&1
+rc=$?
+set -e
+if [[ $rc -ne 0 ]]; then
+  echo "== FAILURE: a regression input crashed or timed out. Log tail:" >&2
+  tail -n 40 "$WORK/regress.log" >&2
+  echo "== work dir kept: $WORK" >&2
+  exit "$rc"
+fi
+echo "   $(find "$WORK/regress" -type f | wc -l) inputs OK"
 
 # ---- run ----------------------------------------------------------------
 # Keep the largest seed whole (libFuzzer would cut the golden 2 MB blobs to
