@@ -13,6 +13,30 @@ absl::StatusOr<std::string> NormalizeTarPath(absl::string_view name) {
   if (name.find('\0') != absl::string_view::npos) {
     return absl::InvalidArgumentError("a name holds a NUL byte");
   }
+  // Fast path for the common spellings ("./a/b", "/a/b", "a/b/"): strip the
+  // prefixes and a trailing slash, then accept the rest as is when no
+  // component is empty, "." or "..".
+  {
+    absl::string_view n = name;
+    while (!n.empty() &&
+           (n[0] == '/' || (n.size() >= 2 && n[0] == '.' && n[1] == '/'))) {
+      n.remove_prefix(n[0] == '/' ? 1 : 2);
+    }
+    if (n == ".") n = absl::string_view();
+    while (!n.empty() && n.back() == '/') n.remove_suffix(1);
+    bool clean = true;
+    size_t start = 0;
+    for (size_t i = 0; i <= n.size() && clean; ++i) {
+      if (i == n.size() || n[i] == '/') {
+        const size_t len = i - start;
+        if (len == 0 && !n.empty()) clean = false;
+        if (len == 1 && n[start] == '.') clean = false;
+        if (len == 2 && n[start] == '.' && n[start + 1] == '.') clean = false;
+        start = i + 1;
+      }
+    }
+    if (clean) return std::string(n);
+  }
   std::vector<absl::string_view> parts;
   size_t pos = 0;
   while (pos <= name.size()) {
@@ -492,6 +516,15 @@ absl::Status LayerIndexBuilder::Run(const Toc& toc, uint64_t data_end) {
   toc_ = &toc;
   idx_.names_.push_back("");
   idx_.toc_entry_count_ = toc.entries.size();
+  // Sized up front: growing these by doubling costs more than parsing here.
+  const size_t n = toc.entries.size() + 1;
+  idx_.inodes_.reserve(n);
+  idx_.dirents_.reserve(n);
+  idx_.chunks_.reserve(n);
+  end_offsets_.reserve(n);
+  xattr_src_.reserve(n);
+  child_dirent_.reserve(n);
+  dir_cache_.reserve(n / 4);
   uint32_t root = NewInode(EntryType::kDir);
   xattr_src_.push_back(SIZE_MAX);
   idx_.inodes_[root].implicit = true;

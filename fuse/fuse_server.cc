@@ -17,7 +17,12 @@ void DetachStaleMount(const std::string& mountpoint) {
   // statfs, not stat: a FUSE mount answers stat from cached attributes even
   // after its server died, but always sends STATFS to the server.
   struct statfs sfs;
-  if (statfs(mountpoint.c_str(), &sfs) == 0 || errno != ENOTCONN) return;
+  // A dead server's connection answers ENOTCONN, or ECONNABORTED once it
+  // was aborted through fusectl.
+  if (statfs(mountpoint.c_str(), &sfs) == 0 ||
+      (errno != ENOTCONN && errno != ECONNABORTED)) {
+    return;
+  }
   if (umount2(mountpoint.c_str(), MNT_DETACH) == 0) {
     LogWarning("mountpoint ", mountpoint,
                " held a dead FUSE mount (transport endpoint is not "
