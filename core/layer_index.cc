@@ -127,14 +127,15 @@ class LayerIndexBuilder {
   // prefix: each key is part of some entry's name, so this stays linear too).
   // A directory never changes inode or type, so answers never go stale.
   absl::flat_hash_map<std::string, uint32_t> dir_cache_;
-  absl::flat_hash_map<uint32_t, std::string> uid_names_;
-  absl::flat_hash_map<uint32_t, std::string> gid_names_;
+  // id -> interned name: writers omit a repeated name, readers back-fill.
+  absl::flat_hash_map<uint32_t, uint32_t> uid_names_;
+  absl::flat_hash_map<uint32_t, uint32_t> gid_names_;
   std::vector<PendingLink> links_;
   // dirent -> index in links_ of its current (not replaced) hardlink entry.
   absl::flat_hash_map<uint32_t, size_t> live_link_;
   // The regular file whose chunks are being collected, or UINT32_MAX.
   uint32_t open_file_ = UINT32_MAX;
-  std::string open_file_path_;
+  uint32_t open_file_dirent_ = 0;      // for error messages
   std::vector<uint64_t> end_offsets_;  // parallel to chunks_: endOffset or 0
   std::vector<size_t> xattr_src_;      // per inode: TOC entry index or npos
   const Toc* toc_ = nullptr;
@@ -206,12 +207,12 @@ void LayerIndexBuilder::SetAttrs(uint32_t ino, const TocEntry& e,
   n.uid = e.uid;
   n.gid = e.gid;
   // Writers omit a name when the id->name mapping repeats: back-fill.
-  if (!e.uname.empty()) uid_names_[e.uid] = e.uname;
-  if (!e.gname.empty()) gid_names_[e.gid] = e.gname;
+  if (!e.uname.empty()) uid_names_[e.uid] = Intern(e.uname);
+  if (!e.gname.empty()) gid_names_[e.gid] = Intern(e.gname);
   auto u = uid_names_.find(e.uid);
-  n.uname = u == uid_names_.end() ? 0 : Intern(u->second);
+  n.uname = u == uid_names_.end() ? 0 : u->second;
   auto g = gid_names_.find(e.gid);
-  n.gname = g == gid_names_.end() ? 0 : Intern(g->second);
+  n.gname = g == gid_names_.end() ? 0 : g->second;
   n.has_mtime = e.has_modtime;
   n.mtime_sec = e.mtime_sec;
   n.mtime_nsec = e.mtime_nsec;
@@ -226,9 +227,9 @@ absl::Status LayerIndexBuilder::FinishFile(size_t entry_index) {
   auto chunks = absl::MakeSpan(idx_.chunks_).subspan(f.first_chunk);
   f.num_chunks = static_cast<uint32_t>(chunks.size());
   auto fail = [&](absl::string_view what) {
-    return absl::InvalidArgumentError(absl::StrCat("TOC entry ", entry_index,
-                                                   " (file \"", open_file_path_,
-                                                   "\"): ", what));
+    return absl::InvalidArgumentError(
+        absl::StrCat("TOC entry ", entry_index, " (file \"",
+                     idx_.Path(open_file_dirent_), "\"): ", what));
   };
   if (chunks.empty() || chunks[0].file_offset != 0) {
     return fail("its first chunk does not start at offset 0");
@@ -394,7 +395,7 @@ absl::Status LayerIndexBuilder::AddEntry(const TocEntry& e, size_t index) {
       }
       if (e.size > 0) {
         open_file_ = ino;
-        open_file_path_ = path;
+        open_file_dirent_ = dirent;
         AddChunk(e, ino);
       }
       break;
