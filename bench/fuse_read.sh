@@ -77,12 +77,4 @@ for round in 1 2 3; do
     if [ $mode = memfs ]; then memfs_down; else umnt; fi
   done
 done
-unset LAZYPULL_REPLY; fi
-      mnt "$W/cache"; F="$MNT/big/big.bin"
-    fi
-    R=$(dd if="$F" of=/dev/null bs=1M 2>&1 | awk '/copied/ {print $(NF-1), $NF}')
-    echo "round $round $mode: $R"
-    [ $mode = memfs ] || umnt
-  done
-done
 unset LAZYPULL_REPLY

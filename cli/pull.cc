@@ -127,10 +127,11 @@ int PullMain(int argc, char** argv) {
   const double mb = static_cast<double>(r->compressed_bytes) / 1e6;
   std::cout << absl::StrFormat(
       "pulled %s (manifest %s) into %s\n"
-      "%d layers, %d entries: %.1f MB downloaded (%.1f MB unpacked) in "
-      "%.2f s, %.1f MB/s\n",
+      "%d layers, %d entries: %d bytes downloaded (%.1f MB; %.1f MB "
+      "unpacked) in %.2f s: %.1f MB/s\n",
       r->reference, r->manifest_digest.ToString(), dir, r->layers, r->entries,
-      mb, static_cast<double>(r->uncompressed_bytes) / 1e6, secs, mb / secs);
+      r->compressed_bytes, mb, static_cast<double>(r->uncompressed_bytes) / 1e6,
+      secs, mb / secs);
   return 0;
 }
 

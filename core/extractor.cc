@@ -179,8 +179,8 @@ absl::Status Extractor::MakeOthers() {
   for (uint32_t d = 0; d < idx_.dirents().size(); ++d) {
     const Dirent& de = idx_.dirents()[d];
     const Inode& n = idx_.inode(de.inode);
-    const bool whiteout = n.type != EntryType::kDir &&
-                          absl::StartsWith(de.name, kWhiteoutPrefix);
+    const bool whiteout =
+        n.type != EntryType::kDir && absl::StartsWith(de.name, kWhiteoutPrefix);
     if (!whiteout && !de.hardlink &&
         (n.type == EntryType::kDir ||
          (n.type == EntryType::kReg && n.dirent == d))) {

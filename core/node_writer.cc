@@ -72,8 +72,8 @@ absl::Status SetNodeTimes(int dirfd, const std::string& name, int64_t sec,
 int WriteAllAt(int fd, const char* data, size_t len, uint64_t offset) {
   size_t done = 0;
   while (done < len) {
-    ssize_t w = pwrite(fd, data + done, len - done,
-                       static_cast<off_t>(offset + done));
+    ssize_t w =
+        pwrite(fd, data + done, len - done, static_cast<off_t>(offset + done));
     if (w < 0) {
       if (errno == EINTR) continue;
       return errno;
@@ -113,9 +113,10 @@ absl::StatusOr<ScopedFd> OpenDirBeneath(int root,
     if (fd < 0 && errno == ENOENT && create) {
       if (mkdirat(cur.get(), comps[i].c_str(), 0755) != 0 && errno != EEXIST) {
         return ErrnoToStatus(
-            errno, absl::StrCat("mkdir \"",
-                                absl::StrJoin(comps.begin(), comps.begin() + i + 1, "/"),
-                                "\""));
+            errno, absl::StrCat(
+                       "mkdir \"",
+                       absl::StrJoin(comps.begin(), comps.begin() + i + 1, "/"),
+                       "\""));
       }
       if (created != nullptr) created->push_back(i + 1);
       fd = openat(cur.get(), comps[i].c_str(),
@@ -126,7 +127,8 @@ absl::StatusOr<ScopedFd> OpenDirBeneath(int root,
       std::string p = absl::StrJoin(comps.begin(), comps.begin() + i + 1, "/");
       if (e == ELOOP || e == ENOTDIR) {
         return absl::FailedPreconditionError(absl::StrCat(
-            "\"", p, "\" is a symlink or not a directory: refusing to write "
+            "\"", p,
+            "\" is a symlink or not a directory: refusing to write "
             "through it"));
       }
       return ErrnoToStatus(e, absl::StrCat("open directory \"", p, "\""));

@@ -46,8 +46,8 @@ class Unpacker {
   Unpacker(TarReader* tar, const TarUnpackOptions& o) : tar_(tar), opts_(o) {}
 
   absl::StatusOr<UnpackedLayer> Run(const std::string& dir) {
-    root_ = ScopedFd(open(dir.c_str(),
-                          O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+    root_ = ScopedFd(
+        open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
     if (!root_.valid()) return ErrnoToStatus(errno, absl::StrCat("open ", dir));
     TarHeader h;
     while (true) {
@@ -170,12 +170,13 @@ class Unpacker {
         rc = mkfifoat(pfd, base.c_str(), 0600);
         break;
     }
-    if (rc != 0) return ErrnoToStatus(errno, absl::StrCat("create \"", path, "\""));
+    if (rc != 0)
+      return ErrnoToStatus(errno, absl::StrCat("create \"", path, "\""));
     return ApplyMeta(pfd, base, meta, path, h.type == TarType::kSymlink);
   }
 
-  absl::Status Hardlink(const TarHeader& h, const std::vector<std::string>& comps,
-                        int pfd) {
+  absl::Status Hardlink(const TarHeader& h,
+                        const std::vector<std::string>& comps, int pfd) {
     const std::string path = absl::StrJoin(comps, "/");
     absl::StatusOr<std::vector<std::string>> target =
         SplitRelativePath(h.link_name);
@@ -190,8 +191,8 @@ class Unpacker {
     std::vector<std::string> tparent(target->begin(), target->end() - 1);
     absl::StatusOr<ScopedFd> tfd = OpenDirBeneath(root_.get(), tparent, false);
     struct stat st;
-    if (!tfd.ok() ||
-        fstatat(tfd->get(), target->back().c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) {
+    if (!tfd.ok() || fstatat(tfd->get(), target->back().c_str(), &st,
+                             AT_SYMLINK_NOFOLLOW) != 0) {
       if (tfd.ok() && errno != ENOENT) {
         return ErrnoToStatus(errno, absl::StrCat("stat \"", tpath, "\""));
       }
@@ -218,9 +219,10 @@ class Unpacker {
       ASSIGN_OR_RETURN(std::vector<std::string> comps, SplitRelativePath(path));
       order.emplace_back(std::move(comps), &meta);
     }
-    std::stable_sort(order.begin(), order.end(), [](const auto& a, const auto& b) {
-      return a.first.size() > b.first.size();
-    });
+    std::stable_sort(order.begin(), order.end(),
+                     [](const auto& a, const auto& b) {
+                       return a.first.size() > b.first.size();
+                     });
     for (const auto& [comps, meta] : order) {
       const std::string path = absl::StrJoin(comps, "/");
       if (comps.empty()) {
@@ -231,7 +233,8 @@ class Unpacker {
       absl::StatusOr<ScopedFd> pfd = OpenDirBeneath(root_.get(), parent, false);
       if (!pfd.ok()) continue;  // replaced by a later entry
       struct stat st;
-      if (fstatat(pfd->get(), comps.back().c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0 ||
+      if (fstatat(pfd->get(), comps.back().c_str(), &st, AT_SYMLINK_NOFOLLOW) !=
+              0 ||
           !S_ISDIR(st.st_mode)) {
         continue;  // replaced by a later non-directory
       }

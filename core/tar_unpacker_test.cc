@@ -20,8 +20,9 @@ using testing::TarSpec;
 class TarUnpackerTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    base_ = absl::StrCat(std::getenv("TEST_TMPDIR"), "/",
-                         ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    base_ = absl::StrCat(
+        std::getenv("TEST_TMPDIR"), "/",
+        ::testing::UnitTest::GetInstance()->current_test_info()->name());
     mkdir(base_.c_str(), 0755);
     dir_ = base_ + "/layer";
     mkdir(dir_.c_str(), 0755);

@@ -2,11 +2,10 @@
 
 #include <fcntl.h>
 #include <poll.h>
+#include <simdjson.h>
 #include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
-
-#include <simdjson.h>
 
 #include <cerrno>
 #include <cstdlib>
@@ -108,8 +107,8 @@ absl::StatusOr<std::optional<Credentials>> LookupInFile(
         std::string decoded;
         if (!absl::Base64Unescape(absl::string_view(s.data(), s.size()),
                                   &decoded)) {
-          return bad(absl::StrCat("\"auth\" of ", std::string(key),
-                                  " is not base64"));
+          return bad(
+              absl::StrCat("\"auth\" of ", std::string(key), " is not base64"));
         }
         size_t colon = decoded.find(':');
         if (colon == std::string::npos) {
@@ -191,11 +190,11 @@ absl::StatusOr<std::optional<Credentials>> RunCredentialHelper(
     if (absl::StrContains(out, "credentials not found")) {
       return std::optional<Credentials>();
     }
-    return absl::UnavailableError(
-        absl::StrCat("credential helper ", prog, " failed for ", server,
-                     WIFEXITED(status)
-                         ? absl::StrCat(" (exit status ", WEXITSTATUS(status), ")")
-                         : std::string(" (killed by a signal)")));
+    return absl::UnavailableError(absl::StrCat(
+        "credential helper ", prog, " failed for ", server,
+        WIFEXITED(status)
+            ? absl::StrCat(" (exit status ", WEXITSTATUS(status), ")")
+            : std::string(" (killed by a signal)")));
   }
   simdjson::dom::parser parser;
   element root;
@@ -203,9 +202,10 @@ absl::StatusOr<std::optional<Credentials>> RunCredentialHelper(
   if (parser.parse(out).get(root) != simdjson::SUCCESS ||
       root["Username"].get(user) != simdjson::SUCCESS ||
       root["Secret"].get(secret) != simdjson::SUCCESS) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "credential helper ", prog, " answered something other than "
-        "{\"Username\", \"Secret\"} JSON"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("credential helper ", prog,
+                     " answered something other than "
+                     "{\"Username\", \"Secret\"} JSON"));
   }
   Credentials c;
   c.source = prog;
@@ -348,24 +348,41 @@ absl::StatusOr<std::string> RegistryAuth::Authorization(
   if (hs.basic) {
     ASSIGN_OR_RETURN(std::optional<Credentials> c, CredsFor(registry));
     if (!c || c->username.empty()) return std::string();
-    return absl::StrCat("Basic ",
-                        absl::Base64Escape(absl::StrCat(c->username, ":",
-                                                        c->password)));
+    return absl::StrCat("Basic ", absl::Base64Escape(absl::StrCat(
+                                      c->username, ":", c->password)));
   }
-  // A token is missing or about to expire: get a fresh one now.
+  // A token is missing or about to expire: get a fresh one now, once for
+  // all the threads that need it (single flight per host and scope).
+  const std::string key = absl::StrCat(host, "|", scope);
+  std::shared_ptr<absl::Mutex> flight = FlightFor(key);
+  absl::MutexLock one(flight.get());
+  {
+    absl::MutexLock l(&mu_);
+    auto t = tokens_.find(key);
+    if (t != tokens_.end() && absl::Now() < t->second.refresh_at) {
+      return absl::StrCat("Bearer ", t->second.value);  // another thread's
+    }
+  }
   ASSIGN_OR_RETURN(Token t, FetchToken(registry, hs, {std::string(scope)}));
   absl::MutexLock l(&mu_);
-  tokens_[absl::StrCat(host, "|", scope)] = t;
+  tokens_[key] = t;
   return absl::StrCat("Bearer ", t.value);
 }
 
+std::shared_ptr<absl::Mutex> RegistryAuth::FlightFor(const std::string& key) {
+  absl::MutexLock l(&mu_);
+  std::shared_ptr<absl::Mutex>& m = flights_[key];
+  if (m == nullptr) m = std::make_shared<absl::Mutex>();
+  return m;
+}
+
 absl::Status RegistryAuth::HandleUnauthorized(
-    absl::string_view registry, absl::string_view host,
-    absl::string_view scope, const std::vector<std::string>& challenges,
-    absl::string_view sent) {
+    absl::string_view registry, absl::string_view host, absl::string_view scope,
+    const std::vector<std::string>& challenges, absl::string_view sent) {
   std::vector<AuthChallenge> parsed;
   for (const std::string& h : challenges) {
-    for (AuthChallenge& c : ParseWwwAuthenticate(h)) parsed.push_back(std::move(c));
+    for (AuthChallenge& c : ParseWwwAuthenticate(h))
+      parsed.push_back(std::move(c));
   }
   const AuthChallenge* bearer = nullptr;
   const AuthChallenge* basic = nullptr;
@@ -377,11 +394,10 @@ absl::Status RegistryAuth::HandleUnauthorized(
   auto no_creds_hint = [&] {
     std::vector<std::string> files;
     if (opts_.credentials != nullptr) files = opts_.credentials->Files();
-    return absl::StrCat(
-        "log in first (docker login / podman login ", registry,
-        "), or add credentials for ", registry, " to ",
-        files.empty() ? std::string("~/.docker/config.json")
-                      : absl::StrJoin(files, " or "));
+    return absl::StrCat("log in first (docker login / podman login ", registry,
+                        "), or add credentials for ", registry, " to ",
+                        files.empty() ? std::string("~/.docker/config.json")
+                                      : absl::StrJoin(files, " or "));
   };
   if (bearer != nullptr) {
     auto realm = bearer->params.find("realm");
@@ -399,18 +415,30 @@ absl::Status RegistryAuth::HandleUnauthorized(
         s != bearer->params.end() && s->second != scope) {
       scopes.push_back(s->second);
     }
-    if (absl::StartsWith(sent, "Bearer ")) {
-      // The registry refused a token we thought valid (expired early, or
-      // revoked): it is dropped and a new one fetched below.
+    const std::string key = absl::StrCat(host, "|", scope);
+    std::shared_ptr<absl::Mutex> flight = FlightFor(key);
+    absl::MutexLock one(flight.get());
+    {
       absl::MutexLock l(&mu_);
-      tokens_.erase(absl::StrCat(host, "|", scope));
+      auto cur = tokens_.find(key);
+      if (cur != tokens_.end()) {
+        if (absl::StrCat("Bearer ", cur->second.value) != sent &&
+            absl::Now() < cur->second.refresh_at) {
+          // Another thread replaced the refused token meanwhile.
+          hosts_[std::string(host)] = hs;
+          return absl::OkStatus();
+        }
+        // The registry refused a token we thought valid (expired early, or
+        // revoked): it is dropped and a new one fetched below.
+        tokens_.erase(cur);
+      }
     }
     ASSIGN_OR_RETURN(Token t, FetchToken(registry, hs, scopes));
     if (absl::StartsWith(sent, "Bearer ") &&
         absl::StrCat("Bearer ", t.value) == sent) {
       return absl::UnauthenticatedError(absl::StrCat(
-          host, " refused the token its realm just issued for \"", scope,
-          "\"", creds ? "" : absl::StrCat("; ", no_creds_hint())));
+          host, " refused the token its realm just issued for \"", scope, "\"",
+          creds ? "" : absl::StrCat("; ", no_creds_hint())));
     }
     absl::MutexLock l(&mu_);
     hosts_[std::string(host)] = hs;
@@ -419,14 +447,12 @@ absl::Status RegistryAuth::HandleUnauthorized(
   }
   if (basic != nullptr) {
     if (!creds || creds->username.empty()) {
-      return absl::UnauthenticatedError(
-          absl::StrCat(host, " requires a user name and password: ",
-                       no_creds_hint()));
+      return absl::UnauthenticatedError(absl::StrCat(
+          host, " requires a user name and password: ", no_creds_hint()));
     }
     if (absl::StartsWith(sent, "Basic ")) {
-      return absl::UnauthenticatedError(
-          absl::StrCat(host, " rejected the user name and password from ",
-                       creds->source));
+      return absl::UnauthenticatedError(absl::StrCat(
+          host, " rejected the user name and password from ", creds->source));
     }
     absl::MutexLock l(&mu_);
     hosts_[std::string(host)].basic = true;
@@ -450,9 +476,9 @@ absl::Status RegistryAuth::Refused(absl::string_view registry,
   if (absl::StartsWith(sent, "Bearer ")) {
     return absl::UnauthenticatedError(absl::StrCat(
         host, " refused a fresh token for \"", scope, "\": ",
-        source.empty() ? std::string("anonymous access is not allowed")
-                       : absl::StrCat("the credentials from ", source,
-                                      " do not grant it"),
+        source.empty()
+            ? std::string("anonymous access is not allowed")
+            : absl::StrCat("the credentials from ", source, " do not grant it"),
         " (or the repository does not exist)"));
   }
   return absl::UnauthenticatedError(
@@ -471,8 +497,8 @@ absl::StatusOr<RegistryAuth::Token> RegistryAuth::FetchToken(
     absl::StrAppend(&query, "service=", UrlQueryEscape(hs.service));
   }
   for (const std::string& s : scopes) {
-    absl::StrAppend(&query, query.empty() ? "" : "&", "scope=",
-                    UrlQueryEscape(s));
+    absl::StrAppend(&query, query.empty() ? "" : "&",
+                    "scope=", UrlQueryEscape(s));
   }
   if (creds && !creds->identity_token.empty()) {
     // OAuth2 refresh-token grant (Docker's token spec, "oauth.md").
@@ -480,18 +506,19 @@ absl::StatusOr<RegistryAuth::Token> RegistryAuth::FetchToken(
     req.url = hs.realm;
     req.headers.push_back(
         {"Content-Type", "application/x-www-form-urlencoded"});
-    req.body = absl::StrCat("grant_type=refresh_token&client_id=lazypull",
-                            "&refresh_token=",
-                            UrlQueryEscape(creds->identity_token),
-                            query.empty() ? "" : "&", query);
+    req.body =
+        absl::StrCat("grant_type=refresh_token&client_id=lazypull",
+                     "&refresh_token=", UrlQueryEscape(creds->identity_token),
+                     query.empty() ? "" : "&", query);
   } else {
     req.url = absl::StrCat(hs.realm,
                            absl::StrContains(hs.realm, "?") ? "&" : "?", query);
     if (creds && !creds->username.empty()) {
       req.headers.push_back(
           {"Authorization",
-           absl::StrCat("Basic ", absl::Base64Escape(absl::StrCat(
-                                      creds->username, ":", creds->password)))});
+           absl::StrCat("Basic ",
+                        absl::Base64Escape(absl::StrCat(creds->username, ":",
+                                                        creds->password)))});
     }
   }
   ASSIGN_OR_RETURN(HttpResponse resp, opts_.http->Fetch(req, 1 << 20));
@@ -502,9 +529,8 @@ absl::StatusOr<RegistryAuth::Token> RegistryAuth::FetchToken(
               : std::string("anonymous access"),
         " (HTTP ", resp.status, ")"));
   }
-  RETURN_IF_ERROR(HttpStatusToStatus(resp.status,
-                                     absl::StrCat("token request ",
-                                                  req.Describe())));
+  RETURN_IF_ERROR(HttpStatusToStatus(
+      resp.status, absl::StrCat("token request ", req.Describe())));
   simdjson::dom::parser parser;
   element root;
   std::string_view value;

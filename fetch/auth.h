@@ -26,13 +26,16 @@
 // file the credentials came from, not their value.
 //
 // Thread-safety: CredentialStore is immutable after construction. RegistryAuth
-// is safe from any thread (one mutex over its caches; token requests run
-// outside it).
+// is safe from any thread: one mutex over its caches, never held across a
+// request; token fetches for one host and scope are single-flight (a
+// per-key mutex, taken before the cache mutex), so concurrent layers that
+// need a token wait for one fetch instead of each making their own.
 #ifndef LAZYPULL_FETCH_AUTH_H_
 #define LAZYPULL_FETCH_AUTH_H_
 
 #include <functional>
 #include <map>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -145,6 +148,8 @@ class RegistryAuth {
   };
   absl::StatusOr<std::optional<Credentials>> CredsFor(
       absl::string_view registry);
+  // The mutex that serializes token fetches for one host|scope.
+  std::shared_ptr<absl::Mutex> FlightFor(const std::string& key);
   absl::StatusOr<Token> FetchToken(absl::string_view registry,
                                    const HostState& hs,
                                    const std::vector<std::string>& scopes);
@@ -153,6 +158,8 @@ class RegistryAuth {
   mutable absl::Mutex mu_;
   std::map<std::string, HostState> hosts_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, Token> tokens_ ABSL_GUARDED_BY(mu_);  // host|scope
+  std::map<std::string, std::shared_ptr<absl::Mutex>> flights_
+      ABSL_GUARDED_BY(mu_);
   std::map<std::string, std::optional<Credentials>> creds_ ABSL_GUARDED_BY(mu_);
   int tokens_fetched_ ABSL_GUARDED_BY(mu_) = 0;
 };

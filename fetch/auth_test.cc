@@ -45,7 +45,8 @@ TEST(WwwAuthenticateTest, ParsesBearerAndBasic) {
   EXPECT_EQ(c[0].params["service"], "registry.docker.io");
   EXPECT_EQ(c[0].params["scope"], "repository:library/alpine:pull");
 
-  c = ParseWwwAuthenticate("Basic realm=\"Registry Realm\", Bearer realm=x,Scope=\"a\\\"b\"");
+  c = ParseWwwAuthenticate(
+      "Basic realm=\"Registry Realm\", Bearer realm=x,Scope=\"a\\\"b\"");
   ASSERT_EQ(c.size(), 2u);
   EXPECT_EQ(c[0].scheme, "basic");
   EXPECT_EQ(c[0].params["realm"], "Registry Realm");
@@ -56,12 +57,11 @@ TEST(WwwAuthenticateTest, ParsesBearerAndBasic) {
 
 TEST(CredentialStoreTest, AuthsKeysInEveryForm) {
   CredentialStore s = StoreWith(absl::StrCat(
-      "{\"auths\":{",
-      "\"https://index.docker.io/v1/\":{\"auth\":\"", Auth("hub", "p1"), "\"},",
-      "\"http://reg.local:5000\":{\"auth\":\"", Auth("local", "p:2"), "\"},",
+      "{\"auths\":{", "\"https://index.docker.io/v1/\":{\"auth\":\"",
+      Auth("hub", "p1"), "\"},", "\"http://reg.local:5000\":{\"auth\":\"",
+      Auth("local", "p:2"), "\"},",
       "\"ghcr.io\":{\"username\":\"gh\",\"password\":\"p3\"},",
-      "\"quay.io\":{\"identitytoken\":\"refresh-me\"},",
-      "\"empty.io\":{}}}"));
+      "\"quay.io\":{\"identitytoken\":\"refresh-me\"},", "\"empty.io\":{}}}"));
   auto c = s.Lookup("docker.io");
   ASSERT_TRUE(c.ok()) << c.status();
   ASSERT_TRUE(c->has_value());
@@ -86,8 +86,8 @@ TEST(CredentialStoreTest, AuthsKeysInEveryForm) {
 
 TEST(CredentialStoreTest, PodmanAuthFileAfterDocker) {
   CredentialStore s = StoreWith(
-      "{\"auths\":{}}",
-      absl::StrCat("{\"auths\":{\"r.io\":{\"auth\":\"", Auth("pod", "man"), "\"}}}"));
+      "{\"auths\":{}}", absl::StrCat("{\"auths\":{\"r.io\":{\"auth\":\"",
+                                     Auth("pod", "man"), "\"}}}"));
   auto c = s.Lookup("r.io");
   ASSERT_TRUE(c.ok() && c->has_value()) << c.status();
   EXPECT_EQ((*c)->username, "pod");
@@ -95,7 +95,8 @@ TEST(CredentialStoreTest, PodmanAuthFileAfterDocker) {
 }
 
 TEST(CredentialStoreTest, MalformedFilesSayWhichAndNeverLeakSecrets) {
-  CredentialStore s = StoreWith("{\"auths\":{\"r.io\":{\"auth\":\"%%%secret\"}}}");
+  CredentialStore s =
+      StoreWith("{\"auths\":{\"r.io\":{\"auth\":\"%%%secret\"}}}");
   auto c = s.Lookup("r.io");
   ASSERT_FALSE(c.ok());
   EXPECT_TRUE(absl::StrContains(c.status().message(), "config.json"));
@@ -109,17 +110,17 @@ std::string InstallHelper(const std::string& name, const std::string& server,
                           const std::string& user, const std::string& secret) {
   std::string bin = Dir("bin");
   std::string path = bin + "/docker-credential-" + name;
-  std::ofstream(path) << "#!/bin/sh\n"
-                      << "[ \"$1\" = get ] || exit 2\n"
-                      << "read server\n"
-                      << "echo \"$server\" >> " << bin << "/asked-" << name << "\n"
-                      << "if [ \"$server\" = \"" << server << "\" ]; then\n"
-                      << "  echo '{\"ServerURL\":\"" << server
-                      << "\",\"Username\":\"" << user << "\",\"Secret\":\""
-                      << secret << "\"}'\n"
-                      << "else\n"
-                      << "  echo 'credentials not found in native keychain'; exit 1\n"
-                      << "fi\n";
+  std::ofstream(path)
+      << "#!/bin/sh\n"
+      << "[ \"$1\" = get ] || exit 2\n"
+      << "read server\n"
+      << "echo \"$server\" >> " << bin << "/asked-" << name << "\n"
+      << "if [ \"$server\" = \"" << server << "\" ]; then\n"
+      << "  echo '{\"ServerURL\":\"" << server << "\",\"Username\":\"" << user
+      << "\",\"Secret\":\"" << secret << "\"}'\n"
+      << "else\n"
+      << "  echo 'credentials not found in native keychain'; exit 1\n"
+      << "fi\n";
   chmod(path.c_str(), 0755);
   static bool once = [&] {
     std::string p = absl::StrCat(bin, ":", std::getenv("PATH"));
@@ -131,10 +132,12 @@ std::string InstallHelper(const std::string& name, const std::string& server,
 }
 
 TEST(CredentialStoreTest, CredentialHelpers) {
-  std::string bin = InstallHelper("fake", "reg.example:443", "helper-user", "hs");
+  std::string bin =
+      InstallHelper("fake", "reg.example:443", "helper-user", "hs");
   InstallHelper("store", "https://index.docker.io/v1/", "<token>", "idtok");
   CredentialStore s = StoreWith(
-      "{\"credHelpers\":{\"reg.example:443\":\"fake\"},\"credsStore\":\"store\"}");
+      "{\"credHelpers\":{\"reg.example:443\":\"fake\"},\"credsStore\":"
+      "\"store\"}");
   auto c = s.Lookup("reg.example:443");
   ASSERT_TRUE(c.ok()) << c.status();
   ASSERT_TRUE(c->has_value());
@@ -158,7 +161,8 @@ TEST(CredentialStoreTest, CredentialHelpers) {
   CredentialStore missing = StoreWith("{\"credsStore\":\"absent\"}");
   auto m = missing.Lookup("x.io");
   ASSERT_FALSE(m.ok());
-  EXPECT_TRUE(absl::StrContains(m.status().message(), "docker-credential-absent"));
+  EXPECT_TRUE(
+      absl::StrContains(m.status().message(), "docker-credential-absent"));
   // Names that could escape PATH lookup are refused.
   EXPECT_FALSE(RunCredentialHelper("../x", "h").ok());
 }

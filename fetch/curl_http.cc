@@ -100,8 +100,8 @@ struct Channel {
   absl::CondVar cv;
   bool headers_ready ABSL_GUARDED_BY(mu) = false;  // response is final
   HttpResponse response ABSL_GUARDED_BY(mu);
-  std::string buf ABSL_GUARDED_BY(mu);  // body bytes not read yet
-  bool done ABSL_GUARDED_BY(mu) = false;  // no more bytes will come
+  std::string buf ABSL_GUARDED_BY(mu);      // body bytes not read yet
+  bool done ABSL_GUARDED_BY(mu) = false;    // no more bytes will come
   absl::Status status ABSL_GUARDED_BY(mu);  // the final error, if done
   bool paused ABSL_GUARDED_BY(mu) = false;  // the loop paused the transfer
   bool cancelled ABSL_GUARDED_BY(mu) = false;
@@ -154,13 +154,14 @@ absl::StatusOr<std::string> CaBlob(const std::vector<std::string>& files) {
 
 class CurlHttpTransport::Loop {
  public:
-  explicit Loop(const CurlHttpOptions& o) : opts_(o), rng_(std::random_device{}()) {}
+  explicit Loop(const CurlHttpOptions& o)
+      : opts_(o), rng_(std::random_device{}()) {}
   ~Loop();
 
   absl::Status Start();
   // Queues a new request; returns the channel its reader waits on.
   absl::StatusOr<std::shared_ptr<Channel>> Submit(const HttpRequest& req,
-                                                   uint64_t* id);
+                                                  uint64_t* id);
   void Resume(uint64_t id);
   void Cancel(uint64_t id);
   size_t window() const { return opts_.reader_window; }
@@ -178,7 +179,7 @@ class CurlHttpTransport::Loop {
     uint64_t id = 0;
     Loop* loop = nullptr;
     HttpRequest req;
-    std::string ca_blob;  // empty: curl's default bundle
+    std::shared_ptr<const std::string> ca_blob;  // null: curl's default
     std::shared_ptr<Channel> ch;
     CURL* easy = nullptr;
     curl_slist* headers = nullptr;
@@ -187,13 +188,13 @@ class CurlHttpTransport::Loop {
     std::optional<ByteRange> range;  // the caller's single range, if any
     bool revealed = false;           // the reader has the headers
     int revealed_status = 0;
-    uint64_t delivered = 0;          // body bytes handed to the reader
+    uint64_t delivered = 0;  // body bytes handed to the reader
     // The current attempt.
     HttpHeaders hdrs;
     int status = 0;
     bool headers_done = false;
-    bool discard = false;      // a retryable status: body is dropped
-    std::string error_body;    // its first bytes, for the message
+    bool discard = false;    // a retryable status: body is dropped
+    std::string error_body;  // its first bytes, for the message
     uint64_t attempt_body = 0;
     std::optional<uint64_t> expected;  // body length a 206 promised
     absl::Status fatal;                // set by a callback to end it all
@@ -229,6 +230,9 @@ class CurlHttpTransport::Loop {
   std::vector<Command> commands_ ABSL_GUARDED_BY(mu_);
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   uint64_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
+  // CA bundles by the list of extra files they hold.
+  absl::flat_hash_map<std::string, std::shared_ptr<const std::string>> ca_blobs_
+      ABSL_GUARDED_BY(mu_);
 
   // Loop thread only.
   absl::flat_hash_map<uint64_t, std::unique_ptr<Transfer>> transfers_;
@@ -288,13 +292,24 @@ absl::StatusOr<std::shared_ptr<Channel>> CurlHttpTransport::Loop::Submit(
     if (absl::EqualsIgnoreCase(k, "range")) t->range = ParseRangeHeader(v);
   }
   if (!req.tls.ca_files.empty()) {
-    absl::StatusOr<std::string> blob = CaBlob(req.tls.ca_files);
-    if (!blob.ok()) {
-      return absl::Status(blob.status().code(),
-                          absl::StrCat(req.Describe(), ": ",
-                                       blob.status().message()));
+    // Built once per set of files (a PEM bundle is ~200 KB).
+    const std::string key = absl::StrJoin(req.tls.ca_files, "\n");
+    {
+      absl::MutexLock l(&mu_);
+      auto it = ca_blobs_.find(key);
+      if (it != ca_blobs_.end()) t->ca_blob = it->second;
     }
-    t->ca_blob = *std::move(blob);
+    if (t->ca_blob == nullptr) {
+      absl::StatusOr<std::string> blob = CaBlob(req.tls.ca_files);
+      if (!blob.ok()) {
+        return absl::Status(
+            blob.status().code(),
+            absl::StrCat(req.Describe(), ": ", blob.status().message()));
+      }
+      t->ca_blob = std::make_shared<const std::string>(*std::move(blob));
+      absl::MutexLock l(&mu_);
+      ca_blobs_[key] = t->ca_blob;
+    }
   }
   t->ch = std::make_shared<Channel>();
   std::shared_ptr<Channel> ch = t->ch;
@@ -380,16 +395,16 @@ void CurlHttpTransport::Loop::Run() {
     int timeout_ms = 1000;
     if (!timers_.empty()) {
       absl::Duration d = timers_.top().first - absl::Now();
-      timeout_ms = static_cast<int>(std::clamp<int64_t>(
-          absl::ToInt64Milliseconds(d) + 1, 0, timeout_ms));
+      timeout_ms = static_cast<int>(
+          std::clamp<int64_t>(absl::ToInt64Milliseconds(d) + 1, 0, timeout_ms));
     }
     curl_multi_poll(multi_, nullptr, 0, timeout_ms, nullptr);
   }
   std::vector<Transfer*> all;
   for (auto& [id, t] : transfers_) all.push_back(t.get());
   for (Transfer* t : all) {
-    Finish(t, absl::CancelledError(
-                  absl::StrCat(t->req.Describe(), ": HTTP transport shut down")));
+    Finish(t, absl::CancelledError(absl::StrCat(t->req.Describe(),
+                                                ": HTTP transport shut down")));
   }
 }
 
@@ -442,15 +457,17 @@ void CurlHttpTransport::Loop::StartAttempt(Transfer* t) {
   if (t->delivered > 0) {
     uint64_t first = (t->range ? t->range->first : 0) + t->delivered;
     range_header = absl::StrCat("bytes=", first, "-");
-    if (t->range && t->range->last) absl::StrAppend(&*range_header, *t->range->last);
+    if (t->range && t->range->last)
+      absl::StrAppend(&*range_header, *t->range->last);
   }
   for (const auto& [k, v] : r.headers) {
     if (range_header && absl::EqualsIgnoreCase(k, "range")) continue;
-    t->headers = curl_slist_append(t->headers, absl::StrCat(k, ": ", v).c_str());
+    t->headers =
+        curl_slist_append(t->headers, absl::StrCat(k, ": ", v).c_str());
   }
   if (range_header) {
-    t->headers =
-        curl_slist_append(t->headers, absl::StrCat("Range: ", *range_header).c_str());
+    t->headers = curl_slist_append(
+        t->headers, absl::StrCat("Range: ", *range_header).c_str());
   }
   // No "Expect: 100-continue" round trip for uploads.
   t->headers = curl_slist_append(t->headers, "Expect:");
@@ -473,8 +490,9 @@ void CurlHttpTransport::Loop::StartAttempt(Transfer* t) {
                                : static_cast<long>(CURL_HTTP_VERSION_1_1));
   // Wait for a connection that can multiplex rather than open another.
   curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
-  curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS,
-                   static_cast<long>(absl::ToInt64Milliseconds(r.connect_timeout)));
+  curl_easy_setopt(
+      e, CURLOPT_CONNECTTIMEOUT_MS,
+      static_cast<long>(absl::ToInt64Milliseconds(r.connect_timeout)));
   if (r.timeout > absl::ZeroDuration()) {
     curl_easy_setopt(e, CURLOPT_TIMEOUT_MS,
                      static_cast<long>(absl::ToInt64Milliseconds(r.timeout)));
@@ -482,16 +500,17 @@ void CurlHttpTransport::Loop::StartAttempt(Transfer* t) {
   if (r.stall_timeout > absl::ZeroDuration()) {
     // Paused transfers are exempt from curl's speed check.
     curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, 1L);
-    curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME,
-                     std::max<long>(1, static_cast<long>(absl::ToInt64Seconds(
-                                           r.stall_timeout))));
+    curl_easy_setopt(
+        e, CURLOPT_LOW_SPEED_TIME,
+        std::max<long>(
+            1, static_cast<long>(absl::ToInt64Seconds(r.stall_timeout))));
   }
   curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, r.tls.verify ? 1L : 0L);
   curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, r.tls.verify ? 2L : 0L);
-  if (!t->ca_blob.empty()) {
+  if (t->ca_blob != nullptr) {
     curl_blob blob;
-    blob.data = t->ca_blob.data();
-    blob.len = t->ca_blob.size();
+    blob.data = const_cast<char*>(t->ca_blob->data());
+    blob.len = t->ca_blob->size();
     blob.flags = CURL_BLOB_NOCOPY;  // t->ca_blob outlives the handle
     curl_easy_setopt(e, CURLOPT_CAINFO_BLOB, &blob);
   }
@@ -508,8 +527,8 @@ void CurlHttpTransport::Loop::StartAttempt(Transfer* t) {
   }
   CURLMcode mc = curl_multi_add_handle(multi_, e);
   if (mc != CURLM_OK) {
-    Finish(t, CurlMCodeToStatus(mc, absl::StrCat(r.Describe(),
-                                                 ": curl_multi_add_handle")));
+    Finish(t, CurlMCodeToStatus(
+                  mc, absl::StrCat(r.Describe(), ": curl_multi_add_handle")));
   }
 }
 
@@ -593,9 +612,9 @@ size_t CurlHttpTransport::Loop::OnHeaderLine(Transfer* t,
           t->status, what,
           absl::StrCat("while resuming the body at byte ", t->delivered));
       if (t->fatal.ok()) {
-        t->fatal = absl::DataLossError(absl::StrCat(
-            what, ": HTTP ", t->status, " while resuming the body at byte ",
-            t->delivered));
+        t->fatal = absl::DataLossError(
+            absl::StrCat(what, ": HTTP ", t->status,
+                         " while resuming the body at byte ", t->delivered));
       }
       return 0;
     }
@@ -644,9 +663,9 @@ size_t CurlHttpTransport::Loop::OnBody(Transfer* t, const char* data,
     return n;
   }
   if (t->expected && t->attempt_body + n > *t->expected) {
-    t->fatal = absl::DataLossError(absl::StrCat(
-        t->req.Describe(), ": the server sent more than the ", *t->expected,
-        " bytes its Content-Range promised"));
+    t->fatal = absl::DataLossError(
+        absl::StrCat(t->req.Describe(), ": the server sent more than the ",
+                     *t->expected, " bytes its Content-Range promised"));
     return 0;
   }
   {
@@ -696,7 +715,8 @@ void CurlHttpTransport::Loop::OnDone(Transfer* t, CURLcode code) {
     if (snippet.size() > 200) snippet = snippet.substr(0, 200) + "...";
     absl::Status st = HttpStatusToStatus(t->status, what, snippet);
     std::optional<absl::Duration> ra;
-    if (auto v = t->hdrs.Get("retry-after")) ra = ParseRetryAfter(*v, absl::Now());
+    if (auto v = t->hdrs.Get("retry-after"))
+      ra = ParseRetryAfter(*v, absl::Now());
     ScheduleRetry(t, st, ra);
     return;
   }
@@ -727,21 +747,20 @@ void CurlHttpTransport::Loop::ScheduleRetry(
   const RetryPolicy& p = t->req.retry;
   const bool can_resume = t->delivered == 0 || t->req.method == "GET";
   if (t->attempt >= p.max_attempts || !can_resume) {
-    Finish(t, absl::Status(why.code(),
-                           absl::StrCat(why.message(), " (gave up after ",
-                                        t->attempt, t->attempt == 1 ? " attempt)"
-                                                                    : " attempts)")));
+    Finish(t, absl::Status(
+                  why.code(),
+                  absl::StrCat(why.message(), " (gave up after ", t->attempt,
+                               t->attempt == 1 ? " attempt)" : " attempts)")));
     return;
   }
   if (retry_after && *retry_after > p.max_retry_after) {
     Finish(t, absl::Status(
                   why.code(),
-                  absl::StrCat(why.message(), " (the server asked to retry after ",
-                               absl::FormatDuration(*retry_after),
-                               ", longer than the ",
-                               absl::FormatDuration(p.max_retry_after),
-                               " allowed; gave up after ", t->attempt,
-                               " attempts)")));
+                  absl::StrCat(
+                      why.message(), " (the server asked to retry after ",
+                      absl::FormatDuration(*retry_after), ", longer than the ",
+                      absl::FormatDuration(p.max_retry_after),
+                      " allowed; gave up after ", t->attempt, " attempts)")));
     return;
   }
   absl::Duration delay = Backoff(*t);
@@ -821,7 +840,6 @@ class CurlBodyReader : public HttpBodyReader {
 };
 
 }  // namespace
-
 
 CurlHttpTransport::CurlHttpTransport(std::shared_ptr<Loop> loop)
     : loop_(std::move(loop)) {}

@@ -18,7 +18,8 @@ using testing::TestResponse;
 
 std::string Pattern(size_t n) {
   std::string s(n, '\0');
-  for (size_t i = 0; i < n; ++i) s[i] = static_cast<char>('a' + (i * 7 + i / 251) % 26);
+  for (size_t i = 0; i < n; ++i)
+    s[i] = static_cast<char>('a' + (i * 7 + i / 251) % 26);
   return s;
 }
 
@@ -34,7 +35,8 @@ void ServeRanges(const std::string& body, const TestRequest& req,
   uint64_t last = r->last.value_or(body.size() - 1);
   resp->status = 206;
   resp->headers.push_back(
-      {"Content-Range", absl::StrCat("bytes ", r->first, "-", last, "/", body.size())});
+      {"Content-Range",
+       absl::StrCat("bytes ", r->first, "-", last, "/", body.size())});
   resp->body = body.substr(r->first, last - r->first + 1);
 }
 
@@ -158,7 +160,8 @@ TEST_F(CurlHttpTest, RetryAfterBeyondTheLimitEndsAtOnce) {
 TEST_F(CurlHttpTest, ConnectionRefusedIsRetriedThenFinal) {
   int port;
   {
-    auto s = LoopbackHttpServer::Start([](const TestRequest&, TestResponse*) {});
+    auto s =
+        LoopbackHttpServer::Start([](const TestRequest&, TestResponse*) {});
     ASSERT_TRUE(s.ok());
     port = (*s)->port();
   }  // closed: nothing listens there now
@@ -199,11 +202,12 @@ TEST_F(CurlHttpTest, RangeIsCheckedAgainstContentRange) {
   EXPECT_EQ(a->status, 206);
   EXPECT_EQ(a->body, body.substr(100, 100));
 
-  auto bad = LoopbackHttpServer::Start([&](const TestRequest&, TestResponse* r) {
-    r->status = 206;
-    r->headers.push_back({"Content-Range", "bytes 0-99/1000"});
-    r->body = body.substr(0, 100);
-  });
+  auto bad =
+      LoopbackHttpServer::Start([&](const TestRequest&, TestResponse* r) {
+        r->status = 206;
+        r->headers.push_back({"Content-Range", "bytes 0-99/1000"});
+        r->body = body.substr(0, 100);
+      });
   ASSERT_TRUE(bad.ok());
   HttpRequest req2 = Get(**bad, "/blob");
   req2.headers.push_back({"Range", "bytes=100-199"});
@@ -217,10 +221,11 @@ TEST_F(CurlHttpTest, RangeIsCheckedAgainstContentRange) {
 TEST_F(CurlHttpTest, BrokenBodyIsResumedWithARange) {
   const std::string body = Pattern(300000);
   std::atomic<int> n{0};
-  auto s = LoopbackHttpServer::Start([&](const TestRequest& q, TestResponse* r) {
-    ServeRanges(body, q, r);
-    if (n.fetch_add(1) == 0) r->truncate_after = 100000;
-  });
+  auto s =
+      LoopbackHttpServer::Start([&](const TestRequest& q, TestResponse* r) {
+        ServeRanges(body, q, r);
+        if (n.fetch_add(1) == 0) r->truncate_after = 100000;
+      });
   ASSERT_TRUE(s.ok());
   auto a = http_->Fetch(Get(**s, "/blob"));
   ASSERT_TRUE(a.ok()) << a.status();
@@ -274,9 +279,8 @@ TEST_F(CurlHttpTest, DroppingAReaderCancelsTheTransfer) {
 }
 
 TEST_F(CurlHttpTest, PerRequestTimeout) {
-  auto s = LoopbackHttpServer::Start([](const TestRequest&, TestResponse* r) {
-    r->delay = absl::Seconds(2);
-  });
+  auto s = LoopbackHttpServer::Start(
+      [](const TestRequest&, TestResponse* r) { r->delay = absl::Seconds(2); });
   ASSERT_TRUE(s.ok());
   HttpRequest req = Get(**s, "/slow");
   req.timeout = absl::Milliseconds(300);
@@ -308,6 +312,51 @@ TEST_F(CurlHttpTest, ManyThreadsAtOnce) {
   EXPECT_EQ(ok.load(), 8);
 }
 
+TEST_F(CurlHttpTest, StreamCallbacksGetTheBodyAndCanStopIt) {
+  const std::string body = Pattern(1 << 20);
+  auto s = LoopbackHttpServer::Start(
+      [&](const TestRequest& q, TestResponse* r) { ServeRanges(body, q, r); });
+  ASSERT_TRUE(s.ok());
+  std::string got;
+  auto resp = http_->Stream(Get(**s, "/blob"), [&](absl::string_view piece) {
+    got.append(piece.data(), piece.size());
+    return absl::OkStatus();
+  });
+  ASSERT_TRUE(resp.ok()) << resp.status();
+  EXPECT_EQ(resp->status, 200);
+  EXPECT_TRUE(resp->body.empty());
+  EXPECT_TRUE(got == body);
+  auto stopped = http_->Stream(Get(**s, "/blob"), [](absl::string_view) {
+    return absl::AbortedError("enough");
+  });
+  ASSERT_FALSE(stopped.ok());
+  EXPECT_EQ(stopped.status().message(), "enough");
+}
+
+TEST_F(CurlHttpTest, ReadersOutliveTheTransport) {
+  const std::string body = Pattern(8 << 20);
+  auto s = LoopbackHttpServer::Start(
+      [&](const TestRequest& q, TestResponse* r) { ServeRanges(body, q, r); });
+  ASSERT_TRUE(s.ok());
+  CurlHttpOptions o;
+  o.reader_window = 16 << 10;
+  auto t = CurlHttpTransport::Create(o);
+  ASSERT_TRUE(t.ok());
+  auto reader = (*t)->Open(Get(**s, "/blob"));
+  ASSERT_TRUE(reader.ok()) << reader.status();
+  t->reset();  // joins the loop; the unfinished transfer is cancelled
+  absl::Status final_status;
+  while (true) {
+    auto piece = (*reader)->Read(1 << 20);
+    if (!piece.ok()) {
+      final_status = piece.status();
+      break;
+    }
+    if (piece->empty()) break;
+  }
+  EXPECT_EQ(final_status.code(), absl::StatusCode::kCancelled) << final_status;
+}
+
 TEST(HttpHelpersTest, ParsesRangesAndRetryAfter) {
   auto r = ParseRangeHeader("bytes=5-9");
   ASSERT_TRUE(r.has_value());
@@ -327,7 +376,8 @@ TEST(HttpHelpersTest, ParsesRangesAndRetryAfter) {
   EXPECT_FALSE(ParseRetryAfter("soon", now).has_value());
   EXPECT_EQ(ResolveUrl("https://a/v2/x/blobs/y", "https://b/z?s=1"),
             "https://b/z?s=1");
-  EXPECT_EQ(ResolveUrl("https://a:5000/v2/x/blobs/y", "/z"), "https://a:5000/z");
+  EXPECT_EQ(ResolveUrl("https://a:5000/v2/x/blobs/y", "/z"),
+            "https://a:5000/z");
   EXPECT_EQ(ResolveUrl("https://a/v2/x/blobs/y", "//c/d"), "https://c/d");
   EXPECT_EQ(UrlHost("https://u:p@h:1/x"), "h:1");
   HttpRequest q;
@@ -345,8 +395,9 @@ TEST(HttpStatusTest, KeepsTheRawCode) {
   absl::Status c = CurlCodeToStatus(CURLE_COULDNT_CONNECT, "GET y", "detail");
   EXPECT_EQ(c.code(), absl::StatusCode::kUnavailable);
   EXPECT_NE(c.message().find("(curl error 7)"), std::string::npos);
-  EXPECT_NE(CurlMCodeToStatus(CURLM_BAD_HANDLE, "m").message().find(
-                "curl multi error 1"),
+  EXPECT_NE(CurlMCodeToStatus(CURLM_BAD_HANDLE, "m")
+                .message()
+                .find("curl multi error 1"),
             std::string::npos);
 }
 

@@ -62,10 +62,12 @@ class TomlParser {
     return pos_ + ahead < s_.size() ? s_[pos_ + ahead] : '\0';
   }
   int Line() const {
-    return 1 + static_cast<int>(std::count(s_.begin(), s_.begin() + pos_, '\n'));
+    return 1 +
+           static_cast<int>(std::count(s_.begin(), s_.begin() + pos_, '\n'));
   }
   absl::Status Error(absl::string_view what) const {
-    return absl::InvalidArgumentError(absl::StrCat("line ", Line(), ": ", what));
+    return absl::InvalidArgumentError(
+        absl::StrCat("line ", Line(), ": ", what));
   }
   void SkipSpaces() {
     while (Peek() == ' ' || Peek() == '\t') ++pos_;
@@ -115,8 +117,8 @@ class TomlParser {
         continue;
       }
       if (Peek() != end) {
-        return Error(absl::StrCat("expected '", std::string(1, end),
-                                  "' after a key"));
+        return Error(
+            absl::StrCat("expected '", std::string(1, end), "' after a key"));
       }
       return path;
     }
@@ -241,7 +243,8 @@ class TomlParser {
       v.type = TomlValue::Type::kInt;
       return v;
     }
-    return Error(absl::StrCat("unsupported value \"", s_.substr(start, 20), "\""));
+    return Error(
+        absl::StrCat("unsupported value \"", s_.substr(start, 20), "\""));
   }
 
   absl::string_view s_;
@@ -267,8 +270,8 @@ absl::Status ParseHostUrl(absl::string_view url, RegistryHost* h,
                           bool override_path) {
   size_t sep = url.find("://");
   if (sep == absl::string_view::npos) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("host \"", url, "\" needs a scheme (https:// or http://)"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "host \"", url, "\" needs a scheme (https:// or http://)"));
   }
   h->scheme = absl::AsciiStrToLower(url.substr(0, sep));
   if (h->scheme != "http" && h->scheme != "https") {
@@ -279,7 +282,8 @@ absl::Status ParseHostUrl(absl::string_view url, RegistryHost* h,
   size_t slash = rest.find('/');
   h->host = std::string(rest.substr(0, slash));
   if (h->host.empty()) {
-    return absl::InvalidArgumentError(absl::StrCat("host \"", url, "\" has no host"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("host \"", url, "\" has no host"));
   }
   std::string path =
       slash == absl::string_view::npos ? "" : std::string(rest.substr(slash));

@@ -56,8 +56,8 @@ struct RegistryHost {
 // command line adds.
 struct RegistryHostDefaults {
   std::string hosts_dir = "/etc/containerd/certs.d";
-  bool plain_http = false;   // --plain-http: the origin speaks HTTP
-  bool skip_verify = false;  // --insecure-skip-tls-verify (origin)
+  bool plain_http = false;            // --plain-http: the origin speaks HTTP
+  bool skip_verify = false;           // --insecure-skip-tls-verify (origin)
   std::vector<std::string> ca_files;  // --ca-file: trusted for every host
 };
 

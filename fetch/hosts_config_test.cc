@@ -36,17 +36,20 @@ a.b = "esc\"\u00e9"
 )");
   ASSERT_TRUE(doc.ok()) << doc.status();
   ASSERT_EQ(doc->tables.size(), 2u);
-  EXPECT_EQ(doc->tables[0], (std::vector<std::string>{"host", "https://m1:5000"}));
+  EXPECT_EQ(doc->tables[0],
+            (std::vector<std::string>{"host", "https://m1:5000"}));
   ASSERT_EQ(doc->keys.size(), 7u);
   EXPECT_EQ(doc->keys[0].second.str, "https://r.example");
   EXPECT_TRUE(doc->keys[1].second.boolean);
   EXPECT_EQ(doc->keys[2].second.integer, 1000);
-  EXPECT_EQ(doc->keys[3].first,
-            (std::vector<std::string>{"host", "https://m1:5000", "capabilities"}));
+  EXPECT_EQ(
+      doc->keys[3].first,
+      (std::vector<std::string>{"host", "https://m1:5000", "capabilities"}));
   EXPECT_EQ(doc->keys[3].second.array.size(), 2u);
   EXPECT_EQ(doc->keys[4].second.str, "lit\\eral");
   EXPECT_EQ(doc->keys[6].first,
-            (std::vector<std::string>{"host", "https://m1:5000", "header", "a", "b"}));
+            (std::vector<std::string>{"host", "https://m1:5000", "header", "a",
+                                      "b"}));
   EXPECT_EQ(doc->keys[6].second.str, "esc\"\xc3\xa9");
 }
 

@@ -164,7 +164,8 @@ std::optional<absl::Duration> ParseRetryAfter(absl::string_view value,
   if (value.empty()) return std::nullopt;
   uint64_t secs;
   if (absl::SimpleAtoi(value, &secs)) {
-    return absl::Seconds(static_cast<int64_t>(std::min<uint64_t>(secs, 1 << 30)));
+    return absl::Seconds(
+        static_cast<int64_t>(std::min<uint64_t>(secs, 1 << 30)));
   }
   // IMF-fixdate, "Sun, 06 Nov 1994 08:49:37 GMT".
   struct tm tm;
@@ -268,8 +269,9 @@ std::string ResolveUrl(absl::string_view base, absl::string_view location) {
   absl::string_view path = base.substr(origin.size());
   path = path.substr(0, path.find_first_of("?#"));
   size_t slash = path.rfind('/');
-  std::string dir =
-      slash == absl::string_view::npos ? "/" : std::string(path.substr(0, slash + 1));
+  std::string dir = slash == absl::string_view::npos
+                        ? "/"
+                        : std::string(path.substr(0, slash + 1));
   return absl::StrCat(origin, dir, location);
 }
 

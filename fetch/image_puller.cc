@@ -49,7 +49,9 @@ class LayerTarStream : public ByteStream {
   uint64_t uncompressed_bytes() const { return produced_; }
   Digest diff_id() { return diff_hash_.Finish(); }
   const char* format() const {
-    return mode_ == Mode::kGzip ? "gzip" : mode_ == Mode::kZstd ? "zstd" : "tar";
+    return mode_ == Mode::kGzip   ? "gzip"
+           : mode_ == Mode::kZstd ? "zstd"
+                                  : "tar";
   }
 
  private:
@@ -136,9 +138,9 @@ class LayerTarStream : public ByteStream {
         out_src_ = out_.data();
         out_len_ = r.produced;
         if (r.consumed == 0 && r.produced == 0 && !r.frame_end) {
-          return absl::DataLossError(absl::StrCat(
-              "the ", format(), " stream makes no progress after ", produced_,
-              " uncompressed bytes"));
+          return absl::DataLossError(
+              absl::StrCat("the ", format(), " stream makes no progress after ",
+                           produced_, " uncompressed bytes"));
         }
       }
       if (out_len_ > 0) {
@@ -234,13 +236,15 @@ absl::Status CheckTarget(const std::string& dir) {
   if (d == nullptr) return ErrnoToStatus(errno, absl::StrCat("read ", dir));
   bool empty = true;
   while (struct dirent* e = readdir(d)) {
-    if (strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0) empty = false;
+    if (strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0)
+      empty = false;
   }
   closedir(d);
   if (!empty) {
     return absl::FailedPreconditionError(absl::StrCat(
-        dir, " is not empty: pull writes an image's root filesystem into an "
-             "empty or new directory"));
+        dir,
+        " is not empty: pull writes an image's root filesystem into an "
+        "empty or new directory"));
   }
   return absl::OkStatus();
 }
@@ -255,8 +259,8 @@ absl::StatusOr<PullResult> PullImage(RegistryClient* client,
   while (dir.size() > 1 && dir.back() == '/') dir.pop_back();
   RETURN_IF_ERROR(CheckTarget(dir));
   const std::string parent = Dirname(dir);
-  const std::string work = absl::StrCat(parent, "/.", Basename(dir),
-                                        ".lazypull-pull.", getpid());
+  const std::string work =
+      absl::StrCat(parent, "/.", Basename(dir), ".lazypull-pull.", getpid());
   ScopedFd parent_fd(open(parent.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
   if (!parent_fd.valid()) {
     return ErrnoToStatus(errno, absl::StrCat("open ", parent));
@@ -273,9 +277,10 @@ absl::StatusOr<PullResult> PullImage(RegistryClient* client,
     ~WorkCleanup() { (void)RemoveTreeAt(parent, name, display); }
   } cleanup{parent_fd.get(), work_name, work};
 
-  ScopedFd work_fd(open(work.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW |
-                                         O_CLOEXEC));
-  if (!work_fd.valid()) return ErrnoToStatus(errno, absl::StrCat("open ", work));
+  ScopedFd work_fd(
+      open(work.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+  if (!work_fd.valid())
+    return ErrnoToStatus(errno, absl::StrCat("open ", work));
   const std::string rootfs = work + "/rootfs";
   if (mkdir(rootfs.c_str(), 0755) != 0) {
     return ErrnoToStatus(errno, absl::StrCat("mkdir ", rootfs));
@@ -299,17 +304,19 @@ absl::StatusOr<PullResult> PullImage(RegistryClient* client,
       if (i >= n) return;
       LayerJob* job = &jobs[i];
       job->staged = absl::StrCat(work, "/layer-", i);
-      absl::Status st = RunLayer(client, img.manifest.layers[i],
-                                 img.config.diff_ids[i], job->staged, opts,
-                                 &cancel, job);
+      absl::Status st =
+          RunLayer(client, img.manifest.layers[i], img.config.diff_ids[i],
+                   job->staged, opts, &cancel, job);
+      // A failed layer fails the pull: the others stop early.
+      if (!st.ok()) cancel.store(true);
       absl::MutexLock l(&mu);
       job->status = st;
       job->done = true;
     }
   };
   std::vector<std::thread> threads;
-  const size_t nthreads =
-      std::min<size_t>(n, static_cast<size_t>(std::max(1, opts.parallel_layers)));
+  const size_t nthreads = std::min<size_t>(
+      n, static_cast<size_t>(std::max(1, opts.parallel_layers)));
   for (size_t t = 0; t < nthreads; ++t) threads.emplace_back(worker);
   auto stop = [&] {
     cancel.store(true);
@@ -334,9 +341,22 @@ absl::StatusOr<PullResult> PullImage(RegistryClient* client,
     if (st.ok()) st = rm;
     if (!st.ok()) {
       stop();
-      const Descriptor& d = img.manifest.layers[i];
+      // Report the layer that failed first, not one it cancelled.
+      size_t bad = i;
+      if (absl::IsCancelled(st)) {
+        absl::MutexLock l(&mu);
+        for (size_t k = 0; k < n; ++k) {
+          if (jobs[k].done && !jobs[k].status.ok() &&
+              !absl::IsCancelled(jobs[k].status)) {
+            bad = k;
+            st = jobs[k].status;
+            break;
+          }
+        }
+      }
+      const Descriptor& d = img.manifest.layers[bad];
       return absl::Status(
-          st.code(), absl::StrCat("layer ", i + 1, "/", n, " (",
+          st.code(), absl::StrCat("layer ", bad + 1, "/", n, " (",
                                   d.digest.ToString(), "): ", st.message()));
     }
     result.compressed_bytes += job->compressed;

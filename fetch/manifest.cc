@@ -1,8 +1,7 @@
 #include "fetch/manifest.h"
 
-#include <sys/utsname.h>
-
 #include <simdjson.h>
+#include <sys/utsname.h>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
@@ -42,14 +41,14 @@ absl::StatusOr<element> ParseObject(simdjson::dom::parser& parser,
                                     absl::string_view json,
                                     absl::string_view what) {
   element root;
-  simdjson::error_code err =
-      parser.parse(json.data(), json.size()).get(root);
+  simdjson::error_code err = parser.parse(json.data(), json.size()).get(root);
   if (err != simdjson::SUCCESS) {
     return absl::InvalidArgumentError(absl::StrCat(
         what, " is not valid JSON: ", simdjson::error_message(err)));
   }
   if (!root.is_object()) {
-    return absl::InvalidArgumentError(absl::StrCat(what, " is not a JSON object"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, " is not a JSON object"));
   }
   return root;
 }
@@ -70,8 +69,7 @@ absl::StatusOr<Descriptor> ParseDescriptor(element e, absl::string_view what) {
   d.digest = *dg;
   int64_t size;
   if (e["size"].get(size) != simdjson::SUCCESS || size < 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(what, " has no valid size"));
+    return absl::InvalidArgumentError(absl::StrCat(what, " has no valid size"));
   }
   d.size = size;
   element p;
@@ -164,9 +162,9 @@ absl::StatusOr<ManifestKind> SniffManifestKind(absl::string_view json) {
     return absl::UnimplementedError(
         "Docker schema 1 manifests are not supported (deprecated since 2017)");
   }
-  return absl::InvalidArgumentError(absl::StrCat(
-      "manifest has unknown media type \"", mt,
-      "\" (expected an OCI or Docker image manifest or index)"));
+  return absl::InvalidArgumentError(
+      absl::StrCat("manifest has unknown media type \"", mt,
+                   "\" (expected an OCI or Docker image manifest or index)"));
 }
 
 absl::StatusOr<ImageIndex> ParseImageIndex(absl::string_view json) {
@@ -227,7 +225,8 @@ absl::StatusOr<ImageConfig> ParseImageConfig(absl::string_view json) {
     if (e.get(s) != simdjson::SUCCESS) {
       return absl::InvalidArgumentError("rootfs.diff_ids holds a non-string");
     }
-    absl::StatusOr<Digest> d = Digest::Parse(absl::string_view(s.data(), s.size()));
+    absl::StatusOr<Digest> d =
+        Digest::Parse(absl::string_view(s.data(), s.size()));
     if (!d.ok()) {
       return absl::InvalidArgumentError(
           absl::StrCat("rootfs.diff_ids: ", d.status().message()));
@@ -256,7 +255,8 @@ absl::StatusOr<Descriptor> SelectPlatform(const ImageIndex& index,
   }
   return absl::NotFoundError(absl::StrCat(
       "the image has no manifest for ", want.String(), " (it offers: ",
-      offered.empty() ? std::string("no platforms") : absl::StrJoin(offered, ", "),
+      offered.empty() ? std::string("no platforms")
+                      : absl::StrJoin(offered, ", "),
       "); choose one with --platform"));
 }
 

@@ -15,8 +15,8 @@ const char kD3[] =
 
 std::string Entry(const char* digest, const std::string& platform_json) {
   return std::string("{\"mediaType\":\"") + kOciManifestType +
-         "\",\"digest\":\"" + digest + "\",\"size\":10,\"platform\":" +
-         platform_json + "}";
+         "\",\"digest\":\"" + digest +
+         "\",\"size\":10,\"platform\":" + platform_json + "}";
 }
 
 TEST(PlatformTest, ParseAndMatch) {
@@ -36,15 +36,14 @@ TEST(PlatformTest, ParseAndMatch) {
 }
 
 TEST(ManifestTest, IndexSelection) {
-  std::string json = std::string("{\"schemaVersion\":2,\"mediaType\":\"") +
-                     kOciIndexType + "\",\"manifests\":[" +
-                     Entry(kD1, "{\"os\":\"linux\",\"architecture\":\"arm64\","
-                                "\"variant\":\"v8\"}") +
-                     "," +
-                     Entry(kD2, "{\"os\":\"linux\",\"architecture\":\"amd64\"}") +
-                     "," +
-                     Entry(kD3, "{\"os\":\"unknown\",\"architecture\":\"unknown\"}") +
-                     "]}";
+  std::string json =
+      std::string("{\"schemaVersion\":2,\"mediaType\":\"") + kOciIndexType +
+      "\",\"manifests\":[" +
+      Entry(kD1,
+            "{\"os\":\"linux\",\"architecture\":\"arm64\","
+            "\"variant\":\"v8\"}") +
+      "," + Entry(kD2, "{\"os\":\"linux\",\"architecture\":\"amd64\"}") + "," +
+      Entry(kD3, "{\"os\":\"unknown\",\"architecture\":\"unknown\"}") + "]}";
   ASSERT_EQ(*SniffManifestKind(json), ManifestKind::kIndex);
   auto idx = ParseImageIndex(json);
   ASSERT_TRUE(idx.ok()) << idx.status();
@@ -57,25 +56,27 @@ TEST(ManifestTest, IndexSelection) {
   EXPECT_EQ(d->digest.ToString(), kD1);
   d = SelectPlatform(*idx, *Platform::Parse("windows/amd64"));
   ASSERT_FALSE(d.ok());
-  EXPECT_TRUE(absl::StrContains(d.status().message(), "linux/arm64/v8, linux/amd64"))
+  EXPECT_TRUE(
+      absl::StrContains(d.status().message(), "linux/arm64/v8, linux/amd64"))
       << d.status();
 }
 
 TEST(ManifestTest, ManifestAndConfig) {
-  std::string m = std::string("{\"schemaVersion\":2,\"mediaType\":\"") +
-                  kDockerManifestType +
-                  "\",\"config\":{\"mediaType\":\"x\",\"digest\":\"" + kD1 +
-                  "\",\"size\":5},\"layers\":[{\"mediaType\":\"l\",\"digest\":\"" +
-                  kD2 + "\",\"size\":7,\"annotations\":{\"a\":\"b\"}}]}";
+  std::string m =
+      std::string("{\"schemaVersion\":2,\"mediaType\":\"") +
+      kDockerManifestType + "\",\"config\":{\"mediaType\":\"x\",\"digest\":\"" +
+      kD1 + "\",\"size\":5},\"layers\":[{\"mediaType\":\"l\",\"digest\":\"" +
+      kD2 + "\",\"size\":7,\"annotations\":{\"a\":\"b\"}}]}";
   ASSERT_EQ(*SniffManifestKind(m), ManifestKind::kManifest);
   auto man = ParseImageManifest(m);
   ASSERT_TRUE(man.ok()) << man.status();
   EXPECT_EQ(man->config.size, 5);
   ASSERT_EQ(man->layers.size(), 1u);
   EXPECT_EQ(man->layers[0].annotations.at("a"), "b");
-  auto cfg = ParseImageConfig(std::string("{\"os\":\"linux\",\"architecture\":"
-                                          "\"amd64\",\"rootfs\":{\"diff_ids\":[\"") +
-                              kD3 + "\"]}}");
+  auto cfg =
+      ParseImageConfig(std::string("{\"os\":\"linux\",\"architecture\":"
+                                   "\"amd64\",\"rootfs\":{\"diff_ids\":[\"") +
+                       kD3 + "\"]}}");
   ASSERT_TRUE(cfg.ok()) << cfg.status();
   EXPECT_EQ(cfg->diff_ids[0].ToString(), kD3);
 }
@@ -86,11 +87,12 @@ TEST(ManifestTest, Rejects) {
   auto s1 = SniffManifestKind("{\"schemaVersion\":1,\"fsLayers\":[]}");
   ASSERT_FALSE(s1.ok());
   EXPECT_EQ(s1.status().code(), absl::StatusCode::kUnimplemented);
-  EXPECT_FALSE(ParseImageManifest("{\"config\":{\"digest\":\"md5:x\",\"size\":1},"
-                                  "\"layers\":[]}")
-                   .ok());
-  EXPECT_FALSE(ParseImageManifest(std::string("{\"config\":{\"digest\":\"") + kD1 +
-                                  "\",\"size\":-1},\"layers\":[]}")
+  EXPECT_FALSE(
+      ParseImageManifest("{\"config\":{\"digest\":\"md5:x\",\"size\":1},"
+                         "\"layers\":[]}")
+          .ok());
+  EXPECT_FALSE(ParseImageManifest(std::string("{\"config\":{\"digest\":\"") +
+                                  kD1 + "\",\"size\":-1},\"layers\":[]}")
                    .ok());
   EXPECT_FALSE(ParseImageConfig("{\"rootfs\":{}}").ok());
 }

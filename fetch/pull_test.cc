@@ -52,8 +52,8 @@ std::map<std::string, std::string> Snapshot(const std::string& root) {
       std::string full = root + "/" + path;
       struct stat st;
       lstat(full.c_str(), &st);
-      std::string line = absl::StrFormat("%o %d:%d", st.st_mode & 07777,
-                                         st.st_uid, st.st_gid);
+      std::string line =
+          absl::StrFormat("%o %d:%d", st.st_mode & 07777, st.st_uid, st.st_gid);
       if (S_ISDIR(st.st_mode)) {
         line = "dir " + line;
         stack.push_back(path);
@@ -61,7 +61,8 @@ std::map<std::string, std::string> Snapshot(const std::string& root) {
         std::ifstream f(full, std::ios::binary);
         std::string content((std::istreambuf_iterator<char>(f)),
                             std::istreambuf_iterator<char>());
-        line = absl::StrCat("reg ", line, " \"", content, "\" links=", st.st_nlink);
+        line = absl::StrCat("reg ", line, " \"", content,
+                            "\" links=", st.st_nlink);
       } else if (S_ISLNK(st.st_mode)) {
         char buf[256] = {0};
         readlink(full.c_str(), buf, sizeof(buf) - 1);
@@ -219,7 +220,8 @@ void ExpectTree(const std::string& root,
     }
   }
   for (const auto& [path, line] : got) {
-    if (!want.count(path)) ADD_FAILURE() << "unexpected " << path << ": " << line;
+    if (!want.count(path))
+      ADD_FAILURE() << "unexpected " << path << ": " << line;
   }
 }
 
@@ -245,7 +247,8 @@ class PullTest : public ::testing::Test {
                  const std::vector<std::string>& tars,
                  testing::TestCompression c = testing::TestCompression::kGzip,
                  const std::string& creds = "") {
-    auto layout = OciLayout::Create(TestDir("layout-" + repo.substr(repo.find('/') + 1)));
+    auto layout =
+        OciLayout::Create(TestDir("layout-" + repo.substr(repo.find('/') + 1)));
     EXPECT_TRUE(layout.ok());
     auto img = layout->AddImage(tars, "linux/amd64", c);
     EXPECT_TRUE(img.ok());
@@ -312,12 +315,14 @@ TEST_F(PullTest, MultiPlatformIndex) {
   auto idx = layout->AddIndex({i2->manifest, i1->manifest});
   ASSERT_TRUE(layout->Tag("v1", *idx).ok());
   ASSERT_TRUE(
-      testing::PushWithSkopeo(*layout, "v1", reg->host(), "multi/app", true).ok());
+      testing::PushWithSkopeo(*layout, "v1", reg->host(), "multi/app", true)
+          .ok());
   const std::string d1 = TestDir("a") + "/out", d2 = TestDir("b") + "/out";
   auto r = Pull({"--plain-http", reg->host() + "/multi/app:v1", d1});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(testing::ReadFile(d1 + "/arch"), "amd64");
-  r = Pull({"--plain-http", "--platform", "linux/arm64", reg->host() + "/multi/app:v1", d2});
+  r = Pull({"--plain-http", "--platform", "linux/arm64",
+            reg->host() + "/multi/app:v1", d2});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(testing::ReadFile(d2 + "/arch"), "arm64");
   r = Pull({"--plain-http", "--platform", "linux/riscv64",
@@ -343,7 +348,8 @@ TEST_F(PullTest, CorruptBlobFailsAndLeavesNothing) {
   auto r = Pull({"--plain-http", reg->host() + "/bad/blob:v1", out});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_TRUE(absl::StrContains(r.err, "layer 2/3")) << r.err;
-  EXPECT_TRUE(absl::StrContains(r.err, img.layers[1].digest.ToString())) << r.err;
+  EXPECT_TRUE(absl::StrContains(r.err, img.layers[1].digest.ToString()))
+      << r.err;
   EXPECT_TRUE(absl::StrContains(r.err, "corrupt")) << r.err;
   struct stat st;
   EXPECT_NE(lstat(out.c_str(), &st), 0) << "DIR must not be created";
@@ -371,14 +377,16 @@ TEST_F(PullTest, WrongDiffIdFails) {
       "{\"architecture\":\"amd64\",\"os\":\"linux\",\"rootfs\":{\"type\":"
       "\"layers\",\"diff_ids\":[\"",
       Sha256::Of("not the tar").ToString(), "\"]}}");
-  auto cfg = layout->AddBlob("application/vnd.oci.image.config.v1+json", config);
+  auto cfg =
+      layout->AddBlob("application/vnd.oci.image.config.v1+json", config);
   auto man = layout->AddBlob(
       "application/vnd.oci.image.manifest.v1+json",
       absl::StrCat("{\"schemaVersion\":2,\"mediaType\":\"application/vnd.oci."
                    "image.manifest.v1+json\",\"config\":",
                    cfg->Json(), ",\"layers\":[", layer->Json(), "]}"));
   ASSERT_TRUE(layout->Tag("v1", *man).ok());
-  ASSERT_TRUE(testing::PushWithSkopeo(*layout, "v1", reg->host(), "bad/diffid").ok());
+  ASSERT_TRUE(
+      testing::PushWithSkopeo(*layout, "v1", reg->host(), "bad/diffid").ok());
   const std::string out = TestDir("d") + "/out";
   auto r = Pull({"--plain-http", reg->host() + "/bad/diffid:v1", out});
   EXPECT_EQ(r.exit_code, 1);
@@ -402,7 +410,8 @@ TEST_F(PullTest, HostileLayerWritesNothingOutside) {
   Push(*reg, "bad/dotdot", {c.Finish()});
   // The second layer replaces the symlink with a directory (layers never
   // write through a lower layer's symlink), so this one succeeds...
-  auto r = Pull({"--plain-http", reg->host() + "/bad/symlink:v1", parent + "/out1"});
+  auto r =
+      Pull({"--plain-http", reg->host() + "/bad/symlink:v1", parent + "/out1"});
   EXPECT_EQ(r.exit_code, 0) << r.err;
   struct stat st;
   EXPECT_NE(lstat((outside + "/pwned").c_str(), &st), 0);
@@ -428,7 +437,8 @@ TEST_F(PullTest, RefusesANonEmptyDir) {
 TEST_F(PullTest, BasicAuthOverTlsWithDockerConfig) {
   const std::string dir = TestDir("auth");
   std::string htpasswd;
-  ASSERT_TRUE(testing::RunProcess({"htpasswd", "-Bbn", "alice", "pw"}, &htpasswd).ok());
+  ASSERT_TRUE(
+      testing::RunProcess({"htpasswd", "-Bbn", "alice", "pw"}, &htpasswd).ok());
   std::ofstream(dir + "/htpasswd") << htpasswd;
   RegistryServerOptions o;
   o.tls = true;
@@ -443,7 +453,8 @@ TEST_F(PullTest, BasicAuthOverTlsWithDockerConfig) {
       << absl::Base64Escape("alice:pw") << "\"}}}";
   setenv("DOCKER_CONFIG", cfg.c_str(), 1);
   const std::string out = TestDir("out") + "/rootfs";
-  auto r = Pull({"--ca-file", reg->ca_file(), reg->host() + "/private/base:v1", out});
+  auto r = Pull(
+      {"--ca-file", reg->ca_file(), reg->host() + "/private/base:v1", out});
   unsetenv("DOCKER_CONFIG");
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(testing::ReadFile(out + "/etc/passwd"), "root");
@@ -470,8 +481,8 @@ TEST_F(PullTest, BasicAuthOverTlsWithDockerConfig) {
 
 TEST_F(PullTest, BearerTokenAuth) {
   const std::string dir = TestDir("token");
-  ASSERT_TRUE(testing::MakeSelfSignedCert(dir + "/signer.crt", dir + "/signer.key",
-                                          "signer")
+  ASSERT_TRUE(testing::MakeSelfSignedCert(dir + "/signer.crt",
+                                          dir + "/signer.key", "signer")
                   .ok());
   const std::string storage = dir + "/storage";
   mkdir(storage.c_str(), 0755);

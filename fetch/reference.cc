@@ -93,13 +93,15 @@ absl::StatusOr<ImageReference> ImageReference::Parse(absl::string_view text) {
       (last_slash == absl::string_view::npos || colon > last_slash)) {
     ref.tag = std::string(rest.substr(colon + 1));
     ref.tag_given = true;
-    if (!ValidTag(ref.tag)) return bad(absl::StrCat("invalid tag \"", ref.tag, "\""));
+    if (!ValidTag(ref.tag))
+      return bad(absl::StrCat("invalid tag \"", ref.tag, "\""));
     rest = rest.substr(0, colon);
   } else {
     ref.tag = "latest";
   }
   if (rest.empty()) return bad("no repository name");
-  if (rest.size() > 255) return bad("repository name longer than 255 characters");
+  if (rest.size() > 255)
+    return bad("repository name longer than 255 characters");
   for (absl::string_view c : absl::StrSplit(rest, '/')) {
     if (!ValidComponent(c)) {
       return bad(absl::StrCat(

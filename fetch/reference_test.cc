@@ -61,10 +61,9 @@ TEST(ImageReferenceTest, RegistriesWithPortsAndDigests) {
 }
 
 TEST(ImageReferenceTest, Rejects) {
-  for (const char* bad :
-       {"", "Alpine", "https://ghcr.io/x", "app:", "app:-x", "a//b", "a/b/",
-        "/a", "ghcr.io/", "app@sha256:123", "app@md5:abc", "a_-b",
-        "ghcr.io/o/r:t@"}) {
+  for (const char* bad : {"", "Alpine", "https://ghcr.io/x", "app:", "app:-x",
+                          "a//b", "a/b/", "/a", "ghcr.io/", "app@sha256:123",
+                          "app@md5:abc", "a_-b", "ghcr.io/o/r:t@"}) {
     EXPECT_FALSE(ImageReference::Parse(bad).ok()) << bad;
   }
   auto r = ImageReference::Parse("UPPER/case");

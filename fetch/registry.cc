@@ -48,16 +48,17 @@ absl::StatusOr<std::string> ReadAll(HttpBodyReader* r, size_t max,
     ASSIGN_OR_RETURN(absl::string_view piece, r->Read(1 << 20));
     if (piece.empty()) return out;
     if (out.size() + piece.size() > max) {
-      return absl::ResourceExhaustedError(absl::StrCat(
-          what, " is larger than the ", max, " bytes accepted"));
+      return absl::ResourceExhaustedError(
+          absl::StrCat(what, " is larger than the ", max, " bytes accepted"));
     }
     out.append(piece.data(), piece.size());
   }
 }
 
 // Joins the failures of several hosts into one message.
-absl::Status AllHostsFailed(absl::string_view what,
-                            const std::vector<std::pair<std::string, absl::Status>>& errs) {
+absl::Status AllHostsFailed(
+    absl::string_view what,
+    const std::vector<std::pair<std::string, absl::Status>>& errs) {
   if (errs.size() == 1) return errs[0].second;
   std::vector<std::string> parts;
   for (const auto& [host, st] : errs) {
@@ -152,8 +153,9 @@ absl::StatusOr<std::unique_ptr<RegistryClient>> RegistryClient::Create(
   if (options.http == nullptr) {
     return absl::InvalidArgumentError("RegistryOptions.http is required");
   }
-  ASSIGN_OR_RETURN(std::vector<RegistryHost> hosts,
-                   LoadRegistryHosts(ref.registry, ref.ApiHost(), options.hosts));
+  ASSIGN_OR_RETURN(
+      std::vector<RegistryHost> hosts,
+      LoadRegistryHosts(ref.registry, ref.ApiHost(), options.hosts));
   return std::unique_ptr<RegistryClient>(
       new RegistryClient(ref, options, std::move(hosts)));
 }
@@ -161,10 +163,7 @@ absl::StatusOr<std::unique_ptr<RegistryClient>> RegistryClient::Create(
 RegistryClient::RegistryClient(const ImageReference& ref,
                                const RegistryOptions& options,
                                std::vector<RegistryHost> hosts)
-    : ref_(ref),
-      opts_(options),
-      hosts_(std::move(hosts)),
-      auth_([&] {
+    : ref_(ref), opts_(options), hosts_(std::move(hosts)), auth_([&] {
         RegistryAuth::Options o;
         o.http = options.http;
         o.credentials = options.credentials;
@@ -195,13 +194,15 @@ absl::StatusOr<std::unique_ptr<HttpBodyReader>> RegistryClient::OpenOnHost(
     absl::Duration timeout) {
   std::string url = absl::StrCat(h.BaseUrl(), "/", ref_.repository, suffix);
   if (h.mirror) {
-    absl::StrAppend(&url, absl::StrContains(url, "?") ? "&" : "?", "ns=",
-                    UrlQueryEscape(ref_.registry));
+    absl::StrAppend(&url, absl::StrContains(url, "?") ? "&" : "?",
+                    "ns=", UrlQueryEscape(ref_.registry));
   }
-  const std::string scope = absl::StrCat("repository:", ref_.repository, ":pull");
+  const std::string scope =
+      absl::StrCat("repository:", ref_.repository, ":pull");
   const std::string key = CredentialKey(h);
   for (int round = 0;; ++round) {
-    ASSIGN_OR_RETURN(std::string authz, auth_.Authorization(key, h.host, scope));
+    ASSIGN_OR_RETURN(std::string authz,
+                     auth_.Authorization(key, h.host, scope));
     HttpRequest req;
     req.method = method;
     req.url = url;
@@ -241,8 +242,8 @@ absl::StatusOr<FetchedManifest> RegistryClient::FetchManifestOnHost(
   ASSIGN_OR_RETURN(std::string body,
                    ReadAll(r.get(), opts_.max_manifest_size, what));
   if (resp.status != 200) {
-    absl::Status st = HttpStatusToStatus(resp.status, what,
-                                         RegistryErrorDetail(body));
+    absl::Status st =
+        HttpStatusToStatus(resp.status, what, RegistryErrorDetail(body));
     if (st.ok()) {
       st = absl::UnavailableError(
           absl::StrCat(what, ": unexpected HTTP ", resp.status));
@@ -255,16 +256,16 @@ absl::StatusOr<FetchedManifest> RegistryClient::FetchManifestOnHost(
   if (absl::StartsWith(selector, "sha256:")) {
     ASSIGN_OR_RETURN(Digest want, Digest::Parse(selector));
     if (want != m.digest) {
-      return absl::DataLossError(absl::StrCat(
-          what, ": the content hashes to ", m.digest.ToString(),
-          ", not the digest asked for"));
+      return absl::DataLossError(absl::StrCat(what, ": the content hashes to ",
+                                              m.digest.ToString(),
+                                              ", not the digest asked for"));
     }
   } else if (auto dcd = resp.headers.Get("docker-content-digest")) {
     absl::StatusOr<Digest> said = Digest::Parse(*dcd);
     if (said.ok() && *said != m.digest) {
-      return absl::DataLossError(absl::StrCat(
-          what, ": the content hashes to ", m.digest.ToString(),
-          " but the registry says ", *dcd));
+      return absl::DataLossError(absl::StrCat(what, ": the content hashes to ",
+                                              m.digest.ToString(),
+                                              " but the registry says ", *dcd));
     }
   }
   ASSIGN_OR_RETURN(m.kind, SniffManifestKind(body));
@@ -284,8 +285,8 @@ absl::StatusOr<FetchedManifest> RegistryClient::FetchManifest(
   }
   if (errs.empty()) {
     return absl::FailedPreconditionError(absl::StrCat(
-        "no host of ", ref_.registry, " may ",
-        by_digest ? "pull" : "resolve", " (check capabilities in hosts.toml)"));
+        "no host of ", ref_.registry, " may ", by_digest ? "pull" : "resolve",
+        " (check capabilities in hosts.toml)"));
   }
   return AllHostsFailed(absl::StrCat("fetching manifest ", selector), errs);
 }
@@ -299,14 +300,14 @@ absl::StatusOr<ResolvedImage> RegistryClient::Resolve() {
     ASSIGN_OR_RETURN(Descriptor d, SelectPlatform(idx, opts_.platform));
     ASSIGN_OR_RETURN(m, FetchManifest(d.digest.ToString()));
     if (m.bytes.size() != static_cast<size_t>(d.size)) {
-      return absl::DataLossError(absl::StrCat(
-          "manifest ", d.digest.ToString(), " has ", m.bytes.size(),
-          " bytes; the index says ", d.size));
+      return absl::DataLossError(
+          absl::StrCat("manifest ", d.digest.ToString(), " has ",
+                       m.bytes.size(), " bytes; the index says ", d.size));
     }
     if (m.kind != ManifestKind::kManifest) {
-      return absl::UnimplementedError(absl::StrCat(
-          "the index entry for ", opts_.platform.String(),
-          " is another index; nested indexes are not supported"));
+      return absl::UnimplementedError(
+          absl::StrCat("the index entry for ", opts_.platform.String(),
+                       " is another index; nested indexes are not supported"));
     }
     img.index_digest = top.digest;
   } else {
@@ -318,9 +319,9 @@ absl::StatusOr<ResolvedImage> RegistryClient::Resolve() {
   ASSIGN_OR_RETURN(std::string config, FetchBlob(img.manifest.config));
   ASSIGN_OR_RETURN(img.config, ParseImageConfig(config));
   if (img.config.diff_ids.size() != img.manifest.layers.size()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "image config lists ", img.config.diff_ids.size(),
-        " diff_ids for ", img.manifest.layers.size(), " layers"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("image config lists ", img.config.diff_ids.size(),
+                     " diff_ids for ", img.manifest.layers.size(), " layers"));
   }
   return img;
 }
@@ -403,9 +404,9 @@ absl::StatusOr<std::unique_ptr<BlobReader>> RegistryClient::OpenBlob(
           status, absl::StrCat("blob ", d.digest.ToString(), " from ", source),
           body.ok() ? RegistryErrorDetail(*body) : "");
       if (st.ok()) {
-        st = absl::UnavailableError(absl::StrCat(
-            "blob ", d.digest.ToString(), " from ", source,
-            ": unexpected HTTP ", status));
+        st = absl::UnavailableError(absl::StrCat("blob ", d.digest.ToString(),
+                                                 " from ", source,
+                                                 ": unexpected HTTP ", status));
       }
     } else if (auto cl = (*r)->response().headers.Get("content-length")) {
       int64_t n;
@@ -422,9 +423,9 @@ absl::StatusOr<std::unique_ptr<BlobReader>> RegistryClient::OpenBlob(
     errs.emplace_back(h.BaseUrl(), WithHint(st, h));
   }
   if (errs.empty()) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "no host of ", ref_.registry,
-        " may pull (check capabilities in hosts.toml)"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("no host of ", ref_.registry,
+                     " may pull (check capabilities in hosts.toml)"));
   }
   return AllHostsFailed(absl::StrCat("fetching blob ", d.digest.ToString()),
                         errs);
@@ -433,9 +434,8 @@ absl::StatusOr<std::unique_ptr<BlobReader>> RegistryClient::OpenBlob(
 absl::StatusOr<std::string> RegistryClient::FetchBlob(const Descriptor& d) {
   if (static_cast<uint64_t>(d.size) > opts_.max_manifest_size) {
     return absl::ResourceExhaustedError(absl::StrCat(
-        "blob ", d.digest.ToString(), " has ", d.size,
-        " bytes, more than the ", opts_.max_manifest_size,
-        " accepted for a config"));
+        "blob ", d.digest.ToString(), " has ", d.size, " bytes, more than the ",
+        opts_.max_manifest_size, " accepted for a config"));
   }
   ASSIGN_OR_RETURN(std::unique_ptr<BlobReader> r, OpenBlob(d));
   std::string out;

@@ -67,8 +67,8 @@ struct RegistryOptions {
 };
 
 struct FetchedManifest {
-  Digest digest;        // sha256 of `bytes`
-  std::string bytes;    // exactly as served
+  Digest digest;      // sha256 of `bytes`
+  std::string bytes;  // exactly as served
   ManifestKind kind = ManifestKind::kManifest;
   std::string content_type;
 };

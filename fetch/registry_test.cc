@@ -81,8 +81,8 @@ class RegistryTest : public ::testing::Test {
     auto img = layout->AddImage(tars);
     EXPECT_TRUE(img.ok());
     EXPECT_TRUE(layout->Tag(tag, img->manifest).ok());
-    absl::Status st = testing::PushWithSkopeo(*layout, tag, r.host(), repo,
-                                              false, creds);
+    absl::Status st =
+        testing::PushWithSkopeo(*layout, tag, r.host(), repo, false, creds);
     EXPECT_TRUE(st.ok()) << st;
     return *img;
   }
@@ -175,7 +175,8 @@ TEST_F(RegistryTest, TlsGivesHttp2AndMultiplexes) {
   ASSERT_NE(reg, nullptr);
   std::vector<std::string> tars;
   for (int i = 0; i < 4; ++i) {
-    tars.push_back(LayerTar(absl::StrCat("f", i), std::string(300000 + i, 'a' + i)));
+    tars.push_back(
+        LayerTar(absl::StrCat("f", i), std::string(300000 + i, 'a' + i)));
   }
   TestImage img = Push(*reg, "tls/app", "v1", tars);
 
@@ -273,7 +274,8 @@ TEST_F(RegistryTest, PausedHttp2StreamsDoNotStallEachOther) {
         if (!p.ok()) return;
         if (p->empty()) break;
         // Reader i is slow in a different rhythm from the others.
-        if (++reads % (16 * (i + 1)) == 0) absl::SleepFor(absl::Milliseconds(1));
+        if (++reads % (16 * (i + 1)) == 0)
+          absl::SleepFor(absl::Milliseconds(1));
       }
       ok.fetch_add(1);
     });
@@ -322,7 +324,8 @@ TEST_F(RegistryTest, IndexResolvesToThePlatformAsked) {
 
 // Writes $dir/config.json with Docker's "auths" for `host`.
 std::string WriteDockerConfig(const std::string& dir, const std::string& host,
-                              const std::string& user, const std::string& pass) {
+                              const std::string& user,
+                              const std::string& pass) {
   std::ofstream(dir + "/config.json")
       << "{\"auths\":{\"" << host << "\":{\"auth\":\""
       << absl::Base64Escape(user + ":" + pass) << "\"}}}";
@@ -333,15 +336,16 @@ TEST_F(RegistryTest, BasicAuthWithCredentialsFromDockerConfig) {
   const std::string dir = TestDir("auth");
   std::string htpasswd;
   ASSERT_TRUE(
-      testing::RunProcess({"htpasswd", "-Bbn", "alice", "s3cret"}, &htpasswd).ok());
+      testing::RunProcess({"htpasswd", "-Bbn", "alice", "s3cret"}, &htpasswd)
+          .ok());
   std::ofstream(dir + "/htpasswd") << htpasswd;
   RegistryServerOptions ro;
   ro.tls = true;
   ro.htpasswd = dir + "/htpasswd";
   auto reg = StartRegistry(ro);
   ASSERT_NE(reg, nullptr);
-  TestImage img =
-      Push(*reg, "private/app", "v1", {LayerTar("secret", "data")}, "alice:s3cret");
+  TestImage img = Push(*reg, "private/app", "v1", {LayerTar("secret", "data")},
+                       "alice:s3cret");
 
   RegistryOptions o;
   o.hosts.ca_files = {reg->ca_file()};
@@ -395,8 +399,8 @@ class TokenAuthTest : public RegistryTest {
   void SetUp() override {
     RegistryTest::SetUp();
     dir_ = TestDir("token");
-    ASSERT_TRUE(testing::MakeSelfSignedCert(dir_ + "/signer.crt",
-                                            dir_ + "/signer.key", "token-signer")
+    ASSERT_TRUE(testing::MakeSelfSignedCert(
+                    dir_ + "/signer.crt", dir_ + "/signer.key", "token-signer")
                     .ok());
     // Push without auth, then serve the same storage with token auth.
     {
@@ -408,7 +412,8 @@ class TokenAuthTest : public RegistryTest {
       ASSERT_NE(push_reg, nullptr);
       img_ = Push(*push_reg, "tok/app", "v1",
                   {LayerTar("l1", std::string(100000, 'x')),
-                   LayerTar("l2", std::string(100000, 'y'))});
+                   LayerTar("l2", std::string(100000, 'y')),
+                   LayerTar("l3", std::string(100000, 'z'))});
     }
     testing::TokenServerOptions to;
     to.key_file = dir_ + "/signer.key";
@@ -439,13 +444,23 @@ class TokenAuthTest : public RegistryTest {
     return Client(reg_->host() + "/tok/app:v1", o);
   }
 
+  // Every layer at once, as a pull does: a token refresh must happen once.
   absl::Status PullBlobs(RegistryClient* c, const ResolvedImage& res) {
-    for (const Descriptor& d : res.manifest.layers) {
-      auto b = c->OpenBlob(d);
-      if (!b.ok()) return b.status();
-      absl::Status st;
-      ReadAllBlob(b->get(), &st);
-      if (!st.ok()) return st;
+    std::vector<absl::Status> st(res.manifest.layers.size());
+    std::vector<std::thread> threads;
+    for (size_t i = 0; i < st.size(); ++i) {
+      threads.emplace_back([&, i] {
+        auto b = c->OpenBlob(res.manifest.layers[i]);
+        if (!b.ok()) {
+          st[i] = b.status();
+          return;
+        }
+        ReadAllBlob(b->get(), &st[i]);
+      });
+    }
+    for (auto& t : threads) t.join();
+    for (const absl::Status& s : st) {
+      if (!s.ok()) return s;
     }
     return absl::OkStatus();
   }
@@ -469,6 +484,26 @@ TEST_F(TokenAuthTest, BearerTokenFlow) {
   EXPECT_EQ(reqs[0].query["service"], "lazypull-test-registry");
   EXPECT_EQ(reqs[0].query["scope"], "repository:tok/app:pull");
   EXPECT_TRUE(absl::StartsWith(reqs[0].headers["authorization"], "Basic "));
+}
+
+TEST_F(TokenAuthTest, AnonymousTokens) {
+  tokens_->set_require_credentials(false);
+  RegistryOptions o;
+  o.hosts.plain_http = true;  // and no credential store at all
+  auto c = Client(reg_->host() + "/tok/app:v1", o);
+  auto res = c->Resolve();
+  ASSERT_TRUE(res.ok()) << res.status();
+  ASSERT_TRUE(PullBlobs(c.get(), *res).ok());
+  auto reqs = tokens_->requests();
+  ASSERT_EQ(reqs.size(), 1u);
+  EXPECT_EQ(reqs[0].headers.count("authorization"), 0u);
+  // Refused anonymous access says how to give credentials.
+  tokens_->set_require_credentials(true);
+  auto c2 = Client(reg_->host() + "/tok/app:v1", o);
+  auto denied = c2->Resolve();
+  ASSERT_FALSE(denied.ok());
+  EXPECT_TRUE(absl::StrContains(denied.status().message(), "anonymous"))
+      << denied.status();
 }
 
 TEST_F(TokenAuthTest, WrongCredentialsAtTheTokenServer) {
@@ -520,36 +555,38 @@ TEST_F(RegistryTest, FollowsRedirectsWithoutCredentialsAndReResolves) {
   const Digest digest = Sha256::Of(blob);
   std::atomic<int> signature{0};
   std::atomic<int> storage_auth_headers{0};
-  auto storage = LoopbackHttpServer::Start([&](const TestRequest& q, TestResponse* r) {
-    if (q.headers.count("authorization")) storage_auth_headers.fetch_add(1);
-    // Only the newest signature is valid (the others have "expired").
-    if (q.query.count("sig") == 0 ||
-        q.query.at("sig") != std::to_string(signature.load())) {
-      r->status = 403;
-      return;
-    }
-    r->body = blob;
-  });
+  auto storage =
+      LoopbackHttpServer::Start([&](const TestRequest& q, TestResponse* r) {
+        if (q.headers.count("authorization")) storage_auth_headers.fetch_add(1);
+        // Only the newest signature is valid (the others have "expired").
+        if (q.query.count("sig") == 0 ||
+            q.query.at("sig") != std::to_string(signature.load())) {
+          r->status = 403;
+          return;
+        }
+        r->body = blob;
+      });
   ASSERT_TRUE(storage.ok());
   std::atomic<int> redirects{0};
-  auto registry = LoopbackHttpServer::Start([&](const TestRequest& q, TestResponse* r) {
-    if (q.headers.count("authorization") == 0 ||
-        q.headers.at("authorization") !=
-            "Basic " + absl::Base64Escape("carol:pw")) {
-      r->status = 401;
-      r->headers.push_back({"WWW-Authenticate", "Basic realm=\"test\""});
-      return;
-    }
-    if (absl::StrContains(q.path, "/blobs/")) {
-      int sig = signature.fetch_add(1) + 1;
-      redirects.fetch_add(1);
-      r->status = 307;
-      r->headers.push_back(
-          {"Location", absl::StrCat((*storage)->url(), "/data?sig=", sig)});
-      return;
-    }
-    r->status = 404;
-  });
+  auto registry =
+      LoopbackHttpServer::Start([&](const TestRequest& q, TestResponse* r) {
+        if (q.headers.count("authorization") == 0 ||
+            q.headers.at("authorization") !=
+                "Basic " + absl::Base64Escape("carol:pw")) {
+          r->status = 401;
+          r->headers.push_back({"WWW-Authenticate", "Basic realm=\"test\""});
+          return;
+        }
+        if (absl::StrContains(q.path, "/blobs/")) {
+          int sig = signature.fetch_add(1) + 1;
+          redirects.fetch_add(1);
+          r->status = 307;
+          r->headers.push_back(
+              {"Location", absl::StrCat((*storage)->url(), "/data?sig=", sig)});
+          return;
+        }
+        r->status = 404;
+      });
   ASSERT_TRUE(registry.ok());
   const std::string host = absl::StrCat("127.0.0.1:", (*registry)->port());
   CredentialStore::Options co;
@@ -587,10 +624,12 @@ TEST_F(RegistryTest, MirrorsFirstWithNsThenTheOrigin) {
   auto reg = StartRegistry({});
   ASSERT_NE(reg, nullptr);
   TestImage img = Push(*reg, "mir/app", "v1", {LayerTar("m", "mirrored")});
-  auto mirror = LoopbackHttpServer::Start([](const TestRequest&, TestResponse* r) {
-    r->status = 404;
-    r->body = "{\"errors\":[{\"code\":\"NAME_UNKNOWN\",\"message\":\"no\"}]}";
-  });
+  auto mirror =
+      LoopbackHttpServer::Start([](const TestRequest&, TestResponse* r) {
+        r->status = 404;
+        r->body =
+            "{\"errors\":[{\"code\":\"NAME_UNKNOWN\",\"message\":\"no\"}]}";
+      });
   ASSERT_TRUE(mirror.ok());
   const std::string hosts_dir = TestDir("certs.d");
   const std::string host_dir = hosts_dir + "/" + reg->host();

@@ -19,7 +19,8 @@
 namespace lazypull {
 namespace {
 
-absl::StatusOr<std::vector<std::string>> ListDir(int fd, absl::string_view display) {
+absl::StatusOr<std::vector<std::string>> ListDir(int fd,
+                                                 absl::string_view display) {
   int dupfd = dup(fd);
   if (dupfd < 0) return ErrnoToStatus(errno, "dup");
   DIR* d = fdopendir(dupfd);
@@ -59,12 +60,14 @@ class LayerApplier {
       : layer_(layer), opts_(o) {}
 
   absl::Status Run(const std::string& staged, const std::string& rootfs) {
-    ScopedFd sfd(open(staged.c_str(),
-                      O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
-    if (!sfd.valid()) return ErrnoToStatus(errno, absl::StrCat("open ", staged));
-    root_ = ScopedFd(open(rootfs.c_str(),
-                          O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
-    if (!root_.valid()) return ErrnoToStatus(errno, absl::StrCat("open ", rootfs));
+    ScopedFd sfd(
+        open(staged.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+    if (!sfd.valid())
+      return ErrnoToStatus(errno, absl::StrCat("open ", staged));
+    root_ = ScopedFd(
+        open(rootfs.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+    if (!root_.valid())
+      return ErrnoToStatus(errno, absl::StrCat("open ", rootfs));
 
     for (const std::string& d : layer_.opaque_dirs) {
       RETURN_IF_ERROR(ClearDir(d));
@@ -89,8 +92,8 @@ class LayerApplier {
     if (!fd.ok()) return absl::OkStatus();  // nothing below to hide
     ASSIGN_OR_RETURN(std::vector<std::string> names, ListDir(fd->get(), path));
     for (const std::string& n : names) {
-      RETURN_IF_ERROR(RemoveTreeAt(fd->get(), n,
-                                   path.empty() ? n : absl::StrCat(path, "/", n)));
+      RETURN_IF_ERROR(RemoveTreeAt(
+          fd->get(), n, path.empty() ? n : absl::StrCat(path, "/", n)));
     }
     return absl::OkStatus();
   }
@@ -119,7 +122,8 @@ class LayerApplier {
         ScopedFd r(openat(rfd, n.c_str(),
                           O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
         if (!s.valid() || !r.valid()) {
-          return ErrnoToStatus(errno, absl::StrCat("open directory \"", path, "\""));
+          return ErrnoToStatus(errno,
+                               absl::StrCat("open directory \"", path, "\""));
         }
         RETURN_IF_ERROR(Merge(s.get(), r.get(), path));
         if (layer_.explicit_dirs.count(path)) {
@@ -129,7 +133,8 @@ class LayerApplier {
       }
       if (in_root) RETURN_IF_ERROR(RemoveTreeAt(rfd, n, path));
       if (renameat(sfd, n.c_str(), rfd, n.c_str()) != 0) {
-        return ErrnoToStatus(errno, absl::StrCat("move \"", path, "\" into place"));
+        return ErrnoToStatus(errno,
+                             absl::StrCat("move \"", path, "\" into place"));
       }
     }
     return absl::OkStatus();
@@ -150,8 +155,8 @@ class LayerApplier {
     for (const std::string& name : XattrNames(rfd)) {
       if (!keep.count(name) && fremovexattr(rfd, name.c_str()) != 0 &&
           errno != ENODATA) {
-        return ErrnoToStatus(errno, absl::StrCat("removexattr ", name, " on \"",
-                                                 path, "\""));
+        return ErrnoToStatus(
+            errno, absl::StrCat("removexattr ", name, " on \"", path, "\""));
       }
     }
     for (const std::string& name : want) {
@@ -162,8 +167,8 @@ class LayerApplier {
       if (n < 0) continue;
       v.resize(static_cast<size_t>(n));
       if (fsetxattr(rfd, name.c_str(), v.data(), v.size(), 0) != 0) {
-        return ErrnoToStatus(errno, absl::StrCat("setxattr ", name, " on \"",
-                                                 path, "\""));
+        return ErrnoToStatus(
+            errno, absl::StrCat("setxattr ", name, " on \"", path, "\""));
       }
     }
     if (fchmod(rfd, st.st_mode & 07777) != 0) {
@@ -186,15 +191,16 @@ class LayerApplier {
     if (!tfd.ok() ||
         fstatat(tfd->get(), tc.back().c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0 ||
         S_ISDIR(st.st_mode)) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "hardlink \"", path, "\" to \"", target,
-          "\": the target is a file of no layer up to this one"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("hardlink \"", path, "\" to \"", target,
+                       "\": the target is a file of no layer up to this one"));
     }
     ASSIGN_OR_RETURN(ScopedFd pfd, OpenDirBeneath(root_.get(), pparent, true));
     RETURN_IF_ERROR(RemoveTreeAt(pfd.get(), pc.back(), path));
-    if (linkat(tfd->get(), tc.back().c_str(), pfd.get(), pc.back().c_str(), 0) != 0) {
-      return ErrnoToStatus(errno, absl::StrCat("hardlink \"", path, "\" to \"",
-                                               target, "\""));
+    if (linkat(tfd->get(), tc.back().c_str(), pfd.get(), pc.back().c_str(),
+               0) != 0) {
+      return ErrnoToStatus(
+          errno, absl::StrCat("hardlink \"", path, "\" to \"", target, "\""));
     }
     return absl::OkStatus();
   }

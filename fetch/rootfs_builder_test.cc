@@ -24,8 +24,9 @@ using testing::TarSpec;
 class RootfsBuilderTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    base_ = absl::StrCat(std::getenv("TEST_TMPDIR"), "/",
-                         ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    base_ = absl::StrCat(
+        std::getenv("TEST_TMPDIR"), "/",
+        ::testing::UnitTest::GetInstance()->current_test_info()->name());
     mkdir(base_.c_str(), 0755);
     root_ = base_ + "/rootfs";
     mkdir(root_.c_str(), 0755);
@@ -87,19 +88,19 @@ TEST_F(RootfsBuilderTest, WhiteoutsOpaqueAndReplacement) {
   l2.File("b/new", "n").File("b/.wh..wh..opq", "");
   l2.File("a/.wh.1", "").File(".wh.gone", "");
   l2.File("link/inside", "i");  // a directory replaces the lower symlink
-  l2.Symlink("f", "a/2");        // a symlink replaces a file
+  l2.Symlink("f", "a/2");       // a symlink replaces a file
   l2.File("a/.wh.never-existed", "");
   absl::Status st = Apply(l2.Finish());
   ASSERT_TRUE(st.ok()) << st;
   EXPECT_EQ(Tree(), (std::set<std::string>{"a/", "a/2=2", "b/", "b/new=n",
-                                            "link/", "link/inside=i", "f@"}));
+                                           "link/", "link/inside=i", "f@"}));
   // A directory can come back after its whiteout.
   TarBuilder l3;
   l3.File("gone/again", "g").File("b/.wh.new", "");
   ASSERT_TRUE(Apply(l3.Finish()).ok());
-  EXPECT_EQ(Tree(), (std::set<std::string>{"a/", "a/2=2", "b/", "gone/",
-                                            "gone/again=g", "link/",
-                                            "link/inside=i", "f@"}));
+  EXPECT_EQ(Tree(),
+            (std::set<std::string>{"a/", "a/2=2", "b/", "gone/", "gone/again=g",
+                                   "link/", "link/inside=i", "f@"}));
 }
 
 TEST_F(RootfsBuilderTest, UpperDirectoryAttributesWinOnlyWhenExplicit) {

@@ -80,7 +80,8 @@ std::string UrlDecode(const std::string& s) {
 
 std::vector<std::string> TestRequest::query_all(const std::string& key) const {
   std::vector<std::string> out;
-  for (absl::string_view kv : absl::StrSplit(raw_query, '&', absl::SkipEmpty())) {
+  for (absl::string_view kv :
+       absl::StrSplit(raw_query, '&', absl::SkipEmpty())) {
     size_t eq = kv.find('=');
     std::string k = UrlDecode(std::string(kv.substr(0, eq)));
     if (k == key) {
@@ -95,7 +96,8 @@ std::vector<std::string> TestRequest::query_all(const std::string& key) const {
 absl::StatusOr<std::unique_ptr<LoopbackHttpServer>> LoopbackHttpServer::Start(
     Handler handler) {
   int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return absl::InternalError(absl::StrCat("socket: ", strerror(errno)));
+  if (fd < 0)
+    return absl::InternalError(absl::StrCat("socket: ", strerror(errno)));
   int one = 1;
   setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
   sockaddr_in addr{};
@@ -110,7 +112,8 @@ absl::StatusOr<std::unique_ptr<LoopbackHttpServer>> LoopbackHttpServer::Start(
   }
   socklen_t len = sizeof(addr);
   getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-  auto* s = new LoopbackHttpServer(fd, ntohs(addr.sin_port), std::move(handler));
+  auto* s =
+      new LoopbackHttpServer(fd, ntohs(addr.sin_port), std::move(handler));
   return std::unique_ptr<LoopbackHttpServer>(s);
 }
 
@@ -221,8 +224,8 @@ void LoopbackHttpServer::Serve(int fd) {
     TestResponse resp;
     handler_(req, &resp);
     if (resp.delay > absl::ZeroDuration()) absl::SleepFor(resp.delay);
-    std::string head =
-        absl::StrCat("HTTP/1.1 ", resp.status, " ", Reason(resp.status), "\r\n");
+    std::string head = absl::StrCat("HTTP/1.1 ", resp.status, " ",
+                                    Reason(resp.status), "\r\n");
     bool has_len = false;
     for (const auto& [k, v] : resp.headers) {
       absl::StrAppend(&head, k, ": ", v, "\r\n");

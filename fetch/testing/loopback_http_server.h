@@ -16,8 +16,8 @@
 #include <atomic>
 #include <functional>
 #include <map>
-#include <optional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <utility>
@@ -31,9 +31,9 @@ namespace lazypull::testing {
 
 struct TestRequest {
   std::string method;
-  std::string target;  // path and query, as sent
-  std::string path;    // without the query
-  std::map<std::string, std::string> query;    // decoded; last value wins
+  std::string target;                        // path and query, as sent
+  std::string path;                          // without the query
+  std::map<std::string, std::string> query;  // decoded; last value wins
   std::vector<std::string> query_all(const std::string& key) const;
   std::map<std::string, std::string> headers;  // lower-case names
   std::string body;

@@ -15,9 +15,9 @@
 namespace lazypull::testing {
 
 std::string TestDescriptor::Json() const {
-  std::string s = absl::StrCat("{\"mediaType\":\"", media_type,
-                               "\",\"digest\":\"", digest.ToString(),
-                               "\",\"size\":", size);
+  std::string s =
+      absl::StrCat("{\"mediaType\":\"", media_type, "\",\"digest\":\"",
+                   digest.ToString(), "\",\"size\":", size);
   if (!platform.empty()) {
     std::vector<std::string> p = absl::StrSplit(platform, '/');
     absl::StrAppend(&s, ",\"platform\":{\"os\":\"", p[0],
@@ -95,7 +95,8 @@ absl::StatusOr<TestImage> OciLayout::AddImage(
   std::vector<std::string> p = absl::StrSplit(platform, '/');
   std::string config = absl::StrCat(
       "{\"architecture\":\"", p.size() > 1 ? p[1] : "amd64", "\",\"os\":\"",
-      p[0], "\",", p.size() > 2 ? absl::StrCat("\"variant\":\"", p[2], "\",") : "",
+      p[0], "\",",
+      p.size() > 2 ? absl::StrCat("\"variant\":\"", p[2], "\",") : "",
       "\"config\":{},\"rootfs\":{\"type\":\"layers\",\"diff_ids\":[",
       absl::StrJoin(diff_ids, ","), "]}}");
   ASSIGN_OR_RETURN(img.config,
@@ -106,8 +107,9 @@ absl::StatusOr<TestImage> OciLayout::AddImage(
       "{\"schemaVersion\":2,\"mediaType\":\"application/vnd.oci.image."
       "manifest.v1+json\",\"config\":",
       img.config.Json(), ",\"layers\":[", absl::StrJoin(layers, ","), "]}");
-  ASSIGN_OR_RETURN(img.manifest,
-                   AddBlob("application/vnd.oci.image.manifest.v1+json", manifest));
+  ASSIGN_OR_RETURN(
+      img.manifest,
+      AddBlob("application/vnd.oci.image.manifest.v1+json", manifest));
   img.manifest.platform = platform;
   return img;
 }
@@ -133,8 +135,9 @@ absl::Status OciLayout::Tag(const std::string& tag, const TestDescriptor& d) {
   for (const auto& [t, desc] : tags_) {
     std::string j = desc.Json();
     j.pop_back();
-    absl::StrAppend(&j, ",\"annotations\":{\"org.opencontainers.image.ref.name\":\"",
-                    t, "\"}}");
+    absl::StrAppend(
+        &j, ",\"annotations\":{\"org.opencontainers.image.ref.name\":\"", t,
+        "\"}}");
     entries.push_back(j);
   }
   std::ofstream(dir_ + "/index.json")

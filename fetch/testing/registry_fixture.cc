@@ -62,15 +62,18 @@ absl::StatusOr<pid_t> Spawn(const std::vector<std::string>& argv,
     return absl::NotFoundError(absl::StrCat(argv[0], " is not on PATH"));
   }
   std::vector<char*> args;
-  for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+  for (const std::string& a : argv)
+    args.push_back(const_cast<char*>(a.c_str()));
   args.push_back(nullptr);
   std::vector<std::string> env_store;
   for (char** e = environ; *e; ++e) env_store.emplace_back(*e);
   for (const std::string& e : env) env_store.push_back(e);
   std::vector<char*> envp;
-  for (const std::string& e : env_store) envp.push_back(const_cast<char*>(e.c_str()));
+  for (const std::string& e : env_store)
+    envp.push_back(const_cast<char*>(e.c_str()));
   envp.push_back(nullptr);
-  int log = open(log_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  int log =
+      open(log_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (log < 0) return absl::InternalError(absl::StrCat("open ", log_path));
   pid_t pid = fork();
   if (pid < 0) {
@@ -118,8 +121,9 @@ bool CanConnect(int port) {
 absl::Status RunProcess(const std::vector<std::string>& argv,
                         std::string* output,
                         const std::vector<std::string>& env) {
-  std::string log = TestDir("processes") + "/" +
-                    absl::StrCat("run-", getpid(), "-", absl::ToUnixNanos(absl::Now()));
+  std::string log =
+      TestDir("processes") + "/" +
+      absl::StrCat("run-", getpid(), "-", absl::ToUnixNanos(absl::Now()));
   absl::StatusOr<pid_t> pid = Spawn(argv, log, env);
   if (!pid.ok()) return pid.status();
   int status = 0;
@@ -148,9 +152,9 @@ std::string TestDir(const std::string& name) {
   std::string base = tmp ? tmp : "/tmp";
   const ::testing::TestInfo* info =
       ::testing::UnitTest::GetInstance()->current_test_info();
-  std::string dir = info ? absl::StrCat(base, "/", info->test_suite_name(), ".",
-                                        info->name())
-                         : base + "/global";
+  std::string dir =
+      info ? absl::StrCat(base, "/", info->test_suite_name(), ".", info->name())
+           : base + "/global";
   mkdir(dir.c_str(), 0755);
   dir = absl::StrCat(dir, "/", name);
   mkdir(dir.c_str(), 0755);
@@ -181,9 +185,11 @@ absl::StatusOr<std::unique_ptr<RegistryServer>> RegistryServer::Start(
     std::string cfg = absl::StrCat(
         "version: 0.1\n"
         "log:\n  level: info\n"
-        "storage:\n  filesystem:\n    rootdirectory: ", s->storage_, "\n",
+        "storage:\n  filesystem:\n    rootdirectory: ",
+        s->storage_, "\n",
         "  delete:\n    enabled: true\n"
-        "http:\n  addr: 127.0.0.1:", s->port_, "\n");
+        "http:\n  addr: 127.0.0.1:",
+        s->port_, "\n");
     if (o.tls) {
       absl::StrAppend(&cfg, "  tls:\n    certificate: ", s->cert_,
                       "\n    key: ", key, "\n");

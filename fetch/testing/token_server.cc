@@ -3,7 +3,6 @@
 #include <openssl/evp.h>
 #include <openssl/pem.h>
 #include <openssl/x509.h>
-
 #include <time.h>
 
 #include <fstream>
@@ -46,9 +45,11 @@ absl::StatusOr<std::unique_ptr<TokenServer>> TokenServer::Start(
   t->opts_ = options;
   t->expires_in_ = options.expires_in;
   t->valid_for_ = options.valid_for;
+  t->require_credentials_ = !options.user.empty();
   t->key_pem_ = ReadFile(options.key_file);
   std::string cert_pem = ReadFile(options.cert_file);
-  BIO* bio = BIO_new_mem_buf(cert_pem.data(), static_cast<int>(cert_pem.size()));
+  BIO* bio =
+      BIO_new_mem_buf(cert_pem.data(), static_cast<int>(cert_pem.size()));
   X509* cert = PEM_read_bio_X509(bio, nullptr, nullptr, nullptr);
   BIO_free(bio);
   if (cert == nullptr || t->key_pem_.empty()) {
@@ -64,14 +65,17 @@ absl::StatusOr<std::unique_ptr<TokenServer>> TokenServer::Start(
   OPENSSL_free(der);
   TokenServer* raw = t.get();
   auto server = LoopbackHttpServer::Start(
-      [raw](const TestRequest& req, TestResponse* resp) { raw->Handle(req, resp); });
+      [raw](const TestRequest& req, TestResponse* resp) {
+        raw->Handle(req, resp);
+      });
   if (!server.ok()) return server.status();
   t->server_ = *std::move(server);
   return t;
 }
 
 std::string TokenServer::Sign(const std::string& input) const {
-  BIO* bio = BIO_new_mem_buf(key_pem_.data(), static_cast<int>(key_pem_.size()));
+  BIO* bio =
+      BIO_new_mem_buf(key_pem_.data(), static_cast<int>(key_pem_.size()));
   EVP_PKEY* key = PEM_read_bio_PrivateKey(bio, nullptr, nullptr, nullptr);
   BIO_free(bio);
   std::string sig;
@@ -102,10 +106,11 @@ void TokenServer::Handle(const TestRequest& req, TestResponse* resp) {
     return;
   }
   std::string account = "anonymous";
-  if (!opts_.user.empty()) {
+  if (require_credentials_.load()) {
     auto it = req.headers.find("authorization");
     std::string want = absl::StrCat(
-        "Basic ", absl::Base64Escape(absl::StrCat(opts_.user, ":", opts_.password)));
+        "Basic ",
+        absl::Base64Escape(absl::StrCat(opts_.user, ":", opts_.password)));
     if (it == req.headers.end() || it->second != want) {
       resp->status = 401;
       resp->body = "{\"details\":\"bad credentials\"}";
@@ -115,19 +120,21 @@ void TokenServer::Handle(const TestRequest& req, TestResponse* resp) {
   }
   std::vector<std::string> access;
   for (const std::string& scope : req.query_all("scope")) {
-    for (absl::string_view one : absl::StrSplit(scope, ' ', absl::SkipEmpty())) {
+    for (absl::string_view one :
+         absl::StrSplit(scope, ' ', absl::SkipEmpty())) {
       std::vector<std::string> p = absl::StrSplit(one, ':');
       if (p.size() < 3) continue;
       std::string actions = p.back();
-      std::string name =
-          absl::StrJoin(std::vector<std::string>(p.begin() + 1, p.end() - 1), ":");
+      std::string name = absl::StrJoin(
+          std::vector<std::string>(p.begin() + 1, p.end() - 1), ":");
       std::vector<std::string> acts;
-      for (absl::string_view a : absl::StrSplit(actions, ',', absl::SkipEmpty())) {
+      for (absl::string_view a :
+           absl::StrSplit(actions, ',', absl::SkipEmpty())) {
         acts.push_back(absl::StrCat("\"", a, "\""));
       }
-      access.push_back(absl::StrCat("{\"type\":\"", p[0], "\",\"name\":\"", name,
-                                    "\",\"actions\":[", absl::StrJoin(acts, ","),
-                                    "]}"));
+      access.push_back(absl::StrCat("{\"type\":\"", p[0], "\",\"name\":\"",
+                                    name, "\",\"actions\":[",
+                                    absl::StrJoin(acts, ","), "]}"));
     }
   }
   const int64_t now = absl::ToUnixSeconds(absl::Now());
@@ -144,9 +151,7 @@ void TokenServer::Handle(const TestRequest& req, TestResponse* resp) {
   resp->headers.push_back({"Content-Type", "application/json"});
   resp->body = absl::StrCat("{\"token\":\"", token, "\",\"access_token\":\"",
                             token, "\",\"expires_in\":", expires_in_.load(),
-                            ",\"issued_at\":\"",
-                            IssuedAt(now),
-                            "\"}");
+                            ",\"issued_at\":\"", IssuedAt(now), "\"}");
 }
 
 }  // namespace lazypull::testing

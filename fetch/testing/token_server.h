@@ -46,6 +46,8 @@ class TokenServer {
   std::string realm() const { return server_->url() + "/token"; }
   int issued() const { return issued_.load(); }
   std::vector<TestRequest> requests() const { return server_->requests(); }
+  // Whether `user`/`password` are required (default: when `user` is set).
+  void set_require_credentials(bool on) { require_credentials_.store(on); }
   void set_lifetimes(int64_t expires_in, int64_t valid_for) {
     expires_in_.store(expires_in);
     valid_for_.store(valid_for);
@@ -60,6 +62,7 @@ class TokenServer {
   std::string key_pem_, cert_der_b64_;
   std::atomic<int64_t> expires_in_{300}, valid_for_{300};
   std::atomic<int> issued_{0};
+  std::atomic<bool> require_credentials_{false};
   std::unique_ptr<LoopbackHttpServer> server_;
 };
 
