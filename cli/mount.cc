@@ -2,6 +2,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <malloc.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <sys/mount.h>
@@ -96,6 +97,12 @@ std::string PidFile(const std::string& mountpoint) {
 // the mount exists (or with the error that prevented it).
 absl::Status Serve(const ParsedArgs& args,
                    const std::function<void(const absl::Status&)>& ready) {
+  // A serving process's memory is mostly short-lived chunk buffers (up to a
+  // few MiB each, on many threads): give them back to the kernel at once
+  // rather than letting glibc's per-thread arenas and its growing mmap
+  // threshold keep them as peak RSS.
+  mallopt(M_MMAP_THRESHOLD, 256 << 10);
+  mallopt(M_ARENA_MAX, 2);
   const std::string mountpoint = AbsPath(args.positionals[0]);
   std::optional<std::string> toc = args.Get("toc-digest");
   LayerOpenOptions lo;

@@ -87,6 +87,15 @@ std::string DiskChunkCache::ChunkPath(const Digest& d) const {
 absl::Status DiskChunkCache::Load() {
   RETURN_IF_ERROR(MkdirP(dir_ + "/chunks"));
   RETURN_IF_ERROR(MkdirP(dir_ + "/tmp"));
+  // All 256 fan-out directories up front: no mkdir on the write path.
+  static constexpr char kHex[] = "0123456789abcdef";
+  for (int i = 0; i < 256; ++i) {
+    const char sub_name[3] = {kHex[i >> 4], kHex[i & 15], '\0'};
+    std::string sub = absl::StrCat(dir_, "/chunks/", sub_name);
+    if (mkdir(sub.c_str(), 0700) != 0 && errno != EEXIST) {
+      return ErrnoToStatus(errno, absl::StrCat("mkdir ", sub));
+    }
+  }
   std::string lock = dir_ + "/lock";
   lock_fd_ = open(lock.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
   if (lock_fd_ < 0) return ErrnoToStatus(errno, absl::StrCat("open ", lock));
@@ -293,28 +302,35 @@ absl::Status DiskChunkCache::Insert(const Digest& d, absl::string_view data) {
 
 void DiskChunkCache::WriterLoop() {
   while (true) {
-    Job job;
+    std::vector<Job> batch;
     {
       std::unique_lock<std::mutex> l(q_mu_);
       q_cv_.wait(l, [&] { return stop_ || !queue_.empty(); });
       if (queue_.empty()) return;  // stop_ with nothing left
-      job = std::move(queue_.front());
-      queue_.pop_front();
-      ++writing_;
+      // Group commit: everything queued (bounded), one sync for all.
+      uint64_t bytes = 0;
+      while (!queue_.empty() && batch.size() < 256 && bytes < (64 << 20)) {
+        bytes += queue_.front().data->size();
+        batch.push_back(std::move(queue_.front()));
+        queue_.pop_front();
+      }
+      writing_ += batch.size();
     }
-    absl::Status st = WriteChunk(job.digest, *job.data);
+    absl::Status st = WriteChunks(batch);
     if (!st.ok()) {
-      LogWarning("cache: could not store chunk ", job.digest.ToString(), ": ",
-                 st.message());
+      LogWarning("cache: could not store ", batch.size(),
+                 " chunk(s): ", st.message());
     }
     {
       absl::MutexLock l(&mu_);
-      pending_bytes_ -= job.data->size();
-      pending_.erase(job.digest);
+      for (const Job& job : batch) {
+        pending_bytes_ -= job.data->size();
+        pending_.erase(job.digest);
+      }
     }
     {
       std::lock_guard<std::mutex> l(q_mu_);
-      --writing_;
+      writing_ -= batch.size();
     }
     q_done_cv_.notify_all();
   }
@@ -327,44 +343,80 @@ void DiskChunkCache::Flush() {
 
 absl::Status DiskChunkCache::WriteChunk(const Digest& d,
                                         absl::string_view data) {
-  const std::string path = ChunkPath(d);
-  const std::string hex = d.Hex();
-  RETURN_IF_ERROR(MkdirP(absl::StrCat(dir_, "/chunks/", hex.substr(0, 2))));
-  const std::string tmp =
-      absl::StrCat(dir_, "/tmp/", hex, ".", getpid(), ".", seq_.fetch_add(1));
-  int fd = open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-  if (fd < 0) return ErrnoToStatus(errno, absl::StrCat("create ", tmp));
-  IoOp op{fd, 0, const_cast<char*>(data.data()), data.size()};
+  std::vector<Job> one;
+  one.push_back(
+      Job{d, std::make_shared<const std::string>(data.data(), data.size())});
+  return WriteChunks(one);
+}
+
+absl::Status DiskChunkCache::WriteChunks(const std::vector<Job>& jobs) {
   // Writes use pwrite: measured here (core:block_io_benchmark), a buffered
   // io_uring write of a new chunk file is punted to io-wq workers and costs
   // 165 us per 64 KiB against 3.8 us for pwrite; reads stay on io_uring,
   // where batching wins (8 x 4 KiB: 4.1 vs 1.8 GB/s).
   thread_local std::unique_ptr<BlockIo> writer = BlockIo::NewPosix();
-  absl::Status st = writer->WriteAll({&op, 1});
-  if (st.ok() && options_.sync && fdatasync(fd) != 0) {
-    st = ErrnoToStatus(errno, absl::StrCat("fdatasync ", tmp));
+  struct Written {
+    const Job* job;
+    std::string tmp;
+  };
+  std::vector<Written> written;
+  absl::Status first;
+  for (const Job& job : jobs) {
+    const std::string hex = job.digest.Hex();
+    absl::Status st;
+    std::string tmp =
+        absl::StrCat(dir_, "/tmp/", hex, ".", getpid(), ".", seq_.fetch_add(1));
+    int fd = -1;
+    if (st.ok()) {
+      fd = open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+      if (fd < 0) st = ErrnoToStatus(errno, absl::StrCat("create ", tmp));
+    }
+    if (st.ok()) {
+      IoOp op{fd, 0, const_cast<char*>(job.data->data()), job.data->size()};
+      st = writer->WriteAll({&op, 1});
+    }
+    if (fd >= 0) close(fd);
+    if (st.ok()) {
+      written.push_back({&job, std::move(tmp)});
+    } else {
+      unlink(tmp.c_str());
+      if (first.ok()) first = st;
+    }
   }
-  close(fd);
-  if (st.ok() && rename(tmp.c_str(), path.c_str()) != 0) {
-    st = ErrnoToStatus(errno, absl::StrCat("rename ", tmp));
+  if (written.empty()) return first;
+  // One flush makes the whole batch durable before any of it is published
+  // (a chunk's file appears under chunks/ only after its bytes are on disk).
+  if (options_.sync) {
+    int dfd = open((dir_ + "/tmp").c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    int rc = dfd >= 0 ? syncfs(dfd) : -1;
+    int err = errno;
+    if (dfd >= 0) close(dfd);
+    if (rc != 0) {
+      for (const Written& w : written) unlink(w.tmp.c_str());
+      return ErrnoToStatus(err, "syncfs of the cache");
+    }
   }
-  if (!st.ok()) {
-    unlink(tmp.c_str());
-    return st;
-  }
-  inserts_.fetch_add(1);
-  bool over;
-  {
+  bool over = false;
+  for (const Written& w : written) {
+    const Digest& d = w.job->digest;
+    if (rename(w.tmp.c_str(), ChunkPath(d).c_str()) != 0) {
+      if (first.ok())
+        first = ErrnoToStatus(errno, absl::StrCat("rename ", w.tmp));
+      unlink(w.tmp.c_str());
+      continue;
+    }
+    inserts_.fetch_add(1);
     absl::MutexLock l(&mu_);
-    Track(d, data.size());
+    Track(d, w.job->data->size());
     over = options_.capacity != 0 && bytes_ > options_.capacity;
   }
   if (options_.rescan_every != 0 &&
-      inserts_.load() % options_.rescan_every == 0) {
+      inserts_.load() / options_.rescan_every !=
+          (inserts_.load() - written.size()) / options_.rescan_every) {
     Rescan();
   }
-  if (over) return EvictTo(options_.capacity / 10 * 9);
-  return absl::OkStatus();
+  if (over) RETURN_IF_ERROR(EvictTo(options_.capacity / 10 * 9));
+  return first;
 }
 
 absl::Status DiskChunkCache::EvictTo(uint64_t target) {

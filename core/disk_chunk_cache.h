@@ -9,8 +9,9 @@
 //   lock                      flock(2)ed while evicting or pruning
 //
 // Commit protocol: a chunk's bytes are written to tmp/ (pwrite: faster than
-// io_uring for buffered writes of new files here, see the .cc),
-// fdatasync'ed, then renamed into chunks/. The rename is the
+// io_uring for buffered writes of new files here, see the .cc), made durable
+// (one syncfs per batch of queued chunks: group commit), then renamed into
+// chunks/. The rename is the
 // record: a chunk is visible only after its bytes are durable, so a crash
 // (kill -9 mid-fill, power loss) can leave a stray tmp file (removed at the
 // next Open once its writer is dead) or lose a recent chunk (refetched), but
@@ -48,6 +49,7 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
@@ -125,6 +127,8 @@ class DiskChunkCache final : public ChunkCache {
   absl::Status Load();
   void WriterLoop();
   absl::Status WriteChunk(const Digest& d, absl::string_view data);
+  // Writes a batch to tmp/, makes it durable with one syncfs, publishes it.
+  absl::Status WriteChunks(const std::vector<Job>& jobs);
   // Adds or refreshes an entry. REQUIRES: mu_ held.
   void Track(const Digest& d, uint64_t size) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Forget(const Digest& d) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
