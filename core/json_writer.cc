@@ -3,40 +3,10 @@
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
+#include "core/utf8.h"
 
 namespace lazypull {
-namespace {
-
-// Length of the valid UTF-8 sequence at s[i], or 0 if invalid.
-size_t Utf8Len(absl::string_view s, size_t i) {
-  const auto b = [&](size_t k) { return static_cast<uint8_t>(s[k]); };
-  uint8_t c = b(i);
-  size_t n;
-  uint32_t min;
-  if (c < 0x80) return 1;
-  if ((c & 0xe0) == 0xc0) {
-    n = 2;
-    min = 0x80;
-  } else if ((c & 0xf0) == 0xe0) {
-    n = 3;
-    min = 0x800;
-  } else if ((c & 0xf8) == 0xf0) {
-    n = 4;
-    min = 0x10000;
-  } else {
-    return 0;
-  }
-  if (i + n > s.size()) return 0;
-  uint32_t cp = c & (0x7f >> n);
-  for (size_t k = 1; k < n; ++k) {
-    if ((b(i + k) & 0xc0) != 0x80) return 0;
-    cp = cp << 6 | (b(i + k) & 0x3f);
-  }
-  if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return 0;
-  return n;
-}
-
-}  // namespace
+namespace {}  // namespace
 
 void JsonWriter::AppendQuoted(absl::string_view s, std::string* out) {
   static constexpr char kHex[] = "0123456789abcdef";
@@ -66,7 +36,8 @@ void JsonWriter::AppendQuoted(absl::string_view s, std::string* out) {
       out->push_back(c);
       ++i;
     } else {
-      size_t n = Utf8Len(s, i);
+      uint32_t cp;
+      size_t n = Utf8SequenceLength(s, i, &cp);
       if (n == 0) {
         out->append("\\u00");
         out->push_back(kHex[u >> 4]);

@@ -19,6 +19,7 @@
 #include "core/status_macros.h"
 #include "core/tar_reader.h"
 #include "core/toc.h"
+#include "core/utf8.h"
 
 namespace lazypull {
 namespace {
@@ -38,35 +39,6 @@ const char kLandmarkContents[1] = {0x0f};
 
 // ---------------------------------------------------------------------------
 // Formatting as Go does it.
-
-// Length of the valid UTF-8 sequence at s[i] and its code point, or 0.
-size_t Utf8Len(absl::string_view s, size_t i, uint32_t* cp_out) {
-  const auto b = [&](size_t k) { return static_cast<uint8_t>(s[k]); };
-  uint8_t c = b(i);
-  size_t n;
-  uint32_t min;
-  if ((c & 0xe0) == 0xc0) {
-    n = 2;
-    min = 0x80;
-  } else if ((c & 0xf0) == 0xe0) {
-    n = 3;
-    min = 0x800;
-  } else if ((c & 0xf8) == 0xf0) {
-    n = 4;
-    min = 0x10000;
-  } else {
-    return 0;
-  }
-  if (i + n > s.size()) return 0;
-  uint32_t cp = c & (0x7f >> n);
-  for (size_t k = 1; k < n; ++k) {
-    if ((b(i + k) & 0xc0) != 0x80) return 0;
-    cp = cp << 6 | (b(i + k) & 0x3f);
-  }
-  if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return 0;
-  *cp_out = cp;
-  return n;
-}
 
 // A JSON string as Go's encoding/json writes it (HTML-safe escaping,
 // invalid UTF-8 replaced by U+FFFD, U+2028/2029 escaped).
@@ -108,7 +80,7 @@ void AppendGoJsonString(absl::string_view s, std::string* out) {
       continue;
     }
     uint32_t cp = 0;
-    size_t n = Utf8Len(s, i, &cp);
+    size_t n = Utf8SequenceLength(s, i, &cp);
     if (n == 0) {
       flush(i);
       out->append("\\ufffd");

@@ -1,17 +1,21 @@
-// Micro-benchmark: gzip inflate with ISA-L (core's DecompressRange and
-// StreamDecompressor) against zlib's inflate, on the same gzip members.
+// Micro-benchmarks of decompression on real data: gzip inflate with ISA-L
+// (core's DecompressRange and StreamDecompressor) against zlib's inflate on
+// the same gzip members, and zstd (core's paths, and plain
+// ZSTD_decompressDCtx as the floor) on level-3 frames of the same pieces.
 //
 // The members are built at start-up from a real file tree: a tar-like
 // concatenation (512-byte header + content padded to 512) of the regular
 // files under $LAZYPULL_BENCH_TREE (default /usr, in sorted path order) up to
 // $LAZYPULL_BENCH_BYTES (default 256 MiB), cut into 4 MiB pieces, each
 // compressed as one gzip member with zlib level 9 (what estargz.Build writes
-// by default). Throughput is bytes of uncompressed output per second; one
-// iteration inflates one 4 MiB member, cycling through all of them.
+// by default) and as one zstd frame at level 3. Throughput is bytes of
+// uncompressed output per second; one iteration decompresses one 4 MiB
+// piece, cycling through all of them.
 //
-//   bazel build -c opt //core:inflate_benchmark
-//   bazel-bin/core/inflate_benchmark --benchmark_min_time=2
+//   bazel build -c opt //core:decompress_benchmark
+//   bazel-bin/core/decompress_benchmark --benchmark_min_time=2
 #include <zlib.h>
+#include <zstd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -100,15 +104,26 @@ std::string GzipLevel9(absl::string_view in) {
   return out;
 }
 
+std::string ZstdLevel3(absl::string_view in) {
+  std::string out(ZSTD_compressBound(in.size()), '\0');
+  size_t n = ZSTD_compress(out.data(), out.size(), in.data(), in.size(), 3);
+  if (ZSTD_isError(n)) std::abort();
+  out.resize(n);
+  return out;
+}
+
 struct Corpus {
-  std::vector<std::string> members;  // one gzip member per piece
+  std::vector<std::string> members;  // one gzip member / zstd frame per piece
   std::vector<size_t> sizes;         // uncompressed size of each piece
   uint64_t raw_bytes = 0;
   uint64_t compressed_bytes = 0;
 };
 
-const Corpus& GetCorpus() {
-  static const Corpus* corpus = [] {
+const Corpus& GetCorpus(Compression codec) {
+  static const Corpus* corpora[2] = {nullptr, nullptr};
+  const Corpus*& corpus = corpora[static_cast<int>(codec)];
+  if (corpus != nullptr) return *corpus;
+  corpus = [codec] {
     const char* tree = std::getenv("LAZYPULL_BENCH_TREE");
     std::string root = tree != nullptr && *tree != '\0' ? tree : "/usr";
     uint64_t cap = EnvBytes("LAZYPULL_BENCH_BYTES", uint64_t{256} << 20);
@@ -123,7 +138,8 @@ const Corpus& GetCorpus() {
         absl::string_view piece =
             absl::string_view(raw).substr(i * kPieceSize, kPieceSize);
         c->sizes[i] = piece.size();
-        c->members[i] = GzipLevel9(piece);
+        c->members[i] =
+            codec == Compression::kGzip ? GzipLevel9(piece) : ZstdLevel3(piece);
       }
     };
     std::vector<std::thread> threads;
@@ -134,21 +150,20 @@ const Corpus& GetCorpus() {
     for (std::thread& t : threads) t.join();
     c->raw_bytes = raw.size();
     for (const std::string& m : c->members) c->compressed_bytes += m.size();
-    // Sanity: both decoders give back the first piece exactly.
+    // Sanity: the first piece round-trips exactly.
     if (n > 0) {
       std::string out(c->sizes[0], '\0');
-      if (!DecompressRange(Compression::kGzip, c->members[0], 0,
-                           absl::MakeSpan(out))
-               .ok() ||
+      if (!DecompressRange(codec, c->members[0], 0, absl::MakeSpan(out)).ok() ||
           out != absl::string_view(raw).substr(0, c->sizes[0])) {
-        std::fprintf(stderr, "ISA-L round trip failed\n");
+        std::fprintf(stderr, "round trip failed\n");
         std::abort();
       }
     }
     std::fprintf(stderr,
-                 "corpus: %s, %llu bytes in %zu pieces of 4 MiB, gzip -9: "
+                 "corpus: %s, %llu bytes in %zu pieces of 4 MiB, %s: "
                  "%llu bytes (%.1f%%)\n",
                  root.c_str(), static_cast<unsigned long long>(c->raw_bytes), n,
+                 codec == Compression::kGzip ? "gzip -9" : "zstd -3",
                  static_cast<unsigned long long>(c->compressed_bytes),
                  c->raw_bytes ? 100.0 * c->compressed_bytes / c->raw_bytes : 0);
     return c;
@@ -156,37 +171,40 @@ const Corpus& GetCorpus() {
   return *corpus;
 }
 
-void SetCounters(benchmark::State& state, uint64_t bytes) {
-  const Corpus& c = GetCorpus();
+void SetCounters(benchmark::State& state, const Corpus& c, uint64_t bytes) {
   state.SetBytesProcessed(static_cast<int64_t>(bytes));
   state.counters["ratio_pct"] =
       c.raw_bytes ? 100.0 * c.compressed_bytes / c.raw_bytes : 0;
   state.counters["corpus_MB"] = c.raw_bytes / 1e6;
 }
 
-void BM_IsalDecompressRange(benchmark::State& state) {
-  const Corpus& c = GetCorpus();
+// state.range(0): 0 = gzip (ISA-L), 1 = zstd.
+Compression Codec(const benchmark::State& state) {
+  return state.range(0) == 0 ? Compression::kGzip : Compression::kZstd;
+}
+
+void BM_DecompressRange(benchmark::State& state) {
+  const Corpus& c = GetCorpus(Codec(state));
   if (c.members.empty()) return state.SkipWithError("empty corpus");
   std::vector<char> out(kPieceSize);
   size_t i = 0;
   uint64_t bytes = 0;
   for (auto _ : state) {
-    absl::Status st = DecompressRange(Compression::kGzip, c.members[i], 0,
+    absl::Status st = DecompressRange(Codec(state), c.members[i], 0,
                                       absl::MakeSpan(out.data(), c.sizes[i]));
     if (!st.ok()) return state.SkipWithError(std::string(st.message()).c_str());
     benchmark::DoNotOptimize(out.data());
     bytes += c.sizes[i];
     i = (i + 1) % c.members.size();
   }
-  SetCounters(state, bytes);
+  SetCounters(state, c, bytes);
 }
-BENCHMARK(BM_IsalDecompressRange)->UseRealTime();
+BENCHMARK(BM_DecompressRange)->Arg(0)->Arg(1)->UseRealTime();
 
-void BM_IsalStreamDecompressor(benchmark::State& state) {
-  const Corpus& c = GetCorpus();
+void BM_StreamDecompressor(benchmark::State& state) {
+  const Corpus& c = GetCorpus(Codec(state));
   if (c.members.empty()) return state.SkipWithError("empty corpus");
-  std::unique_ptr<StreamDecompressor> d =
-      StreamDecompressor::New(Compression::kGzip);
+  std::unique_ptr<StreamDecompressor> d = StreamDecompressor::New(Codec(state));
   std::vector<char> out(kPieceSize);
   size_t i = 0;
   uint64_t bytes = 0;
@@ -212,12 +230,12 @@ void BM_IsalStreamDecompressor(benchmark::State& state) {
     bytes += filled;
     i = (i + 1) % c.members.size();
   }
-  SetCounters(state, bytes);
+  SetCounters(state, c, bytes);
 }
-BENCHMARK(BM_IsalStreamDecompressor)->UseRealTime();
+BENCHMARK(BM_StreamDecompressor)->Arg(0)->Arg(1)->UseRealTime();
 
 void BM_ZlibInflate(benchmark::State& state) {
-  const Corpus& c = GetCorpus();
+  const Corpus& c = GetCorpus(Compression::kGzip);
   if (c.members.empty()) return state.SkipWithError("empty corpus");
   z_stream z{};
   if (inflateInit2(&z, 16 + MAX_WBITS) != Z_OK) {
@@ -242,9 +260,32 @@ void BM_ZlibInflate(benchmark::State& state) {
     i = (i + 1) % c.members.size();
   }
   inflateEnd(&z);
-  SetCounters(state, bytes);
+  SetCounters(state, c, bytes);
 }
 BENCHMARK(BM_ZlibInflate)->UseRealTime();
+
+void BM_ZstdDecompressDCtx(benchmark::State& state) {
+  const Corpus& c = GetCorpus(Compression::kZstd);
+  if (c.members.empty()) return state.SkipWithError("empty corpus");
+  ZSTD_DCtx* dctx = ZSTD_createDCtx();
+  std::vector<char> out(kPieceSize);
+  size_t i = 0;
+  uint64_t bytes = 0;
+  for (auto _ : state) {
+    size_t n = ZSTD_decompressDCtx(dctx, out.data(), out.size(),
+                                   c.members[i].data(), c.members[i].size());
+    if (ZSTD_isError(n) || n != c.sizes[i]) {
+      ZSTD_freeDCtx(dctx);
+      return state.SkipWithError("ZSTD_decompressDCtx failed");
+    }
+    benchmark::DoNotOptimize(out.data());
+    bytes += n;
+    i = (i + 1) % c.members.size();
+  }
+  ZSTD_freeDCtx(dctx);
+  SetCounters(state, c, bytes);
+}
+BENCHMARK(BM_ZstdDecompressDCtx)->UseRealTime();
 
 }  // namespace
 }  // namespace lazypull
