@@ -35,6 +35,11 @@
 namespace lazypull::proxy {
 namespace {
 
+// Upper bounds on timings allow for a loaded 2-core CI machine (the test is
+// also tagged exclusive); lower bounds stay strict: the emulated link must
+// never be faster than configured.
+constexpr double kSlack = 1.6;
+
 // A byte service: the client's first line picks the mode.
 //   "ECHO\n"    echo every byte until EOF, then close.
 //   "SEND N\n"  write N bytes, then close.
@@ -213,7 +218,7 @@ TEST(LinkProxyTest, BandwidthCapsOneDownload) {
       static_cast<unsigned long long>(kSize), ms, kSize * 8 / ms / 1000,
       kExpectedMs);
   EXPECT_GT(ms, kExpectedMs * 0.75);
-  EXPECT_LT(ms, kExpectedMs * 1.25);
+  EXPECT_LT(ms, kExpectedMs * kSlack);
 }
 
 // Reads until EOF, noting when a quarter and three quarters of `size` bytes
@@ -262,14 +267,14 @@ TEST(LinkProxyTest, ParallelDownloadsShareTheLink) {
       q3_ms[0] - q1_ms[0], q3_ms[1] - q1_ms[1], kExpectedMs, total,
       kStreams * kExpectedMs);
   EXPECT_GT(total, kStreams * kExpectedMs * 0.75);
-  EXPECT_LT(total, kStreams * kExpectedMs * 1.25);
+  EXPECT_LT(total, kStreams * kExpectedMs * kSlack);
   // Shared all along, not in turns: in its middle half (from 1/4 to 3/4 of
   // its bytes) each stream got half the rate. The one that started first
   // may finish up to a queue's worth (64 KiB, 64 ms) earlier: its bytes
   // were ahead in the FIFO.
   for (int i = 0; i < kStreams; ++i) {
     EXPECT_GT(q3_ms[i] - q1_ms[i], kExpectedMs * 0.75) << "stream " << i;
-    EXPECT_LT(q3_ms[i] - q1_ms[i], kExpectedMs * 1.25) << "stream " << i;
+    EXPECT_LT(q3_ms[i] - q1_ms[i], kExpectedMs * kSlack) << "stream " << i;
     EXPECT_GT(done_ms[i], total * 0.75) << "stream " << i;
   }
 }
@@ -311,7 +316,7 @@ TEST(LinkProxyTest, DirectionsAreCappedIndependently) {
       up_ms, down_ms, static_cast<unsigned long long>(kSize), kExpectedMs);
   for (double ms : {up_ms, down_ms}) {
     EXPECT_GT(ms, kExpectedMs * 0.75);
-    EXPECT_LT(ms, kExpectedMs * 1.25);
+    EXPECT_LT(ms, kExpectedMs * kSlack);
   }
 }
 
