@@ -71,10 +71,30 @@ absl::StatusOr<HttpResponse> HttpTransport::Stream(
   return (*r)->response();
 }
 
-namespace {
-
-const char* ReasonPhrase(int status) {
+const char* HttpReasonPhrase(int status) {
   switch (status) {
+    case 100:
+      return "Continue";
+    case 200:
+      return "OK";
+    case 201:
+      return "Created";
+    case 202:
+      return "Accepted";
+    case 204:
+      return "No Content";
+    case 206:
+      return "Partial Content";
+    case 301:
+      return "Moved Permanently";
+    case 302:
+      return "Found";
+    case 304:
+      return "Not Modified";
+    case 307:
+      return "Temporary Redirect";
+    case 308:
+      return "Permanent Redirect";
     case 400:
       return "Bad Request";
     case 401:
@@ -109,6 +129,8 @@ const char* ReasonPhrase(int status) {
       return "";
   }
 }
+
+namespace {
 
 absl::StatusCode CodeForHttpStatus(int status) {
   switch (status) {
@@ -146,7 +168,7 @@ absl::Status HttpStatusToStatus(int status, absl::string_view what,
                                 absl::string_view detail) {
   if (status >= 200 && status < 400) return absl::OkStatus();
   std::string msg = absl::StrCat(what, ": HTTP ", status);
-  if (const char* reason = ReasonPhrase(status); *reason) {
+  if (const char* reason = HttpReasonPhrase(status); *reason) {
     absl::StrAppend(&msg, " ", reason);
   }
   if (!detail.empty()) absl::StrAppend(&msg, ": ", detail);

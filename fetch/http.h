@@ -156,6 +156,9 @@ class HttpTransport {
 // code follows the status (401 Unauthenticated, 403 PermissionDenied, 404
 // NotFound, 416 OutOfRange, 429 ResourceExhausted, 5xx Unavailable, ...) and
 // the message is "<what>: HTTP <status> <reason>", plus `detail` if given.
+// The standard reason phrase of an HTTP status ("Partial Content"), or "".
+const char* HttpReasonPhrase(int status);
+
 absl::Status HttpStatusToStatus(int status, absl::string_view what,
                                 absl::string_view detail = "");
 
