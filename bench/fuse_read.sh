@@ -9,6 +9,7 @@
 #    cold), splice replies vs copy replies, against the trivial in-memory FUSE
 #    filesystem (bench/memfs) serving a file of the same size: the ceiling.
 # Usage: bench/fuse_read.sh [INPUT_MB] [BIG_MB]   (as root)
+#        WARM_ONLY=1 bench/fuse_read.sh ...         only the warm sequential part
 set -euo pipefail
 cd "$(dirname "$0")/.."
 INPUT_MB=${1:-300}
@@ -39,6 +40,7 @@ mnt() { "$BIN" mount --blob "$W/layer.esgz" --toc-digest "$TOC" "$MNT" --cache-d
 umnt() { "$BIN" unmount "$MNT" >/dev/null; }
 pid_of() { pgrep -f "lazypull mount --blob $W/layer.esgz" | head -1; }
 
+if [ -z "${WARM_ONLY:-}" ]; then
 echo "== cold read of every file (empty cache, page cache dropped)"
 drop; mnt "$W/cache"
 BYTES=$(find "$MNT" -type f -not -path '*/.stargz-snapshotter/*' -printf '%s\n' | awk '{s+=$1} END {print s}')
@@ -56,6 +58,7 @@ umnt; mnt "$W/cache-rand"
 echo "warm: $("$RANDREAD" "$MNT" 2000 7)"
 umnt
 
+fi  # WARM_ONLY
 echo "== warm sequential read of big.bin (${BIG_MB} MB), fresh mount, warm cache"
 mnt "$W/cache"; cat "$MNT/big/big.bin" >/dev/null; umnt   # cache warm
 mkdir -p "$W/memmnt"
