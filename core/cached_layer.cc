@@ -130,7 +130,7 @@ void CachedLayer::RunFill(uint32_t group, Flight* flight,
     out.clear();
   }
   for (const auto& [ci, data] : out) {
-    absl::Status ins = cache_->Insert(cs[ci].digest, *data);
+    absl::Status ins = cache_->InsertShared(cs[ci].digest, data);
     (void)ins;  // a cache that cannot store still serves this read
   }
   absl::MutexLock l(&flight->mu);

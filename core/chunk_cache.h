@@ -20,6 +20,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
@@ -54,6 +55,14 @@ class ChunkCache {
 
   // Adds a verified chunk. Inserting a present chunk is a no-op.
   virtual absl::Status Insert(const Digest& d, absl::string_view data) = 0;
+
+  // The same, for bytes the caller already holds in a shared buffer: a
+  // cache that keeps data in memory for a while (queued writes) shares it
+  // instead of copying it.
+  virtual absl::Status InsertShared(const Digest& d,
+                                    std::shared_ptr<const std::string> data) {
+    return Insert(d, *data);
+  }
 
   // Whether chunk `d` is present right now (a hint: it may be evicted next).
   virtual bool Contains(const Digest& d) = 0;

@@ -275,26 +275,31 @@ bool DiskChunkCache::Contains(const Digest& d) {
 }
 
 absl::Status DiskChunkCache::Insert(const Digest& d, absl::string_view data) {
-  if (data.empty()) return absl::OkStatus();
-  if (options_.capacity != 0 && data.size() > options_.capacity) {
+  return InsertShared(
+      d, std::make_shared<const std::string>(data.data(), data.size()));
+}
+
+absl::Status DiskChunkCache::InsertShared(
+    const Digest& d, std::shared_ptr<const std::string> data) {
+  if (data->empty()) return absl::OkStatus();
+  if (options_.capacity != 0 && data->size() > options_.capacity) {
     return absl::OkStatus();  // larger than the whole budget: not cached
   }
   bool inline_write = false;
-  auto copy = std::make_shared<const std::string>(data.data(), data.size());
   {
     absl::MutexLock l(&mu_);
     if (index_.contains(d) || pending_.contains(d)) return absl::OkStatus();
-    if (pending_bytes_ + data.size() > options_.max_pending_bytes) {
+    if (pending_bytes_ + data->size() > options_.max_pending_bytes) {
       inline_write = true;  // back-pressure: write on the caller's thread
     } else {
-      pending_[d] = copy;
-      pending_bytes_ += data.size();
+      pending_[d] = data;
+      pending_bytes_ += data->size();
     }
   }
-  if (inline_write) return WriteChunk(d, data);
+  if (inline_write) return WriteChunk(d, *data);
   {
     std::lock_guard<std::mutex> l(q_mu_);
-    queue_.push_back(Job{d, std::move(copy)});
+    queue_.push_back(Job{d, std::move(data)});
   }
   q_cv_.notify_one();
   return absl::OkStatus();

@@ -62,9 +62,9 @@ namespace lazypull {
 struct DiskChunkCacheOptions {
   uint64_t capacity = 0;  // bytes of chunk data; 0 = unbounded
   bool sync = true;       // fdatasync each chunk before publishing it
-  uint64_t max_pending_bytes = 16 << 20;  // queued writes held in memory
-  uint64_t rescan_every = 4096;           // inserts between directory scans
-  size_t max_open_files = 512;            // cached read descriptors
+  uint64_t max_pending_bytes = 8 << 20;  // queued writes held in memory
+  uint64_t rescan_every = 4096;          // inserts between directory scans
+  size_t max_open_files = 512;           // cached read descriptors
 };
 
 struct CacheUsage {
@@ -94,6 +94,8 @@ class DiskChunkCache final : public ChunkCache {
   absl::StatusOr<bool> Read(const Digest& d, uint64_t size, uint64_t offset,
                             absl::Span<char> out) override;
   absl::Status Insert(const Digest& d, absl::string_view data) override;
+  absl::Status InsertShared(const Digest& d,
+                            std::shared_ptr<const std::string> data) override;
   bool Contains(const Digest& d) override;
 
   // An fd for chunk `d` (of `size` bytes) if it is on disk, for zero-copy.

@@ -262,7 +262,16 @@ std::string PaddedTocBuffer(absl::string_view json) {
 }
 
 absl::StatusOr<Toc> ParseToc(absl::string_view json, const TocLimits& limits) {
+  // A parser per thread keeps its buffers between (small) TOCs; after a big
+  // one they are released, so a mounted layer does not keep a parse tape
+  // several times the TOC's size for its whole life.
   thread_local simdjson::dom::parser parser;
+  struct Release {
+    size_t size;
+    ~Release() {
+      if (size > (size_t{1} << 20)) parser = simdjson::dom::parser();
+    }
+  } release{json.size()};
   element doc;
   if (auto err = parser.parse(json.data(), json.size(), false).get(doc);
       err != simdjson::SUCCESS) {
