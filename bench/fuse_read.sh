@@ -68,11 +68,11 @@ memfs_up() {
 }
 memfs_down() { umount "$W/memmnt"; wait "$MEMPID" 2>/dev/null || true; }
 for round in 1 2 3; do
-  for mode in splice copy memfs; do
+  for mode in splice splice-move copy memfs; do
     if [ $mode = memfs ]; then
       memfs_up; F="$W/memmnt/data"
     else
-      if [ $mode = copy ]; then export LAZYPULL_REPLY=copy; else unset LAZYPULL_REPLY; fi
+      if [ $mode = splice ]; then unset LAZYPULL_REPLY; else export LAZYPULL_REPLY=$mode; fi
       mnt "$W/cache"; F="$MNT/big/big.bin"
     fi
     R=$(dd if="$F" of=/dev/null bs=1M 2>&1 | awk '/copied/ {print $(NF-1), $NF}')

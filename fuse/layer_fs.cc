@@ -416,7 +416,10 @@ struct LayerFsOpsImpl {
           b.fd = (*pieces)[k].file->fd();
           b.pos = static_cast<off_t>((*pieces)[k].offset);
         }
-        int rc = fuse_reply_data(req, bv, FUSE_BUF_SPLICE_MOVE);
+        int rc = fuse_reply_data(req, bv,
+                                 fs->options_.splice_move
+                                     ? FUSE_BUF_SPLICE_MOVE
+                                     : static_cast<fuse_buf_copy_flags>(0));
         if (rc == 0) return;
         // The reply failed to send; the request is gone either way.
         LogWarning("splice reply failed (", -rc, ")");

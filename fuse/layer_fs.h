@@ -45,11 +45,20 @@ struct LayerFsOptions {
   std::string state_name;
   // The digest reported in the state file.
   std::string state_digest;
+  // Also report user.overlay.opaque=y on opaque directories (default true,
+  // for rootless overlayfs with userxattr). Off when the layer is a lower
+  // dir of a root overlayfs (trusted.* only), which would otherwise show the
+  // user.* marker to the merged view.
+  bool user_overlay_xattrs = true;
   double entry_timeout = 86400.0;
   double attr_timeout = 86400.0;
   // Reply to warm reads by splicing from the cache files (zero-copy) rather
   // than copying through a buffer.
   bool splice_reads = true;
+  // Ask the kernel to move (steal) pages rather than copy them when
+  // splicing (FUSE_BUF_SPLICE_MOVE); off by default: measured slower here
+  // for page-cache pages, which cannot be stolen (bench/RESULTS.md).
+  bool splice_move = false;
   // Called (on a FUSE thread) for each file opened and each read, in order:
   // the hook `optimize` records workloads with. May be empty.
   std::function<void(uint32_t inode)> on_open;
