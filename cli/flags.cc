@@ -55,6 +55,11 @@ absl::StatusOr<ParsedArgs> Parse(const CommandSpec& spec, int argc,
       return absl::InvalidArgumentError(
           absl::StrCat("unknown option --", name, " for '", spec.name, "'"));
     }
+    if (!f->value.empty() && f->value[0] == '[') {
+      // An optional value ("[SECONDS]"): only as --name=value.
+      out.values_[name] = value.value_or("");
+      continue;
+    }
     if (f->value.empty()) {
       if (value) {
         return absl::InvalidArgumentError(

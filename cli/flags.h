@@ -19,8 +19,11 @@
 namespace lazypull::cli {
 
 struct FlagSpec {
-  std::string name;   // without dashes
-  std::string value;  // value placeholder ("DIGEST"); empty for booleans
+  std::string name;  // without dashes
+  // Value placeholder ("DIGEST"); empty for booleans; in brackets
+  // ("[SECONDS]") for an optional value, given only as --name=value (Get
+  // returns "" when absent).
+  std::string value;
   std::string help;
 };
 

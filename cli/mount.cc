@@ -18,6 +18,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "cli/commands.h"
+#include "cli/image_mount.h"
 #include "core/cached_layer.h"
 #include "core/digest.h"
 #include "core/disk_chunk_cache.h"
@@ -34,16 +35,30 @@ namespace {
 const CommandSpec kMountSpec = {
     "mount",
     "--blob PATH (--toc-digest sha256:... | --insecure-skip-toc-verify) "
-    "MOUNTPOINT [--cache-dir DIR] [--foreground] [-o allow_other]",
-    "Mount one layer as a read-only filesystem at once; bytes are fetched, "
-    "verified and cached only when read.",
+    "MOUNTPOINT [--cache-dir DIR] [--foreground] [-o allow_other]\n"
+    "   or: lazypull mount IMAGE_REF MOUNTPOINT [--ca-file FILE] "
+    "[--wait-prefetch[=SECONDS]] [--no-background-fetch] [--layer N] ...",
+    "Mount one layer, or a whole image from a registry, as a read-only "
+    "filesystem at once; bytes are fetched, verified and cached only when "
+    "read.",
     "The mount is ready when the command returns (the serving process stays\n"
     "in the background unless --foreground). `lazypull unmount MOUNTPOINT`\n"
-    "ends it; so do SIGINT/SIGTERM to the serving process. The TOC must match\n"
-    "--toc-digest: without it the mount is refused unless\n"
-    "--insecure-skip-toc-verify is given. The file\n"
+    "ends it; so do SIGINT/SIGTERM to the serving process.\n\n"
+    "With --blob: the TOC must match --toc-digest: without it the mount is\n"
+    "refused unless --insecure-skip-toc-verify is given. The file\n"
     "/.stargz-snapshotter/<toc digest>.json (reachable by name only) reports\n"
-    "{error, digest, size, fetchedSize, fetchedPercent}.\n"
+    "{error, digest, size, fetchedSize, fetchedPercent}.\n\n"
+    "With IMAGE_REF: every eStargz / zstd:chunked layer whose descriptor\n"
+    "carries a trust anchor (containerd.io/snapshot/stargz/toc.digest, or the\n"
+    "zstd:chunked manifest-checksum) is mounted lazily over HTTP range\n"
+    "requests (its own FUSE mount under CACHE_DIR/mounts/<pid>/<n>, state\n"
+    "file /.stargz-snapshotter/<blob digest>.json); any other layer is\n"
+    "pulled in full, with a line saying why. A layer whose TOC does not match\n"
+    "its anchor fails the mount. MOUNTPOINT is a read-only overlayfs of the\n"
+    "layers (a bind mount for one layer, or with --layer N). Each layer's\n"
+    "prioritized files (before its prefetch landmark) are fetched at once,\n"
+    "then the rest in the background (unless --no-background-fetch).\n"
+    "Network flags are those of `lazypull pull`.\n\n"
     "Default cache dir: /var/lib/lazypull as root, $XDG_CACHE_HOME/lazypull\n"
     "otherwise.",
     {"MOUNTPOINT"},
@@ -59,6 +74,23 @@ const CommandSpec kMountSpec = {
         {"o", "OPTIONS", "mount options; only allow_other is accepted"},
     },
 };
+
+// The spec for this command line: with --blob one positional (MOUNTPOINT),
+// otherwise IMAGE_REF MOUNTPOINT and the image-mount flags.
+CommandSpec MountSpecFor(int argc, char** argv) {
+  CommandSpec s = kMountSpec;
+  bool blob = false;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--") break;
+    if (a == "--blob" || a.rfind("--blob=", 0) == 0) blob = true;
+  }
+  if (!blob) {
+    s.positionals = {"IMAGE_REF", "MOUNTPOINT"};
+    for (FlagSpec& f : ImageMountFlags()) s.flags.push_back(std::move(f));
+  }
+  return s;
+}
 
 const CommandSpec kUnmountSpec = {
     "unmount",
@@ -135,11 +167,13 @@ absl::Status Serve(const ParsedArgs& args,
   LayerFsOptions fo;
   fo.state_name = shared_reader->toc_digest().ToString();
   fo.state_digest = fo.state_name;
-  // LAZYPULL_REPLY=copy turns off splice replies (for measuring both).
-  if (const char* r = getenv("LAZYPULL_REPLY"); r && std::string(r) == "copy") {
-    fo.splice_reads = false;
+  // LAZYPULL_REPLY=copy|splice-move picks another reply path (benchmarks).
+  if (const char* r = getenv("LAZYPULL_REPLY"); r != nullptr) {
+    fo.splice_reads = std::string(r) != "copy";
+    fo.splice_move = std::string(r) == "splice-move";
   }
   auto fs = std::make_unique<LayerFs>(layer, fo);
+  malloc_trim(0);  // return what parsing the TOC used to the kernel
   FuseServerOptions so;
   so.allow_other = args.GetOr("o", "") == "allow_other";
   ASSIGN_OR_RETURN(std::unique_ptr<FuseServer> server,
@@ -165,14 +199,24 @@ absl::Status Serve(const ParsedArgs& args,
 
 int MountMain(int argc, char** argv) {
   int code;
-  std::optional<ParsedArgs> args = ParseOrExit(kMountSpec, argc, argv, &code);
+  const CommandSpec spec = MountSpecFor(argc, argv);
+  std::optional<ParsedArgs> args = ParseOrExit(spec, argc, argv, &code);
   if (!args) return code;
-  if (!args->Has("blob")) {
-    return Fail("mount", absl::InvalidArgumentError(
-                             "--blob PATH is required (registry mounts come "
-                             "with IMAGE_REF in a later version)"));
-  }
-  if (!args->Has("toc-digest") && !args->Has("insecure-skip-toc-verify")) {
+  const bool image = !args->Has("blob");
+  // The mountpoint is the last positional either way.
+  const std::string mountpoint_arg = args->positionals.back();
+  if (image) {
+    if (args->Has("toc-digest") || args->Has("insecure-skip-toc-verify")) {
+      return Fail("mount", absl::InvalidArgumentError(
+                               "--toc-digest and --insecure-skip-toc-verify "
+                               "go with --blob; an image's layers are "
+                               "anchored by their descriptors' annotations"));
+    }
+    if (absl::Status st = CheckImageMountArgs(*args); !st.ok()) {
+      return Fail("mount", st);
+    }
+  } else if (!args->Has("toc-digest") &&
+             !args->Has("insecure-skip-toc-verify")) {
     return Fail("mount",
                 absl::InvalidArgumentError(
                     "refusing to mount without --toc-digest: nothing would "
@@ -184,9 +228,19 @@ int MountMain(int argc, char** argv) {
     return Fail("mount",
                 absl::InvalidArgumentError("-o accepts only allow_other"));
   }
+  // Runs the server in this process; `ready` gets the user notes.
+  auto serve = [&](const std::function<void(const std::string&)>& ready) {
+    if (!image) {
+      return Serve(*args, [&](const absl::Status&) { ready(""); });
+    }
+    const std::string mp = AbsPath(mountpoint_arg);
+    return ServeImage(*args, mp, PidFile(mp), ready);
+  };
+  if (image) mkdir(RuntimeDir().c_str(), 0700);
   if (args->Has("foreground")) {
-    absl::Status st = Serve(*args, [&](const absl::Status&) {
-      std::cout << "mounted " << AbsPath(args->positionals[0]) << std::endl;
+    absl::Status st = serve([&](const std::string& notes) {
+      if (!notes.empty()) std::cout << notes << "\n";
+      std::cout << "mounted " << AbsPath(mountpoint_arg) << std::endl;
     });
     return st.ok() ? 0 : Fail("mount", st);
   }
@@ -204,9 +258,10 @@ int MountMain(int argc, char** argv) {
     ssize_t n;
     while ((n = read(fds[0], buf, sizeof(buf))) > 0) msg.append(buf, n);
     close(fds[0]);
-    if (msg == "OK") {
-      std::cout << "mounted " << AbsPath(args->positionals[0]) << " (pid "
-                << pid << ")\n";
+    if (msg.rfind("OK", 0) == 0) {
+      if (msg.size() > 3) std::cout << msg.substr(3) << "\n";
+      std::cout << "mounted " << AbsPath(mountpoint_arg) << " (pid " << pid
+                << ")\n";
       return 0;
     }
     int status = 0;
@@ -230,8 +285,9 @@ int MountMain(int argc, char** argv) {
   dup2(devnull, 1);
   if (logfd >= 0) dup2(logfd, 2);
   bool told = false;
-  absl::Status st = Serve(*args, [&](const absl::Status&) {
-    ssize_t w = write(fds[1], "OK", 2);
+  absl::Status st = serve([&](const std::string& notes) {
+    const std::string m = notes.empty() ? "OK" : absl::StrCat("OK\n", notes);
+    ssize_t w = write(fds[1], m.data(), m.size());
     (void)w;
     close(fds[1]);
     told = true;
@@ -255,9 +311,16 @@ int UnmountMain(int argc, char** argv) {
   // Read the serving process's pid before unmounting: it removes the file
   // on its way out.
   pid_t pid = 0;
+  // An image mount (third line "image REF"): MOUNTPOINT is an overlay (or
+  // bind mount) of the process's layer mounts, which it ends on SIGTERM.
+  bool image = false;
   {
     std::ifstream in(PidFile(mp));
     if (!(in >> pid)) pid = 0;
+    std::string line;
+    std::getline(in, line);  // rest of the pid line
+    std::getline(in, line);  // mountpoint
+    if (std::getline(in, line) && line.rfind("image ", 0) == 0) image = true;
   }
   // The FUSE connection number, to end the server even if copies of the
   // mount live on in other mount namespaces (e.g. a sandbox created while it
@@ -285,6 +348,13 @@ int UnmountMain(int argc, char** argv) {
       detached_busy = rc == 0;
     }
     if (rc != 0) errno = EPERM;
+  }
+  if (image && pid > 0) {
+    // The overlay is gone (or was already): the process unmounts its layers
+    // and exits. With a busy overlay detached lazily it keeps serving until
+    // the last file there is closed.
+    if (rc != 0 && errno == EINVAL) rc = 0;
+    if (rc == 0) kill(pid, SIGTERM);
   }
   if (rc != 0) {
     if (errno == EBUSY) {
@@ -316,7 +386,9 @@ int UnmountMain(int argc, char** argv) {
     for (int i = 0; i < 40 && serving(); ++i) {
       std::this_thread::sleep_for(std::chrono::milliseconds(50));
     }
-    if (serving() && have_dev) {
+    // (Not for an image mount: its MOUNTPOINT is an overlay, not a FUSE
+    // connection.)
+    if (serving() && have_dev && !image) {
       // Still connected through another namespace's copy of the mount:
       // abort the connection (fusectl), which ends the server everywhere.
       const char* kFuseCtl = "/sys/fs/fuse/connections";

@@ -10,6 +10,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/time/time.h"
 #include "cli/commands.h"
+#include "cli/network_flags.h"
 #include "core/status_macros.h"
 #include "fetch/auth.h"
 #include "fetch/curl_http.h"
@@ -19,48 +20,6 @@
 
 namespace lazypull::cli {
 namespace {
-
-// The flags every networked command takes (pull now; push and remote
-// mounts share them).
-std::vector<FlagSpec> NetworkFlags() {
-  return {
-      {"ca-file", "FILE",
-       "also trust the CA certificates in this PEM file (the system's are "
-       "always trusted)"},
-      {"plain-http", "", "talk plain HTTP to the image's registry"},
-      {"insecure-skip-tls-verify", "",
-       "do not verify the TLS certificate of the image's registry"},
-      {"hosts-dir", "DIR",
-       "containerd-style per-host settings, DIR/<host[:port]>/hosts.toml "
-       "(default /etc/containerd/certs.d)"},
-      {"platform", "OS/ARCH[/VARIANT]",
-       "the platform to pick from a multi-platform image (default: this "
-       "machine's)"},
-  };
-}
-
-absl::Status RegistryOptionsFromArgs(const ParsedArgs& args,
-                                     RegistryOptions* o) {
-  if (auto ca = args.Get("ca-file")) {
-    if (access(ca->c_str(), R_OK) != 0) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("--ca-file ", *ca, ": cannot read it"));
-    }
-    o->hosts.ca_files.push_back(*ca);
-  }
-  o->hosts.plain_http = args.Has("plain-http");
-  o->hosts.skip_verify = args.Has("insecure-skip-tls-verify");
-  o->hosts.hosts_dir = args.GetOr("hosts-dir", "/etc/containerd/certs.d");
-  if (auto p = args.Get("platform")) {
-    absl::StatusOr<Platform> pl = Platform::Parse(*p);
-    if (!pl.ok()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("--platform: ", pl.status().message()));
-    }
-    o->platform = *pl;
-  }
-  return absl::OkStatus();
-}
 
 CommandSpec Spec() {
   CommandSpec s = {

@@ -251,6 +251,19 @@ absl::Status CheckTarget(const std::string& dir) {
 
 }  // namespace
 
+absl::StatusOr<UnpackedLayer> PullLayer(RegistryClient* client,
+                                        const Descriptor& d,
+                                        const Digest& diff_id,
+                                        const std::string& dir,
+                                        bool same_owner) {
+  PullOptions opts;
+  opts.same_owner = same_owner;
+  std::atomic<bool> cancel{false};
+  LayerJob job;
+  RETURN_IF_ERROR(RunLayer(client, d, diff_id, dir, opts, &cancel, &job));
+  return std::move(job.unpacked);
+}
+
 absl::StatusOr<PullResult> PullImage(RegistryClient* client,
                                      const std::string& dir_in,
                                      const PullOptions& opts) {

@@ -31,6 +31,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "core/digest.h"
+#include "core/tar_unpacker.h"
 #include "fetch/registry.h"
 
 namespace lazypull {
@@ -58,6 +59,16 @@ struct PullResult {
 absl::StatusOr<PullResult> PullImage(RegistryClient* client,
                                      const std::string& dir,
                                      const PullOptions& options = {});
+
+// One layer of a full pull on its own: downloads blob `d`, checks its digest
+// and `diff_id`, and unpacks it into `dir` (created; must not exist).
+// Whiteouts, opaque directories and hardlinks to lower layers are reported,
+// not applied. On error what was written stays: the caller removes `dir`.
+absl::StatusOr<UnpackedLayer> PullLayer(RegistryClient* client,
+                                        const Descriptor& d,
+                                        const Digest& diff_id,
+                                        const std::string& dir,
+                                        bool same_owner);
 
 }  // namespace lazypull
 

@@ -327,16 +327,25 @@ absl::StatusOr<ResolvedImage> RegistryClient::Resolve() {
 }
 
 absl::StatusOr<std::unique_ptr<HttpBodyReader>> RegistryClient::OpenBlobOnHost(
-    const RegistryHost& h, const Descriptor& d, std::string* source) {
+    const RegistryHost& h, const Descriptor& d, std::string* source,
+    const std::string& range) {
   const std::string cache_key = absl::StrCat(d.digest.ToString(), "@", h.host);
+  const int ok_status = range.empty() ? 200 : 206;
+  std::vector<std::pair<std::string, std::string>> range_headers;
+  if (!range.empty()) {
+    range_headers.push_back({"Range", range});
+    range_headers.push_back({"Accept-Encoding", "identity"});
+  }
   auto open_plain = [&](const std::string& url)
       -> absl::StatusOr<std::unique_ptr<HttpBodyReader>> {
-    // Storage URLs are signed: no Authorization, no registry headers.
+    // Storage URLs are signed: no Authorization, no registry headers (the
+    // Range is part of the request, not a registry header).
     HttpRequest req;
     req.url = url;
+    req.headers = range_headers;
     req.tls = TlsFor(url);
     req.retry = opts_.retry;
-    req.timeout = absl::ZeroDuration();
+    req.timeout = range.empty() ? absl::ZeroDuration() : absl::Seconds(60);
     return opts_.http->Open(req);
   };
   std::optional<std::string> cached;
@@ -353,8 +362,8 @@ absl::StatusOr<std::unique_ptr<HttpBodyReader>> RegistryClient::OpenBlobOnHost(
   }
   if (cached) {
     absl::StatusOr<std::unique_ptr<HttpBodyReader>> r = open_plain(*cached);
-    if (r.ok() && (*r)->response().status == 200) {
-      *source = *cached;
+    if (r.ok() && (*r)->response().status == ok_status) {
+      *source = cached->substr(0, cached->find('?'));
       return r;
     }
     // 401/403/404 (an expired signature) or any failure: ask the registry
@@ -363,8 +372,10 @@ absl::StatusOr<std::unique_ptr<HttpBodyReader>> RegistryClient::OpenBlobOnHost(
     signed_urls_.erase(cache_key);
   }
   const std::string suffix = absl::StrCat("/blobs/", d.digest.ToString());
-  ASSIGN_OR_RETURN(std::unique_ptr<HttpBodyReader> r,
-                   OpenOnHost(h, "GET", suffix, {}, absl::ZeroDuration()));
+  ASSIGN_OR_RETURN(
+      std::unique_ptr<HttpBodyReader> r,
+      OpenOnHost(h, "GET", suffix, range_headers,
+                 range.empty() ? absl::ZeroDuration() : absl::Seconds(60)));
   std::string url = absl::StrCat(h.BaseUrl(), "/", ref_.repository, suffix);
   *source = url;
   for (int hop = 0; IsRedirect(r->response().status); ++hop) {
@@ -378,7 +389,7 @@ absl::StatusOr<std::unique_ptr<HttpBodyReader>> RegistryClient::OpenBlobOnHost(
     r.reset();
     ASSIGN_OR_RETURN(r, open_plain(url));
     *source = url.substr(0, url.find('?'));  // signatures stay out of messages
-    if (r->response().status == 200) {
+    if (r->response().status == ok_status) {
       absl::MutexLock l(&mu_);
       signed_urls_[cache_key] = {url, absl::Now()};
     }
@@ -429,6 +440,42 @@ absl::StatusOr<std::unique_ptr<BlobReader>> RegistryClient::OpenBlob(
   }
   return AllHostsFailed(absl::StrCat("fetching blob ", d.digest.ToString()),
                         errs);
+}
+
+absl::StatusOr<std::unique_ptr<HttpBodyReader>> RegistryClient::OpenBlobRange(
+    const Descriptor& d, uint64_t first, uint64_t last, std::string* source) {
+  const std::string range = absl::StrCat("bytes=", first, "-", last);
+  std::vector<std::pair<std::string, absl::Status>> errs;
+  for (const RegistryHost& h : hosts_) {
+    if (!h.can_pull) continue;
+    absl::StatusOr<std::unique_ptr<HttpBodyReader>> r =
+        OpenBlobOnHost(h, d, source, range);
+    absl::Status st;
+    if (!r.ok()) {
+      st = r.status();
+    } else if ((*r)->response().status != 206) {
+      const int status = (*r)->response().status;
+      absl::StatusOr<std::string> body = ReadAll(r->get(), 64 << 10, "error");
+      const std::string what = absl::StrCat(
+          "blob ", d.digest.ToString(), " range ", range, " from ", *source);
+      st = HttpStatusToStatus(status, what,
+                              body.ok() ? RegistryErrorDetail(*body) : "");
+      if (st.ok()) {
+        st = absl::UnavailableError(
+            absl::StrCat(what, ": unexpected HTTP ", status));
+      }
+    }
+    if (st.ok()) return r;
+    errs.emplace_back(h.BaseUrl(), WithHint(st, h));
+  }
+  if (errs.empty()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("no host of ", ref_.registry,
+                     " may pull (check capabilities in hosts.toml)"));
+  }
+  return AllHostsFailed(
+      absl::StrCat("fetching blob ", d.digest.ToString(), " range ", range),
+      errs);
 }
 
 absl::StatusOr<std::string> RegistryClient::FetchBlob(const Descriptor& d) {

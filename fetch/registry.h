@@ -113,6 +113,15 @@ class RegistryClient {
   // A blob as a stream, verified at its end.
   absl::StatusOr<std::unique_ptr<BlobReader>> OpenBlob(const Descriptor& d);
 
+  // Bytes [first, last] of blob `d`: one single-range GET, with the same
+  // hosts (mirrors first), auth and redirect handling (signed URL cache) as
+  // OpenBlob. The answer is a 206 whose Content-Range the transport has
+  // checked against the range asked for; a 200 is an error. The bytes are
+  // NOT verified (a range cannot be): callers check them (chunk digests).
+  // `*source` names where they came from (no signature).
+  absl::StatusOr<std::unique_ptr<HttpBodyReader>> OpenBlobRange(
+      const Descriptor& d, uint64_t first, uint64_t last, std::string* source);
+
   // Token fetches so far (tests).
   int tokens_fetched() const { return auth_.tokens_fetched(); }
 
@@ -129,8 +138,10 @@ class RegistryClient {
       std::vector<std::pair<std::string, std::string>> headers,
       absl::Duration timeout);
   // Opens the blob on `h`, following a redirect (or a cached one).
+  // With `range` ("bytes=a-b"), a range request: the expected answer is 206.
   absl::StatusOr<std::unique_ptr<HttpBodyReader>> OpenBlobOnHost(
-      const RegistryHost& h, const Descriptor& d, std::string* source);
+      const RegistryHost& h, const Descriptor& d, std::string* source,
+      const std::string& range = "");
   absl::StatusOr<FetchedManifest> FetchManifestOnHost(
       const RegistryHost& h, absl::string_view selector);
   std::string CredentialKey(const RegistryHost& h) const;

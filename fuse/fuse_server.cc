@@ -58,7 +58,7 @@ absl::StatusOr<std::unique_ptr<FuseServer>> FuseServer::Mount(
         " (is /dev/fuse available, the mountpoint a directory, and are you "
         "root or is fusermount3 installed?)"));
   }
-  if (fuse_set_signal_handlers(se) != 0) {
+  if (options.install_signal_handlers && fuse_set_signal_handlers(se) != 0) {
     fuse_session_unmount(se);
     fuse_session_destroy(se);
     return absl::InternalError("cannot install signal handlers");
@@ -67,7 +67,7 @@ absl::StatusOr<std::unique_ptr<FuseServer>> FuseServer::Mount(
 }
 
 FuseServer::~FuseServer() {
-  fuse_remove_signal_handlers(se_);
+  if (options_.install_signal_handlers) fuse_remove_signal_handlers(se_);
   if (mounted_) fuse_session_unmount(se_);
   fuse_session_destroy(se_);
 }

@@ -24,6 +24,10 @@ namespace lazypull {
 struct FuseServerOptions {
   bool allow_other = false;
   unsigned max_threads = 16;
+  // Install libfuse's SIGINT/SIGTERM/SIGHUP handlers (default true). libfuse
+  // keeps one session for them: a process serving several mounts turns this
+  // off and ends them itself (unmounting ends Run()).
+  bool install_signal_handlers = true;
 };
 
 class FuseServer {

@@ -1,0 +1,556 @@
+#include "cli/image_mount.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <malloc.h>
+#include <pthread.h>
+#include <signal.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <sys/xattr.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <fstream>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <thread>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "cli/commands.h"
+#include "cli/network_flags.h"
+#include "core/cached_layer.h"
+#include "core/disk_chunk_cache.h"
+#include "core/errno_status.h"
+#include "core/layer_reader.h"
+#include "core/log.h"
+#include "core/node_writer.h"
+#include "core/status_macros.h"
+#include "fetch/auth.h"
+#include "fetch/curl_http.h"
+#include "fetch/http_blob_source.h"
+#include "fetch/image_puller.h"
+#include "fetch/reference.h"
+#include "fetch/registry.h"
+#include "fuse/fuse_server.h"
+#include "fuse/layer_fs.h"
+
+namespace lazypull::cli {
+namespace {
+
+constexpr char kTocDigestAnnotation[] =
+    "containerd.io/snapshot/stargz/toc.digest";
+constexpr const char* kChecksumAnnotations[] = {
+    "io.github.containers.zstd-chunked.manifest-checksum",
+    "io.containers.zstd-chunked.manifest-checksum",
+};
+constexpr const char* kPositionAnnotations[] = {
+    "io.github.containers.zstd-chunked.manifest-position",
+    "io.containers.zstd-chunked.manifest-position",
+};
+// The speculative tail read: most TOCs of small and medium layers fit.
+constexpr uint64_t kTailReadSize = 512 << 10;
+// A manifest-position larger than this is not trusted for the tail read.
+constexpr uint64_t kMaxPositionTail = 64 << 20;
+constexpr int kDefaultWaitPrefetchSeconds = 60;
+// Fill threads per layer: enough outstanding reads that the blob source can
+// coalesce neighbours; its caps keep background work out of the way.
+constexpr int kPrefetchThreads = 8;
+constexpr int kBackgroundThreads = 4;
+
+struct LayerMount {
+  size_t index = 0;
+  Descriptor desc;
+  std::string dir;
+  bool lazy = false;
+  std::shared_ptr<CachedLayer> layer;
+  std::unique_ptr<LayerFs> fs;
+  std::unique_ptr<FuseServer> server;
+  std::thread serve_thread;
+  std::thread fetch_thread;
+};
+
+std::string LayerName(const LayerMount& m, size_t n) {
+  return absl::StrCat("layer ", m.index, "/", n, " (", m.desc.digest.ToString(),
+                      ")");
+}
+
+const std::string* Annotation(const Descriptor& d, const char* key) {
+  auto it = d.annotations.find(key);
+  return it == d.annotations.end() ? nullptr : &it->second;
+}
+
+// Turns UnpackTar's whiteouts into the overlayfs form: `.wh.X` -> a 0:0
+// character device X, `.wh..wh..opq` -> trusted.overlay.opaque=y.
+absl::Status MakeOverlayLower(const std::string& dir,
+                              const UnpackedLayer& unpacked) {
+  ScopedFd root(open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!root.valid()) return ErrnoToStatus(errno, absl::StrCat("open ", dir));
+  for (const std::string& w : unpacked.whiteouts) {
+    std::vector<std::string> parts = absl::StrSplit(w, '/');
+    std::string name = parts.back();
+    parts.pop_back();
+    ASSIGN_OR_RETURN(ScopedFd parent,
+                     OpenDirBeneath(root.get(), parts, /*create=*/true));
+    struct stat st;
+    if (fstatat(parent.get(), name.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0) {
+      continue;  // the layer has its own X: it hides the lower one anyway
+    }
+    if (mknodat(parent.get(), name.c_str(), S_IFCHR | 0, makedev(0, 0)) != 0) {
+      return ErrnoToStatus(errno,
+                           absl::StrCat("making whiteout ", w, " in ", dir));
+    }
+  }
+  for (const std::string& o : unpacked.opaque_dirs) {
+    std::vector<std::string> parts;
+    if (!o.empty()) parts = absl::StrSplit(o, '/');
+    ASSIGN_OR_RETURN(ScopedFd d,
+                     OpenDirBeneath(root.get(), parts, /*create=*/true));
+    if (fsetxattr(d.get(), "trusted.overlay.opaque", "y", 1, 0) != 0) {
+      return ErrnoToStatus(errno,
+                           absl::StrCat("marking ", o, " opaque in ", dir));
+    }
+  }
+  if (!unpacked.lower_hardlinks.empty()) {
+    LogWarning(dir, ": ", unpacked.lower_hardlinks.size(),
+               " hardlink(s) to files of lower layers are not shown (first: ",
+               unpacked.lower_hardlinks[0].first, " -> ",
+               unpacked.lower_hardlinks[0].second, ")");
+  }
+  return absl::OkStatus();
+}
+
+// Fetches `chunks` of `layer` with `threads` threads at `priority`, until
+// done or `stop`.
+void FillChunks(CachedLayer* layer, const std::vector<uint32_t>& chunks,
+                ReadPriority priority, int threads,
+                const std::atomic<bool>* stop, std::atomic<uint64_t>* errors) {
+  std::atomic<size_t> next{0};
+  auto work = [&] {
+    while (!stop->load()) {
+      size_t i = next.fetch_add(1);
+      if (i >= chunks.size()) return;
+      absl::Status st = layer->Fill(chunks[i], priority);
+      if (!st.ok()) {
+        if (errors->fetch_add(1) < 3) {
+          LogWarning("fetching ", layer->reader().DescribeChunk(chunks[i]),
+                     ": ", st.message());
+        }
+      }
+    }
+  };
+  std::vector<std::thread> ts;
+  for (int t = 1; t < threads; ++t) ts.emplace_back(work);
+  work();
+  for (auto& t : ts) t.join();
+}
+
+absl::Status RemoveDir(const std::string& path) {
+  size_t slash = path.find_last_of('/');
+  std::string parent = slash == 0 ? "/" : path.substr(0, slash);
+  ScopedFd pfd(open(parent.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!pfd.valid()) return ErrnoToStatus(errno, absl::StrCat("open ", parent));
+  return RemoveTreeAt(pfd.get(), path.substr(slash + 1), path);
+}
+
+// Runtime dirs of image mounts whose process is gone: detach what is left
+// and remove them.
+void CleanStaleRunDirs(const std::string& mounts_dir) {
+  DIR* d = opendir(mounts_dir.c_str());
+  if (d == nullptr) return;
+  std::vector<std::string> stale;
+  while (struct dirent* e = readdir(d)) {
+    int pid;
+    if (!absl::SimpleAtoi(e->d_name, &pid) || pid <= 0) continue;
+    if (kill(pid, 0) == 0 || errno != ESRCH) continue;
+    stale.push_back(absl::StrCat(mounts_dir, "/", e->d_name));
+  }
+  closedir(d);
+  for (const std::string& s : stale) {
+    for (int n = 0; n < 1024; ++n) {
+      std::string layer = absl::StrCat(s, "/", n);
+      if (access(layer.c_str(), F_OK) != 0 && errno == ENOENT) break;
+      umount2(layer.c_str(), MNT_DETACH);
+    }
+    LogInfo("removing the runtime dir of a dead mount process: ", s);
+    (void)RemoveDir(s);
+  }
+}
+
+}  // namespace
+
+std::vector<FlagSpec> ImageMountFlags() {
+  std::vector<FlagSpec> f = NetworkFlags();
+  f.push_back({"layer", "N",
+               "mount only layer N (0 = bottom), bind-mounted read-only"});
+  f.push_back({"wait-prefetch", "[SECONDS]",
+               absl::StrCat("return only once every layer's prefetch range "
+                            "is fetched, or after SECONDS (default ",
+                            kDefaultWaitPrefetchSeconds, ")")});
+  f.push_back({"no-background-fetch", "",
+               "fetch only what is read and prefetched, not the rest of each "
+               "layer"});
+  return f;
+}
+
+absl::Status CheckImageMountArgs(const ParsedArgs& args) {
+  RETURN_IF_ERROR(ImageReference::Parse(args.positionals[0]).status());
+  if (auto l = args.Get("layer")) {
+    int n;
+    if (!absl::SimpleAtoi(*l, &n) || n < 0) {
+      return absl::InvalidArgumentError("--layer takes a layer number >= 0");
+    }
+  }
+  if (auto w = args.Get("wait-prefetch"); w && !w->empty()) {
+    int s;
+    if (!absl::SimpleAtoi(*w, &s) || s < 0) {
+      return absl::InvalidArgumentError(
+          "--wait-prefetch=SECONDS takes a number of seconds");
+    }
+  }
+  RegistryOptions ro;
+  return RegistryOptionsFromArgs(args, &ro);
+}
+
+absl::Status ServeImage(
+    const ParsedArgs& args, const std::string& mountpoint,
+    const std::string& pid_file,
+    const std::function<void(const std::string& notes)>& ready) {
+  mallopt(M_MMAP_THRESHOLD, 256 << 10);
+  mallopt(M_ARENA_MAX, 2);
+  // Termination signals are taken by this thread with sigwait; every thread
+  // started from here on inherits the mask.
+  sigset_t sigs;
+  sigemptyset(&sigs);
+  sigaddset(&sigs, SIGINT);
+  sigaddset(&sigs, SIGTERM);
+  sigaddset(&sigs, SIGHUP);
+  pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
+
+  ASSIGN_OR_RETURN(ImageReference ref,
+                   ImageReference::Parse(args.positionals[0]));
+  ASSIGN_OR_RETURN(std::unique_ptr<CurlHttpTransport> http,
+                   CurlHttpTransport::Create());
+  CredentialStore creds;
+  RegistryOptions ro;
+  ro.http = http.get();
+  ro.credentials = &creds;
+  RETURN_IF_ERROR(RegistryOptionsFromArgs(args, &ro));
+  ASSIGN_OR_RETURN(std::unique_ptr<RegistryClient> client_u,
+                   RegistryClient::Create(ref, ro));
+  std::shared_ptr<RegistryClient> client = std::move(client_u);
+  ASSIGN_OR_RETURN(ResolvedImage img, client->Resolve());
+  const size_t n = img.manifest.layers.size();
+  if (n == 0) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(ref.String(), " has no layers"));
+  }
+  std::optional<size_t> only;
+  if (auto l = args.Get("layer")) {
+    size_t k = 0;
+    (void)absl::SimpleAtoi(*l, &k);
+    if (k >= n) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--layer ", k, ": the image has ", n, " layers (0 to ", n - 1, ")"));
+    }
+    only = k;
+  }
+
+  const std::string cache_dir = args.GetOr("cache-dir", DefaultCacheDir());
+  DiskChunkCacheOptions co;
+  if (auto size = args.Get("cache-size")) {
+    ASSIGN_OR_RETURN(co.capacity, ParseByteSize(*size));
+  }
+  mkdir(cache_dir.c_str(), 0700);
+  ASSIGN_OR_RETURN(std::unique_ptr<DiskChunkCache> cache_u,
+                   DiskChunkCache::Open(cache_dir + "/cache", co));
+  std::shared_ptr<DiskChunkCache> cache = std::move(cache_u);
+  const std::string mounts_dir = cache_dir + "/mounts";
+  mkdir(mounts_dir.c_str(), 0700);
+  CleanStaleRunDirs(mounts_dir);
+  const std::string run_dir = absl::StrCat(mounts_dir, "/", getpid());
+  if (mkdir(run_dir.c_str(), 0700) != 0 && errno != EEXIST) {
+    return ErrnoToStatus(errno, absl::StrCat("mkdir ", run_dir));
+  }
+
+  std::vector<std::unique_ptr<LayerMount>> layers;
+  std::atomic<bool> stop{false};
+  std::mutex pf_mu;
+  std::condition_variable pf_cv;
+  size_t pf_pending = 0;
+  bool overlay_mounted = false;
+
+  // Undoes everything, in order: used on failure and at the end.
+  auto teardown = [&] {
+    stop.store(true);
+    if (overlay_mounted) {
+      if (umount2(mountpoint.c_str(), 0) != 0 && errno != EINVAL) {
+        umount2(mountpoint.c_str(), MNT_DETACH);
+      }
+      overlay_mounted = false;
+    }
+    for (auto& m : layers) {
+      if (m->fetch_thread.joinable()) m->fetch_thread.join();
+    }
+    for (auto it = layers.rbegin(); it != layers.rend(); ++it) {
+      LayerMount& m = **it;
+      if (!m.lazy || !m.server) continue;
+      if (m.serve_thread.joinable()) {
+        // Ends the session: Run() returns.
+        if (umount2(m.dir.c_str(), 0) != 0) {
+          umount2(m.dir.c_str(), MNT_DETACH);
+        }
+        m.serve_thread.join();
+      }
+      m.server.reset();
+      m.fs.reset();
+      m.layer.reset();
+    }
+    layers.clear();
+    cache.reset();  // flushes queued writes
+    absl::Status rm = RemoveDir(run_dir);
+    if (!rm.ok()) LogWarning(rm.message());
+  };
+
+  std::vector<std::string> notes;
+  absl::Status st = [&]() -> absl::Status {
+    for (size_t i = 0; i < n; ++i) {
+      if (only && i != *only) continue;
+      auto m = std::make_unique<LayerMount>();
+      m->index = i;
+      m->desc = img.manifest.layers[i];
+      m->dir = absl::StrCat(run_dir, "/", i);
+      const Descriptor& d = m->desc;
+      LayerOpenOptions lo;
+      std::string why;
+      if (const std::string* t = Annotation(d, kTocDigestAnnotation)) {
+        absl::StatusOr<Digest> td = Digest::Parse(*t);
+        if (!td.ok()) {
+          return absl::InvalidArgumentError(
+              absl::StrCat(LayerName(*m, n), ": bad ", kTocDigestAnnotation,
+                           " annotation: ", td.status().message()));
+        }
+        lo.toc_digest = *td;
+      }
+      for (const char* key : kChecksumAnnotations) {
+        const std::string* c = Annotation(d, key);
+        if (c == nullptr) continue;
+        absl::StatusOr<Digest> cd = Digest::Parse(*c);
+        if (!cd.ok()) {
+          return absl::InvalidArgumentError(
+              absl::StrCat(LayerName(*m, n), ": bad ", key,
+                           " annotation: ", cd.status().message()));
+        }
+        lo.toc_compressed_digest = *cd;
+        break;
+      }
+      if (!lo.toc_digest && !lo.toc_compressed_digest) {
+        why = absl::StrCat(
+            "its descriptor (", d.media_type,
+            ") carries no TOC digest or zstd:chunked manifest checksum "
+            "annotation: not an eStargz/zstd:chunked layer, or one with no "
+            "trust anchor");
+      }
+      const uint64_t size = static_cast<uint64_t>(d.size);
+      lo.tail_read_size = std::min<uint64_t>(size, kTailReadSize);
+      for (const char* key : kPositionAnnotations) {
+        const std::string* p = Annotation(d, key);
+        if (p == nullptr) continue;
+        std::vector<std::string> f = absl::StrSplit(*p, ':');
+        uint64_t off;
+        if (f.size() >= 2 && absl::SimpleAtoi(f[0], &off) && off < size &&
+            size - off <= kMaxPositionTail) {
+          // The TOC and footer in one read (8 bytes of frame header before
+          // the TOC included).
+          lo.tail_read_size = std::max<uint64_t>(
+              size - (off >= 8 ? off - 8 : 0), kFooterTailSize);
+          lo.tail_read_size = std::min(lo.tail_read_size, size);
+        }
+        break;
+      }
+
+      if (why.empty()) {
+        auto src = std::make_shared<HttpBlobSource>(client, d);
+        absl::StatusOr<std::unique_ptr<LayerReader>> reader =
+            LayerReader::Open(src, lo);
+        if (!reader.ok()) {
+          return absl::Status(
+              reader.status().code(),
+              absl::StrCat(LayerName(*m, n), ": ", reader.status().message(),
+                           "; refusing to mount ", ref.String()));
+        }
+        std::shared_ptr<const LayerReader> shared_reader = std::move(*reader);
+        m->layer = std::make_shared<CachedLayer>(shared_reader, cache);
+        LayerFsOptions fo;
+        fo.state_name = d.digest.ToString();
+        fo.state_digest = fo.state_name;
+        fo.user_overlay_xattrs = false;  // a root overlay uses trusted.*
+        m->fs = std::make_unique<LayerFs>(m->layer, fo);
+        if (mkdir(m->dir.c_str(), 0755) != 0) {
+          return ErrnoToStatus(errno, absl::StrCat("mkdir ", m->dir));
+        }
+        FuseServerOptions so;
+        so.allow_other = args.GetOr("o", "") == "allow_other";
+        so.install_signal_handlers = false;
+        ASSIGN_OR_RETURN(m->server, FuseServer::Mount(m->dir, LayerFs::Ops(),
+                                                      m->fs.get(), so));
+        m->lazy = true;
+        FuseServer* server = m->server.get();
+        std::string mdir = m->dir;
+        m->serve_thread = std::thread([server, mdir] {
+          absl::Status rs = server->Run();
+          if (!rs.ok()) LogWarning("serving ", mdir, ": ", rs.message());
+        });
+        LogInfo(LayerName(*m, n), ": lazy (",
+                LayerFormatName(shared_reader->format()), ", TOC ",
+                shared_reader->toc_digest().ToString(), ", ",
+                shared_reader->index().chunks().size(), " chunks) at ", m->dir);
+      } else {
+        const std::string note =
+            absl::StrCat(LayerName(*m, n), " is pulled in full: ", why);
+        LogInfo(note);
+        notes.push_back(note);
+        absl::StatusOr<UnpackedLayer> u = PullLayer(
+            client.get(), d, img.config.diff_ids[i], m->dir, geteuid() == 0);
+        if (!u.ok()) {
+          return absl::Status(
+              u.status().code(),
+              absl::StrCat(LayerName(*m, n), ": ", u.status().message()));
+        }
+        RETURN_IF_ERROR(MakeOverlayLower(m->dir, *u));
+      }
+      layers.push_back(std::move(m));
+    }
+
+    // Assemble MOUNTPOINT.
+    if (layers.size() == 1) {
+      const std::string& src = layers[0]->dir;
+      if (mount(src.c_str(), mountpoint.c_str(), nullptr, MS_BIND, nullptr) !=
+          0) {
+        return ErrnoToStatus(
+            errno, absl::StrCat("bind-mounting ", src, " at ", mountpoint));
+      }
+      overlay_mounted = true;
+      if (mount(nullptr, mountpoint.c_str(), nullptr,
+                MS_BIND | MS_REMOUNT | MS_RDONLY, nullptr) != 0) {
+        return ErrnoToStatus(
+            errno, absl::StrCat("remounting ", mountpoint, " read-only"));
+      }
+    } else {
+      std::vector<std::string> lowers;
+      for (auto it = layers.rbegin(); it != layers.rend(); ++it) {
+        lowers.push_back((*it)->dir);
+      }
+      const std::string opts =
+          absl::StrCat("lowerdir=", absl::StrJoin(lowers, ":"));
+      if (mount("overlay", mountpoint.c_str(), "overlay", MS_RDONLY,
+                opts.c_str()) != 0) {
+        return ErrnoToStatus(
+            errno, absl::StrCat("mounting the overlay of ", layers.size(),
+                                " layers at ", mountpoint));
+      }
+      overlay_mounted = true;
+    }
+    return absl::OkStatus();
+  }();
+  if (!st.ok()) {
+    teardown();
+    return st;
+  }
+
+  // Prefetch, then background fetch, per lazy layer.
+  const bool background = !args.Has("no-background-fetch");
+  for (auto& m : layers) {
+    if (!m->lazy) continue;
+    ++pf_pending;
+    CachedLayer* layer = m->layer.get();
+    std::string name = LayerName(*m, n);
+    m->fetch_thread = std::thread([&, layer, name, background] {
+      const LayerIndex& idx = layer->index();
+      std::vector<uint32_t> first;
+      std::vector<bool> in_first(idx.chunks().size());
+      for (uint32_t f : idx.prioritized_files()) {
+        const Inode& node = idx.inode(f);
+        for (uint32_t c = node.first_chunk;
+             c < node.first_chunk + node.num_chunks; ++c) {
+          first.push_back(c);
+          in_first[c] = true;
+        }
+      }
+      std::atomic<uint64_t> errors{0};
+      if (!first.empty()) {
+        FillChunks(layer, first, ReadPriority::kPrefetch, kPrefetchThreads,
+                   &stop, &errors);
+        LogInfo(
+            name, ": prefetched ", first.size(), " chunks",
+            errors.load() ? absl::StrCat(" (", errors.load(), " failed)") : "");
+      }
+      {
+        std::lock_guard<std::mutex> l(pf_mu);
+        --pf_pending;
+      }
+      pf_cv.notify_all();
+      if (!background || stop.load()) return;
+      std::vector<uint32_t> rest;
+      for (uint32_t c = 0; c < idx.chunks().size(); ++c) {
+        if (!in_first[c]) rest.push_back(c);
+      }
+      FillChunks(layer, rest, ReadPriority::kBackground, kBackgroundThreads,
+                 &stop, &errors);
+      if (!stop.load()) {
+        LogInfo(
+            name, ": background fetch done (", layer->fetched_blob_bytes(),
+            " of ", layer->reader().blob_size(), " blob bytes fetched",
+            errors.load() ? absl::StrCat(", ", errors.load(), " failed") : "",
+            ")");
+      }
+    });
+  }
+  if (args.Has("wait-prefetch")) {
+    int secs = kDefaultWaitPrefetchSeconds;
+    if (auto w = args.Get("wait-prefetch"); w && !w->empty()) {
+      (void)absl::SimpleAtoi(*w, &secs);
+    }
+    std::unique_lock<std::mutex> l(pf_mu);
+    if (!pf_cv.wait_for(l, std::chrono::seconds(secs),
+                        [&] { return pf_pending == 0; })) {
+      const std::string note =
+          absl::StrCat("prefetch not finished after ", secs,
+                       " s; it goes on in the "
+                       "background");
+      LogWarning(note);
+      notes.push_back(note);
+    }
+  }
+
+  std::ofstream(pid_file) << getpid() << "\n"
+                          << mountpoint << "\nimage " << ref.String() << "\n";
+  LogInfo("serving ", ref.String(), " (manifest ",
+          img.manifest_digest.ToString(), ", ", layers.size(), " layer(s)) at ",
+          mountpoint, ", cache ", cache_dir);
+  ready(absl::StrJoin(notes, "\n"));
+
+  int sig = 0;
+  sigwait(&sigs, &sig);
+  LogInfo("signal ", sig, ": unmounting ", mountpoint);
+  teardown();
+  client.reset();
+  const CurlHttpTransport::Stats hs = http->stats();
+  LogInfo("http: ", hs.requests, " requests, ", hs.attempts, " attempts over ",
+          hs.connections, " connection(s)");
+  http.reset();
+  LogInfo("unmounted ", mountpoint);
+  unlink(pid_file.c_str());
+  return absl::OkStatus();
+}
+
+}  // namespace lazypull::cli

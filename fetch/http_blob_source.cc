@@ -1,0 +1,304 @@
+#include "fetch/http_blob_source.h"
+
+#include <algorithm>
+#include <cstring>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "core/status_macros.h"
+
+namespace lazypull {
+
+// One range some reader waits for.
+struct HttpBlobSource::Piece {
+  uint64_t first = 0;
+  uint64_t len = 0;
+  ReadPriority priority = ReadPriority::kOnDemand;
+  uint64_t seq = 0;  // arrival order, for FIFO within a class
+  // Set when done: the request's bytes and where this piece starts in them.
+  std::shared_ptr<const std::string> data;
+  uint64_t data_offset = 0;
+  absl::Status status;
+  bool done = false;
+
+  uint64_t end() const { return first + len; }
+};
+
+namespace {
+
+int Rank(ReadPriority p) { return static_cast<int>(p); }
+
+const char* PriorityName(ReadPriority p) {
+  switch (p) {
+    case ReadPriority::kOnDemand:
+      return "on-demand";
+    case ReadPriority::kPrefetch:
+      return "prefetch";
+    case ReadPriority::kBackground:
+      return "background";
+  }
+  return "?";
+}
+
+}  // namespace
+
+HttpBlobSource::HttpBlobSource(std::shared_ptr<RegistryClient> client,
+                               Descriptor blob,
+                               const HttpBlobSourceOptions& options)
+    : client_(std::move(client)), blob_(std::move(blob)), options_([&] {
+        HttpBlobSourceOptions o = options;
+        o.max_concurrent_requests = std::max(1, o.max_concurrent_requests);
+        o.reserved_on_demand =
+            std::clamp(o.reserved_on_demand, 0, o.max_concurrent_requests - 1);
+        o.max_request_size = std::max<uint64_t>(4096, o.max_request_size);
+        return o;
+      }()) {
+  for (int i = 0; i < options_.max_concurrent_requests; ++i) {
+    workers_.emplace_back([this] { WorkerLoop(); });
+  }
+}
+
+HttpBlobSource::~HttpBlobSource() {
+  {
+    absl::MutexLock l(&mu_);
+    stop_ = true;
+  }
+  for (std::thread& t : workers_) t.join();
+  absl::MutexLock l(&mu_);
+  for (auto& p : queued_) {
+    p->status = absl::CancelledError("blob source destroyed");
+    p->done = true;
+  }
+  queued_.clear();
+}
+
+std::string HttpBlobSource::Describe() const {
+  return absl::StrCat("blob ", blob_.digest.ToString(), " of ",
+                      client_->reference().String());
+}
+
+HttpBlobSourceStats HttpBlobSource::stats() const {
+  absl::MutexLock l(&mu_);
+  return stats_;
+}
+
+bool HttpBlobSource::Eligible(const Piece& p) const {
+  if (p.priority == ReadPriority::kOnDemand) {
+    return requests_in_flight_ < options_.max_concurrent_requests;
+  }
+  if (non_urgent_in_flight_ >=
+      options_.max_concurrent_requests - options_.reserved_on_demand) {
+    return false;
+  }
+  if (p.priority == ReadPriority::kBackground) {
+    return background_bytes_ == 0 ||
+           background_bytes_ + p.len <= options_.max_background_bytes;
+  }
+  return true;
+}
+
+bool HttpBlobSource::HasWork() const {
+  if (stop_) return true;
+  for (const auto& p : queued_) {
+    if (Eligible(*p)) return true;
+  }
+  return false;
+}
+
+absl::Status HttpBlobSource::ReadAt(uint64_t offset, absl::Span<char> dst,
+                                    ReadPriority priority) {
+  const uint64_t n = dst.size();
+  if (offset > size() || n > size() - offset) {
+    return absl::OutOfRangeError(
+        absl::StrCat(Describe(), ": read of ", n, " bytes at ", offset,
+                     " is past the end (", size(), " bytes)"));
+  }
+  if (n == 0) return absl::OkStatus();
+  std::vector<std::shared_ptr<Piece>> mine;
+  {
+    absl::MutexLock l(&mu_);
+    for (uint64_t o = offset; o < offset + n;) {
+      const uint64_t len = std::min(options_.max_request_size, offset + n - o);
+      std::shared_ptr<Piece> found;
+      // Single-flight: a queued or in-flight piece that covers this one.
+      for (const auto& p : queued_) {
+        if (p->first <= o && p->end() >= o + len) {
+          found = p;
+          if (Rank(priority) < Rank(p->priority)) p->priority = priority;
+          break;
+        }
+      }
+      if (!found) {
+        for (const auto& p : in_flight_) {
+          if (p->first <= o && p->end() >= o + len) {
+            found = p;
+            break;
+          }
+        }
+      }
+      if (found) {
+        ++stats_.shared;
+      } else {
+        found = std::make_shared<Piece>();
+        found->first = o;
+        found->len = len;
+        found->priority = priority;
+        found->seq = next_seq_++;
+        queued_.push_back(found);
+      }
+      mine.push_back(std::move(found));
+      o += len;
+    }
+  }
+  absl::Status st;
+  char* out = dst.data();
+  uint64_t pos = offset;
+  for (const auto& p : mine) {
+    {
+      absl::MutexLock l(&mu_);
+      mu_.Await(absl::Condition(&p->done));
+    }
+    const uint64_t len = std::min<uint64_t>(p->end() - pos, offset + n - pos);
+    if (!p->status.ok()) {
+      if (st.ok()) st = p->status;
+    } else {
+      std::memcpy(out, p->data->data() + p->data_offset + (pos - p->first),
+                  len);
+    }
+    out += len;
+    pos += len;
+  }
+  return st;
+}
+
+void HttpBlobSource::WorkerLoop() {
+  while (true) {
+    std::vector<std::shared_ptr<Piece>> batch;
+    uint64_t lo = 0, hi = 0;
+    ReadPriority prio = ReadPriority::kOnDemand;
+    {
+      absl::MutexLock l(&mu_);
+      mu_.Await(absl::Condition(this, &HttpBlobSource::HasWork));
+      if (stop_) return;
+      // The most urgent eligible piece, first come first served.
+      size_t best = queued_.size();
+      for (size_t i = 0; i < queued_.size(); ++i) {
+        const Piece& p = *queued_[i];
+        if (!Eligible(p)) continue;
+        if (best == queued_.size() ||
+            Rank(p.priority) < Rank(queued_[best]->priority) ||
+            (p.priority == queued_[best]->priority &&
+             p.seq < queued_[best]->seq)) {
+          best = i;
+        }
+      }
+      std::shared_ptr<Piece> head = queued_[best];
+      queued_.erase(queued_.begin() + best);
+      prio = head->priority;
+      lo = head->first;
+      hi = head->end();
+      batch.push_back(head);
+      // Coalesce near queued pieces of the same or a more urgent class.
+      for (bool grew = true; grew;) {
+        grew = false;
+        for (size_t i = 0; i < queued_.size(); ++i) {
+          const Piece& q = *queued_[i];
+          if (Rank(q.priority) > Rank(prio)) continue;
+          if (q.first > hi + options_.coalesce_gap ||
+              q.end() + options_.coalesce_gap < lo) {
+            continue;
+          }
+          const uint64_t nlo = std::min(lo, q.first);
+          const uint64_t nhi = std::max(hi, q.end());
+          if (nhi - nlo > options_.max_request_size) continue;
+          lo = nlo;
+          hi = nhi;
+          batch.push_back(queued_[i]);
+          queued_.erase(queued_.begin() + i);
+          ++stats_.coalesced;
+          grew = true;
+          break;
+        }
+      }
+      for (const auto& p : batch) in_flight_.push_back(p);
+      ++requests_in_flight_;
+      if (prio != ReadPriority::kOnDemand) ++non_urgent_in_flight_;
+      if (prio == ReadPriority::kBackground) background_bytes_ += hi - lo;
+      ++stats_.requests;
+      ++stats_.requests_by_priority[Rank(prio)];
+      stats_.max_concurrent = std::max<uint64_t>(
+          stats_.max_concurrent, static_cast<uint64_t>(requests_in_flight_));
+    }
+
+    auto buf = std::make_shared<std::string>();
+    absl::Status st = Fetch(lo, hi - 1, buf.get());
+    if (!st.ok()) {
+      st = absl::Status(
+          st.code(),
+          absl::StrCat(Describe(), ": ", PriorityName(prio), " read of [", lo,
+                       ", ", hi, "): ", st.message()));
+    }
+
+    absl::MutexLock l(&mu_);
+    --requests_in_flight_;
+    if (prio != ReadPriority::kOnDemand) --non_urgent_in_flight_;
+    if (prio == ReadPriority::kBackground) background_bytes_ -= hi - lo;
+    if (st.ok()) {
+      stats_.bytes += buf->size();
+    } else {
+      ++stats_.failures;
+    }
+    for (const auto& p : batch) {
+      p->status = st;
+      p->data = buf;
+      p->data_offset = p->first - lo;
+      p->done = true;
+      in_flight_.erase(std::find(in_flight_.begin(), in_flight_.end(), p));
+    }
+  }
+}
+
+absl::Status HttpBlobSource::Fetch(uint64_t first, uint64_t last,
+                                   std::string* out) {
+  std::string source;
+  ASSIGN_OR_RETURN(std::unique_ptr<HttpBodyReader> r,
+                   client_->OpenBlobRange(blob_, first, last, &source));
+  const HttpResponse& resp = r->response();
+  if (resp.status != 206) {
+    // OpenBlobRange returns 206 answers only; the transport refuses a 200.
+    return absl::DataLossError(absl::StrCat(
+        source, ": HTTP ", resp.status, " to a range request; refusing it"));
+  }
+  std::optional<std::string> cr_text = resp.headers.Get("content-range");
+  if (!cr_text) {
+    return absl::DataLossError(
+        absl::StrCat(source, ": 206 answer without Content-Range"));
+  }
+  absl::StatusOr<ContentRange> cr = ParseContentRange(*cr_text);
+  if (!cr.ok() || cr->first != first || cr->last != last ||
+      (cr->total && *cr->total != size())) {
+    return absl::DataLossError(
+        absl::StrCat(source, ": asked for bytes ", first, "-", last, " of ",
+                     size(), ", got Content-Range \"", *cr_text, "\""));
+  }
+  const uint64_t want = last - first + 1;
+  out->reserve(want);
+  while (true) {
+    ASSIGN_OR_RETURN(absl::string_view piece, r->Read(1 << 20));
+    if (piece.empty()) break;
+    if (out->size() + piece.size() > want) {
+      return absl::DataLossError(
+          absl::StrCat(source, ": the answer to bytes ", first, "-", last,
+                       " is longer than ", want, " bytes"));
+    }
+    out->append(piece.data(), piece.size());
+  }
+  if (out->size() != want) {
+    return absl::DataLossError(absl::StrCat(source, ": the answer to bytes ",
+                                            first, "-", last, " has ",
+                                            out->size(), " bytes, not ", want));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace lazypull

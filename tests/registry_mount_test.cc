@@ -1,0 +1,566 @@
+// `lazypull mount IMAGE_REF MOUNTPOINT` end to end: an image of two
+// eStargz layers made by `lazypull convert` (descriptors annotated with
+// toc.digest and the uncompressed size) and one plain-gzip layer, pushed
+// with skopeo to docker-registry over TLS, mounted lazily by the real binary
+// as root and compared byte for byte with `lazypull pull` of the same image.
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <sys/xattr.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <fstream>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "core/digest.h"
+#include "core/testing/tar_builder.h"
+#include "fetch/testing/oci_image.h"
+#include "fetch/testing/registry_fixture.h"
+#include "gtest/gtest.h"
+#include "proxy/fault_proxy.h"
+#include "proxy/fault_rules.h"
+#include "tests/testdata.h"
+
+namespace lazypull {
+namespace {
+
+using testing::OciLayout;
+using testing::RegistryServer;
+using testing::RegistryServerOptions;
+using testing::TarBuilder;
+using testing::TarSpec;
+using testing::TestDescriptor;
+using testing::TestDir;
+
+constexpr char kLayerGzip[] = "application/vnd.oci.image.layer.v1.tar+gzip";
+
+// One line per node: type, mode, owner, size/content digest, link count,
+// user.* xattrs.
+std::map<std::string, std::string> Snapshot(const std::string& root) {
+  std::map<std::string, std::string> out;
+  std::vector<std::string> stack = {""};
+  while (!stack.empty()) {
+    std::string rel = stack.back();
+    stack.pop_back();
+    DIR* d = opendir((root + "/" + rel).c_str());
+    if (d == nullptr) continue;
+    while (struct dirent* e = readdir(d)) {
+      std::string name = e->d_name;
+      if (name == "." || name == "..") continue;
+      std::string path = rel.empty() ? name : rel + "/" + name;
+      std::string full = root + "/" + path;
+      struct stat st;
+      if (lstat(full.c_str(), &st) != 0) {
+        out[path] = "lstat failed";
+        continue;
+      }
+      std::string line =
+          absl::StrFormat("%o %d:%d", st.st_mode & 07777, st.st_uid, st.st_gid);
+      if (S_ISDIR(st.st_mode)) {
+        line = "dir " + line;
+        stack.push_back(path);
+      } else if (S_ISREG(st.st_mode)) {
+        std::ifstream f(full, std::ios::binary);
+        std::string content((std::istreambuf_iterator<char>(f)),
+                            std::istreambuf_iterator<char>());
+        line = absl::StrCat("reg ", line, " ", content.size(), " ",
+                            Sha256::Of(content).ToString(),
+                            " links=", st.st_nlink);
+      } else if (S_ISLNK(st.st_mode)) {
+        char buf[256] = {0};
+        ssize_t n = readlink(full.c_str(), buf, sizeof(buf) - 1);
+        line = absl::StrCat("symlink -> ", std::string(buf, n > 0 ? n : 0));
+      } else if (S_ISCHR(st.st_mode)) {
+        line = absl::StrCat("char ", line, " ", major(st.st_rdev), ":",
+                            minor(st.st_rdev));
+      } else if (S_ISFIFO(st.st_mode)) {
+        line = "fifo " + line;
+      }
+      char names[1024];
+      ssize_t n = llistxattr(full.c_str(), names, sizeof(names));
+      for (ssize_t i = 0; i < n;) {
+        std::string k(names + i);
+        i += static_cast<ssize_t>(k.size()) + 1;
+        if (!absl::StartsWith(k, "user.")) continue;
+        char v[256];
+        ssize_t vn = lgetxattr(full.c_str(), k.c_str(), v, sizeof(v));
+        absl::StrAppend(&line, " ", k, "=", std::string(v, vn > 0 ? vn : 0));
+      }
+      out[path] = line;
+    }
+    closedir(d);
+  }
+  return out;
+}
+
+std::string ReadAll(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  return std::string((std::istreambuf_iterator<char>(f)),
+                     std::istreambuf_iterator<char>());
+}
+
+void WriteFile(const std::string& path, const std::string& data) {
+  std::ofstream(path, std::ios::binary) << data;
+}
+
+// A pseudo-random payload (incompressible enough to span several chunks).
+std::string Payload(size_t n, uint32_t seed) {
+  std::string s(n, '\0');
+  uint32_t x = seed * 2654435761u + 1;
+  for (size_t i = 0; i < n; ++i) {
+    x ^= x << 13;
+    x ^= x >> 17;
+    x ^= x << 5;
+    s[i] = static_cast<char>('a' + (x % 26));
+  }
+  return s;
+}
+
+// A JSON string field of `json`.
+std::string JsonField(const std::string& json, const std::string& key) {
+  std::string k = absl::StrCat("\"", key, "\": ");
+  size_t p = json.find(k);
+  if (p == std::string::npos) return "";
+  p += k.size();
+  if (json[p] == '"') {
+    size_t e = json.find('"', p + 1);
+    return json.substr(p + 1, e - p - 1);
+  }
+  size_t e = json.find_first_of(",\n}", p);
+  return json.substr(p, e - p);
+}
+
+// fetchedPercent from a layer's state file, or -1 if unreadable.
+double FetchedPercent(const std::string& state_file) {
+  std::ifstream f(state_file);
+  std::string json((std::istreambuf_iterator<char>(f)),
+                   std::istreambuf_iterator<char>());
+  const std::string key = "\"fetchedPercent\":";
+  size_t p = json.find(key);
+  if (p == std::string::npos) return -1;
+  return std::atof(json.c_str() + p + key.size());
+}
+
+struct LayerBlob {
+  std::string bytes;
+  std::string diff_id;
+  std::map<std::string, std::string> annotations;
+};
+
+class RegistryMountTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (geteuid() != 0) GTEST_SKIP() << "SKIPPED: needs root (FUSE, overlay)";
+    if (access("/dev/fuse", R_OK | W_OK) != 0) {
+      GTEST_SKIP() << "SKIPPED: /dev/fuse is not available";
+    }
+    bin_ = testing::LazypullBinary();
+    dir_ = TestDir("work");
+    RegistryServerOptions o;
+    o.work_dir = dir_ + "/registry";
+    mkdir(o.work_dir.c_str(), 0755);
+    o.tls = true;
+    auto reg = RegistryServer::Start(o);
+    ASSERT_TRUE(reg.ok()) << reg.status();
+    reg_ = std::move(*reg);
+  }
+
+  void TearDown() override {
+    for (const std::string& m : mounts_) {
+      testing::Run({bin_, "unmount", m, "--force"});
+    }
+  }
+
+  // Converts a tar with `lazypull convert` into an eStargz blob.
+  LayerBlob Convert(const std::string& tar, const std::string& name,
+                    std::vector<std::string> extra = {}) {
+    LayerBlob b;
+    const std::string in = absl::StrCat(dir_, "/", name, ".tar");
+    const std::string out = absl::StrCat(dir_, "/", name, ".esgz");
+    WriteFile(in, tar);
+    std::vector<std::string> argv = {bin_, "convert", in, out};
+    for (auto& e : extra) argv.push_back(e);
+    testing::RunResult r = testing::Run(argv);
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    b.bytes = ReadAll(out);
+    b.diff_id = JsonField(r.out, "diff_id");
+    b.annotations["containerd.io/snapshot/stargz/toc.digest"] =
+        JsonField(r.out, "toc_digest");
+    b.annotations["io.containers.estargz.uncompressed-size"] =
+        JsonField(r.out, "uncompressed_size");
+    return b;
+  }
+
+  LayerBlob Gzip(const std::string& tar) {
+    LayerBlob b;
+    b.bytes = testing::GzipForTest(tar);
+    b.diff_id = Sha256::Of(tar).ToString();
+    return b;
+  }
+
+  // Pushes an image of `layers` (bottom first) as REPO:v1; returns its
+  // reference.
+  std::string Push(const std::string& repo,
+                   const std::vector<LayerBlob>& layers,
+                   RegistryServer* reg = nullptr) {
+    if (reg == nullptr) reg = reg_.get();
+    std::string flat = repo;
+    std::replace(flat.begin(), flat.end(), '/', '-');
+    const std::string layout_dir = absl::StrCat(dir_, "/oci-", flat);
+    auto layout = OciLayout::Create(layout_dir);
+    EXPECT_TRUE(layout.ok()) << layout.status();
+    std::vector<std::string> diff_ids, descs;
+    for (const LayerBlob& l : layers) {
+      auto d = layout->AddBlob(kLayerGzip, l.bytes);
+      EXPECT_TRUE(d.ok()) << d.status();
+      std::vector<std::string> ann;
+      for (const auto& [k, v] : l.annotations) {
+        ann.push_back(absl::StrCat("\"", k, "\":\"", v, "\""));
+      }
+      descs.push_back(
+          absl::StrCat("{\"mediaType\":\"", kLayerGzip, "\",\"digest\":\"",
+                       d->digest.ToString(), "\",\"size\":", d->size,
+                       ann.empty() ? ""
+                                   : absl::StrCat(",\"annotations\":{",
+                                                  absl::StrJoin(ann, ","), "}"),
+                       "}"));
+      diff_ids.push_back(absl::StrCat("\"", l.diff_id, "\""));
+    }
+    const std::string config = absl::StrCat(
+        "{\"architecture\":\"amd64\",\"os\":\"linux\",\"config\":{},"
+        "\"rootfs\":{\"type\":\"layers\",\"diff_ids\":[",
+        absl::StrJoin(diff_ids, ","), "]}}");
+    auto c =
+        layout->AddBlob("application/vnd.oci.image.config.v1+json", config);
+    EXPECT_TRUE(c.ok());
+    const std::string manifest = absl::StrCat(
+        "{\"schemaVersion\":2,\"mediaType\":\"application/"
+        "vnd.oci.image.manifest.v1+json\",\"config\":{\"mediaType\":"
+        "\"application/vnd.oci.image.config.v1+json\",\"digest\":\"",
+        c->digest.ToString(), "\",\"size\":", c->size, "},\"layers\":[",
+        absl::StrJoin(descs, ","), "]}");
+    auto m =
+        layout->AddBlob("application/vnd.oci.image.manifest.v1+json", manifest);
+    EXPECT_TRUE(m.ok());
+    EXPECT_TRUE(layout->Tag("v1", *m).ok());
+    absl::Status st = testing::PushWithSkopeo(*layout, "v1", reg->host(), repo);
+    EXPECT_TRUE(st.ok()) << st;
+    return absl::StrCat(reg->host(), "/", repo, ":v1");
+  }
+
+  std::vector<LayerBlob> StandardLayers() {
+    TarBuilder b1;
+    b1.Dir("./");
+    b1.Dir("etc/");
+    b1.File("etc/passwd", "root:x:0:0::/root:/bin/sh\n");
+    TarSpec hosts;
+    hosts.name = "etc/hosts";
+    hosts.content = "127.0.0.1 localhost\n";
+    hosts.xattrs = {{"user.note", "n"}};
+    b1.Add(hosts);
+    b1.File("etc/remove-me", "x");
+    b1.Dir("data/");
+    b1.File("data/big", Payload(3 << 20, 1));
+    b1.File("data/small", "small");
+    b1.Hardlink("data/small-link", "data/small");
+    b1.Symlink("data/link", "big");
+    b1.Dir("opq/");
+    b1.File("opq/old", "old");
+    b1.Dir("sbin/");
+    const std::string ldconfig = ReadAll("/sbin/ldconfig");
+    has_static_binary_ = !ldconfig.empty();
+    if (has_static_binary_) b1.File("sbin/ldconfig", ldconfig, 0755);
+
+    TarBuilder b2;
+    b2.Dir("etc/");
+    b2.File("etc/.wh.remove-me", "");
+    b2.File("etc/motd", "hello from layer 2\n");
+    b2.Dir("opq/");
+    b2.File("opq/.wh..wh..opq", "");
+    b2.File("opq/new", "new");
+    b2.Dir("data/");
+    b2.File("data/medium", Payload(700 << 10, 2));
+
+    TarBuilder b3;
+    b3.Dir("etc/");
+    b3.File("etc/motd", "hello from the gzip layer\n");
+    b3.File("etc/.wh.hosts", "");
+    b3.Dir("top/");
+    b3.File("top/file", Payload(100 << 10, 3));
+
+    return {Convert(b1.Finish(), "l1"), Convert(b2.Finish(), "l2"),
+            Gzip(b3.Finish())};
+  }
+
+  testing::RunResult Mount(const std::string& ref, const std::string& mnt,
+                           std::vector<std::string> extra = {}) {
+    mkdir(mnt.c_str(), 0755);
+    std::vector<std::string> argv = {
+        bin_,        "mount",         ref,           mnt,
+        "--ca-file", reg_->ca_file(), "--cache-dir", cache_dir()};
+    for (auto& e : extra) argv.push_back(e);
+    testing::RunResult r = testing::Run(argv);
+    if (r.exit_code == 0) mounts_.push_back(mnt);
+    return r;
+  }
+
+  std::string cache_dir() const { return dir_ + "/cache"; }
+
+  std::string bin_, dir_;
+  std::unique_ptr<RegistryServer> reg_;
+  std::vector<std::string> mounts_;
+  bool has_static_binary_ = false;
+};
+
+TEST_F(RegistryMountTest, MountMatchesPullAndUnmounts) {
+  const std::vector<LayerBlob> layers = StandardLayers();
+  const std::string ref = Push("test/app", layers);
+  const std::string pulled = dir_ + "/pulled";
+  testing::RunResult p =
+      testing::Run({bin_, "pull", ref, pulled, "--ca-file", reg_->ca_file()});
+  ASSERT_EQ(p.exit_code, 0) << p.err << p.out;
+
+  const std::string mnt = dir_ + "/mnt";
+  testing::RunResult m = Mount(ref, mnt, {"--wait-prefetch=30"});
+  ASSERT_EQ(m.exit_code, 0) << m.err << m.out;
+  // The plain-gzip layer (index 2) is pulled in full, with a reason.
+  EXPECT_TRUE(absl::StrContains(m.out, "layer 2/3")) << m.out;
+  EXPECT_TRUE(absl::StrContains(m.out, "pulled in full")) << m.out;
+
+  // Background fetch fills the bottom layer without any read; its state
+  // file (reachable by name through the overlay) shows the progress.
+  const std::string state0 =
+      absl::StrCat(mnt, "/.stargz-snapshotter/",
+                   Sha256::Of(layers[0].bytes).ToString(), ".json");
+  double pct = -1;
+  for (int i = 0; i < 300 && pct < 90; ++i) {
+    pct = FetchedPercent(state0);
+    usleep(100 * 1000);
+  }
+  EXPECT_GE(pct, 90) << ReadAll(state0);
+
+  auto want = Snapshot(pulled);
+  // A full pull unpacks an eStargz layer's TOC entry and landmark as the
+  // files they are in the tar; a lazy mount hides them (runtime.md §5).
+  for (const char* hidden :
+       {"stargz.index.json", ".prefetch.landmark", ".no.prefetch.landmark"}) {
+    want.erase(hidden);
+  }
+  auto got = Snapshot(mnt);
+  EXPECT_EQ(got, want);
+  EXPECT_GT(want.size(), 10u);
+  EXPECT_EQ(got.count("etc/remove-me"), 0u);
+  EXPECT_EQ(got.count("opq/old"), 0u);
+  EXPECT_EQ(ReadAll(mnt + "/etc/motd"), "hello from the gzip layer\n");
+
+  // A state file of a lazy layer, through the overlay.
+  // (Layer digests are not known here; the runtime dir has the layer mounts.)
+  if (has_static_binary_) {
+    testing::RunResult c =
+        testing::Run({"/usr/sbin/chroot", mnt, "/sbin/ldconfig", "--version"});
+    EXPECT_EQ(c.exit_code, 0) << c.err;
+    EXPECT_TRUE(absl::StrContains(c.out, "ldconfig")) << c.out;
+  } else {
+    std::cout << "SKIPPED the chroot run: no static binary (/sbin/ldconfig)"
+              << std::endl;
+  }
+
+  testing::RunResult u = testing::Run({bin_, "unmount", mnt});
+  EXPECT_EQ(u.exit_code, 0) << u.err;
+  mounts_.clear();
+  struct stat a, b;
+  ASSERT_EQ(stat(mnt.c_str(), &a), 0);
+  ASSERT_EQ(stat(dir_.c_str(), &b), 0);
+  EXPECT_EQ(a.st_dev, b.st_dev) << "still mounted";
+  // The layer mounts and the runtime dir are gone.
+  DIR* md = opendir((cache_dir() + "/mounts").c_str());
+  ASSERT_NE(md, nullptr);
+  int left = 0;
+  while (struct dirent* e = readdir(md)) {
+    if (e->d_name[0] != '.') ++left;
+  }
+  closedir(md);
+  EXPECT_EQ(left, 0);
+
+  // HTTP/2 for our requests, and fewer connections than requests.
+  int ours = 0;
+  for (absl::string_view line : absl::StrSplit(reg_->Log(), '\n')) {
+    if (!absl::StrContains(line, "\"lazypull/")) continue;
+    ++ours;
+    EXPECT_TRUE(absl::StrContains(line, " HTTP/2.0\"")) << line;
+  }
+  EXPECT_GE(ours, 4);
+  const std::string log = ReadAll(cache_dir() + "/lazypull.log");
+  size_t p2 = log.rfind("http: ");
+  ASSERT_NE(p2, std::string::npos) << log;
+  std::vector<std::string> words = absl::StrSplit(log.substr(p2), ' ');
+  // "http: N requests, A attempts over C connection(s)"
+  ASSERT_GE(words.size(), 7u);
+  const int requests = std::atoi(words[1].c_str());
+  const int connections = std::atoi(words[6].c_str());
+  EXPECT_GT(requests, 3);
+  EXPECT_GE(connections, 1);
+  EXPECT_LT(connections, requests) << log.substr(p2);
+}
+
+TEST_F(RegistryMountTest, LyingTocDigestIsRefused) {
+  std::vector<LayerBlob> layers = StandardLayers();
+  layers[1].annotations["containerd.io/snapshot/stargz/toc.digest"] =
+      Sha256::Of("not the TOC").ToString();
+  const std::string ref = Push("test/liar", layers);
+  const std::string mnt = dir_ + "/mnt-liar";
+  testing::RunResult m = Mount(ref, mnt);
+  EXPECT_NE(m.exit_code, 0) << m.out;
+  EXPECT_TRUE(absl::StrContains(m.err, "layer 1/3")) << m.err;
+  EXPECT_TRUE(absl::StrContains(m.err, "refusing")) << m.err;
+  struct stat a, b;
+  ASSERT_EQ(stat(mnt.c_str(), &a), 0);
+  ASSERT_EQ(stat(dir_.c_str(), &b), 0);
+  EXPECT_EQ(a.st_dev, b.st_dev) << "mounted despite the lie";
+}
+
+TEST_F(RegistryMountTest, SingleLayerIsBindMounted) {
+  const std::vector<LayerBlob> layers = StandardLayers();
+  const std::string ref = Push("test/one", layers);
+  const std::string mnt = dir_ + "/mnt-one";
+  testing::RunResult m =
+      Mount(ref, mnt, {"--layer", "0", "--no-background-fetch"});
+  ASSERT_EQ(m.exit_code, 0) << m.err << m.out;
+  const std::string state =
+      absl::StrCat(mnt, "/.stargz-snapshotter/",
+                   Sha256::Of(layers[0].bytes).ToString(), ".json");
+  // No background fetch, no prefetch landmark: nothing fetched until read.
+  usleep(300 * 1000);
+  EXPECT_EQ(FetchedPercent(state), 0) << ReadAll(state);
+  EXPECT_EQ(ReadAll(mnt + "/data/small"), "small");
+  const double after_small = FetchedPercent(state);
+  EXPECT_GT(after_small, 0);
+  EXPECT_LT(after_small, 10);
+  EXPECT_EQ(ReadAll(mnt + "/data/big"), Payload(3 << 20, 1));
+  EXPECT_EQ(ReadAll(mnt + "/etc/remove-me"), "x");
+  // Read-only.
+  EXPECT_NE(access((mnt + "/etc").c_str(), W_OK), 0);
+  testing::RunResult u = testing::Run({bin_, "unmount", mnt});
+  EXPECT_EQ(u.exit_code, 0) << u.err;
+  mounts_.clear();
+}
+
+// The prioritized files (before the prefetch landmark) are fetched before
+// `mount --wait-prefetch` returns, without any read.
+TEST_F(RegistryMountTest, WaitPrefetchFetchesThePrioritizedFiles) {
+  TarBuilder b;
+  b.Dir("./");
+  b.Dir("data/");
+  b.File("data/hot", Payload(2 << 20, 7));
+  b.File("data/cold", Payload(2 << 20, 8));
+  const std::string list = dir_ + "/prioritize.txt";
+  WriteFile(list, "data/hot\n");
+  LayerBlob l = Convert(b.Finish(), "prio", {"--prioritize", list});
+  const std::string ref = Push("test/prio", {l});
+  const std::string mnt = dir_ + "/mnt-prio";
+  testing::RunResult m =
+      Mount(ref, mnt, {"--wait-prefetch=30", "--no-background-fetch"});
+  ASSERT_EQ(m.exit_code, 0) << m.err << m.out;
+  const std::string state = absl::StrCat(
+      mnt, "/.stargz-snapshotter/", Sha256::Of(l.bytes).ToString(), ".json");
+  const double pct = FetchedPercent(state);
+  // About half the blob (data/hot), not all of it.
+  EXPECT_GT(pct, 40) << ReadAll(state);
+  EXPECT_LT(pct, 60) << ReadAll(state);
+  EXPECT_EQ(ReadAll(mnt + "/data/hot"), Payload(2 << 20, 7));
+  testing::RunResult u = testing::Run({bin_, "unmount", mnt});
+  EXPECT_EQ(u.exit_code, 0) << u.err;
+  mounts_.clear();
+}
+
+// Range faults between the mount and the registry fail that read (EIO) or
+// are recovered from; never a wrong byte, and nothing bad is cached.
+TEST_F(RegistryMountTest, RangeFaultsFailTheReadOrRecover) {
+  RegistryServerOptions o;
+  o.work_dir = dir_ + "/plain-registry";
+  mkdir(o.work_dir.c_str(), 0755);
+  auto plain = RegistryServer::Start(o);
+  ASSERT_TRUE(plain.ok()) << plain.status();
+  std::vector<LayerBlob> layers = StandardLayers();
+  layers.pop_back();  // the two lazy layers
+  Push("test/faults", layers, plain->get());
+  proxy::FaultProxy::Options po;
+  po.upstream_port = (*plain)->port();
+  auto fp = proxy::FaultProxy::Start(po);
+  ASSERT_TRUE(fp.ok()) << fp.status();
+  const std::string ref =
+      absl::StrCat("127.0.0.1:", (*fp)->port(), "/test/faults:v1");
+  const std::string mnt = dir_ + "/mnt-faults";
+  mkdir(mnt.c_str(), 0755);
+  testing::RunResult m = testing::Run({bin_, "mount", ref, mnt, "--plain-http",
+                                       "--no-background-fetch", "--cache-dir",
+                                       dir_ + "/cache-faults"});
+  ASSERT_EQ(m.exit_code, 0) << m.err << m.out;
+  mounts_.push_back(mnt);
+  const std::string want = Payload(3 << 20, 1);
+  // Reads data/big with read(2); false on an error (the errno in *err).
+  int err = 0;
+  auto read_big = [&](std::string* out) {
+    out->clear();
+    err = 0;
+    int fd = open((mnt + "/data/big").c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+      err = errno;
+      return false;
+    }
+    char buf[1 << 16];
+    while (true) {
+      ssize_t n = read(fd, buf, sizeof(buf));
+      if (n < 0) {
+        err = errno;
+        break;
+      }
+      if (n == 0) break;
+      out->append(buf, static_cast<size_t>(n));
+    }
+    close(fd);
+    return err == 0 && out->size() == want.size();
+  };
+  auto set = [&](const std::string& rules) {
+    auto r = proxy::ParseFaultRules(rules);
+    ASSERT_TRUE(r.ok()) << r.status();
+    ASSERT_TRUE((*fp)->SetRules(std::move(*r)).ok());
+  };
+  std::string got;
+  for (const char* rule :
+       {"GET /blobs/ every full-200", "GET /blobs/ every shift-content-range=1",
+        "GET /blobs/ every flip-byte=100"}) {
+    set(rule);
+    got.clear();
+    const bool ok = read_big(&got);
+    EXPECT_FALSE(ok) << rule << ": the read should fail";
+    EXPECT_EQ(err, EIO) << rule;
+    // Whatever came back before the failure is a prefix of the truth.
+    EXPECT_EQ(got, want.substr(0, got.size())) << rule;
+    EXPECT_GT((*fp)->counters().faults, 0u) << rule;
+  }
+  // A connection dropped mid-body: the HTTP engine resumes the range.
+  set("GET /blobs/ first=1 drop-after=1000");
+  EXPECT_TRUE(read_big(&got));
+  EXPECT_TRUE(got == want) << "wrong bytes after a resumed transfer";
+  set("");
+  EXPECT_TRUE(read_big(&got));
+  EXPECT_TRUE(got == want);
+  testing::RunResult u = testing::Run({bin_, "unmount", mnt});
+  EXPECT_EQ(u.exit_code, 0) << u.err;
+  mounts_.clear();
+}
+
+}  // namespace
+}  // namespace lazypull
