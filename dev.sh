@@ -14,7 +14,7 @@ PACKAGES=(
   libdeflate-dev libsimdjson-dev liburing-dev libfuse3-dev fuse3
   libcurl4-openssl-dev libnghttp2-dev libgtest-dev libgmock-dev
   libbenchmark-dev docker-registry skopeo apache2-utils tar gzip
-  ca-certificates python3
+  ca-certificates python3 bc curl
 )
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
@@ -60,35 +60,93 @@ check_format() {
   clang-format --style=file --dry-run --Werror $files
 }
 
+demo_cleanup() {
+  umount -l "$DEMO_WORK/mnt" 2>/dev/null || true
+  "$ROOT/bazel-bin/cli/lazypull" unmount "$DEMO_WORK/mnt" >/dev/null 2>&1 || true
+  [ -n "${PROXY_PID:-}" ] && kill "$PROXY_PID" 2>/dev/null
+  [ -n "${REGISTRY_PID:-}" ] && kill "$REGISTRY_PID" 2>/dev/null
+  rm -rf "$DEMO_WORK"
+}
+
+# The main job: an image in a local registry, started lazily.
 run_demo() {
-  local bin="$ROOT/bazel-bin/cli/lazypull" toc
+  local bin="$ROOT/bazel-bin/cli/lazypull" work files ref t0 t1 t2 t3 lazy
   DEMO_WORK=$(mktemp -d /tmp/lazypull-demo.XXXXXX)
-  local work=$DEMO_WORK
-  trap 'umount -l "$DEMO_WORK/mnt" 2>/dev/null; rm -rf "$DEMO_WORK"' EXIT
-  log "making a layer: a tar of a few of this machine's files (bash, coreutils, zoneinfo)"
-  tar -C / -cf "$work/in.tar" usr/bin/bash usr/bin/ls usr/bin/cat usr/bin/sort \
-    usr/lib/os-release usr/share/zoneinfo usr/share/common-licenses 2>/dev/null || true
-  printf 'usr/bin/bash\nusr/lib/os-release\n' >"$work/prioritize.txt"
-  log "lazypull convert in.tar layer.esgz --prioritize prioritize.txt"
-  "$bin" convert "$work/in.tar" "$work/layer.esgz" --prioritize "$work/prioritize.txt" | tee "$work/convert.json"
-  toc=$(sed -n 's/.*"toc_digest": *"\(sha256:[0-9a-f]*\)".*/\1/p' "$work/convert.json" | head -1)
-  log "lazypull inspect layer.esgz"
+  work=$DEMO_WORK
+  trap demo_cleanup EXIT
+  source "$ROOT/bench/oci_layout.sh"
+
+  log "1. an image from this machine's files: bash, coreutils and their libraries, plus /usr/share as bulk"
+  files="$work/files"
+  : >"$files"
+  for b in /usr/bin/bash /usr/bin/ls /usr/bin/cat /usr/bin/wc /usr/bin/head; do
+    echo "${b#/}" >>"$files"
+    for p in $(ldd "$b" | grep -o '/[^ ]*'); do
+      echo "$(readlink -f "$(dirname "$p")" | sed 's|^/||')/$(basename "$p")" >>"$files"
+      readlink -f "$p" | sed 's|^/||' >>"$files"
+    done
+  done
+  sort -u "$files" -o "$work/prioritize.txt"
+  for l in bin sbin lib lib64; do [ -L "/$l" ] && echo "$l" >>"$files"; done
+  for d in usr/share/zoneinfo usr/share/doc usr/share/common-licenses usr/share/perl5; do
+    [ -d "/$d" ] && echo "$d" >>"$files"
+  done
+  sort -u "$files" | tar -C / -cf "$work/rootfs.tar" --no-recursion -T - 2>/dev/null || true
+  for d in usr/share/zoneinfo usr/share/doc usr/share/common-licenses usr/share/perl5; do
+    [ -d "/$d" ] && tar -C / -rf "$work/rootfs.tar" "$d" 2>/dev/null
+  done
+  ls -l "$work/rootfs.tar" | awk '{printf "   rootfs tar: %.1f MB\n", $5/1e6}'
+
+  log "2. lazypull convert: eStargz, bash and its libraries prioritized (fetched first)"
+  "$bin" convert "$work/rootfs.tar" "$work/layer.esgz" --prioritize "$work/prioritize.txt" >"$work/convert.json"
+  cat "$work/convert.json"
   "$bin" inspect "$work/layer.esgz"
-  log "lazypull verify layer.esgz --toc-digest $toc"
-  "$bin" verify "$work/layer.esgz" --toc-digest "$toc"
-  log "lazypull extract layer.esgz rootfs"
-  "$bin" extract "$work/layer.esgz" "$work/rootfs"
-  du -sh "$work/rootfs"
-  log "lazypull mount --blob layer.esgz: the layer is a filesystem at once, fetched as read"
+  "$bin" verify "$work/layer.esgz" | tail -2
+
+  log "3. push it to a local registry (docker-registry on 127.0.0.1, started by this demo)"
+  python3 - "$work/convert.json" >"$work/desc" <<'PY'
+import json, sys
+c = json.load(open(sys.argv[1]))
+print(json.dumps({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                  "digest": c["blob_digest"], "size": c["blob_size"],
+                  "annotations": c["annotations"]}))
+print('"%s"' % c["diff_id"])
+PY
+  mkdir -p "$work/oci"
+  cp "$work/layer.esgz" "$work/layer.copy"
+  oci_add_blob "$work/oci" "$work/layer.copy" >/dev/null
+  oci_write_image "$work/oci" demo "$(sed -n 2p "$work/desc")" "$(sed -n 1p "$work/desc")"
+  registry_start "$work"
+  skopeo copy --quiet --dest-tls-verify=false "oci:$work/oci:demo" \
+    "docker://127.0.0.1:$REGISTRY_PORT/demo:latest"
+  # Reach it through the project's link emulator, as over a real network.
+  "$ROOT/bazel-bin/proxy/lazypull-proxy" --upstream "127.0.0.1:$REGISTRY_PORT" \
+    --rtt 20ms --bw 100mbit >"$work/proxy.out" 2>"$work/proxy.log" &
+  PROXY_PID=$!
+  for _ in $(seq 50); do grep -q listening "$work/proxy.out" && break; sleep 0.1; done
+  ref="$(sed -n 's/^listening \(127.0.0.1:[0-9]*\).*/\1/p' "$work/proxy.out")/demo:latest"
+  echo "   $ref (through an emulated link: 20 ms round trip, 100 Mbit/s)"
+
+  log "4. lazypull mount $ref: the image's root filesystem, at once"
   mkdir -p "$work/mnt"
-  "$bin" mount --blob "$work/layer.esgz" --toc-digest "$toc" "$work/mnt" --cache-dir "$work/cache"
-  cat "$work/mnt/.stargz-snapshotter/$toc.json"; echo
-  head -3 "$work/mnt/usr/lib/os-release"
-  "$work/mnt/usr/bin/bash" -c 'echo "bash from the lazy mount says hello"' 2>/dev/null ||
-    echo "(could not run bash from the mount)"
-  cat "$work/mnt/.stargz-snapshotter/$toc.json"; echo
-  log "lazypull unmount"
+  t0=$(date +%s.%N)
+  "$bin" mount --plain-http "$ref" "$work/mnt" --cache-dir "$work/cache" --no-background-fetch
+  t1=$(date +%s.%N)
+  echo "   mounted in $(echo "$t1 - $t0" | bc -l | xargs printf %.2f) s"
+  log "5. run a program from it with chroot"
+  chroot "$work/mnt" /usr/bin/bash -c 'echo "   hello from bash, lazily started from the registry"; echo "   /usr/bin holds $(ls /usr/bin | wc -l) programs"'
+  t2=$(date +%s.%N)
+  lazy=$(echo "$t2 - $t0" | bc -l | xargs printf %.2f)
+  echo "   mount + run: $lazy s; what the layer's state file says was fetched:"
+  cat "$work"/mnt/.stargz-snapshotter/"$(sed -n 's/.*"blob_digest": *"\(sha256:[0-9a-f]*\)".*/\1/p' "$work/convert.json")".json 2>/dev/null; echo
   "$bin" unmount "$work/mnt"
+
+  log "6. for comparison: lazypull pull (the conventional full pull) of the same image"
+  t2=$(date +%s.%N)
+  "$bin" pull --plain-http "$ref" "$work/pulled" | tail -2
+  t3=$(date +%s.%N)
+  echo "   full pull: $(echo "$t3 - $t2" | bc -l | xargs printf %.2f) s for $(stat -c %s "$work/layer.esgz") bytes;" \
+       "lazy: mount + run $lazy s, fetching only what bash read"
 }
 
 run_tests() {

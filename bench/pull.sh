@@ -22,40 +22,22 @@ echo "== image: three gzip layers from ${INPUT_MB} MB of this machine's /usr"
 find /usr -xdev -type f -printf '%s %p\n' 2>/dev/null | sort -k2 |
   awk -v lim=$((INPUT_MB << 20)) '{s+=$1; if (s>lim) exit; print $2}' >"$W/list" || true
 split -n l/3 -d "$W/list" "$W/part."
-mkdir -p "$W/oci/blobs/sha256"
+source bench/oci_layout.sh
 layers="" diffs=""
 for part in "$W"/part.*; do
   tar -cf "$W/l.tar" -C / -T "$part" 2>/dev/null
-  diff=$(sha256sum "$W/l.tar" | cut -d' ' -f1)
+  diffs="$diffs${diffs:+,}\"sha256:$(sha256sum "$W/l.tar" | cut -d' ' -f1)\""
   gzip -6 -c "$W/l.tar" >"$W/l.tgz"
-  dig=$(sha256sum "$W/l.tgz" | cut -d' ' -f1)
-  size=$(stat -c %s "$W/l.tgz")
-  mv "$W/l.tgz" "$W/oci/blobs/sha256/$dig"
-  layers="$layers${layers:+,}{\"mediaType\":\"application/vnd.oci.image.layer.v1.tar+gzip\",\"digest\":\"sha256:$dig\",\"size\":$size}"
-  diffs="$diffs${diffs:+,}\"sha256:$diff\""
+  read -r dig size < <(oci_add_blob "$W/oci" "$W/l.tgz")
+  layers="$layers${layers:+,}{\"mediaType\":\"application/vnd.oci.image.layer.v1.tar+gzip\",\"digest\":\"$dig\",\"size\":$size}"
 done
 rm -f "$W/l.tar"
-printf '{"architecture":"amd64","os":"linux","config":{},"rootfs":{"type":"layers","diff_ids":[%s]}}' "$diffs" >"$W/config.json"
-cdig=$(sha256sum "$W/config.json" | cut -d' ' -f1); csize=$(stat -c %s "$W/config.json")
-mv "$W/config.json" "$W/oci/blobs/sha256/$cdig"
-printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:%s","size":%s},"layers":[%s]}' "$cdig" "$csize" "$layers" >"$W/m.json"
-mdig=$(sha256sum "$W/m.json" | cut -d' ' -f1); msize=$(stat -c %s "$W/m.json")
-mv "$W/m.json" "$W/oci/blobs/sha256/$mdig"
-printf '{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:%s","size":%s,"annotations":{"org.opencontainers.image.ref.name":"bench"}}]}' "$mdig" "$msize" >"$W/oci/index.json"
-echo '{"imageLayoutVersion":"1.0.0"}' >"$W/oci/oci-layout"
+oci_write_image "$W/oci" bench "$diffs" "$layers"
 BYTES=$(du -cb "$W"/oci/blobs/sha256/* | tail -1 | cut -f1)
 echo "image: $BYTES bytes of blobs"
 
 echo "== registry on 127.0.0.1"
-REG_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-cat >"$W/reg.yml" <<YML
-version: 0.1
-log: {level: error}
-storage: {filesystem: {rootdirectory: $W/registry}}
-http: {addr: 127.0.0.1:$REG_PORT}
-YML
-docker-registry serve "$W/reg.yml" >"$W/reg.log" 2>&1 & PIDS+=($!)
-for _ in $(seq 100); do curl -sf "http://127.0.0.1:$REG_PORT/v2/" >/dev/null && break; sleep 0.1; done
+registry_start "$W"; PIDS+=("$REGISTRY_PID"); REG_PORT=$REGISTRY_PORT
 skopeo copy --dest-tls-verify=false "oci:$W/oci:bench" "docker://127.0.0.1:$REG_PORT/bench:latest" >/dev/null
 
 for prof in "${PROFILES[@]}"; do
