@@ -105,9 +105,17 @@ absl::Status MakeOverlayLower(const std::string& dir,
     if (fstatat(parent.get(), name.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0) {
       continue;  // the layer has its own X: it hides the lower one anyway
     }
+    // Keep the directory's mtime as the layer set it: adding the whiteout
+    // device must not show as a change.
+    struct stat pst;
+    const bool have_times = fstat(parent.get(), &pst) == 0;
     if (mknodat(parent.get(), name.c_str(), S_IFCHR | 0, makedev(0, 0)) != 0) {
       return ErrnoToStatus(errno,
                            absl::StrCat("making whiteout ", w, " in ", dir));
+    }
+    if (have_times) {
+      struct timespec ts[2] = {pst.st_atim, pst.st_mtim};
+      futimens(parent.get(), ts);
     }
   }
   for (const std::string& o : unpacked.opaque_dirs) {

@@ -6,11 +6,15 @@
 #include <sys/stat.h>
 #include <sys/xattr.h>
 
+#include <algorithm>
 #include <cstring>
+#include <map>
 #include <set>
+#include <string>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "core/errno_status.h"
 #include "core/node_writer.h"
@@ -75,21 +79,61 @@ class LayerApplier {
     for (const std::string& w : layer_.whiteouts) {
       RETURN_IF_ERROR(Delete(w));
     }
+    struct stat staged_root;
+    if (fstat(sfd.get(), &staged_root) != 0) {
+      return ErrnoToStatus(errno, absl::StrCat("stat ", staged));
+    }
     RETURN_IF_ERROR(Merge(sfd.get(), root_.get(), ""));
     if (layer_.explicit_dirs.count("")) {
-      RETURN_IF_ERROR(CopyDirAttrs(sfd.get(), root_.get(), "."));
+      RETURN_IF_ERROR(CopyDirAttrs(sfd.get(), root_.get(), ".", staged_root));
     }
     for (const auto& [path, target] : layer_.lower_hardlinks) {
       RETURN_IF_ERROR(LinkToLower(path, target));
     }
-    return absl::OkStatus();
+    return RestoreTimes();
   }
 
  private:
+  // Remembers the times of root directory `path` (open as `fd`) before this
+  // layer changes its entries: adding or removing a child bumps a
+  // directory's mtime, and the merged tree must show the mtime of the
+  // topmost layer that declares the directory (or the lower one's).
+  void SaveTimes(int fd, const std::string& path) {
+    if (saved_times_.count(path)) return;
+    struct stat st;
+    if (fstat(fd, &st) == 0) saved_times_[path] = {st.st_atim, st.st_mtim};
+  }
+
+  // Puts back the saved times of directories this layer does not declare
+  // (those it declares got theirs from CopyDirAttrs), deepest first.
+  absl::Status RestoreTimes() {
+    std::vector<std::string> paths;
+    for (const auto& [path, ts] : saved_times_) paths.push_back(path);
+    std::sort(paths.begin(), paths.end(),
+              [](const std::string& a, const std::string& b) {
+                return std::count(a.begin(), a.end(), '/') + !a.empty() >
+                       std::count(b.begin(), b.end(), '/') + !b.empty();
+              });
+    for (const std::string& path : paths) {
+      if (layer_.explicit_dirs.count(path)) continue;
+      ASSIGN_OR_RETURN(std::vector<std::string> comps, SplitRelativePath(path));
+      absl::StatusOr<ScopedFd> fd = OpenDirBeneath(root_.get(), comps, false);
+      if (!fd.ok()) continue;  // removed since
+      const auto& ts = saved_times_[path];
+      struct timespec t[2] = {ts.first, ts.second};
+      if (futimens(fd->get(), t) != 0) {
+        return ErrnoToStatus(errno,
+                             absl::StrCat("set times on \"", path, "\""));
+      }
+    }
+    return absl::OkStatus();
+  }
+
   absl::Status ClearDir(const std::string& path) {
     ASSIGN_OR_RETURN(std::vector<std::string> comps, SplitRelativePath(path));
     absl::StatusOr<ScopedFd> fd = OpenDirBeneath(root_.get(), comps, false);
     if (!fd.ok()) return absl::OkStatus();  // nothing below to hide
+    SaveTimes(fd->get(), path);
     ASSIGN_OR_RETURN(std::vector<std::string> names, ListDir(fd->get(), path));
     for (const std::string& n : names) {
       RETURN_IF_ERROR(RemoveTreeAt(
@@ -104,10 +148,12 @@ class LayerApplier {
     std::vector<std::string> parent(comps.begin(), comps.end() - 1);
     absl::StatusOr<ScopedFd> fd = OpenDirBeneath(root_.get(), parent, false);
     if (!fd.ok()) return absl::OkStatus();  // not in the lower layers
+    SaveTimes(fd->get(), absl::StrJoin(parent, "/"));
     return RemoveTreeAt(fd->get(), comps.back(), path);
   }
 
   absl::Status Merge(int sfd, int rfd, const std::string& rel) {
+    SaveTimes(rfd, rel);
     ASSIGN_OR_RETURN(std::vector<std::string> names, ListDir(sfd, rel));
     for (const std::string& n : names) {
       const std::string path = rel.empty() ? n : absl::StrCat(rel, "/", n);
@@ -127,7 +173,7 @@ class LayerApplier {
         }
         RETURN_IF_ERROR(Merge(s.get(), r.get(), path));
         if (layer_.explicit_dirs.count(path)) {
-          RETURN_IF_ERROR(CopyDirAttrs(s.get(), r.get(), path));
+          RETURN_IF_ERROR(CopyDirAttrs(s.get(), r.get(), path, ss));
         }
         continue;
       }
@@ -142,11 +188,10 @@ class LayerApplier {
 
   // The upper directory's attributes replace the lower one's, as overlayfs
   // shows them.
-  absl::Status CopyDirAttrs(int sfd, int rfd, const std::string& path) {
-    struct stat st;
-    if (fstat(sfd, &st) != 0) {
-      return ErrnoToStatus(errno, absl::StrCat("stat \"", path, "\""));
-    }
+  // `st` is the staged directory's stat taken before its children were
+  // moved out (moving them changed its mtime).
+  absl::Status CopyDirAttrs(int sfd, int rfd, const std::string& path,
+                            const struct stat& st) {
     if (opts_.same_owner && fchown(rfd, st.st_uid, st.st_gid) != 0) {
       return ErrnoToStatus(errno, absl::StrCat("chown \"", path, "\""));
     }
@@ -196,6 +241,7 @@ class LayerApplier {
                        "\": the target is a file of no layer up to this one"));
     }
     ASSIGN_OR_RETURN(ScopedFd pfd, OpenDirBeneath(root_.get(), pparent, true));
+    SaveTimes(pfd.get(), absl::StrJoin(pparent, "/"));
     RETURN_IF_ERROR(RemoveTreeAt(pfd.get(), pc.back(), path));
     if (linkat(tfd->get(), tc.back().c_str(), pfd.get(), pc.back().c_str(),
                0) != 0) {
@@ -208,6 +254,8 @@ class LayerApplier {
   const UnpackedLayer& layer_;
   const ApplyLayerOptions opts_;
   ScopedFd root_;
+  std::map<std::string, std::pair<struct timespec, struct timespec>>
+      saved_times_;
 };
 
 }  // namespace

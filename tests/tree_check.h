@@ -126,6 +126,9 @@ struct TreeCompareOptions {
   std::set<std::string> skip_mtime;     // paths whose mtimes may differ
   std::set<std::string> skip_content;   // regular files not read
   std::set<std::string> ignore_xattrs;  // xattr names not compared
+  std::set<std::string> ignore_paths;   // paths left out of both trees
+  // overlayfs reports its own link count for merged directories.
+  bool skip_dir_nlink = false;
 };
 
 // Compares trees `a` and `b` on every field: type, mode, uid, gid, size,
