@@ -104,18 +104,7 @@ run_demo() {
   "$bin" verify "$work/layer.esgz" | tail -2
 
   log "3. push it to a local registry (docker-registry on 127.0.0.1, started by this demo)"
-  python3 - "$work/convert.json" >"$work/desc" <<'PY'
-import json, sys
-c = json.load(open(sys.argv[1]))
-print(json.dumps({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                  "digest": c["blob_digest"], "size": c["blob_size"],
-                  "annotations": c["annotations"]}))
-print('"%s"' % c["diff_id"])
-PY
-  mkdir -p "$work/oci"
-  cp "$work/layer.esgz" "$work/layer.copy"
-  oci_add_blob "$work/oci" "$work/layer.copy" >/dev/null
-  oci_write_image "$work/oci" demo "$(sed -n 2p "$work/desc")" "$(sed -n 1p "$work/desc")"
+  oci_layer_from_convert "$work/convert.json" "$work/layer.esgz" "$work/oci" demo
   registry_start "$work"
   skopeo copy --quiet --dest-tls-verify=false "oci:$work/oci:demo" \
     "docker://127.0.0.1:$REGISTRY_PORT/demo:latest"

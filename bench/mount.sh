@@ -27,18 +27,8 @@ find /usr -xdev -type f -size +8k -printf '%s %p\n' 2>/dev/null | sort -k2 |
   awk -v lim=$((INPUT_MB << 20)) '{s+=$1; if (s>lim) exit; print $2}' >"$W/list" || true
 tar -cf "$W/in.tar" -C / -T <(sed 's|^/||' "$W/list") 2>/dev/null
 "$BIN" convert "$W/in.tar" "$W/layer.esgz" >"$W/convert.json"
-python3 - "$W/convert.json" >"$W/desc" <<'PY'
-import json, sys
-c = json.load(open(sys.argv[1]))
-print(json.dumps({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                  "digest": c["blob_digest"], "size": c["blob_size"],
-                  "annotations": c["annotations"]}))
-print('"%s"' % c["diff_id"])
-PY
-mkdir -p "$W/oci" "$W/mnt"
-cp "$W/layer.esgz" "$W/layer.copy"
-oci_add_blob "$W/oci" "$W/layer.copy" >/dev/null
-oci_write_image "$W/oci" bench "$(sed -n 2p "$W/desc")" "$(sed -n 1p "$W/desc")"
+mkdir -p "$W/mnt"
+oci_layer_from_convert "$W/convert.json" "$W/layer.esgz" "$W/oci" bench
 registry_start "$W"; PIDS+=("$REGISTRY_PID")
 skopeo copy --quiet --dest-tls-verify=false "oci:$W/oci:bench" "docker://127.0.0.1:$REGISTRY_PORT/bench:latest"
 "$BIN" inspect "$W/layer.esgz" | grep -E "blob size|toc:|toc entries"

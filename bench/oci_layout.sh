@@ -49,3 +49,24 @@ YML
   echo "docker-registry did not start (see $w/registry.log)" >&2
   return 1
 }
+
+# oci_layer_from_convert CONVERT_JSON LAYER OCI_DIR TAG
+# Writes a one-layer image to OCI_DIR from a layer made by `lazypull convert`
+# (its JSON report gives digest, size, diff_id and the annotations the layer
+# descriptor needs). LAYER is copied, not moved.
+oci_layer_from_convert() {
+  local json=$1 layer=$2 dir=$3 tag=$4
+  python3 - "$json" >"$dir.desc" <<'PY'
+import json, sys
+c = json.load(open(sys.argv[1]))
+print(json.dumps({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                  "digest": c["blob_digest"], "size": c["blob_size"],
+                  "annotations": c["annotations"]}))
+print('"%s"' % c["diff_id"])
+PY
+  mkdir -p "$dir"
+  cp "$layer" "$dir.layer"
+  oci_add_blob "$dir" "$dir.layer" >/dev/null
+  oci_write_image "$dir" "$tag" "$(sed -n 2p "$dir.desc")" "$(sed -n 1p "$dir.desc")"
+  rm -f "$dir.desc"
+}
