@@ -25,7 +25,6 @@
 
 #include <fuse3/fuse_lowlevel.h>
 
-#include <functional>
 #include <memory>
 #include <string>
 #include <utility>
@@ -59,9 +58,6 @@ struct LayerFsOptions {
   // splicing (FUSE_BUF_SPLICE_MOVE); off by default: measured slower here
   // for page-cache pages, which cannot be stolen (bench/RESULTS.md).
   bool splice_move = false;
-  // Called (on a FUSE thread) for each file opened and each read, in order:
-  // the hook `optimize` records workloads with. May be empty.
-  std::function<void(uint32_t inode)> on_open;
 };
 
 class LayerFs {
