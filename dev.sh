@@ -15,6 +15,7 @@ PACKAGES=(
   libcurl4-openssl-dev libnghttp2-dev libgtest-dev libgmock-dev
   libbenchmark-dev docker-registry skopeo apache2-utils tar gzip
   ca-certificates python3 bc curl
+  debootstrap strace time openssl
 )
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }

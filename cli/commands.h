@@ -11,11 +11,13 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "cli/flags.h"
 #include "core/layer_reader.h"
+#include "core/layer_writer.h"
 
 namespace lazypull::cli {
 
@@ -27,6 +29,9 @@ int MountMain(int argc, char** argv);
 int UnmountMain(int argc, char** argv);
 int CacheMain(int argc, char** argv);
 int PullMain(int argc, char** argv);
+int PushMain(int argc, char** argv);
+int ImageMain(int argc, char** argv);  // image convert
+int OptimizeMain(int argc, char** argv);
 
 // Parses argv against `spec`; on --help prints usage and returns 0 through
 // *exit_code, on error prints it and returns 2. nullopt means "stop now".
@@ -36,6 +41,13 @@ std::optional<ParsedArgs> ParseOrExit(const CommandSpec& spec, int argc,
 // Opens a local layer file, verifying `--toc-digest` when given.
 absl::StatusOr<std::unique_ptr<LayerReader>> OpenLocalLayer(
     const std::string& path, const std::optional<std::string>& toc_digest);
+
+// --format, --chunk-size, --level, --prioritize, --threads: how layers are
+// written (convert, push, image convert, optimize), and their translation.
+// --threads defaults to one per core.
+std::vector<FlagSpec> LayerWriterFlags();
+absl::StatusOr<LayerWriterOptions> LayerWriterOptionsFromArgs(
+    const ParsedArgs& args);
 
 // "10G", "512M", "64k", "1048576" -> bytes (powers of 1024).
 absl::StatusOr<uint64_t> ParseByteSize(const std::string& text);

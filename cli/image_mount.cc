@@ -32,6 +32,7 @@
 #include "core/disk_chunk_cache.h"
 #include "core/errno_status.h"
 #include "core/layer_reader.h"
+#include "core/layer_writer.h"
 #include "core/log.h"
 #include "core/node_writer.h"
 #include "core/status_macros.h"
@@ -41,14 +42,11 @@
 #include "fetch/image_puller.h"
 #include "fetch/reference.h"
 #include "fetch/registry.h"
-#include "fuse/fuse_server.h"
-#include "fuse/layer_fs.h"
+#include "fuse/layer_mount.h"
 
 namespace lazypull::cli {
 namespace {
 
-constexpr char kTocDigestAnnotation[] =
-    "containerd.io/snapshot/stargz/toc.digest";
 constexpr const char* kChecksumAnnotations[] = {
     "io.github.containers.zstd-chunked.manifest-checksum",
     "io.containers.zstd-chunked.manifest-checksum",
@@ -72,11 +70,105 @@ struct LayerMount {
   Descriptor desc;
   std::string dir;
   bool lazy = false;
-  std::shared_ptr<CachedLayer> layer;
-  std::unique_ptr<LayerFs> fs;
-  std::unique_ptr<FuseServer> server;
-  std::thread serve_thread;
+  std::unique_ptr<ServedLayer> served;
+  std::shared_ptr<HttpBlobSource> source;
   std::thread fetch_thread;
+};
+
+// The fetch knobs of an image mount (every one a flag; defaults in the
+// structs they fill).
+struct FetchTuning {
+  CurlHttpOptions http;
+  HttpBlobSourceOptions source;
+  CachedLayerOptions layer;
+  int prefetch_streams = kPrefetchThreads;
+  int background_streams = kBackgroundThreads;
+  uint64_t background_rate = 0;  // bytes/s of background fetch, 0 = no cap
+};
+
+absl::Status ParseCount(const ParsedArgs& args, const char* flag, int lo,
+                        int hi, int* out) {
+  auto v = args.Get(flag);
+  if (!v) return absl::OkStatus();
+  int n;
+  if (!absl::SimpleAtoi(*v, &n) || n < lo || n > hi) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--", flag, " takes a number from ", lo, " to ", hi,
+                     ", not \"", *v, "\""));
+  }
+  *out = n;
+  return absl::OkStatus();
+}
+
+absl::Status ParseBytes(const ParsedArgs& args, const char* flag,
+                        uint64_t* out) {
+  auto v = args.Get(flag);
+  if (!v) return absl::OkStatus();
+  absl::StatusOr<uint64_t> n = ParseByteSize(*v);
+  if (!n.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--", flag, ": ", n.status().message()));
+  }
+  *out = *n;
+  return absl::OkStatus();
+}
+
+absl::StatusOr<FetchTuning> FetchTuningFromArgs(const ParsedArgs& args) {
+  FetchTuning t;
+  RETURN_IF_ERROR(ParseCount(args, "max-requests", 1, 256,
+                             &t.source.max_concurrent_requests));
+  RETURN_IF_ERROR(ParseCount(args, "reserved-on-demand", 0, 255,
+                             &t.source.reserved_on_demand));
+  if (t.source.reserved_on_demand >= t.source.max_concurrent_requests) {
+    return absl::InvalidArgumentError(
+        "--reserved-on-demand must be below --max-requests");
+  }
+  RETURN_IF_ERROR(
+      ParseBytes(args, "background-bytes", &t.source.max_background_bytes));
+  RETURN_IF_ERROR(ParseBytes(args, "coalesce-gap", &t.source.coalesce_gap));
+  RETURN_IF_ERROR(
+      ParseBytes(args, "max-request-size", &t.source.max_request_size));
+  if (t.source.max_request_size < 4096) {
+    return absl::InvalidArgumentError("--max-request-size must be >= 4K");
+  }
+  RETURN_IF_ERROR(
+      ParseCount(args, "readahead-chunks", 0, 1024, &t.layer.readahead_chunks));
+  RETURN_IF_ERROR(
+      ParseCount(args, "prefetch-streams", 1, 256, &t.prefetch_streams));
+  RETURN_IF_ERROR(
+      ParseCount(args, "background-streams", 1, 256, &t.background_streams));
+  RETURN_IF_ERROR(ParseBytes(args, "background-rate", &t.background_rate));
+  RETURN_IF_ERROR(ParseCount(args, "max-connections-per-host", 1, 1024,
+                             &t.http.max_connections_per_host));
+  if (args.Has("http1.1")) t.http.http2 = false;
+  return t;
+}
+
+// Paces background fetching to `rate` bytes/s across threads (0: no cap).
+class RateLimiter {
+ public:
+  explicit RateLimiter(uint64_t rate) : rate_(rate) {}
+  // Waits until `bytes` more may go, or `stop`.
+  void Take(uint64_t bytes, const std::atomic<bool>* stop) {
+    if (rate_ == 0) return;
+    absl::Time at;
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      const absl::Time now = absl::Now();
+      if (next_ < now) next_ = now;
+      at = next_;
+      next_ += absl::Seconds(static_cast<double>(bytes) /
+                             static_cast<double>(rate_));
+    }
+    while (!stop->load() && absl::Now() < at) {
+      absl::SleepFor(std::min(at - absl::Now(), absl::Milliseconds(50)));
+    }
+  }
+
+ private:
+  const uint64_t rate_;
+  std::mutex mu_;
+  absl::Time next_ = absl::InfinitePast();
 };
 
 std::string LayerName(const LayerMount& m, size_t n) {
@@ -140,13 +232,18 @@ absl::Status MakeOverlayLower(const std::string& dir,
 // Fetches `chunks` of `layer` with `threads` threads at `priority`, until
 // done or `stop`.
 void FillChunks(CachedLayer* layer, const std::vector<uint32_t>& chunks,
-                ReadPriority priority, int threads,
+                ReadPriority priority, int threads, RateLimiter* limiter,
                 const std::atomic<bool>* stop, std::atomic<uint64_t>* errors) {
   std::atomic<size_t> next{0};
   auto work = [&] {
     while (!stop->load()) {
       size_t i = next.fetch_add(1);
       if (i >= chunks.size()) return;
+      if (limiter != nullptr) {
+        const Chunk& c = layer->index().chunks()[chunks[i]];
+        limiter->Take(c.blob_end - c.blob_offset, stop);
+        if (stop->load()) return;
+      }
       absl::Status st = layer->Fill(chunks[i], priority);
       if (!st.ok()) {
         if (errors->fetch_add(1) < 3) {
@@ -207,6 +304,37 @@ std::vector<FlagSpec> ImageMountFlags() {
   f.push_back({"no-background-fetch", "",
                "fetch only what is read and prefetched, not the rest of each "
                "layer"});
+  // The fetch knobs (bench/TUNING.md says how the defaults were chosen).
+  f.push_back({"max-requests", "N",
+               "range requests in flight per layer (default 8; over HTTP/2 "
+               "they share one connection)"});
+  f.push_back({"reserved-on-demand", "N",
+               "request slots only on-demand reads may use (default 1)"});
+  f.push_back({"background-bytes", "BYTES",
+               "background bytes in flight per layer, about one "
+               "bandwidth-delay product (default 4M)"});
+  f.push_back({"background-rate", "BYTES",
+               "cap background fetching at BYTES per second per layer "
+               "(default: no cap)"});
+  f.push_back({"coalesce-gap", "BYTES",
+               "queued ranges this close are fetched by one request "
+               "(default 64K)"});
+  f.push_back({"max-request-size", "BYTES",
+               "largest range request; larger reads are split (default 4M)"});
+  f.push_back({"readahead-chunks", "N",
+               "chunks read ahead of a sequential reader (default 4)"});
+  f.push_back({"prefetch-streams", "N",
+               absl::StrCat("parallel fills of the prefetch range per layer "
+                            "(default ",
+                            kPrefetchThreads, ")")});
+  f.push_back({"background-streams", "N",
+               absl::StrCat("parallel fills of the background fetch per "
+                            "layer (default ",
+                            kBackgroundThreads, ")")});
+  f.push_back({"max-connections-per-host", "N",
+               "connections to one registry host at once (default 6)"});
+  f.push_back({"http1.1", "",
+               "use HTTP/1.1 connection pools even where HTTP/2 is offered"});
   return f;
 }
 
@@ -225,6 +353,7 @@ absl::Status CheckImageMountArgs(const ParsedArgs& args) {
           "--wait-prefetch=SECONDS takes a number of seconds");
     }
   }
+  RETURN_IF_ERROR(FetchTuningFromArgs(args).status());
   RegistryOptions ro;
   return RegistryOptionsFromArgs(args, &ro);
 }
@@ -246,8 +375,9 @@ absl::Status ServeImage(
 
   ASSIGN_OR_RETURN(ImageReference ref,
                    ImageReference::Parse(args.positionals[0]));
+  ASSIGN_OR_RETURN(const FetchTuning tuning, FetchTuningFromArgs(args));
   ASSIGN_OR_RETURN(std::unique_ptr<CurlHttpTransport> http,
-                   CurlHttpTransport::Create());
+                   CurlHttpTransport::Create(tuning.http));
   CredentialStore creds;
   RegistryOptions ro;
   ro.http = http.get();
@@ -282,6 +412,8 @@ absl::Status ServeImage(
   ASSIGN_OR_RETURN(std::unique_ptr<DiskChunkCache> cache_u,
                    DiskChunkCache::Open(cache_dir + "/cache", co));
   std::shared_ptr<DiskChunkCache> cache = std::move(cache_u);
+  const std::string verified_dir = cache_dir + "/verified";
+  mkdir(verified_dir.c_str(), 0700);
   const std::string mounts_dir = cache_dir + "/mounts";
   mkdir(mounts_dir.c_str(), 0700);
   CleanStaleRunDirs(mounts_dir);
@@ -310,18 +442,7 @@ absl::Status ServeImage(
       if (m->fetch_thread.joinable()) m->fetch_thread.join();
     }
     for (auto it = layers.rbegin(); it != layers.rend(); ++it) {
-      LayerMount& m = **it;
-      if (!m.lazy || !m.server) continue;
-      if (m.serve_thread.joinable()) {
-        // Ends the session: Run() returns.
-        if (umount2(m.dir.c_str(), 0) != 0) {
-          umount2(m.dir.c_str(), MNT_DETACH);
-        }
-        m.serve_thread.join();
-      }
-      m.server.reset();
-      m.fs.reset();
-      m.layer.reset();
+      (*it)->served.reset();
     }
     layers.clear();
     cache.reset();  // flushes queued writes
@@ -387,7 +508,8 @@ absl::Status ServeImage(
       }
 
       if (why.empty()) {
-        auto src = std::make_shared<HttpBlobSource>(client, d);
+        auto src = std::make_shared<HttpBlobSource>(client, d, tuning.source);
+        m->source = src;
         absl::StatusOr<std::unique_ptr<LayerReader>> reader =
             LayerReader::Open(src, lo);
         if (!reader.ok()) {
@@ -397,27 +519,21 @@ absl::Status ServeImage(
                            "; refusing to mount ", ref.String()));
         }
         std::shared_ptr<const LayerReader> shared_reader = std::move(*reader);
-        m->layer = std::make_shared<CachedLayer>(shared_reader, cache);
         LayerFsOptions fo;
         fo.state_name = d.digest.ToString();
         fo.state_digest = fo.state_name;
         fo.user_overlay_xattrs = false;  // a root overlay uses trusted.*
-        m->fs = std::make_unique<LayerFs>(m->layer, fo);
         if (mkdir(m->dir.c_str(), 0755) != 0) {
           return ErrnoToStatus(errno, absl::StrCat("mkdir ", m->dir));
         }
         FuseServerOptions so;
         so.allow_other = args.GetOr("o", "") == "allow_other";
-        so.install_signal_handlers = false;
-        ASSIGN_OR_RETURN(m->server, FuseServer::Mount(m->dir, LayerFs::Ops(),
-                                                      m->fs.get(), so));
+        ASSIGN_OR_RETURN(m->served, ServedLayer::Start(
+                                        m->dir,
+                                        std::make_shared<CachedLayer>(
+                                            shared_reader, cache, tuning.layer),
+                                        fo, so));
         m->lazy = true;
-        FuseServer* server = m->server.get();
-        std::string mdir = m->dir;
-        m->serve_thread = std::thread([server, mdir] {
-          absl::Status rs = server->Run();
-          if (!rs.ok()) LogWarning("serving ", mdir, ": ", rs.message());
-        });
         LogInfo(LayerName(*m, n), ": lazy (",
                 LayerFormatName(shared_reader->format()), ", TOC ",
                 shared_reader->toc_digest().ToString(), ", ",
@@ -440,34 +556,10 @@ absl::Status ServeImage(
     }
 
     // Assemble MOUNTPOINT.
-    if (layers.size() == 1) {
-      const std::string& src = layers[0]->dir;
-      if (mount(src.c_str(), mountpoint.c_str(), nullptr, MS_BIND, nullptr) !=
-          0) {
-        return ErrnoToStatus(
-            errno, absl::StrCat("bind-mounting ", src, " at ", mountpoint));
-      }
-      overlay_mounted = true;
-      if (mount(nullptr, mountpoint.c_str(), nullptr,
-                MS_BIND | MS_REMOUNT | MS_RDONLY, nullptr) != 0) {
-        return ErrnoToStatus(
-            errno, absl::StrCat("remounting ", mountpoint, " read-only"));
-      }
-    } else {
-      std::vector<std::string> lowers;
-      for (auto it = layers.rbegin(); it != layers.rend(); ++it) {
-        lowers.push_back((*it)->dir);
-      }
-      const std::string opts =
-          absl::StrCat("lowerdir=", absl::StrJoin(lowers, ":"));
-      if (mount("overlay", mountpoint.c_str(), "overlay", MS_RDONLY,
-                opts.c_str()) != 0) {
-        return ErrnoToStatus(
-            errno, absl::StrCat("mounting the overlay of ", layers.size(),
-                                " layers at ", mountpoint));
-      }
-      overlay_mounted = true;
-    }
+    std::vector<std::string> lowers;
+    for (const auto& m : layers) lowers.push_back(m->dir);
+    RETURN_IF_ERROR(MountLayerStack(lowers, mountpoint));
+    overlay_mounted = true;
     return absl::OkStatus();
   }();
   if (!st.ok()) {
@@ -480,9 +572,11 @@ absl::Status ServeImage(
   for (auto& m : layers) {
     if (!m->lazy) continue;
     ++pf_pending;
-    CachedLayer* layer = m->layer.get();
+    CachedLayer* layer = &m->served->layer();
+    ServedLayer* served = m->served.get();
+    HttpBlobSource* source = m->source.get();
     std::string name = LayerName(*m, n);
-    m->fetch_thread = std::thread([&, layer, name, background] {
+    m->fetch_thread = std::thread([&, layer, served, source, name, background] {
       const LayerIndex& idx = layer->index();
       std::vector<uint32_t> first;
       std::vector<bool> in_first(idx.chunks().size());
@@ -496,8 +590,8 @@ absl::Status ServeImage(
       }
       std::atomic<uint64_t> errors{0};
       if (!first.empty()) {
-        FillChunks(layer, first, ReadPriority::kPrefetch, kPrefetchThreads,
-                   &stop, &errors);
+        FillChunks(layer, first, ReadPriority::kPrefetch,
+                   tuning.prefetch_streams, nullptr, &stop, &errors);
         LogInfo(
             name, ": prefetched ", first.size(), " chunks",
             errors.load() ? absl::StrCat(" (", errors.load(), " failed)") : "");
@@ -512,15 +606,31 @@ absl::Status ServeImage(
       for (uint32_t c = 0; c < idx.chunks().size(); ++c) {
         if (!in_first[c]) rest.push_back(c);
       }
-      FillChunks(layer, rest, ReadPriority::kBackground, kBackgroundThreads,
-                 &stop, &errors);
-      if (!stop.load()) {
-        LogInfo(
-            name, ": background fetch done (", layer->fetched_blob_bytes(),
-            " of ", layer->reader().blob_size(), " blob bytes fetched",
-            errors.load() ? absl::StrCat(", ", errors.load(), " failed") : "",
-            ")");
+      RateLimiter limiter(tuning.background_rate);
+      FillChunks(layer, rest, ReadPriority::kBackground,
+                 tuning.background_streams, &limiter, &stop, &errors);
+      if (stop.load()) return;
+      LogInfo(name, ": background fetch done (", layer->fetched_blob_bytes(),
+              " of ", layer->reader().blob_size(), " blob bytes fetched",
+              errors.load() ? absl::StrCat(", ", errors.load(), " failed") : "",
+              ")");
+      if (errors.load() != 0) return;
+      // The layer is complete: check the whole blob's digest once (a marker
+      // in the cache dir remembers it, so a warm cache costs no refetch).
+      const std::string marker =
+          absl::StrCat(verified_dir, "/", source->descriptor().digest.Hex());
+      if (access(marker.c_str(), F_OK) == 0) return;
+      uint64_t again = 0;
+      absl::Status vs = source->VerifyWholeBlob(&again, &stop);
+      if (!vs.ok()) {
+        if (stop.load()) return;
+        LogError(name, ": ", vs.message());
+        served->ReportError(std::string(vs.message()));
+        return;
       }
+      std::ofstream(marker) << "verified\n";
+      LogInfo(name, ": whole blob verified (", again,
+              " bytes read again for it)");
     });
   }
   if (args.Has("wait-prefetch")) {

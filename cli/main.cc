@@ -29,6 +29,12 @@ constexpr Command kCommands[] = {
      "show, prune or verify the shared chunk cache"},
     {"pull", lazypull::cli::PullMain,
      "pull an image from a registry and unpack its root filesystem"},
+    {"push", lazypull::cli::PushMain,
+     "push an OCI layout or a directory to a registry as eStargz"},
+    {"image", lazypull::cli::ImageMain,
+     "image convert: rewrite an image's layers as eStargz / zstd:chunked"},
+    {"optimize", lazypull::cli::OptimizeMain,
+     "record a workload's file accesses and prioritize them in the image"},
 };
 
 void PrintUsage(std::ostream& os) {

@@ -213,7 +213,9 @@ int MountMain(int argc, char** argv) {
                                "anchored by their descriptors' annotations"));
     }
     if (absl::Status st = CheckImageMountArgs(*args); !st.ok()) {
-      return Fail("mount", st);
+      // A bad flag value: a usage error.
+      std::cerr << "lazypull mount: " << st.message() << "\n";
+      return 2;
     }
   } else if (!args->Has("toc-digest") &&
              !args->Has("insecure-skip-toc-verify")) {

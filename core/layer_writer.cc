@@ -802,8 +802,7 @@ absl::StatusOr<LayerWriteResult> WriteLayer(absl::string_view tar,
   result.blob_size = out_pos;
 
   result.annotations = {
-      {"containerd.io/snapshot/stargz/toc.digest",
-       result.toc_digest.ToString()},
+      {kTocDigestAnnotation, result.toc_digest.ToString()},
       {"io.containers.estargz.uncompressed-size",
        absl::StrCat(result.uncompressed_size)},
   };

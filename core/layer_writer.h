@@ -62,6 +62,11 @@
 
 namespace lazypull {
 
+// The layer descriptor annotation holding the TOC's digest: the trust anchor
+// of an eStargz layer (formats.md §2).
+inline constexpr char kTocDigestAnnotation[] =
+    "containerd.io/snapshot/stargz/toc.digest";
+
 struct LayerWriterOptions {
   // kGzip: eStargz (51-byte footer). kZstd: zstd:chunked (40-byte footer,
   // the stargz reference's dialect).

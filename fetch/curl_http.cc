@@ -1,6 +1,11 @@
 #include "fetch/curl_http.h"
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
 #include <fstream>
 #include <map>
 #include <mutex>
@@ -19,6 +24,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
+#include "core/errno_status.h"
 
 namespace lazypull {
 
@@ -198,6 +204,18 @@ class CurlHttpTransport::Loop {
     uint64_t attempt_body = 0;
     std::optional<uint64_t> expected;  // body length a 206 promised
     absl::Status fatal;                // set by a callback to end it all
+    // HttpRequest::body_file, open for the whole transfer; each attempt
+    // sends it from offset 0.
+    int body_fd = -1;
+    uint64_t body_size = 0;
+    uint64_t body_pos = 0;  // the current attempt's next byte
+
+    Transfer() = default;
+    Transfer(const Transfer&) = delete;
+    Transfer& operator=(const Transfer&) = delete;
+    ~Transfer() {
+      if (body_fd >= 0) close(body_fd);
+    }
   };
   enum class CommandKind { kStart, kResume, kCancel };
   struct Command {
@@ -221,6 +239,8 @@ class CurlHttpTransport::Loop {
 
   static size_t HeaderCb(char* data, size_t size, size_t n, void* p);
   static size_t WriteCb(char* data, size_t size, size_t n, void* p);
+  static size_t ReadCb(char* data, size_t size, size_t n, void* p);
+  static int SeekCb(void* p, curl_off_t offset, int origin);
 
   const CurlHttpOptions opts_;
   CURLM* multi_ = nullptr;
@@ -310,6 +330,31 @@ absl::StatusOr<std::shared_ptr<Channel>> CurlHttpTransport::Loop::Submit(
       absl::MutexLock l(&mu_);
       ca_blobs_[key] = t->ca_blob;
     }
+  }
+  if (!req.body_file.empty()) {
+    if (!req.body.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          req.Describe(), ": a request has a body or a body file, not both"));
+    }
+    if (req.method != "PUT" && req.method != "POST" && req.method != "PATCH") {
+      return absl::InvalidArgumentError(absl::StrCat(
+          req.Describe(), ": a body file goes with PUT, POST or PATCH"));
+    }
+    t->body_fd = open(req.body_file.c_str(), O_RDONLY | O_CLOEXEC);
+    if (t->body_fd < 0) {
+      return ErrnoToStatus(
+          errno, absl::StrCat(req.Describe(), ": open body ", req.body_file));
+    }
+    struct stat st;
+    if (fstat(t->body_fd, &st) != 0) {
+      return ErrnoToStatus(
+          errno, absl::StrCat(req.Describe(), ": stat body ", req.body_file));
+    }
+    if (!S_ISREG(st.st_mode)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          req.Describe(), ": body ", req.body_file, " is not a regular file"));
+    }
+    t->body_size = static_cast<uint64_t>(st.st_size);
   }
   t->ch = std::make_shared<Channel>();
   std::shared_ptr<Channel> ch = t->ch;
@@ -519,8 +564,19 @@ void CurlHttpTransport::Loop::StartAttempt(Transfer* t) {
   } else if (r.method != "GET") {
     curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, r.method.c_str());
   }
-  if (!r.body.empty() || r.method == "POST" || r.method == "PUT" ||
-      r.method == "PATCH") {
+  if (t->body_fd >= 0) {
+    // Streamed from the file; CURLOPT_UPLOAD alone would make it a PUT, the
+    // custom request above keeps POST/PATCH.
+    t->body_pos = 0;
+    curl_easy_setopt(e, CURLOPT_UPLOAD, 1L);
+    curl_easy_setopt(e, CURLOPT_READFUNCTION, &Loop::ReadCb);
+    curl_easy_setopt(e, CURLOPT_READDATA, t);
+    curl_easy_setopt(e, CURLOPT_SEEKFUNCTION, &Loop::SeekCb);
+    curl_easy_setopt(e, CURLOPT_SEEKDATA, t);
+    curl_easy_setopt(e, CURLOPT_INFILESIZE_LARGE,
+                     static_cast<curl_off_t>(t->body_size));
+  } else if (!r.body.empty() || r.method == "POST" || r.method == "PUT" ||
+             r.method == "PATCH") {
     curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE,
                      static_cast<curl_off_t>(r.body.size()));
     curl_easy_setopt(e, CURLOPT_POSTFIELDS, r.body.data());
@@ -542,6 +598,44 @@ size_t CurlHttpTransport::Loop::WriteCb(char* data, size_t size, size_t n,
                                         void* p) {
   auto* t = static_cast<Transfer*>(p);
   return t->loop->OnBody(t, data, size * n);
+}
+
+size_t CurlHttpTransport::Loop::ReadCb(char* data, size_t size, size_t n,
+                                       void* p) {
+  auto* t = static_cast<Transfer*>(p);
+  if (!t->fatal.ok()) return CURL_READFUNC_ABORT;
+  const size_t want = static_cast<size_t>(
+      std::min<uint64_t>(size * n, t->body_size - t->body_pos));
+  if (want == 0) return 0;  // the whole file is sent
+  ssize_t got;
+  do {
+    got = pread(t->body_fd, data, want, static_cast<off_t>(t->body_pos));
+  } while (got < 0 && errno == EINTR);
+  if (got < 0) {
+    t->fatal = ErrnoToStatus(
+        errno,
+        absl::StrCat(t->req.Describe(), ": read body ", t->req.body_file));
+    return CURL_READFUNC_ABORT;
+  }
+  if (got == 0) {
+    t->fatal = absl::DataLossError(
+        absl::StrCat(t->req.Describe(), ": body ", t->req.body_file,
+                     " ended at byte ", t->body_pos, " of the ", t->body_size,
+                     " it had when the request began"));
+    return CURL_READFUNC_ABORT;
+  }
+  t->body_pos += static_cast<uint64_t>(got);
+  return static_cast<size_t>(got);
+}
+
+int CurlHttpTransport::Loop::SeekCb(void* p, curl_off_t offset, int origin) {
+  auto* t = static_cast<Transfer*>(p);
+  if (origin != SEEK_SET || offset < 0 ||
+      static_cast<uint64_t>(offset) > t->body_size) {
+    return CURL_SEEKFUNC_CANTSEEK;
+  }
+  t->body_pos = static_cast<uint64_t>(offset);
+  return CURL_SEEKFUNC_OK;
 }
 
 size_t CurlHttpTransport::Loop::OnHeaderLine(Transfer* t,

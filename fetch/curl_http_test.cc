@@ -1,8 +1,13 @@
 #include "fetch/curl_http.h"
 
+#include <unistd.h>
+
+#include <cstdlib>
+#include <fstream>
 #include <string>
 #include <thread>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
@@ -355,6 +360,91 @@ TEST_F(CurlHttpTest, ReadersOutliveTheTransport) {
     if (piece->empty()) break;
   }
   EXPECT_EQ(final_status.code(), absl::StatusCode::kCancelled) << final_status;
+}
+
+std::string WriteTempFile(const std::string& name, const std::string& data) {
+  const char* tmp = std::getenv("TEST_TMPDIR");
+  std::string path = absl::StrCat(tmp ? tmp : "/tmp", "/", name);
+  std::ofstream(path, std::ios::binary | std::ios::trunc) << data;
+  return path;
+}
+
+TEST_F(CurlHttpTest, BodyFileIsStreamedAndResentWholeOnARetry) {
+  const std::string data = Pattern(3 << 20);
+  const std::string path = WriteTempFile("upload-body", data);
+  std::atomic<int> n{0};
+  auto s = LoopbackHttpServer::Start([&](const TestRequest&, TestResponse* r) {
+    if (n.fetch_add(1) == 0) {
+      r->status = 503;  // after the whole body arrived: it must come again
+    } else {
+      r->status = 201;
+    }
+  });
+  ASSERT_TRUE(s.ok());
+  HttpRequest req = Get(**s, "/upload?digest=x");
+  req.method = "PUT";
+  req.body_file = path;
+  req.headers.push_back({"Content-Type", "application/octet-stream"});
+  EXPECT_EQ(req.Describe(), absl::StrCat("PUT ", (*s)->url(), "/upload"));
+  auto a = http_->Fetch(req);
+  ASSERT_TRUE(a.ok()) << a.status();
+  EXPECT_EQ(a->status, 201);
+  EXPECT_EQ(a->attempts, 2);
+  auto reqs = (*s)->requests();
+  ASSERT_EQ(reqs.size(), 2u);
+  for (const TestRequest& r : reqs) {
+    EXPECT_EQ(r.method, "PUT");
+    EXPECT_EQ(r.headers.at("content-length"), absl::StrCat(data.size()));
+    EXPECT_EQ(r.headers.at("content-type"), "application/octet-stream");
+    EXPECT_TRUE(r.body == data) << "body of " << r.body.size() << " bytes";
+  }
+
+  // POST keeps its method with a body file.
+  req.method = "POST";
+  auto b = http_->Fetch(req);
+  ASSERT_TRUE(b.ok()) << b.status();
+  reqs = (*s)->requests();
+  ASSERT_EQ(reqs.size(), 3u);
+  EXPECT_EQ(reqs[2].method, "POST");
+  EXPECT_TRUE(reqs[2].body == data);
+}
+
+TEST_F(CurlHttpTest, BodyFileErrors) {
+  auto s = LoopbackHttpServer::Start(
+      [&](const TestRequest&, TestResponse* r) { r->status = 201; });
+  ASSERT_TRUE(s.ok());
+  HttpRequest req = Get(**s, "/upload");
+  req.method = "PUT";
+  req.body_file = "/nonexistent/lazypull-body";
+  auto a = http_->Fetch(req);
+  ASSERT_FALSE(a.ok());
+  EXPECT_EQ(a.status().code(), absl::StatusCode::kNotFound) << a.status();
+  EXPECT_TRUE(absl::StrContains(a.status().message(), req.body_file))
+      << a.status();
+  EXPECT_TRUE((*s)->requests().empty());
+
+  // A file that shrinks between two attempts: the retry cannot send the
+  // length it announced.
+  const std::string data = Pattern(100000);
+  const std::string path = WriteTempFile("shrinking-body", data);
+  std::atomic<int> n{0};
+  auto s2 = LoopbackHttpServer::Start([&](const TestRequest&, TestResponse* r) {
+    if (n.fetch_add(1) == 0) {
+      EXPECT_EQ(truncate(path.c_str(), 1000), 0);
+      r->status = 503;
+    } else {
+      r->status = 201;
+    }
+  });
+  ASSERT_TRUE(s2.ok());
+  req = Get(**s2, "/upload");
+  req.method = "PUT";
+  req.body_file = path;
+  auto b = http_->Fetch(req);
+  ASSERT_FALSE(b.ok());
+  EXPECT_EQ(b.status().code(), absl::StatusCode::kDataLoss) << b.status();
+  EXPECT_TRUE(absl::StrContains(b.status().message(), "ended at byte 1000"))
+      << b.status();
 }
 
 TEST(HttpHelpersTest, ParsesRangesAndRetryAfter) {

@@ -90,6 +90,13 @@ struct HttpRequest {
   // Request headers, sent verbatim ("Authorization", "Range", "Accept"...).
   std::vector<std::pair<std::string, std::string>> headers;
   std::string body;  // sent when non-empty (POST/PUT/PATCH)
+  // A body sent from this file instead (when non-empty; `body` must then be
+  // empty, the method PUT, POST or PATCH): streamed, never held in memory,
+  // Content-Length its size when the request starts. Every attempt (retries
+  // included) sends it from its first byte. A file that cannot be opened fails
+  // the request (NotFound,
+  // ...); one that shrinks while being sent fails it with DataLoss.
+  std::string body_file;
   TlsOptions tls;
   RetryPolicy retry;
   // Total time for one attempt (default 30 s). Zero: no total limit, for

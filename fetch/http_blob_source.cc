@@ -232,6 +232,7 @@ void HttpBlobSource::WorkerLoop() {
 
     auto buf = std::make_shared<std::string>();
     absl::Status st = Fetch(lo, hi - 1, buf.get());
+    if (st.ok()) ExtendHash(lo, *buf);
     if (!st.ok()) {
       st = absl::Status(
           st.code(),
@@ -256,6 +257,63 @@ void HttpBlobSource::WorkerLoop() {
       in_flight_.erase(std::find(in_flight_.begin(), in_flight_.end(), p));
     }
   }
+}
+
+void HttpBlobSource::ExtendHash(uint64_t first, absl::string_view data) {
+  absl::MutexLock l(&hash_mu_);
+  const uint64_t end = first + data.size();
+  if (first > hashed_ || end <= hashed_) return;
+  data.remove_prefix(hashed_ - first);
+  hash_.Update(data);
+  hashed_ = end;
+}
+
+uint64_t HttpBlobSource::hashed_prefix() const {
+  absl::MutexLock l(&hash_mu_);
+  return hashed_;
+}
+
+absl::Status HttpBlobSource::VerifyWholeBlob(uint64_t* refetched,
+                                             const std::atomic<bool>* stop) {
+  uint64_t again = 0;
+  std::string scratch;
+  while (true) {
+    if (stop != nullptr && stop->load()) {
+      return absl::CancelledError("whole-blob check stopped");
+    }
+    const uint64_t at = hashed_prefix();
+    if (at >= size()) break;
+    const uint64_t n =
+        std::min<uint64_t>(size() - at, options_.max_request_size);
+    scratch.resize(n);
+    RETURN_IF_ERROR(ReadAt(at, absl::MakeSpan(scratch.data(), n),
+                           ReadPriority::kBackground));
+    if (hashed_prefix() <= at) {
+      // Served by a request that began after the prefix's end: read the
+      // prefix's next byte alone, which no other request can cover first.
+      scratch.resize(1);
+      RETURN_IF_ERROR(ReadAt(at, absl::MakeSpan(scratch.data(), 1),
+                             ReadPriority::kBackground));
+      if (hashed_prefix() <= at) {
+        return absl::InternalError(absl::StrCat(
+            Describe(), ": the blob hash makes no progress at ", at));
+      }
+    }
+    again += n;
+  }
+  if (refetched != nullptr) *refetched = again;
+  Digest got;
+  {
+    absl::MutexLock l(&hash_mu_);
+    if (!whole_digest_) whole_digest_ = hash_.Finish();
+    got = *whole_digest_;
+  }
+  if (got != blob_.digest) {
+    return absl::DataLossError(
+        absl::StrCat(Describe(), ": the whole blob hashes to ", got.ToString(),
+                     ", not ", blob_.digest.ToString()));
+  }
+  return absl::OkStatus();
 }
 
 absl::Status HttpBlobSource::Fetch(uint64_t first, uint64_t last,

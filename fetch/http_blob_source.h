@@ -15,6 +15,12 @@
 //    one bandwidth-delay product), and prefetch + background together never
 //    take the last `reserved_on_demand` request slots, so an on-demand read
 //    never waits behind queued background bytes: it is dispatched at once.
+//  - Whole-blob digest: the bytes of every successful request that starts
+//    at or before the end of the verified prefix extend a running SHA-256
+//    of the blob's prefix. VerifyWholeBlob() reads whatever the prefix is
+//    still missing (bytes first fetched out of order, the TOC read at open)
+//    at background priority and compares the digest with the descriptor's:
+//    the check `mount` makes once a layer's background fetch completes.
 //  - Every answer must be a 206 whose Content-Range is exactly the range
 //    asked for, with the blob's size as total, and whose body has exactly
 //    that length; anything else (a 200, a wrong Content-Range, a short body)
@@ -24,9 +30,11 @@
 #ifndef LAZYPULL_FETCH_HTTP_BLOB_SOURCE_H_
 #define LAZYPULL_FETCH_HTTP_BLOB_SOURCE_H_
 
+#include <atomic>
 #include <cstdint>
 #include <deque>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -35,6 +43,7 @@
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
 #include "core/blob_source.h"
+#include "core/digest.h"
 #include "fetch/manifest.h"
 #include "fetch/registry.h"
 
@@ -88,6 +97,16 @@ class HttpBlobSource : public BlobSource {
   const Descriptor& descriptor() const { return blob_; }
   HttpBlobSourceStats stats() const;
 
+  // Completes the running hash (see above) and checks it against the
+  // descriptor's digest: DataLoss on a mismatch. Returns how many bytes it
+  // had to read again through *refetched, if given. Safe to call
+  // concurrently with reads; the bytes it reads are not returned. Returns
+  // Cancelled between requests once *stop (if given) is set.
+  absl::Status VerifyWholeBlob(uint64_t* refetched = nullptr,
+                               const std::atomic<bool>* stop = nullptr);
+  // Bytes [0, n) of the blob already hashed.
+  uint64_t hashed_prefix() const;
+
  private:
   struct Piece;
   struct Request;
@@ -115,6 +134,14 @@ class HttpBlobSource : public BlobSource {
   uint64_t next_seq_ ABSL_GUARDED_BY(mu_) = 0;
   HttpBlobSourceStats stats_ ABSL_GUARDED_BY(mu_);
   std::vector<std::thread> workers_;
+
+  // The running hash of the blob's prefix [0, hashed_).
+  mutable absl::Mutex hash_mu_;
+  Sha256 hash_ ABSL_GUARDED_BY(hash_mu_);
+  uint64_t hashed_ ABSL_GUARDED_BY(hash_mu_) = 0;
+  std::optional<Digest> whole_digest_ ABSL_GUARDED_BY(hash_mu_);
+  // Extends the hash with [first, first + data.size()) if it reaches it.
+  void ExtendHash(uint64_t first, absl::string_view data);
 };
 
 }  // namespace lazypull

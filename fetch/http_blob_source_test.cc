@@ -117,6 +117,33 @@ class HttpBlobSourceTest : public ::testing::Test {
   std::shared_ptr<RegistryClient> client_;
 };
 
+TEST_F(HttpBlobSourceTest, WholeBlobDigestAfterOutOfOrderReads) {
+  HttpBlobSourceOptions o;
+  o.max_request_size = 128 << 10;
+  HttpBlobSource src(client_, desc_, o);
+  std::string buf(4096, '\0');
+  // Out of order first (not hashable yet), then the start.
+  ASSERT_TRUE(
+      src.ReadAt(700000, absl::MakeSpan(buf), ReadPriority::kOnDemand).ok());
+  EXPECT_EQ(src.hashed_prefix(), 0u);
+  ASSERT_TRUE(src.ReadAt(0, absl::MakeSpan(buf), ReadPriority::kOnDemand).ok());
+  EXPECT_EQ(src.hashed_prefix(), 4096u);
+  uint64_t again = 0;
+  absl::Status st = src.VerifyWholeBlob(&again);
+  EXPECT_TRUE(st.ok()) << st;
+  EXPECT_EQ(src.hashed_prefix(), blob_.size());
+  EXPECT_EQ(again, blob_.size() - 4096);
+  EXPECT_TRUE(src.VerifyWholeBlob().ok());  // idempotent
+
+  // A blob whose bytes are not those of its digest fails, naming both.
+  Descriptor wrong = desc_;
+  wrong.digest = Sha256::Of("something else");
+  HttpBlobSource bad(client_, wrong, o);
+  st = bad.VerifyWholeBlob();
+  EXPECT_EQ(st.code(), absl::StatusCode::kDataLoss) << st;
+  EXPECT_NE(st.message().find(digest_.ToString()), std::string::npos) << st;
+}
+
 TEST_F(HttpBlobSourceTest, ReadsTheRightBytes) {
   HttpBlobSourceOptions o;
   o.max_request_size = 100000;  // a 300 KB read is split

@@ -233,6 +233,22 @@ absl::StatusOr<ImageConfig> ParseImageConfig(absl::string_view json) {
     }
     c.diff_ids.push_back(*d);
   }
+  // The run settings ("config" may be absent or null).
+  element run;
+  if (root["config"].get(run) == simdjson::SUCCESS && run.is_object()) {
+    c.working_dir = Str(run, "WorkingDir");
+    c.user = Str(run, "User");
+    array env;
+    if (run["Env"].get(env) == simdjson::SUCCESS) {
+      for (element e : env) {
+        std::string_view s;
+        if (e.get(s) != simdjson::SUCCESS) {
+          return absl::InvalidArgumentError("config.Env holds a non-string");
+        }
+        c.env.emplace_back(s.data(), s.size());
+      }
+    }
+  }
   return c;
 }
 

@@ -78,6 +78,11 @@ struct ImageManifest {
 struct ImageConfig {
   Platform platform;
   std::vector<Digest> diff_ids;  // rootfs.diff_ids, one per layer
+  // How to run it (config.Env, config.WorkingDir, config.User); empty when
+  // the config says nothing.
+  std::vector<std::string> env;  // "NAME=value"
+  std::string working_dir;
+  std::string user;  // "user", "uid", "user:group", "uid:gid"
 };
 
 // What a manifest endpoint returned, told apart by its content: an object

@@ -79,6 +79,24 @@ TEST(ManifestTest, ManifestAndConfig) {
                        kD3 + "\"]}}");
   ASSERT_TRUE(cfg.ok()) << cfg.status();
   EXPECT_EQ(cfg->diff_ids[0].ToString(), kD3);
+  EXPECT_TRUE(cfg->env.empty());
+  EXPECT_EQ(cfg->user, "");
+
+  auto run = ParseImageConfig(
+      std::string("{\"config\":{\"Env\":[\"PATH=/usr/bin\",\"A=b=c\"],"
+                  "\"WorkingDir\":\"/srv\",\"User\":\"nobody:nogroup\"},"
+                  "\"rootfs\":{\"diff_ids\":[\"") +
+      kD3 + "\"]}}");
+  ASSERT_TRUE(run.ok()) << run.status();
+  EXPECT_EQ(run->env, (std::vector<std::string>{"PATH=/usr/bin", "A=b=c"}));
+  EXPECT_EQ(run->working_dir, "/srv");
+  EXPECT_EQ(run->user, "nobody:nogroup");
+  EXPECT_TRUE(ParseImageConfig(std::string("{\"config\":null,\"rootfs\":{"
+                                           "\"diff_ids\":[]}}"))
+                  .ok());
+  EXPECT_FALSE(ParseImageConfig(std::string("{\"config\":{\"Env\":[1]},"
+                                            "\"rootfs\":{\"diff_ids\":[]}}"))
+                   .ok());
 }
 
 TEST(ManifestTest, Rejects) {

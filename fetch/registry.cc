@@ -1,7 +1,9 @@
 #include "fetch/registry.h"
 
 #include <simdjson.h>
+#include <sys/stat.h>
 
+#include <cerrno>
 #include <utility>
 
 #include "absl/strings/match.h"
@@ -9,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
+#include "core/errno_status.h"
 #include "core/status_macros.h"
 
 namespace lazypull {
@@ -68,6 +71,33 @@ absl::Status AllHostsFailed(
   return absl::Status(errs.back().second.code(),
                       absl::StrCat(what, " failed on every host: ",
                                    absl::StrJoin(parts, "; ")));
+}
+
+// The error a registry answered with: the status (from `r`'s response) and
+// the codes of its JSON error body; an unexpected 2xx/3xx is Unavailable.
+absl::Status ErrorResponse(HttpBodyReader* r, absl::string_view what) {
+  const int status = r->response().status;
+  absl::StatusOr<std::string> body = ReadAll(r, 64 << 10, "error body");
+  absl::Status st = HttpStatusToStatus(
+      status, what, body.ok() ? RegistryErrorDetail(*body) : "");
+  if (st.ok()) {
+    st = absl::UnavailableError(
+        absl::StrCat(what, ": unexpected HTTP ", status));
+  }
+  return st;
+}
+
+// Checks a Docker-Content-Digest answer, if any, against `want`.
+absl::Status CheckContentDigest(const HttpResponse& resp, const Digest& want,
+                                absl::string_view what) {
+  std::optional<std::string> dcd = resp.headers.Get("docker-content-digest");
+  if (!dcd) return absl::OkStatus();
+  absl::StatusOr<Digest> said = Digest::Parse(*dcd);
+  if (!said.ok() || *said != want) {
+    return absl::DataLossError(absl::StrCat(
+        what, ": the registry stored ", *dcd, " instead of ", want.ToString()));
+  }
+  return absl::OkStatus();
 }
 
 class VerifyingBlobReader : public BlobReader {
@@ -137,15 +167,26 @@ std::string RegistryErrorDetail(absl::string_view body) {
   }
   simdjson::dom::array errors;
   if (root["errors"].get(errors) != simdjson::SUCCESS) return "";
+  constexpr size_t kMaxErrors = 5;
+  std::vector<std::string> parts;
+  size_t more = 0;
   for (simdjson::dom::element e : errors) {
-    std::string_view code, message;
+    std::string_view code, message, detail;
     if (e["code"].get(code) != simdjson::SUCCESS) code = {};
     if (e["message"].get(message) != simdjson::SUCCESS) message = {};
+    if (e["detail"].get(detail) != simdjson::SUCCESS) detail = {};
     if (code.empty() && message.empty()) continue;
-    return absl::StrCat(std::string(code), code.empty() ? "" : ": ",
-                        std::string(message));
+    if (parts.size() == kMaxErrors) {
+      ++more;
+      continue;
+    }
+    parts.push_back(absl::StrCat(
+        std::string(code), code.empty() ? "" : ": ", std::string(message),
+        detail.empty() ? "" : absl::StrCat(" (", std::string(detail), ")")));
   }
-  return "";
+  std::string out = absl::StrJoin(parts, "; ");
+  if (more > 0) absl::StrAppend(&out, "; and ", more, " more");
+  return out;
 }
 
 absl::StatusOr<std::unique_ptr<RegistryClient>> RegistryClient::Create(
@@ -192,27 +233,37 @@ absl::StatusOr<std::unique_ptr<HttpBodyReader>> RegistryClient::OpenOnHost(
     const RegistryHost& h, const std::string& method, const std::string& suffix,
     std::vector<std::pair<std::string, std::string>> headers,
     absl::Duration timeout) {
-  std::string url = absl::StrCat(h.BaseUrl(), "/", ref_.repository, suffix);
+  HttpRequest req;
+  req.method = method;
+  req.url = absl::StrCat(h.BaseUrl(), "/", ref_.repository, suffix);
   if (h.mirror) {
-    absl::StrAppend(&url, absl::StrContains(url, "?") ? "&" : "?",
+    absl::StrAppend(&req.url, absl::StrContains(req.url, "?") ? "&" : "?",
                     "ns=", UrlQueryEscape(ref_.registry));
   }
-  const std::string scope =
-      absl::StrCat("repository:", ref_.repository, ":pull");
+  req.headers = std::move(headers);
+  req.timeout = timeout;
+  return SendOnHost(h, std::move(req),
+                    absl::StrCat("repository:", ref_.repository, ":pull"));
+}
+
+absl::StatusOr<std::unique_ptr<HttpBodyReader>> RegistryClient::SendOnHost(
+    const RegistryHost& h, HttpRequest req, const std::string& scope) {
   const std::string key = CredentialKey(h);
+  const bool same_origin = UrlOrigin(req.url) == UrlOrigin(h.BaseUrl());
+  const std::vector<std::pair<std::string, std::string>> headers =
+      std::move(req.headers);
+  req.tls = same_origin ? h.tls : TlsFor(req.url);
+  req.retry = opts_.retry;
   for (int round = 0;; ++round) {
-    ASSIGN_OR_RETURN(std::string authz,
-                     auth_.Authorization(key, h.host, scope));
-    HttpRequest req;
-    req.method = method;
-    req.url = url;
+    std::string authz;
+    if (same_origin) {
+      ASSIGN_OR_RETURN(authz, auth_.Authorization(key, h.host, scope));
+    }
     req.headers = headers;
     if (!authz.empty()) req.headers.push_back({"Authorization", authz});
-    req.tls = h.tls;
-    req.retry = opts_.retry;
-    req.timeout = timeout;
     absl::StatusOr<std::unique_ptr<HttpBodyReader>> r = opts_.http->Open(req);
     if (!r.ok()) return WithHint(r.status(), h);
+    if (!same_origin) return r;
     if ((*r)->response().status == 401 && round > 0) {
       return auth_.Refused(key, h.host, scope, authz);
     }
@@ -409,16 +460,8 @@ absl::StatusOr<std::unique_ptr<BlobReader>> RegistryClient::OpenBlob(
     if (!r.ok()) {
       st = r.status();
     } else if ((*r)->response().status != 200) {
-      const int status = (*r)->response().status;
-      absl::StatusOr<std::string> body = ReadAll(r->get(), 64 << 10, "error");
-      st = HttpStatusToStatus(
-          status, absl::StrCat("blob ", d.digest.ToString(), " from ", source),
-          body.ok() ? RegistryErrorDetail(*body) : "");
-      if (st.ok()) {
-        st = absl::UnavailableError(absl::StrCat("blob ", d.digest.ToString(),
-                                                 " from ", source,
-                                                 ": unexpected HTTP ", status));
-      }
+      st = ErrorResponse(r->get(), absl::StrCat("blob ", d.digest.ToString(),
+                                                " from ", source));
     } else if (auto cl = (*r)->response().headers.Get("content-length")) {
       int64_t n;
       if (absl::SimpleAtoi(*cl, &n) && n != d.size) {
@@ -454,16 +497,9 @@ absl::StatusOr<std::unique_ptr<HttpBodyReader>> RegistryClient::OpenBlobRange(
     if (!r.ok()) {
       st = r.status();
     } else if ((*r)->response().status != 206) {
-      const int status = (*r)->response().status;
-      absl::StatusOr<std::string> body = ReadAll(r->get(), 64 << 10, "error");
-      const std::string what = absl::StrCat(
-          "blob ", d.digest.ToString(), " range ", range, " from ", *source);
-      st = HttpStatusToStatus(status, what,
-                              body.ok() ? RegistryErrorDetail(*body) : "");
-      if (st.ok()) {
-        st = absl::UnavailableError(
-            absl::StrCat(what, ": unexpected HTTP ", status));
-      }
+      st = ErrorResponse(
+          r->get(), absl::StrCat("blob ", d.digest.ToString(), " range ", range,
+                                 " from ", *source));
     }
     if (st.ok()) return r;
     errs.emplace_back(h.BaseUrl(), WithHint(st, h));
@@ -491,6 +527,219 @@ absl::StatusOr<std::string> RegistryClient::FetchBlob(const Descriptor& d) {
     if (piece.empty()) return out;
     out.append(piece.data(), piece.size());
   }
+}
+
+// ---------------------------------------------------------------------------
+// Write side.
+
+std::string RegistryClient::PushScope() const {
+  return absl::StrCat("repository:", ref_.repository, ":pull,push");
+}
+
+std::string RegistryClient::RepoName() const {
+  return absl::StrCat(ref_.registry, "/", ref_.repository);
+}
+
+namespace {
+
+absl::Status CheckCanPush(const RegistryHost& origin,
+                          absl::string_view registry) {
+  if (origin.can_push) return absl::OkStatus();
+  return absl::FailedPreconditionError(
+      absl::StrCat("hosts.toml does not give ", origin.BaseUrl(), " (",
+                   registry, ") the \"push\" capability"));
+}
+
+}  // namespace
+
+absl::StatusOr<bool> RegistryClient::HasBlob(const Descriptor& d) {
+  const RegistryHost& h = Origin();
+  RETURN_IF_ERROR(CheckCanPush(h, ref_.registry));
+  const std::string what = absl::StrCat(
+      "checking for blob ", d.digest.ToString(), " in ", RepoName());
+  HttpRequest req;
+  req.method = "HEAD";
+  req.url = absl::StrCat(h.BaseUrl(), "/", ref_.repository, "/blobs/",
+                         d.digest.ToString());
+  req.timeout = absl::Seconds(60);
+  ASSIGN_OR_RETURN(std::unique_ptr<HttpBodyReader> r,
+                   SendOnHost(h, std::move(req), PushScope()));
+  const HttpResponse& resp = r->response();
+  if (resp.status == 404) return false;
+  // A redirect to blob storage: the registry has it.
+  if (IsRedirect(resp.status)) return true;
+  if (resp.status != 200) return WithHint(ErrorResponse(r.get(), what), h);
+  int64_t n;
+  if (auto cl = resp.headers.Get("content-length");
+      cl && absl::SimpleAtoi(*cl, &n) && n != d.size) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(what, ": the registry holds it with ", n,
+                     " bytes; its descriptor says ", d.size));
+  }
+  return true;
+}
+
+absl::StatusOr<bool> RegistryClient::MountBlob(const Descriptor& d,
+                                               absl::string_view from_repo) {
+  const RegistryHost& h = Origin();
+  RETURN_IF_ERROR(CheckCanPush(h, ref_.registry));
+  const std::string what =
+      absl::StrCat("mounting blob ", d.digest.ToString(), " from ", from_repo,
+                   " into ", RepoName());
+  HttpRequest req;
+  req.method = "POST";
+  req.url = absl::StrCat(
+      h.BaseUrl(), "/", ref_.repository,
+      "/blobs/uploads/?mount=", UrlQueryEscape(d.digest.ToString()),
+      "&from=", UrlQueryEscape(from_repo));
+  req.timeout = absl::Seconds(60);
+  const std::string url = req.url;
+  absl::StatusOr<std::unique_ptr<HttpBodyReader>> r =
+      SendOnHost(h, std::move(req), PushScope());
+  if (!r.ok()) {
+    // Credentials that do not reach `from_repo`: not a mount, but the
+    // upload may still be allowed.
+    if (absl::IsUnauthenticated(r.status()) ||
+        absl::IsPermissionDenied(r.status())) {
+      return false;
+    }
+    return r.status();
+  }
+  const HttpResponse& resp = (*r)->response();
+  if (resp.status == 201) {
+    RETURN_IF_ERROR(CheckContentDigest(resp, d.digest, what));
+    return true;
+  }
+  if (resp.status == 202) {
+    if (std::optional<std::string> loc = resp.headers.Get("location")) {
+      absl::MutexLock l(&mu_);
+      upload_sessions_[d.digest.ToString()] = ResolveUrl(url, *loc);
+    }
+    return false;
+  }
+  if (resp.status == 401 || resp.status == 403) return false;
+  return WithHint(ErrorResponse(r->get(), what), h);
+}
+
+absl::Status RegistryClient::PushBlob(const Descriptor& d,
+                                      absl::string_view bytes) {
+  if (bytes.size() != static_cast<uint64_t>(d.size) ||
+      Sha256::Of(bytes) != d.digest) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "blob ", d.digest.ToString(), " (", d.size, " bytes) to push has ",
+        bytes.size(), " bytes hashing to ", Sha256::Of(bytes).ToString()));
+  }
+  return Upload(d, bytes, "");
+}
+
+absl::Status RegistryClient::PushBlobFile(const Descriptor& d,
+                                          const std::string& path) {
+  struct stat st;
+  if (stat(path.c_str(), &st) != 0) {
+    return ErrnoToStatus(errno, absl::StrCat("stat ", path));
+  }
+  if (static_cast<int64_t>(st.st_size) != d.size) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "blob ", d.digest.ToString(), " to push from ", path, " has ",
+        st.st_size, " bytes; its descriptor says ", d.size));
+  }
+  return Upload(d, "", path);
+}
+
+absl::Status RegistryClient::Upload(const Descriptor& d,
+                                    absl::string_view bytes,
+                                    const std::string& path) {
+  const RegistryHost& h = Origin();
+  RETURN_IF_ERROR(CheckCanPush(h, ref_.registry));
+  const std::string what =
+      absl::StrCat("uploading blob ", d.digest.ToString(), " to ", RepoName());
+  std::optional<std::string> session;
+  {
+    absl::MutexLock l(&mu_);
+    auto it = upload_sessions_.find(d.digest.ToString());
+    if (it != upload_sessions_.end()) {
+      session = std::move(it->second);
+      upload_sessions_.erase(it);
+    }
+  }
+  while (true) {
+    const bool reused = session.has_value();
+    std::string location;
+    if (reused) {
+      location = *std::move(session);
+      session.reset();
+    } else {
+      HttpRequest post;
+      post.method = "POST";
+      post.url =
+          absl::StrCat(h.BaseUrl(), "/", ref_.repository, "/blobs/uploads/");
+      post.timeout = absl::Seconds(60);
+      const std::string post_url = post.url;
+      ASSIGN_OR_RETURN(std::unique_ptr<HttpBodyReader> r,
+                       SendOnHost(h, std::move(post), PushScope()));
+      std::optional<std::string> loc = r->response().headers.Get("location");
+      if (r->response().status != 202) {
+        return WithHint(ErrorResponse(r.get(), what), h);
+      }
+      if (!loc || loc->empty()) {
+        return absl::UnavailableError(
+            absl::StrCat(what,
+                         ": the registry opened an upload session without a "
+                         "Location"));
+      }
+      location = ResolveUrl(post_url, *loc);
+    }
+    HttpRequest put;
+    put.method = "PUT";
+    put.url =
+        absl::StrCat(location, absl::StrContains(location, "?") ? "&" : "?",
+                     "digest=", UrlQueryEscape(d.digest.ToString()));
+    put.headers.push_back({"Content-Type", "application/octet-stream"});
+    if (path.empty()) {
+      put.body = std::string(bytes);
+    } else {
+      put.body_file = path;
+    }
+    put.timeout = absl::ZeroDuration();  // any size; the stall limit applies
+    ASSIGN_OR_RETURN(std::unique_ptr<HttpBodyReader> r,
+                     SendOnHost(h, std::move(put), PushScope()));
+    const HttpResponse& resp = r->response();
+    if (resp.status >= 200 && resp.status < 300) {
+      return CheckContentDigest(resp, d.digest, what);
+    }
+    if (reused && resp.status == 404) continue;  // the session expired
+    return WithHint(ErrorResponse(r.get(), what), h);
+  }
+}
+
+absl::StatusOr<Digest> RegistryClient::PushManifest(
+    absl::string_view selector, absl::string_view media_type,
+    absl::string_view bytes) {
+  const RegistryHost& h = Origin();
+  RETURN_IF_ERROR(CheckCanPush(h, ref_.registry));
+  const Digest digest = Sha256::Of(bytes);
+  const std::string what =
+      absl::StrCat("pushing manifest ", digest.ToString(), " to ", RepoName(),
+                   absl::StartsWith(selector, "sha256:") ? "@" : ":", selector);
+  if (media_type.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, ": no media type given"));
+  }
+  HttpRequest req;
+  req.method = "PUT";
+  req.url =
+      absl::StrCat(h.BaseUrl(), "/", ref_.repository, "/manifests/", selector);
+  req.headers.push_back({"Content-Type", std::string(media_type)});
+  req.body = std::string(bytes);
+  req.timeout = absl::Seconds(60);
+  ASSIGN_OR_RETURN(std::unique_ptr<HttpBodyReader> r,
+                   SendOnHost(h, std::move(req), PushScope()));
+  const HttpResponse& resp = r->response();
+  if (resp.status < 200 || resp.status >= 300) {
+    return WithHint(ErrorResponse(r.get(), what), h);
+  }
+  RETURN_IF_ERROR(CheckContentDigest(resp, digest, what));
+  return digest;
 }
 
 }  // namespace lazypull

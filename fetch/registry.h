@@ -1,6 +1,8 @@
-// RegistryClient: the OCI distribution API, read side, for one image
-// reference: manifests (OCI and Docker media types), image indexes resolved
-// to one platform's manifest, the image config, and blobs.
+// RegistryClient: the OCI distribution API for one image reference. Read
+// side: manifests (OCI and Docker media types), image indexes resolved to one
+// platform's manifest, the image config, and blobs. Write side (push): blob
+// existence, cross-repository mounts, monolithic blob uploads (from memory
+// or streamed from a file) and manifest PUTs.
 //
 // Integrity: a manifest fetched by digest must hash to it; one fetched by tag
 // must match the registry's Docker-Content-Digest when it sends one; a child
@@ -14,6 +16,10 @@
 // requests carry ?ns=<registry>), then the origin; a host that fails (error,
 // 404, ...) passes the request to the next, and the final error names every
 // host's failure. TLS is verified unless turned off for that host.
+//
+// Pushes go to the origin only (never a mirror), with the scope
+// "repository:<repo>:pull,push" (a mount's challenge adds the source
+// repository's pull scope, which auth.cc asks for too).
 //
 // Auth: see fetch/auth.h; a 401 is answered once per request, after which the
 // registry's answer is final.
@@ -122,6 +128,39 @@ class RegistryClient {
   absl::StatusOr<std::unique_ptr<HttpBodyReader>> OpenBlobRange(
       const Descriptor& d, uint64_t first, uint64_t last, std::string* source);
 
+  // --- Write side. The origin only; scope pull,push.
+
+  // Whether the repository holds blob `d` (HEAD): false on 404; a blob the
+  // registry reports with another size is an error.
+  absl::StatusOr<bool> HasBlob(const Descriptor& d);
+
+  // Asks the registry to mount blob `d` from repository `from_repo` of this
+  // registry (POST .../blobs/uploads/?mount=&from=): true when mounted
+  // (201); false when declined (202, e.g. `from_repo` lacks the blob or does
+  // not exist; the upload session the registry opened instead is kept for
+  // the next PushBlob* of `d`), or when the credentials do not reach
+  // `from_repo` (401/403).
+  absl::StatusOr<bool> MountBlob(const Descriptor& d,
+                                 absl::string_view from_repo);
+
+  // Uploads blob `d` in one request (POST .../blobs/uploads/ for a session,
+  // then PUT <location>&digest=<d>): from memory, or streamed from the file
+  // at `path` (never held in memory; its size must be d.size, checked before
+  // sending). The registry verifies the digest: a mismatch comes back as
+  // its DIGEST_INVALID error (InvalidArgument). A Docker-Content-Digest
+  // answered must be d's.
+  absl::Status PushBlob(const Descriptor& d, absl::string_view bytes);
+  absl::Status PushBlobFile(const Descriptor& d, const std::string& path);
+
+  // PUT .../manifests/<selector> (a tag or "sha256:...") with Content-Type
+  // `media_type`. The registry's refusal (MANIFEST_BLOB_UNKNOWN,
+  // MANIFEST_INVALID, ...) is an error carrying its codes and details; a
+  // Docker-Content-Digest answered must be sha256(bytes). Returns that
+  // digest.
+  absl::StatusOr<Digest> PushManifest(absl::string_view selector,
+                                      absl::string_view media_type,
+                                      absl::string_view bytes);
+
   // Token fetches so far (tests).
   int tokens_fetched() const { return auth_.tokens_fetched(); }
 
@@ -137,6 +176,20 @@ class RegistryClient {
       const std::string& suffix,
       std::vector<std::pair<std::string, std::string>> headers,
       absl::Duration timeout);
+  // The one auth loop: runs `req` (its URL absolute) on `h` with the
+  // Authorization for `scope`, answering one 401. A URL outside h's origin
+  // (an upload Location elsewhere) is sent without credentials. TLS and
+  // retry policy are set here.
+  absl::StatusOr<std::unique_ptr<HttpBodyReader>> SendOnHost(
+      const RegistryHost& h, HttpRequest req, const std::string& scope);
+  // The origin host (pushes never go to mirrors).
+  const RegistryHost& Origin() const { return hosts_.back(); }
+  std::string PushScope() const;
+  // "127.0.0.1:5000/repo", for messages.
+  std::string RepoName() const;
+  // The upload of PushBlob / PushBlobFile (exactly one of bytes / path).
+  absl::Status Upload(const Descriptor& d, absl::string_view bytes,
+                      const std::string& path);
   // Opens the blob on `h`, following a redirect (or a cached one).
   // With `range` ("bytes=a-b"), a range request: the expected answer is 206.
   absl::StatusOr<std::unique_ptr<HttpBodyReader>> OpenBlobOnHost(
@@ -158,10 +211,15 @@ class RegistryClient {
   };
   absl::Mutex mu_;
   std::map<std::string, SignedUrl> signed_urls_ ABSL_GUARDED_BY(mu_);
+  // Upload sessions a declined mount opened, by digest: absolute URLs.
+  std::map<std::string, std::string> upload_sessions_ ABSL_GUARDED_BY(mu_);
 };
 
-// The first "message" (and "code") of a registry's JSON error body
-// ({"errors":[{"code":...,"message":...}]}), or "".
+// The errors of a registry's JSON error body
+// ({"errors":[{"code":...,"message":...,"detail":...}]}) as
+// "CODE: message (detail)" joined by "; " (a detail only when it is a
+// string, e.g. the digest of MANIFEST_BLOB_UNKNOWN; at most 5 errors, then
+// how many more), or "".
 std::string RegistryErrorDetail(absl::string_view body);
 
 }  // namespace lazypull

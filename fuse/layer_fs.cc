@@ -372,6 +372,9 @@ struct LayerFsOpsImpl {
       fi->direct_io = 1;  // its content changes as the layer is fetched
     } else {
       fi->keep_cache = 1;
+      if (fs->options_.on_open) {
+        fs->options_.on_open(static_cast<uint32_t>(ino - 1));
+      }
     }
     fuse_reply_open(req, fi);
   }

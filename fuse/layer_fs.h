@@ -25,6 +25,7 @@
 
 #include <fuse3/fuse_lowlevel.h>
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <utility>
@@ -58,6 +59,10 @@ struct LayerFsOptions {
   // splicing (FUSE_BUF_SPLICE_MOVE); off by default: measured slower here
   // for page-cache pages, which cannot be stolen (bench/RESULTS.md).
   bool splice_move = false;
+  // Called (on a FUSE thread, before the reply) with the index inode of
+  // each regular file opened: how `optimize` records a workload's accesses.
+  // May be empty.
+  std::function<void(uint32_t inode)> on_open;
 };
 
 class LayerFs {
@@ -69,6 +74,9 @@ class LayerFs {
 
   // The state file's JSON as of now.
   std::string StateJson() const;
+
+  // Sets the state file's "error" (the last one reported wins).
+  void RecordError(const std::string& message);
 
  private:
   friend struct LayerFsOpsImpl;
@@ -89,7 +97,6 @@ class LayerFs {
     return children_[dir];
   }
   const Child* Find(uint32_t dir, absl::string_view name) const;
-  void RecordError(const std::string& message);
 
   std::shared_ptr<CachedLayer> layer_;
   const LayerIndex& index_;

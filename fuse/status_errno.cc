@@ -5,26 +5,11 @@
 namespace lazypull {
 
 int StatusToErrno(const absl::Status& status) {
-  switch (status.code()) {
-    case absl::StatusCode::kOk:
-      return 0;
-    case absl::StatusCode::kNotFound:
-      return ENOENT;
-    case absl::StatusCode::kPermissionDenied:
-      return EACCES;
-    case absl::StatusCode::kInvalidArgument:
-      return EINVAL;
-    case absl::StatusCode::kResourceExhausted:
-      return ENOMEM;
-    case absl::StatusCode::kUnimplemented:
-      return ENOSYS;
-    case absl::StatusCode::kDeadlineExceeded:
-      return ETIMEDOUT;
-    default:
-      // DataLoss (verification), Unavailable (network), Internal, ...: the
-      // read failed; the caller logged why.
-      return EIO;
-  }
+  // Not a code-by-code mapping: a failed read's code describes where the
+  // bytes were (fetch/http.h maps a registry's 403 to PermissionDenied, 404
+  // to NotFound, 429 to ResourceExhausted, 501 to Unimplemented, ...), not
+  // the open file the reader asked about.
+  return status.ok() ? 0 : EIO;
 }
 
 }  // namespace lazypull

@@ -9,7 +9,10 @@
 
 namespace lazypull {
 
-// 0 for OK; EIO for data that failed verification or could not be fetched.
+// 0 for OK; EIO for any failure to produce a file's data (it failed
+// verification or could not be fetched, whatever the reason). Never
+// EACCES, ENOENT, ENOMEM, ... for an open file whose bytes a registry
+// answered 403, 404 or 429 for: the caller logs why the read failed.
 int StatusToErrno(const absl::Status& status);
 
 }  // namespace lazypull

@@ -149,6 +149,10 @@ void FaultProxy::Session::Run() {
     }
     counters_->requests.fetch_add(1);
     if (blob_storage_) counters_->blob_requests.fetch_add(1);
+    if (req->headers.Get("Authorization") != nullptr) {
+      (blob_storage_ ? counters_->blob_authorized : counters_->authorized)
+          .fetch_add(1);
+    }
     // The proxy reads the body only after choosing what to do, so it says
     // "continue" itself rather than relaying the upstream's 100.
     if (req->headers.HasToken("Expect", "100-continue")) {
@@ -209,9 +213,11 @@ bool FaultProxy::Session::HandleFault(const RequestHead& req,
             absl::StrAppend(&challenge, ",scope=\"", scope, "\"");
           }
         }
-        resp.headers.Add("WWW-Authenticate", challenge);
+        if (challenge != "none")
+          resp.headers.Add("WWW-Authenticate", challenge);
       }
-      if (resp.status == 429 || resp.status == 503) {
+      if ((resp.status == 429 || resp.status == 503) &&
+          rule.retry_after_seconds >= 0) {
         resp.headers.Add("Retry-After", absl::StrCat(rule.retry_after_seconds));
       }
       resp.headers.Add("Content-Type", "application/json; charset=utf-8");
@@ -568,6 +574,8 @@ FaultCounters FaultProxy::counters() const {
   c.blob_connections = counters_.blob_connections.load();
   c.blob_requests = counters_.blob_requests.load();
   c.blob_denied = counters_.blob_denied.load();
+  c.authorized = counters_.authorized.load();
+  c.blob_authorized = counters_.blob_authorized.load();
   absl::MutexLock lock(&mu_);
   c.rules = rules_->counts();
   return c;
@@ -586,6 +594,8 @@ std::string FaultProxy::CountersJson() const {
   w.Key("blob_connections").Uint(c.blob_connections);
   w.Key("blob_requests").Uint(c.blob_requests);
   w.Key("blob_denied").Uint(c.blob_denied);
+  w.Key("authorized").Uint(c.authorized);
+  w.Key("blob_authorized").Uint(c.blob_authorized);
   w.Key("rules").BeginArray();
   for (const FaultRuleSet::RuleCounts& r : c.rules) {
     w.BeginObject();
@@ -604,7 +614,8 @@ void FaultProxy::ResetCounters() {
        {&counters_.connections, &counters_.requests, &counters_.faults,
         &counters_.upstream_requests, &counters_.bytes_from_clients,
         &counters_.bytes_to_clients, &counters_.blob_connections,
-        &counters_.blob_requests, &counters_.blob_denied}) {
+        &counters_.blob_requests, &counters_.blob_denied, &counters_.authorized,
+        &counters_.blob_authorized}) {
     a->store(0);
   }
   absl::MutexLock lock(&mu_);

@@ -18,7 +18,8 @@
 // tampered or expired URL. It applies no fault rules.
 //
 // Counters: totals (connections, requests, faults, upstream requests, bytes
-// each way), per rule (matched, fired) and for the blob storage.
+// each way, requests carrying credentials), per rule (matched, fired) and
+// for the blob storage (requests, denials, requests carrying credentials).
 //
 // Thread-safety: one thread per client connection (TcpServer). All public
 // methods are safe from any thread; Stop() (and the destructor) not from a
@@ -54,6 +55,10 @@ struct FaultCounters {
   uint64_t blob_connections = 0;
   uint64_t blob_requests = 0;
   uint64_t blob_denied = 0;  // 403 for an unsigned/tampered/expired URL
+  // Requests carrying an Authorization header: to the registry side, and
+  // to the blob storage (where a client must never send its credentials).
+  uint64_t authorized = 0;
+  uint64_t blob_authorized = 0;
   std::vector<FaultRuleSet::RuleCounts> rules;  // in rule order
 };
 
@@ -99,6 +104,8 @@ class FaultProxy {
     std::atomic<uint64_t> blob_connections{0};
     std::atomic<uint64_t> blob_requests{0};
     std::atomic<uint64_t> blob_denied{0};
+    std::atomic<uint64_t> authorized{0};
+    std::atomic<uint64_t> blob_authorized{0};
   };
 
   FaultProxy() = default;

@@ -263,6 +263,44 @@ TEST_F(FaultProxyTest, AnswersChosenStatusesWithoutAskingUpstream) {
   EXPECT_EQ(proxy_->counters().connections, 1u);
 }
 
+// Without Retry-After or any challenge, when the rule says so; requests
+// carrying credentials are counted per listener.
+TEST_F(FaultProxyTest, OmitsRetryAfterAndChallengeAndCountsCredentials) {
+  FaultRule no_challenge;
+  no_challenge.method = "GET";
+  no_challenge.target_contains = "/blobs/";
+  no_challenge.when = Occurrence::kNth;
+  no_challenge.n = 1;
+  no_challenge.status = 401;
+  no_challenge.www_authenticate = "none";
+  ASSERT_TRUE(proxy_->SetRules({no_challenge}).ok());
+  Fetch f = Get(kBlobPath);
+  EXPECT_EQ(f.status, 401);
+  EXPECT_EQ(f.headers.count("www-authenticate"), 0u);
+  SetRules("GET /blobs/ nth=1 status=503 retry-after=none\n");
+  f = Get(kBlobPath);
+  EXPECT_EQ(f.status, 503);
+  EXPECT_EQ(f.headers.count("retry-after"), 0u);
+
+  proxy_->ResetCounters();
+  SetRules("GET /blobs/ every redirect=30s\n");
+  Request with_creds;
+  with_creds.headers.push_back("Authorization: Basic eDp5");
+  EXPECT_EQ(Get(kBlobPath, with_creds).status, 307);
+  Fetch hop = Get(kBlobPath);
+  CURL* other = curl_easy_init();
+  EXPECT_EQ(Perform(other, hop.Header("location")).status, 200);
+  EXPECT_EQ(Perform(other, hop.Header("location"), with_creds).status, 200);
+  curl_easy_cleanup(other);
+  FaultCounters c = proxy_->counters();
+  EXPECT_EQ(c.authorized, 1u);
+  EXPECT_EQ(c.blob_requests, 2u);
+  EXPECT_EQ(c.blob_authorized, 1u);
+  EXPECT_TRUE(
+      absl::StrContains(proxy_->CountersJson(), "\"blob_authorized\":1"))
+      << proxy_->CountersJson();
+}
+
 TEST_F(FaultProxyTest, OccurrencesAndPerRuleCounters) {
   FaultRule every_third_404;
   every_third_404.method = "GET";

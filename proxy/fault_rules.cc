@@ -63,6 +63,10 @@ bool ApplyToken(absl::string_view token, bool* has_action, FaultRule* rule) {
            action(FaultAction::kRedirect);
   }
   if (key == "retry-after") {
+    if (value == "none") {
+      rule->retry_after_seconds = -1;
+      return true;
+    }
     return absl::SimpleAtoi(value, &rule->retry_after_seconds) &&
            rule->retry_after_seconds >= 0;
   }

@@ -33,8 +33,9 @@
 //           redirect=DURATION       307 to the built-in blob-storage server
 //                                   (signed URL valid for DURATION, e.g. 30s
 //                                   or 500ms; 403 after)
-//   OPTION  retry-after=SECONDS (default 1), reset (drop-after closes with
-//           RST instead of FIN), name=NAME (counter name; default: the line)
+//   OPTION  retry-after=SECONDS|none (default 1; none: no Retry-After
+//           header), reset (drop-after closes with RST instead of FIN),
+//           name=NAME (counter name; default: the line)
 //
 // Example:
 //   GET /blobs/ nth=2 status=503 retry-after=2
@@ -83,9 +84,9 @@ struct FaultRule {
   // Action and its parameters (only the action's own are read).
   FaultAction action = FaultAction::kStatus;
   int status = 503;               // kStatus, kRefuseMultiRange
-  int retry_after_seconds = 1;    // kStatus with 429 or 503
+  int retry_after_seconds = 1;    // kStatus with 429 or 503; < 0: none
   std::string www_authenticate;   // kStatus 401; "" = a Bearer challenge
-                                  // naming the proxy
+                                  // naming the proxy, "none" = no header
   int64_t drop_after = 0;         // kDropAfter; < 0: before the head
   bool reset = false;             // kDropAfter: RST instead of FIN
   int64_t shift = 0;              // kShiftContentRange

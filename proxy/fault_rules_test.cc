@@ -21,9 +21,10 @@ GET  *  every  shift-content-range=-5
 GET  *  every  flip-byte=10
 GET  *  every  redirect=500ms
 GET  *  every  drop-after=-1
+GET  *  every  status=429 retry-after=none
 )");
   ASSERT_TRUE(rules.ok()) << rules.status();
-  ASSERT_EQ(rules->size(), 9u);
+  ASSERT_EQ(rules->size(), 10u);
   const std::vector<FaultRule>& r = *rules;
   EXPECT_EQ(r[0].method, "GET");
   EXPECT_EQ(r[0].target_contains, "/blobs/");
@@ -48,6 +49,7 @@ GET  *  every  drop-after=-1
   EXPECT_EQ(r[6].flip_offset, 10);
   EXPECT_EQ(r[7].expiry, absl::Milliseconds(500));
   EXPECT_EQ(r[8].drop_after, -1);
+  EXPECT_EQ(r[9].retry_after_seconds, -1);
 }
 
 TEST(FaultRulesTest, ErrorsNameTheLine) {

@@ -294,6 +294,20 @@ TEST_F(RegistryMountTest, MountMatchesPullAndUnmounts) {
   }
   EXPECT_GE(pct, 90) << ReadAll(state0);
 
+  // Once a lazy layer is complete its whole blob is checked against its
+  // digest, and a marker in the cache dir remembers it.
+  for (int layer = 0; layer < 2; ++layer) {
+    const std::string marker = absl::StrCat(
+        cache_dir(), "/verified/", Sha256::Of(layers[layer].bytes).Hex());
+    for (int i = 0; i < 300 && access(marker.c_str(), F_OK) != 0; ++i) {
+      usleep(100 * 1000);
+    }
+    EXPECT_EQ(access(marker.c_str(), F_OK), 0)
+        << "layer " << layer << ": " << ReadAll(cache_dir() + "/lazypull.log");
+  }
+  EXPECT_TRUE(absl::StrContains(ReadAll(cache_dir() + "/lazypull.log"),
+                                "whole blob verified"));
+
   // A full pull unpacks an eStargz layer's TOC entry and landmark as the
   // files they are in the tar; a lazy mount hides them (runtime.md §5).
   TreeCompareOptions cmp;
@@ -427,6 +441,58 @@ TEST_F(RegistryMountTest, WaitPrefetchFetchesThePrioritizedFiles) {
   testing::RunResult u = testing::Run({bin_, "unmount", mnt});
   EXPECT_EQ(u.exit_code, 0) << u.err;
   mounts_.clear();
+}
+
+// Every fetch knob is a flag: HTTP/1.1 pools, one stream, no coalescing,
+// small requests and a background rate cap still give the same bytes; bad
+// values are usage errors.
+TEST_F(RegistryMountTest, FetchKnobsAreFlags) {
+  TarBuilder b;
+  b.Dir("./");
+  b.Dir("data/");
+  b.File("data/a", Payload(600 << 10, 11));
+  b.File("data/b", Payload(300 << 10, 12));
+  LayerBlob l = Convert(b.Finish(), "knobs", {"--chunk-size", "64K"});
+  const std::string ref = Push("test/knobs", {l});
+  const std::string mnt = dir_ + "/mnt-knobs";
+  testing::RunResult m = Mount(
+      ref, mnt,
+      {"--http1.1", "--max-requests",     "2",  "--reserved-on-demand",
+       "1",         "--prefetch-streams", "1",  "--background-streams",
+       "1",         "--coalesce-gap",     "0",  "--max-request-size",
+       "16K",       "--readahead-chunks", "0",  "--background-bytes",
+       "64K",       "--background-rate",  "2M", "--max-connections-per-host",
+       "2"});
+  ASSERT_EQ(m.exit_code, 0) << m.err << m.out;
+  EXPECT_EQ(ReadAll(mnt + "/data/a"), Payload(600 << 10, 11));
+  EXPECT_EQ(ReadAll(mnt + "/data/b"), Payload(300 << 10, 12));
+  testing::RunResult u = testing::Run({bin_, "unmount", mnt});
+  EXPECT_EQ(u.exit_code, 0) << u.err;
+  mounts_.clear();
+  int ours = 0;
+  for (absl::string_view line : absl::StrSplit(reg_->Log(), '\n')) {
+    if (!absl::StrContains(line, "\"lazypull/") ||
+        !absl::StrContains(line, "/v2/test/knobs/blobs/")) {
+      continue;
+    }
+    ++ours;
+    EXPECT_TRUE(absl::StrContains(line, " HTTP/1.1\"")) << line;
+  }
+  EXPECT_GE(ours, 3);
+
+  for (const std::vector<std::string>& bad :
+       std::vector<std::vector<std::string>>{
+           {"--max-requests", "0"},
+           {"--max-requests", "2", "--reserved-on-demand", "2"},
+           {"--coalesce-gap", "lots"},
+           {"--max-request-size", "100"},
+           {"--prefetch-streams", "-1"}}) {
+    testing::RunResult r = Mount(ref, dir_ + "/mnt-bad", bad);
+    EXPECT_EQ(r.exit_code, 2) << bad[0] << ": " << r.err;
+    EXPECT_TRUE(
+        absl::StrContains(r.err, bad.back() == "2" ? "reserved" : bad[0]))
+        << r.err;
+  }
 }
 
 // Range faults between the mount and the registry fail that read (EIO) or

@@ -1,0 +1,523 @@
+#!/usr/bin/env bash
+# The cold-start benchmark (issue 8): how soon a container is ready when its image is mounted lazily,
+# against a full pull, over emulated links. As root, on Debian 12.
+#
+#   sudo bench/coldstart.sh                      # full sweep: 4 variants x 3 workloads x 3 profiles x 3 runs
+#   sudo bench/coldstart.sh --profile 20ms-100mbit --workload python --variant estargz,estargz-opt
+#   sudo bench/coldstart.sh --smoke --out /tmp/cs # tiny image, one profile, one run (the test runs this)
+#
+# Image: a Debian 12 root filesystem (`debootstrap --variant=minbase --include=python3 bookworm`, cached in
+# --cache-dir) as one layer in four variants: plain gzip, eStargz, eStargz optimized for the workload
+# (`lazypull optimize`; while that command is missing, `lazypull convert --prioritize` with the files an
+# strace of the workload on a local copy opened, said loudly), zstd:chunked. They are pushed to
+# docker-registry on 127.0.0.1 over TLS (a throwaway self-signed certificate) and read through
+# lazypull-proxy's emulated link. Each run: a fresh cache directory, the page cache dropped, the proxy's
+# counters reset; `lazypull mount IMAGE MNT` (or `lazypull pull IMAGE DIR`), then the workload with
+# chroot until it prints "ready". Results: OUT/runs.csv (one row per run), OUT/floor.csv (the physical
+# floor's inputs), OUT/summary.md and OUT/chart.svg (bench/coldstart.py report).
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(dirname "$HERE")
+PY=/usr/bin/python3 # Debian's, whatever pyenv or PATH say
+TOOL=$HERE/coldstart.py
+
+usage() {
+  cat <<'EOF'
+usage: bench/coldstart.sh [options]
+  --profile NAME[,NAME]   20ms-100mbit, 2ms-1gbit, 80ms-50mbit (default: all three)
+  --workload NAME[,NAME]  python, shell, heavy (default: all three)
+  --variant NAME[,NAME]   gzip, estargz, estargz-opt, zstd-chunked (default: all four)
+  --runs N                runs per cell (default 3)
+  --no-baseline           skip the full pull (lazypull pull + run) and skopeo copy + tar -x
+  --no-probe              skip the one run per lazy variant and workload without background fetch
+  --smoke                 tiny image from this machine's files, profile 2ms-1gbit, workloads shell and
+                          heavy, one run: a couple of minutes at most
+  --out DIR               results directory (default bench/results/<date>)
+  --cache-dir DIR         where the debootstrap root filesystem is kept (default /var/cache/lazypull-bench)
+  --lazypull PATH         lazypull binary (default: bazel build -c opt //cli:lazypull, copied)
+  --proxy PATH            lazypull-proxy binary (default: bazel build -c opt //proxy:lazypull-proxy, copied)
+  --keep                  keep the work directory
+EOF
+}
+
+PROFILES=(20ms-100mbit 2ms-1gbit 80ms-50mbit)
+WORKLOADS=(python shell heavy)
+VARIANTS=(gzip estargz estargz-opt zstd-chunked)
+RUNS=3 SMOKE=0 BASELINE=1 PROBE=1 KEEP=0 OUT="" LAZYPULL="" PROXY=""
+CACHE=/var/cache/lazypull-bench
+ARGS="$*"
+pick() { # pick ALLOWED_ARRAY_NAME CSV -> the chosen names, checked
+  local -n allowed=$1
+  local out=() n
+  for n in ${2//,/ }; do
+    [[ " ${allowed[*]} " == *" $n "* ]] || { echo "unknown name '$n' (one of: ${allowed[*]})" >&2; exit 2; }
+    out+=("$n")
+  done
+  echo "${out[*]}"
+}
+SEL_P="" SEL_W="" SEL_V=""
+while [ $# -gt 0 ]; do
+  case $1 in
+    --profile) SEL_P=$(pick PROFILES "$2"); shift ;;
+    --workload) SEL_W=$(pick WORKLOADS "$2"); shift ;;
+    --variant) SEL_V=$(pick VARIANTS "$2"); shift ;;
+    --runs) RUNS=$2; shift ;;
+    --no-baseline) BASELINE=0 ;;
+    --no-probe) PROBE=0 ;;
+    --smoke) SMOKE=1 ;;
+    --out) OUT=$2; shift ;;
+    --cache-dir) CACHE=$2; shift ;;
+    --lazypull) LAZYPULL=$2; shift ;;
+    --proxy) PROXY=$2; shift ;;
+    --keep) KEEP=1 ;;
+    -h | --help) usage; exit 0 ;;
+    *) echo "unknown option $1" >&2; usage >&2; exit 2 ;;
+  esac
+  shift
+done
+if [ "$SMOKE" = 1 ]; then
+  PROFILES=(2ms-1gbit) WORKLOADS=(shell heavy) RUNS=1
+  [ -n "$SEL_W" ] && [[ " $SEL_W " == *" python "* ]] && { echo "--smoke has no python workload" >&2; exit 2; }
+fi
+[ -n "$SEL_P" ] && read -ra PROFILES <<<"$SEL_P"
+[ -n "$SEL_W" ] && read -ra WORKLOADS <<<"$SEL_W"
+[ -n "$SEL_V" ] && read -ra VARIANTS <<<"$SEL_V"
+[[ "$RUNS" =~ ^[1-9][0-9]*$ ]] || { echo "--runs: a positive number" >&2; exit 2; }
+
+# The workloads, each ending with the line "ready". Only what a minbase + python3 image has.
+declare -A CMD=(
+  [python]='python3 -c "import json, os, re, subprocess, urllib.request, email.message, http.client, sqlite3, asyncio, logging; print(\"ready\")"'
+  [shell]='ls -l /usr/bin | sort -k 9 | wc -l; sha256sum /etc/os-release; head -c 16384 /usr/share/common-licenses/GPL-3 | wc -c; date -u; echo ready'
+  [heavy]='find /usr /etc /var -type f -exec cat {} + > /dev/null; echo ready'
+)
+CHROOT_ENV=(env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root PYTHONDONTWRITEBYTECODE=1)
+
+log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+note() { printf '    %s\n' "$*" >&2; }
+loud() { printf '\033[1;31m!!! %s\033[0m\n' "$*" >&2; }
+die() { loud "$*"; exit 1; }
+
+[ "$(id -u)" = 0 ] || die "run as root (mounts, chroot, drop_caches)"
+for t in skopeo docker-registry openssl strace curl /usr/bin/time gzip tar; do
+  command -v "$t" >/dev/null || die "missing $t (sudo ./dev.sh test installs every package)"
+done
+[ "$SMOKE" = 1 ] || command -v debootstrap >/dev/null || die "missing debootstrap (apt-get install debootstrap)"
+
+T_START=$EPOCHREALTIME
+W=$(mktemp -d "${TMPDIR:-/tmp}/lazypull-coldstart.XXXXXX")
+PIDS=()
+cleanup() {
+  set +e
+  if mountpoint -q "$W/mnt" 2>/dev/null; then
+    "$LAZYPULL" unmount "$W/mnt" >/dev/null 2>&1 || "$LAZYPULL" unmount --force "$W/mnt" >/dev/null 2>&1
+  fi
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
+  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null; done
+  if [ "$KEEP" = 1 ]; then note "work directory kept: $W"; else rm -rf "$W"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+if [ -z "$OUT" ]; then
+  OUT=$ROOT/bench/results/$(date +%F)
+  [ -e "$OUT" ] && OUT=$OUT-$(date +%H%M%S)
+fi
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+
+# ---------------------------------------------------------------- binaries
+mkdir -p "$W/bin"
+if [ -z "$LAZYPULL" ] || [ -z "$PROXY" ]; then
+  log "building lazypull and lazypull-proxy (bazel build -c opt)"
+  (cd "$ROOT" && bazel build -c opt //cli:lazypull //proxy:lazypull-proxy >"$W/bazel.log" 2>&1) ||
+    { cat "$W/bazel.log" >&2; die "bazel build failed"; }
+  BB=$(cd "$ROOT" && bazel info -c opt bazel-bin 2>/dev/null)
+  LAZYPULL=${LAZYPULL:-$BB/cli/lazypull} PROXY=${PROXY:-$BB/proxy/lazypull-proxy}
+fi
+# Copies: other people rebuilding the tree mid-sweep must not change the binary under measurement.
+cp "$LAZYPULL" "$W/bin/lazypull" && cp "$PROXY" "$W/bin/lazypull-proxy"
+LAZYPULL=$W/bin/lazypull PROXY=$W/bin/lazypull-proxy
+source "$HERE/oci_layout.sh"
+
+# ---------------------------------------------------------------- root filesystem
+# smoke: bash, dash, a few coreutils and their libraries from this machine, a little bulk, a minimal /etc
+# and /var; otherwise the cached debootstrap tree.
+smoke_rootfs() {
+  local r=$W/rootfs list=$W/smoke.list b p
+  : >"$list"
+  for b in bash dash sh ls sort wc sha256sum date cat find head env; do
+    b=$(command -v "$b")
+    # Each path with its directories resolved (bin -> usr/bin), then the file it points to.
+    echo "$(readlink -f "$(dirname "$b")" | sed 's|^/||')/$(basename "$b")" >>"$list"
+    readlink -f "$b" | sed 's|^/||' >>"$list"
+    for p in $(ldd "$(readlink -f "$b")" 2>/dev/null | grep -o '/[^ ]*'); do
+      echo "$(readlink -f "$(dirname "$p")" | sed 's|^/||')/$(basename "$p")" >>"$list"
+      readlink -f "$p" | sed 's|^/||' >>"$list"
+    done
+  done
+  for l in bin sbin lib lib64; do [ -L "/$l" ] && echo "$l" >>"$list"; done
+  mkdir -p "$r"
+  sort -u "$list" | tar -C / -cf - --no-recursion -T - 2>/dev/null | tar -C "$r" -xf -
+  [ -d /usr/share/common-licenses ] && tar -C / -cf - usr/share/common-licenses | tar -C "$r" -xf -
+  mkdir -p "$r/etc" "$r/var/lib/smoke" "$r/dev" "$r/tmp" "$r/root"
+  cp /etc/os-release "$r/etc/os-release" 2>/dev/null || echo 'PRETTY_NAME="smoke"' >"$r/etc/os-release"
+  echo 'root:x:0:0:root:/root:/bin/sh' >"$r/etc/passwd"
+  echo 'root:x:0:' >"$r/etc/group"
+  head -c 3000000 /dev/urandom >"$r/var/lib/smoke/random.bin"
+  seq 1 200000 >"$r/var/lib/smoke/numbers.txt"
+  mknod -m 666 "$r/dev/null" c 1 3
+  mknod -m 666 "$r/dev/zero" c 1 5
+  mknod -m 666 "$r/dev/urandom" c 1 9
+}
+
+if [ "$SMOKE" = 1 ]; then
+  log "image: smoke root filesystem from this machine's files"
+  smoke_rootfs
+  ROOTFS=$W/rootfs
+  tar --sort=name --numeric-owner -C "$ROOTFS" -cf "$W/rootfs.tar" .
+  ROOTFS_TAR=$W/rootfs.tar
+else
+  mkdir -p "$CACHE"
+  ROOTFS=$CACHE/rootfs ROOTFS_TAR=$CACHE/rootfs.tar
+  if [ ! -d "$ROOTFS" ]; then
+    log "image: debootstrap --variant=minbase --include=python3 bookworm (cached in $CACHE; ~3 min)"
+    rm -rf "$CACHE/rootfs.tmp" "$ROOTFS_TAR"
+    debootstrap --variant=minbase --include=python3 bookworm "$CACHE/rootfs.tmp" \
+      http://deb.debian.org/debian >"$CACHE/debootstrap.log" 2>&1 ||
+      die "debootstrap failed: see $CACHE/debootstrap.log"
+    mv "$CACHE/rootfs.tmp" "$ROOTFS"
+  else
+    log "image: cached root filesystem $ROOTFS"
+  fi
+  if [ ! -f "$ROOTFS_TAR" ]; then
+    tar --sort=name --numeric-owner -C "$ROOTFS" -cf "$ROOTFS_TAR.tmp" .
+    mv "$ROOTFS_TAR.tmp" "$ROOTFS_TAR"
+  fi
+fi
+note "$(du -sh --apparent-size "$ROOTFS" | cut -f1) in $(find "$ROOTFS" -xdev -type f | wc -l) files; tar $(stat -c %s "$ROOTFS_TAR") bytes"
+
+# ---------------------------------------------------------------- workload traces (floor, optimize fallback)
+log "tracing each workload on the local copy (strace): the files it reads"
+for wl in "${WORKLOADS[@]}"; do
+  strace -f -y -qq -e trace=open,openat,execve,chroot -e signal=none -o "$W/strace-$wl.txt" \
+    "${CHROOT_ENV[@]}" chroot "$ROOTFS" /bin/sh -c "${CMD[$wl]}" >"$W/trace-$wl.out" 2>&1 || true
+  grep -qx ready "$W/trace-$wl.out" || die "workload $wl failed on the local copy: $(tail -3 "$W/trace-$wl.out")"
+  "$PY" "$TOOL" trace "$ROOTFS" "$W/strace-$wl.txt" >"$W/files-$wl.txt"
+  note "$wl: $(wc -l <"$W/files-$wl.txt") files"
+  rm -f "$W/strace-$wl.txt"
+done
+
+# ---------------------------------------------------------------- variants
+has() { local x; for x in "${@:2}"; do [ "$x" = "$1" ] && return 0; done; return 1; }
+NEED=("${VARIANTS[@]}")
+[ "$BASELINE" = 1 ] && ! has gzip "${NEED[@]}" && NEED+=(gzip)
+declare -A TAGS=()          # variant[/workload] -> tag in the registry
+declare -A LAYER_DIGEST=()  # tag -> layer blob digest (the state file's name)
+
+oci_from_convert() { # JSON LAYER DIR MEDIA_TYPE: one-layer OCI image tagged "img"
+  local json=$1 layer=$2 dir=$3 media=$4 desc diff
+  desc=$("$PY" -c 'import json,sys; c=json.load(open(sys.argv[1])); print(json.dumps({"mediaType": sys.argv[2], "digest": c["blob_digest"], "size": c["blob_size"], "annotations": c["annotations"]}))' "$json" "$media")
+  diff=$("$PY" -c 'import json,sys; print("\"%s\"" % json.load(open(sys.argv[1]))["diff_id"])' "$json")
+  mkdir -p "$dir"
+  oci_add_blob "$dir" "$layer" >/dev/null
+  oci_write_image "$dir" img "$diff" "$desc"
+}
+
+log "variants: ${NEED[*]}"
+if has gzip "${NEED[@]}"; then
+  gzip -n -6 -c "$ROOTFS_TAR" >"$W/gzip.layer"
+  read -r dig size < <(oci_add_blob "$W/oci-gzip" "$W/gzip.layer")
+  oci_write_image "$W/oci-gzip" img "\"sha256:$(sha256sum "$ROOTFS_TAR" | cut -d' ' -f1)\"" \
+    "{\"mediaType\":\"application/vnd.oci.image.layer.v1.tar+gzip\",\"digest\":\"$dig\",\"size\":$size}"
+  TAGS[gzip]=gzip
+fi
+if has estargz "${NEED[@]}" || has estargz-opt "${NEED[@]}"; then
+  "$LAZYPULL" convert "$ROOTFS_TAR" "$W/estargz.layer" >"$W/estargz.json"
+  oci_from_convert "$W/estargz.json" "$W/estargz.layer" "$W/oci-estargz" application/vnd.oci.image.layer.v1.tar+gzip
+  TAGS[estargz]=estargz
+fi
+if has zstd-chunked "${NEED[@]}"; then
+  "$LAZYPULL" convert "$ROOTFS_TAR" "$W/zstd.layer" --format zstd:chunked >"$W/zstd.json"
+  oci_from_convert "$W/zstd.json" "$W/zstd.layer" "$W/oci-zstd-chunked" application/vnd.oci.image.layer.v1.tar+zstd
+  TAGS[zstd-chunked]=zstd-chunked
+fi
+OPT_MODE=""
+if has estargz-opt "${NEED[@]}"; then
+  if "$LAZYPULL" optimize --help >/dev/null 2>&1; then OPT_MODE=optimize; else
+    OPT_MODE=fallback
+    loud "lazypull optimize is not there yet: the optimized variant is 'lazypull convert --prioritize'"
+    loud "with the files an strace of the workload on a local copy opened, in first-access order"
+  fi
+  for wl in "${WORKLOADS[@]}"; do
+    d=$W/oci-estargz-opt-$wl
+    if [ "$OPT_MODE" = optimize ]; then
+      if "$LAZYPULL" optimize "oci:$W/oci-estargz:img" --workload "${CMD[$wl]}" "oci:$d:img" \
+        >"$W/optimize-$wl.log" 2>&1 &&
+        read -r lp _ < <("$PY" "$TOOL" oci-layer "$d" img) &&
+        "$LAZYPULL" inspect "$lp" | grep -q 'prioritized files'; then
+        note "estargz-opt/$wl: lazypull optimize ($("$LAZYPULL" inspect "$lp" | sed -n 's/^prefetch: *//p'))"
+      else
+        loud "lazypull optimize failed or prioritized nothing for $wl ($(tail -2 "$W/optimize-$wl.log" | tr '\n' ' ')):"
+        loud "falling back to convert --prioritize for this workload"
+        OPT_MODE=fallback-after-optimize-failed
+        rm -rf "$d"
+      fi
+    fi
+    if [ ! -d "$d" ]; then
+      "$LAZYPULL" convert "$ROOTFS_TAR" "$W/opt-$wl.layer" --prioritize "$W/files-$wl.txt" >"$W/opt-$wl.json"
+      note "estargz-opt/$wl: $("$LAZYPULL" inspect "$W/opt-$wl.layer" | sed -n 's/^prefetch: *//p')"
+      oci_from_convert "$W/opt-$wl.json" "$W/opt-$wl.layer" "$d" application/vnd.oci.image.layer.v1.tar+gzip
+    fi
+    TAGS[estargz-opt/$wl]=estargz-opt-$wl
+  done
+fi
+
+# ---------------------------------------------------------------- registry (TLS) and push
+log "docker-registry on 127.0.0.1 over TLS, pushing ${#TAGS[@]} image(s)"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout "$W/key.pem" \
+  -out "$W/cert.pem" -days 2 -subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1 >/dev/null 2>&1
+mkdir -p "$W/certs" && cp "$W/cert.pem" "$W/certs/ca.crt"
+REG_PORT=$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+cat >"$W/registry.yml" <<YML
+version: 0.1
+log: {level: warn}
+storage: {filesystem: {rootdirectory: $W/registry}}
+http:
+  addr: 127.0.0.1:$REG_PORT
+  tls: {certificate: $W/cert.pem, key: $W/key.pem}
+YML
+docker-registry serve "$W/registry.yml" >"$W/registry.log" 2>&1 &
+PIDS+=($!)
+for _ in $(seq 100); do
+  curl -sf --cacert "$W/cert.pem" "https://127.0.0.1:$REG_PORT/v2/" >/dev/null && break
+  sleep 0.1
+done
+curl -sf --cacert "$W/cert.pem" "https://127.0.0.1:$REG_PORT/v2/" >/dev/null || die "docker-registry did not start"
+declare -A OCI_OF=()
+for key in "${!TAGS[@]}"; do
+  tag=${TAGS[$key]}
+  dir=$W/oci-${tag}
+  OCI_OF[$tag]=$dir
+  skopeo copy --quiet --dest-cert-dir "$W/certs" "oci:$dir:img" "docker://127.0.0.1:$REG_PORT/bench:$tag"
+  read -r _ _ _ lsize ldig _ < <("$PY" "$TOOL" oci-layer "$dir" img)
+  LAYER_DIGEST[$tag]=$ldig
+  note "bench:$tag  layer $lsize bytes"
+done
+
+# ---------------------------------------------------------------- floor inputs
+log "floor: compressed bytes of the chunks each workload reads"
+echo "variant,workload,kind,files,chunk_bytes,toc_bytes,meta_bytes,floor_bytes,rtts" >"$OUT/floor.csv"
+for key in "${!TAGS[@]}"; do
+  tag=${TAGS[$key]} v=${key%%/*}
+  read -r lp msize csize lsize _ < <("$PY" "$TOOL" oci-layer "${OCI_OF[$tag]}" img)
+  for wl in "${WORKLOADS[@]}"; do
+    [[ "$key" == */* && "$key" != */$wl ]] && continue
+    kind=lazy; [ "$v" = gzip ] && kind=full
+    "$PY" "$TOOL" floor --variant "$v" --workload "$wl" --kind $kind --trace "$W/files-$wl.txt" \
+      --layer "$lp" --blob-size "$lsize" --manifest-size "$msize" --config-size "$csize" \
+      --lazypull "$LAZYPULL" >>"$OUT/floor.csv"
+  done
+done
+
+{
+  echo "date:      $(date -Is)"
+  echo "command:   bench/coldstart.sh $ARGS"
+  echo "machine:   $(nproc) cores, $(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), Linux $(uname -r), load $(cut -d' ' -f1-3 /proc/loadavg)"
+  echo "lazypull:  $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo '?')$(cd "$ROOT" && [ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ] && echo ' + uncommitted changes'), binary sha256 $(sha256sum "$LAZYPULL" | cut -c1-16)"
+  echo "image:     $([ "$SMOKE" = 1 ] && echo "smoke (this machine's files)" || echo "debootstrap --variant=minbase --include=python3 bookworm"), tar $(stat -c %s "$ROOTFS_TAR") bytes"
+  for key in $(printf '%s\n' "${!TAGS[@]}" | sort); do
+    tag=${TAGS[$key]}
+    read -r _ _ _ lsize _ < <("$PY" "$TOOL" oci-layer "${OCI_OF[$tag]}" img)
+    echo "           bench:$tag layer $lsize bytes"
+  done
+  [ -n "$OPT_MODE" ] && echo "optimized: $([ "$OPT_MODE" = optimize ] && echo 'lazypull optimize' || echo "convert --prioritize FILES-FROM-STRACE ($OPT_MODE: lazypull optimize unavailable or failed)")"
+  echo "runs:      $RUNS per cell; profiles ${PROFILES[*]}; workloads ${WORKLOADS[*]}; variants ${VARIANTS[*]}"
+} >"$OUT/meta.txt"
+
+# ---------------------------------------------------------------- measuring
+CSV=$OUT/runs.csv
+echo "profile,rtt_ms,bw_mbit,workload,variant,mode,run,mount_s,run_s,total_s,bytes_down,bytes_up,connections,requests,cpu_s,peak_rss_kb,fetched_bytes,ok,note" >"$CSV"
+TICK=$(getconf CLK_TCK)
+sub() { echo "$1 - $2" | bc -l | xargs printf '%.4f'; }
+
+drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
+REQ0=0
+reset_counters() {
+  curl -sf -X POST "http://$CTRL/reset" >/dev/null
+  REQ0=$(wc -l <"$W/registry.log")
+}
+# Sets DOWN UP CONNS REQS: the link's counters and docker-registry's access-log lines since the reset.
+read_counters() {
+  local j
+  j=$(curl -sf "http://$CTRL/counters")
+  DOWN=$(sed -n 's/.*"bytes_down":\([0-9]*\).*/\1/p' <<<"$j")
+  UP=$(sed -n 's/.*"bytes_up":\([0-9]*\).*/\1/p' <<<"$j")
+  CONNS=$(sed -n 's/.*"connections_accepted":\([0-9]*\).*/\1/p' <<<"$j")
+  REQS=$(tail -n +$((REQ0 + 1)) "$W/registry.log" | grep -cE '^[0-9.]+ - - \[[^]]*\] "[A-Z]+ /v2/' || true)
+}
+# run_workload DIR WORKLOAD: runs it with chroot; prints the time its ready line arrived (nothing if never).
+run_workload() {
+  { "${CHROOT_ENV[@]}" chroot "$1" /bin/sh -c "${CMD[$2]}" 2>>"$W/workload.err" || true; } |
+    while IFS= read -r line; do [ "$line" = ready ] && echo "$EPOCHREALTIME"; done
+}
+row() { # fields in CSV order after profile,rtt,bw
+  local IFS=,
+  echo "$PROFILE,$RTT_MS,$BW_MBIT,$*" >>"$CSV"
+}
+N_DONE=0 N_TOTAL=0
+progress() {
+  N_DONE=$((N_DONE + 1))
+  printf '[%d/%d %s] %s\n' "$N_DONE" "$N_TOTAL" "$(date +%T)" "$*" >&2
+}
+
+# measure_mount WORKLOAD VARIANT TAG MODE(lazy|nobg) RUN
+measure_mount() {
+  local wl=$1 v=$2 tag=$3 mode=$4 run=$5 extra=() out pid t0 t1 tr st rest cpu hwm fetched="" f
+  [ "$mode" = nobg ] && extra=(--no-background-fetch)
+  rm -rf "$W/cache"
+  mkdir -p "$W/mnt"
+  drop_caches
+  reset_counters
+  t0=$EPOCHREALTIME
+  if ! out=$("$LAZYPULL" mount --ca-file "$W/cert.pem" "$REF/bench:$tag" "$W/mnt" --cache-dir "$W/cache" \
+    "${extra[@]}" 2>"$W/mount.err"); then
+    row "$wl,$v,$mode,$run,,,,,,,,,,,0,mount failed: $(tr '\n,' '  ' <"$W/mount.err" | cut -c1-200)"
+    progress "$wl $v $mode run $run: MOUNT FAILED: $(head -c 300 "$W/mount.err")"
+    return
+  fi
+  t1=$EPOCHREALTIME
+  pid=$(sed -n 's/.*(pid \([0-9]*\)).*/\1/p' <<<"$out")
+  if grep -q 'pulled in full' <<<"$out" && [ "$run" = 1 ]; then note "$v: $(grep 'pulled in full' <<<"$out" | cut -c1-160)"; fi
+  tr=$(run_workload "$W/mnt" "$wl")
+  read_counters
+  cpu="" hwm=""
+  if [ -n "$pid" ] && [ -r "/proc/$pid/stat" ]; then
+    st=$(<"/proc/$pid/stat")
+    rest=${st##*) }
+    read -ra f <<<"$rest"
+    cpu=$(echo "(${f[11]} + ${f[12]}) / $TICK" | bc -l | xargs printf '%.2f')
+    hwm=$(sed -n 's/^VmHWM:\s*\([0-9]*\) kB/\1/p' "/proc/$pid/status")
+  fi
+  f="$W/mnt/.stargz-snapshotter/${LAYER_DIGEST[$tag]}.json"
+  [ -r "$f" ] && fetched=$(sed -n 's/.*"fetchedSize":\([0-9]*\).*/\1/p' "$f")
+  "$LAZYPULL" unmount "$W/mnt" >/dev/null 2>&1 || "$LAZYPULL" unmount --force "$W/mnt" >/dev/null 2>&1 || true
+  if [ -z "$tr" ]; then
+    row "$wl,$v,$mode,$run,$(sub "$t1" "$t0"),,,$DOWN,$UP,$CONNS,$REQS,$cpu,$hwm,$fetched,0,no ready line: $(tail -2 "$W/workload.err" | tr '\n,' '  ' | cut -c1-200)"
+    progress "$wl $v $mode run $run: NO READY LINE ($(tail -2 "$W/workload.err" | tr '\n' ' '))"
+    return
+  fi
+  row "$wl,$v,$mode,$run,$(sub "$t1" "$t0"),$(sub "$tr" "$t1"),$(sub "$tr" "$t0"),$DOWN,$UP,$CONNS,$REQS,$cpu,$hwm,$fetched,1,"
+  progress "$(printf '%-6s %-13s %-4s run %d: ready %6.2f s (mount %.2f + run %.2f), %.1f MB down, %d requests, CPU %s s' \
+    "$wl" "$v" "$mode" "$run" "$(sub "$tr" "$t0")" "$(sub "$t1" "$t0")" "$(sub "$tr" "$t1")" \
+    "$(echo "$DOWN / 1000000" | bc -l)" "$REQS" "${cpu:-?}")"
+}
+
+# measure_pull WORKLOAD RUN: lazypull pull of the gzip image, then the workload in the result.
+measure_pull() {
+  local wl=$1 run=$2 t0 t1 tr u s m
+  rm -rf "$W/pulled"
+  drop_caches
+  reset_counters
+  t0=$EPOCHREALTIME
+  if ! /usr/bin/time -f '%U %S %M' -o "$W/time.out" "$LAZYPULL" pull --ca-file "$W/cert.pem" \
+    "$REF/bench:gzip" "$W/pulled" >"$W/pull.out" 2>&1; then
+    row "$wl,pull,pull,$run,,,,,,,,,,,0,pull failed: $(tail -1 "$W/pull.out" | tr ',' ' ' | cut -c1-200)"
+    progress "$wl pull run $run: PULL FAILED: $(tail -2 "$W/pull.out")"
+    return
+  fi
+  t1=$EPOCHREALTIME
+  tr=$(run_workload "$W/pulled" "$wl")
+  read_counters
+  read -r u s m <"$W/time.out"
+  rm -rf "$W/pulled"
+  if [ -z "$tr" ]; then
+    row "$wl,pull,pull,$run,$(sub "$t1" "$t0"),,,$DOWN,$UP,$CONNS,$REQS,,,,0,no ready line"
+    progress "$wl pull run $run: NO READY LINE"
+    return
+  fi
+  row "$wl,pull,pull,$run,$(sub "$t1" "$t0"),$(sub "$tr" "$t1"),$(sub "$tr" "$t0"),$DOWN,$UP,$CONNS,$REQS,$(echo "$u + $s" | bc -l | xargs printf '%.2f'),$m,,1,"
+  progress "$(printf '%-6s %-13s %-4s run %d: ready %6.2f s (pull %.2f + run %.2f), %.1f MB down' \
+    "$wl" pull pull "$run" "$(sub "$tr" "$t0")" "$(sub "$t1" "$t0")" "$(sub "$tr" "$t1")" "$(echo "$DOWN / 1000000" | bc -l)")"
+}
+
+# measure_skopeo: skopeo copy + tar -x of the gzip image (the neutral check; no workload).
+measure_skopeo() {
+  local t0 t1 l
+  rm -rf "$W/skopeo" "$W/skopeo-root"
+  drop_caches
+  reset_counters
+  t0=$EPOCHREALTIME
+  skopeo copy --quiet --src-cert-dir "$W/certs" "docker://$REF/bench:gzip" "dir:$W/skopeo" &&
+    mkdir -p "$W/skopeo-root" && l=${LAYER_DIGEST[gzip]} && tar -xzf "$W/skopeo/${l#sha256:}" -C "$W/skopeo-root" ||
+    { row "-,skopeo,skopeo,1,,,,,,,,,,,0,skopeo copy or tar failed"; progress "skopeo: FAILED"; return; }
+  t1=$EPOCHREALTIME
+  read_counters
+  rm -rf "$W/skopeo" "$W/skopeo-root"
+  row "-,skopeo,skopeo,1,$(sub "$t1" "$t0"),0,$(sub "$t1" "$t0"),$DOWN,$UP,$CONNS,$REQS,,,,1,"
+  progress "skopeo copy + tar -x: $(sub "$t1" "$t0") s, $(echo "$DOWN / 1000000" | bc -l | xargs printf %.1f) MB down"
+}
+
+lazy_variants=()
+for v in "${VARIANTS[@]}"; do lazy_variants+=("$v"); done
+per_profile=$((${#WORKLOADS[@]} * RUNS * (${#lazy_variants[@]} + BASELINE) + BASELINE))
+probes=0
+for v in "${lazy_variants[@]}"; do [ "$v" != gzip ] && probes=$((probes + ${#WORKLOADS[@]})); done
+[ "$PROBE" = 1 ] || probes=0
+N_TOTAL=$((${#PROFILES[@]} * per_profile + probes + ${#WORKLOADS[@]} * RUNS))
+
+log "local runs (the workload on the local copy, page cache warm)"
+PROFILE=- RTT_MS= BW_MBIT=
+for wl in "${WORKLOADS[@]}"; do
+  run_workload "$ROOTFS" "$wl" >/dev/null # warm-up
+  for run in $(seq "$RUNS"); do
+    t0=$EPOCHREALTIME
+    tr=$(run_workload "$ROOTFS" "$wl")
+    [ -n "$tr" ] || die "workload $wl gave no ready line on the local copy"
+    row "$wl,local,local,$run,0,$(sub "$tr" "$t0"),$(sub "$tr" "$t0"),,,,,,,,1,"
+    progress "$wl local run $run: $(sub "$tr" "$t0") s"
+  done
+done
+
+first_profile=1
+for PROFILE in "${PROFILES[@]}"; do
+  rtt=${PROFILE%-*} bw=${PROFILE#*-}
+  RTT_MS=${rtt%ms}
+  case $bw in *gbit) BW_MBIT=$((${bw%gbit} * 1000)) ;; *mbit) BW_MBIT=${bw%mbit} ;; esac
+  log "profile rtt=$rtt bw=$bw"
+  "$PROXY" --upstream "127.0.0.1:$REG_PORT" --rtt "$rtt" --bw "$bw" --control-port 0 >"$W/proxy.out" 2>"$W/proxy.log" &
+  PROXY_PID=$!
+  PIDS+=("$PROXY_PID")
+  for _ in $(seq 100); do grep -q '^control' "$W/proxy.out" && break; sleep 0.05; done
+  REF=$(sed -n 's/^listening \(127.0.0.1:[0-9]*\)$/\1/p' "$W/proxy.out")
+  CTRL=$(sed -n 's/^control \(127.0.0.1:[0-9]*\)$/\1/p' "$W/proxy.out")
+  [ -n "$REF" ] && [ -n "$CTRL" ] || die "lazypull-proxy did not start: $(cat "$W/proxy.log")"
+  [ "$BASELINE" = 1 ] && measure_skopeo
+  for wl in "${WORKLOADS[@]}"; do
+    # Runs interleaved across variants, so that drift in the machine's load spreads over all of them.
+    for run in $(seq "$RUNS"); do
+      [ "$BASELINE" = 1 ] && measure_pull "$wl" "$run"
+      for v in "${lazy_variants[@]}"; do
+        tag=${TAGS[$v]:-${TAGS[$v/$wl]:-}}
+        measure_mount "$wl" "$v" "$tag" lazy "$run"
+      done
+    done
+    if [ "$PROBE" = 1 ] && [ "$first_profile" = 1 ]; then
+      for v in "${lazy_variants[@]}"; do
+        [ "$v" = gzip ] && continue
+        tag=${TAGS[$v]:-${TAGS[$v/$wl]:-}}
+        measure_mount "$wl" "$v" "$tag" nobg 1
+      done
+    fi
+  done
+  kill "$PROXY_PID"
+  wait "$PROXY_PID" 2>/dev/null || true
+  unset 'PIDS[-1]'
+  first_profile=0
+done
+
+log "report"
+"$PY" "$TOOL" report "$OUT"
+echo "duration:  $(sub "$EPOCHREALTIME" "$T_START" | xargs printf '%.0f') s" >>"$OUT/meta.txt"
+note "$(grep -c ',1,$' "$CSV" || true) runs ok, $(grep -vc ',1,$' "$CSV" | xargs -I{} expr {} - 1) failed"
+note "$OUT/runs.csv  $OUT/floor.csv  $OUT/summary.md  $OUT/chart.svg"
+note "took $(sub "$EPOCHREALTIME" "$T_START" | xargs printf '%.0f') s"

@@ -1,0 +1,231 @@
+// `lazypull optimize` end to end: an OCI layout whose two layers hold a
+// shell (with its libraries) and some data files; the workload reads two
+// of the data files; the result must list exactly those (in the order read)
+// before `.prefetch.landmark` in the data layer, and the binaries it ran in
+// the other.
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <fstream>
+#include <set>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+#include "fetch/image_store.h"
+#include "fetch/manifest.h"
+#include "fetch/testing/oci_image.h"
+#include "gtest/gtest.h"
+#include "tests/testdata.h"
+
+namespace lazypull {
+namespace {
+
+using ::lazypull::testing::LazypullBinary;
+using ::lazypull::testing::MakeTempDir;
+using ::lazypull::testing::ReadFile;
+
+using ::lazypull::testing::RunResult;
+
+// Copies host file `path` to the same path under `root` (parents made).
+void CopyIn(const std::string& root, const std::string& path,
+            const std::string& as = "") {
+  const std::string dst = root + (as.empty() ? path : as);
+  RunResult r =
+      testing::Run({"/usr/bin/install", "-D", "-m", "0755", path, dst});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+}
+
+// The shared libraries `ldd` names for a binary.
+std::vector<std::string> Libraries(const std::string& binary) {
+  RunResult r = testing::Run({"/usr/bin/ldd", binary});
+  std::vector<std::string> libs;
+  for (absl::string_view line : absl::StrSplit(r.out, '\n')) {
+    line = absl::StripAsciiWhitespace(line);
+    size_t arrow = line.find("=> ");
+    absl::string_view path =
+        arrow == absl::string_view::npos ? line : line.substr(arrow + 3);
+    path = path.substr(0, path.find(' '));
+    if (absl::StartsWith(path, "/")) libs.emplace_back(path);
+  }
+  return libs;
+}
+
+std::string Tar(const std::string& dir, const std::string& out) {
+  RunResult r =
+      testing::Run({"/usr/bin/tar", "-C", dir, "--sort=name", "-cf", out, "."});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  return ReadFile(out);
+}
+
+// Member names of a compressed layer, in order.
+std::vector<std::string> TarOrder(const std::string& blob) {
+  RunResult r = testing::Run(
+      {"/bin/sh", "-c", absl::StrCat("gzip -dc '", blob, "' | tar -t")});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  std::vector<std::string> names;
+  for (absl::string_view l : absl::StrSplit(r.out, '\n', absl::SkipEmpty())) {
+    names.emplace_back(absl::StripPrefix(l, "./"));
+  }
+  return names;
+}
+
+size_t IndexOf(const std::vector<std::string>& v, const std::string& s) {
+  for (size_t i = 0; i < v.size(); ++i) {
+    if (v[i] == s) return i;
+  }
+  return v.size();
+}
+
+class OptimizeTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (geteuid() != 0) GTEST_SKIP() << "optimize needs root";
+    dir_ = MakeTempDir("optimize");
+    // Layer 0: /bin/sh and cat with their libraries; layer 1: data.
+    const std::string bin = dir_ + "/bin-root", data = dir_ + "/data-root";
+    CopyIn(bin, "/usr/bin/dash", "/usr/bin/sh");
+    CopyIn(bin, "/usr/bin/cat");
+    std::set<std::string> libs;
+    for (const char* b : {"/usr/bin/dash", "/usr/bin/cat"}) {
+      for (const std::string& l : Libraries(b)) libs.insert(l);
+    }
+    ASSERT_FALSE(libs.empty());
+    for (const std::string& l : libs) CopyIn(bin, l);
+    for (const char* l : {"bin", "lib", "lib64"}) {
+      symlink(absl::StrCat("usr/", l).c_str(),
+              absl::StrCat(bin, "/", l).c_str());
+    }
+    mkdir((data + "").c_str(), 0755);
+    mkdir((data + "/data").c_str(), 0755);
+    for (const char* f : {"a", "b", "c"}) {
+      std::ofstream(absl::StrCat(data, "/data/", f))
+          << std::string(300000, f[0]);
+    }
+    auto layout = testing::OciLayout::Create(dir_ + "/src");
+    ASSERT_TRUE(layout.ok()) << layout.status();
+    auto img = layout->AddImage(
+        {Tar(bin, dir_ + "/bin.tar"), Tar(data, dir_ + "/data.tar")});
+    ASSERT_TRUE(img.ok()) << img.status();
+    ASSERT_TRUE(layout->Tag("v1", img->manifest).ok());
+    // One layer holding everything, for layer:FILE.
+    RunResult r = testing::Run(
+        {"/bin/sh", "-c", absl::StrCat("cp -a ", data, "/data ", bin, "/")});
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    Tar(bin, dir_ + "/all.tar");
+  }
+
+  std::string dir_;
+};
+
+TEST_F(OptimizeTest, RecordsTheWorkloadAndPrioritizesItPerLayer) {
+  const std::string record = dir_ + "/record.txt";
+  RunResult r =
+      testing::Run({LazypullBinary(), "optimize", "oci:" + dir_ + "/src:v1",
+                    "oci:" + dir_ + "/out:opt", "--workload",
+                    "cat /data/b /data/a > /dev/null", "--record", record});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("\"recorded\""), std::string::npos) << r.out;
+
+  // The record: the shell and cat from layer 0, then b and a from layer 1.
+  std::vector<std::string> lines =
+      absl::StrSplit(ReadFile(record), '\n', absl::SkipEmpty());
+  EXPECT_LT(IndexOf(lines, "0\tusr/bin/sh"), lines.size()) << ReadFile(record);
+  EXPECT_LT(IndexOf(lines, "0\tusr/bin/cat"), lines.size());
+  const size_t b = IndexOf(lines, "1\tdata/b"), a = IndexOf(lines, "1\tdata/a");
+  EXPECT_LT(b, a);
+  EXPECT_LT(a, lines.size());
+  EXPECT_EQ(IndexOf(lines, "1\tdata/c"), lines.size());
+
+  // The written image: the same order before the landmark in each layer.
+  RegistryOptions none;
+  auto loc = ImageLocation::Parse("oci:" + dir_ + "/out:opt");
+  ASSERT_TRUE(loc.ok());
+  auto reader = OpenImageReader(*loc, none);
+  ASSERT_TRUE(reader.ok()) << reader.status();
+  auto root = (*reader)->Root();
+  ASSERT_TRUE(root.ok()) << root.status();
+  auto man = ParseImageManifest(root->bytes);
+  ASSERT_TRUE(man.ok()) << man.status();
+  ASSERT_EQ(man->layers.size(), 2u);
+  for (const Descriptor& l : man->layers) {
+    EXPECT_EQ(l.annotations.count("containerd.io/snapshot/stargz/toc.digest"),
+              1u);
+  }
+  auto blob = [&](int i) {
+    return absl::StrCat(dir_, "/out/blobs/sha256/",
+                        man->layers[i].digest.Hex());
+  };
+  std::vector<std::string> t0 = TarOrder(blob(0));
+  const size_t lm0 = IndexOf(t0, ".prefetch.landmark");
+  ASSERT_LT(lm0, t0.size());
+  EXPECT_LT(IndexOf(t0, "usr/bin/sh"), lm0);
+  EXPECT_LT(IndexOf(t0, "usr/bin/cat"), lm0);
+  std::vector<std::string> t1 = TarOrder(blob(1));
+  const size_t lm1 = IndexOf(t1, ".prefetch.landmark");
+  ASSERT_LT(lm1, t1.size());
+  EXPECT_LT(IndexOf(t1, "data/b"), IndexOf(t1, "data/a"));
+  EXPECT_LT(IndexOf(t1, "data/a"), lm1);
+  EXPECT_GT(IndexOf(t1, "data/c"), lm1);
+  EXPECT_LT(IndexOf(t1, "data/c"), t1.size());
+
+  // Nothing left mounted or behind in the scratch space.
+  RunResult m =
+      testing::Run({"/bin/sh", "-c", "grep lazypull-optimize /proc/mounts"});
+  EXPECT_EQ(m.out, "");
+}
+
+TEST_F(OptimizeTest, SingleLayerFileAndAWorkloadThatFails) {
+  const std::string out = dir_ + "/opt.layer";
+  RunResult r =
+      testing::Run({LazypullBinary(), "optimize", "layer:" + dir_ + "/all.tar",
+                    "layer:" + out, "--workload", "cat /data/c; exit 3",
+                    "--format", "estargz"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("\"exit_code\": 3"), std::string::npos) << r.out;
+  std::vector<std::string> t = TarOrder(out);
+  const size_t lm = IndexOf(t, ".prefetch.landmark");
+  ASSERT_LT(lm, t.size());
+  EXPECT_LT(IndexOf(t, "data/c"), lm);
+  EXPECT_GT(IndexOf(t, "data/a"), lm);
+  RunResult v = testing::Run({LazypullBinary(), "verify", out});
+  EXPECT_EQ(v.exit_code, 0) << v.err;
+}
+
+TEST_F(OptimizeTest, PeriodStopsARunawayWorkload) {
+  const std::string out = dir_ + "/p.layer";
+  RunResult r = testing::Run(
+      {LazypullBinary(), "optimize", "layer:" + dir_ + "/all.tar",
+       "layer:" + out, "--workload",
+       "cat /data/a; while :; do :; done; cat /data/b", "--period", "1"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("\"timed_out\": true"), std::string::npos) << r.out;
+  std::vector<std::string> t = TarOrder(out);
+  const size_t lm = IndexOf(t, ".prefetch.landmark");
+  EXPECT_LT(IndexOf(t, "data/a"), lm);
+  EXPECT_GT(IndexOf(t, "data/b"), lm);
+}
+
+TEST_F(OptimizeTest, UsageErrors) {
+  RunResult r =
+      testing::Run({LazypullBinary(), "optimize", "oci:" + dir_ + "/src:v1",
+                    "oci:" + dir_ + "/out2:x"});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("--workload"), std::string::npos) << r.err;
+  r = testing::Run({LazypullBinary(), "optimize", "layer:" + dir_ + "/all.tar",
+                    "oci:" + dir_ + "/out2:x", "--workload", "true"});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("layer:FILE"), std::string::npos) << r.err;
+  r = testing::Run({LazypullBinary(), "optimize",
+                    "oci:" + dir_ + "/src:nosuchtag", "oci:" + dir_ + "/out2:x",
+                    "--workload", "true"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("nosuchtag"), std::string::npos) << r.err;
+}
+
+}  // namespace
+}  // namespace lazypull
