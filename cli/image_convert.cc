@@ -3,12 +3,15 @@
 // location (fetch/image_converter.h does the work).
 #include "cli/image_convert.h"
 
+#include <unistd.h>
+
 #include <iostream>
 #include <memory>
 
 #include "absl/strings/str_cat.h"
 #include "cli/commands.h"
 #include "cli/network_flags.h"
+#include "cli/optimize.h"
 #include "core/json_writer.h"
 #include "fetch/auth.h"
 #include "fetch/curl_http.h"
@@ -37,7 +40,11 @@ CommandSpec ConvertSpec() {
       "--platform every platform of an index is converted; with it, only\n"
       "that one is kept. Blobs DST already has are not sent again, and\n"
       "between two repositories of one registry unchanged blobs are\n"
-      "mounted. Progress goes to stderr; a JSON summary to stdout.",
+      "mounted. Progress goes to stderr; a JSON summary to stdout.\n\n"
+      "With --workload, this machine's platform is optimized as `lazypull\n"
+      "optimize` does (the workload's file accesses recorded and put before\n"
+      ".prefetch.landmark); the other platforms are converted without\n"
+      "optimization, saying so. That needs root.",
       {"SRC", "DST"},
       {},
   };
@@ -53,13 +60,8 @@ CommandSpec ConvertSpec() {
     }
     s.flags.push_back(f);
   }
-  // ---- Reserved for `optimize` --------------------------------------------
-  // --workload 'CMD ...' [--period SECONDS] [--record FILE]: record what a
-  // workload reads and prioritize it (cli/optimize.h, WorkloadFlags() and
-  // OptimizeImage()). Wire them here: when --workload is given, hand SRC,
-  // DST and the ImageConvertOptions built below to OptimizeImage instead of
-  // ConvertImage.
-  // --------------------------------------------------------------------------
+  // With --workload, `optimize`'s recording for this machine's platform.
+  for (FlagSpec& f : WorkloadFlags()) s.flags.push_back(f);
   return s;
 }
 
@@ -104,6 +106,24 @@ int ImageConvertMain(int argc, char** argv) {
   absl::StatusOr<std::unique_ptr<ImageWriter>> writer =
       OpenImageWriter(*dst, ro);
   if (!writer.ok()) return Fail("image convert", writer.status());
+  if (args->Has("workload")) {
+    OptimizeOptions oo;
+    oo.convert = o;
+    if (absl::Status st = WorkloadOptionsFromArgs(*args, &oo); !st.ok()) {
+      return usage(st);
+    }
+    if (geteuid() != 0) {
+      return Fail("image convert",
+                  absl::PermissionDeniedError(
+                      "--workload mounts FUSE, overlayfs and a chroot: run "
+                      "it as root"));
+    }
+    absl::StatusOr<OptimizeReport> r =
+        OptimizeImage(reader->get(), writer->get(), oo);
+    if (!r.ok()) return Fail("image convert", r.status());
+    std::cout << ConvertReportJson(r->image, dst->String()) << "\n";
+    return 0;
+  }
   absl::StatusOr<ImageConvertReport> r =
       ConvertImage(reader->get(), writer->get(), o);
   if (!r.ok()) return Fail("image convert", r.status());
@@ -116,6 +136,13 @@ int ImageConvertMain(int argc, char** argv) {
 std::string ConvertReportJson(const ImageConvertReport& r,
                               const std::string& destination) {
   JsonWriter w(1);
+  WriteConvertReport(r, destination, &w);
+  return w.Release();
+}
+
+void WriteConvertReport(const ImageConvertReport& r,
+                        const std::string& destination, JsonWriter* out) {
+  JsonWriter& w = *out;
   w.BeginObject();
   w.Key("destination").String(destination);
   w.Key("digest").String(r.root.digest.ToString());
@@ -143,7 +170,6 @@ std::string ConvertReportJson(const ImageConvertReport& r,
   }
   w.EndArray();
   w.EndObject();
-  return w.Release();
 }
 
 std::function<void(const std::string&)> StderrProgress(const std::string& cmd) {

@@ -9,6 +9,7 @@
 #include <functional>
 #include <string>
 
+#include "core/json_writer.h"
 #include "fetch/image_converter.h"
 #include "fetch/image_store.h"
 
@@ -19,6 +20,9 @@ namespace lazypull::cli {
 //  "digest", "media_type", "size", "toc_digest" (converted layers only)}]}]}
 std::string ConvertReportJson(const ImageConvertReport& r,
                               const std::string& destination);
+// The same object written as the next value of `w`.
+void WriteConvertReport(const ImageConvertReport& r,
+                        const std::string& destination, JsonWriter* w);
 
 // Progress lines on stderr, "lazypull <cmd>: <line>".
 std::function<void(const std::string&)> StderrProgress(const std::string& cmd);

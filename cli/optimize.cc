@@ -19,6 +19,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "cli/commands.h"
+#include "cli/image_convert.h"
 #include "cli/network_flags.h"
 #include "cli/workload.h"
 #include "core/cached_layer.h"
@@ -449,9 +450,7 @@ int OptimizeMain(int argc, char** argv) {
   if (!lo.ok()) return usage(lo.status());
   o.convert.layer = *lo;
   o.convert.only_platform = Platform::Host();
-  o.convert.progress = [](const std::string& line) {
-    std::cerr << "lazypull optimize: " << line << "\n";
-  };
+  o.convert.progress = StderrProgress("optimize");
   const std::string& src = args->positionals[0];
   const std::string& dst = args->positionals[1];
   if (geteuid() != 0) {
@@ -505,18 +504,8 @@ int OptimizeMain(int argc, char** argv) {
   for (const auto& layer : r->recorded) w.Uint(layer.size());
   w.EndArray();
   if (!r->image.manifests.empty()) {
-    w.Key("digest").String(r->image.root.digest.ToString());
-    w.Key("layers").BeginArray();
-    for (const ConvertedManifest& m : r->image.manifests) {
-      for (const ConvertedLayer& l : m.layers) {
-        w.BeginObject();
-        w.Key("digest").String(l.to.digest.ToString());
-        w.Key("toc_digest").String(l.toc_digest.ToString());
-        w.Key("size").Int(l.to.size);
-        w.EndObject();
-      }
-    }
-    w.EndArray();
+    w.Key("image");
+    WriteConvertReport(r->image, dst, &w);
   }
   w.EndObject();
   std::cout << w.str() << "\n";

@@ -65,10 +65,38 @@ CachedLayerStats CachedLayer::stats() const {
   return s;
 }
 
+uint64_t CachedLayer::AcquireFillBytes(uint64_t want) {
+  const uint64_t cap = options_.max_fill_bytes;
+  if (cap == 0) return 0;
+  absl::MutexLock l(&budget_mu_);
+  auto fits = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(budget_mu_) {
+    return budget_used_ == 0 || budget_used_ + want <= cap;
+  };
+  budget_mu_.Await(absl::Condition(&fits));
+  budget_used_ += want;
+  return want;
+}
+
+void CachedLayer::ReleaseFillBytes(uint64_t got) {
+  if (got == 0) return;
+  absl::MutexLock l(&budget_mu_);
+  budget_used_ -= got;
+}
+
 void CachedLayer::RunFill(uint32_t group, Flight* flight,
                           ReadPriority priority) {
   const auto& cs = reader_->index().chunks();
   const std::vector<uint32_t>& members = groups_[group];
+  // What this fill will hold at its peak: the extent, the decoded prefix of
+  // a shared member and the chunks.
+  uint64_t want = 0;
+  if (!cs[members.front()].zeros) {
+    want += cs[members.front()].blob_end - cs[members.front()].blob_offset;
+  }
+  for (uint32_t ci : members) {
+    want += cs[ci].size * (members.size() > 1 ? 2 : 1);
+  }
+  const uint64_t held = AcquireFillBytes(want);
   absl::flat_hash_map<uint32_t, ChunkData> out;
   absl::flat_hash_map<uint32_t, absl::Status> errors;
   absl::Status st;
@@ -133,6 +161,7 @@ void CachedLayer::RunFill(uint32_t group, Flight* flight,
     absl::Status ins = cache_->InsertShared(cs[ci].digest, data);
     (void)ins;  // a cache that cannot store still serves this read
   }
+  ReleaseFillBytes(held);
   absl::MutexLock l(&flight->mu);
   flight->status = st;
   flight->data = std::move(out);
@@ -143,7 +172,8 @@ void CachedLayer::RunFill(uint32_t group, Flight* flight,
 absl::StatusOr<CachedLayer::ChunkData> CachedLayer::GetChunk(
     uint32_t chunk, ReadPriority priority) {
   const Chunk& c = reader_->index().chunks()[chunk];
-  if (!c.zeros) {
+  // (Contains first: a chunk-sized buffer is only worth touching for a hit.)
+  if (!c.zeros && cache_->Contains(c.digest)) {
     auto buf = std::make_shared<std::string>(c.size, '\0');
     ASSIGN_OR_RETURN(bool hit,
                      cache_->Read(c.digest, c.size, 0, absl::MakeSpan(*buf)));

@@ -43,6 +43,11 @@ struct CachedLayerOptions {
   int readahead_chunks = 4;
   // Background threads doing read-ahead (and later prefetch).
   int background_threads = 2;
+  // Memory that fills in progress may hold at once (compressed extents and
+  // decoded chunks; default 12 MiB): a fill that would pass it waits for
+  // others to finish. One fill always proceeds, whatever its size. 0 = no
+  // cap. Bounds the serving process's peak RSS under many cold readers.
+  uint64_t max_fill_bytes = 12 << 20;
 };
 
 struct CachedLayerStats {
@@ -126,6 +131,12 @@ class CachedLayer {
 
   std::atomic<uint64_t> hits_{0}, fills_{0}, fetched_{0}, failures_{0};
   std::atomic<uint64_t> fetched_blob_bytes_{0};
+
+  // Fill memory in use (see max_fill_bytes).
+  absl::Mutex budget_mu_;
+  uint64_t budget_used_ ABSL_GUARDED_BY(budget_mu_) = 0;
+  uint64_t AcquireFillBytes(uint64_t want);
+  void ReleaseFillBytes(uint64_t got);
 };
 
 }  // namespace lazypull

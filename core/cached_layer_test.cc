@@ -52,6 +52,72 @@ struct Fixture {
   }
 };
 
+// A slow source that records how many reads overlap.
+class SlowSource : public BlobSource {
+ public:
+  explicit SlowSource(std::string blob) : inner_(std::move(blob)) {}
+  uint64_t size() const override { return inner_.size(); }
+  absl::Status ReadAt(uint64_t offset, absl::Span<char> dst,
+                      ReadPriority p) override {
+    int now = ++active_;
+    int seen = max_.load();
+    while (now > seen && !max_.compare_exchange_weak(seen, now)) {
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(30));
+    absl::Status st = inner_.ReadAt(offset, dst, p);
+    --active_;
+    return st;
+  }
+  using BlobSource::ReadAt;
+  std::string Describe() const override { return "slow"; }
+  int max_concurrent() const { return max_.load(); }
+
+ private:
+  MemoryBlobSource inner_;
+  std::atomic<int> active_{0}, max_{0};
+};
+
+int MaxConcurrentFills(uint64_t max_fill_bytes) {
+  TestLayer t;
+  std::vector<std::string> data;
+  for (int i = 0; i < 6; ++i) {
+    data.push_back(Random(200 << 10, 40 + i));
+    t.AddFile(absl::StrCat("f", i), data.back());
+  }
+  TestBlob b = t.Build();
+  auto src = std::make_shared<SlowSource>(b.blob);
+  auto r = LayerReader::Open(src, {});
+  EXPECT_TRUE(r.ok()) << r.status();
+  std::shared_ptr<const LayerReader> reader = std::move(*r);
+  CachedLayerOptions o;
+  o.readahead_chunks = 0;
+  o.max_fill_bytes = max_fill_bytes;
+  CachedLayer layer(reader, std::make_shared<MemoryChunkCache>(0), o);
+  const int before = src->max_concurrent();  // opening read the TOC
+  EXPECT_EQ(before, 1);
+  std::vector<std::thread> ts;
+  std::atomic<int> bad{0};
+  for (int i = 0; i < 6; ++i) {
+    ts.emplace_back([&, i] {
+      auto ino = reader->index().Resolve(absl::StrCat("f", i));
+      std::string out(200 << 10, '\0');
+      auto n = layer.Read(*ino, 0, absl::MakeSpan(out));
+      if (!n.ok() || out != data[i]) ++bad;
+    });
+  }
+  for (auto& t : ts) t.join();
+  EXPECT_EQ(bad.load(), 0);
+  return src->max_concurrent();
+}
+
+TEST(CachedLayerTest, FillMemoryIsCapped) {
+  // Each fill holds ~400 KiB (extent + chunk): a 1 MiB cap lets two run,
+  // a tiny one exactly one (it never blocks a lone fill), no cap all six.
+  EXPECT_EQ(MaxConcurrentFills(1), 1);
+  EXPECT_EQ(MaxConcurrentFills(1 << 20), 2);
+  EXPECT_GT(MaxConcurrentFills(0), 2);
+}
+
 TEST(CachedLayerTest, ConcurrentMissesShareOneFill) {
   const std::string big = Random(1 << 20, 1);
   TestBlob b = TestLayer().AddFile("big", big).Build();

@@ -409,6 +409,8 @@ LayerKind ClassifyLayer(absl::string_view mt) {
       absl::StrContains(mt, "foreign")) {
     return LayerKind::kForeign;
   }
+  // ocicrypt's "+encrypted" layers cannot be read without their keys.
+  if (absl::StrContains(mt, "+encrypted")) return LayerKind::kOther;
   if (absl::StartsWith(mt, kOciLayerTar) ||
       absl::StartsWith(mt, "application/vnd.docker.image.rootfs.diff.tar")) {
     return LayerKind::kTar;
@@ -474,23 +476,24 @@ class Converter {
     if (o_.progress) o_.progress(line);
   }
 
-  // Sends a blob unless the destination has it (or mounts it).
+  // Whether the destination has `d` already or (`mountable`, between two
+  // repositories of one registry) mounted it; counted as skipped.
+  absl::StatusOr<bool> Present(const Descriptor& d, bool mountable) {
+    ASSIGN_OR_RETURN(bool has, dst_->HasBlob(d));
+    if (!has && mountable && !o_.mount_from_repository.empty()) {
+      ASSIGN_OR_RETURN(has, dst_->MountBlob(d, o_.mount_from_repository));
+    }
+    if (has) ++report_.blobs_skipped;
+    return has;
+  }
+
+  // Sends a blob held in the file at `path` (or in `bytes`) unless the
+  // destination has it; *uploaded says which.
   absl::Status Send(const Descriptor& d, const std::string* path,
                     absl::string_view bytes, bool mountable, bool* uploaded) {
     *uploaded = false;
-    ASSIGN_OR_RETURN(bool has, dst_->HasBlob(d));
-    if (has) {
-      ++report_.blobs_skipped;
-      return absl::OkStatus();
-    }
-    if (mountable && !o_.mount_from_repository.empty()) {
-      ASSIGN_OR_RETURN(bool mounted,
-                       dst_->MountBlob(d, o_.mount_from_repository));
-      if (mounted) {
-        ++report_.blobs_skipped;
-        return absl::OkStatus();
-      }
-    }
+    ASSIGN_OR_RETURN(bool present, Present(d, mountable));
+    if (present) return absl::OkStatus();
     if (path != nullptr) {
       RETURN_IF_ERROR(dst_->PutBlobFile(d, *path));
     } else {
@@ -501,21 +504,10 @@ class Converter {
     return absl::OkStatus();
   }
 
-  // Copies blob `d` as it is (a non-tar layer).
+  // Copies blob `d` as it is (a non-tar layer), through a scratch file.
   absl::Status CopyBlob(const Descriptor& d) {
-    ASSIGN_OR_RETURN(bool has, dst_->HasBlob(d));
-    if (has) {
-      ++report_.blobs_skipped;
-      return absl::OkStatus();
-    }
-    if (!o_.mount_from_repository.empty()) {
-      ASSIGN_OR_RETURN(bool mounted,
-                       dst_->MountBlob(d, o_.mount_from_repository));
-      if (mounted) {
-        ++report_.blobs_skipped;
-        return absl::OkStatus();
-      }
-    }
+    ASSIGN_OR_RETURN(bool present, Present(d, /*mountable=*/true));
+    if (present) return absl::OkStatus();
     const std::string path = scratch_->File(absl::StrCat("copy-", ++files_));
     ASSIGN_OR_RETURN(std::unique_ptr<ByteStream> in, src_->OpenBlob(d));
     ASSIGN_OR_RETURN(uint64_t n, StreamToFile(in.get(), path));
@@ -527,14 +519,62 @@ class Converter {
     return absl::OkStatus();
   }
 
+  // What converting one blob gave, whatever descriptor listed it.
+  struct LayerResult {
+    Descriptor to;  // media type, digest, size, the writer's annotations
+    Digest toc_digest, diff_id;
+    std::vector<std::string> missing_prioritized;
+  };
+
   absl::StatusOr<ConvertedLayer> Layer(const Descriptor& from,
                                        const std::string& layer_type,
                                        const Platform& platform, size_t i,
                                        size_t n) {
-    ConvertedLayer out;
-    out.from = from;
+    LayerWriterOptions lo = o_.layer;
+    lo.prioritized_files.clear();
+    if (o_.prioritized_files) {
+      lo.prioritized_files = o_.prioritized_files(platform, i);
+    }
     const std::string label =
         absl::StrCat("layer ", i + 1, "/", n, " ", from.digest.ToString());
+    // The same blob with the same list converts to the same bytes: a layer
+    // listed twice (or shared by two platforms) is converted once.
+    const std::string key =
+        absl::StrCat(from.digest.ToString(), "\n", layer_type, "\n",
+                     absl::StrJoin(lo.prioritized_files, "\n"));
+    auto it = converted_.find(key);
+    if (it != converted_.end()) {
+      Progress(absl::StrCat(label, " -> ", it->second.to.digest.ToString(),
+                            " (converted above)"));
+    } else {
+      ASSIGN_OR_RETURN(LayerResult lr, ConvertBlob(from, layer_type, lo));
+      Progress(absl::StrCat(label, " -> ", lr.to.digest.ToString(), " (",
+                            HumanBytes(from.size), " -> ",
+                            HumanBytes(lr.to.size),
+                            last_uploaded_ ? "" : ", already there", ")"));
+      it = converted_.emplace(key, std::move(lr)).first;
+    }
+    const LayerResult& lr = it->second;
+    ConvertedLayer out;
+    out.converted = true;
+    out.from = from;
+    out.to = lr.to;
+    out.to.annotations.clear();
+    for (const auto& [k, v] : from.annotations) {
+      if (!IsLayerFormatAnnotation(k)) out.to.annotations[k] = v;
+    }
+    for (const auto& [k, v] : lr.to.annotations) out.to.annotations[k] = v;
+    out.toc_digest = lr.toc_digest;
+    out.missing_prioritized = lr.missing_prioritized;
+    last_diff_id_ = lr.diff_id;
+    return out;
+  }
+
+  // Downloads blob `from` into a scratch file, converts it and sends the
+  // result unless the destination has it.
+  absl::StatusOr<LayerResult> ConvertBlob(const Descriptor& from,
+                                          const std::string& layer_type,
+                                          const LayerWriterOptions& lo) {
     const std::string in_path = scratch_->File(absl::StrCat("in-", ++files_));
     const std::string out_path = scratch_->File(absl::StrCat("out-", files_));
     struct Cleanup {
@@ -549,30 +589,18 @@ class Converter {
       ASSIGN_OR_RETURN(uint64_t got, StreamToFile(in.get(), in_path));
       (void)got;
     }
-    LayerWriterOptions lo = o_.layer;
-    lo.prioritized_files.clear();
-    if (o_.prioritized_files)
-      lo.prioritized_files = o_.prioritized_files(platform, i);
     ASSIGN_OR_RETURN(LayerWriteResult r,
                      ConvertLayerFile(in_path, out_path, lo));
-    out.converted = true;
-    out.toc_digest = r.toc_digest;
-    out.missing_prioritized = r.missing_prioritized;
-    out.to.media_type = layer_type;
-    out.to.digest = r.blob_digest;
-    out.to.size = static_cast<int64_t>(r.blob_size);
-    for (const auto& [k, v] : from.annotations) {
-      if (!IsLayerFormatAnnotation(k)) out.to.annotations[k] = v;
-    }
-    for (const auto& [k, v] : r.annotations) out.to.annotations[k] = v;
-    last_diff_id_ = r.diff_id;
-    bool uploaded;
-    RETURN_IF_ERROR(Send(out.to, &out_path, "", false, &uploaded));
-    Progress(absl::StrCat(label, " -> ", out.to.digest.ToString(), " (",
-                          HumanBytes(from.size), " -> ",
-                          HumanBytes(out.to.size),
-                          uploaded ? "" : ", already there", ")"));
-    return out;
+    LayerResult lr;
+    lr.to.media_type = layer_type;
+    lr.to.digest = r.blob_digest;
+    lr.to.size = static_cast<int64_t>(r.blob_size);
+    for (const auto& [k, v] : r.annotations) lr.to.annotations[k] = v;
+    lr.toc_digest = r.toc_digest;
+    lr.diff_id = r.diff_id;
+    lr.missing_prioritized = std::move(r.missing_prioritized);
+    RETURN_IF_ERROR(Send(lr.to, &out_path, "", false, &last_uploaded_));
+    return lr;
   }
 
   absl::StatusOr<Written> Manifest(const FetchedManifest& fm,
@@ -855,7 +883,10 @@ class Converter {
   ScratchDir* const scratch_;
   const bool to_oci_;
   ImageConvertReport report_;
-  Digest last_diff_id_;  // set by Layer()
+  Digest last_diff_id_;         // set by Layer()
+  bool last_uploaded_ = false;  // set by ConvertBlob()
+  // ConvertBlob() results by source digest, media type and prioritized list.
+  std::map<std::string, LayerResult> converted_;
   int files_ = 0;
 };
 

@@ -509,6 +509,70 @@ TEST_F(ImageConverterTest, DockerManifestTypes) {
   }
 }
 
+TEST_F(ImageConverterTest, DockerManifestListBecomesOciIndexForZstd) {
+  for (Compression c : {Compression::kGzip, Compression::kZstd}) {
+    SCOPED_TRACE(c == Compression::kGzip ? "estargz" : "zstd:chunked");
+    FakeReader r;
+    SourceImage img = MakeImage(&r, {Input::kGzip}, /*docker=*/true);
+    const std::string list = absl::StrCat(
+        "{\"schemaVersion\":2,\"mediaType\":", Json(kDockerManifestListType),
+        ",\"manifests\":[",
+        DescJson(img.manifest,
+                 ",\"platform\":{\"architecture\":\"amd64\",\"os\":"
+                 "\"linux\"}"),
+        "]}");
+    r.root = r.Add(kDockerManifestListType, list);
+    FakeWriter w;
+    ASSERT_TRUE(ConvertImage(&r, &w, Options(c)).ok());
+    absl::StatusOr<ImageIndex> idx = ParseImageIndex(w.tagged_bytes);
+    ASSERT_TRUE(idx.ok());
+    const bool oci = c == Compression::kZstd;
+    EXPECT_EQ(idx->media_type, oci ? kOciIndexType : kDockerManifestListType);
+    EXPECT_EQ(w.tagged->media_type, idx->media_type);
+    EXPECT_EQ(idx->manifests[0].media_type,
+              oci ? kOciManifestType : kDockerManifestType);
+    EXPECT_EQ(w.manifest_types[idx->manifests[0].digest.ToString()],
+              idx->manifests[0].media_type);
+    EXPECT_EQ(idx->manifests[0].platform->String(), "linux/amd64");
+  }
+}
+
+TEST_F(ImageConverterTest, RepeatedLayerIsConvertedOnce) {
+  FakeReader r;
+  const std::string tar = TarOf(0, "amd64");
+  Descriptor layer = r.Add(kOciLayerGzip, testing::GzipForTest(tar));
+  const std::string id = Json(Sha256::Of(tar).ToString());
+  Descriptor config = r.Add(
+      kOciConfig, absl::StrCat("{\"architecture\":\"amd64\",\"os\":\"linux\","
+                               "\"rootfs\":{\"type\":\"layers\",\"diff_ids\":[",
+                               id, ",", id, "]}}"));
+  r.root = r.Add(
+      kOciManifestType,
+      absl::StrCat("{\"schemaVersion\":2,\"config\":", DescJson(config),
+                   ",\"layers\":[", DescJson(layer), ",",
+                   DescJson(layer, ",\"annotations\":{\"second\":\"yes\"}"),
+                   "]}"));
+  FakeWriter w;
+  absl::StatusOr<ImageConvertReport> rep = ConvertImage(&r, &w, Options());
+  ASSERT_TRUE(rep.ok()) << rep.status();
+  EXPECT_EQ(r.blob_reads, 2);  // the config and the layer, once
+  ImageManifest m = TaggedManifest(w);
+  ASSERT_EQ(m.layers.size(), 2u);
+  EXPECT_EQ(m.layers[0].digest, m.layers[1].digest);
+  EXPECT_EQ(m.layers[0].annotations.count("second"), 0u);
+  EXPECT_EQ(m.layers[1].annotations.at("second"), "yes");
+  EXPECT_EQ(m.layers[1].annotations.at(kTocDigestAnnotation),
+            m.layers[0].annotations.at(kTocDigestAnnotation));
+  absl::StatusOr<ImageConfig> c = ParseImageConfig(w.Blob(m.config.digest));
+  ASSERT_TRUE(c.ok());
+  EXPECT_EQ(c->diff_ids[0], c->diff_ids[1]);
+  EXPECT_NE(c->diff_ids[0], Sha256::Of(tar));
+  // A manifest without "mediaType" stays without one.
+  EXPECT_FALSE(absl::StrContains(w.tagged_bytes,
+                                 "\"mediaType\":\"application/"
+                                 "vnd.oci.image.manifest"));
+}
+
 // An index of two platforms (and an attestation manifest for one).
 struct IndexImage {
   SourceImage amd64, arm64, attestation;

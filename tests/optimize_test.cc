@@ -112,6 +112,17 @@ class OptimizeTest : public ::testing::Test {
         {Tar(bin, dir_ + "/bin.tar"), Tar(data, dir_ + "/data.tar")});
     ASSERT_TRUE(img.ok()) << img.status();
     ASSERT_TRUE(layout->Tag("v1", img->manifest).ok());
+    // The same content as a two-platform index (arm64 cannot run here).
+    auto arm = layout->AddImage({ReadFile(dir_ + "/bin.tar"),
+                                 ReadFile(dir_ + "/data.tar")},
+                                "linux/arm64");
+    ASSERT_TRUE(arm.ok()) << arm.status();
+    testing::TestDescriptor amd = img->manifest, a64 = arm->manifest;
+    amd.platform = "linux/amd64";
+    a64.platform = "linux/arm64";
+    auto index = layout->AddIndex({amd, a64});
+    ASSERT_TRUE(index.ok()) << index.status();
+    ASSERT_TRUE(layout->Tag("multi", *index).ok());
     // One layer holding everything, for layer:FILE.
     RunResult r = testing::Run(
         {"/bin/sh", "-c", absl::StrCat("cp -a ", data, "/data ", bin, "/")});
@@ -208,6 +219,44 @@ TEST_F(OptimizeTest, PeriodStopsARunawayWorkload) {
   const size_t lm = IndexOf(t, ".prefetch.landmark");
   EXPECT_LT(IndexOf(t, "data/a"), lm);
   EXPECT_GT(IndexOf(t, "data/b"), lm);
+}
+
+TEST_F(OptimizeTest, ImageConvertWithAWorkloadOptimizesThisPlatformOnly) {
+  testing::RunResult r = testing::Run(
+      {LazypullBinary(), "image", "convert", "oci:" + dir_ + "/src:multi",
+       "oci:" + dir_ + "/conv:multi", "--workload", "cat /data/b"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find("linux/arm64: converted without optimization"),
+            std::string::npos)
+      << r.err;
+  RegistryOptions none;
+  auto reader = OpenImageReader(
+      *ImageLocation::Parse("oci:" + dir_ + "/conv:multi"), none);
+  ASSERT_TRUE(reader.ok()) << reader.status();
+  auto root = (*reader)->Root();
+  ASSERT_TRUE(root.ok()) << root.status();
+  auto index = ParseImageIndex(root->bytes);
+  ASSERT_TRUE(index.ok()) << index.status();
+  ASSERT_EQ(index->manifests.size(), 2u);
+  for (const Descriptor& d : index->manifests) {
+    ASSERT_TRUE(d.platform.has_value());
+    auto m = (*reader)->Manifest(d);
+    ASSERT_TRUE(m.ok()) << m.status();
+    auto man = ParseImageManifest(m->bytes);
+    ASSERT_TRUE(man.ok());
+    ASSERT_EQ(man->layers.size(), 2u);
+    std::vector<std::string> t = TarOrder(absl::StrCat(
+        dir_, "/conv/blobs/sha256/", man->layers[1].digest.Hex()));
+    if (d.platform->architecture == "amd64") {
+      const size_t lm = IndexOf(t, ".prefetch.landmark");
+      ASSERT_LT(lm, t.size());
+      EXPECT_LT(IndexOf(t, "data/b"), lm);
+      EXPECT_GT(IndexOf(t, "data/a"), lm);
+    } else {
+      EXPECT_EQ(IndexOf(t, ".prefetch.landmark"), t.size());
+      EXPECT_LT(IndexOf(t, ".no.prefetch.landmark"), t.size());
+    }
+  }
 }
 
 TEST_F(OptimizeTest, UsageErrors) {
