@@ -47,7 +47,7 @@ struct CachedLayerOptions {
   // decoded chunks; default 12 MiB): a fill that would pass it waits for
   // others to finish. One fill always proceeds, whatever its size. 0 = no
   // cap. Bounds the serving process's peak RSS under many cold readers.
-  uint64_t max_fill_bytes = 12 << 20;
+  uint64_t max_fill_bytes = 8 << 20;
 };
 
 struct CachedLayerStats {

@@ -62,7 +62,7 @@ namespace lazypull {
 struct DiskChunkCacheOptions {
   uint64_t capacity = 0;  // bytes of chunk data; 0 = unbounded
   bool sync = true;       // fdatasync each chunk before publishing it
-  uint64_t max_pending_bytes = 8 << 20;  // queued writes held in memory
+  uint64_t max_pending_bytes = 4 << 20;  // queued writes held in memory
   uint64_t rescan_every = 4096;          // inserts between directory scans
   size_t max_open_files = 512;           // cached read descriptors
 };
