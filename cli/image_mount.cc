@@ -64,6 +64,8 @@ constexpr int kDefaultWaitPrefetchSeconds = 60;
 // coalesce neighbours; its caps keep background work out of the way.
 constexpr int kPrefetchThreads = 8;
 constexpr int kBackgroundThreads = 4;
+// Prefetch / background spans: one range request each.
+constexpr uint64_t kSpanSize = 1 << 20;
 
 struct LayerMount {
   size_t index = 0;
@@ -84,6 +86,9 @@ struct FetchTuning {
   int prefetch_streams = kPrefetchThreads;
   int background_streams = kBackgroundThreads;
   uint64_t background_rate = 0;  // bytes/s of background fetch, 0 = no cap
+  // Prefetch and background fetch go in spans of this many blob bytes (the
+  // prefetch split).
+  uint64_t span_size = kSpanSize;
 };
 
 absl::Status ParseCount(const ParsedArgs& args, const char* flag, int lo,
@@ -138,6 +143,10 @@ absl::StatusOr<FetchTuning> FetchTuningFromArgs(const ParsedArgs& args) {
   RETURN_IF_ERROR(
       ParseCount(args, "background-streams", 1, 256, &t.background_streams));
   RETURN_IF_ERROR(ParseBytes(args, "background-rate", &t.background_rate));
+  RETURN_IF_ERROR(ParseBytes(args, "span-size", &t.span_size));
+  if (t.span_size < 4096) {
+    return absl::InvalidArgumentError("--span-size must be >= 4K");
+  }
   RETURN_IF_ERROR(ParseCount(args, "max-connections-per-host", 1, 1024,
                              &t.http.max_connections_per_host));
   if (args.Has("http1.1")) t.http.http2 = false;
@@ -229,27 +238,28 @@ absl::Status MakeOverlayLower(const std::string& dir,
   return absl::OkStatus();
 }
 
-// Fetches `chunks` of `layer` with `threads` threads at `priority`, until
-// done or `stop`.
+// Fetches `chunks` of `layer` at `priority` in spans of at most
+// `span_size` blob bytes (members closer than `gap` merged), `threads` spans
+// at a time, until done or `stop`.
 void FillChunks(CachedLayer* layer, const std::vector<uint32_t>& chunks,
-                ReadPriority priority, int threads, RateLimiter* limiter,
+                ReadPriority priority, int threads, uint64_t span_size,
+                uint64_t gap, RateLimiter* limiter,
                 const std::atomic<bool>* stop, std::atomic<uint64_t>* errors) {
+  const std::vector<CachedLayer::Span> spans =
+      layer->PlanSpans(chunks, span_size, gap);
   std::atomic<size_t> next{0};
   auto work = [&] {
     while (!stop->load()) {
       size_t i = next.fetch_add(1);
-      if (i >= chunks.size()) return;
+      if (i >= spans.size()) return;
       if (limiter != nullptr) {
-        const Chunk& c = layer->index().chunks()[chunks[i]];
-        limiter->Take(c.blob_end - c.blob_offset, stop);
+        limiter->Take(spans[i].end - spans[i].begin, stop);
         if (stop->load()) return;
       }
-      absl::Status st = layer->Fill(chunks[i], priority);
-      if (!st.ok()) {
-        if (errors->fetch_add(1) < 3) {
-          LogWarning("fetching ", layer->reader().DescribeChunk(chunks[i]),
-                     ": ", st.message());
-        }
+      absl::Status st = layer->FillSpan(spans[i], priority);
+      if (!st.ok() && errors->fetch_add(1) < 3) {
+        LogWarning("fetching ", layer->reader().source().Describe(), ": ",
+                   st.message());
       }
     }
   };
@@ -321,6 +331,9 @@ std::vector<FlagSpec> ImageMountFlags() {
                "(default 64K)"});
   f.push_back({"max-request-size", "BYTES",
                "largest range request; larger reads are split (default 4M)"});
+  f.push_back({"span-size", "BYTES",
+               "prefetch and background fetch go in spans of this many blob "
+               "bytes, one request each (the prefetch split; default 1M)"});
   f.push_back({"readahead-chunks", "N",
                "chunks read ahead of a sequential reader (default 4)"});
   f.push_back({"prefetch-streams", "N",
@@ -591,7 +604,8 @@ absl::Status ServeImage(
       std::atomic<uint64_t> errors{0};
       if (!first.empty()) {
         FillChunks(layer, first, ReadPriority::kPrefetch,
-                   tuning.prefetch_streams, nullptr, &stop, &errors);
+                   tuning.prefetch_streams, tuning.span_size,
+                   tuning.source.coalesce_gap, nullptr, &stop, &errors);
         LogInfo(
             name, ": prefetched ", first.size(), " chunks",
             errors.load() ? absl::StrCat(" (", errors.load(), " failed)") : "");
@@ -608,7 +622,8 @@ absl::Status ServeImage(
       }
       RateLimiter limiter(tuning.background_rate);
       FillChunks(layer, rest, ReadPriority::kBackground,
-                 tuning.background_streams, &limiter, &stop, &errors);
+                 tuning.background_streams, tuning.span_size,
+                 tuning.source.coalesce_gap, &limiter, &stop, &errors);
       if (stop.load()) return;
       LogInfo(name, ": background fetch done (", layer->fetched_blob_bytes(),
               " of ", layer->reader().blob_size(), " blob bytes fetched",

@@ -83,12 +83,9 @@ void CachedLayer::ReleaseFillBytes(uint64_t got) {
   budget_used_ -= got;
 }
 
-void CachedLayer::RunFill(uint32_t group, Flight* flight,
-                          ReadPriority priority) {
+uint64_t CachedLayer::GroupFillBytes(uint32_t group) const {
   const auto& cs = reader_->index().chunks();
   const std::vector<uint32_t>& members = groups_[group];
-  // What this fill will hold at its peak: the extent, the decoded prefix of
-  // a shared member and the chunks.
   uint64_t want = 0;
   if (!cs[members.front()].zeros) {
     want += cs[members.front()].blob_end - cs[members.front()].blob_offset;
@@ -96,21 +93,69 @@ void CachedLayer::RunFill(uint32_t group, Flight* flight,
   for (uint32_t ci : members) {
     want += cs[ci].size * (members.size() > 1 ? 2 : 1);
   }
-  const uint64_t held = AcquireFillBytes(want);
-  absl::flat_hash_map<uint32_t, ChunkData> out;
-  absl::flat_hash_map<uint32_t, absl::Status> errors;
-  absl::Status st;
+  return want;
+}
+
+absl::Status CachedLayer::DecodeGroup(
+    uint32_t group, absl::string_view extent,
+    absl::flat_hash_map<uint32_t, ChunkData>* out,
+    absl::flat_hash_map<uint32_t, absl::Status>* errors) {
+  const auto& cs = reader_->index().chunks();
+  const std::vector<uint32_t>& members = groups_[group];
   const Chunk& first = cs[members.front()];
   if (first.zeros) {
     for (uint32_t ci : members) {
       std::string z(cs[ci].size, '\0');
-      st = reader_->VerifyChunk(ci, z);
-      if (!st.ok()) break;
-      out[ci] = std::make_shared<const std::string>(std::move(z));
+      RETURN_IF_ERROR(reader_->VerifyChunk(ci, z));
+      (*out)[ci] = std::make_shared<const std::string>(std::move(z));
     }
-  } else {
+    return absl::OkStatus();
+  }
+  if (members.size() == 1) {
+    auto buf = std::make_shared<std::string>(first.size, '\0');
+    RETURN_IF_ERROR(
+        reader_->DecodeChunk(members.front(), extent, absl::MakeSpan(*buf)));
+    (*out)[members.front()] = std::move(buf);
+    return absl::OkStatus();
+  }
+  // Members are sorted by innerOffset; decode the prefix once.
+  uint64_t need = 0;
+  for (uint32_t ci : members) {
+    need = std::max(need, cs[ci].inner_offset + cs[ci].size);
+  }
+  std::string plain(need, '\0');
+  absl::Status st =
+      DecompressRange(reader_->compression(), extent, 0, absl::MakeSpan(plain));
+  if (!st.ok()) {
+    return absl::DataLossError(absl::StrCat(
+        reader_->DescribeChunk(members.front()), ": ", st.message()));
+  }
+  for (uint32_t ci : members) {
+    std::string piece = plain.substr(cs[ci].inner_offset, cs[ci].size);
+    absl::Status v = reader_->VerifyChunk(ci, piece);
+    if (v.ok()) {
+      (*out)[ci] = std::make_shared<const std::string>(std::move(piece));
+    } else {
+      failures_.fetch_add(1);
+      (*errors)[ci] = std::move(v);
+    }
+  }
+  return absl::OkStatus();
+}
+
+void CachedLayer::RunFill(uint32_t group, Flight* flight,
+                          ReadPriority priority) {
+  const auto& cs = reader_->index().chunks();
+  const std::vector<uint32_t>& members = groups_[group];
+  const uint64_t held = AcquireFillBytes(GroupFillBytes(group));
+  absl::flat_hash_map<uint32_t, ChunkData> out;
+  absl::flat_hash_map<uint32_t, absl::Status> errors;
+  absl::Status st;
+  const Chunk& first = cs[members.front()];
+  std::string extent;
+  if (!first.zeros) {
     // One read of the member's extent, one pass of the decompressor.
-    std::string extent(first.blob_end - first.blob_offset, '\0');
+    extent.assign(first.blob_end - first.blob_offset, '\0');
     st = reader_->source().ReadAt(first.blob_offset, absl::MakeSpan(extent),
                                   priority);
     fills_.fetch_add(1);
@@ -123,36 +168,8 @@ void CachedLayer::RunFill(uint32_t group, Flight* flight,
           st.code(), absl::StrCat(reader_->DescribeChunk(members.front()), ": ",
                                   st.message()));
     }
-    if (st.ok() && members.size() == 1) {
-      auto buf = std::make_shared<std::string>(first.size, '\0');
-      st = reader_->DecodeChunk(members.front(), extent, absl::MakeSpan(*buf));
-      if (st.ok()) out[members.front()] = std::move(buf);
-    } else if (st.ok()) {
-      // Members are sorted by innerOffset; decode the prefix once.
-      uint64_t need = 0;
-      for (uint32_t ci : members) {
-        need = std::max(need, cs[ci].inner_offset + cs[ci].size);
-      }
-      std::string plain(need, '\0');
-      st = DecompressRange(reader_->compression(), extent, 0,
-                           absl::MakeSpan(plain));
-      if (!st.ok()) {
-        st = absl::DataLossError(absl::StrCat(
-            reader_->DescribeChunk(members.front()), ": ", st.message()));
-      }
-      for (size_t k = 0; st.ok() && k < members.size(); ++k) {
-        uint32_t ci = members[k];
-        std::string piece = plain.substr(cs[ci].inner_offset, cs[ci].size);
-        absl::Status v = reader_->VerifyChunk(ci, piece);
-        if (v.ok()) {
-          out[ci] = std::make_shared<const std::string>(std::move(piece));
-        } else {
-          failures_.fetch_add(1);
-          errors[ci] = std::move(v);
-        }
-      }
-    }
   }
+  if (st.ok()) st = DecodeGroup(group, extent, &out, &errors);
   if (!st.ok()) {
     failures_.fetch_add(st.code() == absl::StatusCode::kDataLoss ? 1 : 0);
     out.clear();
@@ -167,6 +184,123 @@ void CachedLayer::RunFill(uint32_t group, Flight* flight,
   flight->data = std::move(out);
   flight->errors = std::move(errors);
   flight->done = true;
+}
+
+bool CachedLayer::GroupCached(uint32_t group) const {
+  const auto& cs = reader_->index().chunks();
+  for (uint32_t ci : groups_[group]) {
+    if (!cs[ci].zeros && !cache_->Contains(cs[ci].digest)) return false;
+  }
+  return true;
+}
+
+std::vector<CachedLayer::Span> CachedLayer::PlanSpans(
+    const std::vector<uint32_t>& chunks, uint64_t max_span,
+    uint64_t max_gap) const {
+  const auto& cs = reader_->index().chunks();
+  std::vector<uint32_t> gs;
+  std::vector<bool> seen(groups_.size());
+  for (uint32_t ci : chunks) {
+    const uint32_t g = group_of_[ci];
+    if (seen[g] || cs[groups_[g].front()].zeros) continue;
+    seen[g] = true;
+    if (!GroupCached(g)) gs.push_back(g);
+  }
+  auto begin_of = [&](uint32_t g) {
+    return cs[groups_[g].front()].blob_offset;
+  };
+  auto end_of = [&](uint32_t g) { return cs[groups_[g].front()].blob_end; };
+  std::sort(gs.begin(), gs.end(),
+            [&](uint32_t a, uint32_t b) { return begin_of(a) < begin_of(b); });
+  std::vector<Span> spans;
+  for (uint32_t g : gs) {
+    if (!spans.empty()) {
+      Span& last = spans.back();
+      if (begin_of(g) >= last.end && begin_of(g) - last.end <= max_gap &&
+          end_of(g) - last.begin <= max_span) {
+        last.end = end_of(g);
+        continue;
+      }
+    }
+    spans.push_back({begin_of(g), end_of(g)});
+  }
+  return spans;
+}
+
+absl::Status CachedLayer::FillSpan(const Span& span, ReadPriority priority) {
+  const auto& cs = reader_->index().chunks();
+  // The groups wholly inside the span (groups_ is in blob order for the
+  // non-zeros ones, which come first).
+  auto first_at = [&](uint64_t off) {
+    size_t lo = 0, hi = groups_.size();
+    while (lo < hi) {
+      size_t mid = (lo + hi) / 2;
+      const Chunk& c = cs[groups_[mid].front()];
+      if (!c.zeros && c.blob_offset < off) {
+        lo = mid + 1;
+      } else {
+        hi = mid;
+      }
+    }
+    return lo;
+  };
+  std::vector<uint32_t> todo;
+  uint64_t decoded_max = 0;
+  for (size_t g = first_at(span.begin); g < groups_.size(); ++g) {
+    const Chunk& c = cs[groups_[g].front()];
+    if (c.zeros || c.blob_offset >= span.end) break;
+    if (c.blob_end > span.end || GroupCached(static_cast<uint32_t>(g))) {
+      continue;
+    }
+    todo.push_back(static_cast<uint32_t>(g));
+    decoded_max =
+        std::max(decoded_max, GroupFillBytes(static_cast<uint32_t>(g)) -
+                                  (c.blob_end - c.blob_offset));
+  }
+  if (todo.empty()) return absl::OkStatus();
+  const uint64_t held = AcquireFillBytes(span.end - span.begin + decoded_max);
+  std::string bytes(span.end - span.begin, '\0');
+  absl::Status st =
+      reader_->source().ReadAt(span.begin, absl::MakeSpan(bytes), priority);
+  fills_.fetch_add(1);
+  if (st.ok()) fetched_.fetch_add(bytes.size());
+  absl::Status first_error;
+  for (size_t k = 0; st.ok() && k < todo.size(); ++k) {
+    const uint32_t g = todo[k];
+    const Chunk& c = cs[groups_[g].front()];
+    if (!group_fetched_[g].exchange(true)) {
+      fetched_blob_bytes_.fetch_add(c.blob_end - c.blob_offset);
+    }
+    {
+      absl::MutexLock l(&mu_);
+      if (flights_.contains(g)) continue;  // an on-demand fill has it
+    }
+    absl::flat_hash_map<uint32_t, ChunkData> out;
+    absl::flat_hash_map<uint32_t, absl::Status> errors;
+    absl::Status ds =
+        DecodeGroup(g,
+                    absl::string_view(bytes).substr(c.blob_offset - span.begin,
+                                                    c.blob_end - c.blob_offset),
+                    &out, &errors);
+    if (!ds.ok()) {
+      failures_.fetch_add(ds.code() == absl::StatusCode::kDataLoss ? 1 : 0);
+      if (first_error.ok()) first_error = ds;
+      continue;
+    }
+    if (!errors.empty() && first_error.ok()) {
+      first_error = errors.begin()->second;
+    }
+    for (const auto& [ci, data] : out) {
+      (void)cache_->InsertShared(cs[ci].digest, data);
+    }
+  }
+  ReleaseFillBytes(held);
+  if (!st.ok()) {
+    return absl::Status(st.code(), absl::StrCat(reader_->source().Describe(),
+                                                " bytes [", span.begin, ", ",
+                                                span.end, "): ", st.message()));
+  }
+  return first_error;
 }
 
 absl::StatusOr<CachedLayer::ChunkData> CachedLayer::GetChunk(

@@ -93,6 +93,24 @@ class CachedLayer {
   // Queues background fills of `chunks` (read-ahead / prefetch).
   void FillAsync(std::vector<uint32_t> chunks, ReadPriority priority);
 
+  // Bulk fetching (prefetch, background fetch): a span of the blob read with
+  // one ReadAt, every member wholly inside it decoded, verified and cached.
+  struct Span {
+    uint64_t begin = 0;  // blob offsets, [begin, end)
+    uint64_t end = 0;
+  };
+  // The members holding `chunks` that are not cached yet, in blob order,
+  // merged into spans of at most `max_span` bytes (a bigger member is a span
+  // of its own) when at most `max_gap` bytes apart (the gap is fetched and
+  // dropped).
+  std::vector<Span> PlanSpans(const std::vector<uint32_t>& chunks,
+                              uint64_t max_span, uint64_t max_gap) const;
+  // Fills the span's members that are still missing (members an on-demand
+  // fill is busy with are left to it). The first error (source, or a
+  // member that failed verification: never cached) is returned after every
+  // other member was tried.
+  absl::Status FillSpan(const Span& span, ReadPriority priority);
+
   CachedLayerStats stats() const;
   // Distinct compressed bytes fetched from the source so far.
   uint64_t fetched_blob_bytes() const { return fetched_blob_bytes_.load(); }
@@ -105,6 +123,15 @@ class CachedLayer {
   absl::StatusOr<ChunkData> GetChunk(uint32_t chunk, ReadPriority priority);
   // Fetches and decodes member group `group`; fills `flight`.
   void RunFill(uint32_t group, Flight* flight, ReadPriority priority);
+  // Decodes and verifies group `group` from its compressed `extent`: the
+  // verified chunks into *out, chunks failing their own digest into
+  // *errors; an error for the whole member is returned.
+  absl::Status DecodeGroup(uint32_t group, absl::string_view extent,
+                           absl::flat_hash_map<uint32_t, ChunkData>* out,
+                           absl::flat_hash_map<uint32_t, absl::Status>* errors);
+  // Memory a fill of `group` holds at its peak.
+  uint64_t GroupFillBytes(uint32_t group) const;
+  bool GroupCached(uint32_t group) const;
   void BackgroundLoop();
 
   const std::shared_ptr<const LayerReader> reader_;

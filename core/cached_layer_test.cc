@@ -191,6 +191,60 @@ TEST(CachedLayerTest, ABadNeighbourInTheSameMemberFailsAlone) {
   EXPECT_EQ(f.source->reads(), 1u);
 }
 
+TEST(CachedLayerTest, SpansFetchManyMembersPerRead) {
+  TestLayer t;
+  std::vector<std::string> data;
+  for (int i = 0; i < 40; ++i) {
+    data.push_back(Random(3000 + 100 * i, 100 + i));
+    t.AddFile(absl::StrCat("d/f", i), data.back());
+  }
+  TestBlob b = t.Build();
+  // Corrupt file 17's member: its span fails for it alone.
+  std::string blob = b.blob;
+  Fixture probe(b.blob);
+  const uint32_t bad_ino = probe.Inode("d/f17");
+  const Chunk bad =
+      probe.reader->index()
+          .chunks()[probe.reader->index().inode(bad_ino).first_chunk];
+  blob[(bad.blob_offset + bad.blob_end) / 2] ^= 0x40;
+
+  CachedLayerOptions o;
+  o.readahead_chunks = 0;
+  Fixture f(blob, o);
+  std::vector<uint32_t> all(f.reader->index().chunks().size());
+  for (uint32_t i = 0; i < all.size(); ++i) all[i] = i;
+  const auto spans = f.layer->PlanSpans(all, 32 << 10, 4096);
+  ASSERT_GT(spans.size(), 1u);
+  EXPECT_LT(spans.size(), 20u);
+  for (size_t i = 1; i < spans.size(); ++i) {
+    EXPECT_LE(spans[i - 1].end, spans[i].begin);
+    EXPECT_LE(spans[i].end - spans[i].begin, uint64_t{32 << 10});
+  }
+  int failed = 0;
+  for (const auto& sp : spans) {
+    absl::Status st = f.layer->FillSpan(sp, ReadPriority::kBackground);
+    if (!st.ok()) {
+      ++failed;
+      EXPECT_EQ(st.code(), absl::StatusCode::kDataLoss) << st;
+    }
+  }
+  EXPECT_EQ(failed, 1);
+  EXPECT_EQ(f.source->reads(), spans.size());
+  EXPECT_FALSE(f.cache->Contains(bad.digest));
+  // Everything else is cached: reading it costs no source read.
+  for (int i = 0; i < 40; ++i) {
+    if (i == 17) continue;
+    EXPECT_EQ(f.ReadAll(f.Inode(absl::StrCat("d/f", i))), data[i]) << i;
+  }
+  EXPECT_EQ(f.source->reads(), spans.size());
+  std::string out(100, '\0');
+  EXPECT_FALSE(f.layer->Read(f.Inode("d/f17"), 0, absl::MakeSpan(out)).ok());
+  // Planned again: only the bad member is left.
+  const auto again = f.layer->PlanSpans(all, 32 << 10, 4096);
+  ASSERT_EQ(again.size(), 1u);
+  EXPECT_EQ(again[0].begin, bad.blob_offset);
+}
+
 TEST(CachedLayerTest, CorruptChunkFailsAndIsNeverCached) {
   const std::string data = Random(200000, 2);
   TestBlob b = TestLayer().AddFile("f", data, 65536).Build();
