@@ -50,6 +50,33 @@ YML
   return 1
 }
 
+# registry_start_tls WORKDIR -> the same over TLS with a throwaway
+# self-signed certificate (so HTTP/2 is offered); sets REGISTRY_CA too.
+registry_start_tls() {
+  local w=$1
+  REGISTRY_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+    -keyout "$w/key.pem" -out "$w/cert.pem" -days 2 -subj /CN=127.0.0.1 \
+    -addext subjectAltName=IP:127.0.0.1 >/dev/null 2>&1
+  REGISTRY_CA=$w/cert.pem
+  cat >"$w/registry.yml" <<YML
+version: 0.1
+log: {level: error}
+storage: {filesystem: {rootdirectory: $w/registry}}
+http:
+  addr: 127.0.0.1:$REGISTRY_PORT
+  tls: {certificate: $w/cert.pem, key: $w/key.pem}
+YML
+  docker-registry serve "$w/registry.yml" >"$w/registry.log" 2>&1 &
+  REGISTRY_PID=$!
+  for _ in $(seq 100); do
+    curl -sf --cacert "$REGISTRY_CA" "https://127.0.0.1:$REGISTRY_PORT/v2/" >/dev/null && return 0
+    sleep 0.1
+  done
+  echo "docker-registry (TLS) did not start (see $w/registry.log)" >&2
+  return 1
+}
+
 # oci_layer_from_convert CONVERT_JSON LAYER OCI_DIR TAG
 # Writes a one-layer image to OCI_DIR from a layer made by `lazypull convert`
 # (its JSON report gives digest, size, diff_id and the annotations the layer

@@ -259,11 +259,14 @@ absl::Status CachedLayer::FillSpan(const Span& span, ReadPriority priority) {
   }
   if (todo.empty()) return absl::OkStatus();
   const uint64_t held = AcquireFillBytes(span.end - span.begin + decoded_max);
-  std::string bytes(span.end - span.begin, '\0');
-  absl::Status st =
-      reader_->source().ReadAt(span.begin, absl::MakeSpan(bytes), priority);
+  // Not zero-filled: the source overwrites every byte (or fails).
+  const size_t n = span.end - span.begin;
+  std::unique_ptr<char[]> buf(new char[n]);
+  absl::Status st = reader_->source().ReadAt(
+      span.begin, absl::MakeSpan(buf.get(), n), priority);
+  const absl::string_view bytes(buf.get(), n);
   fills_.fetch_add(1);
-  if (st.ok()) fetched_.fetch_add(bytes.size());
+  if (st.ok()) fetched_.fetch_add(n);
   absl::Status first_error;
   for (size_t k = 0; st.ok() && k < todo.size(); ++k) {
     const uint32_t g = todo[k];
