@@ -6,10 +6,12 @@
 #include <signal.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cstring>
+#include <fstream>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -70,6 +72,8 @@ absl::StatusOr<std::unique_ptr<DiskChunkCache>> DiskChunkCache::Open(
 
 DiskChunkCache::~DiskChunkCache() {
   Flush();
+  // A clean close: one syncfs covers everything this process wrote.
+  if (!options_.sync && unsynced_writes_.load()) SyncAndMark();
   {
     std::lock_guard<std::mutex> l(q_mu_);
     stop_ = true;
@@ -111,8 +115,80 @@ absl::Status DiskChunkCache::Load() {
       unlink((dir_ + "/tmp/" + name).c_str());
     }
   });
+  {
+    std::ifstream mark(dir_ + "/synced");
+    int64_t t = 0;
+    if (mark >> t) synced_before_ns_ = t;
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    last_mark_ns_.store(static_cast<int64_t>(now.tv_sec) * 1000000000 +
+                        static_cast<int64_t>(now.tv_nsec));
+  }
   Rescan();
   return absl::OkStatus();
+}
+
+// ctime comes from the coarse clock (one jiffy, <= 10 ms behind).
+constexpr int64_t kCtimeMarginNs = 50 * 1000000;
+
+bool DiskChunkCache::Synced(const struct timespec& ctime) const {
+  if (options_.sync) return true;  // published only once durable
+  const int64_t ns = static_cast<int64_t>(ctime.tv_sec) * 1000000000 +
+                     static_cast<int64_t>(ctime.tv_nsec);
+  return ns < synced_before_ns_;
+}
+
+bool DiskChunkCache::Rehash(int fd, const Digest& d, uint64_t size) {
+  rehashed_.fetch_add(1);
+  Sha256 h;
+  std::string buf(std::min<uint64_t>(size, 1 << 20), '\0');
+  uint64_t off = 0;
+  while (off < size) {
+    const size_t want =
+        static_cast<size_t>(std::min<uint64_t>(buf.size(), size - off));
+    ssize_t n = pread(fd, buf.data(), want, static_cast<off_t>(off));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return false;
+    h.Update(buf.data(), static_cast<size_t>(n));
+    off += static_cast<uint64_t>(n);
+  }
+  return h.Finish() == d;
+}
+
+void DiskChunkCache::SyncAndMark() {
+  struct timespec now;
+  clock_gettime(CLOCK_REALTIME, &now);
+  // Files renamed before the syncfs starts are durable once it returns; a
+  // margin covers the coarse (jiffy) clock behind ctime.
+  int64_t mark = static_cast<int64_t>(now.tv_sec) * 1000000000 +
+                 static_cast<int64_t>(now.tv_nsec) - kCtimeMarginNs;
+  int dfd = open(dir_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd < 0) return;
+  const int rc = syncfs(dfd);
+  close(dfd);
+  if (rc != 0) return;
+  {
+    std::ifstream old(dir_ + "/synced");
+    int64_t t = 0;
+    if (old >> t && t > mark) mark = t;  // another process got further
+  }
+  const std::string tmp =
+      absl::StrCat(dir_, "/tmp/synced.", getpid(), ".", seq_.fetch_add(1));
+  {
+    std::ofstream out(tmp, std::ios::trunc);
+    out << mark << "\n";
+    if (!out) {
+      unlink(tmp.c_str());
+      return;
+    }
+  }
+  if (rename(tmp.c_str(), (dir_ + "/synced").c_str()) != 0) {
+    unlink(tmp.c_str());
+    return;
+  }
+  unsynced_writes_.store(false);
+  last_mark_ns_.store(static_cast<int64_t>(now.tv_sec) * 1000000000 +
+                      static_cast<int64_t>(now.tv_nsec));
 }
 
 void DiskChunkCache::Rescan() {
@@ -120,6 +196,7 @@ void DiskChunkCache::Rescan() {
     Digest d;
     uint64_t size;
     int64_t mtime;
+    bool trusted;
   };
   std::vector<Found> found;
   ForEachEntry(dir_ + "/chunks", [&](const std::string& sub) {
@@ -135,7 +212,8 @@ void DiskChunkCache::Rescan() {
         return;
       }
       found.push_back({*d, static_cast<uint64_t>(st.st_size),
-                       static_cast<int64_t>(st.st_mtim.tv_sec)});
+                       static_cast<int64_t>(st.st_mtim.tv_sec),
+                       Synced(st.st_ctim)});
     });
   });
   // Oldest first, so the newest end up most recently used.
@@ -143,18 +221,19 @@ void DiskChunkCache::Rescan() {
             [](const Found& a, const Found& b) { return a.mtime < b.mtime; });
   absl::MutexLock l(&mu_);
   for (const Found& f : found) {
-    if (!index_.contains(f.d)) Track(f.d, f.size);
+    if (!index_.contains(f.d)) Track(f.d, f.size, f.trusted);
   }
 }
 
-void DiskChunkCache::Track(const Digest& d, uint64_t size) {
+void DiskChunkCache::Track(const Digest& d, uint64_t size, bool trusted) {
   auto it = index_.find(d);
   if (it != index_.end()) {
     lru_.splice(lru_.begin(), lru_, it->second.lru);
+    it->second.trusted |= trusted;
     return;
   }
   lru_.push_front(d);
-  index_[d] = Meta{size, lru_.begin()};
+  index_[d] = Meta{size, lru_.begin(), trusted};
   bytes_ += size;
 }
 
@@ -187,7 +266,7 @@ bool DiskChunkCache::Discover(const Digest& d, uint64_t size) {
     return false;
   }
   absl::MutexLock l(&mu_);
-  Track(d, size);
+  Track(d, size, Synced(st.st_ctim));
   return true;
 }
 
@@ -226,9 +305,26 @@ std::shared_ptr<CachedFile> DiskChunkCache::OpenChunk(const Digest& d,
     Drop(d);
     return nullptr;
   }
+  bool trusted = Synced(st.st_ctim);
+  if (!trusted) {
+    absl::MutexLock l(&mu_);
+    auto it = index_.find(d);
+    trusted = it != index_.end() && it->second.trusted;
+  }
+  if (!trusted) {
+    // Not written by us nor covered by a syncfs: it may be torn.
+    if (!Rehash(fd, d, size)) {
+      close(fd);
+      LogWarning("cache file ", ChunkPath(d),
+                 " does not hold its chunk (torn by a crash?): dropped, the "
+                 "chunk will be fetched again");
+      Drop(d);
+      return nullptr;
+    }
+  }
   auto file = std::make_shared<CachedFile>(fd);
   absl::MutexLock l(&mu_);
-  if (!index_.contains(d)) Track(d, size);
+  Track(d, size, true);
   files_[d] = file;
   files_lru_.push_front(d);
   while (files_.size() > options_.max_open_files && !files_lru_.empty()) {
@@ -326,6 +422,16 @@ void DiskChunkCache::WriterLoop() {
       LogWarning("cache: could not store ", batch.size(),
                  " chunk(s): ", st.message());
     }
+    if (!options_.sync && unsynced_writes_.load()) {
+      struct timespec now;
+      clock_gettime(CLOCK_REALTIME, &now);
+      const int64_t ns = static_cast<int64_t>(now.tv_sec) * 1000000000 +
+                         static_cast<int64_t>(now.tv_nsec);
+      if (ns - last_mark_ns_.load() >=
+          options_.sync_every_seconds * int64_t{1000000000}) {
+        SyncAndMark();
+      }
+    }
     {
       absl::MutexLock l(&mu_);
       for (const Job& job : batch) {
@@ -411,8 +517,9 @@ absl::Status DiskChunkCache::WriteChunks(const std::vector<Job>& jobs) {
       continue;
     }
     inserts_.fetch_add(1);
+    unsynced_writes_.store(!options_.sync);
     absl::MutexLock l(&mu_);
-    Track(d, w.job->data->size());
+    Track(d, w.job->data->size(), true);
     over = options_.capacity != 0 && bytes_ > options_.capacity;
   }
   if (options_.rescan_every != 0 &&
@@ -461,6 +568,7 @@ CacheCounters DiskChunkCache::counters() const {
   c.inserts = inserts_.load();
   c.evictions = evictions_.load();
   c.dropped = dropped_.load();
+  c.rehashed = rehashed_.load();
   return c;
 }
 
@@ -475,8 +583,21 @@ absl::StatusOr<CacheVerifyReport> DiskChunkCache::VerifyAll() {
   CacheVerifyReport rep;
   std::string buf;
   for (const auto& [d, size] : all) {
+    // OpenChunk re-hashes a file it does not trust yet and drops it when
+    // it is wrong: count that as this check's.
+    const uint64_t dropped = dropped_.load(), rehashed = rehashed_.load();
     std::shared_ptr<CachedFile> f = OpenChunk(d, size);
-    if (f == nullptr) continue;
+    if (f == nullptr) {
+      if (dropped_.load() != dropped) {
+        ++rep.checked;
+        ++rep.removed;
+      }
+      continue;
+    }
+    if (rehashed_.load() != rehashed) {
+      ++rep.checked;  // just hashed, and right
+      continue;
+    }
     buf.resize(size);
     IoOp op{f->fd(), 0, buf.data(), buf.size()};
     absl::Status st = BlockIo::ForThisThread().ReadAll({&op, 1});

@@ -8,16 +8,25 @@
 //   tmp/<hex>.<pid>.<seq>     chunks being written
 //   lock                      flock(2)ed while evicting or pruning
 //
+//   synced                    "every chunk file changed before time T is on
+//                             disk" (T in ns, written after a syncfs)
+//
 // Commit protocol: a chunk's bytes are written to tmp/ (pwrite: faster than
-// io_uring for buffered writes of new files here, see the .cc), made durable
-// (one syncfs per batch of queued chunks: group commit), then renamed into
-// chunks/. The rename is the
-// record: a chunk is visible only after its bytes are durable, so a crash
-// (kill -9 mid-fill, power loss) can leave a stray tmp file (removed at the
-// next Open once its writer is dead) or lose a recent chunk (refetched), but
-// never expose a torn one. On load and on every read the file size must equal
-// the chunk size (the TOC's), else the file is dropped and refetched; full
-// re-hashing is on request (VerifyAll, `lazypull cache verify`).
+// io_uring for buffered writes of new files here, see the .cc) and renamed
+// into chunks/; a crash (kill -9 mid-fill) can leave a stray tmp file
+// (removed at the next Open once its writer is dead). Durability is not paid
+// on the write path (a syncfs per batch flushes the whole filesystem: on a
+// busy host, everyone's dirty data): instead, a chunk file is trusted only if
+// this process wrote it, or it changed before the `synced` mark (a syncfs
+// taken at clean close and every `sync_every` while writing). Any other file
+// (written by another live process, or by one that died before a syncfs, so
+// possibly torn by a power loss) is re-hashed on its first use in this
+// process and dropped (refetched) if its content is not its name. Either way
+// no byte that is not the chunk's is ever served. With `sync` the old
+// protocol applies instead (one syncfs per batch before the renames). On
+// load and on every read the file size must equal the chunk size (the
+// TOC's); full re-hashing of everything is on request (VerifyAll, `lazypull
+// cache verify`).
 //
 // Writes are asynchronous: Insert queues the (verified) bytes for a writer
 // thread and returns; until written they are served from memory. Reads of
@@ -61,7 +70,11 @@ namespace lazypull {
 
 struct DiskChunkCacheOptions {
   uint64_t capacity = 0;  // bytes of chunk data; 0 = unbounded
-  bool sync = true;       // fdatasync each chunk before publishing it
+  // syncfs each batch before publishing it (default off: see above).
+  bool sync = false;
+  // With sync off: how often the writer takes a syncfs and moves the
+  // `synced` mark forward while chunks are being written (default 30 s).
+  int64_t sync_every_seconds = 30;
   uint64_t max_pending_bytes = 4 << 20;  // queued writes held in memory
   uint64_t rescan_every = 4096;          // inserts between directory scans
   size_t max_open_files = 512;           // cached read descriptors
@@ -78,6 +91,7 @@ struct CacheCounters {
   uint64_t inserts = 0;    // chunks written
   uint64_t evictions = 0;  // chunks unlinked to stay in budget
   uint64_t dropped = 0;    // files found torn/foreign and removed
+  uint64_t rehashed = 0;   // untrusted files hashed on first use
 };
 
 struct CacheVerifyReport {
@@ -118,6 +132,8 @@ class DiskChunkCache final : public ChunkCache {
   struct Meta {
     uint64_t size;
     std::list<Digest>::iterator lru;
+    // Content known to be the chunk's (see the header comment).
+    bool trusted = false;
   };
   struct Job {
     Digest digest;
@@ -132,7 +148,14 @@ class DiskChunkCache final : public ChunkCache {
   // Writes a batch to tmp/, makes it durable with one syncfs, publishes it.
   absl::Status WriteChunks(const std::vector<Job>& jobs);
   // Adds or refreshes an entry. REQUIRES: mu_ held.
-  void Track(const Digest& d, uint64_t size) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Track(const Digest& d, uint64_t size, bool trusted)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Whether a file changed at `ctime` is covered by the synced mark.
+  bool Synced(const struct timespec& ctime) const;
+  // Hashes the open chunk file; false if its content is not chunk `d`.
+  bool Rehash(int fd, const Digest& d, uint64_t size);
+  // syncfs, then moves the synced mark to the time before it.
+  void SyncAndMark();
   void Forget(const Digest& d) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Finds a file another process may have published.
   bool Discover(const Digest& d, uint64_t size);
@@ -166,7 +189,12 @@ class DiskChunkCache final : public ChunkCache {
 
   std::atomic<uint64_t> seq_{0};
   std::atomic<uint64_t> hits_{0}, misses_{0}, inserts_{0}, evictions_{0},
-      dropped_{0};
+      dropped_{0}, rehashed_{0};
+  // The synced mark read at Open (ns since the epoch; 0 = none).
+  int64_t synced_before_ns_ = 0;
+  // Chunks written since the last mark, and when it was taken.
+  std::atomic<bool> unsynced_writes_{false};
+  std::atomic<int64_t> last_mark_ns_{0};
 };
 
 }  // namespace lazypull

@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <chrono>
 #include <fstream>
 #include <random>
 #include <string>
@@ -146,6 +147,59 @@ TEST(DiskChunkCacheTest, OpenFileSurvivesEviction) {
   ASSERT_EQ(pread(f->fd(), out.data(), out.size(), 0),
             static_cast<ssize_t>(a.size()));
   EXPECT_EQ(out, a);  // the reader holding the fd still sees its bytes
+}
+
+// Without a syncfs per write, files nobody vouches for are re-hashed on
+// first use: those changed after the synced mark of the last clean close
+// (written by a process that may have died before its data reached the
+// disk), never those this process wrote or the mark covers.
+TEST(DiskChunkCacheTest, UnsyncedFilesAreRehashedOnFirstUse) {
+  std::string dir = TempDir();
+  std::string a = Chunk(20, 5000), x = Chunk(21, 6000), y = Chunk(22, 7000),
+              z = Chunk(23, 8000);
+  Digest da = Sha256::Of(a), dx = Sha256::Of(x), dy = Sha256::Of(y),
+         dz = Sha256::Of(z);
+  {
+    auto c = DiskChunkCache::Open(dir);
+    ASSERT_TRUE(c.ok());
+    ASSERT_TRUE((*c)->Insert(da, a).ok());
+    (*c)->Flush();
+    std::this_thread::sleep_for(std::chrono::milliseconds(120));
+  }  // clean close: syncfs and the mark
+  ASSERT_EQ(access((dir + "/synced").c_str(), F_OK), 0);
+  auto c = DiskChunkCache::Open(dir);
+  ASSERT_TRUE(c.ok());
+  std::string out(8000, '\0');
+  auto r = (*c)->Read(da, a.size(), 0, absl::MakeSpan(out.data(), a.size()));
+  ASSERT_TRUE(r.ok() && *r);
+  EXPECT_EQ(out.substr(0, a.size()), a);
+  EXPECT_EQ((*c)->counters().rehashed, 0u) << "covered by the mark";
+
+  // Files left by a writer that died before any syncfs: x torn (right
+  // size, wrong bytes), y intact.
+  std::string bad = x;
+  bad[100] ^= 1;
+  std::ofstream((*c)->ChunkPath(dx), std::ios::binary) << bad;
+  std::ofstream((*c)->ChunkPath(dy), std::ios::binary) << y;
+  auto c2 = DiskChunkCache::Open(dir);
+  ASSERT_TRUE(c2.ok());
+  r = (*c2)->Read(dx, x.size(), 0, absl::MakeSpan(out.data(), x.size()));
+  ASSERT_TRUE(r.ok());
+  EXPECT_FALSE(*r) << "a torn file must be a miss";
+  EXPECT_NE(access((*c2)->ChunkPath(dx).c_str(), F_OK), 0) << "and removed";
+  r = (*c2)->Read(dy, y.size(), 0, absl::MakeSpan(out.data(), y.size()));
+  ASSERT_TRUE(r.ok() && *r);
+  EXPECT_EQ(out.substr(0, y.size()), y);
+  EXPECT_EQ((*c2)->counters().rehashed, 2u);
+  // Once checked, trusted; and what this process writes is trusted.
+  ASSERT_TRUE((*c2)->Insert(dz, z).ok());
+  (*c2)->Flush();
+  r = (*c2)->Read(dy, y.size(), 0, absl::MakeSpan(out.data(), y.size()));
+  ASSERT_TRUE(r.ok() && *r);
+  r = (*c2)->Read(dz, z.size(), 0, absl::MakeSpan(out.data(), z.size()));
+  ASSERT_TRUE(r.ok() && *r);
+  EXPECT_EQ(out.substr(0, z.size()), z);
+  EXPECT_EQ((*c2)->counters().rehashed, 2u);
 }
 
 TEST(DiskChunkCacheTest, TornAndCorruptFilesAreNeverServed) {
