@@ -192,8 +192,64 @@ const std::string* Annotation(const Descriptor& d, const char* key) {
 
 // Turns UnpackTar's whiteouts into the overlayfs form: `.wh.X` -> a 0:0
 // character device X, `.wh..wh..opq` -> trusted.overlay.opaque=y.
+// Copies regular file `target` of the topmost of `lowers` (layer dirs,
+// bottom first) holding it to `path` under `root`.
+absl::Status CopyFromLower(int root, const std::string& path,
+                           const std::string& target,
+                           const std::vector<std::string>& lowers) {
+  ScopedFd src;
+  for (auto it = lowers.rbegin(); it != lowers.rend() && !src.valid(); ++it) {
+    const std::string p = absl::StrCat(*it, "/", target);
+    struct stat st;
+    if (lstat(p.c_str(), &st) != 0) continue;
+    if (S_ISCHR(st.st_mode) && st.st_rdev == makedev(0, 0)) break;  // whiteout
+    if (!S_ISREG(st.st_mode)) {
+      return absl::FailedPreconditionError("the target is not a regular file");
+    }
+    src = ScopedFd(open(p.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC));
+    if (!src.valid()) return ErrnoToStatus(errno, absl::StrCat("open ", p));
+  }
+  if (!src.valid()) return absl::NotFoundError("no lower layer has the target");
+  struct stat st;
+  if (fstat(src.get(), &st) != 0) return ErrnoToStatus(errno, "fstat");
+  std::vector<std::string> parts = absl::StrSplit(path, '/');
+  const std::string name = parts.back();
+  parts.pop_back();
+  ASSIGN_OR_RETURN(ScopedFd parent, OpenDirBeneath(root, parts, true));
+  // Keep the directory's times as the layer set them.
+  struct stat pst;
+  const bool have_times = fstat(parent.get(), &pst) == 0;
+  ScopedFd dst(openat(parent.get(), name.c_str(),
+                      O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
+                      st.st_mode & 07777));
+  if (!dst.valid()) return ErrnoToStatus(errno, absl::StrCat("create ", path));
+  std::string buf(1 << 20, '\0');
+  while (true) {
+    ssize_t n = read(src.get(), buf.data(), buf.size());
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return ErrnoToStatus(errno, absl::StrCat("read ", target));
+    if (n == 0) break;
+    for (ssize_t off = 0; off < n;) {
+      ssize_t w = write(dst.get(), buf.data() + off, n - off);
+      if (w < 0 && errno == EINTR) continue;
+      if (w < 0) return ErrnoToStatus(errno, absl::StrCat("write ", path));
+      off += w;
+    }
+  }
+  if (geteuid() == 0) (void)!fchown(dst.get(), st.st_uid, st.st_gid);
+  fchmod(dst.get(), st.st_mode & 07777);
+  struct timespec ts[2] = {st.st_atim, st.st_mtim};
+  futimens(dst.get(), ts);
+  if (have_times) {
+    struct timespec pts[2] = {pst.st_atim, pst.st_mtim};
+    futimens(parent.get(), pts);
+  }
+  return absl::OkStatus();
+}
+
 absl::Status MakeOverlayLower(const std::string& dir,
-                              const UnpackedLayer& unpacked) {
+                              const UnpackedLayer& unpacked,
+                              const std::vector<std::string>& lowers) {
   ScopedFd root(open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
   if (!root.valid()) return ErrnoToStatus(errno, absl::StrCat("open ", dir));
   for (const std::string& w : unpacked.whiteouts) {
@@ -229,11 +285,18 @@ absl::Status MakeOverlayLower(const std::string& dir,
                            absl::StrCat("marking ", o, " opaque in ", dir));
     }
   }
-  if (!unpacked.lower_hardlinks.empty()) {
-    LogWarning(dir, ": ", unpacked.lower_hardlinks.size(),
-               " hardlink(s) to files of lower layers are not shown (first: ",
-               unpacked.lower_hardlinks[0].first, " -> ",
-               unpacked.lower_hardlinks[0].second, ")");
+  // Hardlinks to files of lower layers cannot be links across layer
+  // directories: the file is copied in (content, mode, owner, times), as a
+  // copy-up would.
+  for (const auto& [path, target] : unpacked.lower_hardlinks) {
+    absl::Status st = CopyFromLower(root.get(), path, target, lowers);
+    if (!st.ok()) {
+      LogWarning(dir, ": hardlink ", path, " -> ", target,
+                 " (a file of a lower layer) is not shown: ", st.message());
+    } else {
+      LogInfo(dir, ": hardlink ", path, " -> ", target,
+              " to a lower layer made a copy");
+    }
   }
   return absl::OkStatus();
 }
@@ -563,7 +626,9 @@ absl::Status ServeImage(
               u.status().code(),
               absl::StrCat(LayerName(*m, n), ": ", u.status().message()));
         }
-        RETURN_IF_ERROR(MakeOverlayLower(m->dir, *u));
+        std::vector<std::string> lowers;
+        for (const auto& l : layers) lowers.push_back(l->dir);
+        RETURN_IF_ERROR(MakeOverlayLower(m->dir, *u, lowers));
       }
       layers.push_back(std::move(m));
     }

@@ -443,6 +443,34 @@ TEST_F(RegistryMountTest, WaitPrefetchFetchesThePrioritizedFiles) {
   mounts_.clear();
 }
 
+// A layer pulled in full (plain gzip) with a hardlink to a file of a lazy
+// layer below: the file is copied up, so the merged root shows it.
+TEST_F(RegistryMountTest, HardlinkIntoALazyLowerLayerIsCopiedUp) {
+  TarBuilder b1;
+  b1.Dir("./");
+  b1.Dir("data/");
+  b1.File("data/target", Payload(50 << 10, 21), 0750);
+  TarBuilder b2;
+  b2.Dir("data/");
+  b2.Hardlink("data/link", "data/target");
+  b2.File("data/own", "own\n");
+  const std::string ref =
+      Push("test/hardlink", {Convert(b1.Finish(), "hl1"), Gzip(b2.Finish())});
+  const std::string mnt = dir_ + "/mnt-hl";
+  testing::RunResult m = Mount(ref, mnt, {"--no-background-fetch"});
+  ASSERT_EQ(m.exit_code, 0) << m.err << m.out;
+  EXPECT_EQ(ReadAll(mnt + "/data/link"), Payload(50 << 10, 21));
+  EXPECT_EQ(ReadAll(mnt + "/data/target"), Payload(50 << 10, 21));
+  struct stat st;
+  ASSERT_EQ(stat((mnt + "/data/link").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 0750u);
+  EXPECT_TRUE(
+      absl::StrContains(ReadAll(cache_dir() + "/lazypull.log"), "made a copy"));
+  testing::RunResult u = testing::Run({bin_, "unmount", mnt});
+  EXPECT_EQ(u.exit_code, 0) << u.err;
+  mounts_.clear();
+}
+
 // Every fetch knob is a flag: HTTP/1.1 pools, one stream, no coalescing,
 // small requests and a background rate cap still give the same bytes; bad
 // values are usage errors.
