@@ -149,6 +149,8 @@ absl::StatusOr<FetchTuning> FetchTuningFromArgs(const ParsedArgs& args) {
   }
   RETURN_IF_ERROR(ParseCount(args, "max-connections-per-host", 1, 1024,
                              &t.http.max_connections_per_host));
+  RETURN_IF_ERROR(ParseCount(args, "max-streams-per-connection", 1, 1000,
+                             &t.http.max_streams_per_connection));
   if (args.Has("http1.1")) t.http.http2 = false;
   return t;
 }
@@ -409,6 +411,9 @@ std::vector<FlagSpec> ImageMountFlags() {
                             kBackgroundThreads, ")")});
   f.push_back({"max-connections-per-host", "N",
                "connections to one registry host at once (default 6)"});
+  f.push_back({"max-streams-per-connection", "N",
+               "HTTP/2 streams one connection carries at once; more open "
+               "another connection (default 100)"});
   f.push_back({"http1.1", "",
                "use HTTP/1.1 connection pools even where HTTP/2 is offered"});
   return f;

@@ -294,6 +294,10 @@ absl::Status CurlHttpTransport::Loop::Start() {
     mc = curl_multi_setopt(multi_, CURLMOPT_MAXCONNECTS,
                            static_cast<long>(opts_.max_cached_connections));
   }
+  if (mc == CURLM_OK) {
+    mc = curl_multi_setopt(multi_, CURLMOPT_MAX_CONCURRENT_STREAMS,
+                           static_cast<long>(opts_.max_streams_per_connection));
+  }
   if (mc != CURLM_OK) return CurlMCodeToStatus(mc, "curl_multi_setopt");
   thread_ = std::thread([this] { Run(); });
   return absl::OkStatus();

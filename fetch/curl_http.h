@@ -45,6 +45,10 @@ struct CurlHttpOptions {
   // Connections to one host:port at once (CURLMOPT_MAX_HOST_CONNECTIONS,
   // default 6, as browsers); with HTTP/2 one connection carries them all.
   int max_connections_per_host = 6;
+  // HTTP/2 streams one connection carries at once
+  // (CURLMOPT_MAX_CONCURRENT_STREAMS, default 100); past it, requests open
+  // further connections (up to max_connections_per_host).
+  int max_streams_per_connection = 100;
   // Open connections kept in the cache for reuse (default 32).
   int max_cached_connections = 32;
   // Body bytes buffered per reader before its transfer pauses (default

@@ -514,7 +514,9 @@ TEST_F(RegistryMountTest, FetchKnobsAreFlags) {
            {"--max-requests", "2", "--reserved-on-demand", "2"},
            {"--coalesce-gap", "lots"},
            {"--max-request-size", "100"},
-           {"--prefetch-streams", "-1"}}) {
+           {"--prefetch-streams", "-1"},
+           {"--max-streams-per-connection", "0"},
+           {"--span-size", "1"}}) {
     testing::RunResult r = Mount(ref, dir_ + "/mnt-bad", bad);
     EXPECT_EQ(r.exit_code, 2) << bad[0] << ": " << r.err;
     EXPECT_TRUE(
