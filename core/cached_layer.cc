@@ -222,7 +222,7 @@ std::vector<CachedLayer::Span> CachedLayer::PlanSpans(
         continue;
       }
     }
-    spans.push_back({begin_of(g), end_of(g)});
+    spans.push_back({begin_of(g), end_of(g), max_gap});
   }
   return spans;
 }
@@ -244,64 +244,80 @@ absl::Status CachedLayer::FillSpan(const Span& span, ReadPriority priority) {
     }
     return lo;
   };
-  std::vector<uint32_t> todo;
-  uint64_t decoded_max = 0;
+  // The members still missing, in runs: members cached since the span was
+  // planned (by on-demand reads) are not fetched again, unless the hole
+  // they leave is within the span's gap.
+  struct Run {
+    uint64_t begin, end;
+    std::vector<uint32_t> groups;
+    uint64_t decoded_max = 0;
+  };
+  std::vector<Run> runs;
   for (size_t g = first_at(span.begin); g < groups_.size(); ++g) {
     const Chunk& c = cs[groups_[g].front()];
     if (c.zeros || c.blob_offset >= span.end) break;
     if (c.blob_end > span.end || GroupCached(static_cast<uint32_t>(g))) {
       continue;
     }
-    todo.push_back(static_cast<uint32_t>(g));
-    decoded_max =
-        std::max(decoded_max, GroupFillBytes(static_cast<uint32_t>(g)) -
-                                  (c.blob_end - c.blob_offset));
+    if (runs.empty() || c.blob_offset - runs.back().end > span.gap) {
+      runs.push_back({c.blob_offset, c.blob_end, {}, 0});
+    }
+    Run& r = runs.back();
+    r.end = c.blob_end;
+    r.groups.push_back(static_cast<uint32_t>(g));
+    r.decoded_max =
+        std::max(r.decoded_max, GroupFillBytes(static_cast<uint32_t>(g)) -
+                                    (c.blob_end - c.blob_offset));
   }
-  if (todo.empty()) return absl::OkStatus();
-  const uint64_t held = AcquireFillBytes(span.end - span.begin + decoded_max);
-  // Not zero-filled: the source overwrites every byte (or fails).
-  const size_t n = span.end - span.begin;
-  std::unique_ptr<char[]> buf(new char[n]);
-  absl::Status st = reader_->source().ReadAt(
-      span.begin, absl::MakeSpan(buf.get(), n), priority);
-  const absl::string_view bytes(buf.get(), n);
-  fills_.fetch_add(1);
-  if (st.ok()) fetched_.fetch_add(n);
   absl::Status first_error;
-  for (size_t k = 0; st.ok() && k < todo.size(); ++k) {
-    const uint32_t g = todo[k];
-    const Chunk& c = cs[groups_[g].front()];
-    if (!group_fetched_[g].exchange(true)) {
-      fetched_blob_bytes_.fetch_add(c.blob_end - c.blob_offset);
-    }
-    {
-      absl::MutexLock l(&mu_);
-      if (flights_.contains(g)) continue;  // an on-demand fill has it
-    }
-    absl::flat_hash_map<uint32_t, ChunkData> out;
-    absl::flat_hash_map<uint32_t, absl::Status> errors;
-    absl::Status ds =
-        DecodeGroup(g,
-                    absl::string_view(bytes).substr(c.blob_offset - span.begin,
-                                                    c.blob_end - c.blob_offset),
-                    &out, &errors);
-    if (!ds.ok()) {
-      failures_.fetch_add(ds.code() == absl::StatusCode::kDataLoss ? 1 : 0);
-      if (first_error.ok()) first_error = ds;
+  for (const Run& run : runs) {
+    const size_t n = run.end - run.begin;
+    const uint64_t held = AcquireFillBytes(n + run.decoded_max);
+    // Not zero-filled: the source overwrites every byte (or fails).
+    std::unique_ptr<char[]> buf(new char[n]);
+    absl::Status st = reader_->source().ReadAt(
+        run.begin, absl::MakeSpan(buf.get(), n), priority);
+    const absl::string_view bytes(buf.get(), n);
+    fills_.fetch_add(1);
+    if (!st.ok()) {
+      ReleaseFillBytes(held);
+      if (first_error.ok()) {
+        first_error =
+            absl::Status(st.code(), absl::StrCat(reader_->source().Describe(),
+                                                 " bytes [", run.begin, ", ",
+                                                 run.end, "): ", st.message()));
+      }
       continue;
     }
-    if (!errors.empty() && first_error.ok()) {
-      first_error = errors.begin()->second;
+    fetched_.fetch_add(n);
+    for (const uint32_t g : run.groups) {
+      const Chunk& c = cs[groups_[g].front()];
+      if (!group_fetched_[g].exchange(true)) {
+        fetched_blob_bytes_.fetch_add(c.blob_end - c.blob_offset);
+      }
+      {
+        absl::MutexLock l(&mu_);
+        if (flights_.contains(g)) continue;  // an on-demand fill has it
+      }
+      absl::flat_hash_map<uint32_t, ChunkData> out;
+      absl::flat_hash_map<uint32_t, absl::Status> errors;
+      absl::Status ds = DecodeGroup(
+          g,
+          bytes.substr(c.blob_offset - run.begin, c.blob_end - c.blob_offset),
+          &out, &errors);
+      if (!ds.ok()) {
+        failures_.fetch_add(ds.code() == absl::StatusCode::kDataLoss ? 1 : 0);
+        if (first_error.ok()) first_error = ds;
+        continue;
+      }
+      if (!errors.empty() && first_error.ok()) {
+        first_error = errors.begin()->second;
+      }
+      for (const auto& [ci, data] : out) {
+        (void)cache_->InsertShared(cs[ci].digest, data);
+      }
     }
-    for (const auto& [ci, data] : out) {
-      (void)cache_->InsertShared(cs[ci].digest, data);
-    }
-  }
-  ReleaseFillBytes(held);
-  if (!st.ok()) {
-    return absl::Status(st.code(), absl::StrCat(reader_->source().Describe(),
-                                                " bytes [", span.begin, ", ",
-                                                span.end, "): ", st.message()));
+    ReleaseFillBytes(held);
   }
   return first_error;
 }

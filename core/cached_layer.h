@@ -98,6 +98,9 @@ class CachedLayer {
   struct Span {
     uint64_t begin = 0;  // blob offsets, [begin, end)
     uint64_t end = 0;
+    // Cached members leaving a hole wider than this split the span's
+    // fetch in two (the hole is not fetched again).
+    uint64_t gap = 0;
   };
   // The members holding `chunks` that are not cached yet, in blob order,
   // merged into spans of at most `max_span` bytes (a bigger member is a span
@@ -105,10 +108,10 @@ class CachedLayer {
   // dropped).
   std::vector<Span> PlanSpans(const std::vector<uint32_t>& chunks,
                               uint64_t max_span, uint64_t max_gap) const;
-  // Fills the span's members that are still missing (members an on-demand
-  // fill is busy with are left to it). The first error (source, or a
-  // member that failed verification: never cached) is returned after every
-  // other member was tried.
+  // Fills the span's members that are still missing, one read per run of
+  // them (members an on-demand fill is busy with are left to it). The first
+  // error (source, or a member that failed verification: never cached) is
+  // returned after every other member was tried.
   absl::Status FillSpan(const Span& span, ReadPriority priority);
 
   CachedLayerStats stats() const;
