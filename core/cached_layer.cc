@@ -65,10 +65,17 @@ CachedLayerStats CachedLayer::stats() const {
   return s;
 }
 
-uint64_t CachedLayer::AcquireFillBytes(uint64_t want) {
+uint64_t CachedLayer::AcquireFillBytes(uint64_t want, ReadPriority priority) {
   const uint64_t cap = options_.max_fill_bytes;
   if (cap == 0) return 0;
   absl::MutexLock l(&budget_mu_);
+  if (priority == ReadPriority::kOnDemand) {
+    // A process is blocked on it: never behind prefetch or background fills
+    // (whose budget is held while their bytes cross the network). Counted,
+    // so that they wait for it.
+    budget_used_ += want;
+    return want;
+  }
   auto fits = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(budget_mu_) {
     return budget_used_ == 0 || budget_used_ + want <= cap;
   };
@@ -147,7 +154,7 @@ void CachedLayer::RunFill(uint32_t group, Flight* flight,
                           ReadPriority priority) {
   const auto& cs = reader_->index().chunks();
   const std::vector<uint32_t>& members = groups_[group];
-  const uint64_t held = AcquireFillBytes(GroupFillBytes(group));
+  const uint64_t held = AcquireFillBytes(GroupFillBytes(group), priority);
   absl::flat_hash_map<uint32_t, ChunkData> out;
   absl::flat_hash_map<uint32_t, absl::Status> errors;
   absl::Status st;
@@ -272,7 +279,7 @@ absl::Status CachedLayer::FillSpan(const Span& span, ReadPriority priority) {
   absl::Status first_error;
   for (const Run& run : runs) {
     const size_t n = run.end - run.begin;
-    const uint64_t held = AcquireFillBytes(n + run.decoded_max);
+    const uint64_t held = AcquireFillBytes(n + run.decoded_max, priority);
     // Not zero-filled: the source overwrites every byte (or fails).
     std::unique_ptr<char[]> buf(new char[n]);
     absl::Status st = reader_->source().ReadAt(

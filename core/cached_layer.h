@@ -45,8 +45,9 @@ struct CachedLayerOptions {
   int background_threads = 2;
   // Memory that fills in progress may hold at once (compressed extents and
   // decoded chunks; default 12 MiB): a fill that would pass it waits for
-  // others to finish. One fill always proceeds, whatever its size. 0 = no
-  // cap. Bounds the serving process's peak RSS under many cold readers.
+  // others to finish. One fill always proceeds, whatever its size, and
+  // on-demand fills never wait (they count, so the others wait for them).
+  // 0 = no cap. Bounds the serving process's peak RSS under many cold readers.
   uint64_t max_fill_bytes = 8 << 20;
 };
 
@@ -165,7 +166,7 @@ class CachedLayer {
   // Fill memory in use (see max_fill_bytes).
   absl::Mutex budget_mu_;
   uint64_t budget_used_ ABSL_GUARDED_BY(budget_mu_) = 0;
-  uint64_t AcquireFillBytes(uint64_t want);
+  uint64_t AcquireFillBytes(uint64_t want, ReadPriority priority);
   void ReleaseFillBytes(uint64_t got);
 };
 

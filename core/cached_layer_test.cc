@@ -77,7 +77,8 @@ class SlowSource : public BlobSource {
   std::atomic<int> active_{0}, max_{0};
 };
 
-int MaxConcurrentFills(uint64_t max_fill_bytes) {
+int MaxConcurrentFills(uint64_t max_fill_bytes,
+                       ReadPriority priority = ReadPriority::kPrefetch) {
   TestLayer t;
   std::vector<std::string> data;
   for (int i = 0; i < 6; ++i) {
@@ -100,6 +101,10 @@ int MaxConcurrentFills(uint64_t max_fill_bytes) {
   for (int i = 0; i < 6; ++i) {
     ts.emplace_back([&, i] {
       auto ino = reader->index().Resolve(absl::StrCat("f", i));
+      if (priority != ReadPriority::kOnDemand &&
+          !layer.Fill(reader->index().inode(*ino).first_chunk, priority).ok()) {
+        ++bad;
+      }
       std::string out(200 << 10, '\0');
       auto n = layer.Read(*ino, 0, absl::MakeSpan(out));
       if (!n.ok() || out != data[i]) ++bad;
@@ -111,11 +116,14 @@ int MaxConcurrentFills(uint64_t max_fill_bytes) {
 }
 
 TEST(CachedLayerTest, FillMemoryIsCapped) {
-  // Each fill holds ~400 KiB (extent + chunk): a 1 MiB cap lets two run,
-  // a tiny one exactly one (it never blocks a lone fill), no cap all six.
+  // Each prefetch fill holds ~400 KiB (extent + chunk): a 1 MiB cap lets
+  // two run, a tiny one exactly one (it never blocks a lone fill), no cap
+  // all six.
   EXPECT_EQ(MaxConcurrentFills(1), 1);
   EXPECT_EQ(MaxConcurrentFills(1 << 20), 2);
   EXPECT_GT(MaxConcurrentFills(0), 2);
+  // On-demand fills (a process waits) are never held back by the cap.
+  EXPECT_GT(MaxConcurrentFills(1, ReadPriority::kOnDemand), 1);
 }
 
 TEST(CachedLayerTest, ConcurrentMissesShareOneFill) {
