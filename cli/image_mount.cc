@@ -467,7 +467,9 @@ absl::Status ServeImage(
   ASSIGN_OR_RETURN(std::unique_ptr<RegistryClient> client_u,
                    RegistryClient::Create(ref, ro));
   std::shared_ptr<RegistryClient> client = std::move(client_u);
+  const absl::Time t_start = absl::Now();
   ASSIGN_OR_RETURN(ResolvedImage img, client->Resolve());
+  const absl::Time t_resolved = absl::Now();
   const size_t n = img.manifest.layers.size();
   if (n == 0) {
     return absl::FailedPreconditionError(
@@ -532,6 +534,7 @@ absl::Status ServeImage(
   };
 
   std::vector<std::string> notes;
+  absl::Time t_layers;
   absl::Status st = [&]() -> absl::Status {
     for (size_t i = 0; i < n; ++i) {
       if (only && i != *only) continue;
@@ -638,6 +641,7 @@ absl::Status ServeImage(
       layers.push_back(std::move(m));
     }
 
+    t_layers = absl::Now();
     // Assemble MOUNTPOINT.
     std::vector<std::string> lowers;
     for (const auto& m : layers) lowers.push_back(m->dir);
@@ -737,6 +741,11 @@ absl::Status ServeImage(
 
   std::ofstream(pid_file) << getpid() << "\n"
                           << mountpoint << "\nimage " << ref.String() << "\n";
+  auto ms = [](absl::Duration d) { return absl::ToInt64Milliseconds(d); };
+  LogInfo("mount ready in ", ms(absl::Now() - t_start), " ms: resolve ",
+          ms(t_resolved - t_start), " ms, layers (footer, TOC, index, FUSE) ",
+          ms(t_layers - t_resolved), " ms, assembly and prefetch wait ",
+          ms(absl::Now() - t_layers), " ms");
   LogInfo("serving ", ref.String(), " (manifest ",
           img.manifest_digest.ToString(), ", ", layers.size(), " layer(s)) at ",
           mountpoint, ", cache ", cache_dir);

@@ -62,9 +62,17 @@ absl::StatusOr<std::string> DecompressGrowing(StreamDecompressor& d,
                                               uint64_t size) {
   std::string out;
   uint64_t filled = 0;
+  // The declared size is trusted up to 32x the compressed bytes at hand (a
+  // JSON TOC compresses ~7x): one allocation for real TOCs, while a header
+  // claiming a bomb's size gets a buffer that grows only as bytes arrive.
+  const uint64_t first = std::min<uint64_t>(
+      size, std::max<uint64_t>(uint64_t{1} << 20, uint64_t{in->size()} * 32));
   while (filled < size) {
-    const uint64_t next = std::min<uint64_t>(
-        size, std::max<uint64_t>(filled * 2, uint64_t{1} << 20));
+    const uint64_t next =
+        filled == 0
+            ? first
+            : std::min<uint64_t>(
+                  size, std::max<uint64_t>(filled * 2, uint64_t{1} << 20));
     out.reserve(next + kTocParsePadding);
     out.resize(next);
     RETURN_IF_ERROR(DecompressExactly(
