@@ -425,7 +425,7 @@ def chart(profiles, workloads, rows):
     ready; the darker bottom part is the mount), a black tick at the cell's floor."""
     variants = [v for v in VARIANT_ORDER if any(r[2] == v for r in rows)]
     ph, left, top = 230, 60, 40
-    bar_w, gap = 18, 26
+    bar_w, gap = 26, 30
     out = []
     height = top + len(workloads) * (ph + 60) + 40
     width = left + max(640, len(profiles) * (len(variants) * bar_w + gap) + 40) + 20

@@ -103,11 +103,29 @@ for t in skopeo docker-registry openssl strace curl /usr/bin/time gzip tar; do
 done
 [ "$SMOKE" = 1 ] || command -v debootstrap >/dev/null || die "missing debootstrap (apt-get install debootstrap)"
 
+# One measuring run at a time on this machine: two would share the CPUs and drop each other's page
+# cache. The smoke mode (a test, measuring nothing precise) does not wait.
+if [ "$SMOKE" = 0 ]; then
+  LOCK=/run/lock/lazypull-coldstart.lock
+  [ -d /run/lock ] || LOCK=/tmp/lazypull-coldstart.lock
+  # fd 9; the long-lived children (registry, proxy, lazypull's serving processes) get it closed (9>&-),
+  # so that a leaked one cannot hold the lock.
+  exec 9>"$LOCK"
+  if ! flock -n 9; then
+    log "another bench/coldstart.sh is measuring ($LOCK): waiting for it to finish"
+    flock 9
+  fi
+fi
 T_START=$EPOCHREALTIME
 W=$(mktemp -d "${TMPDIR:-/tmp}/lazypull-coldstart.XXXXXX")
 PIDS=()
+REPORTED=0
 cleanup() {
   set +e
+  if [ "$REPORTED" = 0 ] && [ -n "${CSV:-}" ] && [ "$(wc -l <"$CSV" 2>/dev/null || echo 0)" -gt 1 ]; then
+    echo "interrupted after $(sub "$EPOCHREALTIME" "$T_START" | xargs printf '%.0f') s: a partial report" >>"$OUT/meta.txt"
+    "$PY" "$TOOL" report "$OUT" && loud "interrupted: partial report in $OUT/summary.md"
+  fi
   if mountpoint -q "$W/mnt" 2>/dev/null; then
     "$LAZYPULL" unmount "$W/mnt" >/dev/null 2>&1 || "$LAZYPULL" unmount --force "$W/mnt" >/dev/null 2>&1
   fi
@@ -129,9 +147,9 @@ OUT=$(cd "$OUT" && pwd)
 mkdir -p "$W/bin"
 if [ -z "$LAZYPULL" ] || [ -z "$PROXY" ]; then
   log "building lazypull and lazypull-proxy (bazel build -c opt)"
-  (cd "$ROOT" && bazel build -c opt //cli:lazypull //proxy:lazypull-proxy >"$W/bazel.log" 2>&1) ||
+  (cd "$ROOT" && bazel build -c opt //cli:lazypull //proxy:lazypull-proxy >"$W/bazel.log" 2>&1 9>&-) ||
     { cat "$W/bazel.log" >&2; die "bazel build failed"; }
-  BB=$(cd "$ROOT" && bazel info -c opt bazel-bin 2>/dev/null)
+  BB=$(cd "$ROOT" && bazel info -c opt bazel-bin 2>/dev/null 9>&-)
   LAZYPULL=${LAZYPULL:-$BB/cli/lazypull} PROXY=${PROXY:-$BB/proxy/lazypull-proxy}
 fi
 # Copies: other people rebuilding the tree mid-sweep must not change the binary under measurement.
@@ -251,11 +269,12 @@ if has estargz-opt "${NEED[@]}"; then
   for wl in "${WORKLOADS[@]}"; do
     d=$W/oci-estargz-opt-$wl
     if [ "$OPT_MODE" = optimize ]; then
-      if "$LAZYPULL" optimize "oci:$W/oci-estargz:img" --workload "${CMD[$wl]}" "oci:$d:img" \
-        >"$W/optimize-$wl.log" 2>&1 &&
+      if "$LAZYPULL" optimize "oci:$W/oci-estargz:img" --workload "${CMD[$wl]}" --period 900 \
+        --record "$W/optimize-$wl.record" "oci:$d:img" >"$W/optimize-$wl.log" 2>&1 &&
         read -r lp _ < <("$PY" "$TOOL" oci-layer "$d" img) &&
         "$LAZYPULL" inspect "$lp" | grep -q 'prioritized files'; then
-        note "estargz-opt/$wl: lazypull optimize ($("$LAZYPULL" inspect "$lp" | sed -n 's/^prefetch: *//p'))"
+        note "estargz-opt/$wl: lazypull optimize ($("$LAZYPULL" inspect "$lp" | sed -n 's/^prefetch: *//p');" \
+          "it recorded $(wc -l <"$W/optimize-$wl.record") opens, the strace $(wc -l <"$W/files-$wl.txt") files)"
       else
         loud "lazypull optimize failed or prioritized nothing for $wl ($(tail -2 "$W/optimize-$wl.log" | tr '\n' ' ')):"
         loud "falling back to convert --prioritize for this workload"
@@ -286,7 +305,7 @@ http:
   addr: 127.0.0.1:$REG_PORT
   tls: {certificate: $W/cert.pem, key: $W/key.pem}
 YML
-docker-registry serve "$W/registry.yml" >"$W/registry.log" 2>&1 &
+docker-registry serve "$W/registry.yml" >"$W/registry.log" 2>&1 9>&- &
 PIDS+=($!)
 for _ in $(seq 100); do
   curl -sf --cacert "$W/cert.pem" "https://127.0.0.1:$REG_PORT/v2/" >/dev/null && break
@@ -372,7 +391,7 @@ progress() {
 
 # measure_mount WORKLOAD VARIANT TAG MODE(lazy|nobg) RUN
 measure_mount() {
-  local wl=$1 v=$2 tag=$3 mode=$4 run=$5 extra=() out pid t0 t1 tr st rest cpu hwm fetched="" f
+  local wl=$1 v=$2 tag=$3 mode=$4 run=$5 extra=() out pid t0 t1 tr st rest sf cpu hwm fetched="" state
   [ "$mode" = nobg ] && extra=(--no-background-fetch)
   rm -rf "$W/cache"
   mkdir -p "$W/mnt"
@@ -380,7 +399,7 @@ measure_mount() {
   reset_counters
   t0=$EPOCHREALTIME
   if ! out=$("$LAZYPULL" mount --ca-file "$W/cert.pem" "$REF/bench:$tag" "$W/mnt" --cache-dir "$W/cache" \
-    "${extra[@]}" 2>"$W/mount.err"); then
+    "${extra[@]}" 2>"$W/mount.err" 9>&-); then
     row "$wl,$v,$mode,$run,,,,,,,,,,,0,mount failed: $(tr '\n,' '  ' <"$W/mount.err" | cut -c1-200)"
     progress "$wl $v $mode run $run: MOUNT FAILED: $(head -c 300 "$W/mount.err")"
     return
@@ -394,12 +413,12 @@ measure_mount() {
   if [ -n "$pid" ] && [ -r "/proc/$pid/stat" ]; then
     st=$(<"/proc/$pid/stat")
     rest=${st##*) }
-    read -ra f <<<"$rest"
-    cpu=$(echo "(${f[11]} + ${f[12]}) / $TICK" | bc -l | xargs printf '%.2f')
+    read -ra sf <<<"$rest" # fields 3.. of /proc/PID/stat: utime and stime are 14 and 15
+    cpu=$(echo "(${sf[11]} + ${sf[12]}) / $TICK" | bc -l | xargs printf '%.2f')
     hwm=$(sed -n 's/^VmHWM:\s*\([0-9]*\) kB/\1/p' "/proc/$pid/status")
   fi
-  f="$W/mnt/.stargz-snapshotter/${LAYER_DIGEST[$tag]}.json"
-  [ -r "$f" ] && fetched=$(sed -n 's/.*"fetchedSize":\([0-9]*\).*/\1/p' "$f")
+  state="$W/mnt/.stargz-snapshotter/${LAYER_DIGEST[$tag]}.json"
+  [ -r "$state" ] && fetched=$(sed -n 's/.*"fetchedSize":\([0-9]*\).*/\1/p' "$state")
   "$LAZYPULL" unmount "$W/mnt" >/dev/null 2>&1 || "$LAZYPULL" unmount --force "$W/mnt" >/dev/null 2>&1 || true
   if [ -z "$tr" ]; then
     row "$wl,$v,$mode,$run,$(sub "$t1" "$t0"),,,$DOWN,$UP,$CONNS,$REQS,$cpu,$hwm,$fetched,0,no ready line: $(tail -2 "$W/workload.err" | tr '\n,' '  ' | cut -c1-200)"
@@ -447,9 +466,13 @@ measure_skopeo() {
   drop_caches
   reset_counters
   t0=$EPOCHREALTIME
-  skopeo copy --quiet --src-cert-dir "$W/certs" "docker://$REF/bench:gzip" "dir:$W/skopeo" &&
-    mkdir -p "$W/skopeo-root" && l=${LAYER_DIGEST[gzip]} && tar -xzf "$W/skopeo/${l#sha256:}" -C "$W/skopeo-root" ||
-    { row "-,skopeo,skopeo,1,,,,,,,,,,,0,skopeo copy or tar failed"; progress "skopeo: FAILED"; return; }
+  l=${LAYER_DIGEST[gzip]}
+  if ! skopeo copy --quiet --src-cert-dir "$W/certs" "docker://$REF/bench:gzip" "dir:$W/skopeo" ||
+    ! mkdir -p "$W/skopeo-root" || ! tar -xzf "$W/skopeo/${l#sha256:}" -C "$W/skopeo-root"; then
+    row "-,skopeo,skopeo,1,,,,,,,,,,,0,skopeo copy or tar failed"
+    progress "skopeo: FAILED"
+    return
+  fi
   t1=$EPOCHREALTIME
   read_counters
   rm -rf "$W/skopeo" "$W/skopeo-root"
@@ -466,7 +489,7 @@ for v in "${lazy_variants[@]}"; do [ "$v" != gzip ] && probes=$((probes + ${#WOR
 N_TOTAL=$((${#PROFILES[@]} * per_profile + probes + ${#WORKLOADS[@]} * RUNS))
 
 log "local runs (the workload on the local copy, page cache warm)"
-PROFILE=- RTT_MS= BW_MBIT=
+PROFILE=- RTT_MS='' BW_MBIT=''
 for wl in "${WORKLOADS[@]}"; do
   run_workload "$ROOTFS" "$wl" >/dev/null # warm-up
   for run in $(seq "$RUNS"); do
@@ -484,13 +507,13 @@ for PROFILE in "${PROFILES[@]}"; do
   RTT_MS=${rtt%ms}
   case $bw in *gbit) BW_MBIT=$((${bw%gbit} * 1000)) ;; *mbit) BW_MBIT=${bw%mbit} ;; esac
   log "profile rtt=$rtt bw=$bw"
-  "$PROXY" --upstream "127.0.0.1:$REG_PORT" --rtt "$rtt" --bw "$bw" --control-port 0 >"$W/proxy.out" 2>"$W/proxy.log" &
+  "$PROXY" --upstream "127.0.0.1:$REG_PORT" --rtt "$rtt" --bw "$bw" --control-port 0 >"$W/proxy.out" 2>"$W/proxy.log" 9>&- &
   PROXY_PID=$!
   PIDS+=("$PROXY_PID")
   for _ in $(seq 100); do grep -q '^control' "$W/proxy.out" && break; sleep 0.05; done
   REF=$(sed -n 's/^listening \(127.0.0.1:[0-9]*\)$/\1/p' "$W/proxy.out")
   CTRL=$(sed -n 's/^control \(127.0.0.1:[0-9]*\)$/\1/p' "$W/proxy.out")
-  [ -n "$REF" ] && [ -n "$CTRL" ] || die "lazypull-proxy did not start: $(cat "$W/proxy.log")"
+  if [ -z "$REF" ] || [ -z "$CTRL" ]; then die "lazypull-proxy did not start: $(cat "$W/proxy.log")"; fi
   [ "$BASELINE" = 1 ] && measure_skopeo
   for wl in "${WORKLOADS[@]}"; do
     # Runs interleaved across variants, so that drift in the machine's load spreads over all of them.
@@ -517,6 +540,7 @@ done
 
 log "report"
 "$PY" "$TOOL" report "$OUT"
+REPORTED=1
 echo "duration:  $(sub "$EPOCHREALTIME" "$T_START" | xargs printf '%.0f') s" >>"$OUT/meta.txt"
 note "$(grep -c ',1,$' "$CSV" || true) runs ok, $(grep -vc ',1,$' "$CSV" | xargs -I{} expr {} - 1) failed"
 note "$OUT/runs.csv  $OUT/floor.csv  $OUT/summary.md  $OUT/chart.svg"
