@@ -37,13 +37,17 @@ usage: bench/coldstart.sh [options]
   --lazypull PATH         lazypull binary (default: bazel build -c opt //cli:lazypull, copied)
   --proxy PATH            lazypull-proxy binary (default: bazel build -c opt //proxy:lazypull-proxy, copied)
   --keep                  keep the work directory
+  --sweep FILE            tuning: each line "LABEL<TAB>lazypull mount flags" is run as its own mode for
+                          every lazy variant (bench/tune.sh uses it); without it, mode "lazy" = defaults
+  --convert-flags 'FLAGS' extra flags for lazypull convert/optimize when making the variants (e.g.
+                          --chunk-size 1M)
 EOF
 }
 
 PROFILES=(20ms-100mbit 2ms-1gbit 80ms-50mbit)
 WORKLOADS=(python shell heavy)
 VARIANTS=(gzip estargz estargz-opt zstd-chunked)
-RUNS=3 SMOKE=0 BASELINE=1 PROBE=1 KEEP=0 OUT="" LAZYPULL="" PROXY=""
+RUNS=3 SMOKE=0 BASELINE=1 PROBE=1 KEEP=0 OUT="" LAZYPULL="" PROXY="" SWEEP="" CONVERT_FLAGS=""
 CACHE=/var/cache/lazypull-bench
 ARGS="$*"
 pick() { # pick ALLOWED_ARRAY_NAME CSV -> the chosen names, checked
@@ -70,6 +74,8 @@ while [ $# -gt 0 ]; do
     --lazypull) LAZYPULL=$2; shift ;;
     --proxy) PROXY=$2; shift ;;
     --keep) KEEP=1 ;;
+    --sweep) SWEEP=$2; shift ;;
+    --convert-flags) CONVERT_FLAGS=$2; shift ;;
     -h | --help) usage; exit 0 ;;
     *) echo "unknown option $1" >&2; usage >&2; exit 2 ;;
   esac
@@ -250,12 +256,14 @@ if has gzip "${NEED[@]}"; then
   TAGS[gzip]=gzip
 fi
 if has estargz "${NEED[@]}" || has estargz-opt "${NEED[@]}"; then
-  "$LAZYPULL" convert "$ROOTFS_TAR" "$W/estargz.layer" >"$W/estargz.json"
+  # shellcheck disable=SC2086 # CONVERT_FLAGS is a list of flags
+  "$LAZYPULL" convert "$ROOTFS_TAR" "$W/estargz.layer" $CONVERT_FLAGS >"$W/estargz.json"
   oci_from_convert "$W/estargz.json" "$W/estargz.layer" "$W/oci-estargz" application/vnd.oci.image.layer.v1.tar+gzip
   TAGS[estargz]=estargz
 fi
 if has zstd-chunked "${NEED[@]}"; then
-  "$LAZYPULL" convert "$ROOTFS_TAR" "$W/zstd.layer" --format zstd:chunked >"$W/zstd.json"
+  # shellcheck disable=SC2086
+  "$LAZYPULL" convert "$ROOTFS_TAR" "$W/zstd.layer" --format zstd:chunked $CONVERT_FLAGS >"$W/zstd.json"
   oci_from_convert "$W/zstd.json" "$W/zstd.layer" "$W/oci-zstd-chunked" application/vnd.oci.image.layer.v1.tar+zstd
   TAGS[zstd-chunked]=zstd-chunked
 fi
@@ -269,7 +277,8 @@ if has estargz-opt "${NEED[@]}"; then
   for wl in "${WORKLOADS[@]}"; do
     d=$W/oci-estargz-opt-$wl
     if [ "$OPT_MODE" = optimize ]; then
-      if "$LAZYPULL" optimize "oci:$W/oci-estargz:img" --workload "${CMD[$wl]}" --period 900 \
+      # shellcheck disable=SC2086
+      if "$LAZYPULL" optimize "oci:$W/oci-estargz:img" --workload "${CMD[$wl]}" --period 900 $CONVERT_FLAGS \
         --record "$W/optimize-$wl.record" "oci:$d:img" >"$W/optimize-$wl.log" 2>&1 &&
         read -r lp _ < <("$PY" "$TOOL" oci-layer "$d" img) &&
         "$LAZYPULL" inspect "$lp" | grep -q 'prioritized files'; then
@@ -393,6 +402,7 @@ progress() {
 measure_mount() {
   local wl=$1 v=$2 tag=$3 mode=$4 run=$5 extra=() out pid t0 t1 tr st rest sf cpu hwm fetched="" state
   [ "$mode" = nobg ] && extra=(--no-background-fetch)
+  if [ -n "${SWEEP_FLAGS[$mode]+x}" ]; then read -ra extra <<<"${SWEEP_FLAGS[$mode]}"; fi
   rm -rf "$W/cache"
   mkdir -p "$W/mnt"
   drop_caches
@@ -480,9 +490,22 @@ measure_skopeo() {
   progress "skopeo copy + tar -x: $(sub "$t1" "$t0") s, $(echo "$DOWN / 1000000" | bc -l | xargs printf %.1f) MB down"
 }
 
+# The modes each lazy variant runs in: "lazy" (defaults), or the sweep's.
+declare -A SWEEP_FLAGS=()
+SWEEP_MODES=(lazy)
+if [ -n "$SWEEP" ]; then
+  SWEEP_MODES=()
+  while IFS=$'\t' read -r label flags; do
+    [ -z "$label" ] || [ "${label:0:1}" = "#" ] && continue
+    SWEEP_MODES+=("$label")
+    SWEEP_FLAGS[$label]=$flags
+  done <"$SWEEP"
+  [ ${#SWEEP_MODES[@]} -gt 0 ] || die "--sweep $SWEEP lists no modes"
+fi
+
 lazy_variants=()
 for v in "${VARIANTS[@]}"; do lazy_variants+=("$v"); done
-per_profile=$((${#WORKLOADS[@]} * RUNS * (${#lazy_variants[@]} + BASELINE) + BASELINE))
+per_profile=$((${#WORKLOADS[@]} * RUNS * (${#lazy_variants[@]} * ${#SWEEP_MODES[@]} + BASELINE) + BASELINE))
 probes=0
 for v in "${lazy_variants[@]}"; do [ "$v" != gzip ] && probes=$((probes + ${#WORKLOADS[@]})); done
 [ "$PROBE" = 1 ] || probes=0
@@ -521,7 +544,9 @@ for PROFILE in "${PROFILES[@]}"; do
       [ "$BASELINE" = 1 ] && measure_pull "$wl" "$run"
       for v in "${lazy_variants[@]}"; do
         tag=${TAGS[$v]:-${TAGS[$v/$wl]:-}}
-        measure_mount "$wl" "$v" "$tag" lazy "$run"
+        for mode in "${SWEEP_MODES[@]}"; do
+          measure_mount "$wl" "$v" "$tag" "$mode" "$run"
+        done
       done
     done
     if [ "$PROBE" = 1 ] && [ "$first_profile" = 1 ]; then

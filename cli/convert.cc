@@ -74,7 +74,7 @@ std::vector<FlagSpec> LayerWriterFlags() {
       {"format", "FORMAT", "estargz (default) or zstd:chunked"},
       {"chunk-size", "N",
        "largest chunk of a file in bytes (suffix K/M/G allowed; default "
-       "4M)"},
+       "1M, tuned: bench/TUNING.md; the reference's is 4M)"},
       {"level", "N",
        "gzip 1-9 (1 fastest, 9 smallest; default 6), zstd 1-19 (default "
        "3)"},

@@ -266,6 +266,12 @@ absl::Status CachedLayer::FillSpan(const Span& span, ReadPriority priority) {
     if (c.blob_end > span.end || GroupCached(static_cast<uint32_t>(g))) {
       continue;
     }
+    {
+      // An on-demand fill has it in flight: fetching it again here would
+      // only duplicate its bytes on the link.
+      absl::MutexLock l(&mu_);
+      if (flights_.contains(static_cast<uint32_t>(g))) continue;
+    }
     if (runs.empty() || c.blob_offset - runs.back().end > span.gap) {
       runs.push_back({c.blob_offset, c.blob_end, {}, 0});
     }
