@@ -113,9 +113,9 @@ class OptimizeTest : public ::testing::Test {
     ASSERT_TRUE(img.ok()) << img.status();
     ASSERT_TRUE(layout->Tag("v1", img->manifest).ok());
     // The same content as a two-platform index (arm64 cannot run here).
-    auto arm = layout->AddImage({ReadFile(dir_ + "/bin.tar"),
-                                 ReadFile(dir_ + "/data.tar")},
-                                "linux/arm64");
+    auto arm = layout->AddImage(
+        {ReadFile(dir_ + "/bin.tar"), ReadFile(dir_ + "/data.tar")},
+        "linux/arm64");
     ASSERT_TRUE(arm.ok()) << arm.status();
     testing::TestDescriptor amd = img->manifest, a64 = arm->manifest;
     amd.platform = "linux/amd64";
@@ -245,8 +245,8 @@ TEST_F(OptimizeTest, ImageConvertWithAWorkloadOptimizesThisPlatformOnly) {
     auto man = ParseImageManifest(m->bytes);
     ASSERT_TRUE(man.ok());
     ASSERT_EQ(man->layers.size(), 2u);
-    std::vector<std::string> t = TarOrder(absl::StrCat(
-        dir_, "/conv/blobs/sha256/", man->layers[1].digest.Hex()));
+    std::vector<std::string> t = TarOrder(
+        absl::StrCat(dir_, "/conv/blobs/sha256/", man->layers[1].digest.Hex()));
     if (d.platform->architecture == "amd64") {
       const size_t lm = IndexOf(t, ".prefetch.landmark");
       ASSERT_LT(lm, t.size());
