@@ -84,16 +84,14 @@ int ImageConvertMain(int argc, char** argv) {
   absl::StatusOr<LayerWriterOptions> lo = LayerWriterOptionsFromArgs(*args);
   if (!lo.ok()) return usage(lo.status());
 
-  absl::StatusOr<std::unique_ptr<CurlHttpTransport>> http =
-      CurlHttpTransport::Create();
-  if (!http.ok()) return Fail("image convert", http.status());
-  CredentialStore creds;
-  RegistryOptions ro;
-  ro.http = http->get();
-  ro.credentials = &creds;
-  if (absl::Status st = RegistryOptionsFromArgs(*args, &ro); !st.ok()) {
-    return usage(st);
+  absl::StatusOr<std::unique_ptr<RegistrySession>> session =
+      OpenRegistrySession(*args);
+  if (!session.ok()) {
+    return session.status().code() == absl::StatusCode::kInvalidArgument
+               ? usage(session.status())
+               : Fail("image convert", session.status());
   }
+  const RegistryOptions& ro = (*session)->options;
   ImageConvertOptions o;
   o.layer = *lo;
   if (args->Has("platform")) o.only_platform = ro.platform;

@@ -457,13 +457,10 @@ absl::Status ServeImage(
   ASSIGN_OR_RETURN(ImageReference ref,
                    ImageReference::Parse(args.positionals[0]));
   ASSIGN_OR_RETURN(const FetchTuning tuning, FetchTuningFromArgs(args));
-  ASSIGN_OR_RETURN(std::unique_ptr<CurlHttpTransport> http,
-                   CurlHttpTransport::Create(tuning.http));
-  CredentialStore creds;
-  RegistryOptions ro;
-  ro.http = http.get();
-  ro.credentials = &creds;
-  RETURN_IF_ERROR(RegistryOptionsFromArgs(args, &ro));
+  ASSIGN_OR_RETURN(std::unique_ptr<RegistrySession> session,
+                   OpenRegistrySession(args, tuning.http));
+  const RegistryOptions& ro = session->options;
+  CurlHttpTransport* http = session->http.get();
   ASSIGN_OR_RETURN(std::unique_ptr<RegistryClient> client_u,
                    RegistryClient::Create(ref, ro));
   std::shared_ptr<RegistryClient> client = std::move(client_u);
@@ -759,7 +756,7 @@ absl::Status ServeImage(
   const CurlHttpTransport::Stats hs = http->stats();
   LogInfo("http: ", hs.requests, " requests, ", hs.attempts, " attempts over ",
           hs.connections, " connection(s)");
-  http.reset();
+  session.reset();
   LogInfo("unmounted ", mountpoint);
   unlink(pid_file.c_str());
   return absl::OkStatus();

@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include "absl/strings/str_cat.h"
+#include "core/status_macros.h"
 
 namespace lazypull::cli {
 
@@ -44,6 +45,16 @@ absl::Status RegistryOptionsFromArgs(const ParsedArgs& args,
     o->platform = *pl;
   }
   return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<RegistrySession>> OpenRegistrySession(
+    const ParsedArgs& args, const CurlHttpOptions& http) {
+  auto s = std::make_unique<RegistrySession>();
+  RETURN_IF_ERROR(RegistryOptionsFromArgs(args, &s->options));
+  ASSIGN_OR_RETURN(s->http, CurlHttpTransport::Create(http));
+  s->options.http = s->http.get();
+  s->options.credentials = &s->credentials;
+  return s;
 }
 
 }  // namespace lazypull::cli

@@ -5,10 +5,14 @@
 #ifndef LAZYPULL_CLI_NETWORK_FLAGS_H_
 #define LAZYPULL_CLI_NETWORK_FLAGS_H_
 
+#include <memory>
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "cli/flags.h"
+#include "fetch/auth.h"
+#include "fetch/curl_http.h"
 #include "fetch/registry.h"
 
 namespace lazypull::cli {
@@ -21,6 +25,19 @@ std::vector<FlagSpec> NetworkFlags();
 // the caller's).
 absl::Status RegistryOptionsFromArgs(const ParsedArgs& args,
                                      RegistryOptions* o);
+
+// What a networked command talks to registries with: the one HTTP engine,
+// the user's credentials, and RegistryOptions from the flags whose `http`
+// and `credentials` point into this object (so it must outlive their use).
+struct RegistrySession {
+  std::unique_ptr<CurlHttpTransport> http;
+  CredentialStore credentials;
+  RegistryOptions options;
+};
+// Errors: InvalidArgument for a bad flag value (a usage error); anything
+// else if the HTTP engine cannot start.
+absl::StatusOr<std::unique_ptr<RegistrySession>> OpenRegistrySession(
+    const ParsedArgs& args, const CurlHttpOptions& http = {});
 
 }  // namespace lazypull::cli
 

@@ -472,16 +472,14 @@ int OptimizeMain(int argc, char** argv) {
     if (!sl.ok()) return usage(sl.status());
     absl::StatusOr<ImageLocation> dl = ImageLocation::Parse(dst);
     if (!dl.ok()) return usage(dl.status());
-    absl::StatusOr<std::unique_ptr<CurlHttpTransport>> http =
-        CurlHttpTransport::Create();
-    if (!http.ok()) return Fail("optimize", http.status());
-    CredentialStore creds;
-    RegistryOptions ro;
-    ro.http = http->get();
-    ro.credentials = &creds;
-    if (absl::Status st = RegistryOptionsFromArgs(*args, &ro); !st.ok()) {
-      return usage(st);
+    absl::StatusOr<std::unique_ptr<RegistrySession>> session =
+        OpenRegistrySession(*args);
+    if (!session.ok()) {
+      return session.status().code() == absl::StatusCode::kInvalidArgument
+                 ? usage(session.status())
+                 : Fail("optimize", session.status());
     }
+    const RegistryOptions& ro = (*session)->options;
     absl::StatusOr<std::unique_ptr<ImageReader>> reader =
         OpenImageReader(*sl, ro);
     if (!reader.ok()) return Fail("optimize", reader.status());

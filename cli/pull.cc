@@ -57,16 +57,10 @@ int PullMain(int argc, char** argv) {
   if (!ref.ok()) return Fail("pull", ref.status());
   const std::string dir = args->positionals[1];
 
-  absl::StatusOr<std::unique_ptr<CurlHttpTransport>> http =
-      CurlHttpTransport::Create();
-  if (!http.ok()) return Fail("pull", http.status());
-  CredentialStore creds;
-  RegistryOptions ro;
-  ro.http = http->get();
-  ro.credentials = &creds;
-  if (absl::Status st = RegistryOptionsFromArgs(*args, &ro); !st.ok()) {
-    return Fail("pull", st);
-  }
+  absl::StatusOr<std::unique_ptr<RegistrySession>> session =
+      OpenRegistrySession(*args);
+  if (!session.ok()) return Fail("pull", session.status());
+  const RegistryOptions& ro = (*session)->options;
   PullOptions po;
   po.same_owner = geteuid() == 0 && !args->Has("no-same-owner");
   if (auto p = args->Get("parallel")) {

@@ -92,16 +92,14 @@ int PushMain(int argc, char** argv) {
   absl::StatusOr<LayerWriterOptions> lo = LayerWriterOptionsFromArgs(*args);
   if (!lo.ok()) return usage(lo.status());
 
-  absl::StatusOr<std::unique_ptr<CurlHttpTransport>> http =
-      CurlHttpTransport::Create();
-  if (!http.ok()) return Fail("push", http.status());
-  CredentialStore creds;
-  RegistryOptions ro;
-  ro.http = http->get();
-  ro.credentials = &creds;
-  if (absl::Status st = RegistryOptionsFromArgs(*args, &ro); !st.ok()) {
-    return usage(st);
+  absl::StatusOr<std::unique_ptr<RegistrySession>> session =
+      OpenRegistrySession(*args);
+  if (!session.ok()) {
+    return session.status().code() == absl::StatusCode::kInvalidArgument
+               ? usage(session.status())
+               : Fail("push", session.status());
   }
+  const RegistryOptions& ro = (*session)->options;
 
   ImageConvertOptions o;
   o.layer = *lo;
