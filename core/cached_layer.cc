@@ -286,6 +286,23 @@ absl::Status CachedLayer::FillSpan(const Span& span, ReadPriority priority) {
   for (const Run& run : runs) {
     const size_t n = run.end - run.begin;
     const uint64_t held = AcquireFillBytes(n + run.decoded_max, priority);
+    // The run's members become this fill's flights: an on-demand read or a
+    // read-ahead of one of them waits for this fetch instead of fetching it
+    // again (members claimed by another fill meanwhile are left to it).
+    std::vector<std::pair<uint32_t, std::shared_ptr<Flight>>> claimed;
+    {
+      absl::MutexLock l(&mu_);
+      for (const uint32_t g : run.groups) {
+        if (flights_.contains(g)) continue;
+        auto f = std::make_shared<Flight>();
+        flights_[g] = f;
+        claimed.emplace_back(g, std::move(f));
+      }
+    }
+    if (claimed.empty()) {
+      ReleaseFillBytes(held);
+      continue;
+    }
     // Not zero-filled: the source overwrites every byte (or fails).
     std::unique_ptr<char[]> buf(new char[n]);
     absl::Status st = reader_->source().ReadAt(
@@ -293,42 +310,46 @@ absl::Status CachedLayer::FillSpan(const Span& span, ReadPriority priority) {
     const absl::string_view bytes(buf.get(), n);
     fills_.fetch_add(1);
     if (!st.ok()) {
-      ReleaseFillBytes(held);
-      if (first_error.ok()) {
-        first_error =
-            absl::Status(st.code(), absl::StrCat(reader_->source().Describe(),
-                                                 " bytes [", run.begin, ", ",
-                                                 run.end, "): ", st.message()));
-      }
-      continue;
+      st = absl::Status(st.code(), absl::StrCat(reader_->source().Describe(),
+                                                " bytes [", run.begin, ", ",
+                                                run.end, "): ", st.message()));
+      if (first_error.ok()) first_error = st;
+    } else {
+      fetched_.fetch_add(n);
     }
-    fetched_.fetch_add(n);
-    for (const uint32_t g : run.groups) {
+    for (auto& [g, flight] : claimed) {
       const Chunk& c = cs[groups_[g].front()];
-      if (!group_fetched_[g].exchange(true)) {
-        fetched_blob_bytes_.fetch_add(c.blob_end - c.blob_offset);
-      }
-      {
-        absl::MutexLock l(&mu_);
-        if (flights_.contains(g)) continue;  // an on-demand fill has it
-      }
       absl::flat_hash_map<uint32_t, ChunkData> out;
       absl::flat_hash_map<uint32_t, absl::Status> errors;
-      absl::Status ds = DecodeGroup(
-          g,
-          bytes.substr(c.blob_offset - run.begin, c.blob_end - c.blob_offset),
-          &out, &errors);
-      if (!ds.ok()) {
-        failures_.fetch_add(ds.code() == absl::StatusCode::kDataLoss ? 1 : 0);
-        if (first_error.ok()) first_error = ds;
-        continue;
+      absl::Status ds = st;
+      if (ds.ok()) {
+        if (!group_fetched_[g].exchange(true)) {
+          fetched_blob_bytes_.fetch_add(c.blob_end - c.blob_offset);
+        }
+        ds = DecodeGroup(
+            g,
+            bytes.substr(c.blob_offset - run.begin, c.blob_end - c.blob_offset),
+            &out, &errors);
+        if (!ds.ok()) {
+          failures_.fetch_add(ds.code() == absl::StatusCode::kDataLoss ? 1 : 0);
+          if (first_error.ok()) first_error = ds;
+          out.clear();
+        } else if (!errors.empty() && first_error.ok()) {
+          first_error = errors.begin()->second;
+        }
+        for (const auto& [ci, data] : out) {
+          (void)cache_->InsertShared(cs[ci].digest, data);
+        }
       }
-      if (!errors.empty() && first_error.ok()) {
-        first_error = errors.begin()->second;
+      {
+        absl::MutexLock l(&flight->mu);
+        flight->status = ds;
+        flight->data = std::move(out);
+        flight->errors = std::move(errors);
+        flight->done = true;
       }
-      for (const auto& [ci, data] : out) {
-        (void)cache_->InsertShared(cs[ci].digest, data);
-      }
+      absl::MutexLock l(&mu_);
+      flights_.erase(g);
     }
     ReleaseFillBytes(held);
   }

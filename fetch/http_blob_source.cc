@@ -262,10 +262,32 @@ void HttpBlobSource::WorkerLoop() {
 void HttpBlobSource::ExtendHash(uint64_t first, absl::string_view data) {
   absl::MutexLock l(&hash_mu_);
   const uint64_t end = first + data.size();
-  if (first > hashed_ || end <= hashed_) return;
+  if (end <= hashed_) return;
+  if (first > hashed_) {
+    // Ahead of the prefix (parallel requests finish out of order): kept
+    // until the prefix reaches it, within a bounded window.
+    if (first - hashed_ <= kHashWindow &&
+        hash_pending_bytes_ + data.size() <= kHashWindow &&
+        !hash_pending_.contains(first)) {
+      hash_pending_[first] = std::string(data.data(), data.size());
+      hash_pending_bytes_ += data.size();
+    }
+    return;
+  }
   data.remove_prefix(hashed_ - first);
   hash_.Update(data);
   hashed_ = end;
+  while (!hash_pending_.empty()) {
+    auto it = hash_pending_.begin();
+    if (it->first > hashed_) break;
+    const uint64_t e = it->first + it->second.size();
+    if (e > hashed_) {
+      hash_.Update(absl::string_view(it->second).substr(hashed_ - it->first));
+      hashed_ = e;
+    }
+    hash_pending_bytes_ -= it->second.size();
+    hash_pending_.erase(it);
+  }
 }
 
 uint64_t HttpBlobSource::hashed_prefix() const {

@@ -17,10 +17,12 @@
 //    never waits behind queued background bytes: it is dispatched at once.
 //  - Whole-blob digest: the bytes of every successful request that starts
 //    at or before the end of the verified prefix extend a running SHA-256
-//    of the blob's prefix. VerifyWholeBlob() reads whatever the prefix is
-//    still missing (bytes first fetched out of order, the TOC read at open)
-//    at background priority and compares the digest with the descriptor's:
-//    the check `mount` makes once a layer's background fetch completes.
+//    of the blob's prefix (ranges that arrive ahead of it, as parallel
+//    requests finish out of order, wait in a window of 8 MiB).
+//    VerifyWholeBlob() reads whatever the prefix is still missing (bytes first
+//    fetched out of order, the TOC read at open) at background priority and
+//    compares the digest with the descriptor's: the check `mount` makes once a
+//    layer's background fetch completes.
 //  - Every answer must be a 206 whose Content-Range is exactly the range
 //    asked for, with the blob's size as total, and whose body has exactly
 //    that length; anything else (a 200, a wrong Content-Range, a short body)
@@ -33,6 +35,7 @@
 #include <atomic>
 #include <cstdint>
 #include <deque>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -140,6 +143,11 @@ class HttpBlobSource : public BlobSource {
   Sha256 hash_ ABSL_GUARDED_BY(hash_mu_);
   uint64_t hashed_ ABSL_GUARDED_BY(hash_mu_) = 0;
   std::optional<Digest> whole_digest_ ABSL_GUARDED_BY(hash_mu_);
+  // Ranges fetched ahead of the prefix, by offset, at most kHashWindow
+  // bytes of them within kHashWindow of its end.
+  static constexpr uint64_t kHashWindow = 8 << 20;
+  std::map<uint64_t, std::string> hash_pending_ ABSL_GUARDED_BY(hash_mu_);
+  uint64_t hash_pending_bytes_ ABSL_GUARDED_BY(hash_mu_) = 0;
   // Extends the hash with [first, first + data.size()) if it reaches it.
   void ExtendHash(uint64_t first, absl::string_view data);
 };

@@ -135,6 +135,17 @@ TEST_F(HttpBlobSourceTest, WholeBlobDigestAfterOutOfOrderReads) {
   EXPECT_EQ(again, blob_.size() - 4096);
   EXPECT_TRUE(src.VerifyWholeBlob().ok());  // idempotent
 
+  // Ranges finishing out of order (parallel requests) still extend the
+  // prefix once the gap before them is filled: nothing is fetched twice.
+  HttpBlobSource ooo(client_, desc_, o);
+  ASSERT_TRUE(
+      ooo.ReadAt(8192, absl::MakeSpan(buf), ReadPriority::kBackground).ok());
+  ASSERT_TRUE(
+      ooo.ReadAt(4096, absl::MakeSpan(buf), ReadPriority::kBackground).ok());
+  EXPECT_EQ(ooo.hashed_prefix(), 0u);
+  ASSERT_TRUE(ooo.ReadAt(0, absl::MakeSpan(buf), ReadPriority::kOnDemand).ok());
+  EXPECT_EQ(ooo.hashed_prefix(), 3 * 4096u);
+
   // A blob whose bytes are not those of its digest fails, naming both.
   Descriptor wrong = desc_;
   wrong.digest = Sha256::Of("something else");
