@@ -72,8 +72,6 @@ absl::StatusOr<std::unique_ptr<DiskChunkCache>> DiskChunkCache::Open(
 
 DiskChunkCache::~DiskChunkCache() {
   Flush();
-  // A clean close: one syncfs covers everything this process wrote.
-  if (!options_.sync && unsynced_writes_.load()) SyncAndMark();
   {
     std::lock_guard<std::mutex> l(q_mu_);
     stop_ = true;

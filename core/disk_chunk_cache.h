@@ -18,7 +18,7 @@
 // on the write path (a syncfs per batch flushes the whole filesystem: on a
 // busy host, everyone's dirty data): instead, a chunk file is trusted only if
 // this process wrote it, or it changed before the `synced` mark (a syncfs
-// taken at clean close and every `sync_every` while writing). Any other file
+// taken every `sync_every` while writing). Any other file
 // (written by another live process, or by one that died before a syncfs, so
 // possibly torn by a power loss) is re-hashed on its first use in this
 // process and dropped (refetched) if its content is not its name. Either way
@@ -118,6 +118,10 @@ class DiskChunkCache final : public ChunkCache {
 
   // Waits until every queued write is on disk.
   void Flush();
+  // syncfs, then moves the synced mark to the time before it. The writer
+  // does this every sync_every_seconds while writing; never at close, where
+  // a syncfs on a busy host (everyone's dirty data) would delay unmounting.
+  void SyncAndMark();
   CacheUsage Usage();
   CacheCounters counters() const;
   // Evicts least-recently-used chunks until at most `bytes` remain.
@@ -154,8 +158,7 @@ class DiskChunkCache final : public ChunkCache {
   bool Synced(const struct timespec& ctime) const;
   // Hashes the open chunk file; false if its content is not chunk `d`.
   bool Rehash(int fd, const Digest& d, uint64_t size);
-  // syncfs, then moves the synced mark to the time before it.
-  void SyncAndMark();
+
   void Forget(const Digest& d) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Finds a file another process may have published.
   bool Discover(const Digest& d, uint64_t size);
