@@ -430,6 +430,7 @@ measure_mount() {
   state="$W/mnt/.stargz-snapshotter/${LAYER_DIGEST[$tag]}.json"
   [ -r "$state" ] && fetched=$(sed -n 's/.*"fetchedSize":\([0-9]*\).*/\1/p' "$state")
   "$LAZYPULL" unmount "$W/mnt" >/dev/null 2>&1 || "$LAZYPULL" unmount --force "$W/mnt" >/dev/null 2>&1 || true
+  mkdir -p "$W/logs" && cp "$W/cache/lazypull.log" "$W/logs/$PROFILE-$wl-$v-$mode-$run.log" 2>/dev/null || true
   if [ -z "$tr" ]; then
     row "$wl,$v,$mode,$run,$(sub "$t1" "$t0"),,,$DOWN,$UP,$CONNS,$REQS,$cpu,$hwm,$fetched,0,no ready line: $(tail -2 "$W/workload.err" | tr '\n,' '  ' | cut -c1-200)"
     progress "$wl $v $mode run $run: NO READY LINE ($(tail -2 "$W/workload.err" | tr '\n' ' '))"

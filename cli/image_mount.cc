@@ -37,6 +37,7 @@
 #include "core/node_writer.h"
 #include "core/status_macros.h"
 #include "fetch/auth.h"
+#include "fetch/background_budget.h"
 #include "fetch/curl_http.h"
 #include "fetch/http_blob_source.h"
 #include "fetch/image_puller.h"
@@ -64,6 +65,8 @@ constexpr int kDefaultWaitPrefetchSeconds = 60;
 // coalesce neighbours; its caps keep background work out of the way.
 constexpr int kPrefetchThreads = 8;
 constexpr int kBackgroundThreads = 4;
+// Layers whose footer and TOC are read and indexed at once at mount.
+constexpr size_t kLayerOpeners = 4;
 // Prefetch / background spans: one range request each.
 constexpr uint64_t kSpanSize = 1 << 20;
 
@@ -128,8 +131,23 @@ absl::StatusOr<FetchTuning> FetchTuningFromArgs(const ParsedArgs& args) {
     return absl::InvalidArgumentError(
         "--reserved-on-demand must be below --max-requests");
   }
-  RETURN_IF_ERROR(
-      ParseBytes(args, "background-bytes", &t.source.max_background_bytes));
+  // One budget of background bytes for the whole link (every layer).
+  BackgroundBudgetOptions budget;
+  if (auto v = args.Get("background-bytes"); v && *v != "auto") {
+    RETURN_IF_ERROR(ParseBytes(args, "background-bytes", &budget.fixed_bytes));
+    if (budget.fixed_bytes == 0) {
+      return absl::InvalidArgumentError(
+          "--background-bytes takes a size or \"auto\", not 0");
+    }
+  }
+  if (auto v = args.Get("background-gain")) {
+    if (!absl::SimpleAtod(*v, &budget.gain) || !(budget.gain >= 1.0) ||
+        budget.gain > 16) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--background-gain takes a number from 1 to 16, not \"", *v, "\""));
+    }
+  }
+  t.source.background_budget = std::make_shared<BackgroundBudget>(budget);
   RETURN_IF_ERROR(ParseBytes(args, "coalesce-gap", &t.source.coalesce_gap));
   RETURN_IF_ERROR(
       ParseBytes(args, "max-request-size", &t.source.max_request_size));
@@ -385,9 +403,14 @@ std::vector<FlagSpec> ImageMountFlags() {
                "they share one connection)"});
   f.push_back({"reserved-on-demand", "N",
                "request slots only on-demand reads may use (default 1)"});
-  f.push_back({"background-bytes", "BYTES",
-               "background bytes in flight per layer, about one "
-               "bandwidth-delay product (default 4M)"});
+  f.push_back({"background-bytes", "BYTES|auto",
+               "background bytes in flight on the link, all layers together "
+               "(default auto: twice the measured bandwidth-delay product, "
+               "so on-demand reads queue behind about one round trip)"});
+  f.push_back({"background-gain", "G",
+               "with --background-bytes auto: the cap is G times the "
+               "measured bandwidth-delay product (default 1.25; the queue "
+               "an on-demand read waits behind is about G - 1 of it)"});
   f.push_back({"background-rate", "BYTES",
                "cap background fetching at BYTES per second per layer "
                "(default: no cap)"});
@@ -464,9 +487,36 @@ absl::Status ServeImage(
   ASSIGN_OR_RETURN(std::unique_ptr<RegistryClient> client_u,
                    RegistryClient::Create(ref, ro));
   std::shared_ptr<RegistryClient> client = std::move(client_u);
+  // Background fetch has an HTTP engine of its own: its requests travel on
+  // their own connection(s), so on-demand responses never queue behind
+  // background bytes buffered for a shared connection (HttpBlobSource).
+  ASSIGN_OR_RETURN(std::unique_ptr<CurlHttpTransport> bg_http,
+                   CurlHttpTransport::Create(tuning.http));
+  std::shared_ptr<RegistryClient> bg_client;
+  {
+    RegistryOptions bro = ro;
+    bro.http = bg_http.get();
+    ASSIGN_OR_RETURN(std::unique_ptr<RegistryClient> c,
+                     RegistryClient::Create(ref, bro));
+    bg_client = std::move(c);
+  }
   const absl::Time t_start = absl::Now();
-  ASSIGN_OR_RETURN(ResolvedImage img, client->Resolve());
+  ASSIGN_OR_RETURN(ResolvedImage img, client->ResolveManifest());
   const absl::Time t_resolved = absl::Now();
+  // The config's round trip overlaps the layers' (it is needed only for
+  // layers pulled in full, and checked before the mount is ready).
+  absl::StatusOr<ImageConfig> config = absl::UnknownError("not fetched");
+  std::thread config_thread([&] { config = client->FetchConfig(img); });
+  auto join_config = [&]() -> absl::Status {
+    if (config_thread.joinable()) config_thread.join();
+    return config.status();
+  };
+  struct JoinAtExit {
+    std::thread* t;
+    ~JoinAtExit() {
+      if (t->joinable()) t->join();
+    }
+  } join_config_at_exit{&config_thread};
   const size_t n = img.manifest.layers.size();
   if (n == 0) {
     return absl::FailedPreconditionError(
@@ -533,15 +583,26 @@ absl::Status ServeImage(
   std::vector<std::string> notes;
   absl::Time t_layers;
   absl::Status st = [&]() -> absl::Status {
+    // 1. What each layer is, from its descriptor alone.
+    struct Plan {
+      std::unique_ptr<LayerMount> m;
+      LayerOpenOptions lo;
+      std::string why;  // why it is pulled in full; empty: lazy
+      absl::StatusOr<std::unique_ptr<LayerReader>> reader =
+          absl::UnknownError("not opened");
+    };
+    std::vector<Plan> plans;
     for (size_t i = 0; i < n; ++i) {
       if (only && i != *only) continue;
-      auto m = std::make_unique<LayerMount>();
+      Plan& plan = plans.emplace_back();
+      plan.m = std::make_unique<LayerMount>();
+      auto& m = plan.m;
       m->index = i;
       m->desc = img.manifest.layers[i];
       m->dir = absl::StrCat(run_dir, "/", i);
       const Descriptor& d = m->desc;
-      LayerOpenOptions lo;
-      std::string why;
+      LayerOpenOptions& lo = plan.lo;
+      std::string& why = plan.why;
       if (const std::string* t = Annotation(d, kTocDigestAnnotation)) {
         absl::StatusOr<Digest> td = Digest::Parse(*t);
         if (!td.ok()) {
@@ -587,12 +648,43 @@ absl::Status ServeImage(
         }
         break;
       }
+    }
 
+    // 2. The lazy layers' footers and TOCs (a tail read, then TOC
+    // inflate, parse and index each), several layers at once.
+    {
+      std::vector<Plan*> lazy;
+      for (Plan& p : plans) {
+        if (!p.why.empty()) continue;
+        HttpBlobSourceOptions bo = tuning.source;
+        // Bytes read out of blob order wait there for the whole-blob hash
+        // (an unnamed file: never left behind).
+        bo.spill_dir = cache_dir;
+        p.m->source =
+            std::make_shared<HttpBlobSource>(client, p.m->desc, bo, bg_client);
+        lazy.push_back(&p);
+      }
+      std::atomic<size_t> next{0};
+      std::vector<std::thread> openers;
+      for (size_t k = 0; k < std::min<size_t>(lazy.size(), kLayerOpeners);
+           ++k) {
+        openers.emplace_back([&] {
+          for (size_t j; (j = next.fetch_add(1)) < lazy.size();) {
+            lazy[j]->reader =
+                LayerReader::Open(lazy[j]->m->source, lazy[j]->lo);
+          }
+        });
+      }
+      for (std::thread& t : openers) t.join();
+    }
+
+    // 3. Bottom first: serve the lazy layers, pull the others.
+    for (Plan& plan : plans) {
+      auto& m = plan.m;
+      const Descriptor& d = m->desc;
+      const std::string& why = plan.why;
       if (why.empty()) {
-        auto src = std::make_shared<HttpBlobSource>(client, d, tuning.source);
-        m->source = src;
-        absl::StatusOr<std::unique_ptr<LayerReader>> reader =
-            LayerReader::Open(src, lo);
+        absl::StatusOr<std::unique_ptr<LayerReader>>& reader = plan.reader;
         if (!reader.ok()) {
           return absl::Status(
               reader.status().code(),
@@ -624,8 +716,10 @@ absl::Status ServeImage(
             absl::StrCat(LayerName(*m, n), " is pulled in full: ", why);
         LogInfo(note);
         notes.push_back(note);
-        absl::StatusOr<UnpackedLayer> u = PullLayer(
-            client.get(), d, img.config.diff_ids[i], m->dir, geteuid() == 0);
+        RETURN_IF_ERROR(join_config());
+        absl::StatusOr<UnpackedLayer> u =
+            PullLayer(client.get(), d, config->diff_ids[m->index], m->dir,
+                      geteuid() == 0);
         if (!u.ok()) {
           return absl::Status(
               u.status().code(),
@@ -638,6 +732,7 @@ absl::Status ServeImage(
       layers.push_back(std::move(m));
     }
 
+    RETURN_IF_ERROR(join_config());
     t_layers = absl::Now();
     // Assemble MOUNTPOINT.
     std::vector<std::string> lowers;
@@ -696,10 +791,13 @@ absl::Status ServeImage(
                  tuning.background_streams, tuning.span_size,
                  tuning.source.coalesce_gap, &limiter, &stop, &errors);
       if (stop.load()) return;
+      const BackgroundBudget& budget = *tuning.source.background_budget;
       LogInfo(name, ": background fetch done (", layer->fetched_blob_bytes(),
               " of ", layer->reader().blob_size(), " blob bytes fetched",
               errors.load() ? absl::StrCat(", ", errors.load(), " failed") : "",
-              ")");
+              "; link: RTT ", absl::FormatDuration(budget.min_rtt()), ", ",
+              static_cast<uint64_t>(budget.bandwidth() / 1e3),
+              " kB/s, background cap ", budget.Cap(), " bytes)");
       if (errors.load() != 0) return;
       // The layer is complete: check the whole blob's digest once (a marker
       // in the cache dir remembers it, so a warm cache costs no refetch).
@@ -751,11 +849,22 @@ absl::Status ServeImage(
   int sig = 0;
   sigwait(&sigs, &sig);
   LogInfo("signal ", sig, ": unmounting ", mountpoint);
+  {
+    const BackgroundBudget& budget = *tuning.source.background_budget;
+    LogInfo("link at unmount: RTT ", absl::FormatDuration(budget.min_rtt()),
+            ", ", static_cast<uint64_t>(budget.bandwidth() / 1e3),
+            " kB/s, background cap ", budget.Cap(), " bytes");
+  }
   teardown();
   client.reset();
+  bg_client.reset();
   const CurlHttpTransport::Stats hs = http->stats();
-  LogInfo("http: ", hs.requests, " requests, ", hs.attempts, " attempts over ",
-          hs.connections, " connection(s)");
+  const CurlHttpTransport::Stats bs = bg_http->stats();
+  LogInfo("http: ", hs.requests + bs.requests, " requests, ",
+          hs.attempts + bs.attempts, " attempts over ",
+          hs.connections + bs.connections,
+          " connection(s) (background: ", bs.requests, " requests over ",
+          bs.connections, ")");
   session.reset();
   LogInfo("unmounted ", mountpoint);
   unlink(pid_file.c_str());

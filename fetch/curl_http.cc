@@ -539,6 +539,10 @@ void CurlHttpTransport::Loop::StartAttempt(Transfer* t) {
                                : static_cast<long>(CURL_HTTP_VERSION_1_1));
   // Wait for a connection that can multiplex rather than open another.
   curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
+  if (r.stream_weight > 0) {
+    curl_easy_setopt(e, CURLOPT_STREAM_WEIGHT,
+                     static_cast<long>(std::clamp(r.stream_weight, 1, 256)));
+  }
   curl_easy_setopt(
       e, CURLOPT_CONNECTTIMEOUT_MS,
       static_cast<long>(absl::ToInt64Milliseconds(r.connect_timeout)));

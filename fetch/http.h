@@ -106,6 +106,10 @@ struct HttpRequest {
   // An attempt whose body makes no progress for this long fails (default
   // 30 s). Time a reader spends not reading does not count.
   absl::Duration stall_timeout = absl::Seconds(30);
+  // HTTP/2 stream weight, 1 to 256 (0: the protocol's default, 16). A hint
+  // only: servers that schedule by RFC 7540 priorities send heavier streams'
+  // frames first; others ignore it (and HTTP/1.1 has none).
+  int stream_weight = 0;
 
   // For error messages: "GET https://host/path" (never headers or query
   // values that may be signed).

@@ -1,7 +1,13 @@
 #include "fetch/http_blob_source.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
+#include <cstdlib>
 #include <cstring>
+#include <iterator>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -28,6 +34,21 @@ namespace {
 
 int Rank(ReadPriority p) { return static_cast<int>(p); }
 
+// HTTP/2 stream weights by class: where the server honours them, an
+// on-demand response's frames go before background ones already queued at
+// the server (the client-side caps are what we rely on; this is a bonus).
+int StreamWeight(ReadPriority p) {
+  switch (p) {
+    case ReadPriority::kOnDemand:
+      return 256;
+    case ReadPriority::kPrefetch:
+      return 32;
+    case ReadPriority::kBackground:
+      return 1;
+  }
+  return 0;
+}
+
 const char* PriorityName(ReadPriority p) {
   switch (p) {
     case ReadPriority::kOnDemand:
@@ -42,23 +63,36 @@ const char* PriorityName(ReadPriority p) {
 
 }  // namespace
 
-HttpBlobSource::HttpBlobSource(std::shared_ptr<RegistryClient> client,
-                               Descriptor blob,
-                               const HttpBlobSourceOptions& options)
-    : client_(std::move(client)), blob_(std::move(blob)), options_([&] {
+HttpBlobSource::HttpBlobSource(
+    std::shared_ptr<RegistryClient> client, Descriptor blob,
+    const HttpBlobSourceOptions& options,
+    std::shared_ptr<RegistryClient> background_client)
+    : client_(std::move(client)),
+      background_client_(background_client != nullptr
+                             ? std::move(background_client)
+                             : client_),
+      blob_(std::move(blob)),
+      options_([&] {
         HttpBlobSourceOptions o = options;
         o.max_concurrent_requests = std::max(1, o.max_concurrent_requests);
         o.reserved_on_demand =
             std::clamp(o.reserved_on_demand, 0, o.max_concurrent_requests - 1);
         o.max_request_size = std::max<uint64_t>(4096, o.max_request_size);
         return o;
-      }()) {
+      }()),
+      budget_(options_.background_budget != nullptr
+                  ? options_.background_budget
+                  : std::make_shared<BackgroundBudget>(BackgroundBudgetOptions{
+                        .fixed_bytes = options_.max_background_bytes})) {
+  // Budget freed elsewhere on the link: re-check what may be sent.
+  budget_listener_ = budget_->AddListener([this] { absl::MutexLock l(&mu_); });
   for (int i = 0; i < options_.max_concurrent_requests; ++i) {
     workers_.emplace_back([this] { WorkerLoop(); });
   }
 }
 
 HttpBlobSource::~HttpBlobSource() {
+  budget_->RemoveListener(budget_listener_);
   {
     absl::MutexLock l(&mu_);
     stop_ = true;
@@ -70,6 +104,9 @@ HttpBlobSource::~HttpBlobSource() {
     p->done = true;
   }
   queued_.clear();
+  absl::MutexLock hl(&hash_mu_);
+  if (spill_fd_ >= 0) close(spill_fd_);
+  spill_fd_ = -1;
 }
 
 std::string HttpBlobSource::Describe() const {
@@ -91,10 +128,14 @@ bool HttpBlobSource::Eligible(const Piece& p) const {
     return false;
   }
   if (p.priority == ReadPriority::kBackground) {
-    return background_bytes_ == 0 ||
-           background_bytes_ + p.len <= options_.max_background_bytes;
+    return budget_->CanStart(p.len);
   }
   return true;
+}
+
+uint64_t HttpBlobSource::MaxRequest(ReadPriority prio) const {
+  if (prio != ReadPriority::kBackground) return options_.max_request_size;
+  return std::min(options_.max_request_size, budget_->PieceBytes());
 }
 
 bool HttpBlobSource::HasWork() const {
@@ -115,10 +156,11 @@ absl::Status HttpBlobSource::ReadAt(uint64_t offset, absl::Span<char> dst,
   }
   if (n == 0) return absl::OkStatus();
   std::vector<std::shared_ptr<Piece>> mine;
+  const uint64_t piece_max = MaxRequest(priority);
   {
     absl::MutexLock l(&mu_);
     for (uint64_t o = offset; o < offset + n;) {
-      const uint64_t len = std::min(options_.max_request_size, offset + n - o);
+      const uint64_t len = std::min(piece_max, offset + n - o);
       std::shared_ptr<Piece> found;
       // Single-flight: a queued or in-flight piece that covers this one.
       for (const auto& p : queued_) {
@@ -198,6 +240,7 @@ void HttpBlobSource::WorkerLoop() {
       lo = head->first;
       hi = head->end();
       batch.push_back(head);
+      const uint64_t request_max = std::max(MaxRequest(prio), hi - lo);
       // Coalesce near queued pieces of the same or a more urgent class.
       for (bool grew = true; grew;) {
         grew = false;
@@ -210,7 +253,7 @@ void HttpBlobSource::WorkerLoop() {
           }
           const uint64_t nlo = std::min(lo, q.first);
           const uint64_t nhi = std::max(hi, q.end());
-          if (nhi - nlo > options_.max_request_size) continue;
+          if (nhi - nlo > request_max) continue;
           lo = nlo;
           hi = nhi;
           batch.push_back(queued_[i]);
@@ -223,7 +266,7 @@ void HttpBlobSource::WorkerLoop() {
       for (const auto& p : batch) in_flight_.push_back(p);
       ++requests_in_flight_;
       if (prio != ReadPriority::kOnDemand) ++non_urgent_in_flight_;
-      if (prio == ReadPriority::kBackground) background_bytes_ += hi - lo;
+      if (prio == ReadPriority::kBackground) budget_->Start(hi - lo);
       ++stats_.requests;
       ++stats_.requests_by_priority[Rank(prio)];
       stats_.max_concurrent = std::max<uint64_t>(
@@ -231,7 +274,7 @@ void HttpBlobSource::WorkerLoop() {
     }
 
     auto buf = std::make_shared<std::string>();
-    absl::Status st = Fetch(lo, hi - 1, buf.get());
+    absl::Status st = Fetch(lo, hi - 1, prio, buf.get());
     if (st.ok()) ExtendHash(lo, *buf);
     if (!st.ok()) {
       st = absl::Status(
@@ -243,7 +286,6 @@ void HttpBlobSource::WorkerLoop() {
     absl::MutexLock l(&mu_);
     --requests_in_flight_;
     if (prio != ReadPriority::kOnDemand) --non_urgent_in_flight_;
-    if (prio == ReadPriority::kBackground) background_bytes_ -= hi - lo;
     if (st.ok()) {
       stats_.bytes += buf->size();
     } else {
@@ -264,29 +306,101 @@ void HttpBlobSource::ExtendHash(uint64_t first, absl::string_view data) {
   const uint64_t end = first + data.size();
   if (end <= hashed_) return;
   if (first > hashed_) {
-    // Ahead of the prefix (parallel requests finish out of order): kept
-    // until the prefix reaches it, within a bounded window.
-    if (first - hashed_ <= kHashWindow &&
-        hash_pending_bytes_ + data.size() <= kHashWindow &&
+    // Ahead of the prefix: kept until the prefix reaches it.
+    if (first - hashed_ <= options_.hash_window_bytes &&
+        hash_pending_bytes_ + data.size() <= options_.hash_window_bytes &&
         !hash_pending_.contains(first)) {
       hash_pending_[first] = std::string(data.data(), data.size());
       hash_pending_bytes_ += data.size();
+    } else {
+      Spill(first, data);
     }
     return;
   }
   data.remove_prefix(hashed_ - first);
   hash_.Update(data);
   hashed_ = end;
-  while (!hash_pending_.empty()) {
-    auto it = hash_pending_.begin();
-    if (it->first > hashed_) break;
-    const uint64_t e = it->first + it->second.size();
-    if (e > hashed_) {
-      hash_.Update(absl::string_view(it->second).substr(hashed_ - it->first));
-      hashed_ = e;
+  CatchUp();
+}
+
+void HttpBlobSource::Spill(uint64_t first, absl::string_view data) {
+  if (options_.spill_dir.empty() || spill_failed_) return;
+  if (spill_fd_ < 0) {
+    spill_fd_ =
+        open(options_.spill_dir.c_str(), O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+    if (spill_fd_ < 0) {
+      // No O_TMPFILE here: a named file, unlinked at once.
+      std::string path = options_.spill_dir + "/.blob-spill.XXXXXX";
+      spill_fd_ = mkostemp(path.data(), O_CLOEXEC);
+      if (spill_fd_ >= 0) unlink(path.c_str());
     }
-    hash_pending_bytes_ -= it->second.size();
-    hash_pending_.erase(it);
+    if (spill_fd_ < 0) {
+      spill_failed_ = true;
+      return;
+    }
+  }
+  const uint64_t end = first + data.size();
+  for (size_t done = 0; done < data.size();) {
+    const ssize_t w = pwrite(spill_fd_, data.data() + done, data.size() - done,
+                             static_cast<off_t>(first + done));
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) return;  // disk full or the like: read again later instead
+    done += static_cast<size_t>(w);
+  }
+  // Merge [first, end) into the disjoint ranges.
+  uint64_t lo = first, hi = end;
+  auto it = spilled_.upper_bound(lo);
+  if (it != spilled_.begin() && std::prev(it)->second >= lo) --it;
+  while (it != spilled_.end() && it->first <= hi) {
+    lo = std::min(lo, it->first);
+    hi = std::max(hi, it->second);
+    it = spilled_.erase(it);
+  }
+  spilled_[lo] = hi;
+}
+
+void HttpBlobSource::CatchUp() {
+  std::string buf;
+  for (bool progress = true; progress;) {
+    progress = false;
+    while (!hash_pending_.empty()) {
+      auto it = hash_pending_.begin();
+      if (it->first > hashed_) break;
+      const uint64_t e = it->first + it->second.size();
+      if (e > hashed_) {
+        hash_.Update(absl::string_view(it->second).substr(hashed_ - it->first));
+        hashed_ = e;
+        progress = true;
+      }
+      hash_pending_bytes_ -= it->second.size();
+      hash_pending_.erase(it);
+    }
+    while (!spilled_.empty() && spilled_.begin()->first <= hashed_) {
+      auto it = spilled_.begin();
+      const uint64_t from = hashed_, to = it->second;
+      bool ok = true;
+      for (uint64_t at = from; ok && at < to;) {
+        buf.resize(std::min<uint64_t>(to - at, 1 << 20));
+        const ssize_t r =
+            pread(spill_fd_, buf.data(), buf.size(), static_cast<off_t>(at));
+        if (r < 0 && errno == EINTR) continue;
+        if (r != static_cast<ssize_t>(buf.size())) {
+          ok = false;  // unreadable: VerifyWholeBlob fetches it again
+          break;
+        }
+        hash_.Update(buf);
+        at += buf.size();
+        hashed_ = at;
+        progress = true;
+      }
+      if (to > from) {
+        fallocate(spill_fd_, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                  static_cast<off_t>(it->first),
+                  static_cast<off_t>(to - it->first));
+      }
+      spilled_.erase(it);
+      if (!ok) break;
+    }
   }
 }
 
@@ -303,10 +417,24 @@ absl::Status HttpBlobSource::VerifyWholeBlob(uint64_t* refetched,
     if (stop != nullptr && stop->load()) {
       return absl::CancelledError("whole-blob check stopped");
     }
-    const uint64_t at = hashed_prefix();
+    uint64_t at, kept;
+    {
+      absl::MutexLock l(&hash_mu_);
+      at = hashed_;
+      // Up to the next range already kept for the hash, not into it.
+      kept = size();
+      if (auto it = hash_pending_.upper_bound(at); it != hash_pending_.end()) {
+        kept = std::min(kept, it->first);
+      }
+      if (auto it = spilled_.upper_bound(at); it != spilled_.end()) {
+        kept = std::min(kept, it->first);
+      }
+    }
     if (at >= size()) break;
+    // One request at a time, in order (pieces of one read may finish out of
+    // order).
     const uint64_t n =
-        std::min<uint64_t>(size() - at, options_.max_request_size);
+        std::min<uint64_t>(kept - at, MaxRequest(ReadPriority::kBackground));
     scratch.resize(n);
     RETURN_IF_ERROR(ReadAt(at, absl::MakeSpan(scratch.data(), n),
                            ReadPriority::kBackground));
@@ -339,10 +467,25 @@ absl::Status HttpBlobSource::VerifyWholeBlob(uint64_t* refetched,
 }
 
 absl::Status HttpBlobSource::Fetch(uint64_t first, uint64_t last,
-                                   std::string* out) {
+                                   ReadPriority prio, std::string* out) {
+  const uint64_t want = last - first + 1;
+  const bool background = prio == ReadPriority::kBackground;
+  const absl::Time sent = absl::Now();
+  uint64_t charged = background ? want : 0;
+  // Whatever happens, what is left of the request's charge is released.
+  struct Done {
+    BackgroundBudget* budget;
+    const uint64_t* charged;
+    ~Done() {
+      if (*charged != 0 && budget->Release(*charged)) budget->Notify();
+    }
+  } done{budget_.get(), &charged};
   std::string source;
-  ASSIGN_OR_RETURN(std::unique_ptr<HttpBodyReader> r,
-                   client_->OpenBlobRange(blob_, first, last, &source));
+  ASSIGN_OR_RETURN(
+      std::unique_ptr<HttpBodyReader> r,
+      (background ? background_client_ : client_)
+          ->OpenBlobRange(blob_, first, last, &source, StreamWeight(prio)));
+  budget_->OnHeaders(absl::Now() - sent);
   const HttpResponse& resp = r->response();
   if (resp.status != 206) {
     // OpenBlobRange returns 206 answers only; the transport refuses a 200.
@@ -361,11 +504,17 @@ absl::Status HttpBlobSource::Fetch(uint64_t first, uint64_t last,
         absl::StrCat(source, ": asked for bytes ", first, "-", last, " of ",
                      size(), ", got Content-Range \"", *cr_text, "\""));
   }
-  const uint64_t want = last - first + 1;
   out->reserve(want);
   while (true) {
     ASSIGN_OR_RETURN(absl::string_view piece, r->Read(1 << 20));
     if (piece.empty()) break;
+    bool wake = budget_->Delivered(piece.size());
+    if (charged != 0) {
+      const uint64_t n = std::min<uint64_t>(charged, piece.size());
+      charged -= n;
+      wake = budget_->Release(n) || wake;
+    }
+    if (wake) budget_->Notify();
     if (out->size() + piece.size() > want) {
       return absl::DataLossError(
           absl::StrCat(source, ": the answer to bytes ", first, "-", last,

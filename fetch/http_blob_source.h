@@ -11,18 +11,24 @@
 //    on-demand > prefetch > background). A dispatched piece absorbs queued
 //    pieces of the same or a more urgent class that lie within
 //    `coalesce_gap` bytes of it, up to `max_request_size` in all: one GET.
-//  - Background bytes in flight are capped (`max_background_bytes`, about
-//    one bandwidth-delay product), and prefetch + background together never
-//    take the last `reserved_on_demand` request slots, so an on-demand read
-//    never waits behind queued background bytes: it is dispatched at once.
-//  - Whole-blob digest: the bytes of every successful request that starts
-//    at or before the end of the verified prefix extend a running SHA-256
-//    of the blob's prefix (ranges that arrive ahead of it, as parallel
-//    requests finish out of order, wait in a window of 8 MiB).
-//    VerifyWholeBlob() reads whatever the prefix is still missing (bytes first
-//    fetched out of order, the TOC read at open) at background priority and
-//    compares the digest with the descriptor's: the check `mount` makes once a
-//    layer's background fetch completes.
+//  - Background bytes in flight are capped by a BackgroundBudget (about two
+//    bandwidth-delay products of the link, measured; shared by every source
+//    on the link), background requests are cut to its piece size, and
+//    prefetch + background together never take the last
+//    `reserved_on_demand` request slots, so an on-demand read is dispatched
+//    at once and waits behind at most about one round trip of background
+//    bytes.
+//  - Whole-blob digest: the bytes of every successful request extend a
+//    running SHA-256 of the blob's prefix. Ranges that arrive ahead of it
+//    (parallel requests finishing out of order, on-demand reads anywhere in
+//    the blob) wait in memory if within `hash_window_bytes` of its end, else
+//    in a spill file (unnamed, in `spill_dir`; holes are punched as the
+//    prefix passes), and are hashed once the prefix reaches them, so no byte
+//    is fetched twice for the check. VerifyWholeBlob() reads whatever the
+//    prefix is still missing (bytes never fetched; without a spill
+//    directory, also those fetched out of order beyond the window) at
+//    background priority and compares the digest with the descriptor's: the
+//    check `mount` makes once a layer's background fetch completes.
 //  - Every answer must be a 206 whose Content-Range is exactly the range
 //    asked for, with the blob's size as total, and whose body has exactly
 //    that length; anything else (a 200, a wrong Content-Range, a short body)
@@ -47,6 +53,7 @@
 #include "absl/synchronization/mutex.h"
 #include "core/blob_source.h"
 #include "core/digest.h"
+#include "fetch/background_budget.h"
 #include "fetch/manifest.h"
 #include "fetch/registry.h"
 
@@ -59,16 +66,22 @@ struct HttpBlobSourceOptions {
   // Request slots only on-demand reads may use (default 1), so that
   // prefetch and background work can never occupy them all.
   int reserved_on_demand = 1;
-  // Background bytes in flight at most (default 4 MiB, about one
-  // bandwidth-delay product of a 100 ms, 300 Mbit/s link). One background
-  // request is always allowed, whatever its size.
-  uint64_t max_background_bytes = 4 << 20;
+  // The budget of background bytes in flight, shared by the sources of one
+  // link; null = a budget of this source's own, adaptive unless
+  // `max_background_bytes` (a fixed cap) is set.
+  std::shared_ptr<BackgroundBudget> background_budget;
+  uint64_t max_background_bytes = 0;
   // Queued ranges at most this far apart (default 64 KiB) are fetched by
   // one request; the gap's bytes are read and dropped.
   uint64_t coalesce_gap = 64 << 10;
   // The largest single request (default 4 MiB): bigger reads are split,
   // coalescing stops there.
   uint64_t max_request_size = 4 << 20;
+  // Out-of-order bytes kept in memory for the whole-blob hash (default
+  // 8 MiB); beyond it they go to a spill file in `spill_dir` if set (else
+  // they are read again by VerifyWholeBlob).
+  uint64_t hash_window_bytes = 8 << 20;
+  std::string spill_dir;
 };
 
 struct HttpBlobSourceStats {
@@ -84,9 +97,15 @@ struct HttpBlobSourceStats {
 class HttpBlobSource : public BlobSource {
  public:
   // `client` must outlive the source (it is shared). `blob` is the layer's
-  // descriptor (digest and size).
+  // descriptor (digest and size). Background reads go through
+  // `background_client` if given: a client over another HTTP transport, so
+  // that they travel on connections of their own and an on-demand response
+  // never waits behind background bytes already buffered for a shared
+  // connection (at the server or on the way); then only the link's own
+  // queue, which the background budget bounds, is shared.
   HttpBlobSource(std::shared_ptr<RegistryClient> client, Descriptor blob,
-                 const HttpBlobSourceOptions& options = {});
+                 const HttpBlobSourceOptions& options = {},
+                 std::shared_ptr<RegistryClient> background_client = nullptr);
   ~HttpBlobSource() override;
   HttpBlobSource(const HttpBlobSource&) = delete;
   HttpBlobSource& operator=(const HttpBlobSource&) = delete;
@@ -118,12 +137,19 @@ class HttpBlobSource : public BlobSource {
   // Whether a worker may take `p` now. REQUIRES: mu_ held.
   bool Eligible(const Piece& p) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool HasWork() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Runs one GET of [first, last] into `out`.
-  absl::Status Fetch(uint64_t first, uint64_t last, std::string* out);
+  // Runs one GET of [first, last] into `out`, feeding the budget's link
+  // measurements and, for a background request, releasing its charge.
+  absl::Status Fetch(uint64_t first, uint64_t last, ReadPriority prio,
+                     std::string* out);
+  // The largest request of class `prio` now.
+  uint64_t MaxRequest(ReadPriority prio) const;
 
   const std::shared_ptr<RegistryClient> client_;
+  const std::shared_ptr<RegistryClient> background_client_;
   const Descriptor blob_;
   const HttpBlobSourceOptions options_;
+  const std::shared_ptr<BackgroundBudget> budget_;
+  int budget_listener_ = -1;
 
   mutable absl::Mutex mu_;
   // Queued pieces (not yet dispatched), any priority.
@@ -132,7 +158,6 @@ class HttpBlobSource : public BlobSource {
   std::vector<std::shared_ptr<Piece>> in_flight_ ABSL_GUARDED_BY(mu_);
   int requests_in_flight_ ABSL_GUARDED_BY(mu_) = 0;
   int non_urgent_in_flight_ ABSL_GUARDED_BY(mu_) = 0;
-  uint64_t background_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   uint64_t next_seq_ ABSL_GUARDED_BY(mu_) = 0;
   HttpBlobSourceStats stats_ ABSL_GUARDED_BY(mu_);
@@ -143,13 +168,22 @@ class HttpBlobSource : public BlobSource {
   Sha256 hash_ ABSL_GUARDED_BY(hash_mu_);
   uint64_t hashed_ ABSL_GUARDED_BY(hash_mu_) = 0;
   std::optional<Digest> whole_digest_ ABSL_GUARDED_BY(hash_mu_);
-  // Ranges fetched ahead of the prefix, by offset, at most kHashWindow
-  // bytes of them within kHashWindow of its end.
-  static constexpr uint64_t kHashWindow = 8 << 20;
+  // Ranges fetched ahead of the prefix, by offset: in memory (at most
+  // hash_window_bytes of them, within that of its end), or spilled to
+  // spill_fd_ at their blob offset (spilled_: disjoint [first, end)).
   std::map<uint64_t, std::string> hash_pending_ ABSL_GUARDED_BY(hash_mu_);
   uint64_t hash_pending_bytes_ ABSL_GUARDED_BY(hash_mu_) = 0;
-  // Extends the hash with [first, first + data.size()) if it reaches it.
+  int spill_fd_ ABSL_GUARDED_BY(hash_mu_) = -1;
+  bool spill_failed_ ABSL_GUARDED_BY(hash_mu_) = false;
+  std::map<uint64_t, uint64_t> spilled_ ABSL_GUARDED_BY(hash_mu_);
+  // Extends the hash with [first, first + data.size()) if it reaches it,
+  // else keeps the range for later.
   void ExtendHash(uint64_t first, absl::string_view data);
+  // Keeps a range ahead of the prefix in the spill file (best effort).
+  void Spill(uint64_t first, absl::string_view data)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(hash_mu_);
+  // Hashes kept ranges that the prefix has reached.
+  void CatchUp() ABSL_EXCLUSIVE_LOCKS_REQUIRED(hash_mu_);
 };
 
 }  // namespace lazypull

@@ -5,6 +5,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <filesystem>
 #include <memory>
 #include <string>
 #include <thread>
@@ -132,7 +133,8 @@ TEST_F(HttpBlobSourceTest, WholeBlobDigestAfterOutOfOrderReads) {
   absl::Status st = src.VerifyWholeBlob(&again);
   EXPECT_TRUE(st.ok()) << st;
   EXPECT_EQ(src.hashed_prefix(), blob_.size());
-  EXPECT_EQ(again, blob_.size() - 4096);
+  // The range at 700000 waited in memory: it is not read again.
+  EXPECT_EQ(again, blob_.size() - 4096 - 4096);
   EXPECT_TRUE(src.VerifyWholeBlob().ok());  // idempotent
 
   // Ranges finishing out of order (parallel requests) still extend the
@@ -153,6 +155,82 @@ TEST_F(HttpBlobSourceTest, WholeBlobDigestAfterOutOfOrderReads) {
   st = bad.VerifyWholeBlob();
   EXPECT_EQ(st.code(), absl::StatusCode::kDataLoss) << st;
   EXPECT_NE(st.message().find(digest_.ToString()), std::string::npos) << st;
+}
+
+TEST_F(HttpBlobSourceTest, OutOfOrderBytesSpillInsteadOfBeingFetchedAgain) {
+  char dir_template[] = "/tmp/lazypull-spill-test.XXXXXX";
+  ASSERT_NE(mkdtemp(dir_template), nullptr);
+  const std::string dir = dir_template;
+  HttpBlobSourceOptions o;
+  o.max_request_size = 128 << 10;
+  o.hash_window_bytes = 0;  // every out-of-order range goes to the spill file
+  o.spill_dir = dir;
+  {
+    HttpBlobSource src(client_, desc_, o);
+    std::string buf(4096, '\0');
+    // Far ahead of the prefix, twice overlapping, then the start.
+    for (uint64_t off : {700000ul, 702048ul, 300000ul}) {
+      ASSERT_TRUE(src.ReadAt(off, absl::MakeSpan(buf)).ok());
+      EXPECT_EQ(buf, blob_.substr(off, 4096));
+    }
+    ASSERT_TRUE(src.ReadAt(0, absl::MakeSpan(buf)).ok());
+    EXPECT_EQ(src.hashed_prefix(), 4096u);
+    const uint64_t before = src.stats().bytes;
+    uint64_t again = 0;
+    absl::Status st = src.VerifyWholeBlob(&again);
+    EXPECT_TRUE(st.ok()) << st;
+    EXPECT_EQ(src.hashed_prefix(), blob_.size());
+    // Everything but the 4 KiB at 0 and the 3 spilled ranges (6144 + 4096
+    // bytes) is read, once.
+    EXPECT_EQ(again, blob_.size() - 4096 - 6144 - 4096);
+    EXPECT_EQ(src.stats().bytes - before, again);
+    // The spill file has no name: nothing is left in the directory.
+    EXPECT_TRUE(std::filesystem::is_empty(dir));
+  }
+  // A corrupt spill would fail the digest, never pass it: the bytes
+  // hashed are the ones fetched. Without a spill directory they are
+  // fetched again.
+  o.spill_dir.clear();
+  HttpBlobSource nospill(client_, desc_, o);
+  std::string buf(4096, '\0');
+  ASSERT_TRUE(nospill.ReadAt(700000, absl::MakeSpan(buf)).ok());
+  uint64_t again = 0;
+  ASSERT_TRUE(nospill.VerifyWholeBlob(&again).ok());
+  EXPECT_EQ(again, blob_.size());
+  std::filesystem::remove_all(dir);
+}
+
+TEST_F(HttpBlobSourceTest, SourcesOfOneLinkShareTheBackgroundBudget) {
+  delay_ms_ = 200;
+  auto budget = std::make_shared<BackgroundBudget>(BackgroundBudgetOptions{
+      .fixed_bytes = 64 << 10, .min_piece_bytes = 4096});
+  HttpBlobSourceOptions o;
+  o.background_budget = budget;
+  o.coalesce_gap = 0;
+  HttpBlobSource a(client_, desc_, o), b(client_, desc_, o);
+  const uint64_t piece = budget->PieceBytes();
+  const uint64_t pieces = ((64 << 10) + piece - 1) / piece;
+  EXPECT_EQ(piece, (64u << 10) / 4);
+  // 64 KiB of background reads on each source: cut into pieces of a quarter
+  // of the cap, at most four in flight on the link at once, so at least
+  // 2 x 4 / 4 = 2 rounds of 200 ms.
+  const auto start = std::chrono::steady_clock::now();
+  std::vector<std::thread> ts;
+  for (HttpBlobSource* s : {&a, &b}) {
+    ts.emplace_back([&, s] {
+      std::string out(64 << 10, '\0');
+      const uint64_t off = s == &a ? 0 : 500000;
+      EXPECT_TRUE(
+          s->ReadAt(off, absl::MakeSpan(out), ReadPriority::kBackground).ok());
+      EXPECT_EQ(out, blob_.substr(off, out.size()));
+    });
+  }
+  for (auto& t : ts) t.join();
+  const auto took = std::chrono::steady_clock::now() - start;
+  EXPECT_EQ(a.stats().requests + b.stats().requests, 2 * pieces);
+  EXPECT_LE(a.stats().max_concurrent, 4u);
+  EXPECT_GE(took, std::chrono::milliseconds(390));
+  EXPECT_EQ(budget->in_flight(), 0u);
 }
 
 TEST_F(HttpBlobSourceTest, ReadsTheRightBytes) {
@@ -244,6 +322,7 @@ TEST_F(HttpBlobSourceTest, OnDemandDoesNotWaitBehindBackground) {
   // at once.
   EXPECT_LT(took, std::chrono::milliseconds(1000));
   for (auto& t : ts) t.join();
+  // Each 64 KiB read went as one piece (pieces are at least 256 KiB).
   EXPECT_EQ(src.stats().requests_by_priority[2], 6u);
 }
 

@@ -232,8 +232,9 @@ TlsOptions RegistryClient::TlsFor(absl::string_view url) const {
 absl::StatusOr<std::unique_ptr<HttpBodyReader>> RegistryClient::OpenOnHost(
     const RegistryHost& h, const std::string& method, const std::string& suffix,
     std::vector<std::pair<std::string, std::string>> headers,
-    absl::Duration timeout) {
+    absl::Duration timeout, int stream_weight) {
   HttpRequest req;
+  req.stream_weight = stream_weight;
   req.method = method;
   req.url = absl::StrCat(h.BaseUrl(), "/", ref_.repository, suffix);
   if (h.mirror) {
@@ -343,6 +344,12 @@ absl::StatusOr<FetchedManifest> RegistryClient::FetchManifest(
 }
 
 absl::StatusOr<ResolvedImage> RegistryClient::Resolve() {
+  ASSIGN_OR_RETURN(ResolvedImage img, ResolveManifest());
+  ASSIGN_OR_RETURN(img.config, FetchConfig(img));
+  return img;
+}
+
+absl::StatusOr<ResolvedImage> RegistryClient::ResolveManifest() {
   ResolvedImage img;
   ASSIGN_OR_RETURN(FetchedManifest top, FetchManifest(ref_.ManifestSelector()));
   FetchedManifest m;
@@ -367,19 +374,24 @@ absl::StatusOr<ResolvedImage> RegistryClient::Resolve() {
   img.manifest_digest = m.digest;
   ASSIGN_OR_RETURN(img.manifest, ParseImageManifest(m.bytes));
   img.config_descriptor = img.manifest.config;
-  ASSIGN_OR_RETURN(std::string config, FetchBlob(img.manifest.config));
-  ASSIGN_OR_RETURN(img.config, ParseImageConfig(config));
-  if (img.config.diff_ids.size() != img.manifest.layers.size()) {
+  return img;
+}
+
+absl::StatusOr<ImageConfig> RegistryClient::FetchConfig(
+    const ResolvedImage& img) {
+  ASSIGN_OR_RETURN(std::string bytes, FetchBlob(img.manifest.config));
+  ASSIGN_OR_RETURN(ImageConfig config, ParseImageConfig(bytes));
+  if (config.diff_ids.size() != img.manifest.layers.size()) {
     return absl::InvalidArgumentError(
-        absl::StrCat("image config lists ", img.config.diff_ids.size(),
+        absl::StrCat("image config lists ", config.diff_ids.size(),
                      " diff_ids for ", img.manifest.layers.size(), " layers"));
   }
-  return img;
+  return config;
 }
 
 absl::StatusOr<std::unique_ptr<HttpBodyReader>> RegistryClient::OpenBlobOnHost(
     const RegistryHost& h, const Descriptor& d, std::string* source,
-    const std::string& range) {
+    const std::string& range, int stream_weight) {
   const std::string cache_key = absl::StrCat(d.digest.ToString(), "@", h.host);
   const int ok_status = range.empty() ? 200 : 206;
   std::vector<std::pair<std::string, std::string>> range_headers;
@@ -397,6 +409,7 @@ absl::StatusOr<std::unique_ptr<HttpBodyReader>> RegistryClient::OpenBlobOnHost(
     req.tls = TlsFor(url);
     req.retry = opts_.retry;
     req.timeout = range.empty() ? absl::ZeroDuration() : absl::Seconds(60);
+    req.stream_weight = stream_weight;
     return opts_.http->Open(req);
   };
   std::optional<std::string> cached;
@@ -426,7 +439,8 @@ absl::StatusOr<std::unique_ptr<HttpBodyReader>> RegistryClient::OpenBlobOnHost(
   ASSIGN_OR_RETURN(
       std::unique_ptr<HttpBodyReader> r,
       OpenOnHost(h, "GET", suffix, range_headers,
-                 range.empty() ? absl::ZeroDuration() : absl::Seconds(60)));
+                 range.empty() ? absl::ZeroDuration() : absl::Seconds(60),
+                 stream_weight));
   std::string url = absl::StrCat(h.BaseUrl(), "/", ref_.repository, suffix);
   *source = url;
   for (int hop = 0; IsRedirect(r->response().status); ++hop) {
@@ -486,13 +500,14 @@ absl::StatusOr<std::unique_ptr<BlobReader>> RegistryClient::OpenBlob(
 }
 
 absl::StatusOr<std::unique_ptr<HttpBodyReader>> RegistryClient::OpenBlobRange(
-    const Descriptor& d, uint64_t first, uint64_t last, std::string* source) {
+    const Descriptor& d, uint64_t first, uint64_t last, std::string* source,
+    int stream_weight) {
   const std::string range = absl::StrCat("bytes=", first, "-", last);
   std::vector<std::pair<std::string, absl::Status>> errs;
   for (const RegistryHost& h : hosts_) {
     if (!h.can_pull) continue;
     absl::StatusOr<std::unique_ptr<HttpBodyReader>> r =
-        OpenBlobOnHost(h, d, source, range);
+        OpenBlobOnHost(h, d, source, range, stream_weight);
     absl::Status st;
     if (!r.ok()) {
       st = r.status();

@@ -112,6 +112,11 @@ class RegistryClient {
 
   // Reference -> (index ->) platform manifest -> config.
   absl::StatusOr<ResolvedImage> Resolve();
+  // The same in two steps, for callers that overlap the config's round trip
+  // with other work: the manifest (ResolvedImage::config left empty), then
+  // the config it names, checked against it (one diff_id per layer).
+  absl::StatusOr<ResolvedImage> ResolveManifest();
+  absl::StatusOr<ImageConfig> FetchConfig(const ResolvedImage& img);
 
   // A whole small blob (a config), verified.
   absl::StatusOr<std::string> FetchBlob(const Descriptor& d);
@@ -125,8 +130,10 @@ class RegistryClient {
   // checked against the range asked for; a 200 is an error. The bytes are
   // NOT verified (a range cannot be): callers check them (chunk digests).
   // `*source` names where they came from (no signature).
+  // `stream_weight`: HttpRequest::stream_weight of the request(s).
   absl::StatusOr<std::unique_ptr<HttpBodyReader>> OpenBlobRange(
-      const Descriptor& d, uint64_t first, uint64_t last, std::string* source);
+      const Descriptor& d, uint64_t first, uint64_t last, std::string* source,
+      int stream_weight = 0);
 
   // --- Write side. The origin only; scope pull,push.
 
@@ -175,7 +182,7 @@ class RegistryClient {
       const RegistryHost& h, const std::string& method,
       const std::string& suffix,
       std::vector<std::pair<std::string, std::string>> headers,
-      absl::Duration timeout);
+      absl::Duration timeout, int stream_weight = 0);
   // The one auth loop: runs `req` (its URL absolute) on `h` with the
   // Authorization for `scope`, answering one 401. A URL outside h's origin
   // (an upload Location elsewhere) is sent without credentials. TLS and
@@ -194,7 +201,7 @@ class RegistryClient {
   // With `range` ("bytes=a-b"), a range request: the expected answer is 206.
   absl::StatusOr<std::unique_ptr<HttpBodyReader>> OpenBlobOnHost(
       const RegistryHost& h, const Descriptor& d, std::string* source,
-      const std::string& range = "");
+      const std::string& range = "", int stream_weight = 0);
   absl::StatusOr<FetchedManifest> FetchManifestOnHost(
       const RegistryHost& h, absl::string_view selector);
   std::string CredentialKey(const RegistryHost& h) const;

@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <fstream>
+#include <iostream>
 #include <map>
 #include <string>
 #include <vector>
@@ -371,6 +372,19 @@ TEST_F(RegistryMountTest, MountMatchesPullAndUnmounts) {
   EXPECT_GT(requests, 3);
   EXPECT_GE(connections, 1);
   EXPECT_LT(connections, requests) << log.substr(p2);
+  // "... (background: B requests over D)": background fetch ran on a
+  // connection of its own, apart from on-demand reads.
+  const size_t pb = log.find("(background: ", p2);
+  ASSERT_NE(pb, std::string::npos) << log.substr(p2);
+  std::vector<std::string> bw = absl::StrSplit(log.substr(pb), ' ');
+  ASSERT_GE(bw.size(), 5u);
+  const int bg_requests = std::atoi(bw[1].c_str());
+  const int bg_connections = std::atoi(bw[4].c_str());
+  std::cout << log.substr(p2, log.find('\n', p2) - p2) << std::endl;
+  if (bg_requests > 0) {  // none if on-demand reads fetched it all first
+    EXPECT_GE(bg_connections, 1) << log.substr(p2);
+    EXPECT_GT(connections, bg_connections) << log.substr(p2);
+  }
 }
 
 TEST_F(RegistryMountTest, LyingTocDigestIsRefused) {
