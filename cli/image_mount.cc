@@ -36,6 +36,7 @@
 #include "core/log.h"
 #include "core/node_writer.h"
 #include "core/status_macros.h"
+#include "core/toc.h"
 #include "fetch/auth.h"
 #include "fetch/background_budget.h"
 #include "fetch/curl_http.h"
@@ -199,6 +200,41 @@ class RateLimiter {
   std::mutex mu_;
   absl::Time next_ = absl::InfinitePast();
 };
+
+// Background fetch first lets a starting workload run on what the prefetch
+// brought (its fills would take CPU and link from it): it waits until no
+// read of any layer of the image has missed the cache for kQuietPeriod,
+// unless reads keep missing (kBusyMisses since the wait began: the workload
+// needs more than was prefetched, and background fetch is what helps it).
+constexpr absl::Duration kQuietPeriod = absl::Milliseconds(300);
+constexpr uint64_t kBusyMisses = 4;
+
+void WaitForQuiet(const std::vector<std::unique_ptr<LayerMount>>& layers,
+                  const std::atomic<bool>* stop) {
+  auto misses = [&](int64_t* last_ns) {
+    uint64_t n = 0;
+    *last_ns = 0;
+    for (const auto& m : layers) {
+      if (!m->lazy) continue;
+      const CachedLayerStats s = m->served->layer().stats();
+      n += s.on_demand_fills;
+      *last_ns = std::max(*last_ns, s.last_on_demand_fill_ns);
+    }
+    return n;
+  };
+  int64_t last_ns;
+  const uint64_t at_start = misses(&last_ns);
+  const auto start = std::chrono::steady_clock::now();
+  while (!stop->load()) {
+    const uint64_t n = misses(&last_ns);
+    if (n - at_start >= kBusyMisses) return;
+    const auto now = std::chrono::steady_clock::now();
+    const auto last = std::max(start, std::chrono::steady_clock::time_point(
+                                          std::chrono::nanoseconds(last_ns)));
+    if (now - last >= absl::ToChronoNanoseconds(kQuietPeriod)) return;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+}
 
 std::string LayerName(const LayerMount& m, size_t n) {
   return absl::StrCat("layer ", m.index, "/", n, " (", m.desc.digest.ToString(),
@@ -407,6 +443,9 @@ std::vector<FlagSpec> ImageMountFlags() {
                "background bytes in flight on the link, all layers together "
                "(default auto: twice the measured bandwidth-delay product, "
                "so on-demand reads queue behind about one round trip)"});
+  f.push_back({"no-early-prefetch", "",
+               "start the prefetch only once the layer is mounted, not as "
+               "soon as its TOC is verified"});
   f.push_back({"background-gain", "G",
                "with --background-bytes auto: the cap is G times the "
                "measured bandwidth-delay product (default 1.25; the queue "
@@ -652,6 +691,7 @@ absl::Status ServeImage(
 
     // 2. The lazy layers' footers and TOCs (a tail read, then TOC
     // inflate, parse and index each), several layers at once.
+    const bool early_prefetch = !args.Has("no-early-prefetch");
     {
       std::vector<Plan*> lazy;
       for (Plan& p : plans) {
@@ -662,6 +702,16 @@ absl::Status ServeImage(
         bo.spill_dir = cache_dir;
         p.m->source =
             std::make_shared<HttpBlobSource>(client, p.m->desc, bo, bg_client);
+        // The prefetch range [0, landmark) starts downloading as soon as the
+        // TOC is verified, while it is parsed and indexed and the layer is
+        // mounted (the reads of the prefetch then find those bytes).
+        HttpBlobSource* source = p.m->source.get();
+        if (early_prefetch) {
+          p.lo.on_toc = [source](absl::string_view json) {
+            std::optional<uint64_t> landmark = ScanPrefetchLandmark(json);
+            if (landmark && *landmark > 0) source->Warm(0, *landmark);
+          };
+        }
         lazy.push_back(&p);
       }
       std::atomic<size_t> next{0};
@@ -773,15 +823,20 @@ absl::Status ServeImage(
                    tuning.prefetch_streams, tuning.span_size,
                    tuning.source.coalesce_gap, nullptr, &stop, &errors);
         LogInfo(
-            name, ": prefetched ", first.size(), " chunks",
+            name, ": prefetched ", first.size(), " chunks (",
+            source->stats().warm_hits,
+            " pieces fetched ahead while the TOC was indexed)",
             errors.load() ? absl::StrCat(" (", errors.load(), " failed)") : "");
       }
+      source->DropWarm();  // what the prefetch did not use
       {
         std::lock_guard<std::mutex> l(pf_mu);
         --pf_pending;
       }
       pf_cv.notify_all();
       if (!background || stop.load()) return;
+      WaitForQuiet(layers, &stop);
+      if (stop.load()) return;
       std::vector<uint32_t> rest;
       for (uint32_t c = 0; c < idx.chunks().size(); ++c) {
         if (!in_first[c]) rest.push_back(c);

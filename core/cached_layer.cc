@@ -1,6 +1,7 @@
 #include "core/cached_layer.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
@@ -60,6 +61,8 @@ CachedLayerStats CachedLayer::stats() const {
   CachedLayerStats s;
   s.cache_hits = hits_.load();
   s.fills = fills_.load();
+  s.on_demand_fills = on_demand_fills_.load();
+  s.last_on_demand_fill_ns = last_on_demand_fill_ns_.load();
   s.fetched_bytes = fetched_.load();
   s.verify_failures = failures_.load();
   return s;
@@ -166,6 +169,13 @@ void CachedLayer::RunFill(uint32_t group, Flight* flight,
     st = reader_->source().ReadAt(first.blob_offset, absl::MakeSpan(extent),
                                   priority);
     fills_.fetch_add(1);
+    if (priority == ReadPriority::kOnDemand) {
+      on_demand_fills_.fetch_add(1);
+      last_on_demand_fill_ns_.store(
+          std::chrono::duration_cast<std::chrono::nanoseconds>(
+              std::chrono::steady_clock::now().time_since_epoch())
+              .count());
+    }
     fetched_.fetch_add(extent.size());
     if (st.ok() && !group_fetched_[group].exchange(true)) {
       fetched_blob_bytes_.fetch_add(extent.size());

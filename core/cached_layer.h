@@ -52,8 +52,11 @@ struct CachedLayerOptions {
 };
 
 struct CachedLayerStats {
-  uint64_t cache_hits = 0;     // chunk reads served by the cache
-  uint64_t fills = 0;          // member fills (source reads + inflates)
+  uint64_t cache_hits = 0;       // chunk reads served by the cache
+  uint64_t fills = 0;            // member fills (source reads + inflates)
+  uint64_t on_demand_fills = 0;  // of which for a blocked reader (misses)
+  // When the last on-demand fill got its bytes (steady clock, ns; 0 = never).
+  int64_t last_on_demand_fill_ns = 0;
   uint64_t fetched_bytes = 0;  // compressed bytes read from the source
   uint64_t verify_failures = 0;
 };
@@ -161,6 +164,8 @@ class CachedLayer {
   std::vector<std::thread> bg_threads_;
 
   std::atomic<uint64_t> hits_{0}, fills_{0}, fetched_{0}, failures_{0};
+  std::atomic<uint64_t> on_demand_fills_{0};
+  std::atomic<int64_t> last_on_demand_fill_ns_{0};
   std::atomic<uint64_t> fetched_blob_bytes_{0};
 
   // Fill memory in use (see max_fill_bytes).

@@ -208,6 +208,7 @@ absl::StatusOr<std::unique_ptr<LayerReader>> LayerReader::Open(
         r->toc_digest_.ToString(), " but ", options.toc_digest->ToString(),
         " was expected: refusing the layer"));
   }
+  if (options.on_toc) options.on_toc(json);
   ASSIGN_OR_RETURN(Toc toc, ParseToc(json, options.toc_limits));
   json = std::string();
   ASSIGN_OR_RETURN(r->index_, LayerIndex::Build(toc, data_end));

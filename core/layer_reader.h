@@ -15,6 +15,7 @@
 #ifndef LAZYPULL_CORE_LAYER_READER_H_
 #define LAZYPULL_CORE_LAYER_READER_H_
 
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -39,6 +40,10 @@ struct LayerOpenOptions {
   // How many bytes to read from the end of the blob in the first read; when
   // the TOC lies within them, no second read is needed.
   uint64_t tail_read_size = kFooterTailSize;
+  // Called with the TOC's JSON once it matches the trust anchors, before it
+  // is parsed and indexed (e.g. to start fetching the prefetch range while
+  // that runs). Must not keep the view.
+  std::function<void(absl::string_view toc_json)> on_toc;
 };
 
 class LayerReader {

@@ -390,6 +390,17 @@ TEST(LayerWriterTest, PrioritizedFilesComeFirst) {
     EXPECT_EQ(idx.prefetch_landmark_offset(),
               w.result.prefetch_landmark_offset);
     EXPECT_FALSE(idx.has_no_prefetch_landmark());
+    // The text scan of the verified TOC (the early-prefetch hint) agrees
+    // with the index; the hook sees the TOC before it is parsed.
+    std::optional<uint64_t> scanned;
+    LayerOpenOptions ho;
+    ho.toc_digest = w.result.toc_digest;
+    ho.on_toc = [&](absl::string_view json) {
+      scanned = ScanPrefetchLandmark(json);
+    };
+    ASSERT_TRUE(
+        LayerReader::Open(std::make_shared<MemoryBlobSource>(w.blob), ho).ok());
+    EXPECT_EQ(scanned, idx.prefetch_landmark_offset());
     std::vector<std::string> prio;
     for (uint32_t ino : idx.prioritized_files()) {
       prio.push_back(idx.Path(idx.inode(ino).dirent));

@@ -6,6 +6,8 @@
 #include <string_view>
 
 #include "absl/status/status.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 
 namespace lazypull {
@@ -464,6 +466,54 @@ std::string Base64Encode(absl::string_view in) {
     out.push_back('=');
   }
   return out;
+}
+
+std::optional<uint64_t> ScanPrefetchLandmark(absl::string_view json) {
+  // {"name":".prefetch.landmark","type":"reg","size":1,"offset":N,...}: the
+  // entry object around the name, then its "offset" key.
+  constexpr absl::string_view kName = "\".prefetch.landmark\"";
+  for (size_t at = json.find(kName); at != absl::string_view::npos;
+       at = json.find(kName, at + 1)) {
+    // The value of a "name" key: `"name"`, optional blanks, `:`, blanks.
+    size_t k = at;
+    while (k > 0 &&
+           absl::ascii_isspace(static_cast<unsigned char>(json[k - 1]))) {
+      --k;
+    }
+    if (k == 0 || json[k - 1] != ':') continue;
+    --k;
+    while (k > 0 &&
+           absl::ascii_isspace(static_cast<unsigned char>(json[k - 1]))) {
+      --k;
+    }
+    if (k < 6 || json.substr(k - 6, 6) != "\"name\"") continue;
+    const size_t open = json.rfind('{', k);
+    const size_t close = json.find('}', at);
+    if (open == absl::string_view::npos || close == absl::string_view::npos) {
+      return std::nullopt;
+    }
+    const absl::string_view entry = json.substr(open, close - open);
+    const size_t o = entry.find("\"offset\"");
+    if (o == absl::string_view::npos) return std::nullopt;
+    size_t v = o + 8;
+    while (v < entry.size() &&
+           (entry[v] == ':' ||
+            absl::ascii_isspace(static_cast<unsigned char>(entry[v])))) {
+      ++v;
+    }
+    size_t e = v;
+    while (e < entry.size() &&
+           absl::ascii_isdigit(static_cast<unsigned char>(entry[e]))) {
+      ++e;
+    }
+    uint64_t offset;
+    if (e == v || e - v > 19 ||
+        !absl::SimpleAtoi(entry.substr(v, e - v), &offset)) {
+      return std::nullopt;
+    }
+    return offset;
+  }
+  return std::nullopt;
 }
 
 }  // namespace lazypull

@@ -92,6 +92,13 @@ inline constexpr size_t kTocParsePadding = 64;
 // callers that do not control their buffer.
 std::string PaddedTocBuffer(absl::string_view json);
 
+// The blob offset of the `.prefetch.landmark` entry, found by a scan of the
+// TOC's text, without a parse: for starting the prefetch of [0, offset)
+// while the TOC is still being parsed and indexed. nullopt when there is
+// none or its entry does not read as expected (the parse stays
+// authoritative; callers use this as a hint only).
+std::optional<uint64_t> ScanPrefetchLandmark(absl::string_view json);
+
 // Parses an RFC 3339 timestamp ("2021-06-01T12:00:00Z", optional fraction,
 // optional +hh:mm offset) into Unix seconds and nanoseconds.
 bool ParseRfc3339(absl::string_view text, int64_t* sec, uint32_t* nsec);

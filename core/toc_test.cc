@@ -588,3 +588,46 @@ TEST(Base64Test, RejectsMalformed) {
 
 }  // namespace
 }  // namespace lazypull
+
+namespace lazypull {
+namespace {
+
+TEST(ScanPrefetchLandmarkTest, FindsTheLandmarksOffset) {
+  // As Go's encoding/json writes it (compact), and as an indented writer.
+  EXPECT_EQ(ScanPrefetchLandmark(
+                R"({"version":1,"entries":[{"name":"a","type":"reg","size":3,)"
+                R"("offset":0},{"name":".prefetch.landmark","type":"reg",)"
+                R"("size":1,"offset":8792752,"digest":"sha256:x"}]})"),
+            std::optional<uint64_t>(8792752));
+  EXPECT_EQ(ScanPrefetchLandmark("{\"entries\": [\n  {\n    \"name\" : "
+                                 "\".prefetch.landmark\",\n    \"type\": "
+                                 "\"reg\",\n    \"offset\" :  42\n  }\n]}"),
+            std::optional<uint64_t>(42));
+}
+
+TEST(ScanPrefetchLandmarkTest, IgnoresLookAlikes) {
+  // No landmark; the no-prefetch landmark; the name as a link target or in
+  // another key; an entry without an offset; an absurd number.
+  EXPECT_EQ(ScanPrefetchLandmark(R"({"entries":[{"name":"a","offset":5}]})"),
+            std::nullopt);
+  EXPECT_EQ(ScanPrefetchLandmark(
+                R"({"entries":[{"name":".no.prefetch.landmark","offset":5}]})"),
+            std::nullopt);
+  EXPECT_EQ(
+      ScanPrefetchLandmark(
+          R"({"entries":[{"name":"l","linkName":".prefetch.landmark","offset":5}]})"),
+      std::nullopt);
+  EXPECT_EQ(ScanPrefetchLandmark(
+                R"({"entries":[{"name":".prefetch.landmark","type":"reg"}]})"),
+            std::nullopt);
+  EXPECT_EQ(
+      ScanPrefetchLandmark(
+          R"({"entries":[{"name":".prefetch.landmark","offset":123456789012345678901}]})"),
+      std::nullopt);
+  EXPECT_EQ(ScanPrefetchLandmark(R"({"name":".prefetch.landmark")"),
+            std::nullopt);
+  EXPECT_EQ(ScanPrefetchLandmark(""), std::nullopt);
+}
+
+}  // namespace
+}  // namespace lazypull

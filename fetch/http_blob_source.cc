@@ -26,6 +26,7 @@ struct HttpBlobSource::Piece {
   uint64_t data_offset = 0;
   absl::Status status;
   bool done = false;
+  bool warm = false;  // fetched ahead by Warm(), with no reader yet
 
   uint64_t end() const { return first + len; }
 };
@@ -123,6 +124,9 @@ bool HttpBlobSource::Eligible(const Piece& p) const {
   if (p.priority == ReadPriority::kOnDemand) {
     return requests_in_flight_ < options_.max_concurrent_requests;
   }
+  // Few warm pieces at once, so that they arrive in blob order (the order
+  // the prefetched files are read in), not all at the end together.
+  if (p.warm && warm_in_flight_ >= kWarmStreams) return false;
   if (non_urgent_in_flight_ >=
       options_.max_concurrent_requests - options_.reserved_on_demand) {
     return false;
@@ -155,29 +159,17 @@ absl::Status HttpBlobSource::ReadAt(uint64_t offset, absl::Span<char> dst,
                      " is past the end (", size(), " bytes)"));
   }
   if (n == 0) return absl::OkStatus();
-  std::vector<std::shared_ptr<Piece>> mine;
-  const uint64_t piece_max = MaxRequest(priority);
+  // Each sub-range [o, o + len) of the read and the piece serving it.
+  struct Part {
+    std::shared_ptr<Piece> piece;
+    uint64_t o, len;
+  };
+  std::vector<Part> mine;
   {
     absl::MutexLock l(&mu_);
     for (uint64_t o = offset; o < offset + n;) {
-      const uint64_t len = std::min(piece_max, offset + n - o);
-      std::shared_ptr<Piece> found;
-      // Single-flight: a queued or in-flight piece that covers this one.
-      for (const auto& p : queued_) {
-        if (p->first <= o && p->end() >= o + len) {
-          found = p;
-          if (Rank(priority) < Rank(p->priority)) p->priority = priority;
-          break;
-        }
-      }
-      if (!found) {
-        for (const auto& p : in_flight_) {
-          if (p->first <= o && p->end() >= o + len) {
-            found = p;
-            break;
-          }
-        }
-      }
+      const uint64_t len = PieceLen(o, offset + n, priority);
+      std::shared_ptr<Piece> found = FindCovering(o, len, priority);
       if (found) {
         ++stats_.shared;
       } else {
@@ -188,29 +180,89 @@ absl::Status HttpBlobSource::ReadAt(uint64_t offset, absl::Span<char> dst,
         found->seq = next_seq_++;
         queued_.push_back(found);
       }
-      mine.push_back(std::move(found));
+      mine.push_back({std::move(found), o, len});
       o += len;
     }
   }
   absl::Status st;
-  char* out = dst.data();
-  uint64_t pos = offset;
-  for (const auto& p : mine) {
+  for (const Part& part : mine) {
+    const Piece& p = *part.piece;
     {
       absl::MutexLock l(&mu_);
-      mu_.Await(absl::Condition(&p->done));
+      mu_.Await(absl::Condition(&part.piece->done));
     }
-    const uint64_t len = std::min<uint64_t>(p->end() - pos, offset + n - pos);
-    if (!p->status.ok()) {
-      if (st.ok()) st = p->status;
+    if (!p.status.ok()) {
+      if (st.ok()) st = p.status;
     } else {
-      std::memcpy(out, p->data->data() + p->data_offset + (pos - p->first),
-                  len);
+      std::memcpy(dst.data() + (part.o - offset),
+                  p.data->data() + p.data_offset + (part.o - p.first),
+                  part.len);
     }
-    out += len;
-    pos += len;
   }
   return st;
+}
+
+uint64_t HttpBlobSource::PieceLen(uint64_t o, uint64_t end,
+                                  ReadPriority priority) const {
+  const uint64_t max = MaxRequest(priority);
+  uint64_t len = std::min(max, end - o);
+  if (priority == ReadPriority::kPrefetch && kWarmGrid <= max) {
+    // Never across the grid Warm() fetches in, so that warm pieces cover
+    // these.
+    len = std::min(len, kWarmGrid - o % kWarmGrid);
+  }
+  return len;
+}
+
+std::shared_ptr<HttpBlobSource::Piece> HttpBlobSource::FindCovering(
+    uint64_t o, uint64_t len, ReadPriority priority) {
+  auto covers = [&](const std::shared_ptr<Piece>& p) {
+    return p->first <= o && p->end() >= o + len;
+  };
+  std::shared_ptr<Piece> found;
+  for (const auto& p : queued_) {
+    if (covers(p)) {
+      if (Rank(priority) < Rank(p->priority)) p->priority = priority;
+      found = p;
+      break;
+    }
+  }
+  for (size_t i = 0; !found && i < in_flight_.size(); ++i) {
+    if (covers(in_flight_[i])) found = in_flight_[i];
+  }
+  for (size_t i = 0; !found && i < warm_.size(); ++i) {
+    if (covers(warm_[i])) found = warm_[i];
+  }
+  if (found && found->warm) ++stats_.warm_hits;
+  return found;
+}
+
+void HttpBlobSource::Warm(uint64_t offset, uint64_t len) {
+  absl::MutexLock l(&mu_);
+  if (!warm_open_ || offset >= size()) return;
+  const uint64_t end = offset + std::min(len, size() - offset);
+  for (uint64_t o = offset; o < end;) {
+    const uint64_t n = PieceLen(o, end, ReadPriority::kPrefetch);
+    if (warm_bytes_ + n > options_.max_warm_bytes) break;
+    if (FindCovering(o, n, ReadPriority::kPrefetch) == nullptr) {
+      auto p = std::make_shared<Piece>();
+      p->first = o;
+      p->len = n;
+      p->priority = ReadPriority::kPrefetch;
+      p->seq = next_seq_++;
+      p->warm = true;
+      queued_.push_back(std::move(p));
+      warm_bytes_ += n;
+    }
+    o += n;
+  }
+}
+
+void HttpBlobSource::DropWarm() {
+  absl::MutexLock l(&mu_);
+  warm_open_ = false;
+  for (const auto& p : warm_) warm_bytes_ -= p->len;
+  warm_.clear();
 }
 
 void HttpBlobSource::WorkerLoop() {
@@ -247,6 +299,9 @@ void HttpBlobSource::WorkerLoop() {
         for (size_t i = 0; i < queued_.size(); ++i) {
           const Piece& q = *queued_[i];
           if (Rank(q.priority) > Rank(prio)) continue;
+          // Warm pieces go alone: a reader joining one waits for its
+          // request, which must stay short.
+          if (head->warm || q.warm) continue;
           if (q.first > hi + options_.coalesce_gap ||
               q.end() + options_.coalesce_gap < lo) {
             continue;
@@ -267,6 +322,7 @@ void HttpBlobSource::WorkerLoop() {
       ++requests_in_flight_;
       if (prio != ReadPriority::kOnDemand) ++non_urgent_in_flight_;
       if (prio == ReadPriority::kBackground) budget_->Start(hi - lo);
+      if (head->warm) ++warm_in_flight_;
       ++stats_.requests;
       ++stats_.requests_by_priority[Rank(prio)];
       stats_.max_concurrent = std::max<uint64_t>(
@@ -285,6 +341,7 @@ void HttpBlobSource::WorkerLoop() {
 
     absl::MutexLock l(&mu_);
     --requests_in_flight_;
+    if (batch.front()->warm) --warm_in_flight_;
     if (prio != ReadPriority::kOnDemand) --non_urgent_in_flight_;
     if (st.ok()) {
       stats_.bytes += buf->size();
@@ -297,6 +354,14 @@ void HttpBlobSource::WorkerLoop() {
       p->data_offset = p->first - lo;
       p->done = true;
       in_flight_.erase(std::find(in_flight_.begin(), in_flight_.end(), p));
+      if (p->warm) {
+        // Kept for the reads it was fetched ahead of, until DropWarm().
+        if (st.ok() && warm_open_) {
+          warm_.push_back(p);
+        } else {
+          warm_bytes_ -= p->len;
+        }
+      }
     }
   }
 }

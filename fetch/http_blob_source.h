@@ -82,6 +82,8 @@ struct HttpBlobSourceOptions {
   // they are read again by VerifyWholeBlob).
   uint64_t hash_window_bytes = 8 << 20;
   std::string spill_dir;
+  // Bytes Warm() may fetch ahead and hold (default 16 MiB).
+  uint64_t max_warm_bytes = 16 << 20;
 };
 
 struct HttpBlobSourceStats {
@@ -92,6 +94,7 @@ struct HttpBlobSourceStats {
   uint64_t shared = 0;          // pieces served by single-flight
   uint64_t failures = 0;        // requests that failed
   uint64_t requests_by_priority[3] = {0, 0, 0};
+  uint64_t warm_hits = 0;  // pieces served by what Warm() fetched (or is)
 };
 
 class HttpBlobSource : public BlobSource {
@@ -129,6 +132,15 @@ class HttpBlobSource : public BlobSource {
   // Bytes [0, n) of the blob already hashed.
   uint64_t hashed_prefix() const;
 
+  // Starts fetching [offset, offset + len) at prefetch priority with no
+  // reader waiting yet, up to `max_warm_bytes` in all, and keeps what
+  // arrives for the reads that follow (prefetch reads are cut on the same
+  // 1 MiB grid, so they find it) until DropWarm(). For starting a layer's
+  // prefetch while its TOC is still being parsed and indexed.
+  void Warm(uint64_t offset, uint64_t len);
+  // Frees what Warm() kept; later completions of its requests are not kept.
+  void DropWarm();
+
  private:
   struct Piece;
   struct Request;
@@ -143,6 +155,15 @@ class HttpBlobSource : public BlobSource {
                      std::string* out);
   // The largest request of class `prio` now.
   uint64_t MaxRequest(ReadPriority prio) const;
+  // The length of the piece of a read of class `prio` starting at `o`
+  // (ending at most at `end`).
+  uint64_t PieceLen(uint64_t o, uint64_t end, ReadPriority prio) const;
+  // A queued, in-flight or warm piece holding [o, o + len) (a queued one is
+  // raised to `prio` if that is more urgent), or null. REQUIRES: mu_ held.
+  std::shared_ptr<Piece> FindCovering(uint64_t o, uint64_t len,
+                                      ReadPriority prio)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  static constexpr uint64_t kWarmGrid = 1 << 20;
 
   const std::shared_ptr<RegistryClient> client_;
   const std::shared_ptr<RegistryClient> background_client_;
@@ -159,6 +180,13 @@ class HttpBlobSource : public BlobSource {
   int requests_in_flight_ ABSL_GUARDED_BY(mu_) = 0;
   int non_urgent_in_flight_ ABSL_GUARDED_BY(mu_) = 0;
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  // Done pieces Warm() fetched, kept for readers; bytes of every warm piece
+  // not dropped yet (queued, in flight or kept).
+  std::vector<std::shared_ptr<Piece>> warm_ ABSL_GUARDED_BY(mu_);
+  uint64_t warm_bytes_ ABSL_GUARDED_BY(mu_) = 0;
+  int warm_in_flight_ ABSL_GUARDED_BY(mu_) = 0;
+  static constexpr int kWarmStreams = 2;
+  bool warm_open_ ABSL_GUARDED_BY(mu_) = true;
   uint64_t next_seq_ ABSL_GUARDED_BY(mu_) = 0;
   HttpBlobSourceStats stats_ ABSL_GUARDED_BY(mu_);
   std::vector<std::thread> workers_;

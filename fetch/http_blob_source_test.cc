@@ -233,6 +233,65 @@ TEST_F(HttpBlobSourceTest, SourcesOfOneLinkShareTheBackgroundBudget) {
   EXPECT_EQ(budget->in_flight(), 0u);
 }
 
+TEST_F(HttpBlobSourceTest, WarmedBytesServeTheReadsThatFollow) {
+  HttpBlobSource src(client_, desc_);
+  src.Warm(0, blob_.size());
+  // Wait for the warm request's bytes (nobody reads them yet).
+  for (int i = 0; i < 1000 && src.stats().bytes < blob_.size(); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  ASSERT_EQ(src.stats().bytes, blob_.size());
+  const uint64_t requests = src.stats().requests;
+  // Prefetch reads, cut on the warm grid, and an on-demand one: no request.
+  std::string a(300000, '\0'), b(4096, '\0');
+  ASSERT_TRUE(
+      src.ReadAt(700000, absl::MakeSpan(a), ReadPriority::kPrefetch).ok());
+  ASSERT_TRUE(src.ReadAt(5, absl::MakeSpan(b)).ok());
+  EXPECT_EQ(a, blob_.substr(700000, a.size()));
+  EXPECT_EQ(b, blob_.substr(5, b.size()));
+  EXPECT_EQ(src.stats().requests, requests);
+  EXPECT_GE(src.stats().warm_hits, 2u);
+  // Dropped: the next read is fetched.
+  src.DropWarm();
+  ASSERT_TRUE(src.ReadAt(5, absl::MakeSpan(b)).ok());
+  EXPECT_EQ(b, blob_.substr(5, b.size()));
+  EXPECT_EQ(src.stats().requests, requests + 1);
+  src.Warm(0, blob_.size());  // closed after DropWarm: nothing more
+  EXPECT_EQ(src.stats().requests, requests + 1);
+
+  // Nothing past max_warm_bytes is fetched ahead.
+  HttpBlobSourceOptions o;
+  o.max_warm_bytes = 0;
+  HttpBlobSource capped(client_, desc_, o);
+  capped.Warm(0, blob_.size());
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  EXPECT_EQ(capped.stats().requests, 0u);
+}
+
+TEST_F(HttpBlobSourceTest, ReadsSplitDifferentlyCopyTheRightBytes) {
+  // A background read cut in small pieces joins an on-demand piece in
+  // flight that covers several of them, and a later piece of its own.
+  delay_ms_ = 100;
+  auto budget = std::make_shared<BackgroundBudget>(BackgroundBudgetOptions{
+      .fixed_bytes = 64 << 10, .min_piece_bytes = 4096});
+  HttpBlobSourceOptions o;
+  o.background_budget = budget;
+  o.coalesce_gap = 0;
+  HttpBlobSource src(client_, desc_, o);
+  std::thread od([&] {
+    std::string x(100000, '\0');
+    ASSERT_TRUE(src.ReadAt(50000, absl::MakeSpan(x)).ok());
+    EXPECT_EQ(x, blob_.substr(50000, x.size()));
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(30));
+  std::string y(200000, '\0');
+  ASSERT_TRUE(
+      src.ReadAt(40000, absl::MakeSpan(y), ReadPriority::kBackground).ok());
+  EXPECT_EQ(y, blob_.substr(40000, y.size()));
+  od.join();
+  EXPECT_GE(src.stats().shared, 1u);
+}
+
 TEST_F(HttpBlobSourceTest, ReadsTheRightBytes) {
   HttpBlobSourceOptions o;
   o.max_request_size = 100000;  // a 300 KB read is split

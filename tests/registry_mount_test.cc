@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <map>
@@ -455,6 +456,26 @@ TEST_F(RegistryMountTest, WaitPrefetchFetchesThePrioritizedFiles) {
   testing::RunResult u = testing::Run({bin_, "unmount", mnt});
   EXPECT_EQ(u.exit_code, 0) << u.err;
   mounts_.clear();
+  // The prefetch began as soon as the TOC was verified: its reads found
+  // pieces already on their way ("(K pieces fetched ahead ...").
+  auto ahead = [&] {
+    const std::string log = ReadAll(cache_dir() + "/lazypull.log");
+    const size_t at = log.rfind("chunks (");
+    if (at == std::string::npos) return -1;
+    return std::atoi(log.c_str() + at + 8);
+  };
+  EXPECT_GT(ahead(), 0) << ReadAll(cache_dir() + "/lazypull.log");
+  // Not with --no-early-prefetch.
+  std::filesystem::remove_all(cache_dir());
+  m = Mount(
+      ref, mnt,
+      {"--wait-prefetch=30", "--no-background-fetch", "--no-early-prefetch"});
+  ASSERT_EQ(m.exit_code, 0) << m.err << m.out;
+  EXPECT_EQ(ReadAll(mnt + "/data/hot"), Payload(2 << 20, 7));
+  u = testing::Run({bin_, "unmount", mnt});
+  EXPECT_EQ(u.exit_code, 0) << u.err;
+  mounts_.clear();
+  EXPECT_EQ(ahead(), 0) << ReadAll(cache_dir() + "/lazypull.log");
 }
 
 // A layer pulled in full (plain gzip) with a hardlink to a file of a lazy
