@@ -442,14 +442,14 @@ std::vector<FlagSpec> ImageMountFlags() {
   f.push_back({"background-bytes", "BYTES|auto",
                "background bytes in flight on the link, all layers together "
                "(default auto: twice the measured bandwidth-delay product, "
-               "so on-demand reads queue behind about one round trip)"});
+               "at least 2M; background fetch has a connection of its own)"});
   f.push_back({"no-early-prefetch", "",
                "start the prefetch only once the layer is mounted, not as "
                "soon as its TOC is verified"});
   f.push_back({"background-gain", "G",
                "with --background-bytes auto: the cap is G times the "
-               "measured bandwidth-delay product (default 1.25; the queue "
-               "an on-demand read waits behind is about G - 1 of it)"});
+               "measured bandwidth-delay product (default 2; what it may "
+               "queue at the link is about G - 1 of it)"});
   f.push_back({"background-rate", "BYTES",
                "cap background fetching at BYTES per second per layer "
                "(default: no cap)"});

@@ -26,7 +26,8 @@ struct HttpBlobSource::Piece {
   uint64_t data_offset = 0;
   absl::Status status;
   bool done = false;
-  bool warm = false;  // fetched ahead by Warm(), with no reader yet
+  bool warm = false;      // fetched ahead by Warm(), with no reader yet
+  uint64_t consumed = 0;  // warm: bytes readers have copied out
 
   uint64_t end() const { return first + len; }
 };
@@ -197,6 +198,7 @@ absl::Status HttpBlobSource::ReadAt(uint64_t offset, absl::Span<char> dst,
       std::memcpy(dst.data() + (part.o - offset),
                   p.data->data() + p.data_offset + (part.o - p.first),
                   part.len);
+      if (p.warm) ConsumeWarm(part.piece, part.len);
     }
   }
   return st;
@@ -256,6 +258,17 @@ void HttpBlobSource::Warm(uint64_t offset, uint64_t len) {
     }
     o += n;
   }
+}
+
+void HttpBlobSource::ConsumeWarm(const std::shared_ptr<Piece>& p, uint64_t n) {
+  absl::MutexLock l(&mu_);
+  p->consumed += n;
+  if (p->consumed < p->len) return;
+  // Every byte was read once (prefetch reads do not overlap): let it go.
+  auto it = std::find(warm_.begin(), warm_.end(), p);
+  if (it == warm_.end()) return;
+  warm_.erase(it);
+  warm_bytes_ -= p->len;
 }
 
 void HttpBlobSource::DropWarm() {

@@ -135,7 +135,8 @@ class HttpBlobSource : public BlobSource {
   // Starts fetching [offset, offset + len) at prefetch priority with no
   // reader waiting yet, up to `max_warm_bytes` in all, and keeps what
   // arrives for the reads that follow (prefetch reads are cut on the same
-  // 1 MiB grid, so they find it) until DropWarm(). For starting a layer's
+  // 1 MiB grid, so they find it) until every byte of a piece was read once,
+  // or DropWarm(). For starting a layer's
   // prefetch while its TOC is still being parsed and indexed.
   void Warm(uint64_t offset, uint64_t len);
   // Frees what Warm() kept; later completions of its requests are not kept.
@@ -164,6 +165,9 @@ class HttpBlobSource : public BlobSource {
                                       ReadPriority prio)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   static constexpr uint64_t kWarmGrid = 1 << 20;
+  // Counts `n` bytes of warm piece `p` as read; a piece read in full is
+  // dropped (memory: warm pieces live only until their reader came).
+  void ConsumeWarm(const std::shared_ptr<Piece>& p, uint64_t n);
 
   const std::shared_ptr<RegistryClient> client_;
   const std::shared_ptr<RegistryClient> background_client_;

@@ -259,6 +259,17 @@ TEST_F(HttpBlobSourceTest, WarmedBytesServeTheReadsThatFollow) {
   src.Warm(0, blob_.size());  // closed after DropWarm: nothing more
   EXPECT_EQ(src.stats().requests, requests + 1);
 
+  // A warm piece read in full is let go at once (no wait for DropWarm).
+  HttpBlobSource once(client_, desc_);
+  once.Warm(0, blob_.size());
+  std::string all(blob_.size(), '\0');
+  ASSERT_TRUE(
+      once.ReadAt(0, absl::MakeSpan(all), ReadPriority::kPrefetch).ok());
+  EXPECT_TRUE(all == blob_);
+  const uint64_t after_first = once.stats().requests;
+  ASSERT_TRUE(once.ReadAt(0, absl::MakeSpan(b)).ok());
+  EXPECT_EQ(once.stats().requests, after_first + 1);
+
   // Nothing past max_warm_bytes is fetched ahead.
   HttpBlobSourceOptions o;
   o.max_warm_bytes = 0;
