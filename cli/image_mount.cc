@@ -442,7 +442,7 @@ std::vector<FlagSpec> ImageMountFlags() {
   f.push_back({"background-bytes", "BYTES|auto",
                "background bytes in flight on the link, all layers together "
                "(default auto: twice the measured bandwidth-delay product, "
-               "at least 2M; background fetch has a connection of its own)"});
+               "at least 4M; background fetch has a connection of its own)"});
   f.push_back({"no-early-prefetch", "",
                "start the prefetch only once the layer is mounted, not as "
                "soon as its TOC is verified"});

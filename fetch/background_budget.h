@@ -52,9 +52,9 @@ struct BackgroundBudgetOptions {
   // big enough that their per-request cost stays small when the rate is
   // bound by something other than the link (the client's CPU).
   double gain = 2.0;
-  uint64_t min_bytes = 2 << 20;
+  uint64_t min_bytes = 4 << 20;
   uint64_t max_bytes = 16 << 20;
-  uint64_t initial_bytes = 2 << 20;
+  uint64_t initial_bytes = 4 << 20;
   uint64_t min_piece_bytes = 512 << 10;
   // How long a bandwidth sample counts.
   absl::Duration window = absl::Seconds(10);
