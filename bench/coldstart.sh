@@ -41,13 +41,16 @@ usage: bench/coldstart.sh [options]
                           every lazy variant (bench/tune.sh uses it); without it, mode "lazy" = defaults
   --convert-flags 'FLAGS' extra flags for lazypull convert/optimize when making the variants (e.g.
                           --chunk-size 1M)
+  --include PKGS          packages debootstrap adds to minbase (default python3: a 259 MB tar);
+                          "reference" = python3,python3-pip,python3-numpy,git, about the size of the
+                          398 MB Debian+python3 image the reference was measured with (issue 8)
 EOF
 }
 
 PROFILES=(20ms-100mbit 2ms-1gbit 80ms-50mbit)
 WORKLOADS=(python shell heavy)
 VARIANTS=(gzip estargz estargz-opt zstd-chunked)
-RUNS=3 SMOKE=0 BASELINE=1 PROBE=1 KEEP=0 OUT="" LAZYPULL="" PROXY="" SWEEP="" CONVERT_FLAGS=""
+RUNS=3 SMOKE=0 BASELINE=1 PROBE=1 KEEP=0 OUT="" LAZYPULL="" PROXY="" SWEEP="" CONVERT_FLAGS="" INCLUDE=python3
 CACHE=/var/cache/lazypull-bench
 ARGS="$*"
 pick() { # pick ALLOWED_ARRAY_NAME CSV -> the chosen names, checked
@@ -76,6 +79,7 @@ while [ $# -gt 0 ]; do
     --keep) KEEP=1 ;;
     --sweep) SWEEP=$2; shift ;;
     --convert-flags) CONVERT_FLAGS=$2; shift ;;
+    --include) INCLUDE=$2; shift ;;
     -h | --help) usage; exit 0 ;;
     *) echo "unknown option $1" >&2; usage >&2; exit 2 ;;
   esac
@@ -201,12 +205,16 @@ if [ "$SMOKE" = 1 ]; then
   tar --sort=name --numeric-owner -C "$ROOTFS" -cf "$W/rootfs.tar" .
   ROOTFS_TAR=$W/rootfs.tar
 else
+  [ "$INCLUDE" = reference ] && INCLUDE=python3,python3-pip,python3-numpy,git
   mkdir -p "$CACHE"
-  ROOTFS=$CACHE/rootfs ROOTFS_TAR=$CACHE/rootfs.tar
+  # The default image keeps the cache's old name; others get one per package list.
+  suffix=""
+  [ "$INCLUDE" = python3 ] || suffix=-$(echo "$INCLUDE" | tr ',' '+')
+  ROOTFS=$CACHE/rootfs$suffix ROOTFS_TAR=$CACHE/rootfs$suffix.tar
   if [ ! -d "$ROOTFS" ]; then
-    log "image: debootstrap --variant=minbase --include=python3 bookworm (cached in $CACHE; ~3 min)"
+    log "image: debootstrap --variant=minbase --include=$INCLUDE bookworm (cached in $CACHE; ~3 min)"
     rm -rf "$CACHE/rootfs.tmp" "$ROOTFS_TAR"
-    debootstrap --variant=minbase --include=python3 bookworm "$CACHE/rootfs.tmp" \
+    debootstrap --variant=minbase --include="$INCLUDE" bookworm "$CACHE/rootfs.tmp" \
       http://deb.debian.org/debian >"$CACHE/debootstrap.log" 2>&1 ||
       die "debootstrap failed: see $CACHE/debootstrap.log"
     mv "$CACHE/rootfs.tmp" "$ROOTFS"
@@ -352,7 +360,7 @@ done
   echo "command:   bench/coldstart.sh $ARGS"
   echo "machine:   $(nproc) cores, $(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), Linux $(uname -r), load $(cut -d' ' -f1-3 /proc/loadavg)"
   echo "lazypull:  $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo '?')$(cd "$ROOT" && [ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ] && echo ' + uncommitted changes'), binary sha256 $(sha256sum "$LAZYPULL" | cut -c1-16)"
-  echo "image:     $([ "$SMOKE" = 1 ] && echo "smoke (this machine's files)" || echo "debootstrap --variant=minbase --include=python3 bookworm"), tar $(stat -c %s "$ROOTFS_TAR") bytes"
+  echo "image:     $([ "$SMOKE" = 1 ] && echo "smoke (this machine's files)" || echo "debootstrap --variant=minbase --include=$INCLUDE bookworm"), tar $(stat -c %s "$ROOTFS_TAR") bytes"
   for key in $(printf '%s\n' "${!TAGS[@]}" | sort); do
     tag=${TAGS[$key]}
     read -r _ _ _ lsize _ < <("$PY" "$TOOL" oci-layer "${OCI_OF[$tag]}" img)
