@@ -41,9 +41,10 @@ usage: bench/coldstart.sh [options]
                           every lazy variant (bench/tune.sh uses it); without it, mode "lazy" = defaults
   --convert-flags 'FLAGS' extra flags for lazypull convert/optimize when making the variants (e.g.
                           --chunk-size 1M)
-  --include PKGS          packages debootstrap adds to minbase (default python3: a 259 MB tar);
-                          "reference" = python3,python3-pip,python3-numpy,git, about the size of the
-                          398 MB Debian+python3 image the reference was measured with (issue 8)
+  --include PKGS          packages debootstrap adds to minbase (default python3: a 259 MB tar, 120 MB
+                          blob); "reference" = python3,python3-pip,python3-numpy,git: a 470 MB tar,
+                          215 MB blob, whose full pull (17 s at 20 ms / 100 Mbit/s) is the reference's
+                          (issue 8: 398 MB Debian+python3, 156 MB blob, ~17 s)
 EOF
 }
 
