@@ -707,9 +707,14 @@ absl::Status ServeImage(
         // mounted (the reads of the prefetch then find those bytes).
         HttpBlobSource* source = p.m->source.get();
         if (early_prefetch) {
-          p.lo.on_toc = [source](absl::string_view json) {
+          p.lo.on_toc = [source,
+                         name = LayerName(*p.m, n)](absl::string_view json) {
             std::optional<uint64_t> landmark = ScanPrefetchLandmark(json);
-            if (landmark && *landmark > 0) source->Warm(0, *landmark);
+            if (landmark && *landmark > 0) {
+              source->Warm(0, *landmark);
+              LogInfo(name, ": TOC verified; prefetch range [0, ", *landmark,
+                      ") on its way while the TOC is indexed");
+            }
           };
         }
         lazy.push_back(&p);

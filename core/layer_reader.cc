@@ -163,8 +163,17 @@ absl::StatusOr<std::unique_ptr<LayerReader>> LayerReader::Open(
     toc_compressed = absl::string_view(tail).substr(
         f.toc_offset - (size - tail_len), f.toc_compressed_size);
   } else {
+    // Only the part the tail read did not bring.
+    const uint64_t tail_start = size - tail_len;
+    const uint64_t toc_end = f.toc_offset + f.toc_compressed_size;
+    const uint64_t have =
+        toc_end > tail_start ? std::min(toc_end - tail_start, tail_len) : 0;
     toc_buf.resize(f.toc_compressed_size);
-    RETURN_IF_ERROR(src.ReadAt(f.toc_offset, absl::MakeSpan(toc_buf)));
+    RETURN_IF_ERROR(src.ReadAt(
+        f.toc_offset,
+        absl::MakeSpan(toc_buf.data(), f.toc_compressed_size - have)));
+    std::memcpy(toc_buf.data() + (f.toc_compressed_size - have), tail.data(),
+                have);
     toc_compressed = toc_buf;
   }
   r->toc_compressed_digest_ = Sha256::Of(toc_compressed);

@@ -285,6 +285,33 @@ TEST_P(SynthesizedTest, TailReadCanCoverTheToc) {
   EXPECT_EQ((*r)->toc_digest(), t.toc_digest);
 }
 
+TEST_P(SynthesizedTest, ASecondReadFetchesOnlyTheTocsMissingPart) {
+  const TestBlob t = Build();
+  // Find where the TOC starts (a first open with a tail holding it all).
+  auto whole = std::make_shared<MemoryBlobSource>(t.blob);
+  LayerOpenOptions all;
+  all.tail_read_size = t.blob.size();
+  absl::StatusOr<std::unique_ptr<LayerReader>> r0 = OpenSource(whole, all);
+  ASSERT_TRUE(r0.ok()) << r0.status();
+  const uint64_t toc_offset = (*r0)->footer().toc_offset;
+  const uint64_t size = t.blob.size();
+  ASSERT_GT(size - toc_offset, kFooterTailSize + 10);
+  // A tail that holds the footer and the TOC's last 10 bytes.
+  LayerOpenOptions part;
+  part.toc_digest = t.toc_digest;
+  const uint64_t toc_end = toc_offset + (*r0)->footer().toc_compressed_size;
+  part.tail_read_size =
+      std::max<uint64_t>(kFooterTailSize, size - toc_end) + 10;
+  ASSERT_LT(part.tail_read_size, size - toc_offset) << "the TOC must not fit";
+  auto src = std::make_shared<MemoryBlobSource>(t.blob);
+  absl::StatusOr<std::unique_ptr<LayerReader>> r = OpenSource(src, part);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ((*r)->toc_digest(), t.toc_digest);
+  EXPECT_EQ(src->reads(), 2u);
+  // Every byte from the TOC's start to the end, once.
+  EXPECT_EQ(src->bytes_read(), size - toc_offset);
+}
+
 TEST_P(SynthesizedTest, FlippedChunkByteIsDataLossNamingTheFile) {
   const TestBlob t = Build();
   for (const auto& tc : t.chunks) {
