@@ -28,6 +28,8 @@ background-streams-1	--background-streams 1
 background-streams-8	--background-streams 8
 background-bytes-1M	--background-bytes 1M
 background-bytes-16M	--background-bytes 16M
+background-gain-1.25	--background-gain 1.25
+no-early-prefetch	--no-early-prefetch
 max-request-size-1M	--max-request-size 1M
 coalesce-gap-0	--coalesce-gap 0
 coalesce-gap-1M	--coalesce-gap 1M
@@ -41,7 +43,8 @@ common=(--profile "$PROFILE" --workload python,shell,heavy --variant estargz,est
   --runs "$RUNS" --no-baseline --no-probe)
 bash bench/coldstart.sh "${common[@]}" --sweep "$OUT/sweep.tsv" --out "$OUT/knobs"
 printf 'default\t\n' >"$OUT/default.tsv"
-for cs in 1M 16M; do
+# The converter's default is 1 MiB (the "default" point above): its neighbours.
+for cs in 256K 4M; do
   bash bench/coldstart.sh "${common[@]}" --sweep "$OUT/default.tsv" \
     --convert-flags "--chunk-size $cs" --out "$OUT/chunk-$cs"
 done
