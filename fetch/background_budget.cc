@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <cmath>
 #include <utility>
-#include <vector>
 
 namespace lazypull {
 
@@ -75,7 +74,7 @@ bool BackgroundBudget::Release(uint64_t bytes) {
   if (in_flight_ == 0) return true;
   // Wake waiters when a piece newly fits.
   const uint64_t cap = CapLocked();
-  const uint64_t piece = std::max<uint64_t>(cap / 4, options_.min_piece_bytes);
+  const uint64_t piece = PieceFor(cap);
   return before + piece > cap && in_flight_ + piece <= cap;
 }
 
@@ -110,9 +109,11 @@ uint64_t BackgroundBudget::Cap() const {
   return CapLocked();
 }
 
-uint64_t BackgroundBudget::PieceBytes() const {
-  return std::max<uint64_t>(Cap() / 4, options_.min_piece_bytes);
+uint64_t BackgroundBudget::PieceFor(uint64_t cap) const {
+  return std::max<uint64_t>(cap / 4, options_.min_piece_bytes);
 }
+
+uint64_t BackgroundBudget::PieceBytes() const { return PieceFor(Cap()); }
 
 uint64_t BackgroundBudget::in_flight() const {
   absl::MutexLock l(&mu_);
@@ -121,10 +122,7 @@ uint64_t BackgroundBudget::in_flight() const {
 
 absl::Duration BackgroundBudget::min_rtt() const {
   absl::MutexLock l(&mu_);
-  absl::Duration rtt;
-  double rate;
-  EstimatesLocked(&rtt, &rate);
-  return rtt == absl::InfiniteDuration() ? absl::ZeroDuration() : rtt;
+  return min_rtt_ == absl::InfiniteDuration() ? absl::ZeroDuration() : min_rtt_;
 }
 
 double BackgroundBudget::bandwidth() const {

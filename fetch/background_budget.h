@@ -103,6 +103,8 @@ class BackgroundBudget {
 
  private:
   uint64_t CapLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The piece size for a cap of `cap` bytes.
+  uint64_t PieceFor(uint64_t cap) const;
   // The min RTT (infinite without a sample) and windowed max rate.
   void EstimatesLocked(absl::Duration* rtt, double* rate) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

@@ -4,20 +4,25 @@
 // the HTTP engine, fetch/http.h). The blob's size is its descriptor's.
 //
 // A range scheduler sits between ReadAt and the network:
-//  - Every ReadAt is cut into pieces of at most `max_request_size` bytes.
-//    A piece already queued or in flight that covers a new one is shared
-//    (single-flight): the bytes are fetched once and handed to every waiter.
+//  - Every ReadAt is cut into pieces of at most `max_request_size` bytes
+//    (background: the budget's piece size; prefetch: never across a 1 MiB
+//    grid line). A piece already queued, in flight or warm (below) that
+//    covers a new one is shared (single-flight): the bytes are fetched once
+//    and handed to every waiter, each copying exactly its own sub-range.
 //  - Queued pieces are dispatched most urgent first (ReadPriority:
 //    on-demand > prefetch > background). A dispatched piece absorbs queued
 //    pieces of the same or a more urgent class that lie within
 //    `coalesce_gap` bytes of it, up to `max_request_size` in all: one GET.
-//  - Background bytes in flight are capped by a BackgroundBudget (about two
-//    bandwidth-delay products of the link, measured; shared by every source
-//    on the link), background requests are cut to its piece size, and
-//    prefetch + background together never take the last
-//    `reserved_on_demand` request slots, so an on-demand read is dispatched
-//    at once and waits behind at most about one round trip of background
-//    bytes.
+//  - Background reads go through `background_client` (their own HTTP
+//    engine, hence connection), their bytes in flight capped by a
+//    BackgroundBudget shared by every source on the link (2 x the measured
+//    bandwidth-delay product, at least 4 MiB); prefetch + background
+//    together never take the last `reserved_on_demand` request slots. So an
+//    on-demand read is dispatched at once and shares only the link itself
+//    with background bytes. Requests carry HTTP/2 stream weights by class
+//    (a hint for servers that schedule by them).
+//  - Warm(): the prefetch range fetched ahead (1 MiB pieces, two in flight,
+//    not coalesced) before anyone reads it, kept until read or DropWarm().
 //  - Whole-blob digest: the bytes of every successful request extend a
 //    running SHA-256 of the blob's prefix. Ranges that arrive ahead of it
 //    (parallel requests finishing out of order, on-demand reads anywhere in

@@ -280,8 +280,11 @@ TEST_F(HttpBlobSourceTest, WarmedBytesServeTheReadsThatFollow) {
 }
 
 TEST_F(HttpBlobSourceTest, ReadsSplitDifferentlyCopyTheRightBytes) {
-  // A background read cut in small pieces joins an on-demand piece in
-  // flight that covers several of them, and a later piece of its own.
+  // A background read cut in 16 KiB pieces joins two on-demand pieces in
+  // flight: its piece at 56384 is served by the long one, [50000, 150000),
+  // and the next, at 72768, by the short one, [70000, 95000), which ends
+  // before where the long one's bytes reached; then pieces of its own.
+  // Each piece must copy exactly its own range.
   delay_ms_ = 100;
   auto budget = std::make_shared<BackgroundBudget>(BackgroundBudgetOptions{
       .fixed_bytes = 64 << 10, .min_piece_bytes = 4096});
@@ -289,17 +292,21 @@ TEST_F(HttpBlobSourceTest, ReadsSplitDifferentlyCopyTheRightBytes) {
   o.background_budget = budget;
   o.coalesce_gap = 0;
   HttpBlobSource src(client_, desc_, o);
-  std::thread od([&] {
-    std::string x(100000, '\0');
-    ASSERT_TRUE(src.ReadAt(50000, absl::MakeSpan(x)).ok());
-    EXPECT_EQ(x, blob_.substr(50000, x.size()));
-  });
+  auto on_demand = [&](uint64_t off, uint64_t len) {
+    std::string x(len, '\0');
+    ASSERT_TRUE(src.ReadAt(off, absl::MakeSpan(x)).ok());
+    EXPECT_EQ(x, blob_.substr(off, x.size()));
+  };
+  std::thread short_od(on_demand, 70000, 25000);  // in flight first
+  std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  std::thread od(on_demand, 50000, 100000);
   std::this_thread::sleep_for(std::chrono::milliseconds(30));
   std::string y(200000, '\0');
   ASSERT_TRUE(
       src.ReadAt(40000, absl::MakeSpan(y), ReadPriority::kBackground).ok());
   EXPECT_EQ(y, blob_.substr(40000, y.size()));
   od.join();
+  short_od.join();
   EXPECT_GE(src.stats().shared, 1u);
 }
 

@@ -551,6 +551,8 @@ TEST_F(RegistryMountTest, FetchKnobsAreFlags) {
            {"--max-request-size", "100"},
            {"--prefetch-streams", "-1"},
            {"--max-streams-per-connection", "0"},
+           {"--background-bytes", "0"},
+           {"--background-gain", "0.5"},
            {"--span-size", "1"}}) {
     testing::RunResult r = Mount(ref, dir_ + "/mnt-bad", bad);
     EXPECT_EQ(r.exit_code, 2) << bad[0] << ": " << r.err;
