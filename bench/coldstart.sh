@@ -37,6 +37,8 @@ usage: bench/coldstart.sh [options]
   --lazypull PATH         lazypull binary (default: bazel build -c opt //cli:lazypull, copied)
   --proxy PATH            lazypull-proxy binary (default: bazel build -c opt //proxy:lazypull-proxy, copied)
   --keep                  keep the work directory
+  --perf DIR              record each lazy mount's CPU profile while its workload runs (perf record
+                          -g) into DIR/PROFILE-WORKLOAD-VARIANT-MODE-RUN.data
   --sweep FILE            tuning: each line "LABEL<TAB>lazypull mount flags" is run as its own mode for
                           every lazy variant (bench/tune.sh uses it); without it, mode "lazy" = defaults
   --convert-flags 'FLAGS' extra flags for lazypull convert/optimize when making the variants (e.g.
@@ -51,7 +53,7 @@ EOF
 PROFILES=(20ms-100mbit 2ms-1gbit 80ms-50mbit)
 WORKLOADS=(python shell heavy)
 VARIANTS=(gzip estargz estargz-opt zstd-chunked)
-RUNS=3 SMOKE=0 BASELINE=1 PROBE=1 KEEP=0 OUT="" LAZYPULL="" PROXY="" SWEEP="" CONVERT_FLAGS="" INCLUDE=python3
+RUNS=3 SMOKE=0 BASELINE=1 PROBE=1 KEEP=0 PERF_DIR="" OUT="" LAZYPULL="" PROXY="" SWEEP="" CONVERT_FLAGS="" INCLUDE=python3
 CACHE=/var/cache/lazypull-bench
 ARGS="$*"
 pick() { # pick ALLOWED_ARRAY_NAME CSV -> the chosen names, checked
@@ -78,6 +80,7 @@ while [ $# -gt 0 ]; do
     --lazypull) LAZYPULL=$2; shift ;;
     --proxy) PROXY=$2; shift ;;
     --keep) KEEP=1 ;;
+    --perf) PERF_DIR=$(realpath -m "$2"); mkdir -p "$PERF_DIR"; shift ;;
     --sweep) SWEEP=$2; shift ;;
     --convert-flags) CONVERT_FLAGS=$2; shift ;;
     --include) INCLUDE=$2; shift ;;
@@ -426,7 +429,13 @@ measure_mount() {
   t1=$EPOCHREALTIME
   pid=$(sed -n 's/.*(pid \([0-9]*\)).*/\1/p' <<<"$out")
   if grep -q 'pulled in full' <<<"$out" && [ "$run" = 1 ]; then note "$v: $(grep 'pulled in full' <<<"$out" | cut -c1-160)"; fi
+  local perf_pid=""
+  if [ -n "$PERF_DIR" ] && [ -n "$pid" ]; then
+    perf record -q -g -p "$pid" -o "$PERF_DIR/$PROFILE-$wl-$v-$mode-$run.data" >/dev/null 2>&1 9>&- &
+    perf_pid=$!
+  fi
   tr=$(run_workload "$W/mnt" "$wl")
+  if [ -n "$perf_pid" ]; then kill -INT "$perf_pid" 2>/dev/null; wait "$perf_pid" 2>/dev/null || true; fi
   read_counters
   cpu="" hwm=""
   if [ -n "$pid" ] && [ -r "/proc/$pid/stat" ]; then

@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "core/buffer_pool.h"
 #include "core/decompressor.h"
 #include "core/status_macros.h"
 
@@ -122,7 +123,7 @@ absl::Status CachedLayer::DecodeGroup(
     return absl::OkStatus();
   }
   if (members.size() == 1) {
-    auto buf = std::make_shared<std::string>(first.size, '\0');
+    std::shared_ptr<std::string> buf = BufferPool::Default().Get(first.size);
     RETURN_IF_ERROR(
         reader_->DecodeChunk(members.front(), extent, absl::MakeSpan(*buf)));
     (*out)[members.front()] = std::move(buf);
@@ -162,12 +163,14 @@ void CachedLayer::RunFill(uint32_t group, Flight* flight,
   absl::flat_hash_map<uint32_t, absl::Status> errors;
   absl::Status st;
   const Chunk& first = cs[members.front()];
-  std::string extent;
+  std::shared_ptr<std::string> extent_buf;
+  absl::string_view extent;
   if (!first.zeros) {
     // One read of the member's extent, one pass of the decompressor.
-    extent.assign(first.blob_end - first.blob_offset, '\0');
-    st = reader_->source().ReadAt(first.blob_offset, absl::MakeSpan(extent),
-                                  priority);
+    extent_buf = BufferPool::Default().Get(first.blob_end - first.blob_offset);
+    extent = *extent_buf;
+    st = reader_->source().ReadAt(first.blob_offset,
+                                  absl::MakeSpan(*extent_buf), priority);
     fills_.fetch_add(1);
     if (priority == ReadPriority::kOnDemand) {
       on_demand_fills_.fetch_add(1);
@@ -314,10 +317,10 @@ absl::Status CachedLayer::FillSpan(const Span& span, ReadPriority priority) {
       continue;
     }
     // Not zero-filled: the source overwrites every byte (or fails).
-    std::unique_ptr<char[]> buf(new char[n]);
-    absl::Status st = reader_->source().ReadAt(
-        run.begin, absl::MakeSpan(buf.get(), n), priority);
-    const absl::string_view bytes(buf.get(), n);
+    std::shared_ptr<std::string> buf = BufferPool::Default().Get(n);
+    absl::Status st =
+        reader_->source().ReadAt(run.begin, absl::MakeSpan(*buf), priority);
+    const absl::string_view bytes(*buf);
     fills_.fetch_add(1);
     if (!st.ok()) {
       st = absl::Status(st.code(), absl::StrCat(reader_->source().Describe(),
@@ -371,7 +374,7 @@ absl::StatusOr<CachedLayer::ChunkData> CachedLayer::GetChunk(
   const Chunk& c = reader_->index().chunks()[chunk];
   // (Contains first: a chunk-sized buffer is only worth touching for a hit.)
   if (!c.zeros && cache_->Contains(c.digest)) {
-    auto buf = std::make_shared<std::string>(c.size, '\0');
+    std::shared_ptr<std::string> buf = BufferPool::Default().Get(c.size);
     ASSIGN_OR_RETURN(bool hit,
                      cache_->Read(c.digest, c.size, 0, absl::MakeSpan(*buf)));
     if (hit) {

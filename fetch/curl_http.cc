@@ -6,7 +6,9 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstring>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <queue>
@@ -111,7 +113,16 @@ struct Channel {
   absl::Status status ABSL_GUARDED_BY(mu);  // the final error, if done
   bool paused ABSL_GUARDED_BY(mu) = false;  // the loop paused the transfer
   bool cancelled ABSL_GUARDED_BY(mu) = false;
+  // While a reader waits in ReadInto, body bytes go straight to
+  // sink[sink_len, sink_cap) instead of `buf`; the reader is woken every
+  // kSinkWakeBytes, when the sink is full and when the transfer ends.
+  char* sink ABSL_GUARDED_BY(mu) = nullptr;
+  size_t sink_cap ABSL_GUARDED_BY(mu) = 0;
+  size_t sink_len ABSL_GUARDED_BY(mu) = 0;
+  size_t sink_woken ABSL_GUARDED_BY(mu) = 0;
 };
+
+constexpr size_t kSinkWakeBytes = 256 << 10;
 
 // Reads the system CA bundle once.
 const std::string& SystemCaBundle() {
@@ -771,14 +782,30 @@ size_t CurlHttpTransport::Loop::OnBody(Transfer* t, const char* data,
     return 0;
   }
   {
-    absl::MutexLock l(&t->ch->mu);
-    if (t->ch->cancelled) return 0;
-    if (t->ch->buf.size() >= opts_.reader_window) {
-      t->ch->paused = true;
-      return CURL_WRITEFUNC_PAUSE;  // curl hands the same bytes back later
+    Channel& c = *t->ch;
+    absl::MutexLock l(&c.mu);
+    if (c.cancelled) return 0;
+    size_t sunk = 0;
+    if (c.sink != nullptr) {
+      sunk = std::min(n, c.sink_cap - c.sink_len);
+      std::memcpy(c.sink + c.sink_len, data, sunk);
+      c.sink_len += sunk;
+      if (c.sink_len == c.sink_cap ||
+          c.sink_len - c.sink_woken >= kSinkWakeBytes) {
+        c.sink_woken = c.sink_len;
+        c.cv.SignalAll();
+      }
     }
-    t->ch->buf.append(data, n);
-    t->ch->cv.SignalAll();
+    if (sunk < n) {
+      // (Part of this piece went to the sink: the rest is kept whatever the
+      // window, since a pause would hand back the sunk part again.)
+      if (sunk == 0 && c.buf.size() >= opts_.reader_window) {
+        c.paused = true;
+        return CURL_WRITEFUNC_PAUSE;  // curl hands the same bytes back later
+      }
+      c.buf.append(data + sunk, n - sunk);
+      c.cv.SignalAll();
+    }
   }
   t->delivered += n;
   t->attempt_body += n;
@@ -930,6 +957,68 @@ class CurlBodyReader : public HttpBodyReader {
     absl::string_view out(cur_.data() + pos_, n);
     pos_ += n;
     return out;
+  }
+
+  absl::StatusOr<size_t> ReadInto(
+      absl::Span<char> dst,
+      const std::function<void(size_t)>& progress) override {
+    auto report = [&](size_t n) {
+      if (n != 0 && progress) progress(n);
+    };
+    // First what an earlier Read() took from the channel and left.
+    size_t got = std::min(dst.size(), cur_.size() - pos_);
+    std::memcpy(dst.data(), cur_.data() + pos_, got);
+    pos_ += got;
+    report(got);
+    if (got == dst.size()) return got;
+    // Then what the loop queued, and the rest straight from the loop.
+    bool resume = false;
+    size_t queued;
+    {
+      absl::MutexLock l(&ch_->mu);
+      queued = std::min(dst.size() - got, ch_->buf.size());
+      std::memcpy(dst.data() + got, ch_->buf.data(), queued);
+      ch_->buf.erase(0, queued);
+      if (ch_->paused) {
+        ch_->paused = false;
+        resume = true;
+      }
+      if (got + queued < dst.size()) {
+        ch_->sink = dst.data() + got + queued;
+        ch_->sink_cap = dst.size() - got - queued;
+        ch_->sink_len = ch_->sink_woken = 0;
+      }
+    }
+    if (resume) {
+      if (auto loop = loop_.lock()) loop->Resume(id_);
+    }
+    got += queued;
+    report(queued);
+    size_t seen = 0;  // sink bytes reported
+    while (got < dst.size()) {
+      size_t now;
+      bool end = false;
+      absl::Status st;
+      {
+        absl::MutexLock l(&ch_->mu);
+        while (ch_->sink_len == seen && !ch_->done) ch_->cv.Wait(&ch_->mu);
+        now = ch_->sink_len;
+        if (now == ch_->sink_cap || ch_->done) {
+          end = true;
+          st = ch_->status;
+          ch_->sink = nullptr;
+          ch_->sink_cap = ch_->sink_len = ch_->sink_woken = 0;
+        }
+      }
+      got += now - seen;
+      report(now - seen);
+      seen = now;
+      if (end) {
+        if (!st.ok()) return st;
+        break;
+      }
+    }
+    return got;
   }
 
  private:

@@ -266,6 +266,78 @@ TEST_F(CurlHttpTest, SlowReaderPausesTheTransferAndGetsEveryByte) {
   EXPECT_EQ((*s)->requests().size(), 1u);
 }
 
+// ReadInto takes what Read() left and what the loop queued (here enough to
+// pause the transfer), then has the loop write the rest straight into the
+// destination, across a resumed break in the body; what does not fit is left
+// for Read(), and the progress calls add up to the bytes written.
+TEST_F(CurlHttpTest, ReadIntoGetsEveryByteInOrderAndLeavesTheRest) {
+  CurlHttpOptions o;
+  o.reader_window = 64 << 10;
+  auto t = CurlHttpTransport::Create(o);
+  ASSERT_TRUE(t.ok());
+  const std::string body = Pattern(3 << 20);
+  std::atomic<int> n{0};
+  auto s =
+      LoopbackHttpServer::Start([&](const TestRequest& q, TestResponse* r) {
+        ServeRanges(body, q, r);
+        if (n.fetch_add(1) == 0) r->truncate_after = 1 << 20;
+      });
+  ASSERT_TRUE(s.ok());
+  auto reader = (*t)->Open(Get(**s, "/blob"));
+  ASSERT_TRUE(reader.ok()) << reader.status();
+  auto head = (*reader)->Read(1000);
+  ASSERT_TRUE(head.ok()) << head.status();
+  std::string got(head->data(), head->size());
+  absl::SleepFor(absl::Milliseconds(50));  // the window fills: paused
+  std::string dst(body.size() - got.size() - 5000, '\0');
+  size_t progressed = 0;
+  int calls = 0;
+  auto into = (*reader)->ReadInto(absl::MakeSpan(dst), [&](size_t k) {
+    progressed += k;
+    ++calls;
+  });
+  ASSERT_TRUE(into.ok()) << into.status();
+  EXPECT_EQ(*into, dst.size());
+  EXPECT_EQ(progressed, dst.size());
+  EXPECT_GT(calls, 2);  // as the bytes landed, not once at the end
+  got += dst;
+  while (true) {
+    auto piece = (*reader)->Read(4096);
+    ASSERT_TRUE(piece.ok()) << piece.status();
+    if (piece->empty()) break;
+    got.append(piece->data(), piece->size());
+  }
+  EXPECT_TRUE(got == body);
+  EXPECT_EQ((*s)->requests().size(), 2u);  // one resume after the break
+}
+
+// A destination larger than the body: ReadInto returns the body's length;
+// a failed transfer fails ReadInto.
+TEST_F(CurlHttpTest, ReadIntoStopsAtTheEndAndReportsFailures) {
+  const std::string body = Pattern(200000);
+  auto s = LoopbackHttpServer::Start(
+      [&](const TestRequest& q, TestResponse* r) { ServeRanges(body, q, r); });
+  ASSERT_TRUE(s.ok());
+  auto reader = http_->Open(Get(**s, "/blob"));
+  ASSERT_TRUE(reader.ok()) << reader.status();
+  std::string dst(body.size() + 100, '\0');
+  auto into = (*reader)->ReadInto(absl::MakeSpan(dst), nullptr);
+  ASSERT_TRUE(into.ok()) << into.status();
+  ASSERT_EQ(*into, body.size());
+  EXPECT_TRUE(dst.substr(0, body.size()) == body);
+
+  auto broken =
+      LoopbackHttpServer::Start([&](const TestRequest& q, TestResponse* r) {
+        ServeRanges(body, q, r);
+        r->truncate_after = 10000;  // every attempt: more than 5 needed
+      });
+  ASSERT_TRUE(broken.ok());
+  auto r2 = http_->Open(Get(**broken, "/blob"));
+  ASSERT_TRUE(r2.ok()) << r2.status();
+  auto failed = (*r2)->ReadInto(absl::MakeSpan(dst), nullptr);
+  EXPECT_FALSE(failed.ok());
+}
+
 TEST_F(CurlHttpTest, DroppingAReaderCancelsTheTransfer) {
   const std::string body = Pattern(16 << 20);
   auto s = LoopbackHttpServer::Start(

@@ -71,6 +71,20 @@ absl::StatusOr<HttpResponse> HttpTransport::Stream(
   return (*r)->response();
 }
 
+absl::StatusOr<size_t> HttpBodyReader::ReadInto(
+    absl::Span<char> dst, const std::function<void(size_t)>& progress) {
+  size_t got = 0;
+  while (got < dst.size()) {
+    absl::StatusOr<absl::string_view> piece = Read(dst.size() - got);
+    if (!piece.ok()) return piece.status();
+    if (piece->empty()) break;
+    std::memcpy(dst.data() + got, piece->data(), piece->size());
+    got += piece->size();
+    if (progress) progress(piece->size());
+  }
+  return got;
+}
+
 const char* HttpReasonPhrase(int status) {
   switch (status) {
     case 100:

@@ -40,6 +40,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
+#include "absl/types/span.h"
 
 namespace lazypull {
 
@@ -139,6 +140,16 @@ class HttpBodyReader {
   // Up to `max` next body bytes; an empty view is the end of the body. The
   // view stays valid until the next call. A failure is final.
   virtual absl::StatusOr<absl::string_view> Read(size_t max) = 0;
+
+  // Reads body bytes into `dst` until it is full or the body ends, and
+  // returns how many it wrote (fewer than dst.size() only at the end of the
+  // body). `progress(n)`, when given, is called on this thread as each batch
+  // of n more bytes has landed in `dst`, so that a caller can account for
+  // delivery while the transfer runs. Bytes beyond `dst` are left for
+  // Read(). A failure is final. This default copies from Read(); a transport
+  // may have the body written into `dst` directly, saving a copy.
+  virtual absl::StatusOr<size_t> ReadInto(
+      absl::Span<char> dst, const std::function<void(size_t)>& progress);
 };
 
 class HttpTransport {

@@ -11,6 +11,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "core/buffer_pool.h"
 #include "core/status_macros.h"
 
 namespace lazypull {
@@ -342,7 +343,7 @@ void HttpBlobSource::WorkerLoop() {
           stats_.max_concurrent, static_cast<uint64_t>(requests_in_flight_));
     }
 
-    auto buf = std::make_shared<std::string>();
+    std::shared_ptr<std::string> buf = BufferPool::Default().Get(hi - lo);
     absl::Status st = Fetch(lo, hi - 1, prio, buf.get());
     if (st.ok()) ExtendHash(lo, *buf);
     if (!st.ok()) {
@@ -582,28 +583,28 @@ absl::Status HttpBlobSource::Fetch(uint64_t first, uint64_t last,
         absl::StrCat(source, ": asked for bytes ", first, "-", last, " of ",
                      size(), ", got Content-Range \"", *cr_text, "\""));
   }
-  out->reserve(want);
-  while (true) {
-    ASSIGN_OR_RETURN(absl::string_view piece, r->Read(1 << 20));
-    if (piece.empty()) break;
-    bool wake = budget_->Delivered(piece.size());
-    if (charged != 0) {
-      const uint64_t n = std::min<uint64_t>(charged, piece.size());
-      charged -= n;
-      wake = budget_->Release(n) || wake;
-    }
-    if (wake) budget_->Notify();
-    if (out->size() + piece.size() > want) {
-      return absl::DataLossError(
-          absl::StrCat(source, ": the answer to bytes ", first, "-", last,
-                       " is longer than ", want, " bytes"));
-    }
-    out->append(piece.data(), piece.size());
-  }
-  if (out->size() != want) {
+  // The body goes straight into `out`, accounted for as it lands.
+  out->resize(want);  // (already so when it comes from the pool)
+  ASSIGN_OR_RETURN(const size_t got,
+                   r->ReadInto(absl::MakeSpan(*out), [&](size_t n) {
+                     bool wake = budget_->Delivered(n);
+                     if (charged != 0) {
+                       const uint64_t m = std::min<uint64_t>(charged, n);
+                       charged -= m;
+                       wake = budget_->Release(m) || wake;
+                     }
+                     if (wake) budget_->Notify();
+                   }));
+  if (got != want) {
     return absl::DataLossError(absl::StrCat(source, ": the answer to bytes ",
-                                            first, "-", last, " has ",
-                                            out->size(), " bytes, not ", want));
+                                            first, "-", last, " has ", got,
+                                            " bytes, not ", want));
+  }
+  ASSIGN_OR_RETURN(absl::string_view more, r->Read(1));
+  if (!more.empty()) {
+    return absl::DataLossError(
+        absl::StrCat(source, ": the answer to bytes ", first, "-", last,
+                     " is longer than ", want, " bytes"));
   }
   return absl::OkStatus();
 }
