@@ -59,6 +59,14 @@ std::string DefaultCacheDir();
 // Prints "lazypull <cmd>: <status message>" and returns 1.
 int Fail(const std::string& cmd, const absl::Status& status);
 
+// A usage error: prints "lazypull <spec.name>: <status message>", a blank
+// line and the command's usage, and returns 2.
+int UsageError(const CommandSpec& spec, const absl::Status& status);
+
+// InvalidArgument (a bad flag or argument) is a usage error; anything else
+// fails the command (Fail).
+int UsageErrorOrFail(const CommandSpec& spec, const absl::Status& status);
+
 }  // namespace lazypull::cli
 
 #endif  // LAZYPULL_CLI_COMMANDS_H_

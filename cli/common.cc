@@ -15,10 +15,7 @@ std::optional<ParsedArgs> ParseOrExit(const CommandSpec& spec, int argc,
                                       char** argv, int* exit_code) {
   absl::StatusOr<ParsedArgs> args = Parse(spec, argc, argv);
   if (!args.ok()) {
-    std::cerr << "lazypull " << spec.name << ": " << args.status().message()
-              << "\n\n"
-              << Usage(spec);
-    *exit_code = 2;
+    *exit_code = UsageError(spec, args.status());
     return std::nullopt;
   }
   if (args->help) {
@@ -86,6 +83,18 @@ std::string DefaultCacheDir() {
 int Fail(const std::string& cmd, const absl::Status& status) {
   std::cerr << "lazypull " << cmd << ": " << status.message() << "\n";
   return 1;
+}
+
+int UsageError(const CommandSpec& spec, const absl::Status& status) {
+  std::cerr << "lazypull " << spec.name << ": " << status.message() << "\n\n"
+            << Usage(spec);
+  return 2;
+}
+
+int UsageErrorOrFail(const CommandSpec& spec, const absl::Status& status) {
+  return status.code() == absl::StatusCode::kInvalidArgument
+             ? UsageError(spec, status)
+             : Fail(spec.name, status);
 }
 
 }  // namespace lazypull::cli

@@ -130,9 +130,7 @@ int ConvertMain(int argc, char** argv) {
   absl::StatusOr<LayerWriterOptions> options =
       LayerWriterOptionsFromArgs(*args);
   if (!options.ok()) {
-    std::cerr << "lazypull convert: " << options.status().message() << "\n\n"
-              << Usage(kSpec);
-    return 2;
+    return UsageError(kSpec, options.status());
   }
   absl::StatusOr<LayerWriteResult> r =
       ConvertLayerFile(args->positionals[0], args->positionals[1], *options);

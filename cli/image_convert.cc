@@ -70,11 +70,7 @@ int ImageConvertMain(int argc, char** argv) {
   const CommandSpec spec = ConvertSpec();
   std::optional<ParsedArgs> args = ParseOrExit(spec, argc, argv, &code);
   if (!args) return code;
-  auto usage = [&](const absl::Status& st) {
-    std::cerr << "lazypull image convert: " << st.message() << "\n\n"
-              << Usage(spec);
-    return 2;
-  };
+  auto usage = [&](const absl::Status& st) { return UsageError(spec, st); };
   absl::StatusOr<ImageLocation> src =
       ImageLocation::Parse(args->positionals[0]);
   if (!src.ok()) return usage(src.status());
@@ -86,11 +82,7 @@ int ImageConvertMain(int argc, char** argv) {
 
   absl::StatusOr<std::unique_ptr<RegistrySession>> session =
       OpenRegistrySession(*args);
-  if (!session.ok()) {
-    return session.status().code() == absl::StatusCode::kInvalidArgument
-               ? usage(session.status())
-               : Fail("image convert", session.status());
-  }
+  if (!session.ok()) return UsageErrorOrFail(spec, session.status());
   const RegistryOptions& ro = (*session)->options;
   ImageConvertOptions o;
   o.layer = *lo;

@@ -28,6 +28,7 @@
 #include "absl/strings/str_split.h"
 #include "cli/commands.h"
 #include "cli/network_flags.h"
+#include "cli/quiet_wait.h"
 #include "core/cached_layer.h"
 #include "core/disk_chunk_cache.h"
 #include "core/errno_status.h"
@@ -93,6 +94,8 @@ struct FetchTuning {
   // Prefetch and background fetch go in spans of this many blob bytes (the
   // prefetch split).
   uint64_t span_size = kSpanSize;
+  // When background fetch starts after the prefetch.
+  QuietOptions quiet;
 };
 
 absl::Status ParseCount(const ParsedArgs& args, const char* flag, int lo,
@@ -162,6 +165,14 @@ absl::StatusOr<FetchTuning> FetchTuningFromArgs(const ParsedArgs& args) {
   RETURN_IF_ERROR(
       ParseCount(args, "background-streams", 1, 256, &t.background_streams));
   RETURN_IF_ERROR(ParseBytes(args, "background-rate", &t.background_rate));
+  int after_misses = static_cast<int>(t.quiet.busy_misses);
+  RETURN_IF_ERROR(
+      ParseCount(args, "background-after-misses", 0, 1 << 20, &after_misses));
+  t.quiet.busy_misses = static_cast<uint64_t>(after_misses);
+  int quiet_ms = static_cast<int>(absl::ToInt64Milliseconds(t.quiet.quiet));
+  RETURN_IF_ERROR(
+      ParseCount(args, "background-quiet-ms", 0, 600000, &quiet_ms));
+  t.quiet.quiet = absl::Milliseconds(quiet_ms);
   RETURN_IF_ERROR(ParseBytes(args, "span-size", &t.span_size));
   if (t.span_size < 4096) {
     return absl::InvalidArgumentError("--span-size must be >= 4K");
@@ -201,39 +212,19 @@ class RateLimiter {
   absl::Time next_ = absl::InfinitePast();
 };
 
-// Background fetch first lets a starting workload run on what the prefetch
-// brought (its fills would take CPU and link from it): it waits until no
-// read of any layer of the image has missed the cache for kQuietPeriod,
-// unless reads keep missing (kBusyMisses since the wait began: the workload
-// needs more than was prefetched, and background fetch is what helps it).
-constexpr absl::Duration kQuietPeriod = absl::Milliseconds(300);
-constexpr uint64_t kBusyMisses = 4;
-
-void WaitForQuiet(const std::vector<std::unique_ptr<LayerMount>>& layers,
-                  const std::atomic<bool>* stop) {
-  auto misses = [&](int64_t* last_ns) {
-    uint64_t n = 0;
-    *last_ns = 0;
-    for (const auto& m : layers) {
-      if (!m->lazy) continue;
-      const CachedLayerStats s = m->served->layer().stats();
-      n += s.on_demand_fills;
-      *last_ns = std::max(*last_ns, s.last_on_demand_fill_ns);
-    }
-    return n;
-  };
-  int64_t last_ns;
-  const uint64_t at_start = misses(&last_ns);
-  const auto start = std::chrono::steady_clock::now();
-  while (!stop->load()) {
-    const uint64_t n = misses(&last_ns);
-    if (n - at_start >= kBusyMisses) return;
-    const auto now = std::chrono::steady_clock::now();
-    const auto last = std::max(start, std::chrono::steady_clock::time_point(
-                                          std::chrono::nanoseconds(last_ns)));
-    if (now - last >= absl::ToChronoNanoseconds(kQuietPeriod)) return;
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+// The misses of every lazy layer of the image, for WaitForQuiet.
+MissSample ImageMisses(const std::vector<std::unique_ptr<LayerMount>>& layers) {
+  MissSample s;
+  int64_t last_ns = 0;
+  for (const auto& m : layers) {
+    if (!m->lazy) continue;
+    const CachedLayerStats st = m->served->layer().stats();
+    s.misses += st.on_demand_fills;
+    last_ns = std::max(last_ns, st.last_on_demand_fill_ns);
   }
+  s.last =
+      std::chrono::steady_clock::time_point(std::chrono::nanoseconds(last_ns));
+  return s;
 }
 
 std::string LayerName(const LayerMount& m, size_t n) {
@@ -450,6 +441,15 @@ std::vector<FlagSpec> ImageMountFlags() {
                "with --background-bytes auto: the cap is G times the "
                "measured bandwidth-delay product (default 2; what it may "
                "queue at the link is about G - 1 of it)"});
+  f.push_back(
+      {"background-quiet-ms", "MS",
+       absl::StrCat("background fetch starts once no read has missed "
+                    "the cache for MS milliseconds (default ",
+                    absl::ToInt64Milliseconds(QuietOptions().quiet), ")...")});
+  f.push_back({"background-after-misses", "N",
+               absl::StrCat("...or once N reads have missed it since the "
+                            "prefetch (default ",
+                            QuietOptions().busy_misses, "; 0 = at once)")});
   f.push_back({"background-rate", "BYTES",
                "cap background fetching at BYTES per second per layer "
                "(default: no cap)"});
@@ -840,8 +840,11 @@ absl::Status ServeImage(
       }
       pf_cv.notify_all();
       if (!background || stop.load()) return;
-      WaitForQuiet(layers, &stop);
+      const QuietOutcome quiet =
+          WaitForQuiet([&] { return ImageMisses(layers); }, stop, tuning.quiet);
       if (stop.load()) return;
+      LogInfo(name, ": background fetch starts (", QuietOutcomeName(quiet),
+              ")");
       std::vector<uint32_t> rest;
       for (uint32_t c = 0; c < idx.chunks().size(); ++c) {
         if (!in_first[c]) rest.push_back(c);

@@ -438,10 +438,7 @@ int OptimizeMain(int argc, char** argv) {
   const CommandSpec spec = OptimizeSpec();
   std::optional<ParsedArgs> args = ParseOrExit(spec, argc, argv, &code);
   if (!args) return code;
-  auto usage = [&](const absl::Status& st) {
-    std::cerr << "lazypull optimize: " << st.message() << "\n\n" << Usage(spec);
-    return 2;
-  };
+  auto usage = [&](const absl::Status& st) { return UsageError(spec, st); };
   OptimizeOptions o;
   if (absl::Status st = WorkloadOptionsFromArgs(*args, &o); !st.ok()) {
     return usage(st);
@@ -474,11 +471,7 @@ int OptimizeMain(int argc, char** argv) {
     if (!dl.ok()) return usage(dl.status());
     absl::StatusOr<std::unique_ptr<RegistrySession>> session =
         OpenRegistrySession(*args);
-    if (!session.ok()) {
-      return session.status().code() == absl::StatusCode::kInvalidArgument
-                 ? usage(session.status())
-                 : Fail("optimize", session.status());
-    }
+    if (!session.ok()) return UsageErrorOrFail(spec, session.status());
     const RegistryOptions& ro = (*session)->options;
     absl::StatusOr<std::unique_ptr<ImageReader>> reader =
         OpenImageReader(*sl, ro);

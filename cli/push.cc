@@ -70,10 +70,7 @@ int PushMain(int argc, char** argv) {
   const CommandSpec spec = Spec();
   std::optional<ParsedArgs> args = ParseOrExit(spec, argc, argv, &code);
   if (!args) return code;
-  auto usage = [&](const absl::Status& st) {
-    std::cerr << "lazypull push: " << st.message() << "\n\n" << Usage(spec);
-    return 2;
-  };
+  auto usage = [&](const absl::Status& st) { return UsageError(spec, st); };
   const std::string& src_text = args->positionals[0];
   std::optional<ImageLocation> src_layout;
   if (absl::StartsWith(src_text, "oci:")) {
@@ -94,11 +91,7 @@ int PushMain(int argc, char** argv) {
 
   absl::StatusOr<std::unique_ptr<RegistrySession>> session =
       OpenRegistrySession(*args);
-  if (!session.ok()) {
-    return session.status().code() == absl::StatusCode::kInvalidArgument
-               ? usage(session.status())
-               : Fail("push", session.status());
-  }
+  if (!session.ok()) return UsageErrorOrFail(spec, session.status());
   const RegistryOptions& ro = (*session)->options;
 
   ImageConvertOptions o;

@@ -307,8 +307,14 @@ TEST_F(RegistryMountTest, MountMatchesPullAndUnmounts) {
     EXPECT_EQ(access(marker.c_str(), F_OK), 0)
         << "layer " << layer << ": " << ReadAll(cache_dir() + "/lazypull.log");
   }
-  EXPECT_TRUE(absl::StrContains(ReadAll(cache_dir() + "/lazypull.log"),
-                                "whole blob verified"));
+  const std::string mount_log = ReadAll(cache_dir() + "/lazypull.log");
+  EXPECT_TRUE(absl::StrContains(mount_log, "whole blob verified"));
+  // Background fetch began once the (idle) workload let it: after a quiet
+  // period, for every lazy layer.
+  EXPECT_TRUE(absl::StrContains(
+      mount_log,
+      "background fetch starts (no read has missed the cache for a while)"))
+      << mount_log;
 
   // A full pull unpacks an eStargz layer's TOC entry and landmark as the
   // files they are in the tar; a lazy mount hides them (runtime.md §5).
@@ -518,14 +524,20 @@ TEST_F(RegistryMountTest, FetchKnobsAreFlags) {
   LayerBlob l = Convert(b.Finish(), "knobs", {"--chunk-size", "64K"});
   const std::string ref = Push("test/knobs", {l});
   const std::string mnt = dir_ + "/mnt-knobs";
-  testing::RunResult m = Mount(
-      ref, mnt,
-      {"--http1.1", "--max-requests",     "2",  "--reserved-on-demand",
-       "1",         "--prefetch-streams", "1",  "--background-streams",
-       "1",         "--coalesce-gap",     "0",  "--max-request-size",
-       "16K",       "--readahead-chunks", "0",  "--background-bytes",
-       "64K",       "--background-rate",  "2M", "--max-connections-per-host",
-       "2"});
+  testing::RunResult m =
+      Mount(ref, mnt, {"--http1.1", "--max-requests",
+                       "2",         "--reserved-on-demand",
+                       "1",         "--prefetch-streams",
+                       "1",         "--background-streams",
+                       "1",         "--coalesce-gap",
+                       "0",         "--max-request-size",
+                       "16K",       "--readahead-chunks",
+                       "0",         "--background-bytes",
+                       "64K",       "--background-rate",
+                       "2M",        "--max-connections-per-host",
+                       "2",         "--background-after-misses",
+                       "0",         "--background-quiet-ms",
+                       "50"});
   ASSERT_EQ(m.exit_code, 0) << m.err << m.out;
   EXPECT_EQ(ReadAll(mnt + "/data/a"), Payload(600 << 10, 11));
   EXPECT_EQ(ReadAll(mnt + "/data/b"), Payload(300 << 10, 12));
@@ -553,6 +565,8 @@ TEST_F(RegistryMountTest, FetchKnobsAreFlags) {
            {"--max-streams-per-connection", "0"},
            {"--background-bytes", "0"},
            {"--background-gain", "0.5"},
+           {"--background-after-misses", "-3"},
+           {"--background-quiet-ms", "soon"},
            {"--span-size", "1"}}) {
     testing::RunResult r = Mount(ref, dir_ + "/mnt-bad", bad);
     EXPECT_EQ(r.exit_code, 2) << bad[0] << ": " << r.err;
