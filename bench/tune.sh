@@ -3,7 +3,8 @@
 # moved at a time from the defaults, every point run on the same images
 # (bench/coldstart.sh --sweep), plus the converter's chunk size (its own
 # images). Writes OUT/sweep.md (medians per workload, geometric mean, ratio
-# to the defaults) for bench/TUNING.md. As root; ~25 min.
+# to the defaults) for bench/TUNING.md. As root; ~20 min with one run per
+# cell, ~50 min with --runs 3 (the default is 2).
 #   bench/tune.sh [--runs N] [--profile P] [--out DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,6 +31,8 @@ background-bytes-1M	--background-bytes 1M
 background-bytes-16M	--background-bytes 16M
 background-gain-1.25	--background-gain 1.25
 no-early-prefetch	--no-early-prefetch
+after-misses-16	--background-after-misses 16
+quiet-100ms	--background-quiet-ms 100
 max-request-size-1M	--max-request-size 1M
 coalesce-gap-0	--coalesce-gap 0
 coalesce-gap-1M	--coalesce-gap 1M
