@@ -11,7 +11,7 @@ std::shared_ptr<BufferPool> BufferPool::Create(size_t max_idle_bytes) {
 
 BufferPool& BufferPool::Default() {
   static BufferPool* pool = [] {
-    auto* keep = new std::shared_ptr<BufferPool>(Create(32 << 20));
+    auto* keep = new std::shared_ptr<BufferPool>(Create(16 << 20));
     return keep->get();
   }();
   return *pool;

@@ -39,7 +39,7 @@ class BufferPool : public std::enable_shared_from_this<BufferPool> {
   static constexpr size_t kMinPooled = 64 << 10;
 
   static std::shared_ptr<BufferPool> Create(size_t max_idle_bytes);
-  // The process-wide pool of the fill path (32 MiB idle at most).
+  // The process-wide pool of the fill path (16 MiB idle at most).
   static BufferPool& Default();
 
   // A buffer of exactly n bytes, contents unspecified (see above).
