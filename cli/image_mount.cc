@@ -227,6 +227,17 @@ MissSample ImageMisses(const std::vector<std::unique_ptr<LayerMount>>& layers) {
   return s;
 }
 
+// "N range bytes received for M distinct blob bytes": what a layer's
+// fetching cost on the link against what it brought.
+std::string FetchedSummary(const CachedLayer& layer,
+                           const HttpBlobSource& source) {
+  const HttpBlobSourceStats ss = source.stats();
+  return absl::StrCat(ss.bytes, " range bytes received for ",
+                      layer.fetched_blob_bytes(), " distinct blob bytes, ",
+                      layer.stats().on_demand_fills, " on-demand fills, ",
+                      ss.shared, " reads shared a request");
+}
+
 std::string LayerName(const LayerMount& m, size_t n) {
   return absl::StrCat("layer ", m.index, "/", n, " (", m.desc.digest.ToString(),
                       ")");
@@ -830,7 +841,8 @@ absl::Status ServeImage(
         LogInfo(
             name, ": prefetched ", first.size(), " chunks (",
             source->stats().warm_hits,
-            " pieces fetched ahead while the TOC was indexed)",
+            " pieces fetched ahead while the TOC was indexed; ",
+            FetchedSummary(*layer, *source), ")",
             errors.load() ? absl::StrCat(" (", errors.load(), " failed)") : "");
       }
       source->DropWarm();  // what the prefetch did not use
@@ -856,7 +868,8 @@ absl::Status ServeImage(
       if (stop.load()) return;
       const BackgroundBudget& budget = *tuning.source.background_budget;
       LogInfo(name, ": background fetch done (", layer->fetched_blob_bytes(),
-              " of ", layer->reader().blob_size(), " blob bytes fetched",
+              " of ", layer->reader().blob_size(), " blob bytes fetched; ",
+              FetchedSummary(*layer, *source),
               errors.load() ? absl::StrCat(", ", errors.load(), " failed") : "",
               "; link: RTT ", absl::FormatDuration(budget.min_rtt()), ", ",
               static_cast<uint64_t>(budget.bandwidth() / 1e3),

@@ -199,7 +199,12 @@ absl::Status HttpBlobSource::ReadAt(uint64_t offset, absl::Span<char> dst,
       std::memcpy(dst.data() + (part.o - offset),
                   p.data->data() + p.data_offset + (part.o - p.first),
                   part.len);
-      if (p.warm) ConsumeWarm(part.piece, part.len);
+      // Only the prefetch's reads use up a warm piece (they never overlap);
+      // other reads of its bytes would be counted twice and let it go
+      // before the prefetch got to all of them.
+      if (p.warm && priority == ReadPriority::kPrefetch) {
+        ConsumeWarm(part.piece, part.len);
+      }
     }
   }
   return st;

@@ -140,9 +140,10 @@ class HttpBlobSource : public BlobSource {
   // Starts fetching [offset, offset + len) at prefetch priority with no
   // reader waiting yet, up to `max_warm_bytes` in all, and keeps what
   // arrives for the reads that follow (prefetch reads are cut on the same
-  // 1 MiB grid, so they find it) until every byte of a piece was read once,
-  // or DropWarm(). For starting a layer's
-  // prefetch while its TOC is still being parsed and indexed.
+  // 1 MiB grid, so they find it) until prefetch-priority reads have read
+  // every byte of a piece once (other reads use warm pieces too, but do not
+  // use them up), or DropWarm(). For starting a layer's prefetch while its
+  // TOC is still being parsed and indexed.
   void Warm(uint64_t offset, uint64_t len);
   // Frees what Warm() kept; later completions of its requests are not kept.
   void DropWarm();

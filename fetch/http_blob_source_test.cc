@@ -279,6 +279,29 @@ TEST_F(HttpBlobSourceTest, WarmedBytesServeTheReadsThatFollow) {
   EXPECT_EQ(capped.stats().requests, 0u);
 }
 
+// An on-demand read that lands in a warm piece does not count towards the
+// prefetch's reads of it: the piece stays until the prefetch has read it
+// all, and its second half is not fetched again.
+TEST_F(HttpBlobSourceTest, OnDemandReadsDoNotUseUpWarmPieces) {
+  HttpBlobSource src(client_, desc_);
+  src.Warm(0, blob_.size());  // one 1 MiB piece
+  for (int i = 0; i < 1000 && src.stats().bytes < blob_.size(); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  ASSERT_EQ(src.stats().bytes, blob_.size());
+  const uint64_t requests = src.stats().requests;
+  std::string od(600000, '\0');
+  ASSERT_TRUE(src.ReadAt(0, absl::MakeSpan(od)).ok());
+  const size_t half = blob_.size() / 2;
+  std::string a(half, '\0'), b(blob_.size() - half, '\0');
+  ASSERT_TRUE(src.ReadAt(0, absl::MakeSpan(a), ReadPriority::kPrefetch).ok());
+  ASSERT_TRUE(
+      src.ReadAt(half, absl::MakeSpan(b), ReadPriority::kPrefetch).ok());
+  EXPECT_EQ(od, blob_.substr(0, od.size()));
+  EXPECT_TRUE(a + b == blob_);
+  EXPECT_EQ(src.stats().requests, requests);  // all from the warm piece
+}
+
 TEST_F(HttpBlobSourceTest, ReadsSplitDifferentlyCopyTheRightBytes) {
   // A background read cut in 16 KiB pieces joins two on-demand pieces in
   // flight: its piece at 56384 is served by the long one, [50000, 150000),
