@@ -170,11 +170,17 @@ absl::Status HttpBlobSource::ReadAt(uint64_t offset, absl::Span<char> dst,
   {
     absl::MutexLock l(&mu_);
     for (uint64_t o = offset; o < offset + n;) {
-      const uint64_t len = PieceLen(o, offset + n, priority);
-      std::shared_ptr<Piece> found = FindCovering(o, len, priority);
+      uint64_t len = PieceLen(o, offset + n, priority);
+      // A piece holding byte o serves as much of the range as it holds;
+      // else a new one runs up to where the next begins: no byte is
+      // fetched twice, however the pieces are cut.
+      std::shared_ptr<Piece> found = FindHolding(o, priority);
       if (found) {
+        len = std::min(len, found->end() - o);
         ++stats_.shared;
+        if (found->warm) ++stats_.warm_hits;
       } else {
+        len = NextPieceStart(o, o + len) - o;
         found = std::make_shared<Piece>();
         found->first = o;
         found->len = len;
@@ -222,27 +228,37 @@ uint64_t HttpBlobSource::PieceLen(uint64_t o, uint64_t end,
   return len;
 }
 
-std::shared_ptr<HttpBlobSource::Piece> HttpBlobSource::FindCovering(
-    uint64_t o, uint64_t len, ReadPriority priority) {
-  auto covers = [&](const std::shared_ptr<Piece>& p) {
-    return p->first <= o && p->end() >= o + len;
+std::shared_ptr<HttpBlobSource::Piece> HttpBlobSource::FindHolding(
+    uint64_t o, ReadPriority priority) {
+  auto holds = [&](const std::shared_ptr<Piece>& p) {
+    return p->first <= o && o < p->end();
   };
   std::shared_ptr<Piece> found;
   for (const auto& p : queued_) {
-    if (covers(p)) {
+    if (holds(p)) {
       if (Rank(priority) < Rank(p->priority)) p->priority = priority;
       found = p;
       break;
     }
   }
   for (size_t i = 0; !found && i < in_flight_.size(); ++i) {
-    if (covers(in_flight_[i])) found = in_flight_[i];
+    if (holds(in_flight_[i])) found = in_flight_[i];
   }
   for (size_t i = 0; !found && i < warm_.size(); ++i) {
-    if (covers(warm_[i])) found = warm_[i];
+    if (holds(warm_[i])) found = warm_[i];
   }
-  if (found && found->warm) ++stats_.warm_hits;
   return found;
+}
+
+uint64_t HttpBlobSource::NextPieceStart(uint64_t o, uint64_t limit) const {
+  uint64_t next = limit;
+  auto consider = [&](const std::shared_ptr<Piece>& p) {
+    if (p->first > o && p->first < next) next = p->first;
+  };
+  for (const auto& p : queued_) consider(p);
+  for (const auto& p : in_flight_) consider(p);
+  for (const auto& p : warm_) consider(p);
+  return next;
 }
 
 void HttpBlobSource::Warm(uint64_t offset, uint64_t len) {
@@ -250,18 +266,21 @@ void HttpBlobSource::Warm(uint64_t offset, uint64_t len) {
   if (!warm_open_ || offset >= size()) return;
   const uint64_t end = offset + std::min(len, size() - offset);
   for (uint64_t o = offset; o < end;) {
-    const uint64_t n = PieceLen(o, end, ReadPriority::kPrefetch);
-    if (warm_bytes_ + n > options_.max_warm_bytes) break;
-    if (FindCovering(o, n, ReadPriority::kPrefetch) == nullptr) {
-      auto p = std::make_shared<Piece>();
-      p->first = o;
-      p->len = n;
-      p->priority = ReadPriority::kPrefetch;
-      p->seq = next_seq_++;
-      p->warm = true;
-      queued_.push_back(std::move(p));
-      warm_bytes_ += n;
+    if (std::shared_ptr<Piece> held = FindHolding(o, ReadPriority::kPrefetch)) {
+      o = held->end();  // on its way or here already
+      continue;
     }
+    const uint64_t n =
+        NextPieceStart(o, o + PieceLen(o, end, ReadPriority::kPrefetch)) - o;
+    if (warm_bytes_ + n > options_.max_warm_bytes) break;
+    auto p = std::make_shared<Piece>();
+    p->first = o;
+    p->len = n;
+    p->priority = ReadPriority::kPrefetch;
+    p->seq = next_seq_++;
+    p->warm = true;
+    queued_.push_back(std::move(p));
+    warm_bytes_ += n;
     o += n;
   }
 }

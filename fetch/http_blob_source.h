@@ -6,9 +6,11 @@
 // A range scheduler sits between ReadAt and the network:
 //  - Every ReadAt is cut into pieces of at most `max_request_size` bytes
 //    (background: the budget's piece size; prefetch: never across a 1 MiB
-//    grid line). A piece already queued, in flight or warm (below) that
-//    covers a new one is shared (single-flight): the bytes are fetched once
-//    and handed to every waiter, each copying exactly its own sub-range.
+//    grid line). Where a piece already queued, in flight or warm (below)
+//    holds the read's next byte, it serves as much of the read as it holds
+//    (single-flight), and a new piece ends where the next existing one
+//    begins: every byte is fetched once and handed to every waiter, each
+//    copying exactly its own sub-range.
 //  - Queued pieces are dispatched most urgent first (ReadPriority:
 //    on-demand > prefetch > background). A dispatched piece absorbs queued
 //    pieces of the same or a more urgent class that lie within
@@ -165,10 +167,13 @@ class HttpBlobSource : public BlobSource {
   // The length of the piece of a read of class `prio` starting at `o`
   // (ending at most at `end`).
   uint64_t PieceLen(uint64_t o, uint64_t end, ReadPriority prio) const;
-  // A queued, in-flight or warm piece holding [o, o + len) (a queued one is
-  // raised to `prio` if that is more urgent), or null. REQUIRES: mu_ held.
-  std::shared_ptr<Piece> FindCovering(uint64_t o, uint64_t len,
-                                      ReadPriority prio)
+  // A queued, in-flight or warm piece holding byte o (a queued one is
+  // raised to `priority` if that is more urgent), or null.
+  std::shared_ptr<Piece> FindHolding(uint64_t o, ReadPriority priority)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The first byte after o, below `limit`, where a queued, in-flight or warm
+  // piece begins; `limit` if none does.
+  uint64_t NextPieceStart(uint64_t o, uint64_t limit) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   static constexpr uint64_t kWarmGrid = 1 << 20;
   // Counts `n` bytes of warm piece `p` as read; a piece read in full is

@@ -333,6 +333,29 @@ TEST_F(HttpBlobSourceTest, ReadsSplitDifferentlyCopyTheRightBytes) {
   EXPECT_GE(src.stats().shared, 1u);
 }
 
+// A read overlapping pieces in flight at both ends fetches only the bytes
+// between them: nothing twice, and every byte right.
+TEST_F(HttpBlobSourceTest, OverlappingReadsFetchEveryByteOnce) {
+  delay_ms_ = 100;
+  HttpBlobSourceOptions o;
+  o.coalesce_gap = 0;
+  HttpBlobSource src(client_, desc_, o);
+  auto on_demand = [&](uint64_t off, uint64_t len) {
+    std::string x(len, '\0');
+    ASSERT_TRUE(src.ReadAt(off, absl::MakeSpan(x)).ok());
+    EXPECT_EQ(x, blob_.substr(off, x.size()));
+  };
+  std::thread left(on_demand, 100000, 200000);   // [100000, 300000)
+  std::thread right(on_demand, 500000, 100000);  // [500000, 600000)
+  std::this_thread::sleep_for(std::chrono::milliseconds(30));
+  on_demand(250000, 300000);  // [250000, 550000): only [300000, 500000) new
+  left.join();
+  right.join();
+  EXPECT_EQ(src.stats().requests, 3u);
+  EXPECT_EQ(src.stats().bytes, 500000u);  // 200000 + 100000 + 200000
+  EXPECT_EQ(src.stats().shared, 2u);
+}
+
 TEST_F(HttpBlobSourceTest, ReadsTheRightBytes) {
   HttpBlobSourceOptions o;
   o.max_request_size = 100000;  // a 300 KB read is split
