@@ -227,8 +227,8 @@ MissSample ImageMisses(const std::vector<std::unique_ptr<LayerMount>>& layers) {
   return s;
 }
 
-// "N range bytes received for M distinct blob bytes": what a layer's
-// fetching cost on the link against what it brought.
+// What a layer's fetching cost on the link against what it brought: range
+// bytes received, distinct blob bytes, on-demand fills, shared reads.
 std::string FetchedSummary(const CachedLayer& layer,
                            const HttpBlobSource& source) {
   const HttpBlobSourceStats ss = source.stats();

@@ -28,7 +28,7 @@ const char* QuietOutcomeName(QuietOutcome o) {
     case QuietOutcome::kQuiet:
       return "no read has missed the cache for a while";
     case QuietOutcome::kBusy:
-      return "reads keep missing the cache";
+      return "enough reads have missed the cache since the prefetch";
     case QuietOutcome::kStopped:
       return "stopped";
   }

@@ -205,9 +205,11 @@ absl::Status HttpBlobSource::ReadAt(uint64_t offset, absl::Span<char> dst,
       std::memcpy(dst.data() + (part.o - offset),
                   p.data->data() + p.data_offset + (part.o - p.first),
                   part.len);
-      // Only the prefetch's reads use up a warm piece (they never overlap);
-      // other reads of its bytes would be counted twice and let it go
-      // before the prefetch got to all of them.
+      // Only prefetch-priority reads (the prefetch's spans and read-ahead)
+      // use up a warm piece: on-demand reads of its bytes would be counted
+      // again when the prefetch reads them, and let it go too soon. (Spans
+      // and read-ahead can still overlap now and then: RESULTS, "Bytes
+      // fetched twice".)
       if (p.warm && priority == ReadPriority::kPrefetch) {
         ConsumeWarm(part.piece, part.len);
       }

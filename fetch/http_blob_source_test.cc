@@ -68,6 +68,12 @@ class HttpBlobSourceTest : public ::testing::Test {
     desc_.size = static_cast<int64_t>(blob_.size());
   }
 
+  // An on-demand read of [off, off + len) gets the blob's bytes.
+  void ExpectOnDemandRead(HttpBlobSource* src, uint64_t off, uint64_t len) {
+    std::string x(len, '\0');
+    ASSERT_TRUE(src->ReadAt(off, absl::MakeSpan(x)).ok());
+    EXPECT_EQ(x, blob_.substr(off, x.size()));
+  }
   void Handle(const TestRequest& req, TestResponse* resp) {
     if (delay_ms_ > 0) resp->delay = absl::Milliseconds(delay_ms_.load());
     auto it = req.headers.find("range");
@@ -316,9 +322,7 @@ TEST_F(HttpBlobSourceTest, ReadsSplitDifferentlyCopyTheRightBytes) {
   o.coalesce_gap = 0;
   HttpBlobSource src(client_, desc_, o);
   auto on_demand = [&](uint64_t off, uint64_t len) {
-    std::string x(len, '\0');
-    ASSERT_TRUE(src.ReadAt(off, absl::MakeSpan(x)).ok());
-    EXPECT_EQ(x, blob_.substr(off, x.size()));
+    ExpectOnDemandRead(&src, off, len);
   };
   std::thread short_od(on_demand, 70000, 25000);  // in flight first
   std::this_thread::sleep_for(std::chrono::milliseconds(10));
@@ -341,9 +345,7 @@ TEST_F(HttpBlobSourceTest, OverlappingReadsFetchEveryByteOnce) {
   o.coalesce_gap = 0;
   HttpBlobSource src(client_, desc_, o);
   auto on_demand = [&](uint64_t off, uint64_t len) {
-    std::string x(len, '\0');
-    ASSERT_TRUE(src.ReadAt(off, absl::MakeSpan(x)).ok());
-    EXPECT_EQ(x, blob_.substr(off, x.size()));
+    ExpectOnDemandRead(&src, off, len);
   };
   std::thread left(on_demand, 100000, 200000);   // [100000, 300000)
   std::thread right(on_demand, 500000, 100000);  // [500000, 600000)
