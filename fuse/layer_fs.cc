@@ -4,6 +4,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
+#include <time.h>
 
 #include <algorithm>
 #include <string>
@@ -103,23 +104,47 @@ void LayerFs::RecordError(const std::string& message) {
 }
 
 std::string LayerFs::StateJson() const {
-  JsonWriter w;
-  w.BeginObject();
+  std::string error;
   {
     absl::MutexLock l(&mu_);
-    w.Key("error").String(last_error_);
+    error = last_error_;
   }
   const uint64_t size = layer_->reader().blob_size();
-  const uint64_t fetched = std::min(size, layer_->fetched_blob_bytes());
-  w.Key("digest").String(options_.state_digest);
-  w.Key("size").Uint(size);
-  w.Key("fetchedSize").Uint(fetched);
-  w.Key("fetchedPercent")
-      .Double(size == 0 ? 100.0
-                        : 100.0 * static_cast<double>(fetched) /
-                              static_cast<double>(size));
-  w.EndObject();
-  return w.Release() + "\n";
+  return FormatState(std::move(error), options_.state_digest, size,
+                     std::min(size, layer_->fetched_blob_bytes()));
+}
+
+std::string LayerFs::FormatState(std::string error, absl::string_view digest,
+                                 uint64_t size, uint64_t fetched) {
+  for (;;) {
+    JsonWriter w;
+    w.BeginObject();
+    w.Key("error").String(error);
+    w.Key("digest").String(digest);
+    w.Key("size").Uint(size);
+    w.Key("fetchedSize").Uint(fetched);
+    w.Key("fetchedPercent")
+        .Double(size == 0 ? 100.0
+                          : 100.0 * static_cast<double>(fetched) /
+                                static_cast<double>(size));
+    w.EndObject();
+    std::string json = w.Release();
+    if (json.size() < kStateFileSize || error.empty()) {
+      json.resize(std::max(json.size() + 1, kStateFileSize), ' ');
+      json.back() = '\n';
+      return json;
+    }
+    // Too long: cut the message (at a UTF-8 character boundary) and retry.
+    // A byte of it takes 1 to 6 bytes of JSON (\u00XX), so cutting a sixth
+    // of the excess never cuts more than needed by much.
+    size_t keep = std::min(error.size(), kStateFileSize);
+    keep -= std::min(keep, (json.size() - kStateFileSize) / 6 + 1);
+    while (keep > 0 &&
+           (static_cast<unsigned char>(error[keep]) & 0xC0) == 0x80) {
+      --keep;
+    }
+    error.resize(keep);
+  }
 }
 
 void LayerFs::Stat(fuse_ino_t ino, struct stat* st) const {
@@ -135,7 +160,9 @@ void LayerFs::Stat(fuse_ino_t ino, struct stat* st) const {
   if (IsStateFile(ino)) {
     st->st_mode = S_IFREG | 0444;
     st->st_nlink = 1;
-    st->st_size = static_cast<off_t>(StateJson().size());
+    st->st_size = static_cast<off_t>(kStateFileSize);
+    clock_gettime(CLOCK_REALTIME, &st->st_mtim);
+    st->st_ctim = st->st_atim = st->st_mtim;
     return;
   }
   const uint32_t i = static_cast<uint32_t>(ino - 1);
@@ -362,6 +389,10 @@ struct LayerFsOpsImpl {
       fuse_reply_err(req, EROFS);
       return;
     }
+    if (fs->skip_open_.load(std::memory_order_relaxed)) {
+      fuse_reply_err(req, ENOSYS);  // the kernel opens files itself from now
+      return;
+    }
     struct stat st;
     fs->Stat(ino, &st);
     if (S_ISDIR(st.st_mode)) {
@@ -536,7 +567,15 @@ struct LayerFsOpsImpl {
     }
   }
 
-  static void Init(void*, struct fuse_conn_info* conn) {
+  static void Init(void* userdata, struct fuse_conn_info* conn) {
+    LayerFs* fs = static_cast<LayerFs*>(userdata);
+    constexpr unsigned kSkipOpen =
+        FUSE_CAP_NO_OPEN_SUPPORT | FUSE_CAP_AUTO_INVAL_DATA;
+    if (fs->options_.skip_open && !fs->options_.on_open &&
+        (conn->capable & kSkipOpen) == kSkipOpen) {
+      conn->want |= FUSE_CAP_AUTO_INVAL_DATA;
+      fs->skip_open_.store(true);
+    }
     conn->max_readahead = kMaxRead;
     conn->max_read = kMaxRead;
     if (conn->capable & FUSE_CAP_CACHE_SYMLINKS) {

@@ -25,6 +25,7 @@
 
 #include <fuse3/fuse_lowlevel.h>
 
+#include <atomic>
 #include <functional>
 #include <memory>
 #include <string>
@@ -63,6 +64,13 @@ struct LayerFsOptions {
   // each regular file opened: how `optimize` records a workload's accesses.
   // May be empty.
   std::function<void(uint32_t inode)> on_open;
+  // Spare the kernel a round trip per open and per close: the first open is
+  // answered ENOSYS (FUSE_CAP_NO_OPEN_SUPPORT), after which the kernel opens
+  // every file itself, keeps its page cache and sends no release. Needs the
+  // kernel's auto_inval_data too (the state file's freshness, see
+  // StateJson); ignored when `on_open` is set (every open must be seen) or
+  // the kernel lacks either.
+  bool skip_open = true;
 };
 
 class LayerFs {
@@ -72,8 +80,17 @@ class LayerFs {
   // The callback table; `userdata` for fuse_session_new must be this.
   static const fuse_lowlevel_ops& Ops();
 
-  // The state file's JSON as of now.
+  // The state file's JSON as of now, padded with spaces to
+  // kStateFileSize bytes (the error message cut to fit): its size never
+  // changes, so a reader can never see it cut short by a size read a moment
+  // earlier. Its mtime is the time of the stat, so the kernel's
+  // auto_inval_data drops cached pages on every read of it.
   std::string StateJson() const;
+  static constexpr size_t kStateFileSize = 4096;
+
+  // The state file's bytes for these values, as StateJson describes.
+  static std::string FormatState(std::string error, absl::string_view digest,
+                                 uint64_t size, uint64_t fetched);
 
   // Sets the state file's "error" (the last one reported wins).
   void RecordError(const std::string& message);
@@ -104,6 +121,9 @@ class LayerFs {
   std::vector<std::vector<Child>> children_;  // visible children per dir
   std::vector<bool> whiteout_;                // index inode shown as 0:0
   std::vector<bool> opaque_;                  // dir holds .wh..wh..opq
+  // Whether open is answered ENOSYS (options_.skip_open, as Init found the
+  // kernel).
+  std::atomic<bool> skip_open_{false};
   fuse_ino_t state_dir_ino_;
   fuse_ino_t state_file_ino_;
   std::string state_file_name_;

@@ -182,6 +182,8 @@ TEST_P(MountGoldenTest, StateFile) {
   EXPECT_TRUE(S_ISDIR(st.st_mode));
   ASSERT_EQ(stat(file.c_str(), &st), 0) << file << ": " << strerror(errno);
   EXPECT_TRUE(S_ISREG(st.st_mode));
+  // Its size is what a read returns: a reader never gets it cut short.
+  EXPECT_EQ(static_cast<size_t>(st.st_size), ReadWholeFile(file).data.size());
   EXPECT_EQ(ListDir(m.mountpoint).count(".stargz-snapshotter"), 0u)
       << "readdir of / lists the state directory";
   errno = 0;
