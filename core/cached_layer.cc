@@ -134,18 +134,19 @@ absl::Status CachedLayer::DecodeGroup(
   for (uint32_t ci : members) {
     need = std::max(need, cs[ci].inner_offset + cs[ci].size);
   }
-  std::string plain(need, '\0');
-  absl::Status st =
-      DecompressRange(reader_->compression(), extent, 0, absl::MakeSpan(plain));
+  std::shared_ptr<std::string> plain = BufferPool::Default().Get(need);
+  absl::Status st = DecompressRange(reader_->compression(), extent, 0,
+                                    absl::MakeSpan(*plain));
   if (!st.ok()) {
     return absl::DataLossError(absl::StrCat(
         reader_->DescribeChunk(members.front()), ": ", st.message()));
   }
   for (uint32_t ci : members) {
-    std::string piece = plain.substr(cs[ci].inner_offset, cs[ci].size);
-    absl::Status v = reader_->VerifyChunk(ci, piece);
+    std::shared_ptr<std::string> piece = BufferPool::Default().Get(cs[ci].size);
+    memcpy(piece->data(), plain->data() + cs[ci].inner_offset, cs[ci].size);
+    absl::Status v = reader_->VerifyChunk(ci, *piece);
     if (v.ok()) {
-      (*out)[ci] = std::make_shared<const std::string>(std::move(piece));
+      (*out)[ci] = std::move(piece);
     } else {
       failures_.fetch_add(1);
       (*errors)[ci] = std::move(v);

@@ -16,6 +16,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/block_io.h"
+#include "core/buffer_pool.h"
 #include "core/digest.h"
 #include "core/errno_status.h"
 #include "core/log.h"
@@ -139,7 +140,9 @@ bool DiskChunkCache::Synced(const struct timespec& ctime) const {
 bool DiskChunkCache::Rehash(int fd, const Digest& d, uint64_t size) {
   rehashed_.fetch_add(1);
   Sha256 h;
-  std::string buf(std::min<uint64_t>(size, 1 << 20), '\0');
+  std::shared_ptr<std::string> pooled =
+      BufferPool::Default().Get(std::min<uint64_t>(size, 1 << 20));
+  std::string& buf = *pooled;
   uint64_t off = 0;
   while (off < size) {
     const size_t want =

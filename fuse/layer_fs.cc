@@ -11,6 +11,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "core/buffer_pool.h"
 #include "core/json_writer.h"
 #include "core/log.h"
 #include "fuse/status_errno.h"
@@ -463,9 +464,16 @@ struct LayerFsOpsImpl {
       }
     }
     // Cold path (a fill, or a chunk still queued for the cache): a buffer
-    // per request, returned at once, rather than one kept per FUSE thread
-    // (16 x 1 MiB of resident memory for the life of the mount).
-    std::string buf(std::min(size, kMaxRead), '\0');
+    // from the fill path's bounded pool (not zero-filled, not faulted in
+    // afresh), sized to what the file has left, rather than one kept per
+    // FUSE thread (16 x 1 MiB of resident memory for the life of the mount).
+    const uint64_t file_size = fs->index_.inode(i).size;
+    const uint64_t left =
+        file_size - std::min(file_size, static_cast<uint64_t>(off));
+    std::shared_ptr<std::string> pooled =
+        BufferPool::Default().Get(static_cast<size_t>(
+            std::min<uint64_t>(std::min(size, kMaxRead), left)));
+    std::string& buf = *pooled;
     absl::StatusOr<size_t> n = fs->layer_->Read(
         i, static_cast<uint64_t>(off), absl::MakeSpan(buf.data(), buf.size()));
     if (!n.ok()) {
