@@ -115,8 +115,28 @@ std::string LayerFs::StateJson() const {
                      std::min(size, layer_->fetched_blob_bytes()));
 }
 
+namespace {
+
+// `n`, moved back (at most 3 bytes) to the start of a UTF-8 character of
+// `s`. REQUIRES: n <= s.size().
+size_t CharBoundary(const std::string& s, size_t n) {
+  for (int i = 0; i < 3 && n > 0 && n < s.size() &&
+                  (static_cast<unsigned char>(s[n]) & 0xC0) == 0x80;
+       ++i) {
+    --n;
+  }
+  return n;
+}
+
+}  // namespace
+
 std::string LayerFs::FormatState(std::string error, absl::string_view digest,
                                  uint64_t size, uint64_t fetched) {
+  // Each byte of the message takes 1 to 6 bytes of JSON (\u00XX): more than
+  // kStateFileSize bytes of it can never fit.
+  if (error.size() > kStateFileSize) {
+    error.resize(CharBoundary(error, kStateFileSize));
+  }
   for (;;) {
     JsonWriter w;
     w.BeginObject();
@@ -135,16 +155,11 @@ std::string LayerFs::FormatState(std::string error, absl::string_view digest,
       json.back() = '\n';
       return json;
     }
-    // Too long: cut the message (at a UTF-8 character boundary) and retry.
-    // A byte of it takes 1 to 6 bytes of JSON (\u00XX), so cutting a sixth
-    // of the excess never cuts more than needed by much.
-    size_t keep = std::min(error.size(), kStateFileSize);
-    keep -= std::min(keep, (json.size() - kStateFileSize) / 6 + 1);
-    while (keep > 0 &&
-           (static_cast<unsigned char>(error[keep]) & 0xC0) == 0x80) {
-      --keep;
-    }
-    error.resize(keep);
+    // Too long: cut the message by a sixth of the excess (never more than
+    // needed by much) at a character boundary, and retry.
+    const size_t cut = (json.size() - kStateFileSize) / 6 + 1;
+    error.resize(
+        CharBoundary(error, error.size() - std::min(error.size(), cut)));
   }
 }
 
@@ -338,7 +353,10 @@ struct LayerFsOpsImpl {
         memset(&e, 0, sizeof(e));
         if (k >= 2) {
           e.ino = child;
-          e.attr_timeout = fs->options_.attr_timeout;
+          // The state file's attributes are never cached: its mtime is
+          // what keeps its page fresh (see StateJson).
+          e.attr_timeout =
+              fs->IsStateFile(child) ? 0 : fs->options_.attr_timeout;
           e.entry_timeout = fs->options_.entry_timeout;
           fs->Stat(child, &e.attr);
         } else {

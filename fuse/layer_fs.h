@@ -83,12 +83,17 @@ class LayerFs {
   // The state file's JSON as of now, padded with spaces to
   // kStateFileSize bytes (the error message cut to fit): its size never
   // changes, so a reader can never see it cut short by a size read a moment
-  // earlier. Its mtime is the time of the stat, so the kernel's
-  // auto_inval_data drops cached pages on every read of it.
+  // earlier. Its mtime is the time of the stat and its attributes are never
+  // cached (timeout 0 in lookups, getattr and readdirplus), so the kernel's
+  // auto_inval_data drops its cached page at every read. One read() of the
+  // whole file is one consistent snapshot; smaller reads may mix two, as
+  // with direct_io.
   std::string StateJson() const;
   static constexpr size_t kStateFileSize = 4096;
 
   // The state file's bytes for these values, as StateJson describes.
+  // REQUIRES: `digest` is a digest string (short enough that the JSON with
+  // an empty error fits in kStateFileSize).
   static std::string FormatState(std::string error, absl::string_view digest,
                                  uint64_t size, uint64_t fetched);
 

@@ -74,5 +74,28 @@ TEST(StateFileTest, CutsALongErrorAtACharacterBoundary) {
   EXPECT_EQ(p.fetched, 50u);
 }
 
+TEST(StateFileTest, KeepsAsMuchOfAHugeErrorAsFits) {
+  // 100 KiB of plain text, then 100 KiB of bytes that JSON escapes 6-fold.
+  for (const std::string& error :
+       {std::string(100 << 10, 'x'), std::string(100 << 10, '\x01')}) {
+    const std::string s = LayerFs::FormatState(error, "sha256:ab", 100, 50);
+    ASSERT_EQ(s.size(), LayerFs::kStateFileSize);
+    Parsed p = Parse(s);
+    EXPECT_FALSE(p.error.empty()) << "the failure must still show";
+    EXPECT_EQ(error.compare(0, p.error.size(), p.error), 0);
+    EXPECT_GT(s.find_last_not_of(" \n"), LayerFs::kStateFileSize - 64)
+        << "cut far more than needed";
+  }
+}
+
+TEST(StateFileTest, BrokenUtf8InTheErrorDoesNotEmptyIt) {
+  // Stray continuation bytes (a non-UTF-8 file name, say), far too many.
+  std::string error(20000, '\x80');
+  error.insert(0, "read of \"");
+  const std::string s = LayerFs::FormatState(error, "sha256:ab", 100, 50);
+  ASSERT_EQ(s.size(), LayerFs::kStateFileSize);
+  EXPECT_NE(s.find("read of"), std::string::npos) << s.substr(0, 80);
+}
+
 }  // namespace
 }  // namespace lazypull

@@ -190,6 +190,9 @@ TEST_P(MountGoldenTest, StateFile) {
   EXPECT_NE(stat((dir + "/sha256:0.json").c_str(), &st), 0);
   EXPECT_EQ(errno, ENOENT);
 
+  // Listing the state directory (READDIRPLUS hands the kernel attributes)
+  // must not freeze the page that the next read caches.
+  EXPECT_EQ(ListDir(dir).count(digest + ".json"), 1u);
   LayerState s = ReadLayerState(m.mountpoint, digest);
   ASSERT_TRUE(s.ok);
   EXPECT_EQ(s.keys, (std::set<std::string>{"error", "digest", "size",
