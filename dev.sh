@@ -128,7 +128,8 @@ run_demo() {
   t2=$(date +%s.%N)
   lazy=$(echo "$t2 - $t0" | bc -l | xargs printf %.2f)
   echo "   mount + run: $lazy s; what the layer's state file says was fetched:"
-  cat "$work"/mnt/.stargz-snapshotter/"$(sed -n 's/.*"blob_digest": *"\(sha256:[0-9a-f]*\)".*/\1/p' "$work/convert.json")".json 2>/dev/null; echo
+  # (The file is padded with spaces to a constant size: shown without them.)
+  sed 's/ *$//' "$work"/mnt/.stargz-snapshotter/"$(sed -n 's/.*"blob_digest": *"\(sha256:[0-9a-f]*\)".*/\1/p' "$work/convert.json")".json 2>/dev/null
   "$bin" unmount "$work/mnt"
 
   log "6. for comparison: lazypull pull (the conventional full pull) of the same image"
