@@ -589,18 +589,26 @@ absl::Status ServeImage(
     ASSIGN_OR_RETURN(co.capacity, ParseByteSize(*size));
   }
   mkdir(cache_dir.c_str(), 0700);
-  ASSIGN_OR_RETURN(std::unique_ptr<DiskChunkCache> cache_u,
-                   DiskChunkCache::Open(cache_dir + "/cache", co));
-  std::shared_ptr<DiskChunkCache> cache = std::move(cache_u);
   const std::string verified_dir = cache_dir + "/verified";
-  mkdir(verified_dir.c_str(), 0700);
   const std::string mounts_dir = cache_dir + "/mounts";
-  mkdir(mounts_dir.c_str(), 0700);
-  CleanStaleRunDirs(mounts_dir);
   const std::string run_dir = absl::StrCat(mounts_dir, "/", getpid());
-  if (mkdir(run_dir.c_str(), 0700) != 0 && errno != EEXIST) {
-    return ErrnoToStatus(errno, absl::StrCat("mkdir ", run_dir));
-  }
+  // The chunk cache and this mount's run dir, made while the layers' tail
+  // reads are in flight (a cache of many chunks takes a while to index).
+  std::shared_ptr<DiskChunkCache> cache;
+  bool run_dir_made = false;
+  auto open_cache = [&]() -> absl::Status {
+    ASSIGN_OR_RETURN(std::unique_ptr<DiskChunkCache> c,
+                     DiskChunkCache::Open(cache_dir + "/cache", co));
+    cache = std::move(c);
+    mkdir(verified_dir.c_str(), 0700);
+    mkdir(mounts_dir.c_str(), 0700);
+    CleanStaleRunDirs(mounts_dir);
+    if (mkdir(run_dir.c_str(), 0700) != 0 && errno != EEXIST) {
+      return ErrnoToStatus(errno, absl::StrCat("mkdir ", run_dir));
+    }
+    run_dir_made = true;
+    return absl::OkStatus();
+  };
 
   std::vector<std::unique_ptr<LayerMount>> layers;
   std::atomic<bool> stop{false};
@@ -626,8 +634,10 @@ absl::Status ServeImage(
     }
     layers.clear();
     cache.reset();  // flushes queued writes
-    absl::Status rm = RemoveDir(run_dir);
-    if (!rm.ok()) LogWarning(rm.message());
+    if (run_dir_made) {
+      absl::Status rm = RemoveDir(run_dir);
+      if (!rm.ok()) LogWarning(rm.message());
+    }
   };
 
   std::vector<std::string> notes;
@@ -741,7 +751,9 @@ absl::Status ServeImage(
           }
         });
       }
+      const absl::Status cache_st = open_cache();
       for (std::thread& t : openers) t.join();
+      RETURN_IF_ERROR(cache_st);
     }
 
     // 3. Bottom first: serve the lazy layers, pull the others.

@@ -1,5 +1,6 @@
 #include "fetch/curl_http.h"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -100,6 +101,25 @@ bool IsRetryableCurlCode(CURLcode code) {
   }
 }
 
+bool HasCaHashLinks(const std::string& dir) {
+  DIR* d = opendir(dir.c_str());
+  if (d == nullptr) return false;
+  bool found = false;
+  while (struct dirent* e = readdir(d)) {
+    absl::string_view name(e->d_name);
+    if (name.size() < 10 || name[8] != '.') continue;
+    auto hex = [](char c) {
+      return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
+    };
+    found = std::all_of(name.begin(), name.begin() + 8, hex) &&
+            std::all_of(name.begin() + 9, name.end(),
+                        [](char c) { return c >= '0' && c <= '9'; });
+    if (found) break;
+  }
+  closedir(d);
+  return found;
+}
+
 namespace {
 
 // What a reader and the loop share about one request.
@@ -113,6 +133,9 @@ struct Channel {
   absl::Status status ABSL_GUARDED_BY(mu);  // the final error, if done
   bool paused ABSL_GUARDED_BY(mu) = false;  // the loop paused the transfer
   bool cancelled ABSL_GUARDED_BY(mu) = false;
+  // Every byte a 206's Content-Range promised has arrived (the transfer may
+  // still wait for the server to end the stream).
+  bool body_complete ABSL_GUARDED_BY(mu) = false;
   // While a reader waits in ReadInto, body bytes go straight to
   // sink[sink_len, sink_cap) instead of `buf`; the reader is woken every
   // kSinkWakeBytes, when the sink is full and when the transfer ends.
@@ -123,6 +146,21 @@ struct Channel {
 };
 
 constexpr size_t kSinkWakeBytes = 256 << 10;
+
+// The system's CA directory of hash links, or "" (then the bundle is used).
+const std::string& SystemCaDir() {
+  static const std::string* dir = [] {
+    const curl_version_info_data* v = curl_version_info(CURLVERSION_NOW);
+    std::vector<std::string> candidates;
+    if (v->capath != nullptr) candidates.emplace_back(v->capath);
+    candidates.emplace_back("/etc/ssl/certs");
+    for (const std::string& d : candidates) {
+      if (HasCaHashLinks(d)) return new std::string(d);
+    }
+    return new std::string;
+  }();
+  return *dir;
+}
 
 // Reads the system CA bundle once.
 const std::string& SystemCaBundle() {
@@ -145,8 +183,10 @@ const std::string& SystemCaBundle() {
   return *bundle;
 }
 
+// The extra CA files as one PEM blob, with the system bundle in front when
+// the system's CAs are not reachable through SystemCaDir().
 absl::StatusOr<std::string> CaBlob(const std::vector<std::string>& files) {
-  std::string blob = SystemCaBundle();
+  std::string blob = SystemCaDir().empty() ? SystemCaBundle() : "";
   for (const std::string& f : files) {
     std::ifstream in(f, std::ios::binary);
     if (!in) {
@@ -571,6 +611,11 @@ void CurlHttpTransport::Loop::StartAttempt(Transfer* t) {
   }
   curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, r.tls.verify ? 1L : 0L);
   curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, r.tls.verify ? 2L : 0L);
+  if (r.tls.verify && !SystemCaDir().empty()) {
+    // The system's CAs by hash lookup, not the bundle (see HasCaHashLinks).
+    curl_easy_setopt(e, CURLOPT_CAINFO, nullptr);
+    curl_easy_setopt(e, CURLOPT_CAPATH, SystemCaDir().c_str());
+  }
   if (t->ca_blob != nullptr) {
     curl_blob blob;
     blob.data = const_cast<char*>(t->ca_blob->data());
@@ -781,6 +826,7 @@ size_t CurlHttpTransport::Loop::OnBody(Transfer* t, const char* data,
                      *t->expected, " bytes its Content-Range promised"));
     return 0;
   }
+  const bool completes = t->expected && t->attempt_body + n == *t->expected;
   {
     Channel& c = *t->ch;
     absl::MutexLock l(&c.mu);
@@ -806,6 +852,7 @@ size_t CurlHttpTransport::Loop::OnBody(Transfer* t, const char* data,
       c.buf.append(data + sunk, n - sunk);
       c.cv.SignalAll();
     }
+    if (completes) c.body_complete = true;
   }
   t->delivered += n;
   t->attempt_body += n;
@@ -916,7 +963,10 @@ class CurlBodyReader : public HttpBodyReader {
     bool cancel = false;
     {
       absl::MutexLock l(&ch_->mu);
-      if (!ch_->done) {
+      // A body that is all in is left to end by itself: resetting the
+      // stream would cost nothing here, but servers that count streams
+      // reset early (a "rapid reset" defence) may close the connection.
+      if (!ch_->done && !ch_->body_complete) {
         ch_->cancelled = true;
         cancel = true;
       }

@@ -1,5 +1,6 @@
 #include "fetch/curl_http.h"
 
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cstdlib>
@@ -221,6 +222,33 @@ TEST_F(CurlHttpTest, RangeIsCheckedAgainstContentRange) {
   EXPECT_EQ(b.status().code(), absl::StatusCode::kDataLoss);
   EXPECT_NE(b.status().message().find("bytes 0-99/1000"), std::string::npos)
       << b.status();
+}
+
+TEST_F(CurlHttpTest, BodyLongerThanItsContentRangeFails) {
+  // HttpBlobSource stops reading at the end of the range it asked for: the
+  // transport is what refuses the bytes beyond it.
+  const std::string body = Pattern(1000);
+  auto s = LoopbackHttpServer::Start([&](const TestRequest&, TestResponse* r) {
+    r->status = 206;
+    r->headers.push_back({"Content-Range", "bytes 100-199/1000"});
+    r->body = body.substr(100, 150);
+  });
+  ASSERT_TRUE(s.ok());
+  HttpRequest req = Get(**s, "/blob");
+  req.headers.push_back({"Range", "bytes=100-199"});
+  auto a = http_->Fetch(req);
+  ASSERT_FALSE(a.ok());
+  EXPECT_EQ(a.status().code(), absl::StatusCode::kDataLoss) << a.status();
+  EXPECT_TRUE(absl::StrContains(a.status().message(), "more than the 100"))
+      << a.status();
+  // So does a reader that asks for just the range: the piece that goes
+  // past it fails the transfer before any of it is handed out.
+  auto r = http_->Open(req);
+  ASSERT_TRUE(r.ok()) << r.status();
+  std::string got(100, '\0');
+  auto n = (*r)->ReadInto(absl::MakeSpan(got), nullptr);
+  ASSERT_FALSE(n.ok());
+  EXPECT_EQ(n.status().code(), absl::StatusCode::kDataLoss) << n.status();
 }
 
 TEST_F(CurlHttpTest, BrokenBodyIsResumedWithARange) {
@@ -545,6 +573,22 @@ TEST(HttpHelpersTest, ParsesRangesAndRetryAfter) {
   HttpRequest q;
   q.url = "https://h/p?sig=secret";
   EXPECT_EQ(q.Describe(), "GET https://h/p");
+}
+
+TEST(CaDirTest, RecognisesOpenSslHashLinks) {
+  const char* tmp = std::getenv("TEST_TMPDIR");
+  const std::string dir = absl::StrCat(tmp ? tmp : "/tmp", "/cadir");
+  ASSERT_EQ(mkdir(dir.c_str(), 0700), 0);
+  EXPECT_FALSE(HasCaHashLinks(dir)) << "empty";
+  EXPECT_FALSE(HasCaHashLinks(dir + "/missing"));
+  // A bundle and look-alikes are not hash links.
+  for (const char* name : {"ca-certificates.crt", "5ad8a5d6.pem", "5AD8A5D6.0",
+                           "5ad8a5d.0", "5ad8a5d6.", "5ad8a5d6.x"}) {
+    std::ofstream(absl::StrCat(dir, "/", name)) << "x";
+  }
+  EXPECT_FALSE(HasCaHashLinks(dir));
+  std::ofstream(dir + "/5ad8a5d6.12") << "x";
+  EXPECT_TRUE(HasCaHashLinks(dir));
 }
 
 TEST(HttpStatusTest, KeepsTheRawCode) {

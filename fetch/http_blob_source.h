@@ -155,6 +155,8 @@ class HttpBlobSource : public BlobSource {
   struct Request;
 
   void WorkerLoop();
+  // Starts another worker if a queued piece has none waiting for it.
+  void AddWorkerIfNeeded() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Whether a worker may take `p` now. REQUIRES: mu_ held.
   bool Eligible(const Piece& p) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool HasWork() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -204,7 +206,9 @@ class HttpBlobSource : public BlobSource {
   bool warm_open_ ABSL_GUARDED_BY(mu_) = true;
   uint64_t next_seq_ ABSL_GUARDED_BY(mu_) = 0;
   HttpBlobSourceStats stats_ ABSL_GUARDED_BY(mu_);
-  std::vector<std::thread> workers_;
+  std::vector<std::thread> workers_ ABSL_GUARDED_BY(mu_);
+  // Workers waiting for work (or just started).
+  int idle_workers_ ABSL_GUARDED_BY(mu_) = 0;
 
   // The running hash of the blob's prefix [0, hashed_).
   mutable absl::Mutex hash_mu_;
