@@ -648,6 +648,8 @@ absl::Status ServeImage(
       std::unique_ptr<LayerMount> m;
       LayerOpenOptions lo;
       std::string why;  // why it is pulled in full; empty: lazy
+      // The prefetch range's end from the descriptor (a hint).
+      std::optional<uint64_t> prefetch_hint;
       absl::StatusOr<std::unique_ptr<LayerReader>> reader =
           absl::UnknownError("not opened");
     };
@@ -693,20 +695,33 @@ absl::Status ServeImage(
       }
       const uint64_t size = static_cast<uint64_t>(d.size);
       lo.tail_read_size = std::min<uint64_t>(size, kTailReadSize);
+      // Where the TOC starts, when the descriptor says: the TOC and footer
+      // in one read of just their bytes (a wrong hint costs a second read).
+      std::optional<uint64_t> toc_at;
       for (const char* key : kPositionAnnotations) {
         const std::string* p = Annotation(d, key);
         if (p == nullptr) continue;
         std::vector<std::string> f = absl::StrSplit(*p, ':');
         uint64_t off;
-        if (f.size() >= 2 && absl::SimpleAtoi(f[0], &off) && off < size &&
-            size - off <= kMaxPositionTail) {
-          // The TOC and footer in one read (8 bytes of frame header before
-          // the TOC included).
-          lo.tail_read_size = std::max<uint64_t>(
-              size - (off >= 8 ? off - 8 : 0), kFooterTailSize);
-          lo.tail_read_size = std::min(lo.tail_read_size, size);
+        if (f.size() >= 2 && absl::SimpleAtoi(f[0], &off)) {
+          toc_at = off >= 8 ? off - 8 : 0;  // with the frame header
         }
         break;
+      }
+      if (const std::string* p = Annotation(d, kTocOffsetAnnotation);
+          p != nullptr && !toc_at) {
+        uint64_t off;
+        if (absl::SimpleAtoi(*p, &off)) toc_at = off;
+      }
+      if (toc_at && *toc_at < size && size - *toc_at <= kMaxPositionTail) {
+        lo.tail_read_size =
+            std::min(size, std::max<uint64_t>(size - *toc_at, kFooterTailSize));
+      }
+      if (const std::string* p = Annotation(d, kPrefetchSizeAnnotation)) {
+        uint64_t n;
+        if (absl::SimpleAtoi(*p, &n) && n > 0) {
+          plan.prefetch_hint = std::min(n, size);
+        }
       }
     }
 
@@ -728,13 +743,28 @@ absl::Status ServeImage(
         // mounted (the reads of the prefetch then find those bytes).
         HttpBlobSource* source = p.m->source.get();
         if (early_prefetch) {
-          p.lo.on_toc = [source,
+          // With the descriptor's hint, from the moment the tail read is in
+          // (while the TOC is inflated and checked); the TOC has the last
+          // word either way.
+          const std::optional<uint64_t> hint = p.prefetch_hint;
+          if (hint) {
+            p.lo.on_tail_read = [source, end = *hint] { source->Warm(0, end); };
+          }
+          p.lo.on_toc = [source, hint,
                          name = LayerName(*p.m, n)](absl::string_view json) {
             std::optional<uint64_t> landmark = ScanPrefetchLandmark(json);
+            if (hint && landmark != hint) {
+              LogWarning(name, ": the layer's ", kPrefetchSizeAnnotation,
+                         " annotation says ", *hint,
+                         " but its TOC puts the prefetch landmark at ",
+                         landmark ? absl::StrCat(*landmark) : "none",
+                         ": the TOC wins");
+            }
             if (landmark && *landmark > 0) {
               source->Warm(0, *landmark);
               LogInfo(name, ": TOC verified; prefetch range [0, ", *landmark,
-                      ") on its way while the TOC is indexed");
+                      hint ? ") on its way since the tail read"
+                           : ") on its way while the TOC is indexed");
             }
           };
         }

@@ -806,6 +806,15 @@ absl::StatusOr<LayerWriteResult> WriteLayer(absl::string_view tar,
       {"io.containers.estargz.uncompressed-size",
        absl::StrCat(result.uncompressed_size)},
   };
+  if (result.prefetch_landmark_offset) {
+    result.annotations.push_back(
+        {kPrefetchSizeAnnotation,
+         absl::StrCat(*result.prefetch_landmark_offset)});
+  }
+  if (comp == Compression::kGzip) {
+    result.annotations.push_back(
+        {kTocOffsetAnnotation, absl::StrCat(result.toc_offset)});
+  }
   if (comp == Compression::kZstd) {
     result.annotations.push_back(
         {"io.containers.zstd-chunked.manifest-checksum",

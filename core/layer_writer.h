@@ -67,6 +67,16 @@ namespace lazypull {
 inline constexpr char kTocDigestAnnotation[] =
     "containerd.io/snapshot/stargz/toc.digest";
 
+// lazypull's own layer annotations, hints that let a mount start reads
+// before it has the TOC (nothing they bring is used unverified; a wrong one
+// costs bytes, not correctness):
+// - where the blob's prefetch range ends (the .prefetch.landmark entry's
+//   offset), on layers with prioritized files;
+inline constexpr char kPrefetchSizeAnnotation[] = "io.lazypull.prefetch-size";
+// - where an eStargz TOC member starts (zstd:chunked layers say it in their
+//   manifest-position), so that one tail read brings footer and TOC exactly.
+inline constexpr char kTocOffsetAnnotation[] = "io.lazypull.toc-offset";
+
 struct LayerWriterOptions {
   // kGzip: eStargz (51-byte footer). kZstd: zstd:chunked (40-byte footer,
   // the stargz reference's dialect).

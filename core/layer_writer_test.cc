@@ -390,6 +390,11 @@ TEST(LayerWriterTest, PrioritizedFilesComeFirst) {
     EXPECT_EQ(idx.prefetch_landmark_offset(),
               w.result.prefetch_landmark_offset);
     EXPECT_FALSE(idx.has_no_prefetch_landmark());
+    // The descriptor's hint says the same.
+    std::map<std::string, std::string> a(w.result.annotations.begin(),
+                                         w.result.annotations.end());
+    EXPECT_EQ(a[kPrefetchSizeAnnotation],
+              absl::StrCat(*idx.prefetch_landmark_offset()));
     // The text scan of the verified TOC (the early-prefetch hint) agrees
     // with the index; the hook sees the TOC before it is parsed.
     std::optional<uint64_t> scanned;
@@ -467,14 +472,21 @@ TEST(LayerWriterTest, TocMatchesTheReferenceEncoding) {
   // chunk size 1: every chunk is full and carries chunkSize.
   EXPECT_THAT(json, HasSubstr("\"chunkSize\": 1,"));
   // Annotations.
-  EXPECT_THAT(
-      w.result.annotations,
-      ElementsAreArray({std::pair<std::string, std::string>(
-                            "containerd.io/snapshot/stargz/toc.digest",
-                            w.result.toc_digest.ToString()),
-                        std::pair<std::string, std::string>(
-                            "io.containers.estargz.uncompressed-size",
-                            absl::StrCat(w.result.uncompressed_size))}));
+  // (No prefetch-size: nothing is prioritized. The TOC offset is the
+  // footer's, where the TOC's gzip member starts.)
+  EXPECT_THAT(w.result.annotations,
+              ElementsAreArray({std::pair<std::string, std::string>(
+                                    "containerd.io/snapshot/stargz/toc.digest",
+                                    w.result.toc_digest.ToString()),
+                                std::pair<std::string, std::string>(
+                                    "io.containers.estargz.uncompressed-size",
+                                    absl::StrCat(w.result.uncompressed_size)),
+                                std::pair<std::string, std::string>(
+                                    "io.lazypull.toc-offset",
+                                    absl::StrCat(w.result.toc_offset))}));
+  EXPECT_EQ(w.blob.substr(w.result.toc_offset, 2), "\x1f\x8b");
+  EXPECT_EQ(w.result.toc_offset + w.result.toc_compressed_size + 51,
+            w.blob.size());
 }
 
 TEST(LayerWriterTest, ZstdAnnotationsAndFooter) {

@@ -423,6 +423,7 @@ LayerKind ClassifyLayer(absl::string_view mt) {
 bool IsLayerFormatAnnotation(absl::string_view key) {
   return key == kTocDigestAnnotation ||
          key == "io.containers.estargz.uncompressed-size" ||
+         absl::StartsWith(key, "io.lazypull.") ||
          absl::StartsWith(key, "io.containers.zstd-chunked.") ||
          absl::StartsWith(key, "io.github.containers.zstd-chunked.");
 }

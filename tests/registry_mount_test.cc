@@ -145,6 +145,11 @@ class RegistryMountTest : public ::testing::Test {
         JsonField(r.out, "toc_digest");
     b.annotations["io.containers.estargz.uncompressed-size"] =
         JsonField(r.out, "uncompressed_size");
+    // lazypull's hints (where the prefetch range ends, where the TOC is).
+    for (const char* k :
+         {"io.lazypull.prefetch-size", "io.lazypull.toc-offset"}) {
+      if (std::string v = JsonField(r.out, k); !v.empty()) b.annotations[k] = v;
+    }
     return b;
   }
 
@@ -471,6 +476,11 @@ TEST_F(RegistryMountTest, WaitPrefetchFetchesThePrioritizedFiles) {
     return std::atoi(log.c_str() + at + 8);
   };
   EXPECT_GT(ahead(), 0) << ReadAll(cache_dir() + "/lazypull.log");
+  // From the descriptor's hint, it began when the tail read was in.
+  EXPECT_TRUE(l.annotations.count("io.lazypull.prefetch-size"));
+  EXPECT_TRUE(absl::StrContains(ReadAll(cache_dir() + "/lazypull.log"),
+                                "on its way since the tail read"))
+      << ReadAll(cache_dir() + "/lazypull.log");
   // Not with --no-early-prefetch.
   std::filesystem::remove_all(cache_dir());
   m = Mount(
@@ -482,6 +492,38 @@ TEST_F(RegistryMountTest, WaitPrefetchFetchesThePrioritizedFiles) {
   EXPECT_EQ(u.exit_code, 0) << u.err;
   mounts_.clear();
   EXPECT_EQ(ahead(), 0) << ReadAll(cache_dir() + "/lazypull.log");
+}
+
+// The descriptor's hints are only hints: a prefetch size and a TOC offset
+// that lie cost bytes and a second read, never a wrong byte.
+TEST_F(RegistryMountTest, LyingHintsCostBytesNotCorrectness) {
+  TarBuilder b;
+  b.Dir("./");
+  b.Dir("data/");
+  b.File("data/hot", Payload(1 << 20, 3));
+  b.File("data/cold", Payload(1 << 20, 4));
+  const std::string list = dir_ + "/prioritize-lie.txt";
+  WriteFile(list, "data/hot\n");
+  LayerBlob l = Convert(b.Finish(), "lie", {"--prioritize", list});
+  ASSERT_TRUE(l.annotations.count("io.lazypull.toc-offset"));
+  const uint64_t size = l.bytes.size();
+  l.annotations["io.lazypull.prefetch-size"] = absl::StrCat(size);
+  l.annotations["io.lazypull.toc-offset"] = absl::StrCat(size - 1);
+  const std::string ref = Push("test/lie", {l});
+  const std::string mnt = dir_ + "/mnt-lie";
+  testing::RunResult m =
+      Mount(ref, mnt, {"--wait-prefetch=30", "--no-background-fetch"});
+  ASSERT_EQ(m.exit_code, 0) << m.err << m.out;
+  EXPECT_EQ(ReadAll(mnt + "/data/hot"), Payload(1 << 20, 3));
+  EXPECT_EQ(ReadAll(mnt + "/data/cold"), Payload(1 << 20, 4));
+  testing::RunResult u = testing::Run({bin_, "unmount", mnt});
+  EXPECT_EQ(u.exit_code, 0) << u.err;
+  mounts_.clear();
+  const std::string log = ReadAll(cache_dir() + "/lazypull.log");
+  EXPECT_TRUE(absl::StrContains(
+      log, absl::StrCat("io.lazypull.prefetch-size annotation says ", size)))
+      << log;
+  EXPECT_TRUE(absl::StrContains(log, "the TOC wins")) << log;
 }
 
 // A layer pulled in full (plain gzip) with a hardlink to a file of a lazy
