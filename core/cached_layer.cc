@@ -298,8 +298,8 @@ absl::Status CachedLayer::FillSpan(const Span& span, ReadPriority priority) {
   }
   absl::Status first_error;
   for (const Run& run : runs) {
-    const size_t n = run.end - run.begin;
-    const uint64_t held = AcquireFillBytes(n + run.decoded_max, priority);
+    const uint64_t held =
+        AcquireFillBytes(run.end - run.begin + run.decoded_max, priority);
     // The run's members become this fill's flights: an on-demand read or a
     // read-ahead of one of them waits for this fetch instead of fetching it
     // again (members claimed by another fill meanwhile are left to it).
@@ -317,16 +317,23 @@ absl::Status CachedLayer::FillSpan(const Span& span, ReadPriority priority) {
       ReleaseFillBytes(held);
       continue;
     }
+    // Only from the first to the last member claimed here: those at the
+    // ends claimed by another fill meanwhile (a read-ahead, typically) come
+    // with its bytes, not again with these.
+    const uint64_t begin =
+        cs[groups_[claimed.front().first].front()].blob_offset;
+    const uint64_t end = cs[groups_[claimed.back().first].front()].blob_end;
+    const size_t n = end - begin;
     // Not zero-filled: the source overwrites every byte (or fails).
     std::shared_ptr<std::string> buf = BufferPool::Default().Get(n);
     absl::Status st =
-        reader_->source().ReadAt(run.begin, absl::MakeSpan(*buf), priority);
+        reader_->source().ReadAt(begin, absl::MakeSpan(*buf), priority);
     const absl::string_view bytes(*buf);
     fills_.fetch_add(1);
     if (!st.ok()) {
-      st = absl::Status(st.code(), absl::StrCat(reader_->source().Describe(),
-                                                " bytes [", run.begin, ", ",
-                                                run.end, "): ", st.message()));
+      st = absl::Status(st.code(),
+                        absl::StrCat(reader_->source().Describe(), " bytes [",
+                                     begin, ", ", end, "): ", st.message()));
       if (first_error.ok()) first_error = st;
     } else {
       fetched_.fetch_add(n);
@@ -341,8 +348,7 @@ absl::Status CachedLayer::FillSpan(const Span& span, ReadPriority priority) {
           fetched_blob_bytes_.fetch_add(c.blob_end - c.blob_offset);
         }
         ds = DecodeGroup(
-            g,
-            bytes.substr(c.blob_offset - run.begin, c.blob_end - c.blob_offset),
+            g, bytes.substr(c.blob_offset - begin, c.blob_end - c.blob_offset),
             &out, &errors);
         if (!ds.ok()) {
           failures_.fetch_add(ds.code() == absl::StatusCode::kDataLoss ? 1 : 0);

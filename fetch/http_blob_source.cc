@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <iterator>
+#include <map>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -27,8 +28,11 @@ struct HttpBlobSource::Piece {
   uint64_t data_offset = 0;
   absl::Status status;
   bool done = false;
-  bool warm = false;      // fetched ahead by Warm(), with no reader yet
-  uint64_t consumed = 0;  // warm: bytes readers have copied out
+  bool warm = false;  // fetched ahead by Warm(), with no reader yet
+  // Warm: the disjoint blob ranges [lo, hi) readers have copied out, by lo,
+  // and how many bytes they cover (a byte read twice counts once).
+  std::map<uint64_t, uint64_t> consumed;
+  uint64_t consumed_bytes = 0;
 
   uint64_t end() const { return first + len; }
 };
@@ -219,12 +223,11 @@ absl::Status HttpBlobSource::ReadAt(uint64_t offset, absl::Span<char> dst,
                   p.data->data() + p.data_offset + (part.o - p.first),
                   part.len);
       // Only prefetch-priority reads (the prefetch's spans and read-ahead)
-      // use up a warm piece: on-demand reads of its bytes would be counted
-      // again when the prefetch reads them, and let it go too soon. (Spans
-      // and read-ahead can still overlap now and then: RESULTS, "Bytes
-      // fetched twice".)
+      // use up a warm piece: the prefetch reads every byte of it, and an
+      // on-demand read of some bytes first would let it go before that.
+      // Spans and read-ahead may overlap: ranges, not counts, say when.
       if (p.warm && priority == ReadPriority::kPrefetch) {
-        ConsumeWarm(part.piece, part.len);
+        ConsumeWarm(part.piece, part.o, part.len);
       }
     }
   }
@@ -301,14 +304,26 @@ void HttpBlobSource::Warm(uint64_t offset, uint64_t len) {
   }
 }
 
-void HttpBlobSource::ConsumeWarm(const std::shared_ptr<Piece>& p, uint64_t n) {
+void HttpBlobSource::ConsumeWarm(const std::shared_ptr<Piece>& p, uint64_t from,
+                                 uint64_t n) {
   absl::MutexLock l(&mu_);
-  p->consumed += n;
-  if (p->consumed < p->len) return;
-  // Every byte was read once (prefetch reads do not overlap): let it go.
-  auto it = std::find(warm_.begin(), warm_.end(), p);
-  if (it == warm_.end()) return;
-  warm_.erase(it);
+  // Merge [from, from + n) into the disjoint ranges read so far.
+  uint64_t lo = from, hi = from + n;
+  auto it = p->consumed.upper_bound(lo);
+  if (it != p->consumed.begin() && std::prev(it)->second >= lo) --it;
+  while (it != p->consumed.end() && it->first <= hi) {
+    lo = std::min(lo, it->first);
+    hi = std::max(hi, it->second);
+    p->consumed_bytes -= it->second - it->first;
+    it = p->consumed.erase(it);
+  }
+  p->consumed[lo] = hi;
+  p->consumed_bytes += hi - lo;
+  if (p->consumed_bytes < p->len) return;
+  // Every byte was read at least once: let it go.
+  auto w = std::find(warm_.begin(), warm_.end(), p);
+  if (w == warm_.end()) return;
+  warm_.erase(w);
   warm_bytes_ -= p->len;
 }
 

@@ -178,9 +178,10 @@ class HttpBlobSource : public BlobSource {
   uint64_t NextPieceStart(uint64_t o, uint64_t limit) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   static constexpr uint64_t kWarmGrid = 1 << 20;
-  // Counts `n` bytes of warm piece `p` as read; a piece read in full is
-  // dropped (memory: warm pieces live only until their reader came).
-  void ConsumeWarm(const std::shared_ptr<Piece>& p, uint64_t n);
+  // Counts blob bytes [from, from + n) of warm piece `p` as read (bytes read
+  // again count once); a piece read in full is dropped (memory: warm pieces
+  // live only until their reader came).
+  void ConsumeWarm(const std::shared_ptr<Piece>& p, uint64_t from, uint64_t n);
 
   const std::shared_ptr<RegistryClient> client_;
   const std::shared_ptr<RegistryClient> background_client_;

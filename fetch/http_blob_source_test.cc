@@ -68,6 +68,16 @@ class HttpBlobSourceTest : public ::testing::Test {
     desc_.size = static_cast<int64_t>(blob_.size());
   }
 
+  // Warm()s the whole blob and waits until its bytes are in (nobody reads
+  // them yet).
+  void WarmAll(HttpBlobSource& src) {
+    src.Warm(0, blob_.size());
+    for (int i = 0; i < 1000 && src.stats().bytes < blob_.size(); ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    ASSERT_EQ(src.stats().bytes, blob_.size());
+  }
+
   // An on-demand read of [off, off + len) gets the blob's bytes.
   void ExpectOnDemandRead(HttpBlobSource* src, uint64_t off, uint64_t len) {
     std::string x(len, '\0');
@@ -241,12 +251,8 @@ TEST_F(HttpBlobSourceTest, SourcesOfOneLinkShareTheBackgroundBudget) {
 
 TEST_F(HttpBlobSourceTest, WarmedBytesServeTheReadsThatFollow) {
   HttpBlobSource src(client_, desc_);
-  src.Warm(0, blob_.size());
-  // Wait for the warm request's bytes (nobody reads them yet).
-  for (int i = 0; i < 1000 && src.stats().bytes < blob_.size(); ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
-  ASSERT_EQ(src.stats().bytes, blob_.size());
+  WarmAll(src);
+  if (HasFatalFailure()) return;
   const uint64_t requests = src.stats().requests;
   // Prefetch reads, cut on the warm grid, and an on-demand one: no request.
   std::string a(300000, '\0'), b(4096, '\0');
@@ -290,11 +296,8 @@ TEST_F(HttpBlobSourceTest, WarmedBytesServeTheReadsThatFollow) {
 // all, and its second half is not fetched again.
 TEST_F(HttpBlobSourceTest, OnDemandReadsDoNotUseUpWarmPieces) {
   HttpBlobSource src(client_, desc_);
-  src.Warm(0, blob_.size());  // one 1 MiB piece
-  for (int i = 0; i < 1000 && src.stats().bytes < blob_.size(); ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
-  ASSERT_EQ(src.stats().bytes, blob_.size());
+  WarmAll(src);  // one 1 MiB piece
+  if (HasFatalFailure()) return;
   const uint64_t requests = src.stats().requests;
   std::string od(600000, '\0');
   ASSERT_TRUE(src.ReadAt(0, absl::MakeSpan(od)).ok());
@@ -306,6 +309,30 @@ TEST_F(HttpBlobSourceTest, OnDemandReadsDoNotUseUpWarmPieces) {
   EXPECT_EQ(od, blob_.substr(0, od.size()));
   EXPECT_TRUE(a + b == blob_);
   EXPECT_EQ(src.stats().requests, requests);  // all from the warm piece
+}
+
+// Prefetch reads that overlap (a span and a read-ahead of the same bytes)
+// count those bytes once: the piece stays until every byte was read, and
+// the part nobody read yet is not fetched again.
+TEST_F(HttpBlobSourceTest, OverlappingPrefetchReadsDoNotUseUpWarmPieces) {
+  HttpBlobSource src(client_, desc_);
+  WarmAll(src);  // one 1 MiB piece
+  if (HasFatalFailure()) return;
+  const uint64_t requests = src.stats().requests;
+  const size_t part = blob_.size() * 3 / 5;  // twice: more than the piece
+  std::string a(part, '\0'), again(part, '\0');
+  ASSERT_TRUE(src.ReadAt(0, absl::MakeSpan(a), ReadPriority::kPrefetch).ok());
+  ASSERT_TRUE(
+      src.ReadAt(0, absl::MakeSpan(again), ReadPriority::kPrefetch).ok());
+  std::string rest(blob_.size() - part, '\0');
+  ASSERT_TRUE(
+      src.ReadAt(part, absl::MakeSpan(rest), ReadPriority::kPrefetch).ok());
+  EXPECT_TRUE(a == again && a + rest == blob_);
+  EXPECT_EQ(src.stats().requests, requests);  // all from the warm piece
+  // Now every byte was read: let go.
+  std::string b(4096, '\0');
+  ASSERT_TRUE(src.ReadAt(0, absl::MakeSpan(b), ReadPriority::kPrefetch).ok());
+  EXPECT_EQ(src.stats().requests, requests + 1);
 }
 
 TEST_F(HttpBlobSourceTest, ReadsSplitDifferentlyCopyTheRightBytes) {
