@@ -101,6 +101,9 @@ struct CacheVerifyReport {
 
 class DiskChunkCache final : public ChunkCache {
  public:
+  // Returns before the directory's files are indexed (a stat per file: the
+  // writer thread does it first): lookups meanwhile check the file itself,
+  // Usage() waits for it.
   static absl::StatusOr<std::unique_ptr<DiskChunkCache>> Open(
       const std::string& dir, const DiskChunkCacheOptions& options = {});
   ~DiskChunkCache() override;  // flushes queued writes
@@ -165,6 +168,8 @@ class DiskChunkCache final : public ChunkCache {
   void Drop(const Digest& d);
   absl::Status EvictTo(uint64_t target);
   void Rescan();
+  // Returns once the first scan (on the writer thread) is done.
+  void WaitScanned();
 
   const std::string dir_;
   const DiskChunkCacheOptions options_;
@@ -181,6 +186,9 @@ class DiskChunkCache final : public ChunkCache {
   absl::flat_hash_map<Digest, std::shared_ptr<const std::string>> pending_
       ABSL_GUARDED_BY(mu_);
   uint64_t pending_bytes_ ABSL_GUARDED_BY(mu_) = 0;
+  // The first scan, on the writer thread, is done: index_ holds every file
+  // that was there at Open.
+  bool scanned_ ABSL_GUARDED_BY(mu_) = false;
 
   std::mutex q_mu_;
   std::condition_variable q_cv_;

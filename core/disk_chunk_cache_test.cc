@@ -93,6 +93,38 @@ TEST(DiskChunkCacheTest, PersistsAcrossRestart) {
   }
 }
 
+// Open does not wait for the scan of what is cached: lookups made while it
+// runs find the files themselves, and Usage waits for it.
+TEST(DiskChunkCacheTest, LookupsDoNotWaitForTheFirstScan) {
+  std::string dir = TempDir();
+  std::vector<std::string> chunks;
+  {
+    auto c = DiskChunkCache::Open(dir);
+    ASSERT_TRUE(c.ok());
+    for (int i = 0; i < 3000; ++i) {
+      chunks.push_back(Chunk(i, 64 + i % 7));
+      ASSERT_TRUE((*c)->Insert(Sha256::Of(chunks.back()), chunks.back()).ok());
+    }
+  }
+  auto c = DiskChunkCache::Open(dir);
+  ASSERT_TRUE(c.ok());
+  // From the last, which a scan in directory order is least likely to have
+  // reached yet.
+  for (auto it = chunks.rbegin(); it != chunks.rend(); ++it) {
+    const Digest d = Sha256::Of(*it);
+    ASSERT_TRUE((*c)->Contains(d));
+    std::string out(it->size(), '\0');
+    auto hit = (*c)->Read(d, it->size(), 0, absl::MakeSpan(out));
+    ASSERT_TRUE(hit.ok() && *hit);
+    EXPECT_EQ(out, *it);
+  }
+  EXPECT_FALSE((*c)->Contains(Sha256::Of("not cached")));
+  EXPECT_EQ((*c)->Usage().chunks, chunks.size());
+  uint64_t bytes = 0;
+  for (const std::string& s : chunks) bytes += s.size();
+  EXPECT_EQ((*c)->Usage().bytes, bytes);
+}
+
 TEST(DiskChunkCacheTest, EvictsToBudgetWhileReadersRun) {
   std::string dir = TempDir();
   DiskChunkCacheOptions o;
