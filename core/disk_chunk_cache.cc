@@ -209,6 +209,10 @@ void DiskChunkCache::Rescan() {
     bool trusted;
   };
   std::vector<Found> found;
+  {
+    absl::MutexLock l(&mu_);
+    ++scans_running_;
+  }
   ForEachEntry(dir_ + "/chunks", [&](const std::string& sub) {
     std::string subdir = dir_ + "/chunks/" + sub;
     ForEachEntry(subdir, [&](const std::string& name) {
@@ -230,9 +234,27 @@ void DiskChunkCache::Rescan() {
   std::sort(found.begin(), found.end(),
             [](const Found& a, const Found& b) { return a.mtime < b.mtime; });
   absl::MutexLock l(&mu_);
-  for (const Found& f : found) {
-    if (!index_.contains(f.d)) Track(f.d, f.size, f.trusted);
+  // The first scan runs while the cache is in use: what was looked up or
+  // written meanwhile is the most recent, so the files found go behind it
+  // (newest first); and a file dropped or evicted after the scan saw it is
+  // not brought back.
+  const bool first = !scanned_;
+  auto add = [&](const Found& f) {
+    if (index_.contains(f.d) || forgotten_.contains(f.d)) return;
+    if (first) {
+      lru_.push_back(f.d);
+      index_[f.d] = Meta{f.size, std::prev(lru_.end()), f.trusted};
+      bytes_ += f.size;
+    } else {
+      Track(f.d, f.size, f.trusted);
+    }
+  };
+  if (first) {
+    for (auto it = found.rbegin(); it != found.rend(); ++it) add(*it);
+  } else {
+    for (const Found& f : found) add(f);
   }
+  if (--scans_running_ == 0) forgotten_.clear();
 }
 
 void DiskChunkCache::Track(const Digest& d, uint64_t size, bool trusted) {
@@ -248,6 +270,7 @@ void DiskChunkCache::Track(const Digest& d, uint64_t size, bool trusted) {
 }
 
 void DiskChunkCache::Forget(const Digest& d) {
+  if (scans_running_ > 0) forgotten_.insert(d);
   auto it = index_.find(d);
   if (it != index_.end()) {
     bytes_ -= it->second.size;

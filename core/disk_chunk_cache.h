@@ -62,6 +62,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "core/chunk_cache.h"
@@ -189,6 +190,10 @@ class DiskChunkCache final : public ChunkCache {
   // The first scan, on the writer thread, is done: index_ holds every file
   // that was there at Open.
   bool scanned_ ABSL_GUARDED_BY(mu_) = false;
+  // Rescans in progress, and the chunks forgotten (dropped, evicted) since
+  // the first of them began: a scan that saw their files must not re-add them.
+  int scans_running_ ABSL_GUARDED_BY(mu_) = 0;
+  absl::flat_hash_set<Digest> forgotten_ ABSL_GUARDED_BY(mu_);
 
   std::mutex q_mu_;
   std::condition_variable q_cv_;

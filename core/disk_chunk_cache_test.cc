@@ -8,6 +8,7 @@
 #include <atomic>
 #include <chrono>
 #include <fstream>
+#include <functional>
 #include <random>
 #include <string>
 #include <thread>
@@ -34,6 +35,21 @@ std::string Chunk(int seed, size_t size) {
   std::string s(size, '\0');
   for (char& c : s) c = static_cast<char>(rng());
   return s;
+}
+
+// Stores chunks Chunk(seed, size(seed)) for seed in [first, first + n) in a
+// cache at `dir` (closed again: on disk) and returns them.
+std::vector<std::string> StoreChunks(const std::string& dir, int first, int n,
+                                     const std::function<size_t(int)>& size) {
+  std::vector<std::string> chunks;
+  auto c = DiskChunkCache::Open(dir);
+  EXPECT_TRUE(c.ok());
+  if (!c.ok()) return chunks;
+  for (int i = first; i < first + n; ++i) {
+    chunks.push_back(Chunk(i, size(i)));
+    EXPECT_TRUE((*c)->Insert(Sha256::Of(chunks.back()), chunks.back()).ok());
+  }
+  return chunks;
 }
 
 size_t CountFiles(const std::string& dir) {
@@ -72,15 +88,8 @@ TEST(DiskChunkCacheTest, StoresOnceAndReadsBack) {
 
 TEST(DiskChunkCacheTest, PersistsAcrossRestart) {
   std::string dir = TempDir();
-  std::vector<std::string> chunks;
-  {
-    auto c = DiskChunkCache::Open(dir);
-    ASSERT_TRUE(c.ok());
-    for (int i = 0; i < 20; ++i) {
-      chunks.push_back(Chunk(i, 4096 + i));
-      ASSERT_TRUE((*c)->Insert(Sha256::Of(chunks.back()), chunks.back()).ok());
-    }
-  }  // destructor flushes
+  std::vector<std::string> chunks =
+      StoreChunks(dir, 0, 20, [](int i) { return 4096 + i; });
   auto c = DiskChunkCache::Open(dir);
   ASSERT_TRUE(c.ok());
   EXPECT_EQ((*c)->Usage().chunks, 20u);
@@ -97,15 +106,9 @@ TEST(DiskChunkCacheTest, PersistsAcrossRestart) {
 // runs find the files themselves, and Usage waits for it.
 TEST(DiskChunkCacheTest, LookupsDoNotWaitForTheFirstScan) {
   std::string dir = TempDir();
-  std::vector<std::string> chunks;
-  {
-    auto c = DiskChunkCache::Open(dir);
-    ASSERT_TRUE(c.ok());
-    for (int i = 0; i < 3000; ++i) {
-      chunks.push_back(Chunk(i, 64 + i % 7));
-      ASSERT_TRUE((*c)->Insert(Sha256::Of(chunks.back()), chunks.back()).ok());
-    }
-  }
+  std::vector<std::string> chunks =
+      StoreChunks(dir, 0, 3000, [](int i) { return 64 + i % 7; });
+  ASSERT_EQ(chunks.size(), 3000u);
   auto c = DiskChunkCache::Open(dir);
   ASSERT_TRUE(c.ok());
   // From the last, which a scan in directory order is least likely to have
@@ -123,6 +126,28 @@ TEST(DiskChunkCacheTest, LookupsDoNotWaitForTheFirstScan) {
   uint64_t bytes = 0;
   for (const std::string& s : chunks) bytes += s.size();
   EXPECT_EQ((*c)->Usage().bytes, bytes);
+}
+
+// Chunks read right after Open, while the first scan runs, stay the most
+// recently used once it is done: pruning keeps them.
+TEST(DiskChunkCacheTest, ChunksReadDuringTheFirstScanStayRecent) {
+  std::string dir = TempDir();
+  std::vector<std::string> chunks =
+      StoreChunks(dir, 10000, 3000, [](int) { return size_t{100}; });
+  ASSERT_EQ(chunks.size(), 3000u);
+  auto c = DiskChunkCache::Open(dir);
+  ASSERT_TRUE(c.ok());
+  std::string out(100, '\0');
+  for (int i = 0; i < 10; ++i) {
+    auto hit =
+        (*c)->Read(Sha256::Of(chunks[i * 300]), 100, 0, absl::MakeSpan(out));
+    ASSERT_TRUE(hit.ok() && *hit);
+  }
+  ASSERT_TRUE((*c)->Prune(10 * 100).ok());
+  EXPECT_EQ((*c)->Usage().chunks, 10u);
+  for (int i = 0; i < 10; ++i) {
+    EXPECT_TRUE((*c)->Contains(Sha256::Of(chunks[i * 300]))) << i;
+  }
 }
 
 TEST(DiskChunkCacheTest, EvictsToBudgetWhileReadersRun) {

@@ -1,6 +1,5 @@
 #include "fetch/curl_http.h"
 
-#include <dirent.h>
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -101,25 +100,6 @@ bool IsRetryableCurlCode(CURLcode code) {
   }
 }
 
-bool HasCaHashLinks(const std::string& dir) {
-  DIR* d = opendir(dir.c_str());
-  if (d == nullptr) return false;
-  bool found = false;
-  while (struct dirent* e = readdir(d)) {
-    absl::string_view name(e->d_name);
-    if (name.size() < 10 || name[8] != '.') continue;
-    auto hex = [](char c) {
-      return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
-    };
-    found = std::all_of(name.begin(), name.begin() + 8, hex) &&
-            std::all_of(name.begin() + 9, name.end(),
-                        [](char c) { return c >= '0' && c <= '9'; });
-    if (found) break;
-  }
-  closedir(d);
-  return found;
-}
-
 namespace {
 
 // What a reader and the loop share about one request.
@@ -147,21 +127,6 @@ struct Channel {
 
 constexpr size_t kSinkWakeBytes = 256 << 10;
 
-// The system's CA directory of hash links, or "" (then the bundle is used).
-const std::string& SystemCaDir() {
-  static const std::string* dir = [] {
-    const curl_version_info_data* v = curl_version_info(CURLVERSION_NOW);
-    std::vector<std::string> candidates;
-    if (v->capath != nullptr) candidates.emplace_back(v->capath);
-    candidates.emplace_back("/etc/ssl/certs");
-    for (const std::string& d : candidates) {
-      if (HasCaHashLinks(d)) return new std::string(d);
-    }
-    return new std::string;
-  }();
-  return *dir;
-}
-
 // Reads the system CA bundle once.
 const std::string& SystemCaBundle() {
   static const std::string* bundle = [] {
@@ -183,10 +148,8 @@ const std::string& SystemCaBundle() {
   return *bundle;
 }
 
-// The extra CA files as one PEM blob, with the system bundle in front when
-// the system's CAs are not reachable through SystemCaDir().
 absl::StatusOr<std::string> CaBlob(const std::vector<std::string>& files) {
-  std::string blob = SystemCaDir().empty() ? SystemCaBundle() : "";
+  std::string blob = SystemCaBundle();
   for (const std::string& f : files) {
     std::ifstream in(f, std::ios::binary);
     if (!in) {
@@ -611,11 +574,6 @@ void CurlHttpTransport::Loop::StartAttempt(Transfer* t) {
   }
   curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, r.tls.verify ? 1L : 0L);
   curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, r.tls.verify ? 2L : 0L);
-  if (r.tls.verify && !SystemCaDir().empty()) {
-    // The system's CAs by hash lookup, not the bundle (see HasCaHashLinks).
-    curl_easy_setopt(e, CURLOPT_CAINFO, nullptr);
-    curl_easy_setopt(e, CURLOPT_CAPATH, SystemCaDir().c_str());
-  }
   if (t->ca_blob != nullptr) {
     curl_blob blob;
     blob.data = const_cast<char*>(t->ca_blob->data());

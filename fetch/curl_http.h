@@ -103,14 +103,6 @@ absl::Status CurlMCodeToStatus(CURLMcode code, absl::string_view what);
 // refused/reset, timeouts, truncated bodies, HTTP/2 stream errors).
 bool IsRetryableCurlCode(CURLcode code);
 
-// Whether `dir` holds OpenSSL hash links (`<8 hex digits>.<N>`, as
-// `update-ca-certificates` or `openssl rehash` make them). The system's
-// trusted CAs are taken from such a directory (CURLOPT_CAPATH): OpenSSL then
-// reads only the certificates a handshake needs, where the ~140-certificate
-// bundle costs ~30 ms of parsing at every new connection (curl caches no
-// store when a CA path or blob is set). Without one, the bundle is loaded.
-bool HasCaHashLinks(const std::string& dir);
-
 }  // namespace lazypull
 
 #endif  // LAZYPULL_FETCH_CURL_HTTP_H_

@@ -1,6 +1,5 @@
 #include "fetch/curl_http.h"
 
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cstdlib>
@@ -573,22 +572,6 @@ TEST(HttpHelpersTest, ParsesRangesAndRetryAfter) {
   HttpRequest q;
   q.url = "https://h/p?sig=secret";
   EXPECT_EQ(q.Describe(), "GET https://h/p");
-}
-
-TEST(CaDirTest, RecognisesOpenSslHashLinks) {
-  const char* tmp = std::getenv("TEST_TMPDIR");
-  const std::string dir = absl::StrCat(tmp ? tmp : "/tmp", "/cadir");
-  ASSERT_EQ(mkdir(dir.c_str(), 0700), 0);
-  EXPECT_FALSE(HasCaHashLinks(dir)) << "empty";
-  EXPECT_FALSE(HasCaHashLinks(dir + "/missing"));
-  // A bundle and look-alikes are not hash links.
-  for (const char* name : {"ca-certificates.crt", "5ad8a5d6.pem", "5AD8A5D6.0",
-                           "5ad8a5d.0", "5ad8a5d6.", "5ad8a5d6.x"}) {
-    std::ofstream(absl::StrCat(dir, "/", name)) << "x";
-  }
-  EXPECT_FALSE(HasCaHashLinks(dir));
-  std::ofstream(dir + "/5ad8a5d6.12") << "x";
-  EXPECT_TRUE(HasCaHashLinks(dir));
 }
 
 TEST(HttpStatusTest, KeepsTheRawCode) {

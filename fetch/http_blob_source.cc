@@ -104,8 +104,8 @@ void HttpBlobSource::AddWorkerIfNeeded() {
           static_cast<size_t>(options_.max_concurrent_requests)) {
     return;
   }
-  ++idle_workers_;  // counted as idle from the start: it looks for work first
   workers_.emplace_back([this] { WorkerLoop(); });
+  ++idle_workers_;  // counted as idle from the start: it looks for work first
 }
 
 HttpBlobSource::~HttpBlobSource() {
