@@ -6,6 +6,7 @@
 #include <fstream>
 #include <map>
 #include <memory>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -530,6 +531,52 @@ TEST(LayerWriterTest, Levels) {
   }
   EXPECT_GT(sizes[1], sizes[9]);
   EXPECT_GE(sizes[6], sizes[9]);
+}
+
+// Prioritized files are compressed harder (gzip: level 9 unless said
+// otherwise): the prefetch range is smaller; the rest keeps the level, and
+// the output stays the same whatever the threads.
+TEST(LayerWriterTest, PrioritizedFilesAtAHigherLevel) {
+  std::mt19937 rng(7);
+  const char* words[] = {"lazy",    "pull",   "chunk",    "member", "landmark",
+                         "inflate", "verify", "registry", "layer",  "toc"};
+  auto text = [&](size_t n) {
+    std::string t;
+    while (t.size() < n) {
+      t += words[rng() % 10];
+      t += (rng() % 7 == 0) ? '\n' : ' ';
+    }
+    return t;
+  };
+  TarBuilder b;
+  b.Dir("app/");
+  for (int i = 0; i < 8; ++i) {
+    b.File(absl::StrCat("app/hot", i), text(100000));
+    b.File(absl::StrCat("app/cold", i), text(100000));
+  }
+  const std::string tar = b.Finish();
+  LayerWriterOptions o;
+  for (int i = 0; i < 8; ++i) {
+    o.prioritized_files.push_back(absl::StrCat("app/hot", i));
+  }
+  Written hard = Write(tar, o);  // default: 9 for the prioritized files
+  o.prioritized_level = 6;       // the layer's level
+  Written same = Write(tar, o);
+  ASSERT_TRUE(hard.result.prefetch_landmark_offset.has_value());
+  ASSERT_TRUE(same.result.prefetch_landmark_offset.has_value());
+  EXPECT_LT(*hard.result.prefetch_landmark_offset,
+            *same.result.prefetch_landmark_offset);
+  // What follows the landmark is compressed the same way in both.
+  EXPECT_EQ(hard.result.toc_offset - *hard.result.prefetch_landmark_offset,
+            same.result.toc_offset - *same.result.prefetch_landmark_offset);
+  for (const Written* w : {&hard, &same}) {
+    std::unique_ptr<LayerReader> r = Open(*w);
+    ASSERT_NE(r, nullptr);
+    EXPECT_TRUE(VerifyLayer(*r).ok());
+  }
+  o.prioritized_level = 0;
+  o.threads = 4;
+  EXPECT_TRUE(Write(tar, o).blob == hard.blob);
 }
 
 absl::Status WriteError(absl::string_view tar, LayerWriterOptions o = {}) {
