@@ -653,7 +653,7 @@ absl::StatusOr<LayerWriteResult> WriteLayer(absl::string_view tar,
       bytes += members[first_rest_member++].size;
     }
   }
-  auto run = [&](MemberCompressor& c, MemberCompressor& cp, size_t j,
+  auto run = [&](MemberCompressor& c, MemberCompressor& prio, size_t j,
                  JobResult* r) -> absl::Status {
     const JobPlan& job = jobs[j];
     uint64_t job_bytes = 0;
@@ -667,7 +667,7 @@ absl::StatusOr<LayerWriteResult> WriteLayer(absl::string_view tar,
          ++m) {
       const MemberPlan& mp = members[m];
       size_t before = r->data.size();
-      RETURN_IF_ERROR((m < first_rest_member ? cp : c)
+      RETURN_IF_ERROR((m < first_rest_member ? prio : c)
                           .Compress(absl::MakeConstSpan(pieces).subspan(
                                         mp.first_piece, mp.num_pieces),
                                     &r->data));

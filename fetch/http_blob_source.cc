@@ -41,6 +41,23 @@ namespace {
 
 int Rank(ReadPriority p) { return static_cast<int>(p); }
 
+// Adds [lo, hi) to `ranges` (disjoint [first, second) ranges keyed by
+// first), merging what it touches; returns how many bytes it newly covers.
+uint64_t AddRange(std::map<uint64_t, uint64_t>& ranges, uint64_t lo,
+                  uint64_t hi) {
+  uint64_t covered_before = 0;
+  auto it = ranges.upper_bound(lo);
+  if (it != ranges.begin() && std::prev(it)->second >= lo) --it;
+  while (it != ranges.end() && it->first <= hi) {
+    lo = std::min(lo, it->first);
+    hi = std::max(hi, it->second);
+    covered_before += it->second - it->first;
+    it = ranges.erase(it);
+  }
+  ranges[lo] = hi;
+  return hi - lo - covered_before;
+}
+
 // HTTP/2 stream weights by class: where the server honours them, an
 // on-demand response's frames go before background ones already queued at
 // the server (the client-side caps are what we rely on; this is a bonus).
@@ -307,18 +324,7 @@ void HttpBlobSource::Warm(uint64_t offset, uint64_t len) {
 void HttpBlobSource::ConsumeWarm(const std::shared_ptr<Piece>& p, uint64_t from,
                                  uint64_t n) {
   absl::MutexLock l(&mu_);
-  // Merge [from, from + n) into the disjoint ranges read so far.
-  uint64_t lo = from, hi = from + n;
-  auto it = p->consumed.upper_bound(lo);
-  if (it != p->consumed.begin() && std::prev(it)->second >= lo) --it;
-  while (it != p->consumed.end() && it->first <= hi) {
-    lo = std::min(lo, it->first);
-    hi = std::max(hi, it->second);
-    p->consumed_bytes -= it->second - it->first;
-    it = p->consumed.erase(it);
-  }
-  p->consumed[lo] = hi;
-  p->consumed_bytes += hi - lo;
+  p->consumed_bytes += AddRange(p->consumed, from, from + n);
   if (p->consumed_bytes < p->len) return;
   // Every byte was read at least once: let it go.
   auto w = std::find(warm_.begin(), warm_.end(), p);
@@ -483,16 +489,7 @@ void HttpBlobSource::Spill(uint64_t first, absl::string_view data) {
     if (w <= 0) return;  // disk full or the like: read again later instead
     done += static_cast<size_t>(w);
   }
-  // Merge [first, end) into the disjoint ranges.
-  uint64_t lo = first, hi = end;
-  auto it = spilled_.upper_bound(lo);
-  if (it != spilled_.begin() && std::prev(it)->second >= lo) --it;
-  while (it != spilled_.end() && it->first <= hi) {
-    lo = std::min(lo, it->first);
-    hi = std::max(hi, it->second);
-    it = spilled_.erase(it);
-  }
-  spilled_[lo] = hi;
+  AddRange(spilled_, first, end);
 }
 
 void HttpBlobSource::CatchUp() {

@@ -153,6 +153,20 @@ class RegistryMountTest : public ::testing::Test {
     return b;
   }
 
+  // A layer of data/hot (prioritized) and data/cold, `size` bytes each of
+  // Payload(size, hot_seed) and Payload(size, cold_seed).
+  LayerBlob HotAndCold(const std::string& name, size_t size, int hot_seed,
+                       int cold_seed) {
+    TarBuilder b;
+    b.Dir("./");
+    b.Dir("data/");
+    b.File("data/hot", Payload(size, hot_seed));
+    b.File("data/cold", Payload(size, cold_seed));
+    const std::string list = absl::StrCat(dir_, "/prioritize-", name, ".txt");
+    WriteFile(list, "data/hot\n");
+    return Convert(b.Finish(), name, {"--prioritize", list});
+  }
+
   LayerBlob Gzip(const std::string& tar) {
     LayerBlob b;
     b.bytes = testing::GzipForTest(tar);
@@ -444,14 +458,7 @@ TEST_F(RegistryMountTest, SingleLayerIsBindMounted) {
 // The prioritized files (before the prefetch landmark) are fetched before
 // `mount --wait-prefetch` returns, without any read.
 TEST_F(RegistryMountTest, WaitPrefetchFetchesThePrioritizedFiles) {
-  TarBuilder b;
-  b.Dir("./");
-  b.Dir("data/");
-  b.File("data/hot", Payload(2 << 20, 7));
-  b.File("data/cold", Payload(2 << 20, 8));
-  const std::string list = dir_ + "/prioritize.txt";
-  WriteFile(list, "data/hot\n");
-  LayerBlob l = Convert(b.Finish(), "prio", {"--prioritize", list});
+  LayerBlob l = HotAndCold("prio", 2 << 20, 7, 8);
   const std::string ref = Push("test/prio", {l});
   const std::string mnt = dir_ + "/mnt-prio";
   testing::RunResult m =
@@ -497,14 +504,7 @@ TEST_F(RegistryMountTest, WaitPrefetchFetchesThePrioritizedFiles) {
 // The descriptor's hints are only hints: a prefetch size and a TOC offset
 // that lie cost bytes and a second read, never a wrong byte.
 TEST_F(RegistryMountTest, LyingHintsCostBytesNotCorrectness) {
-  TarBuilder b;
-  b.Dir("./");
-  b.Dir("data/");
-  b.File("data/hot", Payload(1 << 20, 3));
-  b.File("data/cold", Payload(1 << 20, 4));
-  const std::string list = dir_ + "/prioritize-lie.txt";
-  WriteFile(list, "data/hot\n");
-  LayerBlob l = Convert(b.Finish(), "lie", {"--prioritize", list});
+  LayerBlob l = HotAndCold("lie", 1 << 20, 3, 4);
   ASSERT_TRUE(l.annotations.count("io.lazypull.toc-offset"));
   const uint64_t size = l.bytes.size();
   l.annotations["io.lazypull.prefetch-size"] = absl::StrCat(size);
