@@ -650,6 +650,8 @@ absl::Status ServeImage(
       std::string why;  // why it is pulled in full; empty: lazy
       // The prefetch range's end from the descriptor (a hint).
       std::optional<uint64_t> prefetch_hint;
+      // Where the range Warm()ed with the tail read ends (0: none).
+      uint64_t warm_with_tail = 0;
       absl::StatusOr<std::unique_ptr<LayerReader>> reader =
           absl::UnknownError("not opened");
     };
@@ -743,13 +745,12 @@ absl::Status ServeImage(
         // mounted (the reads of the prefetch then find those bytes).
         HttpBlobSource* source = p.m->source.get();
         if (early_prefetch) {
-          // With the descriptor's hint, from the moment the tail read is in
-          // (while the TOC is inflated and checked); the TOC has the last
+          // With the descriptor's hint, from the moment the tail read is
+          // answered (the link goes on from the TOC's bytes to the prefetch
+          // range's without idling for a round trip); the TOC has the last
           // word either way.
           const std::optional<uint64_t> hint = p.prefetch_hint;
-          if (hint) {
-            p.lo.on_tail_read = [source, end = *hint] { source->Warm(0, end); };
-          }
+          if (hint) p.warm_with_tail = *hint;
           p.lo.on_toc = [source, hint,
                          name = LayerName(*p.m, n)](absl::string_view json) {
             std::optional<uint64_t> landmark = ScanPrefetchLandmark(json);
@@ -776,6 +777,10 @@ absl::Status ServeImage(
            ++k) {
         openers.emplace_back([&] {
           for (size_t j; (j = next.fetch_add(1)) < lazy.size();) {
+            if (lazy[j]->warm_with_tail > 0) {
+              lazy[j]->m->source->Warm(0, lazy[j]->warm_with_tail,
+                                       /*after_next_read=*/true);
+            }
             lazy[j]->reader =
                 LayerReader::Open(lazy[j]->m->source, lazy[j]->lo);
           }

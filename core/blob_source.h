@@ -22,6 +22,7 @@
 #define LAZYPULL_CORE_BLOB_SOURCE_H_
 
 #include <cstdint>
+#include <functional>
 #include <string>
 
 #include "absl/status/status.h"
@@ -48,6 +49,20 @@ class BlobSource {
                               ReadPriority priority) = 0;
   absl::Status ReadAt(uint64_t offset, absl::Span<char> dst) {
     return ReadAt(offset, dst, ReadPriority::kOnDemand);
+  }
+
+  // ReadAt for a caller that can use the first bytes before the rest: a
+  // source that receives them over time calls `progress(n)` on the calling
+  // thread, before it returns, each time a longer prefix dst[0, n) is in
+  // place (n only grows; reported bytes are not written again). They are as
+  // untrusted as any. The result is ReadAt's: an error after some progress
+  // still fails the read (the caller must not count on the bytes it did not
+  // get). This default reports nothing before it returns.
+  virtual absl::Status ReadAtStreaming(
+      uint64_t offset, absl::Span<char> dst, ReadPriority priority,
+      const std::function<void(size_t)>& progress) {
+    (void)progress;
+    return ReadAt(offset, dst, priority);
   }
 
   // A short human-readable name for log lines and errors ("file /x/layer").

@@ -326,33 +326,24 @@ absl::Status CachedLayer::FillSpan(const Span& span, ReadPriority priority) {
     const size_t n = end - begin;
     // Not zero-filled: the source overwrites every byte (or fails).
     std::shared_ptr<std::string> buf = BufferPool::Default().Get(n);
-    absl::Status st =
-        reader_->source().ReadAt(begin, absl::MakeSpan(*buf), priority);
     const absl::string_view bytes(*buf);
-    fills_.fetch_add(1);
-    if (!st.ok()) {
-      st = absl::Status(st.code(),
-                        absl::StrCat(reader_->source().Describe(), " bytes [",
-                                     begin, ", ", end, "): ", st.message()));
-      if (first_error.ok()) first_error = st;
-    } else {
-      fetched_.fetch_add(n);
-    }
-    for (auto& [g, flight] : claimed) {
+    // Decodes, verifies and caches claimed member `i` from its bytes (or
+    // fails it with `st`), and lets its waiters go.
+    auto finish = [&](size_t i, absl::Status st) {
+      auto& [g, flight] = claimed[i];
       const Chunk& c = cs[groups_[g].front()];
       absl::flat_hash_map<uint32_t, ChunkData> out;
       absl::flat_hash_map<uint32_t, absl::Status> errors;
-      absl::Status ds = st;
-      if (ds.ok()) {
+      if (st.ok()) {
         if (!group_fetched_[g].exchange(true)) {
           fetched_blob_bytes_.fetch_add(c.blob_end - c.blob_offset);
         }
-        ds = DecodeGroup(
+        st = DecodeGroup(
             g, bytes.substr(c.blob_offset - begin, c.blob_end - c.blob_offset),
             &out, &errors);
-        if (!ds.ok()) {
-          failures_.fetch_add(ds.code() == absl::StatusCode::kDataLoss ? 1 : 0);
-          if (first_error.ok()) first_error = ds;
+        if (!st.ok()) {
+          failures_.fetch_add(st.code() == absl::StatusCode::kDataLoss ? 1 : 0);
+          if (first_error.ok()) first_error = st;
           out.clear();
         } else if (!errors.empty() && first_error.ok()) {
           first_error = errors.begin()->second;
@@ -363,14 +354,37 @@ absl::Status CachedLayer::FillSpan(const Span& span, ReadPriority priority) {
       }
       {
         absl::MutexLock l(&flight->mu);
-        flight->status = ds;
+        flight->status = st;
         flight->data = std::move(out);
         flight->errors = std::move(errors);
         flight->done = true;
       }
       absl::MutexLock l(&mu_);
       flights_.erase(g);
+    };
+    // Members whose bytes are all in are decoded while the rest arrive, so
+    // a reader waiting for one of them (a process starting while its
+    // prefetch streams in) is not held up by the whole run.
+    size_t finished = 0;
+    auto member_end = [&](size_t i) {
+      return cs[groups_[claimed[i].first].front()].blob_end - begin;
+    };
+    absl::Status st = reader_->source().ReadAtStreaming(
+        begin, absl::MakeSpan(*buf), priority, [&](size_t have) {
+          while (finished < claimed.size() && member_end(finished) <= have) {
+            finish(finished++, absl::OkStatus());
+          }
+        });
+    fills_.fetch_add(1);
+    if (!st.ok()) {
+      st = absl::Status(st.code(),
+                        absl::StrCat(reader_->source().Describe(), " bytes [",
+                                     begin, ", ", end, "): ", st.message()));
+      if (first_error.ok()) first_error = st;
+    } else {
+      fetched_.fetch_add(n);
     }
+    while (finished < claimed.size()) finish(finished++, st);
     ReleaseFillBytes(held);
   }
   return first_error;

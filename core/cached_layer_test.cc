@@ -1,13 +1,16 @@
 #include "core/cached_layer.h"
 
 #include <chrono>
+#include <future>
 #include <random>
 #include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
 #include "core/memory_blob_source.h"
 #include "core/memory_chunk_cache.h"
+#include "core/status_macros.h"
 #include "core/testing/test_layer.h"
 #include "gtest/gtest.h"
 
@@ -281,6 +284,96 @@ TEST(CachedLayerTest, SpanSkipsMembersCachedSinceItWasPlanned) {
     EXPECT_EQ(f.ReadAll(f.Inode(absl::StrCat("f", i))), data[i]) << i;
   }
   EXPECT_EQ(f.source->reads() - reads, 2u) << "everything was cached";
+}
+
+// A source that hands out the first half of each read, reports it, and
+// holds the rest back until released: a span's bytes arriving over time.
+class HalfThenWaitSource : public BlobSource {
+ public:
+  explicit HalfThenWaitSource(std::string blob) : inner_(std::move(blob)) {}
+  uint64_t size() const override { return inner_.size(); }
+  absl::Status ReadAt(uint64_t offset, absl::Span<char> dst,
+                      ReadPriority p) override {
+    ++plain_reads_;
+    return inner_.ReadAt(offset, dst, p);
+  }
+  absl::Status ReadAtStreaming(
+      uint64_t offset, absl::Span<char> dst, ReadPriority p,
+      const std::function<void(size_t)>& progress) override {
+    ++streaming_reads_;
+    const size_t half = dst.size() / 2;
+    RETURN_IF_ERROR(inner_.ReadAt(offset, dst.subspan(0, half), p));
+    progress(half);
+    paused_.Notify();
+    release_.WaitForNotification();
+    return inner_.ReadAt(offset + half, dst.subspan(half), p);
+  }
+  using BlobSource::ReadAt;
+  std::string Describe() const override { return "half, then wait"; }
+
+  absl::Notification paused_, release_;
+  std::atomic<int> plain_reads_{0}, streaming_reads_{0};
+
+ private:
+  MemoryBlobSource inner_;
+};
+
+// A span's members are decoded, verified and cached as their bytes arrive:
+// a reader of one near its start gets it while the rest is still on the
+// way (a process starting while its prefetch range streams in).
+TEST(CachedLayerTest, SpanMembersServeReadersAsTheirBytesArrive) {
+  TestLayer t;
+  std::vector<std::string> data;
+  for (int i = 0; i < 30; ++i) {
+    data.push_back(Random(20000, 500 + i));
+    t.AddFile(absl::StrCat("f", i), data.back());
+  }
+  const TestBlob b = t.Build();
+  auto src = std::make_shared<HalfThenWaitSource>(b.blob);
+  auto r = LayerReader::Open(src, {});
+  ASSERT_TRUE(r.ok()) << r.status();
+  std::shared_ptr<const LayerReader> reader = std::move(*r);
+  CachedLayerOptions o;
+  o.readahead_chunks = 0;
+  auto cache = std::make_shared<MemoryChunkCache>(0);
+  CachedLayer layer(reader, cache, o);
+  std::vector<uint32_t> all(reader->index().chunks().size());
+  for (uint32_t i = 0; i < all.size(); ++i) all[i] = i;
+  const auto spans = layer.PlanSpans(all, 8 << 20, 1024);
+  ASSERT_EQ(spans.size(), 1u);
+  const int plain_before = src->plain_reads_.load();
+
+  absl::Status span_st;
+  std::thread filler(
+      [&] { span_st = layer.FillSpan(spans[0], ReadPriority::kPrefetch); });
+  src->paused_.WaitForNotification();
+  // File 0's member lies in the first half: read while the span waits.
+  std::promise<std::string> first;
+  std::future<std::string> got = first.get_future();
+  std::thread reader_thread([&] {
+    auto ino = reader->index().Resolve("f0");
+    std::string out(data[0].size(), '\0');
+    auto n = layer.Read(*ino, 0, absl::MakeSpan(out));
+    first.set_value(n.ok() ? out : n.status().ToString());
+  });
+  const bool in_time =
+      got.wait_for(std::chrono::seconds(10)) == std::future_status::ready;
+  src->release_.Notify();  // whatever happened, let everything finish
+  reader_thread.join();
+  filler.join();
+  ASSERT_TRUE(in_time) << "the read waited for the whole span";
+  EXPECT_TRUE(got.get() == data[0]);
+  EXPECT_TRUE(span_st.ok()) << span_st;
+  // Nothing was read twice: the reader took the span's bytes.
+  EXPECT_EQ(src->plain_reads_.load(), plain_before);
+  EXPECT_EQ(src->streaming_reads_.load(), 1);
+  for (int i = 0; i < 30; ++i) {
+    auto ino = reader->index().Resolve(absl::StrCat("f", i));
+    std::string out(data[i].size(), '\0');
+    ASSERT_TRUE(layer.Read(*ino, 0, absl::MakeSpan(out)).ok());
+    EXPECT_TRUE(out == data[i]) << i;
+  }
+  EXPECT_EQ(src->plain_reads_.load(), plain_before) << "all were cached";
 }
 
 TEST(CachedLayerTest, CorruptChunkFailsAndIsNeverCached) {

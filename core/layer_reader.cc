@@ -149,7 +149,6 @@ absl::StatusOr<std::unique_ptr<LayerReader>> LayerReader::Open(
       size, std::max<uint64_t>(options.tail_read_size, kFooterTailSize));
   std::string tail(tail_len, '\0');
   RETURN_IF_ERROR(src.ReadAt(size - tail_len, absl::MakeSpan(tail)));
-  if (options.on_tail_read) options.on_tail_read();
   const uint64_t foot_len = std::min<uint64_t>(tail_len, kFooterTailSize);
   ASSIGN_OR_RETURN(
       r->footer_,

@@ -40,9 +40,6 @@ struct LayerOpenOptions {
   // How many bytes to read from the end of the blob in the first read; when
   // the TOC lies within them, no second read is needed.
   uint64_t tail_read_size = kFooterTailSize;
-  // Called as soon as the tail read is in, before footer and TOC are checked
-  // (e.g. to start a prefetch whose extent an annotation gave).
-  std::function<void()> on_tail_read;
   // Called with the TOC's JSON once it matches the trust anchors, before it
   // is parsed and indexed (e.g. to start fetching the prefetch range while
   // that runs). Must not keep the view.

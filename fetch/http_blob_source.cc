@@ -17,6 +17,25 @@
 
 namespace lazypull {
 
+// One GET in flight: its body lands in `buf` (the blob's bytes from `lo`),
+// the first `received` of them so far.
+struct HttpBlobSource::Request {
+  uint64_t lo = 0;
+  absl::Mutex mu;
+  // Set (under mu) once the answer's headers are in, before `received`
+  // grows, and never changed: a fresh buffer costs page faults (here, the
+  // hypervisor backing its memory: 4-5 ms per MiB), which delay the
+  // response, not the request.
+  std::shared_ptr<std::string> buf;
+  uint64_t received ABSL_GUARDED_BY(mu) = 0;
+  // Set once the pieces it serves are done (after their `done`).
+  bool finished ABSL_GUARDED_BY(mu) = false;
+  // A Warm() request, and (guarded by the source's mu_) whether it let the
+  // next one start: once what it has left takes about a round trip.
+  bool warm = false;
+  bool handed_off = false;
+};
+
 // One range some reader waits for.
 struct HttpBlobSource::Piece {
   uint64_t first = 0;
@@ -29,6 +48,8 @@ struct HttpBlobSource::Piece {
   absl::Status status;
   bool done = false;
   bool warm = false;  // fetched ahead by Warm(), with no reader yet
+  // Its request, once dispatched: readers take bytes as they land.
+  std::shared_ptr<Request> request;
   // Warm: the disjoint blob ranges [lo, hi) readers have copied out, by lo,
   // and how many bytes they cover (a byte read twice counts once).
   std::map<uint64_t, uint64_t> consumed;
@@ -159,9 +180,13 @@ bool HttpBlobSource::Eligible(const Piece& p) const {
   if (p.priority == ReadPriority::kOnDemand) {
     return requests_in_flight_ < options_.max_concurrent_requests;
   }
-  // Few warm pieces at once, so that they arrive in blob order (the order
-  // the prefetched files are read in), not all at the end together.
-  if (p.warm && warm_in_flight_ >= kWarmStreams) return false;
+  // Warm pieces one after another, so that they arrive in blob order (the
+  // order the prefetched files are read in): the next goes out when the
+  // one streaming in has about a round trip left, so the link does not idle.
+  if (p.warm && (warm_gate_ != WarmGate::kOpen || warm_streaming_ > 0 ||
+                 warm_in_flight_ >= kWarmStreams)) {
+    return false;
+  }
   if (non_urgent_in_flight_ >=
       options_.max_concurrent_requests - options_.reserved_on_demand) {
     return false;
@@ -187,6 +212,12 @@ bool HttpBlobSource::HasWork() const {
 
 absl::Status HttpBlobSource::ReadAt(uint64_t offset, absl::Span<char> dst,
                                     ReadPriority priority) {
+  return ReadAtStreaming(offset, dst, priority, nullptr);
+}
+
+absl::Status HttpBlobSource::ReadAtStreaming(
+    uint64_t offset, absl::Span<char> dst, ReadPriority priority,
+    const std::function<void(size_t)>& progress) {
   const uint64_t n = dst.size();
   if (offset > size() || n > size() - offset) {
     return absl::OutOfRangeError(
@@ -229,23 +260,65 @@ absl::Status HttpBlobSource::ReadAt(uint64_t offset, absl::Span<char> dst,
   absl::Status st;
   for (const Part& part : mine) {
     const Piece& p = *part.piece;
+    // Bytes of the part copied out while its request was still running.
+    uint64_t early = 0;
+    std::shared_ptr<Request> req;
     {
       absl::MutexLock l(&mu_);
-      mu_.Await(absl::Condition(&part.piece->done));
+      auto dispatched = [&p] { return p.done || p.request != nullptr; };
+      mu_.Await(absl::Condition(&dispatched));
+      if (!p.done) req = p.request;
     }
-    if (!p.status.ok()) {
-      if (st.ok()) st = p.status;
-    } else {
-      std::memcpy(dst.data() + (part.o - offset),
-                  p.data->data() + p.data_offset + (part.o - p.first),
-                  part.len);
-      // Only prefetch-priority reads (the prefetch's spans and read-ahead)
-      // use up a warm piece: the prefetch reads every byte of it, and an
-      // on-demand read of some bytes first would let it go before that.
-      // Spans and read-ahead may overlap: ranges, not counts, say when.
+    while (req != nullptr && st.ok()) {
+      // Wait for more of the part, or for the request's end.
+      uint64_t have;
+      bool finished;
+      {
+        absl::MutexLock l(&req->mu);
+        auto more = [&] {
+          return req->finished || req->lo + req->received > part.o + early;
+        };
+        req->mu.Await(absl::Condition(&more));
+        have = std::min(req->lo + req->received, part.o + part.len) - part.o;
+        finished = req->finished;
+      }
+      if (finished) break;  // the rest from the done piece, below
+      std::memcpy(dst.data() + (part.o - offset) + early,
+                  req->buf->data() + (part.o + early - req->lo), have - early);
+      early = have;
+      if (early == part.len) break;
+      if (progress) progress(part.o - offset + early);
+    }
+    if (early == part.len && st.ok()) {
+      // Every byte of the part is in while its request still runs: the
+      // first bytes of a 206 under a checked Content-Range (what happens to
+      // the rest of the body cannot change them).
       if (p.warm && priority == ReadPriority::kPrefetch) {
         ConsumeWarm(part.piece, part.o, part.len);
       }
+    } else {
+      {
+        absl::MutexLock l(&mu_);
+        mu_.Await(absl::Condition(&part.piece->done));
+      }
+      if (!p.status.ok()) {
+        if (st.ok()) st = p.status;
+      } else if (st.ok()) {
+        std::memcpy(dst.data() + (part.o - offset) + early,
+                    p.data->data() + p.data_offset + (part.o - p.first) + early,
+                    part.len - early);
+        // Only prefetch-priority reads (the prefetch's spans and
+        // read-ahead) use up a warm piece: the prefetch reads every byte of
+        // it, and an on-demand read of some bytes first would let it go
+        // before that. Spans and read-ahead may overlap: ranges, not
+        // counts, say when.
+        if (p.warm && priority == ReadPriority::kPrefetch) {
+          ConsumeWarm(part.piece, part.o, part.len);
+        }
+      }
+    }
+    if (st.ok() && progress && &part != &mine.back()) {
+      progress(part.o + part.len - offset);
     }
   }
   return st;
@@ -296,9 +369,13 @@ uint64_t HttpBlobSource::NextPieceStart(uint64_t o, uint64_t limit) const {
   return next;
 }
 
-void HttpBlobSource::Warm(uint64_t offset, uint64_t len) {
+void HttpBlobSource::Warm(uint64_t offset, uint64_t len, bool after_next_read) {
   absl::MutexLock l(&mu_);
   if (!warm_open_ || offset >= size()) return;
+  if (after_next_read) {
+    warm_gate_ = WarmGate::kForRead;
+    warm_gate_request_ = nullptr;
+  }
   const uint64_t end = offset + std::min(len, size() - offset);
   for (uint64_t o = offset; o < end;) {
     if (std::shared_ptr<Piece> held = FindHolding(o, ReadPriority::kPrefetch)) {
@@ -318,6 +395,13 @@ void HttpBlobSource::Warm(uint64_t offset, uint64_t len) {
     AddWorkerIfNeeded();
     warm_bytes_ += n;
     o += n;
+  }
+}
+
+void HttpBlobSource::OpenWarmGate(const Request* request) {
+  if (warm_gate_ == WarmGate::kForHeaders && warm_gate_request_ == request) {
+    warm_gate_ = WarmGate::kOpen;
+    warm_gate_request_ = nullptr;
   }
 }
 
@@ -343,6 +427,7 @@ void HttpBlobSource::DropWarm() {
 void HttpBlobSource::WorkerLoop() {
   while (true) {
     std::vector<std::shared_ptr<Piece>> batch;
+    auto request = std::make_shared<Request>();
     uint64_t lo = 0, hi = 0;
     ReadPriority prio = ReadPriority::kOnDemand;
     {
@@ -375,9 +460,10 @@ void HttpBlobSource::WorkerLoop() {
         for (size_t i = 0; i < queued_.size(); ++i) {
           const Piece& q = *queued_[i];
           if (Rank(q.priority) > Rank(prio)) continue;
-          // Warm pieces go alone: a reader joining one waits for its
-          // request, which must stay short.
-          if (head->warm || q.warm) continue;
+          // Warm pieces ride together (one long request streams the
+          // prefetch range in blob order; readers take their bytes as they
+          // land), never with reads: a read's request must stay short.
+          if (head->warm != q.warm) continue;
           if (q.first > hi + options_.coalesce_gap ||
               q.end() + options_.coalesce_gap < lo) {
             continue;
@@ -394,20 +480,31 @@ void HttpBlobSource::WorkerLoop() {
           break;
         }
       }
-      for (const auto& p : batch) in_flight_.push_back(p);
+      request->lo = lo;
+      for (const auto& p : batch) {
+        p->request = request;
+        in_flight_.push_back(p);
+      }
       ++requests_in_flight_;
       if (prio != ReadPriority::kOnDemand) ++non_urgent_in_flight_;
       if (prio == ReadPriority::kBackground) budget_->Start(hi - lo);
-      if (head->warm) ++warm_in_flight_;
+      if (prio == ReadPriority::kOnDemand && warm_gate_ == WarmGate::kForRead) {
+        warm_gate_ = WarmGate::kForHeaders;
+        warm_gate_request_ = request.get();
+      }
+      if (head->warm) {
+        ++warm_in_flight_;
+        ++warm_streaming_;
+        request->warm = true;
+      }
       ++stats_.requests;
       ++stats_.requests_by_priority[Rank(prio)];
       stats_.max_concurrent = std::max<uint64_t>(
           stats_.max_concurrent, static_cast<uint64_t>(requests_in_flight_));
     }
 
-    std::shared_ptr<std::string> buf = BufferPool::Default().Get(hi - lo);
-    absl::Status st = Fetch(lo, hi - 1, prio, buf.get());
-    if (st.ok()) ExtendHash(lo, *buf);
+    const std::shared_ptr<std::string>& buf = request->buf;
+    absl::Status st = Fetch(lo, hi - 1, prio, *request);
     if (!st.ok()) {
       st = absl::Status(
           st.code(),
@@ -418,13 +515,14 @@ void HttpBlobSource::WorkerLoop() {
     absl::MutexLock l(&mu_);
     ++idle_workers_;  // back to waiting
     --requests_in_flight_;
-    if (batch.front()->warm) --warm_in_flight_;
-    if (prio != ReadPriority::kOnDemand) --non_urgent_in_flight_;
-    if (st.ok()) {
-      stats_.bytes += buf->size();
-    } else {
-      ++stats_.failures;
+    OpenWarmGate(request.get());  // (ended without headers)
+    if (request->warm) {
+      --warm_in_flight_;
+      if (!request->handed_off) --warm_streaming_;
+      request->handed_off = true;
     }
+    if (prio != ReadPriority::kOnDemand) --non_urgent_in_flight_;
+    if (!st.ok()) ++stats_.failures;
     for (const auto& p : batch) {
       p->status = st;
       p->data = buf;
@@ -432,14 +530,18 @@ void HttpBlobSource::WorkerLoop() {
       p->done = true;
       in_flight_.erase(std::find(in_flight_.begin(), in_flight_.end(), p));
       if (p->warm) {
-        // Kept for the reads it was fetched ahead of, until DropWarm().
-        if (st.ok() && warm_open_) {
+        // Kept for the reads it was fetched ahead of, until DropWarm()
+        // (unless they read all of it while it arrived).
+        if (st.ok() && warm_open_ && p->consumed_bytes < p->len) {
           warm_.push_back(p);
         } else {
           warm_bytes_ -= p->len;
         }
       }
     }
+    // After the pieces' `done`: a reader seeing `finished` finds them done.
+    absl::MutexLock rl(&request->mu);
+    request->finished = true;
   }
 }
 
@@ -461,6 +563,15 @@ void HttpBlobSource::ExtendHash(uint64_t first, absl::string_view data) {
   }
   data.remove_prefix(hashed_ - first);
   hash_.Update(data);
+  hashed_ = end;
+  CatchUp();
+}
+
+void HttpBlobSource::HashLanded(uint64_t first, absl::string_view landed) {
+  absl::MutexLock l(&hash_mu_);
+  const uint64_t end = first + landed.size();
+  if (first > hashed_ || end <= hashed_) return;
+  hash_.Update(landed.substr(hashed_ - first));
   hashed_ = end;
   CatchUp();
 }
@@ -600,7 +711,7 @@ absl::Status HttpBlobSource::VerifyWholeBlob(uint64_t* refetched,
 }
 
 absl::Status HttpBlobSource::Fetch(uint64_t first, uint64_t last,
-                                   ReadPriority prio, std::string* out) {
+                                   ReadPriority prio, Request& request) {
   const uint64_t want = last - first + 1;
   const bool background = prio == ReadPriority::kBackground;
   const absl::Time sent = absl::Now();
@@ -618,7 +729,15 @@ absl::Status HttpBlobSource::Fetch(uint64_t first, uint64_t last,
       std::unique_ptr<HttpBodyReader> r,
       (background ? background_client_ : client_)
           ->OpenBlobRange(blob_, first, last, &source, StreamWeight(prio)));
-  budget_->OnHeaders(absl::Now() - sent);
+  const absl::Time headers = absl::Now();
+  budget_->OnHeaders(headers - sent);
+  {
+    absl::MutexLock l(&mu_);
+    OpenWarmGate(&request);
+  }
+  const double rtt = absl::ToDoubleSeconds(budget_->min_rtt());
+  uint64_t landed = 0;
+  bool handing_off = request.warm;  // a warm request not handed off yet
   const HttpResponse& resp = r->response();
   if (resp.status != 206) {
     // OpenBlobRange returns 206 answers only; the transport refuses a 200.
@@ -637,22 +756,61 @@ absl::Status HttpBlobSource::Fetch(uint64_t first, uint64_t last,
         absl::StrCat(source, ": asked for bytes ", first, "-", last, " of ",
                      size(), ", got Content-Range \"", *cr_text, "\""));
   }
-  // The body goes straight into `out`, accounted for as it lands.
-  out->resize(want);  // (already so when it comes from the pool)
-  ASSIGN_OR_RETURN(const size_t got,
-                   r->ReadInto(absl::MakeSpan(*out), [&](size_t n) {
-                     bool wake = budget_->Delivered(n);
-                     if (charged != 0) {
-                       const uint64_t m = std::min<uint64_t>(charged, n);
-                       charged -= m;
-                       wake = budget_->Release(m) || wake;
-                     }
-                     if (wake) budget_->Notify();
-                   }));
+  // The body goes straight into the request's buffer, accounted for as it
+  // lands.
+  std::shared_ptr<std::string> buf = BufferPool::Default().Get(want);
+  {
+    absl::MutexLock l(&request.mu);
+    request.buf = buf;
+  }
+  std::string* out = buf.get();
+  ASSIGN_OR_RETURN(
+      const size_t got, r->ReadInto(absl::MakeSpan(*out), [&](size_t n) {
+        landed += n;
+        // In blob order, the bytes extend the running hash as they land;
+        // then readers may take them. The last ones wait for the end
+        // below: a read that takes a whole request finds it hashed.
+        HashLanded(first, absl::string_view(*out).substr(0, landed));
+        if (landed < want) {
+          absl::MutexLock l(&request.mu);
+          request.received = landed;
+        }
+        // A warm request lets the next one go once its rest
+        // takes about 1.5 round trips at its rate so far
+        // (measured over one round trip at least).
+        if (handing_off) {
+          const double t = absl::ToDoubleSeconds(absl::Now() - headers);
+          if (t >= rtt && static_cast<double>(want - landed) * t <=
+                              1.5 * rtt * static_cast<double>(landed)) {
+            handing_off = false;
+            absl::MutexLock l(&mu_);
+            if (!request.handed_off) {
+              request.handed_off = true;
+              --warm_streaming_;
+            }
+          }
+        }
+        bool wake = budget_->Delivered(n);
+        if (charged != 0) {
+          const uint64_t m = std::min<uint64_t>(charged, n);
+          charged -= m;
+          wake = budget_->Release(m) || wake;
+        }
+        if (wake) budget_->Notify();
+      }));
   if (got != want) {
     return absl::DataLossError(absl::StrCat(source, ": the answer to bytes ",
                                             first, "-", last, " has ", got,
                                             " bytes, not ", want));
+  }
+  ExtendHash(first, *out);  // (what arrived ahead of the hashed prefix)
+  {
+    absl::MutexLock l(&mu_);
+    stats_.bytes += want;
+  }
+  {
+    absl::MutexLock l(&request.mu);
+    request.received = want;
   }
   // Done: every byte of the checked Content-Range is in. The end of the
   // stream is not waited for (docker-registry can send it tens of ms after

@@ -23,8 +23,16 @@
 //    on-demand read is dispatched at once and shares only the link itself
 //    with background bytes. Requests carry HTTP/2 stream weights by class
 //    (a hint for servers that schedule by them).
-//  - Warm(): the prefetch range fetched ahead (1 MiB pieces, two in flight,
-//    not coalesced) before anyone reads it, kept until read or DropWarm().
+//  - A reader need not wait for the end of the request serving it: the body
+//    lands in place as it arrives, and a read returns as soon as every byte
+//    it asked for is in (ReadAtStreaming also reports each longer prefix of
+//    its range as it lands). A prefetch reader thus uses a file's bytes
+//    while the rest of its span is still on the way.
+//  - Warm(): the prefetch range fetched ahead (1 MiB pieces, not coalesced)
+//    before anyone reads it, kept until read or DropWarm(). The pieces go
+//    one after another, each sent when the one before has about a round
+//    trip left to arrive: the range comes in blob order, as a starting
+//    process reads it, and the link does not idle between them.
 //  - Whole-blob digest: the bytes of every successful request extend a
 //    running SHA-256 of the blob's prefix. Ranges that arrive ahead of it
 //    (parallel requests finishing out of order, on-demand reads anywhere in
@@ -48,6 +56,7 @@
 #include <atomic>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -124,6 +133,9 @@ class HttpBlobSource : public BlobSource {
   absl::Status ReadAt(uint64_t offset, absl::Span<char> dst,
                       ReadPriority priority) override;
   using BlobSource::ReadAt;
+  absl::Status ReadAtStreaming(
+      uint64_t offset, absl::Span<char> dst, ReadPriority priority,
+      const std::function<void(size_t)>& progress) override;
   std::string Describe() const override;
 
   const Descriptor& descriptor() const { return blob_; }
@@ -146,7 +158,14 @@ class HttpBlobSource : public BlobSource {
   // every byte of a piece once (other reads use warm pieces too, but do not
   // use them up), or DropWarm(). For starting a layer's prefetch while its
   // TOC is still being parsed and indexed.
-  void Warm(uint64_t offset, uint64_t len);
+  //
+  // With `after_next_read`, the pieces wait until the next on-demand read
+  // dispatched (a mount's tail read, issued right after) has its answer's
+  // headers, or has ended: the server is then sending that answer before
+  // their request reaches it, so a server that answers requests in order
+  // (or shares the link between them) sends the footer and TOC first, and
+  // the link still goes on from them to the warm bytes without idling.
+  void Warm(uint64_t offset, uint64_t len, bool after_next_read = false);
   // Frees what Warm() kept; later completions of its requests are not kept.
   void DropWarm();
 
@@ -160,10 +179,11 @@ class HttpBlobSource : public BlobSource {
   // Whether a worker may take `p` now. REQUIRES: mu_ held.
   bool Eligible(const Piece& p) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool HasWork() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Runs one GET of [first, last] into `out`, feeding the budget's link
-  // measurements and, for a background request, releasing its charge.
+  // Runs one GET of [first, last] into `request`'s buffer, counting its
+  // bytes as they land, feeding the budget's link measurements and, for a
+  // background request, releasing its charge.
   absl::Status Fetch(uint64_t first, uint64_t last, ReadPriority prio,
-                     std::string* out);
+                     Request& request);
   // The largest request of class `prio` now.
   uint64_t MaxRequest(ReadPriority prio) const;
   // The length of the piece of a read of class `prio` starting at `o`
@@ -203,6 +223,16 @@ class HttpBlobSource : public BlobSource {
   std::vector<std::shared_ptr<Piece>> warm_ ABSL_GUARDED_BY(mu_);
   uint64_t warm_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   int warm_in_flight_ ABSL_GUARDED_BY(mu_) = 0;
+  // Warm requests in flight that have not let the next one start yet.
+  int warm_streaming_ ABSL_GUARDED_BY(mu_) = 0;
+  // Warm(after_next_read): warm pieces wait for the next on-demand read
+  // (kForRead) and then for its answer's headers (kForHeaders, that read's
+  // request in `warm_gate_request_`).
+  enum class WarmGate { kOpen, kForRead, kForHeaders };
+  WarmGate warm_gate_ ABSL_GUARDED_BY(mu_) = WarmGate::kOpen;
+  const Request* warm_gate_request_ ABSL_GUARDED_BY(mu_) = nullptr;
+  // Opens the gate if `request` is the one it waits for.
+  void OpenWarmGate(const Request* request) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   static constexpr int kWarmStreams = 2;
   bool warm_open_ ABSL_GUARDED_BY(mu_) = true;
   uint64_t next_seq_ ABSL_GUARDED_BY(mu_) = 0;
@@ -227,6 +257,9 @@ class HttpBlobSource : public BlobSource {
   // Extends the hash with [first, first + data.size()) if it reaches it,
   // else keeps the range for later.
   void ExtendHash(uint64_t first, absl::string_view data);
+  // The first bytes of a request at `first`, as they land: those the
+  // prefix reaches extend it (the rest wait for ExtendHash at its end).
+  void HashLanded(uint64_t first, absl::string_view landed);
   // Keeps a range ahead of the prefix in the spill file (best effort).
   void Spill(uint64_t first, absl::string_view data)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(hash_mu_);

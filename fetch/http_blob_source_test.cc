@@ -14,6 +14,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "fetch/curl_http.h"
 #include "fetch/reference.h"
@@ -85,7 +86,19 @@ class HttpBlobSourceTest : public ::testing::Test {
     EXPECT_EQ(x, blob_.substr(off, x.size()));
   }
   void Handle(const TestRequest& req, TestResponse* resp) {
+    {
+      absl::MutexLock l(&log_mu_);
+      auto it = req.headers.find("range");
+      log_.push_back({it == req.headers.end() ? "" : it->second, absl::Now()});
+    }
     if (delay_ms_ > 0) resp->delay = absl::Milliseconds(delay_ms_.load());
+    if (pause_after_ > 0) {
+      resp->pause_after = pause_after_.load();
+      resp->pause = [this] {
+        if (!paused_.HasBeenNotified()) paused_.Notify();
+        release_.WaitForNotification();
+      };
+    }
     auto it = req.headers.find("range");
     if (it == req.headers.end()) {
       resp->body = blob_;
@@ -129,6 +142,16 @@ class HttpBlobSourceTest : public ::testing::Test {
   std::atomic<Fault> fault_{Fault::kNone};
   std::atomic<int> delay_ms_{0};
   std::atomic<int> truncations_{0};
+  // Answers send this many body bytes, then wait for release_ (0: no).
+  std::atomic<size_t> pause_after_{0};
+  absl::Notification paused_, release_;
+  // Each request's Range header and arrival time.
+  struct Arrival {
+    std::string range;
+    absl::Time at;
+  };
+  absl::Mutex log_mu_;
+  std::vector<Arrival> log_ ABSL_GUARDED_BY(log_mu_);
   std::unique_ptr<LoopbackHttpServer> server_;
   std::unique_ptr<CurlHttpTransport> http_;
   std::shared_ptr<RegistryClient> client_;
@@ -333,6 +356,85 @@ TEST_F(HttpBlobSourceTest, OverlappingPrefetchReadsDoNotUseUpWarmPieces) {
   std::string b(4096, '\0');
   ASSERT_TRUE(src.ReadAt(0, absl::MakeSpan(b), ReadPriority::kPrefetch).ok());
   EXPECT_EQ(src.stats().requests, requests + 1);
+}
+
+// A reader need not wait for the end of the request serving it: the body
+// lands in place, and its range is handed over once it is in.
+TEST_F(HttpBlobSourceTest, ReadersTakeTheirBytesWhileTheRequestRuns) {
+  pause_after_ = 300000;
+  HttpBlobSource src(client_, desc_);
+  std::string all(blob_.size(), '\0');
+  std::atomic<size_t> reported{0};
+  absl::Status all_st;
+  std::thread whole([&] {
+    all_st = src.ReadAtStreaming(0, absl::MakeSpan(all),
+                                 ReadPriority::kPrefetch, [&](size_t n) {
+                                   EXPECT_GE(n, reported.load());
+                                   reported = n;
+                                 });
+  });
+  paused_.WaitForNotification();  // the answer's first 300000 bytes are out
+  // A read inside them shares the request and returns before its end.
+  std::string part(100000, '\0');
+  ASSERT_TRUE(src.ReadAt(150000, absl::MakeSpan(part)).ok());
+  EXPECT_TRUE(part == blob_.substr(150000, part.size()));
+  EXPECT_EQ(src.stats().requests, 1u);
+  // The streaming reader saw its prefix grow before the rest came.
+  for (int i = 0; i < 2000 && reported.load() < 250000; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  EXPECT_GE(reported.load(), 250000u);
+  EXPECT_LE(reported.load(), 300000u);
+  release_.Notify();
+  whole.join();
+  ASSERT_TRUE(all_st.ok()) << all_st;
+  EXPECT_TRUE(all == blob_);
+  EXPECT_EQ(src.stats().requests, 1u);
+}
+
+// Warm(after_next_read): the warm request waits for the next on-demand
+// read (a mount's tail read) to be answered, so that the server sends that
+// answer first, and then goes out at once (not after its whole body).
+TEST_F(HttpBlobSourceTest, WarmAfterNextReadWaitsForThatReadsAnswer) {
+  HttpBlobSource src(client_, desc_);
+  src.Warm(0, 512 << 10, /*after_next_read=*/true);
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  EXPECT_EQ(src.stats().requests, 0u);
+  delay_ms_ = 100;         // headers 100 ms after the request
+  pause_after_ = 1 << 10;  // then the body's rest after a pause
+  std::string tail(64 << 10, '\0');
+  absl::Status tail_st;
+  std::thread t([&] {
+    tail_st = src.ReadAt(blob_.size() - tail.size(), absl::MakeSpan(tail));
+  });
+  // The warm request goes out while the tail read's body is held back.
+  for (int i = 0; i < 5000 && src.stats().requests < 2; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  EXPECT_EQ(src.stats().requests, 2u);
+  release_.Notify();
+  t.join();
+  ASSERT_TRUE(tail_st.ok()) << tail_st;
+  EXPECT_TRUE(tail == blob_.substr(blob_.size() - tail.size()));
+  std::vector<Arrival> log;
+  for (int i = 0; i < 2000; ++i) {
+    {
+      absl::MutexLock l(&log_mu_);
+      log = log_;
+    }
+    if (log.size() >= 2) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  ASSERT_EQ(log.size(), 2u);
+  EXPECT_EQ(log[0].range, absl::StrCat("bytes=", blob_.size() - tail.size(),
+                                       "-", blob_.size() - 1));
+  EXPECT_EQ(log[1].range, "bytes=0-524287");
+  EXPECT_GE(log[1].at - log[0].at, absl::Milliseconds(90));
+  // Its bytes serve the prefetch's reads.
+  std::string a(512 << 10, '\0');
+  ASSERT_TRUE(src.ReadAt(0, absl::MakeSpan(a), ReadPriority::kPrefetch).ok());
+  EXPECT_TRUE(a == blob_.substr(0, a.size()));
+  EXPECT_EQ(src.stats().requests, 2u);
 }
 
 TEST_F(HttpBlobSourceTest, ReadsSplitDifferentlyCopyTheRightBytes) {

@@ -238,9 +238,15 @@ void LoopbackHttpServer::Serve(int fd) {
     absl::StrAppend(&head, "\r\n");
     size_t body_n = req.method == "HEAD" ? 0 : resp.body.size();
     if (resp.truncate_after) body_n = std::min(body_n, *resp.truncate_after);
+    const size_t first_n =
+        resp.pause_after ? std::min(body_n, *resp.pause_after) : body_n;
     if (!WriteAll(fd, head.data(), head.size()) ||
-        !WriteAll(fd, resp.body.data(), body_n)) {
+        !WriteAll(fd, resp.body.data(), first_n)) {
       break;
+    }
+    if (first_n < body_n) {
+      if (resp.pause) resp.pause();
+      if (!WriteAll(fd, resp.body.data() + first_n, body_n - first_n)) break;
     }
     if (resp.close || resp.truncate_after) break;
   }

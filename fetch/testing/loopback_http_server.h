@@ -49,6 +49,11 @@ struct TestResponse {
   std::optional<size_t> truncate_after;
   // Wait this long before answering.
   absl::Duration delay = absl::ZeroDuration();
+  // Send the first `pause_after` body bytes, then call `pause` (which may
+  // block, e.g. until a test lets the rest go), then the rest: a body that
+  // arrives in two parts far apart.
+  std::optional<size_t> pause_after;
+  std::function<void()> pause;
   // Close the connection after this response.
   bool close = false;
 };
