@@ -5,6 +5,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "core/buffer_pool.h"
 #include "core/status_macros.h"
 
 namespace lazypull {
@@ -147,8 +148,12 @@ absl::StatusOr<std::unique_ptr<LayerReader>> LayerReader::Open(
   // One tail read: the footer, and the TOC too when it is within reach.
   const uint64_t tail_len = std::min(
       size, std::max<uint64_t>(options.tail_read_size, kFooterTailSize));
-  std::string tail(tail_len, '\0');
-  RETURN_IF_ERROR(src.ReadAt(size - tail_len, absl::MakeSpan(tail)));
+  // (Not zero-filled: the read overwrites it all, and touching fresh memory
+  // before the request goes out would only delay it.)
+  const std::shared_ptr<std::string> tail_buf =
+      BufferPool::Default().Get(tail_len);
+  const std::string& tail = *tail_buf;
+  RETURN_IF_ERROR(src.ReadAt(size - tail_len, absl::MakeSpan(*tail_buf)));
   const uint64_t foot_len = std::min<uint64_t>(tail_len, kFooterTailSize);
   ASSIGN_OR_RETURN(
       r->footer_,

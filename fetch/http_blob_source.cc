@@ -392,10 +392,12 @@ void HttpBlobSource::Warm(uint64_t offset, uint64_t len, bool after_next_read) {
     p->seq = next_seq_++;
     p->warm = true;
     queued_.push_back(std::move(p));
-    AddWorkerIfNeeded();
     warm_bytes_ += n;
     o += n;
   }
+  // One worker at most for them: warm requests go one at a time (and the
+  // read a mount makes next should not wait behind thread starts).
+  AddWorkerIfNeeded();
 }
 
 void HttpBlobSource::OpenWarmGate(const Request* request) {
