@@ -118,14 +118,19 @@ struct Channel {
   bool body_complete ABSL_GUARDED_BY(mu) = false;
   // While a reader waits in ReadInto, body bytes go straight to
   // sink[sink_len, sink_cap) instead of `buf`; the reader is woken every
-  // kSinkWakeBytes, when the sink is full and when the transfer ends.
+  // kSinkWakeBytes, when the sink is full, when the transfer ends, and
+  // when bytes have waited kSinkWakeDelay for a wake (a slow or pausing
+  // server: a streaming reader gets what came, not only every 256 KiB).
   char* sink ABSL_GUARDED_BY(mu) = nullptr;
   size_t sink_cap ABSL_GUARDED_BY(mu) = 0;
   size_t sink_len ABSL_GUARDED_BY(mu) = 0;
   size_t sink_woken ABSL_GUARDED_BY(mu) = 0;
+  // When the oldest sink byte the reader was not woken for landed.
+  absl::Time unwoken_since ABSL_GUARDED_BY(mu) = absl::InfiniteFuture();
 };
 
 constexpr size_t kSinkWakeBytes = 256 << 10;
+constexpr absl::Duration kSinkWakeDelay = absl::Milliseconds(1);
 
 // Reads the system CA bundle once.
 const std::string& SystemCaBundle() {
@@ -239,6 +244,9 @@ class CurlHttpTransport::Loop {
   };
 
   void Run();
+  // Wakes readers whose sink bytes have waited kSinkWakeDelay; returns
+  // whether others still wait (the loop then comes back within 1 ms).
+  bool WakeWaitingReaders();
   void Wake();
   void StartAttempt(Transfer* t);
   void ReleaseEasy(Transfer* t);
@@ -398,6 +406,26 @@ void CurlHttpTransport::Loop::Resume(uint64_t id) {
   Wake();
 }
 
+bool CurlHttpTransport::Loop::WakeWaitingReaders() {
+  const absl::Time now = absl::Now();
+  bool pending = false;
+  for (auto& [id, t] : transfers_) {
+    Channel& c = *t->ch;
+    absl::MutexLock l(&c.mu);
+    if (c.unwoken_since == absl::InfiniteFuture()) continue;
+    if (c.sink == nullptr || c.sink_len == c.sink_woken) {
+      c.unwoken_since = absl::InfiniteFuture();
+    } else if (now - c.unwoken_since >= kSinkWakeDelay) {
+      c.sink_woken = c.sink_len;
+      c.unwoken_since = absl::InfiniteFuture();
+      c.cv.SignalAll();
+    } else {
+      pending = true;
+    }
+  }
+  return pending;
+}
+
 void CurlHttpTransport::Loop::Cancel(uint64_t id) {
   {
     absl::MutexLock l(&mu_);
@@ -461,6 +489,7 @@ void CurlHttpTransport::Loop::Run() {
       timeout_ms = static_cast<int>(
           std::clamp<int64_t>(absl::ToInt64Milliseconds(d) + 1, 0, timeout_ms));
     }
+    if (WakeWaitingReaders()) timeout_ms = std::min(timeout_ms, 1);
     curl_multi_poll(multi_, nullptr, 0, timeout_ms, nullptr);
   }
   std::vector<Transfer*> all;
@@ -797,7 +826,10 @@ size_t CurlHttpTransport::Loop::OnBody(Transfer* t, const char* data,
       if (c.sink_len == c.sink_cap ||
           c.sink_len - c.sink_woken >= kSinkWakeBytes) {
         c.sink_woken = c.sink_len;
+        c.unwoken_since = absl::InfiniteFuture();
         c.cv.SignalAll();
+      } else if (sunk != 0 && c.unwoken_since == absl::InfiniteFuture()) {
+        c.unwoken_since = absl::Now();
       }
     }
     if (sunk < n) {

@@ -524,7 +524,11 @@ void HttpBlobSource::WorkerLoop() {
       request->handed_off = true;
     }
     if (prio != ReadPriority::kOnDemand) --non_urgent_in_flight_;
-    if (!st.ok()) ++stats_.failures;
+    if (st.ok()) {
+      stats_.bytes += buf->size();
+    } else {
+      ++stats_.failures;
+    }
     for (const auto& p : batch) {
       p->status = st;
       p->data = buf;
@@ -770,8 +774,9 @@ absl::Status HttpBlobSource::Fetch(uint64_t first, uint64_t last,
       const size_t got, r->ReadInto(absl::MakeSpan(*out), [&](size_t n) {
         landed += n;
         // In blob order, the bytes extend the running hash as they land;
-        // then readers may take them. The last ones wait for the end
-        // below: a read that takes a whole request finds it hashed.
+        // then readers may take them. The last ones wait for the request's
+        // end (`finished`): a read that takes a whole request finds it
+        // hashed, counted and let go.
         HashLanded(first, absl::string_view(*out).substr(0, landed));
         if (landed < want) {
           absl::MutexLock l(&request.mu);
@@ -806,14 +811,6 @@ absl::Status HttpBlobSource::Fetch(uint64_t first, uint64_t last,
                                             " bytes, not ", want));
   }
   ExtendHash(first, *out);  // (what arrived ahead of the hashed prefix)
-  {
-    absl::MutexLock l(&mu_);
-    stats_.bytes += want;
-  }
-  {
-    absl::MutexLock l(&request.mu);
-    request.received = want;
-  }
   // Done: every byte of the checked Content-Range is in. The end of the
   // stream is not waited for (docker-registry can send it tens of ms after
   // the last byte); the transport holds a 206 to its Content-Range, so bytes
