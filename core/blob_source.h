@@ -54,7 +54,8 @@ class BlobSource {
   // ReadAt for a caller that can use the first bytes before the rest: a
   // source that receives them over time calls `progress(n)` on the calling
   // thread, before it returns, each time a longer prefix dst[0, n) is in
-  // place (n only grows; reported bytes are not written again). They are as
+  // place (n only grows; reported bytes are not written again; the whole
+  // of dst need not be reported: a successful return says it). They are as
   // untrusted as any. The result is ReadAt's: an error after some progress
   // still fails the read (the caller must not count on the bytes it did not
   // get). This default reports nothing before it returns.

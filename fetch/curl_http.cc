@@ -1027,6 +1027,7 @@ class CurlBodyReader : public HttpBodyReader {
         ch_->sink = dst.data() + got + queued;
         ch_->sink_cap = dst.size() - got - queued;
         ch_->sink_len = ch_->sink_woken = 0;
+        ch_->unwoken_since = absl::InfiniteFuture();
       }
     }
     if (resume) {
@@ -1048,6 +1049,7 @@ class CurlBodyReader : public HttpBodyReader {
           st = ch_->status;
           ch_->sink = nullptr;
           ch_->sink_cap = ch_->sink_len = ch_->sink_woken = 0;
+          ch_->unwoken_since = absl::InfiniteFuture();
         }
       }
       got += now - seen;

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <iterator>
@@ -31,9 +32,12 @@ struct HttpBlobSource::Request {
   // Set once the pieces it serves are done (after their `done`).
   bool finished ABSL_GUARDED_BY(mu) = false;
   // A Warm() request, and (guarded by the source's mu_) whether it let the
-  // next one start: once what it has left takes about a round trip.
+  // next one start: once what it has left takes about 1.5 round trips.
   bool warm = false;
   bool handed_off = false;
+  // The read the warm gate waits for (set under the source's mu_ before it
+  // is sent).
+  bool gates_warm = false;
 };
 
 // One range some reader waits for.
@@ -47,7 +51,8 @@ struct HttpBlobSource::Piece {
   uint64_t data_offset = 0;
   absl::Status status;
   bool done = false;
-  bool warm = false;  // fetched ahead by Warm(), with no reader yet
+  bool warm = false;    // fetched ahead by Warm(), with no reader yet
+  bool joined = false;  // a read waits for it
   // Its request, once dispatched: readers take bytes as they land.
   std::shared_ptr<Request> request;
   // Warm: the disjoint blob ranges [lo, hi) readers have copied out, by lo,
@@ -180,9 +185,10 @@ bool HttpBlobSource::Eligible(const Piece& p) const {
   if (p.priority == ReadPriority::kOnDemand) {
     return requests_in_flight_ < options_.max_concurrent_requests;
   }
-  // Warm pieces one after another, so that they arrive in blob order (the
+  // Warm requests one after another, so that they arrive in blob order (the
   // order the prefetched files are read in): the next goes out when the
-  // one streaming in has about a round trip left, so the link does not idle.
+  // one streaming in has about 1.5 round trips left, so the link does not
+  // idle.
   if (p.warm && (warm_gate_ != WarmGate::kOpen || warm_streaming_ > 0 ||
                  warm_in_flight_ >= kWarmStreams)) {
     return false;
@@ -239,13 +245,23 @@ absl::Status HttpBlobSource::ReadAtStreaming(
       // else a new one runs up to where the next begins: no byte is
       // fetched twice, however the pieces are cut.
       std::shared_ptr<Piece> found = FindHolding(o, priority);
+      uint64_t own_end = o + len;
+      if (found && priority == ReadPriority::kOnDemand &&
+          FarAheadOfItsBytes(*found, o)) {
+        // Its request would take longer to get there than one of our own
+        // (a read far into a long warm request): ask for these bytes too.
+        own_end = std::min(own_end, found->end());
+        found = nullptr;
+      }
       if (found) {
+        found->joined = true;
         len = std::min(len, found->end() - o);
         ++stats_.shared;
         if (found->warm) ++stats_.warm_hits;
       } else {
-        len = NextPieceStart(o, o + len) - o;
+        len = NextPieceStart(o, own_end) - o;
         found = std::make_shared<Piece>();
+        found->joined = true;
         found->first = o;
         found->len = len;
         found->priority = priority;
@@ -324,6 +340,19 @@ absl::Status HttpBlobSource::ReadAtStreaming(
   return st;
 }
 
+bool HttpBlobSource::FarAheadOfItsBytes(const Piece& p, uint64_t o) const {
+  if (p.done || p.request == nullptr) return false;
+  const double rtt = absl::ToDoubleSeconds(budget_->min_rtt());
+  const double rate = budget_->bandwidth();
+  if (!std::isfinite(rtt) || rtt <= 0 || rate <= 0) return false;
+  uint64_t frontier;
+  {
+    absl::MutexLock l(&p.request->mu);
+    frontier = p.request->lo + p.request->received;
+  }
+  return o > frontier && static_cast<double>(o - frontier) > 2 * rtt * rate;
+}
+
 uint64_t HttpBlobSource::PieceLen(uint64_t o, uint64_t end,
                                   ReadPriority priority) const {
   const uint64_t max = MaxRequest(priority);
@@ -400,10 +429,35 @@ void HttpBlobSource::Warm(uint64_t offset, uint64_t len, bool after_next_read) {
   AddWorkerIfNeeded();
 }
 
-void HttpBlobSource::OpenWarmGate(const Request* request) {
-  if (warm_gate_ == WarmGate::kForHeaders && warm_gate_request_ == request) {
-    warm_gate_ = WarmGate::kOpen;
-    warm_gate_request_ = nullptr;
+void HttpBlobSource::OpenWarmGate(const Request* request,
+                                  const absl::Status& status) {
+  if (warm_gate_ != WarmGate::kForHeaders || warm_gate_request_ != request) {
+    return;
+  }
+  warm_gate_ = WarmGate::kOpen;
+  warm_gate_request_ = nullptr;
+  if (!status.ok()) {
+    // The read they waited for failed (the blob is missing, the registry
+    // refuses us): fetch nothing more ahead of readers.
+    warm_open_ = false;
+    DropQueuedWarm();
+  }
+}
+
+void HttpBlobSource::DropQueuedWarm() {
+  for (auto it = queued_.begin(); it != queued_.end();) {
+    Piece& p = **it;
+    if (!p.warm) {
+      ++it;
+      continue;
+    }
+    warm_bytes_ -= p.len;
+    p.warm = false;
+    if (p.joined) {
+      ++it;  // a read waits for it: fetched as an ordinary piece
+    } else {
+      it = queued_.erase(it);
+    }
   }
 }
 
@@ -422,6 +476,9 @@ void HttpBlobSource::ConsumeWarm(const std::shared_ptr<Piece>& p, uint64_t from,
 void HttpBlobSource::DropWarm() {
   absl::MutexLock l(&mu_);
   warm_open_ = false;
+  warm_gate_ = WarmGate::kOpen;
+  warm_gate_request_ = nullptr;
+  DropQueuedWarm();
   for (const auto& p : warm_) warm_bytes_ -= p->len;
   warm_.clear();
 }
@@ -493,6 +550,7 @@ void HttpBlobSource::WorkerLoop() {
       if (prio == ReadPriority::kOnDemand && warm_gate_ == WarmGate::kForRead) {
         warm_gate_ = WarmGate::kForHeaders;
         warm_gate_request_ = request.get();
+        request->gates_warm = true;
       }
       if (head->warm) {
         ++warm_in_flight_;
@@ -517,7 +575,7 @@ void HttpBlobSource::WorkerLoop() {
     absl::MutexLock l(&mu_);
     ++idle_workers_;  // back to waiting
     --requests_in_flight_;
-    OpenWarmGate(request.get());  // (ended without headers)
+    OpenWarmGate(request.get(), st);  // (ended without headers)
     if (request->warm) {
       --warm_in_flight_;
       if (!request->handed_off) --warm_streaming_;
@@ -737,9 +795,9 @@ absl::Status HttpBlobSource::Fetch(uint64_t first, uint64_t last,
           ->OpenBlobRange(blob_, first, last, &source, StreamWeight(prio)));
   const absl::Time headers = absl::Now();
   budget_->OnHeaders(headers - sent);
-  {
+  if (request.gates_warm) {
     absl::MutexLock l(&mu_);
-    OpenWarmGate(&request);
+    OpenWarmGate(&request, absl::OkStatus());
   }
   const double rtt = absl::ToDoubleSeconds(budget_->min_rtt());
   uint64_t landed = 0;
@@ -794,6 +852,7 @@ absl::Status HttpBlobSource::Fetch(uint64_t first, uint64_t last,
             if (!request.handed_off) {
               request.handed_off = true;
               --warm_streaming_;
+              AddWorkerIfNeeded();  // (for the next one, if all are busy)
             }
           }
         }

@@ -26,28 +26,36 @@
 //  - A reader need not wait for the end of the request serving it: the body
 //    lands in place as it arrives, and a read returns as soon as every byte
 //    it asked for is in (ReadAtStreaming also reports each longer prefix of
-//    its range as it lands). A prefetch reader thus uses a file's bytes
-//    while the rest of its span is still on the way.
-//  - Warm(): the prefetch range fetched ahead (1 MiB pieces, not coalesced)
-//    before anyone reads it, kept until read or DropWarm(). The pieces go
-//    one after another, each sent when the one before has about a round
-//    trip left to arrive: the range comes in blob order, as a starting
-//    process reads it, and the link does not idle between them.
-//  - Whole-blob digest: the bytes of every successful request extend a
-//    running SHA-256 of the blob's prefix. Ranges that arrive ahead of it
-//    (parallel requests finishing out of order, on-demand reads anywhere in
-//    the blob) wait in memory if within `hash_window_bytes` of its end, else
-//    in a spill file (unnamed, in `spill_dir`; holes are punched as the
-//    prefix passes), and are hashed once the prefix reaches them, so no byte
-//    is fetched twice for the check. VerifyWholeBlob() reads whatever the
-//    prefix is still missing (bytes never fetched; without a spill
-//    directory, also those fetched out of order beyond the window) at
-//    background priority and compares the digest with the descriptor's: the
-//    check `mount` makes once a layer's background fetch completes.
+//    its range as it lands; a request's last bytes are handed out at its
+//    end, once hashed and counted). A prefetch reader thus uses a file's
+//    bytes while the rest of its span is still on the way. An on-demand
+//    read more than two round trips (at the link's measured rate) ahead of
+//    what an in-flight request has brought asks for its bytes itself.
+//  - Warm(): the prefetch range fetched ahead before anyone reads it (1 MiB
+//    pieces, sent together in requests of up to `max_request_size`), kept
+//    until read or DropWarm(). The requests go one after another, each sent
+//    when the one before has about 1.5 round trips left to arrive: the
+//    range comes in blob order, as a starting process reads it, and the
+//    link does not idle between them.
+//  - Whole-blob digest: the bytes of every request extend a running
+//    SHA-256 of the blob's prefix, those in blob order as they land. Ranges
+//    that arrive ahead of it (parallel requests finishing out of order,
+//    on-demand reads anywhere in the blob) wait in memory if within
+//    `hash_window_bytes` of its end, else in a spill file (unnamed, in
+//    `spill_dir`; holes are punched as the prefix passes), and are hashed once
+//    the prefix reaches them, so no byte is fetched twice for the check.
+//    VerifyWholeBlob() reads whatever the prefix is still missing (bytes never
+//    fetched; without a spill directory, also those fetched out of order beyond
+//    the window) at background priority and compares the digest with the
+//    descriptor's: the check `mount` makes once a layer's background fetch
+//    completes.
 //  - Every answer must be a 206 whose Content-Range is exactly the range
 //    asked for, with the blob's size as total, and whose body has exactly
-//    that length; anything else (a 200, a wrong Content-Range, a short body)
-//    fails the reads of that request (no byte of it is returned).
+//    that length; anything else (a 200, a wrong Content-Range) fails the
+//    reads of that request before any byte of it lands. A body that breaks
+//    off (and cannot be resumed) or runs long fails the reads still waiting
+//    for it; reads it had covered got the answer's own first bytes (the
+//    callers verify every byte against the TOC in any case).
 //
 // Thread-safety: ReadAt may be called from any number of threads at once.
 #ifndef LAZYPULL_FETCH_HTTP_BLOB_SOURCE_H_
@@ -231,8 +239,17 @@ class HttpBlobSource : public BlobSource {
   enum class WarmGate { kOpen, kForRead, kForHeaders };
   WarmGate warm_gate_ ABSL_GUARDED_BY(mu_) = WarmGate::kOpen;
   const Request* warm_gate_request_ ABSL_GUARDED_BY(mu_) = nullptr;
-  // Opens the gate if `request` is the one it waits for.
-  void OpenWarmGate(const Request* request) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Opens the gate if `request` is the one it waits for (`status`: how that
+  // read went; failed, no more warm bytes are fetched).
+  void OpenWarmGate(const Request* request, const absl::Status& status)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Queued warm pieces no read waits for are dropped; those one does become
+  // ordinary pieces.
+  void DropQueuedWarm() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Whether byte o of in-flight piece `p` is more than two round trips of
+  // the link's measured rate ahead of what its request has brought.
+  bool FarAheadOfItsBytes(const Piece& p, uint64_t o) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   static constexpr int kWarmStreams = 2;
   bool warm_open_ ABSL_GUARDED_BY(mu_) = true;
   uint64_t next_seq_ ABSL_GUARDED_BY(mu_) = 0;

@@ -6,6 +6,7 @@
 #include <atomic>
 #include <chrono>
 #include <filesystem>
+#include <future>
 #include <memory>
 #include <string>
 #include <thread>
@@ -28,7 +29,13 @@ using testing::LoopbackHttpServer;
 using testing::TestRequest;
 using testing::TestResponse;
 
-enum class Fault { kNone, k200ForRange, kWrongContentRange, kTruncate };
+enum class Fault {
+  kNone,
+  k200ForRange,
+  kWrongContentRange,
+  kTruncate,
+  kNotFound
+};
 
 std::string MakeBlob(size_t n) {
   std::string s(n, '\0');
@@ -123,6 +130,9 @@ class HttpBlobSourceTest : public ::testing::Test {
             {"Content-Range",
              absl::StrCat("bytes ", a + 1, "-", b + 1, "/", blob_.size())});
         resp->body = blob_.substr(a + 1, b - a + 1);
+        return;
+      case Fault::kNotFound:
+        resp->status = 404;
         return;
       case Fault::kTruncate:
         if (truncations_.fetch_add(1) < 2) resp->truncate_after = 100;
@@ -434,6 +444,65 @@ TEST_F(HttpBlobSourceTest, WarmAfterNextReadWaitsForThatReadsAnswer) {
   std::string a(512 << 10, '\0');
   ASSERT_TRUE(src.ReadAt(0, absl::MakeSpan(a), ReadPriority::kPrefetch).ok());
   EXPECT_TRUE(a == blob_.substr(0, a.size()));
+  EXPECT_EQ(src.stats().requests, 2u);
+}
+
+// The read the warm gate waits for fails (a 404: no such blob): nothing is
+// fetched ahead; DropWarm() with the gate still shut drops the warm
+// pieces too.
+TEST_F(HttpBlobSourceTest, NoWarmBytesAfterTheGatingReadFails) {
+  {
+    HttpBlobSource src(client_, desc_);
+    src.Warm(0, 512 << 10, /*after_next_read=*/true);
+    fault_ = Fault::kNotFound;
+    std::string tail(4096, '\0');
+    EXPECT_FALSE(
+        src.ReadAt(blob_.size() - tail.size(), absl::MakeSpan(tail)).ok());
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    EXPECT_EQ(src.stats().requests, 1u);
+    fault_ = Fault::kNone;
+  }
+  HttpBlobSource src(client_, desc_);
+  src.Warm(0, 512 << 10, /*after_next_read=*/true);
+  src.DropWarm();
+  ExpectOnDemandRead(&src, 600000, 4096);
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  EXPECT_EQ(src.stats().requests, 1u);
+  absl::MutexLock l(&log_mu_);
+  ASSERT_EQ(log_.size(), 2u);  // the failed read and this one
+  EXPECT_EQ(log_[1].range, "bytes=600000-604095");
+}
+
+// An on-demand read far beyond what an in-flight request has brought (at
+// the link's measured rate, more than two round trips away) does not wait
+// for it: it asks for its bytes itself.
+TEST_F(HttpBlobSourceTest, OnDemandReadFarAheadOfAStreamAsksItself) {
+  auto budget = std::make_shared<BackgroundBudget>();
+  HttpBlobSourceOptions o;
+  o.background_budget = budget;
+  HttpBlobSource src(client_, desc_, o);
+  pause_after_ = 64 << 10;
+  src.Warm(0, blob_.size());  // one request, held after its first 64 KiB
+  paused_.WaitForNotification();
+  // A measured rate for the link: ~1 MB over 60 ms.
+  (void)budget->Delivered(1);
+  std::this_thread::sleep_for(std::chrono::milliseconds(60));
+  (void)budget->Delivered(1 << 20);
+  ASSERT_GT(budget->bandwidth(), 0);
+  std::promise<bool> done;
+  std::future<bool> got = done.get_future();
+  std::thread reader([&] {
+    std::string x(4096, '\0');
+    const bool ok = src.ReadAt(1000000, absl::MakeSpan(x)).ok() &&
+                    x == blob_.substr(1000000, x.size());
+    done.set_value(ok);
+  });
+  const bool in_time =
+      got.wait_for(std::chrono::seconds(10)) == std::future_status::ready;
+  release_.Notify();
+  reader.join();
+  ASSERT_TRUE(in_time) << "the read waited for the stream";
+  EXPECT_TRUE(got.get());
   EXPECT_EQ(src.stats().requests, 2u);
 }
 
