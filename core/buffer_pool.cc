@@ -10,11 +10,11 @@ std::shared_ptr<BufferPool> BufferPool::Create(size_t max_idle_bytes) {
 }
 
 BufferPool& BufferPool::Default() {
-  static BufferPool* pool = [] {
-    auto* keep = new std::shared_ptr<BufferPool>(Create(16 << 20));
-    return keep->get();
-  }();
-  return *pool;
+  // Never destroyed (buffers may be given back during exit), and reachable
+  // from this static, so leak checkers do not count it.
+  static std::shared_ptr<BufferPool>* const pool =
+      new std::shared_ptr<BufferPool>(Create(16 << 20));
+  return **pool;
 }
 
 std::shared_ptr<std::string> BufferPool::Get(size_t n) {
