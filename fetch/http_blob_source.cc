@@ -51,6 +51,7 @@ struct HttpBlobSource::Piece {
   uint64_t data_offset = 0;
   absl::Status status;
   bool done = false;
+  // (These two are the source's, under its mu_.)
   bool warm = false;    // fetched ahead by Warm(), with no reader yet
   bool joined = false;  // a read waits for it
   // Its request, once dispatched: readers take bytes as they land.
@@ -244,15 +245,11 @@ absl::Status HttpBlobSource::ReadAtStreaming(
       // A piece holding byte o serves as much of the range as it holds;
       // else a new one runs up to where the next begins: no byte is
       // fetched twice, however the pieces are cut.
-      std::shared_ptr<Piece> found = FindHolding(o, priority);
+      // (An on-demand read does not join a request that would take longer
+      // to get to its bytes than one of its own: a read far into a long
+      // warm request asks for them too, up to that request's end.)
       uint64_t own_end = o + len;
-      if (found && priority == ReadPriority::kOnDemand &&
-          FarAheadOfItsBytes(*found, o)) {
-        // Its request would take longer to get there than one of our own
-        // (a read far into a long warm request): ask for these bytes too.
-        own_end = std::min(own_end, found->end());
-        found = nullptr;
-      }
+      std::shared_ptr<Piece> found = FindHolding(o, priority, &own_end);
       if (found) {
         found->joined = true;
         len = std::min(len, found->end() - o);
@@ -279,11 +276,13 @@ absl::Status HttpBlobSource::ReadAtStreaming(
     // Bytes of the part copied out while its request was still running.
     uint64_t early = 0;
     std::shared_ptr<Request> req;
+    bool warm;  // (Piece::warm is the source's: read under its lock)
     {
       absl::MutexLock l(&mu_);
       auto dispatched = [&p] { return p.done || p.request != nullptr; };
       mu_.Await(absl::Condition(&dispatched));
       if (!p.done) req = p.request;
+      warm = p.warm;
     }
     while (req != nullptr && st.ok()) {
       // Wait for more of the part, or for the request's end.
@@ -309,7 +308,7 @@ absl::Status HttpBlobSource::ReadAtStreaming(
       // Every byte of the part is in while its request still runs: the
       // first bytes of a 206 under a checked Content-Range (what happens to
       // the rest of the body cannot change them).
-      if (p.warm && priority == ReadPriority::kPrefetch) {
+      if (warm && priority == ReadPriority::kPrefetch) {
         ConsumeWarm(part.piece, part.o, part.len);
       }
     } else {
@@ -328,7 +327,7 @@ absl::Status HttpBlobSource::ReadAtStreaming(
         // it, and an on-demand read of some bytes first would let it go
         // before that. Spans and read-ahead may overlap: ranges, not
         // counts, say when.
-        if (p.warm && priority == ReadPriority::kPrefetch) {
+        if (warm && priority == ReadPriority::kPrefetch) {
           ConsumeWarm(part.piece, part.o, part.len);
         }
       }
@@ -366,7 +365,7 @@ uint64_t HttpBlobSource::PieceLen(uint64_t o, uint64_t end,
 }
 
 std::shared_ptr<HttpBlobSource::Piece> HttpBlobSource::FindHolding(
-    uint64_t o, ReadPriority priority) {
+    uint64_t o, ReadPriority priority, uint64_t* skipped_end) {
   auto holds = [&](const std::shared_ptr<Piece>& p) {
     return p->first <= o && o < p->end();
   };
@@ -379,7 +378,17 @@ std::shared_ptr<HttpBlobSource::Piece> HttpBlobSource::FindHolding(
     }
   }
   for (size_t i = 0; !found && i < in_flight_.size(); ++i) {
-    if (holds(in_flight_[i])) found = in_flight_[i];
+    if (!holds(in_flight_[i])) continue;
+    if (priority == ReadPriority::kOnDemand &&
+        FarAheadOfItsBytes(*in_flight_[i], o)) {
+      // Too far ahead of its bytes to wait for: another piece (one such a
+      // read asked for itself) may serve, else the caller asks itself.
+      if (skipped_end != nullptr) {
+        *skipped_end = std::min(*skipped_end, in_flight_[i]->end());
+      }
+      continue;
+    }
+    found = in_flight_[i];
   }
   for (size_t i = 0; !found && i < warm_.size(); ++i) {
     if (holds(warm_[i])) found = warm_[i];
@@ -441,6 +450,7 @@ void HttpBlobSource::OpenWarmGate(const Request* request,
     // refuses us): fetch nothing more ahead of readers.
     warm_open_ = false;
     DropQueuedWarm();
+    AddWorkerIfNeeded();  // (for pieces a read waits for)
   }
 }
 

@@ -172,9 +172,12 @@ class HttpBlobSource : public BlobSource {
   // headers, or has ended: the server is then sending that answer before
   // their request reaches it, so a server that answers requests in order
   // (or shares the link between them) sends the footer and TOC first, and
-  // the link still goes on from them to the warm bytes without idling.
+  // the link still goes on from them to the warm bytes without idling. If
+  // that read fails, nothing more is fetched ahead (its queued pieces no
+  // read waits for are dropped, as by DropWarm).
   void Warm(uint64_t offset, uint64_t len, bool after_next_read = false);
-  // Frees what Warm() kept; later completions of its requests are not kept.
+  // Frees what Warm() kept, drops its queued pieces no read waits for and
+  // opens its gate; later completions of its requests are not kept.
   void DropWarm();
 
  private:
@@ -198,8 +201,12 @@ class HttpBlobSource : public BlobSource {
   // (ending at most at `end`).
   uint64_t PieceLen(uint64_t o, uint64_t end, ReadPriority prio) const;
   // A queued, in-flight or warm piece holding byte o (a queued one is
-  // raised to `priority` if that is more urgent), or null.
-  std::shared_ptr<Piece> FindHolding(uint64_t o, ReadPriority priority)
+  // raised to `priority` if that is more urgent), or null. An on-demand
+  // read skips in-flight pieces far ahead of their bytes
+  // (FarAheadOfItsBytes); *skipped_end, if given, is lowered to the end of
+  // each one skipped.
+  std::shared_ptr<Piece> FindHolding(uint64_t o, ReadPriority priority,
+                                     uint64_t* skipped_end = nullptr)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The first byte after o, below `limit`, where a queued, in-flight or warm
   // piece begins; `limit` if none does.
