@@ -2,6 +2,7 @@
 #include <cstring>
 #include <iostream>
 
+#include "absl/synchronization/mutex.h"
 #include "cli/commands.h"
 
 namespace {
@@ -53,6 +54,12 @@ void PrintUsage(std::ostream& os) {
 }  // namespace
 
 int main(int argc, char** argv) {
+#ifdef NDEBUG
+  // Debian builds abseil without NDEBUG, so every absl::Mutex acquisition
+  // feeds a lock-order graph (GraphCycles, ~1% of a busy mount's CPU). Tests
+  // and debug builds keep the check; optimized builds do not pay for it.
+  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
+#endif
   if (argc < 2) {
     PrintUsage(std::cerr);
     return 2;
