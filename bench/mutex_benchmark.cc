@@ -18,9 +18,9 @@ absl::Mutex inner_mu;
 // Arg: 1 = deadlock checking on (abseil's default here), 0 = off.
 void BM_NestedLockPair(benchmark::State& state) {
   if (state.thread_index() == 0) {
-    absl::SetMutexDeadlockDetectionMode(
-        state.range(0) ? absl::OnDeadlockCycle::kAbort
-                       : absl::OnDeadlockCycle::kIgnore);
+    absl::SetMutexDeadlockDetectionMode(state.range(0)
+                                            ? absl::OnDeadlockCycle::kAbort
+                                            : absl::OnDeadlockCycle::kIgnore);
   }
   for (auto _ : state) {
     absl::MutexLock a(&outer_mu);
