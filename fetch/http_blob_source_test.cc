@@ -384,9 +384,22 @@ TEST_F(HttpBlobSourceTest, ReadersTakeTheirBytesWhileTheRequestRuns) {
                                  });
   });
   paused_.WaitForNotification();  // the answer's first 300000 bytes are out
-  // A read inside them shares the request and returns before its end.
+  // A read inside them shares the request and returns before its end (in
+  // a thread: a read that waited for the whole request would never return
+  // while the rest is held back).
   std::string part(100000, '\0');
-  ASSERT_TRUE(src.ReadAt(150000, absl::MakeSpan(part)).ok());
+  std::promise<absl::Status> part_done;
+  std::future<absl::Status> part_st = part_done.get_future();
+  std::thread reader(
+      [&] { part_done.set_value(src.ReadAt(150000, absl::MakeSpan(part))); });
+  if (part_st.wait_for(std::chrono::seconds(10)) != std::future_status::ready) {
+    release_.Notify();  // let the request end, then fail
+    reader.join();
+    whole.join();
+    FAIL() << "the read waited for the end of the request serving it";
+  }
+  reader.join();
+  EXPECT_TRUE(part_st.get().ok());
   EXPECT_TRUE(part == blob_.substr(150000, part.size()));
   EXPECT_EQ(src.stats().requests, 1u);
   // The streaming reader saw its prefix grow before the rest came.
