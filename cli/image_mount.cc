@@ -71,6 +71,10 @@ constexpr int kBackgroundThreads = 4;
 constexpr size_t kLayerOpeners = 4;
 // Prefetch / background spans: one range request each.
 constexpr uint64_t kSpanSize = 1 << 20;
+// Directory prefetch after a miss, when the directory's missing files are at
+// most this much of the blob (CachedLayerOptions::dir_prefetch_bytes), with
+// background fetch off.
+constexpr uint64_t kDirPrefetchBytes = 4 << 20;
 
 struct LayerMount {
   size_t index = 0;
@@ -177,6 +181,14 @@ absl::StatusOr<FetchTuning> FetchTuningFromArgs(const ParsedArgs& args) {
   if (t.span_size < 4096) {
     return absl::InvalidArgumentError("--span-size must be >= 4K");
   }
+  // Background fetch brings a directory's files soon anyway, and measured
+  // no faster with it (bench/RESULTS.md): on by default only without it.
+  t.layer.dir_prefetch_bytes =
+      args.Has("no-background-fetch") ? kDirPrefetchBytes : 0;
+  RETURN_IF_ERROR(
+      ParseBytes(args, "dir-prefetch", &t.layer.dir_prefetch_bytes));
+  t.layer.dir_prefetch_span = t.span_size;
+  t.layer.dir_prefetch_gap = t.source.coalesce_gap;
   RETURN_IF_ERROR(ParseCount(args, "max-connections-per-host", 1, 1024,
                              &t.http.max_connections_per_host));
   RETURN_IF_ERROR(ParseCount(args, "max-streams-per-connection", 1, 1000,
@@ -472,6 +484,10 @@ std::vector<FlagSpec> ImageMountFlags() {
   f.push_back({"span-size", "BYTES",
                "prefetch and background fetch go in spans of this many blob "
                "bytes, one request each (the prefetch split; default 1M)"});
+  f.push_back({"dir-prefetch", "BYTES",
+               "when a read misses, fetch the other files of its directory "
+               "too if that is at most BYTES of the blob (default: 4M with "
+               "--no-background-fetch, else 0 = off)"});
   f.push_back({"readahead-chunks", "N",
                "chunks read ahead of a sequential reader (default 4)"});
   f.push_back({"prefetch-streams", "N",
@@ -630,6 +646,13 @@ absl::Status ServeImage(
       if (m->fetch_thread.joinable()) m->fetch_thread.join();
     }
     for (auto it = layers.rbegin(); it != layers.rend(); ++it) {
+      if ((*it)->lazy) {
+        const CachedLayerStats ls = (*it)->served->layer().stats();
+        LogInfo(LayerName(**it, n), " at unmount: ", ls.fills, " fills (",
+                ls.on_demand_fills, " on demand), ", ls.cache_hits,
+                " cache hits, ", ls.dir_prefetches,
+                " directories prefetched after a miss");
+      }
       (*it)->served.reset();
     }
     layers.clear();

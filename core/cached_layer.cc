@@ -44,6 +44,10 @@ CachedLayer::CachedLayer(std::shared_ptr<const LayerReader> reader,
     group_of_[ci] = static_cast<uint32_t>(groups_.size() - 1);
   }
   group_fetched_ = std::vector<std::atomic<bool>>(groups_.size());
+  if (options_.dir_prefetch_bytes > 0) {
+    dir_done_ =
+        std::vector<std::atomic<bool>>(reader_->index().inodes().size());
+  }
   for (int i = 0; i < options_.background_threads; ++i) {
     bg_threads_.emplace_back([this] { BackgroundLoop(); });
   }
@@ -66,6 +70,7 @@ CachedLayerStats CachedLayer::stats() const {
   s.last_on_demand_fill_ns = last_on_demand_fill_ns_.load();
   s.fetched_bytes = fetched_.load();
   s.verify_failures = failures_.load();
+  s.dir_prefetches = dir_prefetches_.load();
   return s;
 }
 
@@ -454,6 +459,7 @@ absl::StatusOr<size_t> CachedLayer::Read(uint32_t inode, uint64_t offset,
   const auto& cs = idx.chunks();
   uint32_t ci = idx.ChunkAt(inode, offset);
   uint64_t pos = offset;
+  bool missed = false;
   while (pos < end) {
     const Chunk& c = cs[ci];
     const uint64_t in_chunk = pos - c.file_offset;
@@ -469,9 +475,13 @@ absl::StatusOr<size_t> CachedLayer::Read(uint32_t inode, uint64_t offset,
     } else {
       ASSIGN_OR_RETURN(ChunkData data, GetChunk(ci, priority));
       std::memcpy(dst, data->data() + in_chunk, len);
+      missed = missed || !c.zeros;
     }
     pos += len;
     ++ci;
+  }
+  if (missed && priority == ReadPriority::kOnDemand && !dir_done_.empty()) {
+    PrefetchDirectoryOf(inode);
   }
   // Sequential reader: fetch the next chunks of this file ahead of it.
   if (options_.readahead_chunks > 0) {
@@ -526,14 +536,46 @@ void CachedLayer::FillAsync(std::vector<uint32_t> chunks,
                             ReadPriority priority) {
   {
     std::lock_guard<std::mutex> l(bg_mu_);
-    for (uint32_t c : chunks) bg_queue_.emplace_back(c, priority);
+    for (uint32_t c : chunks) {
+      bg_queue_.push_back(BackgroundJob{c, priority, std::nullopt});
+    }
+  }
+  bg_cv_.notify_all();
+}
+
+void CachedLayer::PrefetchDirectoryOf(uint32_t inode) {
+  const LayerIndex& idx = reader_->index();
+  const uint32_t dirent = idx.inode(inode).dirent;
+  if (dirent == LayerIndex::kNoDirent) return;
+  const uint32_t dir = idx.dirents()[dirent].parent;
+  if (dir_done_[dir].exchange(true)) return;
+  std::vector<uint32_t> chunks;
+  for (uint32_t d : idx.Children(dir)) {
+    const Inode& n = idx.inode(idx.dirents()[d].inode);
+    if (n.type != EntryType::kReg) continue;
+    for (uint32_t k = 0; k < n.num_chunks; ++k) {
+      chunks.push_back(n.first_chunk + k);
+    }
+  }
+  // (PlanSpans leaves out what is cached already.)
+  std::vector<Span> spans =
+      PlanSpans(chunks, options_.dir_prefetch_span, options_.dir_prefetch_gap);
+  uint64_t bytes = 0;
+  for (const Span& sp : spans) bytes += sp.end - sp.begin;
+  if (spans.empty() || bytes > options_.dir_prefetch_bytes) return;
+  dir_prefetches_.fetch_add(1);
+  {
+    std::lock_guard<std::mutex> l(bg_mu_);
+    for (const Span& sp : spans) {
+      bg_queue_.push_back(BackgroundJob{0, ReadPriority::kPrefetch, sp});
+    }
   }
   bg_cv_.notify_all();
 }
 
 void CachedLayer::BackgroundLoop() {
   while (true) {
-    std::pair<uint32_t, ReadPriority> job;
+    BackgroundJob job;
     {
       std::unique_lock<std::mutex> l(bg_mu_);
       bg_cv_.wait(l, [&] { return bg_stop_ || !bg_queue_.empty(); });
@@ -542,7 +584,11 @@ void CachedLayer::BackgroundLoop() {
       bg_queue_.pop_front();
     }
     // Errors surface to the on-demand reader that needs the chunk.
-    (void)Fill(job.first, job.second);
+    if (job.span) {
+      (void)FillSpan(*job.span, job.priority);
+    } else {
+      (void)Fill(job.chunk, job.priority);
+    }
   }
 }
 
