@@ -108,14 +108,15 @@ class MountFaultsTest : public ::testing::Test {
   std::string cache_dir() const { return dir_ + "/cache"; }
   std::string mnt() const { return dir_ + "/mnt"; }
 
-  // Mounts the image lazily: no background fetch, so nothing is fetched
-  // but the TOCs until a file is read.
+  // Mounts the image lazily: no background fetch and no directory
+  // prefetch, so nothing is fetched but the TOCs until a file is read, and
+  // each file's first read is a request of its own.
   void Mount() {
     mkdir(mnt().c_str(), 0755);
-    testing::RunResult r =
-        testing::Run({bin_, "mount", Ref(), mnt(), "--plain-http", "--platform",
-                      "linux/amd64", "--hosts-dir", dir_ + "/no-hosts",
-                      "--cache-dir", cache_dir(), "--no-background-fetch"});
+    testing::RunResult r = testing::Run(
+        {bin_, "mount", Ref(), mnt(), "--plain-http", "--platform",
+         "linux/amd64", "--hosts-dir", dir_ + "/no-hosts", "--cache-dir",
+         cache_dir(), "--no-background-fetch", "--dir-prefetch", "0"});
     ASSERT_EQ(r.exit_code, 0) << r.err << r.out;
     mounts_.push_back(mnt());
   }
