@@ -549,14 +549,27 @@ void CachedLayer::PrefetchDirectoryOf(uint32_t inode) {
   if (dirent == LayerIndex::kNoDirent) return;
   const uint32_t dir = idx.dirents()[dirent].parent;
   if (dir_done_[dir].exchange(true)) return;
+  // The other files, each no bigger than the cap; first a cheap bound (no
+  // cache lookups: a huge directory is refused at the cost of one pass).
+  const auto& cs = idx.chunks();
   std::vector<uint32_t> chunks;
+  uint64_t extent = 0;
   for (uint32_t d : idx.Children(dir)) {
-    const Inode& n = idx.inode(idx.dirents()[d].inode);
-    if (n.type != EntryType::kReg) continue;
+    const uint32_t i = idx.dirents()[d].inode;
+    const Inode& n = idx.inode(i);
+    if (i == inode || n.type != EntryType::kReg) continue;
+    uint64_t file_extent = 0;
+    for (uint32_t k = 0; k < n.num_chunks; ++k) {
+      const Chunk& c = cs[n.first_chunk + k];
+      if (!c.zeros) file_extent += c.blob_end - c.blob_offset;
+    }
+    if (file_extent > options_.dir_prefetch_bytes) continue;
+    extent += file_extent;
     for (uint32_t k = 0; k < n.num_chunks; ++k) {
       chunks.push_back(n.first_chunk + k);
     }
   }
+  if (chunks.empty() || extent > 2 * options_.dir_prefetch_bytes) return;
   // (PlanSpans leaves out what is cached already.)
   std::vector<Span> spans =
       PlanSpans(chunks, options_.dir_prefetch_span, options_.dir_prefetch_gap);

@@ -49,15 +49,19 @@ struct CachedLayerOptions {
   // on-demand fills never wait (they count, so the others wait for them).
   // 0 = no cap. Bounds the serving process's peak RSS under many cold readers.
   uint64_t max_fill_bytes = 8 << 20;
-  // Directory prefetch: when a read misses the cache (the first read of a
-  // file, most often), the other files of that file's directory (its direct
-  // children, not subdirectories) are fetched too, at prefetch priority, in
-  // spans of `dir_prefetch_span` bytes merged across gaps of at most
-  // `dir_prefetch_gap`, provided what is missing of them is at most
-  // `dir_prefetch_bytes` of the blob. Each directory once. A program reads
-  // the files of a few directories (a language runtime's modules, a
-  // package's files): one round of spans instead of a round trip per file.
-  // 0 = off.
+  // Directory prefetch: when an on-demand read misses the cache (the first
+  // read of a file, most often), the other regular files of that file's
+  // directory (its direct children; for a hardlink, the directory of the
+  // inode's first name) are fetched too, at prefetch priority, in spans of
+  // `dir_prefetch_span` bytes merged across gaps of at most
+  // `dir_prefetch_gap` (every member inside a span is fetched, so files of
+  // other directories lying in a gap come along), if the spans' blob bytes,
+  // gaps included, are at most `dir_prefetch_bytes`. Files bigger than that
+  // are left out; a directory holding more than twice that is refused
+  // without looking further. Each directory is considered once, at its
+  // first miss. A program reads the files of a few directories (a language
+  // runtime's modules, a package's files): one round of spans instead of a
+  // round trip per file. 0 = off.
   uint64_t dir_prefetch_bytes = 0;
   uint64_t dir_prefetch_span = 1 << 20;
   uint64_t dir_prefetch_gap = 64 << 10;

@@ -441,6 +441,11 @@ TEST(CachedLayerTest, MissPrefetchesItsDirectory) {
                    .AddDir("big")
                    .AddFile("big/1", Random(300000, 15))
                    .AddFile("big/2", Random(300000, 16))
+                   .AddDir("many")
+                   .AddFile("many/1", Random(100000, 17))
+                   .AddFile("many/2", Random(100000, 18))
+                   .AddFile("many/3", Random(100000, 19))
+                   .AddFile("many/4", Random(100000, 20))
                    .Build();
   auto cached = [](Fixture& f, const char* path) {
     return f.cache->Contains(
@@ -468,17 +473,26 @@ TEST(CachedLayerTest, MissPrefetchesItsDirectory) {
   EXPECT_TRUE(eventually(f, "a/y"));
   EXPECT_TRUE(eventually(f, "a/z"));
   EXPECT_EQ(f.layer->stats().dir_prefetches, 1u);
-  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  // Once the source is idle (no read for 200 ms), nothing else came.
+  for (uint64_t seen = ~0ull; seen != f.source->reads();) {
+    seen = f.source->reads();
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
   EXPECT_FALSE(cached(f, "a/sub/w"));
   EXPECT_FALSE(cached(f, "b/v"));
   // What the directory prefetch brought is served without a source read.
   const uint64_t reads = f.source->reads();
   EXPECT_EQ(f.ReadAll(f.Inode("a/z")), Random(20000, 13));
   EXPECT_EQ(f.source->reads(), reads);
-  // Over the cap (600 kB of incompressible files): nothing more.
+  // A file bigger than the cap (300 kB, incompressible) is left out...
   EXPECT_EQ(f.ReadAll(f.Inode("big/1")), Random(300000, 15));
-  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  // ...and so is a directory whose other files pass it together (3 x 100
+  // kB): nothing more is fetched.
+  EXPECT_EQ(f.ReadAll(f.Inode("many/1")), Random(100000, 17));
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
   EXPECT_FALSE(cached(f, "big/2"));
+  EXPECT_FALSE(cached(f, "many/2"));
+  EXPECT_FALSE(cached(f, "many/4"));
   EXPECT_EQ(f.layer->stats().dir_prefetches, 1u);
 }
 
