@@ -10,7 +10,8 @@
 // and one inflate. Concurrent misses on the same member wait for the single
 // fill in flight; misses on different members proceed in parallel (no lock is
 // held while fetching or decompressing). Sequential readers trigger
-// read-ahead of the next chunks of their file on background threads. Nothing
+// read-ahead of the next chunks of their file on background threads, and
+// (with dir_prefetch_bytes) a miss prefetches its directory there. Nothing
 // unverified is ever returned or cached: a mismatch fails that read with
 // DataLoss naming the file and offset, and is logged by the caller.
 //
