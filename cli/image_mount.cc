@@ -37,6 +37,7 @@
 #include "core/log.h"
 #include "core/node_writer.h"
 #include "core/status_macros.h"
+#include "core/thread_priority.h"
 #include "core/toc.h"
 #include "fetch/auth.h"
 #include "fetch/background_budget.h"
@@ -71,6 +72,10 @@ constexpr int kBackgroundThreads = 4;
 constexpr size_t kLayerOpeners = 4;
 // Prefetch / background spans: one range request each.
 constexpr uint64_t kSpanSize = 1 << 20;
+// Background fetch yields the CPU to on-demand reads and to the workload
+// (bench/RESULTS.md, "On-demand reads under background fetch on the fast
+// link").
+constexpr int kBackgroundNice = 19;
 // Directory prefetch after a miss, when the directory's missing files are at
 // most this much of the blob (CachedLayerOptions::dir_prefetch_bytes), with
 // background fetch off.
@@ -95,6 +100,9 @@ struct FetchTuning {
   int prefetch_streams = kPrefetchThreads;
   int background_streams = kBackgroundThreads;
   uint64_t background_rate = 0;  // bytes/s of background fetch, 0 = no cap
+  // Nice value of background fetch's threads: its fills and its HTTP
+  // engine's event loop (0 = as the rest of the process).
+  int background_nice = kBackgroundNice;
   // Prefetch and background fetch go in spans of this many blob bytes (the
   // prefetch split).
   uint64_t span_size = kSpanSize;
@@ -169,6 +177,8 @@ absl::StatusOr<FetchTuning> FetchTuningFromArgs(const ParsedArgs& args) {
   RETURN_IF_ERROR(
       ParseCount(args, "background-streams", 1, 256, &t.background_streams));
   RETURN_IF_ERROR(ParseBytes(args, "background-rate", &t.background_rate));
+  RETURN_IF_ERROR(
+      ParseCount(args, "background-nice", 0, 19, &t.background_nice));
   int after_misses = static_cast<int>(t.quiet.busy_misses);
   RETURN_IF_ERROR(
       ParseCount(args, "background-after-misses", 0, 1 << 20, &after_misses));
@@ -373,15 +383,20 @@ absl::Status MakeOverlayLower(const std::string& dir,
 
 // Fetches `chunks` of `layer` at `priority` in spans of at most
 // `span_size` blob bytes (members closer than `gap` merged), `threads` spans
-// at a time, until done or `stop`.
+// at a time, until done or `stop`. With `nice` > 0 every thread doing it,
+// the caller's included, runs at that nice value from then on.
 void FillChunks(CachedLayer* layer, const std::vector<uint32_t>& chunks,
                 ReadPriority priority, int threads, uint64_t span_size,
-                uint64_t gap, RateLimiter* limiter,
+                uint64_t gap, int nice, RateLimiter* limiter,
                 const std::atomic<bool>* stop, std::atomic<uint64_t>* errors) {
   const std::vector<CachedLayer::Span> spans =
       layer->PlanSpans(chunks, span_size, gap);
   std::atomic<size_t> next{0};
   auto work = [&] {
+    if (nice > 0) {
+      absl::Status st = LowerThisThreadPriority(nice);
+      if (!st.ok()) LogWarning("background fetch: ", st.message());
+    }
     while (!stop->load()) {
       size_t i = next.fetch_add(1);
       if (i >= spans.size()) return;
@@ -473,6 +488,11 @@ std::vector<FlagSpec> ImageMountFlags() {
                absl::StrCat("...or once N reads have missed it since the "
                             "prefetch (default ",
                             QuietOptions().busy_misses, "; 0 = at once)")});
+  f.push_back({"background-nice", "N",
+               absl::StrCat("nice value (0-19) of background fetch's threads, "
+                            "so that reads a program waits for and the program "
+                            "itself get the CPU first (default ",
+                            kBackgroundNice, "; 0 = off)")});
   f.push_back({"background-rate", "BYTES",
                "cap background fetching at BYTES per second per layer "
                "(default: no cap)"});
@@ -556,8 +576,10 @@ absl::Status ServeImage(
   // Background fetch has an HTTP engine of its own: its requests travel on
   // their own connection(s), so on-demand responses never queue behind
   // background bytes buffered for a shared connection (HttpBlobSource).
+  CurlHttpOptions bg_http_options = tuning.http;
+  bg_http_options.thread_nice = tuning.background_nice;
   ASSIGN_OR_RETURN(std::unique_ptr<CurlHttpTransport> bg_http,
-                   CurlHttpTransport::Create(tuning.http));
+                   CurlHttpTransport::Create(bg_http_options));
   std::shared_ptr<RegistryClient> bg_client;
   {
     RegistryOptions bro = ro;
@@ -907,7 +929,7 @@ absl::Status ServeImage(
       if (!first.empty()) {
         FillChunks(layer, first, ReadPriority::kPrefetch,
                    tuning.prefetch_streams, tuning.span_size,
-                   tuning.source.coalesce_gap, nullptr, &stop, &errors);
+                   tuning.source.coalesce_gap, 0, nullptr, &stop, &errors);
         LogInfo(
             name, ": prefetched ", first.size(), " chunks (",
             source->stats().warm_hits,
@@ -932,9 +954,12 @@ absl::Status ServeImage(
         if (!in_first[c]) rest.push_back(c);
       }
       RateLimiter limiter(tuning.background_rate);
+      // (This thread stays at the background's nice value: what is left
+      // for it, the whole-blob check, is background work too.)
       FillChunks(layer, rest, ReadPriority::kBackground,
                  tuning.background_streams, tuning.span_size,
-                 tuning.source.coalesce_gap, &limiter, &stop, &errors);
+                 tuning.source.coalesce_gap, tuning.background_nice, &limiter,
+                 &stop, &errors);
       if (stop.load()) return;
       const BackgroundBudget& budget = *tuning.source.background_budget;
       LogInfo(name, ": background fetch done (", layer->fetched_blob_bytes(),

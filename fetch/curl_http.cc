@@ -27,6 +27,8 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "core/errno_status.h"
+#include "core/log.h"
+#include "core/thread_priority.h"
 
 namespace lazypull {
 
@@ -435,6 +437,10 @@ void CurlHttpTransport::Loop::Cancel(uint64_t id) {
 }
 
 void CurlHttpTransport::Loop::Run() {
+  if (opts_.thread_nice > 0) {
+    absl::Status st = LowerThisThreadPriority(opts_.thread_nice);
+    if (!st.ok()) LogWarning("HTTP event loop: ", st.message());
+  }
   while (true) {
     std::vector<Command> cmds;
     bool stop;

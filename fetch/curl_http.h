@@ -57,6 +57,11 @@ struct CurlHttpOptions {
   // Offer HTTP/2 over TLS (default true). Plain-text HTTP is HTTP/1.1.
   bool http2 = true;
   std::string user_agent = "lazypull/0.1";
+  // Nice value of the event-loop thread (default 0: the process's). A
+  // transport that only carries background transfers runs its loop (TLS,
+  // HTTP/2 framing, body copies) at a lower CPU priority, so that the
+  // threads serving blocked readers get the cores first.
+  int thread_nice = 0;
 };
 
 class CurlHttpTransport : public HttpTransport {
