@@ -446,6 +446,10 @@ TEST(CachedLayerTest, MissPrefetchesItsDirectory) {
                    .AddFile("many/2", Random(100000, 18))
                    .AddFile("many/3", Random(100000, 19))
                    .AddFile("many/4", Random(100000, 20))
+                   .AddDir("mixed")
+                   .AddFile("mixed/a", Random(20000, 21))
+                   .AddFile("mixed/huge", Random(280000, 22))
+                   .AddFile("mixed/s", Random(20000, 23))
                    .Build();
   auto cached = [](Fixture& f, const char* path) {
     return f.cache->Contains(
@@ -484,16 +488,28 @@ TEST(CachedLayerTest, MissPrefetchesItsDirectory) {
   const uint64_t reads = f.source->reads();
   EXPECT_EQ(f.ReadAll(f.Inode("a/z")), Random(20000, 13));
   EXPECT_EQ(f.source->reads(), reads);
-  // A file bigger than the cap (300 kB, incompressible) is left out...
+  // A file bigger than the cap (280 kB, incompressible) is left out, and its
+  // small sibling still comes (the directory, 320 kB, is within twice the
+  // cap; with the big file counted, its spans would pass the cap and
+  // nothing would).
+  EXPECT_EQ(f.ReadAll(f.Inode("mixed/a")), Random(20000, 21));
+  EXPECT_TRUE(eventually(f, "mixed/s"));
+  for (uint64_t seen = ~0ull; seen != f.source->reads();) {
+    seen = f.source->reads();
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  EXPECT_FALSE(cached(f, "mixed/huge"));
+  EXPECT_EQ(f.layer->stats().dir_prefetches, 2u);
+  // A directory whose only other file is over the cap gets nothing...
   EXPECT_EQ(f.ReadAll(f.Inode("big/1")), Random(300000, 15));
-  // ...and so is a directory whose other files pass it together (3 x 100
+  // ...and so does a directory whose other files pass it together (3 x 100
   // kB): nothing more is fetched.
   EXPECT_EQ(f.ReadAll(f.Inode("many/1")), Random(100000, 17));
   std::this_thread::sleep_for(std::chrono::milliseconds(200));
   EXPECT_FALSE(cached(f, "big/2"));
   EXPECT_FALSE(cached(f, "many/2"));
   EXPECT_FALSE(cached(f, "many/4"));
-  EXPECT_EQ(f.layer->stats().dir_prefetches, 1u);
+  EXPECT_EQ(f.layer->stats().dir_prefetches, 2u);
 }
 
 TEST(CachedLayerTest, ManyReadersRandomRangesByteExact) {
