@@ -12,6 +12,10 @@
 namespace lazypull {
 
 struct CachedLayer::Flight {
+  explicit Flight(ReadPriority p) : priority(p) {}
+  // Whom the fill is for: a reader that joined a fill made for prefetch,
+  // background fetch or read-ahead, and saw it fail, tries once itself.
+  const ReadPriority priority;
   absl::Mutex mu;
   bool done ABSL_GUARDED_BY(mu) = false;
   absl::Status status ABSL_GUARDED_BY(mu);
@@ -313,7 +317,7 @@ absl::Status CachedLayer::FillSpan(const Span& span, ReadPriority priority) {
       absl::MutexLock l(&mu_);
       for (const uint32_t g : run.groups) {
         if (flights_.contains(g)) continue;
-        auto f = std::make_shared<Flight>();
+        auto f = std::make_shared<Flight>(priority);
         flights_[g] = f;
         claimed.emplace_back(g, std::move(f));
       }
@@ -364,8 +368,7 @@ absl::Status CachedLayer::FillSpan(const Span& span, ReadPriority priority) {
         flight->errors = std::move(errors);
         flight->done = true;
       }
-      absl::MutexLock l(&mu_);
-      flights_.erase(g);
+      EndFlight(g, flight.get());
     };
     // Members whose bytes are all in are decoded while the rest arrive, so
     // a reader waiting for one of them (a process starting while its
@@ -409,35 +412,55 @@ absl::StatusOr<CachedLayer::ChunkData> CachedLayer::GetChunk(
     }
   }
   const uint32_t group = group_of_[chunk];
-  std::shared_ptr<Flight> flight;
-  bool leader = false;
-  {
-    absl::MutexLock l(&mu_);
-    auto it = flights_.find(group);
-    if (it != flights_.end()) {
-      flight = it->second;
-    } else {
-      flight = std::make_shared<Flight>();
-      flights_[group] = flight;
-      leader = true;
+  std::shared_ptr<Flight> failed;  // the fill this reader saw fail, if any
+  for (bool retried = false;; retried = true) {
+    std::shared_ptr<Flight> flight;
+    bool leader = false;
+    {
+      absl::MutexLock l(&mu_);
+      auto it = flights_.find(group);
+      // (The failed fill may not have left flights_ yet.)
+      if (it != flights_.end() && it->second != failed) {
+        flight = it->second;
+      } else {
+        flight = std::make_shared<Flight>(priority);
+        flights_[group] = flight;
+        leader = true;
+      }
     }
+    if (leader) {
+      RunFill(group, flight.get(), priority);
+      EndFlight(group, flight.get());
+    }
+    absl::MutexLock l(&flight->mu);
+    flight->mu.Await(absl::Condition(&flight->done));
+    absl::Status st = flight->status;
+    if (auto e = flight->errors.find(chunk);
+        st.ok() && e != flight->errors.end()) {
+      st = e->second;
+    }
+    if (st.ok()) {
+      auto it = flight->data.find(chunk);
+      if (it == flight->data.end()) {
+        return absl::InternalError("chunk missing from its member's fill");
+      }
+      return it->second;
+    }
+    // A blocked reader does not inherit the failure of a fetch made for
+    // someone else (a prefetch or background span, a read-ahead): it tries
+    // once itself, at its own priority.
+    if (leader || retried || priority != ReadPriority::kOnDemand ||
+        flight->priority == ReadPriority::kOnDemand) {
+      return st;
+    }
+    failed = std::move(flight);
   }
-  if (leader) {
-    RunFill(group, flight.get(), priority);
-    absl::MutexLock l(&mu_);
-    flights_.erase(group);
-  }
-  absl::MutexLock l(&flight->mu);
-  flight->mu.Await(absl::Condition(&flight->done));
-  if (!flight->status.ok()) return flight->status;
-  if (auto e = flight->errors.find(chunk); e != flight->errors.end()) {
-    return e->second;
-  }
-  auto it = flight->data.find(chunk);
-  if (it == flight->data.end()) {
-    return absl::InternalError("chunk missing from its member's fill");
-  }
-  return it->second;
+}
+
+void CachedLayer::EndFlight(uint32_t group, const Flight* flight) {
+  absl::MutexLock l(&mu_);
+  auto it = flights_.find(group);
+  if (it != flights_.end() && it->second.get() == flight) flights_.erase(it);
 }
 
 absl::Status CachedLayer::Fill(uint32_t chunk, ReadPriority priority) {

@@ -9,7 +9,9 @@
 // Several small files sharing one gzip member (innerOffset) cost one read
 // and one inflate. Concurrent misses on the same member wait for the single
 // fill in flight; misses on different members proceed in parallel (no lock is
-// held while fetching or decompressing). Sequential readers trigger
+// held while fetching or decompressing). A read that waited for a fill made
+// for prefetch, background fetch or read-ahead, and saw it fail, tries once
+// itself before it fails. Sequential readers trigger
 // read-ahead of the next chunks of their file on background threads, and
 // (with dir_prefetch_bytes) a miss prefetches its directory there. Nothing
 // unverified is ever returned or cached: a mismatch fails that read with
@@ -148,6 +150,9 @@ class CachedLayer {
   absl::StatusOr<ChunkData> GetChunk(uint32_t chunk, ReadPriority priority);
   // Fetches and decodes member group `group`; fills `flight`.
   void RunFill(uint32_t group, Flight* flight, ReadPriority priority);
+  // Takes `flight` out of flights_ if it is still the group's (a reader
+  // retrying after it failed may have put a new one there).
+  void EndFlight(uint32_t group, const Flight* flight);
   // Decodes and verifies group `group` from its compressed `extent`: the
   // verified chunks into *out, chunks failing their own digest into
   // *errors; an error for the whole member is returned.

@@ -512,6 +512,77 @@ TEST(CachedLayerTest, MissPrefetchesItsDirectory) {
   EXPECT_EQ(f.layer->stats().dir_prefetches, 2u);
 }
 
+// A source whose reads for anything but a blocked reader fail, once
+// released, while `fail` is set: a prefetch or background span that the
+// registry fails (after the transport's own retries).
+class NonUrgentFailsSource : public BlobSource {
+ public:
+  explicit NonUrgentFailsSource(std::string blob) : inner_(std::move(blob)) {}
+  uint64_t size() const override { return inner_.size(); }
+  absl::Status ReadAt(uint64_t offset, absl::Span<char> dst,
+                      ReadPriority p) override {
+    if (p != ReadPriority::kOnDemand && fail.load()) {
+      ++failed;
+      if (!paused.HasBeenNotified()) paused.Notify();
+      release.WaitForNotification();
+      return absl::UnavailableError("injected: 503 after every retry");
+    }
+    if (p == ReadPriority::kOnDemand) ++on_demand_reads;
+    return inner_.ReadAt(offset, dst, p);
+  }
+  using BlobSource::ReadAt;
+  std::string Describe() const override { return "non-urgent reads fail"; }
+
+  std::atomic<bool> fail{false};
+  absl::Notification paused, release;
+  std::atomic<int> failed{0}, on_demand_reads{0};
+
+ private:
+  MemoryBlobSource inner_;
+};
+
+// A blocked reader that joined a directory prefetch's span does not inherit
+// its failure: it fetches its file itself, once.
+TEST(CachedLayerTest, AReaderWhosePrefetchFailedTriesItself) {
+  TestBlob b = TestLayer()
+                   .AddDir("d")
+                   .AddFile("d/x", Random(20000, 30))
+                   .AddFile("d/y", Random(20000, 31))
+                   .AddFile("d/z", Random(20000, 32))
+                   .Build();
+  auto src = std::make_shared<NonUrgentFailsSource>(b.blob);
+  auto r = LayerReader::Open(src, {});
+  ASSERT_TRUE(r.ok()) << r.status();
+  std::shared_ptr<const LayerReader> reader = std::move(*r);
+  CachedLayerOptions o;
+  o.readahead_chunks = 0;
+  o.dir_prefetch_bytes = 256 << 10;
+  CachedLayer layer(reader, std::make_shared<MemoryChunkCache>(0), o);
+  auto read = [&](const char* path, std::string* out) {
+    const uint32_t ino = *reader->index().Resolve(path);
+    out->assign(reader->index().inode(ino).size, '\0');
+    return layer.Read(ino, 0, absl::MakeSpan(*out)).status();
+  };
+  src->fail = true;
+  std::string x, y;
+  ASSERT_TRUE(read("d/x", &x).ok());
+  EXPECT_EQ(x, Random(20000, 30));
+  // The miss prefetches d/y and d/z in one span, which is held, then fails.
+  ASSERT_TRUE(src->paused.WaitForNotificationWithTimeout(absl::Seconds(10)));
+  const int before = src->on_demand_reads.load();
+  absl::Status got;
+  std::thread t([&] { got = read("d/y", &y); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  EXPECT_EQ(src->on_demand_reads.load(), before)
+      << "the reader waits for the span holding its file";
+  src->release.Notify();
+  t.join();
+  EXPECT_TRUE(got.ok()) << got;
+  EXPECT_TRUE(y == Random(20000, 31));
+  EXPECT_EQ(src->failed.load(), 1);
+  EXPECT_EQ(src->on_demand_reads.load(), before + 1) << "one retry of its own";
+}
+
 TEST(CachedLayerTest, ManyReadersRandomRangesByteExact) {
   const std::string d1 = Random(300000, 4), d2 = Random(77777, 5);
   TestBlob b =
