@@ -672,7 +672,8 @@ absl::Status ServeImage(
         const CachedLayerStats ls = (*it)->served->layer().stats();
         LogInfo(LayerName(**it, n), " at unmount: ", ls.fills, " fills (",
                 ls.on_demand_fills, " on demand), ", ls.cache_hits,
-                " cache hits, ", ls.dir_prefetches,
+                " cache hits, ", ls.joined_fills,
+                " reads that waited for another's fill, ", ls.dir_prefetches,
                 " directories prefetched after a miss");
       }
       (*it)->served.reset();
@@ -955,7 +956,10 @@ absl::Status ServeImage(
       }
       RateLimiter limiter(tuning.background_rate);
       // (This thread stays at the background's nice value: what is left
-      // for it, the whole-blob check, is background work too.)
+      // for it, the whole-blob check, is background work too. The source's
+      // request workers are all started first, at normal priority: a
+      // thread started by a lowered one would stay lowered.)
+      if (tuning.background_nice > 0) source->StartWorkers();
       FillChunks(layer, rest, ReadPriority::kBackground,
                  tuning.background_streams, tuning.span_size,
                  tuning.source.coalesce_gap, tuning.background_nice, &limiter,

@@ -75,6 +75,7 @@ CachedLayerStats CachedLayer::stats() const {
   s.fetched_bytes = fetched_.load();
   s.verify_failures = failures_.load();
   s.dir_prefetches = dir_prefetches_.load();
+  s.joined_fills = joined_fills_.load();
   return s;
 }
 
@@ -401,27 +402,34 @@ absl::Status CachedLayer::FillSpan(const Span& span, ReadPriority priority) {
 absl::StatusOr<CachedLayer::ChunkData> CachedLayer::GetChunk(
     uint32_t chunk, ReadPriority priority) {
   const Chunk& c = reader_->index().chunks()[chunk];
-  // (Contains first: a chunk-sized buffer is only worth touching for a hit.)
-  if (!c.zeros && cache_->Contains(c.digest)) {
-    std::shared_ptr<std::string> buf = BufferPool::Default().Get(c.size);
-    ASSIGN_OR_RETURN(bool hit,
-                     cache_->Read(c.digest, c.size, 0, absl::MakeSpan(*buf)));
-    if (hit) {
-      hits_.fetch_add(1);
-      return buf;
-    }
-  }
   const uint32_t group = group_of_[chunk];
   std::shared_ptr<Flight> failed;  // the fill this reader saw fail, if any
   for (bool retried = false;; retried = true) {
+    // (Contains first: a chunk-sized buffer is only worth touching for a
+    // hit. On a retry, another reader may have filled it meanwhile.)
+    if (!c.zeros && cache_->Contains(c.digest)) {
+      std::shared_ptr<std::string> buf = BufferPool::Default().Get(c.size);
+      ASSIGN_OR_RETURN(bool hit,
+                       cache_->Read(c.digest, c.size, 0, absl::MakeSpan(*buf)));
+      if (hit) {
+        hits_.fetch_add(1);
+        return buf;
+      }
+    }
     std::shared_ptr<Flight> flight;
     bool leader = false;
     {
       absl::MutexLock l(&mu_);
       auto it = flights_.find(group);
-      // (The failed fill may not have left flights_ yet.)
-      if (it != flights_.end() && it->second != failed) {
+      // A retry joins only a fill made for a blocked reader (the failed one
+      // may not have left flights_ yet; another prefetch may have come);
+      // else it leads one of its own, in the failed one's place.
+      if (it != flights_.end() &&
+          (failed == nullptr ||
+           (it->second != failed &&
+            it->second->priority == ReadPriority::kOnDemand))) {
         flight = it->second;
+        joined_fills_.fetch_add(1);
       } else {
         flight = std::make_shared<Flight>(priority);
         flights_[group] = flight;

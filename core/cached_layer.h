@@ -75,6 +75,7 @@ struct CachedLayerStats {
   uint64_t fills = 0;            // member fills (source reads + inflates)
   uint64_t on_demand_fills = 0;  // of which for a blocked reader (misses)
   uint64_t dir_prefetches = 0;   // directories prefetched after a miss
+  uint64_t joined_fills = 0;     // reads that waited for another's fill
   // When the last on-demand fill got its bytes (steady clock, ns; 0 = never).
   int64_t last_on_demand_fill_ns = 0;
   uint64_t fetched_bytes = 0;  // compressed bytes read from the source
@@ -202,6 +203,7 @@ class CachedLayer {
   // Per inode: a directory whose prefetch was considered.
   std::vector<std::atomic<bool>> dir_done_;
   std::atomic<uint64_t> dir_prefetches_{0};
+  std::atomic<uint64_t> joined_fills_{0};
 
   // Fill memory in use (see max_fill_bytes).
   absl::Mutex budget_mu_;

@@ -572,9 +572,12 @@ TEST(CachedLayerTest, AReaderWhosePrefetchFailedTriesItself) {
   const int before = src->on_demand_reads.load();
   absl::Status got;
   std::thread t([&] { got = read("d/y", &y); });
-  std::this_thread::sleep_for(std::chrono::milliseconds(200));
-  EXPECT_EQ(src->on_demand_reads.load(), before)
-      << "the reader waits for the span holding its file";
+  // The reader waits for the span holding its file.
+  for (int i = 0; i < 1000 && layer.stats().joined_fills == 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_EQ(layer.stats().joined_fills, 1u);
+  EXPECT_EQ(src->on_demand_reads.load(), before);
   src->release.Notify();
   t.join();
   EXPECT_TRUE(got.ok()) << got;

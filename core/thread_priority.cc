@@ -19,14 +19,16 @@ id_t ThisThreadId() { return static_cast<id_t>(syscall(SYS_gettid)); }
 
 int ThisThreadNice() {
   errno = 0;
-  return getpriority(PRIO_PROCESS, ThisThreadId());
+  const int nice = getpriority(PRIO_PROCESS, ThisThreadId());
+  return nice == -1 && errno != 0 ? 0 : nice;
 }
 
 absl::Status LowerThisThreadPriority(int nice) {
   nice = std::min(nice, 19);
   if (nice <= ThisThreadNice()) return absl::OkStatus();
   if (setpriority(PRIO_PROCESS, ThisThreadId(), nice) != 0) {
-    return ErrnoToStatus(errno, absl::StrCat("setpriority(", nice, ")"));
+    const int err = errno;
+    return ErrnoToStatus(err, absl::StrCat("setpriority(", nice, ")"));
   }
   return absl::OkStatus();
 }

@@ -7,7 +7,9 @@
 // value per thread (setpriority(2), "BUGS"), so a thread lowers its own
 // priority without touching the rest of the process. Lowering needs no
 // privilege; raising it back does (CAP_SYS_NICE or RLIMIT_NICE), so threads
-// that are lowered stay lowered: give such work threads of its own.
+// that are lowered stay lowered: give such work threads of its own. A new
+// thread takes its creator's nice value: a lowered thread must not start
+// threads that will do urgent work (start those beforehand).
 //
 // Thread-safety: acts on the calling thread only; safe from any thread.
 #ifndef LAZYPULL_CORE_THREAD_PRIORITY_H_
@@ -22,7 +24,7 @@ namespace lazypull {
 // the current one leaves the thread as it is and returns OK.
 absl::Status LowerThisThreadPriority(int nice);
 
-// The calling thread's nice value.
+// The calling thread's nice value (0 if it cannot be read).
 int ThisThreadNice();
 
 }  // namespace lazypull

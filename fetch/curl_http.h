@@ -58,9 +58,10 @@ struct CurlHttpOptions {
   bool http2 = true;
   std::string user_agent = "lazypull/0.1";
   // Nice value of the event-loop thread (default 0: the process's). A
-  // transport that only carries background transfers runs its loop (TLS,
+  // transport that carries only background requests runs its loop (TLS,
   // HTTP/2 framing, body copies) at a lower CPU priority, so that the
-  // threads serving blocked readers get the cores first.
+  // threads serving blocked readers get the cores first. (A reader that
+  // joins a background request in flight gets its bytes at that priority.)
   int thread_nice = 0;
 };
 

@@ -152,6 +152,15 @@ void HttpBlobSource::AddWorkerIfNeeded() {
   ++idle_workers_;  // counted as idle from the start: it looks for work first
 }
 
+void HttpBlobSource::StartWorkers() {
+  absl::MutexLock l(&mu_);
+  while (!stop_ && workers_.size() <
+                       static_cast<size_t>(options_.max_concurrent_requests)) {
+    workers_.emplace_back([this] { WorkerLoop(); });
+    ++idle_workers_;
+  }
+}
+
 HttpBlobSource::~HttpBlobSource() {
   budget_->RemoveListener(budget_listener_);
   std::vector<std::thread> workers;

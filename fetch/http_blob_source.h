@@ -180,6 +180,15 @@ class HttpBlobSource : public BlobSource {
   // opens its gate; later completions of its requests are not kept.
   void DropWarm();
 
+  // Starts every worker thread now (max_concurrent_requests of them), on
+  // the calling thread. Workers are otherwise started as requests queue
+  // up, by the thread whose read needs one, and a thread takes the nice
+  // value of the thread that starts it (core/thread_priority.h): call this
+  // from a normal-priority thread before threads that read from this
+  // source lower their priority, so that no worker, which may later carry
+  // an on-demand request, runs at theirs.
+  void StartWorkers();
+
  private:
   struct Piece;
   struct Request;

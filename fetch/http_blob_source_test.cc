@@ -6,7 +6,9 @@
 #include <atomic>
 #include <chrono>
 #include <filesystem>
+#include <fstream>
 #include <future>
+#include <iterator>
 #include <memory>
 #include <string>
 #include <thread>
@@ -17,6 +19,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
+#include "core/thread_priority.h"
 #include "fetch/curl_http.h"
 #include "fetch/reference.h"
 #include "fetch/testing/loopback_http_server.h"
@@ -670,6 +673,50 @@ TEST_F(HttpBlobSourceTest, OnDemandDoesNotWaitBehindBackground) {
   for (auto& t : ts) t.join();
   // Each 64 KiB read went as one piece (pieces are at least 256 KiB).
   EXPECT_EQ(src.stats().requests_by_priority[2], 6u);
+}
+
+// Threads of this process at nice `nice` (from /proc/self/task/*/stat).
+int ThreadsAtNice(int nice) {
+  int n = 0;
+  for (const auto& e : std::filesystem::directory_iterator("/proc/self/task")) {
+    std::ifstream f(e.path() / "stat");
+    std::string stat((std::istreambuf_iterator<char>(f)),
+                     std::istreambuf_iterator<char>());
+    // After "(comm) ": state is field 3, nice field 19.
+    const size_t paren = stat.rfind(')');
+    if (paren == std::string::npos) continue;
+    std::vector<std::string> fields =
+        absl::StrSplit(stat.substr(paren + 2), ' ');
+    int v;
+    if (fields.size() > 16 && absl::SimpleAtoi(fields[16], &v) && v == nice) {
+      ++n;
+    }
+  }
+  return n;
+}
+
+// A thread takes its creator's nice value: with StartWorkers() called
+// first, a background reader that lowered its priority starts no request
+// worker, so none (they may carry on-demand reads later) runs at its nice.
+TEST_F(HttpBlobSourceTest, WorkersStartedFirstKeepNormalPriority) {
+  ASSERT_EQ(ThreadsAtNice(19), 0) << "the test runner is already at nice 19";
+  for (const bool start_first : {false, true}) {
+    HttpBlobSourceOptions o;
+    o.max_concurrent_requests = 3;
+    HttpBlobSource src(client_, desc_, o);
+    if (start_first) src.StartWorkers();
+    std::thread t([&] {
+      ASSERT_TRUE(LowerThisThreadPriority(19).ok());
+      std::string out(4096, '\0');
+      EXPECT_TRUE(
+          src.ReadAt(0, absl::MakeSpan(out), ReadPriority::kBackground).ok());
+      EXPECT_EQ(out, blob_.substr(0, 4096));
+    });
+    t.join();
+    // Without StartWorkers() the lowered reader started the worker itself
+    // (this also shows the check can see one).
+    EXPECT_EQ(ThreadsAtNice(19), start_first ? 0 : 1) << start_first;
+  }
 }
 
 TEST_F(HttpBlobSourceTest, A200ToARangeFailsTheRead) {
