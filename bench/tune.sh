@@ -26,7 +26,9 @@ span-4M	--span-size 4M
 prefetch-streams-2	--prefetch-streams 2
 prefetch-streams-16	--prefetch-streams 16
 background-streams-1	--background-streams 1
+background-streams-4	--background-streams 4
 background-streams-8	--background-streams 8
+background-nice-0	--background-nice 0
 background-bytes-1M	--background-bytes 1M
 background-bytes-16M	--background-bytes 16M
 background-gain-1.25	--background-gain 1.25
@@ -41,6 +43,7 @@ readahead-16	--readahead-chunks 16
 max-requests-4	--max-requests 4
 max-requests-16	--max-requests 16
 http1.1	--http1.1
+max-request-size-16M	--max-request-size 16M
 TSV
 common=(--profile "$PROFILE" --workload python,shell,heavy --variant estargz,estargz-opt
   --runs "$RUNS" --no-baseline --no-probe)

@@ -65,9 +65,11 @@ constexpr uint64_t kTailReadSize = 512 << 10;
 constexpr uint64_t kMaxPositionTail = 64 << 20;
 constexpr int kDefaultWaitPrefetchSeconds = 60;
 // Fill threads per layer: enough outstanding reads that the blob source can
-// coalesce neighbours; its caps keep background work out of the way.
+// coalesce neighbours; its caps keep background work out of the way. Two
+// background spans at a time keep the link busy and leave more of it, and
+// of the CPU, to on-demand reads than four (bench/TUNING.md, session 9).
 constexpr int kPrefetchThreads = 8;
-constexpr int kBackgroundThreads = 4;
+constexpr int kBackgroundThreads = 2;
 // Layers whose footer and TOC are read and indexed at once at mount.
 constexpr size_t kLayerOpeners = 4;
 // Prefetch / background spans: one range request each.
