@@ -75,8 +75,8 @@ constexpr size_t kLayerOpeners = 4;
 // Prefetch / background spans: one range request each.
 constexpr uint64_t kSpanSize = 1 << 20;
 // Background fetch yields the CPU to on-demand reads and to the workload
-// (bench/RESULTS.md, "On-demand reads under background fetch on the fast
-// link").
+// (bench/RESULTS.md, "On-demand reads under background fetch: the saturated
+// link's floor, and the fast link"; bench/TUNING.md, session 9).
 constexpr int kBackgroundNice = 19;
 // Directory prefetch after a miss, when the directory's missing files are at
 // most this much of the blob (CachedLayerOptions::dir_prefetch_bytes), with

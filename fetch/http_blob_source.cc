@@ -148,6 +148,10 @@ void HttpBlobSource::AddWorkerIfNeeded() {
           static_cast<size_t>(options_.max_concurrent_requests)) {
     return;
   }
+  AddWorker();
+}
+
+void HttpBlobSource::AddWorker() {
   workers_.emplace_back([this] { WorkerLoop(); });
   ++idle_workers_;  // counted as idle from the start: it looks for work first
 }
@@ -156,8 +160,7 @@ void HttpBlobSource::StartWorkers() {
   absl::MutexLock l(&mu_);
   while (!stop_ && workers_.size() <
                        static_cast<size_t>(options_.max_concurrent_requests)) {
-    workers_.emplace_back([this] { WorkerLoop(); });
-    ++idle_workers_;
+    AddWorker();
   }
 }
 

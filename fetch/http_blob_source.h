@@ -196,6 +196,8 @@ class HttpBlobSource : public BlobSource {
   void WorkerLoop();
   // Starts another worker if a queued piece has none waiting for it.
   void AddWorkerIfNeeded() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Starts one worker thread (it inherits the calling thread's priority).
+  void AddWorker() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Whether a worker may take `p` now. REQUIRES: mu_ held.
   bool Eligible(const Piece& p) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool HasWork() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
