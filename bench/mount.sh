@@ -14,6 +14,9 @@
 #                  ranges, run alongside the reads (the server's and link's
 #                  share; it adds load of its own)
 #   SERVER_NICE=N  renice the registry and the proxy (e.g. -10)
+#   SPLIT_CPUS=1   the registry and the proxy on the last CPU, everything
+#                  else (lazypull, the readers, curl) on the others: a server
+#                  with cores of its own, as a remote registry has
 #   WORKROOT=DIR   where the work dir goes (default /tmp; /dev/shm: no disk)
 #   LOGS=DIR       keep each mount's log;  LAT_TRACE=1: every read's latency
 #   bench/mount.sh [INPUT_MB] [PROFILE...]    profiles: rtt,bw (20ms,100mbit)
@@ -101,6 +104,11 @@ for prof in "${PROFILES[@]}"; do
     for p in "$REGISTRY_PID" "${PIDS[-1]}"; do
       renice -n "$SERVER_NICE" -p $(ls /proc/"$p"/task) >/dev/null
     done
+  fi
+  if [ -n "${SPLIT_CPUS:-}" ]; then
+    last=$(( $(nproc) - 1 ))
+    for p in "$REGISTRY_PID" "${PIDS[-1]}"; do taskset -a -pc "$last" "$p" >/dev/null; done
+    taskset -pc 0-$((last - 1)) $$ >/dev/null
   fi
   # The CA is given by IP: the proxy forwards TLS untouched.
   REF="$(sed -n 's/^listening \(127.0.0.1:[0-9]*\).*/\1/p' "$W/proxy.out")/bench:latest"

@@ -20,6 +20,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <semaphore>
 #include <thread>
 
 #include "absl/strings/numbers.h"
@@ -74,6 +75,13 @@ constexpr int kBackgroundThreads = 2;
 constexpr size_t kLayerOpeners = 4;
 // Prefetch / background spans: one range request each.
 constexpr uint64_t kSpanSize = 1 << 20;
+// Background fetch's streams: spans less than this apart share one request
+// (the bytes between them are read and dropped).
+constexpr uint64_t kStreamGap = 1 << 20;
+// Background fetch goes from spans to streams once the link has been seen
+// this fast: a span then lasts less than a server's per-request cost
+// (bench/RESULTS.md, "Background fetch as one stream per layer").
+constexpr uint64_t kStreamRate = 24 << 20;
 // Background fetch yields the CPU to on-demand reads and to the workload
 // (bench/RESULTS.md, "On-demand reads under background fetch: the saturated
 // link's floor, and the fast link"; bench/TUNING.md, session 9).
@@ -108,6 +116,12 @@ struct FetchTuning {
   // Prefetch and background fetch go in spans of this many blob bytes (the
   // prefetch split).
   uint64_t span_size = kSpanSize;
+  // Background fetch goes in spans of one request each, as prefetch does,
+  // until the link has been measured at `stream_rate` bytes/s; then it
+  // reads each stretch of a layer still missing as one request
+  // (CachedLayer::FillStream), `background_streams` layers at a time
+  // (0: streams from the start; UINT64_MAX: never).
+  uint64_t stream_rate = kStreamRate;
   // When background fetch starts after the prefetch.
   QuietOptions quiet;
 };
@@ -206,6 +220,11 @@ absl::StatusOr<FetchTuning> FetchTuningFromArgs(const ParsedArgs& args) {
   RETURN_IF_ERROR(ParseCount(args, "max-streams-per-connection", 1, 1000,
                              &t.http.max_streams_per_connection));
   if (args.Has("http1.1")) t.http.http2 = false;
+  if (auto v = args.Get("background-stream-rate"); v && *v == "off") {
+    t.stream_rate = UINT64_MAX;
+  } else {
+    RETURN_IF_ERROR(ParseBytes(args, "background-stream-rate", &t.stream_rate));
+  }
   return t;
 }
 
@@ -385,12 +404,14 @@ absl::Status MakeOverlayLower(const std::string& dir,
 
 // Fetches `chunks` of `layer` at `priority` in spans of at most
 // `span_size` blob bytes (members closer than `gap` merged), `threads` spans
-// at a time, until done or `stop`. With `nice` > 0 every thread doing it,
-// the caller's included, runs at that nice value from then on.
+// at a time, until done, `stop`, or `hand_over` (if given) says so before
+// a span. With `nice` > 0 every thread doing it, the caller's included, runs
+// at that nice value from then on.
 void FillChunks(CachedLayer* layer, const std::vector<uint32_t>& chunks,
                 ReadPriority priority, int threads, uint64_t span_size,
                 uint64_t gap, int nice, RateLimiter* limiter,
-                const std::atomic<bool>* stop, std::atomic<uint64_t>* errors) {
+                const std::atomic<bool>* stop, std::atomic<uint64_t>* errors,
+                const std::function<bool()>* hand_over) {
   const std::vector<CachedLayer::Span> spans =
       layer->PlanSpans(chunks, span_size, gap);
   std::atomic<size_t> next{0};
@@ -400,6 +421,7 @@ void FillChunks(CachedLayer* layer, const std::vector<uint32_t>& chunks,
       if (!st.ok()) LogWarning("background fetch: ", st.message());
     }
     while (!stop->load()) {
+      if (hand_over != nullptr && (*hand_over)()) return;
       size_t i = next.fetch_add(1);
       if (i >= spans.size()) return;
       if (limiter != nullptr) {
@@ -517,9 +539,16 @@ std::vector<FlagSpec> ImageMountFlags() {
                             "(default ",
                             kPrefetchThreads, ")")});
   f.push_back({"background-streams", "N",
-               absl::StrCat("parallel fills of the background fetch per "
-                            "layer (default ",
+               absl::StrCat("background fetch: layers read at once, and "
+                            "threads decoding each one's bytes (with "
+                            "spans: spans in flight per layer; "
+                            "default ",
                             kBackgroundThreads, ")")});
+  f.push_back({"background-stream-rate", "BYTES|off",
+               "background fetch goes in spans of --span-size, one request "
+               "each, until the link is measured at BYTES per second; then "
+               "each stretch of a layer still missing is one request, read "
+               "in order (default 24M; 0 = from the start; off = never)"});
   f.push_back({"max-connections-per-host", "N",
                "connections to one registry host at once (default 6)"});
   f.push_back({"max-streams-per-connection", "N",
@@ -909,6 +938,7 @@ absl::Status ServeImage(
 
   // Prefetch, then background fetch, per lazy layer.
   const bool background = !args.Has("no-background-fetch");
+  std::counting_semaphore<256> bg_streams(tuning.background_streams);
   for (auto& m : layers) {
     if (!m->lazy) continue;
     ++pf_pending;
@@ -932,7 +962,8 @@ absl::Status ServeImage(
       if (!first.empty()) {
         FillChunks(layer, first, ReadPriority::kPrefetch,
                    tuning.prefetch_streams, tuning.span_size,
-                   tuning.source.coalesce_gap, 0, nullptr, &stop, &errors);
+                   tuning.source.coalesce_gap, 0, nullptr, &stop, &errors,
+                   nullptr);
         LogInfo(
             name, ": prefetched ", first.size(), " chunks (",
             source->stats().warm_hits,
@@ -962,10 +993,61 @@ absl::Status ServeImage(
       // request workers are all started first, at normal priority: a
       // thread started by a lowered one would stay lowered.)
       if (tuning.background_nice > 0) source->StartWorkers();
-      FillChunks(layer, rest, ReadPriority::kBackground,
-                 tuning.background_streams, tuning.span_size,
-                 tuning.source.coalesce_gap, tuning.background_nice, &limiter,
-                 &stop, &errors);
+      const BackgroundBudget& link = *tuning.source.background_budget;
+      const std::function<bool()> fast = [&] {
+        return tuning.stream_rate != UINT64_MAX &&
+               link.bandwidth() >= static_cast<double>(tuning.stream_rate);
+      };
+      if (!fast()) {  // spans, until the link proves fast (if it does)
+        FillChunks(layer, rest, ReadPriority::kBackground,
+                   tuning.background_streams, tuning.span_size,
+                   tuning.source.coalesce_gap, tuning.background_nice, &limiter,
+                   &stop, &errors, &fast);
+      }
+      std::vector<CachedLayer::Span> spans;
+      if (!stop.load() && fast()) {
+        spans = layer->PlanSpans(rest, tuning.span_size,
+                                 tuning.source.coalesce_gap);
+      }
+      if (!spans.empty()) {
+        if (tuning.background_nice > 0) {
+          absl::Status st = LowerThisThreadPriority(tuning.background_nice);
+          if (!st.ok()) LogWarning("background fetch: ", st.message());
+        }
+        // From the hashed prefix if what lies before the first span is at
+        // most an eighth of the rest: the stream's bytes then extend the
+        // whole-blob hash as they land, instead of waiting in a spill file.
+        uint64_t from = spans.front().begin;
+        if (source->hashed_prefix() < from &&
+            (from - source->hashed_prefix()) * 8 <= spans.back().end - from) {
+          from = source->hashed_prefix();
+        }
+        LogInfo(name, ": background fetch streams the rest (",
+                spans.back().end - from, " blob bytes; link measured at ",
+                static_cast<uint64_t>(link.bandwidth() / 1e3), " kB/s)");
+        bg_streams.acquire();
+        absl::Status st = layer->FillStream(
+            spans, ReadPriority::kBackground, tuning.background_streams,
+            kStreamGap, from, [&](const CachedLayer::Span& span) {
+              limiter.Take(span.end - span.begin, &stop);
+              return stop.load() ? absl::CancelledError("unmounting")
+                                 : absl::OkStatus();
+            });
+        bg_streams.release();
+        if (stop.load()) return;
+        if (st.code() == absl::StatusCode::kAborted) {
+          LogInfo(name, ": background fetch: ", st.message(),
+                  "; the rest goes in spans");
+        } else if (!st.ok()) {
+          LogWarning(name, ": background fetch: ", st.message(),
+                     "; the rest goes in spans");
+        }
+        // What the stream left.
+        FillChunks(layer, rest, ReadPriority::kBackground,
+                   tuning.background_streams, tuning.span_size,
+                   tuning.source.coalesce_gap, tuning.background_nice, &limiter,
+                   &stop, &errors, nullptr);
+      }
       if (stop.load()) return;
       const BackgroundBudget& budget = *tuning.source.background_budget;
       LogInfo(name, ": background fetch done (", layer->fetched_blob_bytes(),

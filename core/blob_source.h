@@ -23,9 +23,11 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "absl/types/span.h"
 
 namespace lazypull {
@@ -35,6 +37,17 @@ enum class ReadPriority : uint8_t {
   kOnDemand = 0,    // a process is blocked on it
   kPrefetch = 1,    // the prioritized range of a layer
   kBackground = 2,  // filling the rest of a layer
+};
+
+// The bytes of one range of a blob, read in order (BlobSource::OpenStream).
+// Used by one thread at a time.
+class BlobStream {
+ public:
+  virtual ~BlobStream() = default;
+  // Fills all of `dst` with the range's next dst.size() bytes, or fails (a
+  // failure is final for the stream). Reading past the range's end is
+  // OutOfRange. The bytes are as untrusted as ReadAt's.
+  virtual absl::Status Read(absl::Span<char> dst) = 0;
 };
 
 class BlobSource {
@@ -66,9 +79,50 @@ class BlobSource {
     return ReadAt(offset, dst, priority);
   }
 
+  // Opens [offset, offset + len) for reading in order, in pieces the caller
+  // chooses, at `priority`. A source that pays per request (HTTP) fetches
+  // it as one long answer: no request per piece, bytes in blob order. The
+  // reader sets the pace: a source stops receiving while the reader lags.
+  // This default reads each piece with ReadAt.
+  virtual absl::StatusOr<std::unique_ptr<BlobStream>> OpenStream(
+      uint64_t offset, uint64_t len, ReadPriority priority);
+
   // A short human-readable name for log lines and errors ("file /x/layer").
   virtual std::string Describe() const = 0;
 };
+
+// BlobSource::OpenStream's default: ReadAt, piece by piece.
+class ReadAtBlobStream : public BlobStream {
+ public:
+  ReadAtBlobStream(BlobSource* source, uint64_t offset, uint64_t len,
+                   ReadPriority priority)
+      : source_(source),
+        pos_(offset),
+        end_(offset + len),
+        priority_(priority) {}
+  absl::Status Read(absl::Span<char> dst) override {
+    if (dst.size() > end_ - pos_) {
+      return absl::OutOfRangeError("read past the end of a blob stream");
+    }
+    absl::Status st = source_->ReadAt(pos_, dst, priority_);
+    if (st.ok()) pos_ += dst.size();
+    return st;
+  }
+
+ private:
+  BlobSource* const source_;
+  uint64_t pos_;
+  const uint64_t end_;
+  const ReadPriority priority_;
+};
+
+inline absl::StatusOr<std::unique_ptr<BlobStream>> BlobSource::OpenStream(
+    uint64_t offset, uint64_t len, ReadPriority priority) {
+  if (offset > size() || len > size() - offset) {
+    return absl::OutOfRangeError("blob stream past the end of the blob");
+  }
+  return std::make_unique<ReadAtBlobStream>(this, offset, len, priority);
+}
 
 }  // namespace lazypull
 

@@ -217,6 +217,39 @@ void CachedLayer::RunFill(uint32_t group, Flight* flight,
   flight->done = true;
 }
 
+uint64_t CachedLayer::TakenBytesIn(const Span& span) {
+  const auto& cs = reader_->index().chunks();
+  uint64_t n = 0;
+  for (size_t g = FirstGroupAt(span.begin); g < groups_.size(); ++g) {
+    const Chunk& c = cs[groups_[g].front()];
+    if (c.zeros || c.blob_offset >= span.end) break;
+    if (c.blob_end > span.end) continue;
+    bool taken = GroupCached(static_cast<uint32_t>(g));
+    if (!taken) {
+      absl::MutexLock l(&mu_);
+      taken = flights_.contains(static_cast<uint32_t>(g));
+    }
+    if (taken) n += c.blob_end - c.blob_offset;
+  }
+  return n;
+}
+
+size_t CachedLayer::FirstGroupAt(uint64_t offset) const {
+  // (groups_ is in blob order for the non-zeros ones, which come first.)
+  const auto& cs = reader_->index().chunks();
+  size_t lo = 0, hi = groups_.size();
+  while (lo < hi) {
+    size_t mid = (lo + hi) / 2;
+    const Chunk& c = cs[groups_[mid].front()];
+    if (!c.zeros && c.blob_offset < offset) {
+      lo = mid + 1;
+    } else {
+      hi = mid;
+    }
+  }
+  return lo;
+}
+
 bool CachedLayer::GroupCached(uint32_t group) const {
   const auto& cs = reader_->index().chunks();
   for (uint32_t ci : groups_[group]) {
@@ -259,22 +292,19 @@ std::vector<CachedLayer::Span> CachedLayer::PlanSpans(
 }
 
 absl::Status CachedLayer::FillSpan(const Span& span, ReadPriority priority) {
+  return FillSpanWith(
+      span, priority,
+      [&](uint64_t begin, absl::Span<char> dst,
+          const std::function<void(size_t)>& landed) {
+        return reader_->source().ReadAtStreaming(begin, dst, priority, landed);
+      },
+      nullptr);
+}
+
+absl::Status CachedLayer::FillSpanWith(const Span& span, ReadPriority priority,
+                                       const SpanReader& read,
+                                       const AsyncRunner& async) {
   const auto& cs = reader_->index().chunks();
-  // The groups wholly inside the span (groups_ is in blob order for the
-  // non-zeros ones, which come first).
-  auto first_at = [&](uint64_t off) {
-    size_t lo = 0, hi = groups_.size();
-    while (lo < hi) {
-      size_t mid = (lo + hi) / 2;
-      const Chunk& c = cs[groups_[mid].front()];
-      if (!c.zeros && c.blob_offset < off) {
-        lo = mid + 1;
-      } else {
-        hi = mid;
-      }
-    }
-    return lo;
-  };
   // The members still missing, in runs: members cached since the span was
   // planned (by on-demand reads) are not fetched again, unless the hole
   // they leave is within the span's gap.
@@ -284,7 +314,7 @@ absl::Status CachedLayer::FillSpan(const Span& span, ReadPriority priority) {
     uint64_t decoded_max = 0;
   };
   std::vector<Run> runs;
-  for (size_t g = first_at(span.begin); g < groups_.size(); ++g) {
+  for (size_t g = FirstGroupAt(span.begin); g < groups_.size(); ++g) {
     const Chunk& c = cs[groups_[g].front()];
     if (c.zeros || c.blob_offset >= span.end) break;
     if (c.blob_end > span.end || GroupCached(static_cast<uint32_t>(g))) {
@@ -337,6 +367,9 @@ absl::Status CachedLayer::FillSpan(const Span& span, ReadPriority priority) {
     // Not zero-filled: the source overwrites every byte (or fails).
     std::shared_ptr<std::string> buf = BufferPool::Default().Get(n);
     const absl::string_view bytes(*buf);
+    // Decodes run on `async` if given; the run waits for them at its end.
+    absl::Mutex done_mu;
+    size_t decoded = 0;
     // Decodes, verifies and caches claimed member `i` from its bytes (or
     // fails it with `st`), and lets its waiters go.
     auto finish = [&](size_t i, absl::Status st) {
@@ -353,9 +386,11 @@ absl::Status CachedLayer::FillSpan(const Span& span, ReadPriority priority) {
             &out, &errors);
         if (!st.ok()) {
           failures_.fetch_add(st.code() == absl::StatusCode::kDataLoss ? 1 : 0);
-          if (first_error.ok()) first_error = st;
           out.clear();
-        } else if (!errors.empty() && first_error.ok()) {
+        }
+        absl::MutexLock l(&done_mu);
+        if (!st.ok() && first_error.ok()) first_error = st;
+        if (!errors.empty() && first_error.ok()) {
           first_error = errors.begin()->second;
         }
         for (const auto& [ci, data] : out) {
@@ -370,6 +405,8 @@ absl::Status CachedLayer::FillSpan(const Span& span, ReadPriority priority) {
         flight->done = true;
       }
       EndFlight(g, flight.get());
+      absl::MutexLock l(&done_mu);
+      ++decoded;
     };
     // Members whose bytes are all in are decoded while the rest arrive, so
     // a reader waiting for one of them (a process starting while its
@@ -378,25 +415,137 @@ absl::Status CachedLayer::FillSpan(const Span& span, ReadPriority priority) {
     auto member_end = [&](size_t i) {
       return cs[groups_[claimed[i].first].front()].blob_end - begin;
     };
-    absl::Status st = reader_->source().ReadAtStreaming(
-        begin, absl::MakeSpan(*buf), priority, [&](size_t have) {
-          while (finished < claimed.size() && member_end(finished) <= have) {
-            finish(finished++, absl::OkStatus());
-          }
-        });
+    auto landed = [&](size_t have) {
+      while (finished < claimed.size() && member_end(finished) <= have) {
+        const size_t i = finished++;
+        if (async) {
+          async([&finish, i] { finish(i, absl::OkStatus()); });
+        } else {
+          finish(i, absl::OkStatus());
+        }
+      }
+    };
+    absl::Status st = read(begin, absl::MakeSpan(*buf), landed);
     fills_.fetch_add(1);
     if (!st.ok()) {
       st = absl::Status(st.code(),
                         absl::StrCat(reader_->source().Describe(), " bytes [",
                                      begin, ", ", end, "): ", st.message()));
+      absl::MutexLock l(&done_mu);
       if (first_error.ok()) first_error = st;
     } else {
       fetched_.fetch_add(n);
     }
     while (finished < claimed.size()) finish(finished++, st);
+    {
+      absl::MutexLock l(&done_mu);
+      auto all = [&] { return decoded == claimed.size(); };
+      done_mu.Await(absl::Condition(&all));
+    }
     ReleaseFillBytes(held);
   }
   return first_error;
+}
+
+absl::Status CachedLayer::FillStream(
+    const std::vector<Span>& spans, ReadPriority priority, int threads,
+    uint64_t stream_gap, uint64_t from,
+    const std::function<absl::Status(const Span&)>& before_span) {
+  // The decoding threads: each member is decoded as soon as its bytes are
+  // in, while the stream goes on.
+  std::mutex m;
+  std::condition_variable cv;
+  std::deque<std::function<void()>> tasks;
+  bool closed = false;
+  std::vector<std::thread> workers;
+  for (int t = 0; t < std::max(threads, 1); ++t) {
+    workers.emplace_back([&] {
+      std::unique_lock<std::mutex> l(m);
+      for (;;) {
+        cv.wait(l, [&] { return closed || !tasks.empty(); });
+        if (tasks.empty()) return;
+        std::function<void()> task = std::move(tasks.front());
+        tasks.pop_front();
+        l.unlock();
+        task();
+        l.lock();
+      }
+    });
+  }
+  const AsyncRunner async = [&](std::function<void()> task) {
+    {
+      std::lock_guard<std::mutex> l(m);
+      tasks.push_back(std::move(task));
+    }
+    cv.notify_one();
+  };
+  // Bytes of members taken by others since planning (reads running ahead
+  // of the stream), which it brings again, against all it read.
+  uint64_t again = 0, streamed = 0;
+  absl::Status span_error;
+  absl::Status stream_error = [&]() -> absl::Status {
+    std::string scratch;
+    for (size_t i = 0; i < spans.size();) {
+      // One stretch: spans [i, j), one stream.
+      size_t j = i + 1;
+      while (j < spans.size() && spans[j].begin >= spans[j - 1].end &&
+             spans[j].begin - spans[j - 1].end <= stream_gap) {
+        ++j;
+      }
+      const uint64_t begin =
+          i == 0 ? std::min(from, spans[0].begin) : spans[i].begin;
+      ASSIGN_OR_RETURN(std::unique_ptr<BlobStream> stream,
+                       reader_->source().OpenStream(
+                           begin, spans[j - 1].end - begin, priority));
+      uint64_t pos = begin;
+      absl::Status broken;
+      // FillSpanWith's reads, from the stream: what lies before `at` (bytes
+      // between spans, members others hold) is read and dropped, and the
+      // rest lands in pieces, each member decoded once its bytes are in.
+      auto read = [&](uint64_t at, absl::Span<char> dst,
+                      const std::function<void(size_t)>& landed) {
+        absl::Status st = [&]() -> absl::Status {
+          while (pos < at) {
+            scratch.resize(std::min<uint64_t>(at - pos, kStreamPiece));
+            RETURN_IF_ERROR(stream->Read(absl::MakeSpan(scratch)));
+            pos += scratch.size();
+          }
+          for (size_t done = 0; done < dst.size();) {
+            const size_t k = std::min<size_t>(dst.size() - done, kStreamPiece);
+            RETURN_IF_ERROR(stream->Read(dst.subspan(done, k)));
+            done += k;
+            pos += k;
+            landed(done);
+          }
+          return absl::OkStatus();
+        }();
+        if (!st.ok()) broken = st;
+        return st;
+      };
+      for (; i < j; ++i) {
+        const Span& span = spans[i];
+        RETURN_IF_ERROR(before_span(span));
+        again += TakenBytesIn(span);
+        if (again > kStreamGiveWayBytes && again > streamed / 16) {
+          return absl::AbortedError(absl::StrCat(
+              "reads ran ahead of the stream: ", again, " of the ", streamed,
+              " bytes it read were fetched by them already"));
+        }
+        streamed += span.end - span.begin;
+        absl::Status st = FillSpanWith(span, priority, read, async);
+        RETURN_IF_ERROR(broken);
+        if (!st.ok() && span_error.ok()) span_error = st;
+      }
+    }
+    return absl::OkStatus();
+  }();
+  {
+    std::lock_guard<std::mutex> l(m);
+    closed = true;
+  }
+  cv.notify_all();
+  for (auto& w : workers) w.join();
+  return stream_error.ok() ? span_error : stream_error;
 }
 
 absl::StatusOr<CachedLayer::ChunkData> CachedLayer::GetChunk(

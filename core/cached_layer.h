@@ -25,6 +25,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -139,6 +140,31 @@ class CachedLayer {
   // returned after every other member was tried.
   absl::Status FillSpan(const Span& span, ReadPriority priority);
 
+  // Bulk fetching as one ordered read (background fetch): the blob from the
+  // first span (PlanSpans' output, in blob order) to the last is read
+  // through the source's OpenStream, one stream per stretch of spans no
+  // more than `stream_gap` bytes apart (the bytes between spans are read
+  // and dropped). Each span is filled as FillSpan does (its missing members
+  // claimed before their bytes are read, so a reader of one waits for the
+  // stream rather than fetching it again), from the stream, each member
+  // decoded, verified and cached on one of `threads` worker threads
+  // (started here: they take the caller's nice value) as soon as its bytes
+  // are in. A stream cannot skip what reads running ahead of it fetched
+  // meanwhile (members cached or in flight since planning): once such bytes
+  // pass 1 MiB and a sixteenth of what it read, it gives way (Aborted:
+  // spans, which skip them, do better while a program outruns the link).
+  // `before_span` is called on the calling thread before each span is read (a
+  // rate limit, a stop: a non-OK status ends the fill and is returned). The
+  // first stream starts at `from` if that is below the first span (those bytes
+  // are read and dropped: a caller keeping the source's reads in blob order,
+  // for a whole-blob hash). Returns the first error of a stream (it stops
+  // there; spans not filled stay missing, for FillSpan to take up) or else of a
+  // span, after every span read was decoded.
+  absl::Status FillStream(
+      const std::vector<Span>& spans, ReadPriority priority, int threads,
+      uint64_t stream_gap, uint64_t from,
+      const std::function<absl::Status(const Span&)>& before_span);
+
   CachedLayerStats stats() const;
   // Distinct compressed bytes fetched from the source so far.
   uint64_t fetched_blob_bytes() const { return fetched_blob_bytes_.load(); }
@@ -163,6 +189,25 @@ class CachedLayer {
   // Memory a fill of `group` holds at its peak.
   uint64_t GroupFillBytes(uint32_t group) const;
   bool GroupCached(uint32_t group) const;
+  // Blob bytes of the members wholly inside `span` that are cached or in
+  // flight.
+  uint64_t TakenBytesIn(const Span& span);
+  // FillSpan's work, its runs' bytes read by `read` (ReadAtStreaming's
+  // contract: `landed(n)` as each longer prefix is in), each member's
+  // decode run by `async` if given (else on the calling thread); returns
+  // once every member is done.
+  using SpanReader =
+      std::function<absl::Status(uint64_t begin, absl::Span<char> dst,
+                                 const std::function<void(size_t)>& landed)>;
+  using AsyncRunner = std::function<void(std::function<void()>)>;
+  absl::Status FillSpanWith(const Span& span, ReadPriority priority,
+                            const SpanReader& read, const AsyncRunner& async);
+  // FillStream reads its streams in pieces of this size.
+  static constexpr size_t kStreamPiece = 128 << 10;
+  // The first group (in blob order) whose member starts at or after
+  // `offset`.
+  size_t FirstGroupAt(uint64_t offset) const;
+  static constexpr uint64_t kStreamGiveWayBytes = 1 << 20;
   // After a miss reading `inode`: queues its directory's prefetch (see
   // dir_prefetch_bytes) unless that directory was done already.
   void PrefetchDirectoryOf(uint32_t inode);

@@ -615,5 +615,222 @@ TEST(CachedLayerTest, ManyReadersRandomRangesByteExact) {
   EXPECT_EQ(bad.load(), 0);
 }
 
+// A source that counts OpenStream's streams and their bytes, and fails a
+// stream once it has handed out `fail_after` bytes (0: never).
+class StreamSource : public BlobSource {
+ public:
+  explicit StreamSource(std::string blob) : inner_(std::move(blob)) {}
+  uint64_t size() const override { return inner_.size(); }
+  absl::Status ReadAt(uint64_t offset, absl::Span<char> dst,
+                      ReadPriority p) override {
+    ++plain_reads_;
+    return inner_.ReadAt(offset, dst, p);
+  }
+  using BlobSource::ReadAt;
+  absl::StatusOr<std::unique_ptr<BlobStream>> OpenStream(
+      uint64_t offset, uint64_t len, ReadPriority) override {
+    ++streams_;
+    return std::make_unique<Stream>(this, offset, offset + len);
+  }
+  std::string Describe() const override { return "streams"; }
+
+  std::atomic<int> plain_reads_{0}, streams_{0};
+  std::atomic<uint64_t> streamed_{0};
+  uint64_t fail_after_ = 0;
+
+ private:
+  class Stream : public BlobStream {
+   public:
+    Stream(StreamSource* s, uint64_t pos, uint64_t end)
+        : s_(s), pos_(pos), end_(end) {}
+    absl::Status Read(absl::Span<char> dst) override {
+      if (dst.size() > end_ - pos_) return absl::OutOfRangeError("past end");
+      if (s_->fail_after_ != 0 &&
+          s_->streamed_.load() + dst.size() > s_->fail_after_) {
+        return absl::UnavailableError("connection dropped");
+      }
+      RETURN_IF_ERROR(s_->inner_.ReadAt(pos_, dst));
+      pos_ += dst.size();
+      s_->streamed_ += dst.size();
+      return absl::OkStatus();
+    }
+
+   private:
+    StreamSource* const s_;
+    uint64_t pos_;
+    const uint64_t end_;
+  };
+  MemoryBlobSource inner_;
+};
+
+struct StreamFixture {
+  std::shared_ptr<StreamSource> source;
+  std::shared_ptr<const LayerReader> reader;
+  std::shared_ptr<MemoryChunkCache> cache;
+  std::unique_ptr<CachedLayer> layer;
+  explicit StreamFixture(const std::string& blob) {
+    source = std::make_shared<StreamSource>(blob);
+    auto r = LayerReader::Open(source, {});
+    EXPECT_TRUE(r.ok()) << r.status();
+    reader = std::move(*r);
+    cache = std::make_shared<MemoryChunkCache>(0);
+    CachedLayerOptions o;
+    o.readahead_chunks = 0;
+    layer = std::make_unique<CachedLayer>(reader, cache, o);
+    source->plain_reads_ = 0;
+  }
+  std::vector<uint32_t> AllChunks() const {
+    std::vector<uint32_t> all(reader->index().chunks().size());
+    for (uint32_t i = 0; i < all.size(); ++i) all[i] = i;
+    return all;
+  }
+  std::string Read(const std::string& path) {
+    auto ino = reader->index().Resolve(path);
+    EXPECT_TRUE(ino.has_value()) << path;
+    std::string out(reader->index().inode(*ino).size, '\0');
+    auto n = layer->Read(*ino, 0, absl::MakeSpan(out));
+    EXPECT_TRUE(n.ok()) << n.status();
+    return out;
+  }
+};
+
+// Background fetch as a stream: one stream per stretch (a hole of cached
+// members wider than the stream gap starts another), no ReadAt at all,
+// every member but a corrupt one cached, the corrupt one's error returned.
+TEST(CachedLayerTest, AStreamFillsEveryMemberWithOneReadPerStretch) {
+  TestLayer t;
+  std::vector<std::string> data;
+  for (int i = 0; i < 60; ++i) {
+    data.push_back(Random(5000 + 37 * i, 700 + i));
+    t.AddFile(absl::StrCat("f", i), data.back());
+  }
+  std::string blob = t.Build().blob;
+  StreamFixture probe(blob);
+  const LayerIndex& pidx = probe.reader->index();
+  const Chunk bad = pidx.chunks()[pidx.inode(*pidx.Resolve("f41")).first_chunk];
+  blob[(bad.blob_offset + bad.blob_end) / 2] ^= 0x40;
+
+  StreamFixture f(blob);
+  // Files 20..29 cached first: a hole in the middle.
+  for (int i = 20; i < 30; ++i) {
+    EXPECT_EQ(f.Read(absl::StrCat("f", i)), data[i]);
+  }
+  const int reads_before = f.source->plain_reads_.load();
+  const auto spans = f.layer->PlanSpans(f.AllChunks(), 16 << 10, 4096);
+  ASSERT_GT(spans.size(), 4u);
+  std::atomic<int> called{0};
+  absl::Status st = f.layer->FillStream(spans, ReadPriority::kBackground, 2,
+                                        /*stream_gap=*/4096, /*from=*/0,
+                                        [&](const CachedLayer::Span&) {
+                                          ++called;
+                                          return absl::OkStatus();
+                                        });
+  EXPECT_EQ(st.code(), absl::StatusCode::kDataLoss) << st;
+  EXPECT_EQ(called.load(), static_cast<int>(spans.size()));
+  EXPECT_EQ(f.source->streams_.load(), 2) << "the hole splits the stream";
+  EXPECT_EQ(f.source->plain_reads_.load(), reads_before);
+  EXPECT_FALSE(f.cache->Contains(bad.digest));
+  for (int i = 0; i < 60; ++i) {
+    if (i == 41) continue;
+    EXPECT_EQ(f.Read(absl::StrCat("f", i)), data[i]) << i;
+  }
+  EXPECT_EQ(f.source->plain_reads_.load(), reads_before) << "all cached";
+
+  // With a gap wider than the hole: one stream, the hole read and dropped.
+  StreamFixture g(blob);
+  for (int i = 20; i < 30; ++i) (void)g.Read(absl::StrCat("f", i));
+  const auto gspans = g.layer->PlanSpans(g.AllChunks(), 16 << 10, 4096);
+  (void)g.layer->FillStream(
+      gspans, ReadPriority::kBackground, 1, 1 << 20, 0,
+      [](const CachedLayer::Span&) { return absl::OkStatus(); });
+  EXPECT_EQ(g.source->streams_.load(), 1);
+  // (From byte 0, `from`, though the first span starts after it.)
+  ASSERT_GT(gspans.front().begin, 0u);
+  EXPECT_EQ(g.source->streamed_.load(), gspans.back().end);
+}
+
+// A stream that breaks stops the fill there: what it brought is cached,
+// the rest is left for FillSpan, and the error is returned; a stop asked
+// for between spans ends it too.
+TEST(CachedLayerTest, AStreamThatBreaksLeavesTheRestToSpans) {
+  TestLayer t;
+  std::vector<std::string> data;
+  for (int i = 0; i < 40; ++i) {
+    data.push_back(Random(6000, 900 + i));
+    t.AddFile(absl::StrCat("f", i), data.back());
+  }
+  const std::string blob = t.Build().blob;
+  StreamFixture f(blob);
+  const auto spans = f.layer->PlanSpans(f.AllChunks(), 16 << 10, 4096);
+  ASSERT_GT(spans.size(), 4u);
+  f.source->fail_after_ = (spans.back().end - spans.front().begin) / 2;
+  absl::Status st = f.layer->FillStream(
+      spans, ReadPriority::kBackground, 2, 1 << 20, 0,
+      [](const CachedLayer::Span&) { return absl::OkStatus(); });
+  EXPECT_EQ(st.code(), absl::StatusCode::kUnavailable) << st;
+  EXPECT_NE(st.message().find("connection dropped"), std::string::npos) << st;
+  const auto left = f.layer->PlanSpans(f.AllChunks(), 16 << 10, 4096);
+  EXPECT_GT(left.size(), 0u);
+  EXPECT_LT(left.size(), spans.size()) << "the first half was cached";
+  for (const auto& sp : left) {
+    ASSERT_TRUE(f.layer->FillSpan(sp, ReadPriority::kBackground).ok());
+  }
+  const int plain = f.source->plain_reads_.load();
+  EXPECT_EQ(plain, static_cast<int>(left.size()));
+  for (int i = 0; i < 40; ++i) {
+    EXPECT_EQ(f.Read(absl::StrCat("f", i)), data[i]) << i;
+  }
+  EXPECT_EQ(f.source->plain_reads_.load(), plain);
+
+  StreamFixture g(blob);
+  int n = 0;
+  st = g.layer->FillStream(spans, ReadPriority::kBackground, 2, 1 << 20, 0,
+                           [&](const CachedLayer::Span&) {
+                             return ++n > 2 ? absl::CancelledError("stop")
+                                            : absl::OkStatus();
+                           });
+  EXPECT_EQ(st.code(), absl::StatusCode::kCancelled) << st;
+  EXPECT_EQ(g.layer->PlanSpans(g.AllChunks(), 16 << 10, 4096).size(),
+            spans.size() - 2);
+}
+
+// Reads that outran the stream cached what it is about to bring again:
+// past 1 MiB (and a sixteenth of what it read) it gives way, Aborted, and
+// FillSpan, which skips them, fetches only what is still missing.
+TEST(CachedLayerTest, AStreamGivesWayToReadsThatRunAheadOfIt) {
+  TestLayer t;
+  std::vector<std::string> data;
+  for (int i = 0; i < 60; ++i) {
+    data.push_back(Random(40000, 1100 + i));
+    t.AddFile(absl::StrCat("f", i), data.back());
+  }
+  StreamFixture f(t.Build().blob);
+  const auto spans = f.layer->PlanSpans(f.AllChunks(), 64 << 10, 4096);
+  for (int i = 10; i < 50; ++i) {  // 40 files, 1.6 MB, after planning
+    EXPECT_EQ(f.Read(absl::StrCat("f", i)), data[i]);
+  }
+  absl::Status st = f.layer->FillStream(
+      spans, ReadPriority::kBackground, 2, 1 << 20, 0,
+      [](const CachedLayer::Span&) { return absl::OkStatus(); });
+  EXPECT_EQ(st.code(), absl::StatusCode::kAborted) << st;
+  EXPECT_LT(f.source->streamed_.load(), spans.back().end - spans.front().begin);
+  for (const auto& sp : f.layer->PlanSpans(f.AllChunks(), 64 << 10, 4096)) {
+    ASSERT_TRUE(f.layer->FillSpan(sp, ReadPriority::kBackground).ok());
+  }
+  for (int i = 0; i < 60; ++i) {
+    EXPECT_EQ(f.Read(absl::StrCat("f", i)), data[i]) << i;
+  }
+  // Without those reads the same stream runs to the end.
+  StreamFixture g(t.Build().blob);
+  EXPECT_TRUE(g.layer
+                  ->FillStream(
+                      g.layer->PlanSpans(g.AllChunks(), 64 << 10, 4096),
+                      ReadPriority::kBackground, 2, 1 << 20, 0,
+                      [](const CachedLayer::Span&) { return absl::OkStatus(); })
+                  .ok());
+  EXPECT_EQ(g.source->streams_.load(), 1);
+  EXPECT_EQ(g.source->plain_reads_.load(), 0);
+}
+
 }  // namespace
 }  // namespace lazypull

@@ -796,6 +796,115 @@ absl::Status HttpBlobSource::VerifyWholeBlob(uint64_t* refetched,
   return absl::OkStatus();
 }
 
+absl::Status HttpBlobSource::CheckRangeAnswer(const HttpResponse& resp,
+                                              const std::string& source,
+                                              uint64_t first,
+                                              uint64_t last) const {
+  if (resp.status != 206) {
+    // OpenBlobRange returns 206 answers only; the transport refuses a 200.
+    return absl::DataLossError(absl::StrCat(
+        source, ": HTTP ", resp.status, " to a range request; refusing it"));
+  }
+  std::optional<std::string> cr_text = resp.headers.Get("content-range");
+  if (!cr_text) {
+    return absl::DataLossError(
+        absl::StrCat(source, ": 206 answer without Content-Range"));
+  }
+  absl::StatusOr<ContentRange> cr = ParseContentRange(*cr_text);
+  if (!cr.ok() || cr->first != first || cr->last != last ||
+      (cr->total && *cr->total != size())) {
+    return absl::DataLossError(
+        absl::StrCat(source, ": asked for bytes ", first, "-", last, " of ",
+                     size(), ", got Content-Range \"", *cr_text, "\""));
+  }
+  return absl::OkStatus();
+}
+
+// OpenStream's reader: the body of one range GET, read into the caller's
+// buffers (the transport writes it there), hashed and counted as it lands.
+class HttpBlobSource::BodyStream : public BlobStream {
+ public:
+  BodyStream(HttpBlobSource* source, std::unique_ptr<HttpBodyReader> body,
+             std::string where, uint64_t offset, uint64_t len)
+      : source_(source),
+        body_(std::move(body)),
+        where_(std::move(where)),
+        pos_(offset),
+        end_(offset + len) {}
+
+  absl::Status Read(absl::Span<char> dst) override {
+    if (!status_.ok()) return status_;
+    if (dst.size() > end_ - pos_) {
+      return absl::OutOfRangeError("read past the end of a blob stream");
+    }
+    size_t landed = 0;
+    absl::StatusOr<size_t> got = body_->ReadInto(dst, [&](size_t n) {
+      source_->ExtendHash(pos_ + landed,
+                          absl::string_view(dst.data() + landed, n));
+      landed += n;
+      {
+        absl::MutexLock l(&source_->mu_);
+        source_->stats_.bytes += n;
+      }
+      if (source_->budget_->Delivered(n)) source_->budget_->Notify();
+    });
+    if (got.ok() && *got != dst.size()) {
+      got = absl::DataLossError(
+          absl::StrCat(where_, ": the answer to bytes up to ", end_ - 1,
+                       " ends at byte ", pos_ + *got));
+    }
+    if (!got.ok()) {
+      status_ = got.status();
+      absl::MutexLock l(&source_->mu_);
+      ++source_->stats_.failures;
+      return status_;
+    }
+    pos_ += dst.size();
+    return absl::OkStatus();
+  }
+
+ private:
+  HttpBlobSource* const source_;
+  const std::unique_ptr<HttpBodyReader> body_;
+  const std::string where_;
+  uint64_t pos_;
+  const uint64_t end_;
+  absl::Status status_;
+};
+
+absl::StatusOr<std::unique_ptr<BlobStream>> HttpBlobSource::OpenStream(
+    uint64_t offset, uint64_t len, ReadPriority priority) {
+  if (offset > size() || len > size() - offset) {
+    return absl::OutOfRangeError(absl::StrCat(
+        Describe(), ": bytes [", offset, ", +", len, ") are past its end"));
+  }
+  if (len == 0) return BlobSource::OpenStream(offset, len, priority);
+  const uint64_t last = offset + len - 1;
+  {
+    absl::MutexLock l(&mu_);
+    ++stats_.requests;
+    ++stats_.requests_by_priority[Rank(priority)];
+  }
+  const bool background = priority == ReadPriority::kBackground;
+  const absl::Time sent = absl::Now();
+  std::string where;
+  absl::StatusOr<std::unique_ptr<HttpBodyReader>> r =
+      (background ? background_client_ : client_)
+          ->OpenBlobRange(blob_, offset, last, &where, StreamWeight(priority));
+  absl::Status st = r.status();
+  if (st.ok()) {
+    budget_->OnHeaders(absl::Now() - sent);
+    st = CheckRangeAnswer((*r)->response(), where, offset, last);
+  }
+  if (!st.ok()) {
+    absl::MutexLock l(&mu_);
+    ++stats_.failures;
+    return st;
+  }
+  return std::make_unique<BodyStream>(this, *std::move(r), std::move(where),
+                                      offset, len);
+}
+
 absl::Status HttpBlobSource::Fetch(uint64_t first, uint64_t last,
                                    ReadPriority prio, Request& request) {
   const uint64_t want = last - first + 1;
@@ -824,24 +933,7 @@ absl::Status HttpBlobSource::Fetch(uint64_t first, uint64_t last,
   const double rtt = absl::ToDoubleSeconds(budget_->min_rtt());
   uint64_t landed = 0;
   bool handing_off = request.warm;  // a warm request not handed off yet
-  const HttpResponse& resp = r->response();
-  if (resp.status != 206) {
-    // OpenBlobRange returns 206 answers only; the transport refuses a 200.
-    return absl::DataLossError(absl::StrCat(
-        source, ": HTTP ", resp.status, " to a range request; refusing it"));
-  }
-  std::optional<std::string> cr_text = resp.headers.Get("content-range");
-  if (!cr_text) {
-    return absl::DataLossError(
-        absl::StrCat(source, ": 206 answer without Content-Range"));
-  }
-  absl::StatusOr<ContentRange> cr = ParseContentRange(*cr_text);
-  if (!cr.ok() || cr->first != first || cr->last != last ||
-      (cr->total && *cr->total != size())) {
-    return absl::DataLossError(
-        absl::StrCat(source, ": asked for bytes ", first, "-", last, " of ",
-                     size(), ", got Content-Range \"", *cr_text, "\""));
-  }
+  RETURN_IF_ERROR(CheckRangeAnswer(r->response(), source, first, last));
   // The body goes straight into the request's buffer, accounted for as it
   // lands.
   std::shared_ptr<std::string> buf = BufferPool::Default().Get(want);

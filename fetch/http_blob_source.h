@@ -144,6 +144,16 @@ class HttpBlobSource : public BlobSource {
   absl::Status ReadAtStreaming(
       uint64_t offset, absl::Span<char> dst, ReadPriority priority,
       const std::function<void(size_t)>& progress) override;
+  // One GET for the whole range (background priority: through
+  // `background_client`), read as the caller asks: the transport's window
+  // holds what arrives ahead of the reader, and pauses the transfer beyond
+  // it. Not scheduled with the pieces (no single-flight with them, no
+  // background budget charge; its bytes do feed the link's rate and the
+  // whole-blob hash, in order as they land), so one read is one request
+  // however long. The answer is checked as any other (a 206 with exactly
+  // this Content-Range).
+  absl::StatusOr<std::unique_ptr<BlobStream>> OpenStream(
+      uint64_t offset, uint64_t len, ReadPriority priority) override;
   std::string Describe() const override;
 
   const Descriptor& descriptor() const { return blob_; }
@@ -192,6 +202,13 @@ class HttpBlobSource : public BlobSource {
  private:
   struct Piece;
   struct Request;
+  class BodyStream;
+
+  // Checks that `resp`, from `source`, answers the range [first, last]: a
+  // 206 with exactly that Content-Range (and the blob's size as total).
+  absl::Status CheckRangeAnswer(const HttpResponse& resp,
+                                const std::string& source, uint64_t first,
+                                uint64_t last) const;
 
   void WorkerLoop();
   // Starts another worker if a queued piece has none waiting for it.

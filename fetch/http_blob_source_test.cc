@@ -748,5 +748,83 @@ TEST_F(HttpBlobSourceTest, ABrokenBodyIsResumedOrFails) {
   EXPECT_GE(truncations_.load(), 1);
 }
 
+// A stream is one GET however it is read, in blob order: its bytes extend
+// the whole-blob hash as they land, so the check reads nothing again.
+TEST_F(HttpBlobSourceTest, AStreamIsOneRequestAndFeedsTheHash) {
+  HttpBlobSource src(client_, desc_);
+  auto stream = src.OpenStream(0, blob_.size(), ReadPriority::kBackground);
+  ASSERT_TRUE(stream.ok()) << stream.status();
+  std::string got;
+  for (size_t pos = 0; pos < blob_.size();) {
+    std::string piece(std::min<size_t>(100000, blob_.size() - pos), '\0');
+    ASSERT_TRUE((*stream)->Read(absl::MakeSpan(piece)).ok());
+    got += piece;
+    pos += piece.size();
+  }
+  EXPECT_EQ(got, blob_);
+  std::string more(1, '\0');
+  EXPECT_EQ((*stream)->Read(absl::MakeSpan(more)).code(),
+            absl::StatusCode::kOutOfRange);
+  EXPECT_EQ(src.stats().requests, 1u);
+  EXPECT_EQ(src.stats().bytes, blob_.size());
+  {
+    absl::MutexLock l(&log_mu_);
+    ASSERT_EQ(log_.size(), 1u);
+    EXPECT_EQ(log_[0].range, absl::StrCat("bytes=0-", blob_.size() - 1));
+  }
+  EXPECT_EQ(src.hashed_prefix(), blob_.size());
+  uint64_t again = 1;
+  EXPECT_TRUE(src.VerifyWholeBlob(&again).ok());
+  EXPECT_EQ(again, 0u);
+
+  // A stream of a middle range: its bytes wait for the prefix, then count.
+  HttpBlobSource mid(client_, desc_);
+  auto s2 = mid.OpenStream(4096, 8192, ReadPriority::kBackground);
+  ASSERT_TRUE(s2.ok()) << s2.status();
+  std::string b(8192, '\0');
+  ASSERT_TRUE((*s2)->Read(absl::MakeSpan(b)).ok());
+  EXPECT_EQ(b, blob_.substr(4096, 8192));
+  EXPECT_EQ(mid.hashed_prefix(), 0u);
+  std::string head(4096, '\0');
+  ASSERT_TRUE(mid.ReadAt(0, absl::MakeSpan(head)).ok());
+  EXPECT_EQ(mid.hashed_prefix(), 3 * 4096u);
+  EXPECT_EQ(mid.OpenStream(blob_.size() - 10, 11, ReadPriority::kBackground)
+                .status()
+                .code(),
+            absl::StatusCode::kOutOfRange);
+}
+
+TEST_F(HttpBlobSourceTest, AStreamRefusesA200AndAWrongContentRange) {
+  for (Fault f : {Fault::k200ForRange, Fault::kWrongContentRange}) {
+    fault_ = f;
+    HttpBlobSource src(client_, desc_);
+    auto stream = src.OpenStream(10, 5000, ReadPriority::kBackground);
+    ASSERT_FALSE(stream.ok());
+    // (The transport itself refuses a 200 to a range request.)
+    if (f == Fault::kWrongContentRange) {
+      EXPECT_EQ(stream.status().code(), absl::StatusCode::kDataLoss)
+          << stream.status();
+    }
+    EXPECT_EQ(src.hashed_prefix(), 0u);
+    EXPECT_EQ(src.stats().failures, 1u);
+  }
+}
+
+TEST_F(HttpBlobSourceTest, AStreamWhoseBodyBreaksIsResumedOrFails) {
+  fault_ = Fault::kTruncate;
+  HttpBlobSource src(client_, desc_);
+  auto stream = src.OpenStream(1234, 50000, ReadPriority::kBackground);
+  ASSERT_TRUE(stream.ok()) << stream.status();
+  std::string out(50000, '\0');
+  absl::Status st = (*stream)->Read(absl::MakeSpan(out));
+  if (st.ok()) {
+    EXPECT_EQ(out, blob_.substr(1234, 50000));
+  } else {
+    // A failed stream stays failed.
+    EXPECT_EQ((*stream)->Read(absl::MakeSpan(out)).code(), st.code());
+  }
+  EXPECT_GE(truncations_.load(), 1);
+}
+
 }  // namespace
 }  // namespace lazypull

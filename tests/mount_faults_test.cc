@@ -13,6 +13,7 @@
 
 #include <cerrno>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <memory>
 #include <string>
@@ -110,13 +111,18 @@ class MountFaultsTest : public ::testing::Test {
 
   // Mounts the image lazily: no background fetch and no directory
   // prefetch, so nothing is fetched but the TOCs until a file is read, and
-  // each file's first read is a request of its own.
-  void Mount() {
+  // each file's first read is a request of its own (or with `flags`
+  // instead of those two).
+  void Mount(std::vector<std::string> flags = {"--no-background-fetch",
+                                               "--dir-prefetch", "0"}) {
     mkdir(mnt().c_str(), 0755);
-    testing::RunResult r = testing::Run(
-        {bin_, "mount", Ref(), mnt(), "--plain-http", "--platform",
-         "linux/amd64", "--hosts-dir", dir_ + "/no-hosts", "--cache-dir",
-         cache_dir(), "--no-background-fetch", "--dir-prefetch", "0"});
+    std::vector<std::string> args = {
+        bin_,          "mount",        Ref(),
+        mnt(),         "--plain-http", "--platform",
+        "linux/amd64", "--hosts-dir",  dir_ + "/no-hosts",
+        "--cache-dir", cache_dir()};
+    args.insert(args.end(), flags.begin(), flags.end());
+    testing::RunResult r = testing::Run(args);
     ASSERT_EQ(r.exit_code, 0) << r.err << r.out;
     mounts_.push_back(mnt());
   }
@@ -295,6 +301,46 @@ TEST_F(MountFaultsTest, PersistentFaultsFailTheReadWithEio) {
   SetRules("");
   for (int i = 0; i < file; ++i) ExpectReads(i);
   Unmount();
+}
+
+// Background fetch's stream (`--background-stream-rate 0`: from its start)
+// through faults: a connection dropped mid-body or a 500 is retried, a 200
+// to its range leaves the layer to spans; either way both layers complete,
+// their whole blobs verified, and every file reads right from the cache.
+TEST_F(MountFaultsTest, BackgroundStreamFaultsRecover) {
+  ASSERT_NO_FATAL_FAILURE(StartRegistry());
+  for (const char* fault : {"drop-after=20000", "status=500", "full-200"}) {
+    SCOPED_TRACE(fault);
+    std::filesystem::remove_all(cache_dir());  // a cold cache, a new log
+    // Background fetch starts once no read has missed for 1.5 s: the rule
+    // is in place by then, and the stream's GET is the first it sees.
+    ASSERT_NO_FATAL_FAILURE(Mount(
+        {"--background-stream-rate", "0", "--background-quiet-ms", "1500"}));
+    SetRules(absl::StrCat("GET /blobs/ first=1 ", fault));
+    auto verified = [](const std::string& log) {
+      std::vector<absl::string_view> parts =
+          absl::StrSplit(log, "whole blob verified");
+      return parts.size() - 1;
+    };
+    std::string log;
+    for (int i = 0; i < 300 && verified(log = Log()) < 2; ++i) {
+      absl::SleepFor(absl::Milliseconds(100));
+    }
+    EXPECT_EQ(verified(log), 2u) << "both layers complete and verified:\n"
+                                 << log;
+    EXPECT_TRUE(absl::StrContains(log, "background fetch streams the rest"))
+        << log;
+    EXPECT_EQ(reg_->Rule(0).fired, 1u) << reg_->Rule(0).matched;
+    if (absl::string_view(fault) == "full-200") {
+      EXPECT_TRUE(absl::StrContains(log, "the rest goes in spans")) << log;
+    }
+    // Every file is cached: they read with the registry refusing blobs.
+    SetRules("GET /blobs/ every status=404");
+    for (int i = 0; i < kFiles; ++i) ExpectReads(i);
+    EXPECT_EQ(reg_->Rule(0).matched, 0u);
+    SetRules("");
+    Unmount();
+  }
 }
 
 }  // namespace
