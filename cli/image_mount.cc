@@ -994,9 +994,15 @@ absl::Status ServeImage(
       // thread started by a lowered one would stay lowered.)
       if (tuning.background_nice > 0) source->StartWorkers();
       const BackgroundBudget& link = *tuning.source.background_budget;
+      // Once the link has been seen fast, it stays so for this layer (the
+      // measurement is a windowed maximum: it can fall back meanwhile).
+      std::atomic<bool> seen_fast{false};
       const std::function<bool()> fast = [&] {
-        return tuning.stream_rate != UINT64_MAX &&
-               link.bandwidth() >= static_cast<double>(tuning.stream_rate);
+        if (!seen_fast.load() && tuning.stream_rate != UINT64_MAX &&
+            link.bandwidth() >= static_cast<double>(tuning.stream_rate)) {
+          seen_fast.store(true);
+        }
+        return seen_fast.load();
       };
       if (!fast()) {  // spans, until the link proves fast (if it does)
         FillChunks(layer, rest, ReadPriority::kBackground,
@@ -1004,50 +1010,60 @@ absl::Status ServeImage(
                    tuning.source.coalesce_gap, tuning.background_nice, &limiter,
                    &stop, &errors, &fast);
       }
-      std::vector<CachedLayer::Span> spans;
       if (!stop.load() && fast()) {
-        spans = layer->PlanSpans(rest, tuning.span_size,
-                                 tuning.source.coalesce_gap);
-      }
-      if (!spans.empty()) {
         if (tuning.background_nice > 0) {
           absl::Status st = LowerThisThreadPriority(tuning.background_nice);
           if (!st.ok()) LogWarning("background fetch: ", st.message());
         }
-        // From the hashed prefix if what lies before the first span is at
-        // most an eighth of the rest: the stream's bytes then extend the
-        // whole-blob hash as they land, instead of waiting in a spill file.
-        uint64_t from = spans.front().begin;
-        if (source->hashed_prefix() < from &&
-            (from - source->hashed_prefix()) * 8 <= spans.back().end - from) {
-          from = source->hashed_prefix();
-        }
-        LogInfo(name, ": background fetch streams the rest (",
-                spans.back().end - from, " blob bytes; link measured at ",
-                static_cast<uint64_t>(link.bandwidth() / 1e3), " kB/s)");
         bg_streams.acquire();
-        absl::Status st = layer->FillStream(
-            spans, ReadPriority::kBackground, tuning.background_streams,
-            kStreamGap, from, [&](const CachedLayer::Span& span) {
-              limiter.Take(span.end - span.begin, &stop);
-              return stop.load() ? absl::CancelledError("unmounting")
-                                 : absl::OkStatus();
-            });
-        bg_streams.release();
-        if (stop.load()) return;
-        if (st.code() == absl::StatusCode::kAborted) {
-          LogInfo(name, ": background fetch: ", st.message(),
-                  "; the rest goes in spans");
-        } else if (!st.ok()) {
-          LogWarning(name, ": background fetch: ", st.message(),
-                     "; the rest goes in spans");
+        const std::vector<CachedLayer::Span> spans =
+            stop.load() ? std::vector<CachedLayer::Span>()
+                        : layer->PlanSpans(rest, tuning.span_size,
+                                           tuning.source.coalesce_gap);
+        if (!spans.empty()) {
+          // From the hashed prefix if what lies before the first span is at
+          // most an eighth of the rest: the stream's bytes then extend the
+          // whole-blob hash as they land, instead of waiting in a spill
+          // file.
+          uint64_t from = spans.front().begin;
+          if (source->hashed_prefix() < from &&
+              (from - source->hashed_prefix()) * 8 <= spans.back().end - from) {
+            from = source->hashed_prefix();
+          }
+          // Streams of about 20 s at the measured rate (a range request's
+          // time limit is 60 s), at least 64 MiB.
+          const double rate =
+              tuning.background_rate != 0
+                  ? std::min<double>(link.bandwidth(), tuning.background_rate)
+                  : link.bandwidth();
+          const uint64_t max_stream =
+              std::max<uint64_t>(64 << 20, static_cast<uint64_t>(rate * 20));
+          LogInfo(name, ": background fetch streams the rest (",
+                  spans.back().end - from, " blob bytes; link measured at ",
+                  static_cast<uint64_t>(link.bandwidth() / 1e3), " kB/s)");
+          absl::Status st = layer->FillStream(
+              spans, ReadPriority::kBackground, tuning.background_streams,
+              kStreamGap, max_stream, from, [&](const CachedLayer::Span& span) {
+                limiter.Take(span.end - span.begin, &stop);
+                return stop.load() ? absl::CancelledError("unmounting")
+                                   : absl::OkStatus();
+              });
+          if (st.code() == absl::StatusCode::kAborted) {
+            LogInfo(name, ": background fetch: ", st.message(),
+                    "; the rest goes in spans");
+          } else if (!st.ok() && !stop.load()) {
+            LogWarning(name, ": background fetch: ", st.message(),
+                       "; the rest goes in spans");
+          }
         }
-        // What the stream left.
-        FillChunks(layer, rest, ReadPriority::kBackground,
-                   tuning.background_streams, tuning.span_size,
-                   tuning.source.coalesce_gap, tuning.background_nice, &limiter,
-                   &stop, &errors, nullptr);
+        bg_streams.release();
       }
+      // What is left: what the stream did not bring, or what the spans did
+      // not get to.
+      FillChunks(layer, rest, ReadPriority::kBackground,
+                 tuning.background_streams, tuning.span_size,
+                 tuning.source.coalesce_gap, tuning.background_nice, &limiter,
+                 &stop, &errors, nullptr);
       if (stop.load()) return;
       const BackgroundBudget& budget = *tuning.source.background_budget;
       LogInfo(name, ": background fetch done (", layer->fetched_blob_bytes(),

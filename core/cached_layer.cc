@@ -388,13 +388,13 @@ absl::Status CachedLayer::FillSpanWith(const Span& span, ReadPriority priority,
           failures_.fetch_add(st.code() == absl::StatusCode::kDataLoss ? 1 : 0);
           out.clear();
         }
+        for (const auto& [ci, data] : out) {
+          (void)cache_->InsertShared(cs[ci].digest, data);
+        }
         absl::MutexLock l(&done_mu);
         if (!st.ok() && first_error.ok()) first_error = st;
         if (!errors.empty() && first_error.ok()) {
           first_error = errors.begin()->second;
-        }
-        for (const auto& [ci, data] : out) {
-          (void)cache_->InsertShared(cs[ci].digest, data);
         }
       }
       {
@@ -449,7 +449,7 @@ absl::Status CachedLayer::FillSpanWith(const Span& span, ReadPriority priority,
 
 absl::Status CachedLayer::FillStream(
     const std::vector<Span>& spans, ReadPriority priority, int threads,
-    uint64_t stream_gap, uint64_t from,
+    uint64_t stream_gap, uint64_t max_stream, uint64_t from,
     const std::function<absl::Status(const Span&)>& before_span) {
   // The decoding threads: each member is decoded as soon as its bytes are
   // in, while the stream goes on.
@@ -479,63 +479,71 @@ absl::Status CachedLayer::FillStream(
     }
     cv.notify_one();
   };
-  // Bytes of members taken by others since planning (reads running ahead
+  // Bytes of members taken by others since this call (reads running ahead
   // of the stream), which it brings again, against all it read.
+  std::vector<uint64_t> taken_before(spans.size());
+  for (size_t i = 0; i < spans.size(); ++i) {
+    taken_before[i] = TakenBytesIn(spans[i]);
+  }
   uint64_t again = 0, streamed = 0;
   absl::Status span_error;
   absl::Status stream_error = [&]() -> absl::Status {
     std::string scratch;
-    for (size_t i = 0; i < spans.size();) {
-      // One stretch: spans [i, j), one stream.
-      size_t j = i + 1;
-      while (j < spans.size() && spans[j].begin >= spans[j - 1].end &&
-             spans[j].begin - spans[j - 1].end <= stream_gap) {
-        ++j;
-      }
-      const uint64_t begin =
-          i == 0 ? std::min(from, spans[0].begin) : spans[i].begin;
-      ASSIGN_OR_RETURN(std::unique_ptr<BlobStream> stream,
-                       reader_->source().OpenStream(
-                           begin, spans[j - 1].end - begin, priority));
-      uint64_t pos = begin;
-      absl::Status broken;
-      // FillSpanWith's reads, from the stream: what lies before `at` (bytes
-      // between spans, members others hold) is read and dropped, and the
-      // rest lands in pieces, each member decoded once its bytes are in.
-      auto read = [&](uint64_t at, absl::Span<char> dst,
-                      const std::function<void(size_t)>& landed) {
-        absl::Status st = [&]() -> absl::Status {
-          while (pos < at) {
-            scratch.resize(std::min<uint64_t>(at - pos, kStreamPiece));
-            RETURN_IF_ERROR(stream->Read(absl::MakeSpan(scratch)));
-            pos += scratch.size();
-          }
-          for (size_t done = 0; done < dst.size();) {
-            const size_t k = std::min<size_t>(dst.size() - done, kStreamPiece);
-            RETURN_IF_ERROR(stream->Read(dst.subspan(done, k)));
-            done += k;
-            pos += k;
-            landed(done);
-          }
-          return absl::OkStatus();
-        }();
-        if (!st.ok()) broken = st;
-        return st;
-      };
-      for (; i < j; ++i) {
-        const Span& span = spans[i];
-        RETURN_IF_ERROR(before_span(span));
-        again += TakenBytesIn(span);
-        if (again > kStreamGiveWayBytes && again > streamed / 16) {
-          return absl::AbortedError(absl::StrCat(
-              "reads ran ahead of the stream: ", again, " of the ", streamed,
-              " bytes it read were fetched by them already"));
+    std::unique_ptr<BlobStream> stream;
+    uint64_t pos = 0, stretch_end = 0;
+    absl::Status broken;
+    // FillSpanWith's reads, from the stream: what lies before `at` (bytes
+    // between spans, members others hold) is read and dropped, and the rest
+    // lands in pieces, each member decoded once its bytes are in.
+    auto read = [&](uint64_t at, absl::Span<char> dst,
+                    const std::function<void(size_t)>& landed) {
+      absl::Status st = [&]() -> absl::Status {
+        while (pos < at) {
+          scratch.resize(std::min<uint64_t>(at - pos, kStreamPiece));
+          RETURN_IF_ERROR(stream->Read(absl::MakeSpan(scratch)));
+          pos += scratch.size();
         }
-        streamed += span.end - span.begin;
-        absl::Status st = FillSpanWith(span, priority, read, async);
-        RETURN_IF_ERROR(broken);
-        if (!st.ok() && span_error.ok()) span_error = st;
+        for (size_t done = 0; done < dst.size();) {
+          const size_t k = std::min<size_t>(dst.size() - done, kStreamPiece);
+          RETURN_IF_ERROR(stream->Read(dst.subspan(done, k)));
+          done += k;
+          pos += k;
+          landed(done);
+        }
+        return absl::OkStatus();
+      }();
+      if (!st.ok()) broken = st;
+      return st;
+    };
+    for (size_t i = 0; i < spans.size(); ++i) {
+      const Span& span = spans[i];
+      RETURN_IF_ERROR(before_span(span));
+      again += TakenBytesIn(span) - taken_before[i];
+      if (again > kStreamGiveWayBytes && again > streamed / 16) {
+        return absl::AbortedError(absl::StrCat(
+            "reads ran ahead of the stream: ", again, " of the ", streamed,
+            " bytes it read were fetched by them already"));
       }
+      if (stream == nullptr || span.begin >= stretch_end) {
+        // A new stretch: the spans from here on no more than `stream_gap`
+        // apart, up to `max_stream` bytes.
+        const uint64_t begin = i == 0 ? std::min(from, span.begin) : span.begin;
+        size_t j = i + 1;
+        while (j < spans.size() && spans[j].begin >= spans[j - 1].end &&
+               spans[j].begin - spans[j - 1].end <= stream_gap &&
+               spans[j].end - begin <= max_stream) {
+          ++j;
+        }
+        stretch_end = spans[j - 1].end;
+        stream.reset();  // (the last one is read to its end)
+        ASSIGN_OR_RETURN(stream, reader_->source().OpenStream(
+                                     begin, stretch_end - begin, priority));
+        pos = begin;
+      }
+      streamed += span.end - span.begin;
+      absl::Status st = FillSpanWith(span, priority, read, async);
+      RETURN_IF_ERROR(broken);
+      if (!st.ok() && span_error.ok()) span_error = st;
     }
     return absl::OkStatus();
   }();

@@ -143,26 +143,27 @@ class CachedLayer {
   // Bulk fetching as one ordered read (background fetch): the blob from the
   // first span (PlanSpans' output, in blob order) to the last is read
   // through the source's OpenStream, one stream per stretch of spans no
-  // more than `stream_gap` bytes apart (the bytes between spans are read
-  // and dropped). Each span is filled as FillSpan does (its missing members
-  // claimed before their bytes are read, so a reader of one waits for the
-  // stream rather than fetching it again), from the stream, each member
-  // decoded, verified and cached on one of `threads` worker threads
-  // (started here: they take the caller's nice value) as soon as its bytes
-  // are in. A stream cannot skip what reads running ahead of it fetched
-  // meanwhile (members cached or in flight since planning): once such bytes
+  // more than `stream_gap` bytes apart and `max_stream` bytes long (the
+  // bytes between spans are read and dropped). Each span is filled as FillSpan
+  // does (its missing members claimed before their bytes are read, so a reader
+  // of one waits for the stream rather than fetching it again), from the
+  // stream, each member decoded, verified and cached on one of `threads` worker
+  // threads (started here: they take the caller's nice value) as soon as its
+  // bytes are in. A stream cannot skip what reads running ahead of it fetched
+  // meanwhile (members cached or in flight since this call): once such bytes
   // pass 1 MiB and a sixteenth of what it read, it gives way (Aborted:
   // spans, which skip them, do better while a program outruns the link).
-  // `before_span` is called on the calling thread before each span is read (a
-  // rate limit, a stop: a non-OK status ends the fill and is returned). The
-  // first stream starts at `from` if that is below the first span (those bytes
-  // are read and dropped: a caller keeping the source's reads in blob order,
-  // for a whole-blob hash). Returns the first error of a stream (it stops
-  // there; spans not filled stay missing, for FillSpan to take up) or else of a
-  // span, after every span read was decoded.
+  // `before_span` is called on the calling thread before each span is read, and
+  // before the stream that brings it is opened (a rate limit, a stop: a non-OK
+  // status ends the fill and is returned). The first stream starts at `from` if
+  // that is below the first span (those bytes are read and dropped: a caller
+  // keeping the source's reads in blob order, for a whole-blob hash). Returns
+  // the first error of a stream (it stops there; spans not filled stay missing,
+  // for FillSpan to take up) or else of a span, after every span read was
+  // decoded.
   absl::Status FillStream(
       const std::vector<Span>& spans, ReadPriority priority, int threads,
-      uint64_t stream_gap, uint64_t from,
+      uint64_t stream_gap, uint64_t max_stream, uint64_t from,
       const std::function<absl::Status(const Span&)>& before_span);
 
   CachedLayerStats stats() const;

@@ -719,12 +719,13 @@ TEST(CachedLayerTest, AStreamFillsEveryMemberWithOneReadPerStretch) {
   const auto spans = f.layer->PlanSpans(f.AllChunks(), 16 << 10, 4096);
   ASSERT_GT(spans.size(), 4u);
   std::atomic<int> called{0};
-  absl::Status st = f.layer->FillStream(spans, ReadPriority::kBackground, 2,
-                                        /*stream_gap=*/4096, /*from=*/0,
-                                        [&](const CachedLayer::Span&) {
-                                          ++called;
-                                          return absl::OkStatus();
-                                        });
+  absl::Status st =
+      f.layer->FillStream(spans, ReadPriority::kBackground, 2,
+                          /*stream_gap=*/4096, /*max_stream=*/UINT64_MAX,
+                          /*from=*/0, [&](const CachedLayer::Span&) {
+                            ++called;
+                            return absl::OkStatus();
+                          });
   EXPECT_EQ(st.code(), absl::StatusCode::kDataLoss) << st;
   EXPECT_EQ(called.load(), static_cast<int>(spans.size()));
   EXPECT_EQ(f.source->streams_.load(), 2) << "the hole splits the stream";
@@ -741,12 +742,32 @@ TEST(CachedLayerTest, AStreamFillsEveryMemberWithOneReadPerStretch) {
   for (int i = 20; i < 30; ++i) (void)g.Read(absl::StrCat("f", i));
   const auto gspans = g.layer->PlanSpans(g.AllChunks(), 16 << 10, 4096);
   (void)g.layer->FillStream(
-      gspans, ReadPriority::kBackground, 1, 1 << 20, 0,
+      gspans, ReadPriority::kBackground, 1, 1 << 20, UINT64_MAX, 0,
       [](const CachedLayer::Span&) { return absl::OkStatus(); });
   EXPECT_EQ(g.source->streams_.load(), 1);
   // (From byte 0, `from`, though the first span starts after it.)
   ASSERT_GT(gspans.front().begin, 0u);
   EXPECT_EQ(g.source->streamed_.load(), gspans.back().end);
+
+  // Streams no longer than `max_stream` (whole spans, one at least).
+  StreamFixture h(blob);
+  for (int i = 20; i < 30; ++i) (void)h.Read(absl::StrCat("f", i));
+  (void)h.layer->FillStream(
+      gspans, ReadPriority::kBackground, 1, 1 << 20, 64 << 10, 0,
+      [](const CachedLayer::Span&) { return absl::OkStatus(); });
+  EXPECT_GE(h.source->streams_.load(),
+            static_cast<int>(gspans.back().end / (64 << 10)));
+  EXPECT_LE(h.source->streams_.load(), static_cast<int>(gspans.size()));
+  // (Holes between stretches are not read.)
+  uint64_t span_bytes = 0;
+  for (const auto& sp : gspans) span_bytes += sp.end - sp.begin;
+  EXPECT_GE(h.source->streamed_.load(), span_bytes);
+  EXPECT_LE(h.source->streamed_.load(), gspans.back().end);
+  for (int i = 0; i < 60; ++i) {
+    if (i != 41) {
+      EXPECT_EQ(h.Read(absl::StrCat("f", i)), data[i]) << i;
+    }
+  }
 }
 
 // A stream that breaks stops the fill there: what it brought is cached,
@@ -765,7 +786,7 @@ TEST(CachedLayerTest, AStreamThatBreaksLeavesTheRestToSpans) {
   ASSERT_GT(spans.size(), 4u);
   f.source->fail_after_ = (spans.back().end - spans.front().begin) / 2;
   absl::Status st = f.layer->FillStream(
-      spans, ReadPriority::kBackground, 2, 1 << 20, 0,
+      spans, ReadPriority::kBackground, 2, 1 << 20, UINT64_MAX, 0,
       [](const CachedLayer::Span&) { return absl::OkStatus(); });
   EXPECT_EQ(st.code(), absl::StatusCode::kUnavailable) << st;
   EXPECT_NE(st.message().find("connection dropped"), std::string::npos) << st;
@@ -784,8 +805,8 @@ TEST(CachedLayerTest, AStreamThatBreaksLeavesTheRestToSpans) {
 
   StreamFixture g(blob);
   int n = 0;
-  st = g.layer->FillStream(spans, ReadPriority::kBackground, 2, 1 << 20, 0,
-                           [&](const CachedLayer::Span&) {
+  st = g.layer->FillStream(spans, ReadPriority::kBackground, 2, 1 << 20,
+                           UINT64_MAX, 0, [&](const CachedLayer::Span&) {
                              return ++n > 2 ? absl::CancelledError("stop")
                                             : absl::OkStatus();
                            });
@@ -796,7 +817,8 @@ TEST(CachedLayerTest, AStreamThatBreaksLeavesTheRestToSpans) {
 
 // Reads that outran the stream cached what it is about to bring again:
 // past 1 MiB (and a sixteenth of what it read) it gives way, Aborted, and
-// FillSpan, which skips them, fetches only what is still missing.
+// FillSpan, which skips them, fetches only what is still missing. Members
+// cached before it started (inside its spans, across gaps) do not count.
 TEST(CachedLayerTest, AStreamGivesWayToReadsThatRunAheadOfIt) {
   TestLayer t;
   std::vector<std::string> data;
@@ -806,12 +828,18 @@ TEST(CachedLayerTest, AStreamGivesWayToReadsThatRunAheadOfIt) {
   }
   StreamFixture f(t.Build().blob);
   const auto spans = f.layer->PlanSpans(f.AllChunks(), 64 << 10, 4096);
-  for (int i = 10; i < 50; ++i) {  // 40 files, 1.6 MB, after planning
-    EXPECT_EQ(f.Read(absl::StrCat("f", i)), data[i]);
-  }
-  absl::Status st = f.layer->FillStream(
-      spans, ReadPriority::kBackground, 2, 1 << 20, 0,
-      [](const CachedLayer::Span&) { return absl::OkStatus(); });
+  bool ran_ahead = false;
+  absl::Status st =
+      f.layer->FillStream(spans, ReadPriority::kBackground, 2, 1 << 20,
+                          UINT64_MAX, 0, [&](const CachedLayer::Span&) {
+                            // 40 files, 1.6 MB, read ahead of the stream as it
+                            // starts.
+                            for (int i = 10; i < 50 && !ran_ahead; ++i) {
+                              EXPECT_EQ(f.Read(absl::StrCat("f", i)), data[i]);
+                            }
+                            ran_ahead = true;
+                            return absl::OkStatus();
+                          });
   EXPECT_EQ(st.code(), absl::StatusCode::kAborted) << st;
   EXPECT_LT(f.source->streamed_.load(), spans.back().end - spans.front().begin);
   for (const auto& sp : f.layer->PlanSpans(f.AllChunks(), 64 << 10, 4096)) {
@@ -820,16 +848,26 @@ TEST(CachedLayerTest, AStreamGivesWayToReadsThatRunAheadOfIt) {
   for (int i = 0; i < 60; ++i) {
     EXPECT_EQ(f.Read(absl::StrCat("f", i)), data[i]) << i;
   }
-  // Without those reads the same stream runs to the end.
+  // With every other file read before it starts (so its spans, merged
+  // across them, bring them again) the stream runs to the end.
   StreamFixture g(t.Build().blob);
+  for (int i = 0; i < 60; i += 2) {  // 1.2 MB
+    EXPECT_EQ(g.Read(absl::StrCat("f", i)), data[i]);
+  }
+  const auto gspans = g.layer->PlanSpans(g.AllChunks(), 1 << 20, 64 << 10);
+  ASSERT_LT(gspans.size(), 5u) << "spans merged across the cached files";
+  const int reads = g.source->plain_reads_.load();
   EXPECT_TRUE(g.layer
                   ->FillStream(
-                      g.layer->PlanSpans(g.AllChunks(), 64 << 10, 4096),
-                      ReadPriority::kBackground, 2, 1 << 20, 0,
+                      gspans, ReadPriority::kBackground, 2, 1 << 20, UINT64_MAX,
+                      0,
                       [](const CachedLayer::Span&) { return absl::OkStatus(); })
                   .ok());
   EXPECT_EQ(g.source->streams_.load(), 1);
-  EXPECT_EQ(g.source->plain_reads_.load(), 0);
+  EXPECT_EQ(g.source->plain_reads_.load(), reads);
+  for (int i = 0; i < 60; ++i) {
+    EXPECT_EQ(g.Read(absl::StrCat("f", i)), data[i]) << i;
+  }
 }
 
 }  // namespace

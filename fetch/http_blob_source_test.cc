@@ -36,6 +36,7 @@ enum class Fault {
   kNone,
   k200ForRange,
   kWrongContentRange,
+  kWrongTotal,  // the right range, of a blob of another size
   kTruncate,
   kNotFound
 };
@@ -133,6 +134,13 @@ class HttpBlobSourceTest : public ::testing::Test {
             {"Content-Range",
              absl::StrCat("bytes ", a + 1, "-", b + 1, "/", blob_.size())});
         resp->body = blob_.substr(a + 1, b - a + 1);
+        return;
+      case Fault::kWrongTotal:
+        resp->status = 206;
+        resp->headers.push_back(
+            {"Content-Range",
+             absl::StrCat("bytes ", a, "-", b, "/", blob_.size() + 1)});
+        resp->body = blob_.substr(a, b - a + 1);
         return;
       case Fault::kNotFound:
         resp->status = 404;
@@ -795,13 +803,15 @@ TEST_F(HttpBlobSourceTest, AStreamIsOneRequestAndFeedsTheHash) {
 }
 
 TEST_F(HttpBlobSourceTest, AStreamRefusesA200AndAWrongContentRange) {
-  for (Fault f : {Fault::k200ForRange, Fault::kWrongContentRange}) {
+  for (Fault f :
+       {Fault::k200ForRange, Fault::kWrongContentRange, Fault::kWrongTotal}) {
     fault_ = f;
     HttpBlobSource src(client_, desc_);
     auto stream = src.OpenStream(10, 5000, ReadPriority::kBackground);
     ASSERT_FALSE(stream.ok());
-    // (The transport itself refuses a 200 to a range request.)
-    if (f == Fault::kWrongContentRange) {
+    // (The transport itself refuses a 200 to a range request and a range
+    // other than the one asked for; a wrong total is the source's to see.)
+    if (f != Fault::k200ForRange) {
       EXPECT_EQ(stream.status().code(), absl::StatusCode::kDataLoss)
           << stream.status();
     }

@@ -103,6 +103,7 @@ class MountFaultsTest : public ::testing::Test {
     reg_ = *std::move(r);
     auto img = reg_->Push("faults/lazy", Layers());
     ASSERT_TRUE(img.ok()) << img.status();
+    image_ = *std::move(img);
   }
 
   std::string Ref() const { return reg_->host() + "/faults/lazy:v1"; }
@@ -154,6 +155,7 @@ class MountFaultsTest : public ::testing::Test {
 
   std::string bin_, dir_;
   std::unique_ptr<FaultRegistry> reg_;
+  testing::TestImage image_;
   std::vector<std::string> mounts_;
 };
 
@@ -312,11 +314,13 @@ TEST_F(MountFaultsTest, BackgroundStreamFaultsRecover) {
   for (const char* fault : {"drop-after=20000", "status=500", "full-200"}) {
     SCOPED_TRACE(fault);
     std::filesystem::remove_all(cache_dir());  // a cold cache, a new log
-    // Background fetch starts once no read has missed for 1.5 s: the rule
-    // is in place by then, and the stream's GET is the first it sees.
+    // Background fetch starts once no read has missed for 3 s: the rule is
+    // in place by then, and the stream's GET is the first of the bottom
+    // layer's blob that it sees.
     ASSERT_NO_FATAL_FAILURE(Mount(
-        {"--background-stream-rate", "0", "--background-quiet-ms", "1500"}));
-    SetRules(absl::StrCat("GET /blobs/ first=1 ", fault));
+        {"--background-stream-rate", "0", "--background-quiet-ms", "3000"}));
+    SetRules(absl::StrCat("GET /blobs/", image_.layers[0].digest.ToString(),
+                          " first=1 ", fault));
     auto verified = [](const std::string& log) {
       std::vector<absl::string_view> parts =
           absl::StrSplit(log, "whole blob verified");
