@@ -83,6 +83,7 @@ class BlobSource {
   // chooses, at `priority`. A source that pays per request (HTTP) fetches
   // it as one long answer: no request per piece, bytes in blob order. The
   // reader sets the pace: a source stops receiving while the reader lags.
+  // May be called from any thread; the stream must not outlive the source.
   // This default reads each piece with ReadAt.
   virtual absl::StatusOr<std::unique_ptr<BlobStream>> OpenStream(
       uint64_t offset, uint64_t len, ReadPriority priority);
@@ -101,12 +102,13 @@ class ReadAtBlobStream : public BlobStream {
         end_(offset + len),
         priority_(priority) {}
   absl::Status Read(absl::Span<char> dst) override {
+    if (!status_.ok()) return status_;
     if (dst.size() > end_ - pos_) {
       return absl::OutOfRangeError("read past the end of a blob stream");
     }
-    absl::Status st = source_->ReadAt(pos_, dst, priority_);
-    if (st.ok()) pos_ += dst.size();
-    return st;
+    status_ = source_->ReadAt(pos_, dst, priority_);
+    if (status_.ok()) pos_ += dst.size();
+    return status_;
   }
 
  private:
@@ -114,6 +116,7 @@ class ReadAtBlobStream : public BlobStream {
   uint64_t pos_;
   const uint64_t end_;
   const ReadPriority priority_;
+  absl::Status status_;  // the first failure, final
 };
 
 inline absl::StatusOr<std::unique_ptr<BlobStream>> BlobSource::OpenStream(
