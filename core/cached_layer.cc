@@ -535,7 +535,7 @@ absl::Status CachedLayer::FillStream(
           ++j;
         }
         stretch_end = spans[j - 1].end;
-        stream.reset();  // (the last one is read to its end)
+        stream.reset();  // (bytes of the last one left unread: cancelled)
         ASSIGN_OR_RETURN(stream, reader_->source().OpenStream(
                                      begin, stretch_end - begin, priority));
         pos = begin;

@@ -27,14 +27,17 @@ std::string Random(size_t n, int seed) {
   return s;
 }
 
-struct Fixture {
-  std::shared_ptr<MemoryBlobSource> source;
+// A layer over `Source` (a MemoryBlobSource, or a test double with
+// ResetCounters()), a memory cache, and helpers.
+template <typename Source>
+struct BasicFixture {
+  std::shared_ptr<Source> source;
   std::shared_ptr<const LayerReader> reader;
   std::shared_ptr<MemoryChunkCache> cache;
   std::unique_ptr<CachedLayer> layer;
 
-  explicit Fixture(const std::string& blob, CachedLayerOptions o = {}) {
-    source = std::make_shared<MemoryBlobSource>(blob);
+  explicit BasicFixture(const std::string& blob, CachedLayerOptions o = {}) {
+    source = std::make_shared<Source>(blob);
     auto r = LayerReader::Open(source, {});
     EXPECT_TRUE(r.ok()) << r.status();
     reader = std::move(*r);
@@ -53,7 +56,14 @@ struct Fixture {
     EXPECT_TRUE(n.ok()) << n.status();
     return out;
   }
+  std::string Read(const std::string& path) { return ReadAll(Inode(path)); }
+  std::vector<uint32_t> AllChunks() const {
+    std::vector<uint32_t> all(reader->index().chunks().size());
+    for (uint32_t i = 0; i < all.size(); ++i) all[i] = i;
+    return all;
+  }
 };
+using Fixture = BasicFixture<MemoryBlobSource>;
 
 // A slow source that records how many reads overlap.
 class SlowSource : public BlobSource {
@@ -222,8 +232,7 @@ TEST(CachedLayerTest, SpansFetchManyMembersPerRead) {
   CachedLayerOptions o;
   o.readahead_chunks = 0;
   Fixture f(blob, o);
-  std::vector<uint32_t> all(f.reader->index().chunks().size());
-  for (uint32_t i = 0; i < all.size(); ++i) all[i] = i;
+  const std::vector<uint32_t> all = f.AllChunks();
   const auto spans = f.layer->PlanSpans(all, 32 << 10, 4096);
   ASSERT_GT(spans.size(), 1u);
   EXPECT_LT(spans.size(), 20u);
@@ -266,8 +275,7 @@ TEST(CachedLayerTest, SpanSkipsMembersCachedSinceItWasPlanned) {
   CachedLayerOptions o;
   o.readahead_chunks = 0;
   Fixture f(t.Build().blob, o);
-  std::vector<uint32_t> all(f.reader->index().chunks().size());
-  for (uint32_t i = 0; i < all.size(); ++i) all[i] = i;
+  const std::vector<uint32_t> all = f.AllChunks();
   const auto spans = f.layer->PlanSpans(all, 8 << 20, 1024);
   ASSERT_EQ(spans.size(), 1u);
   // On-demand reads of files 10..19 after planning: the span's fetch
@@ -633,6 +641,7 @@ class StreamSource : public BlobSource {
     return std::make_unique<Stream>(this, offset, offset + len);
   }
   std::string Describe() const override { return "streams"; }
+  void ResetCounters() { plain_reads_ = 0; }
 
   std::atomic<int> plain_reads_{0}, streams_{0};
   std::atomic<uint64_t> streamed_{0};
@@ -663,35 +672,15 @@ class StreamSource : public BlobSource {
   MemoryBlobSource inner_;
 };
 
-struct StreamFixture {
-  std::shared_ptr<StreamSource> source;
-  std::shared_ptr<const LayerReader> reader;
-  std::shared_ptr<MemoryChunkCache> cache;
-  std::unique_ptr<CachedLayer> layer;
-  explicit StreamFixture(const std::string& blob) {
-    source = std::make_shared<StreamSource>(blob);
-    auto r = LayerReader::Open(source, {});
-    EXPECT_TRUE(r.ok()) << r.status();
-    reader = std::move(*r);
-    cache = std::make_shared<MemoryChunkCache>(0);
+// Stream tests: no read-ahead (every fill is one the test made).
+struct StreamFixture : BasicFixture<StreamSource> {
+  static CachedLayerOptions NoReadAhead() {
     CachedLayerOptions o;
     o.readahead_chunks = 0;
-    layer = std::make_unique<CachedLayer>(reader, cache, o);
-    source->plain_reads_ = 0;
+    return o;
   }
-  std::vector<uint32_t> AllChunks() const {
-    std::vector<uint32_t> all(reader->index().chunks().size());
-    for (uint32_t i = 0; i < all.size(); ++i) all[i] = i;
-    return all;
-  }
-  std::string Read(const std::string& path) {
-    auto ino = reader->index().Resolve(path);
-    EXPECT_TRUE(ino.has_value()) << path;
-    std::string out(reader->index().inode(*ino).size, '\0');
-    auto n = layer->Read(*ino, 0, absl::MakeSpan(out));
-    EXPECT_TRUE(n.ok()) << n.status();
-    return out;
-  }
+  explicit StreamFixture(const std::string& blob)
+      : BasicFixture(blob, NoReadAhead()) {}
 };
 
 // Background fetch as a stream: one stream per stretch (a hole of cached
