@@ -38,7 +38,7 @@ usage: bench/coldstart.sh [options]
   --proxy PATH            lazypull-proxy binary (default: bazel build -c opt //proxy:lazypull-proxy, copied)
   --keep                  keep the work directory
   --perf DIR              record each lazy mount's CPU profile while its workload runs (perf record
-                          -g) into DIR/PROFILE-WORKLOAD-VARIANT-MODE-RUN.data
+                          -e cpu-clock -g: this VM has no hardware counters) into DIR/PROFILE-WORKLOAD-VARIANT-MODE-RUN.data
   --sweep FILE            tuning: each line "LABEL<TAB>lazypull mount flags" is run as its own mode for
                           every lazy variant (bench/tune.sh uses it); without it, mode "lazy" = defaults
   --convert-flags 'FLAGS' extra flags for lazypull convert/optimize when making the variants (e.g.
@@ -431,11 +431,12 @@ measure_mount() {
   if grep -q 'pulled in full' <<<"$out" && [ "$run" = 1 ]; then note "$v: $(grep 'pulled in full' <<<"$out" | cut -c1-160)"; fi
   local perf_pid=""
   if [ -n "$PERF_DIR" ] && [ -n "$pid" ]; then
-    perf record -q -g -p "$pid" -o "$PERF_DIR/$PROFILE-$wl-$v-$mode-$run.data" >/dev/null 2>&1 9>&- &
+    perf record -q -e cpu-clock -g -p "$pid" -o "$PERF_DIR/$PROFILE-$wl-$v-$mode-$run.data" \
+      >"$PERF_DIR/$PROFILE-$wl-$v-$mode-$run.log" 2>&1 9>&- &
     perf_pid=$!
   fi
   tr=$(run_workload "$W/mnt" "$wl")
-  if [ -n "$perf_pid" ]; then kill -INT "$perf_pid" 2>/dev/null; wait "$perf_pid" 2>/dev/null || true; fi
+  if [ -n "$perf_pid" ]; then kill -INT "$perf_pid" 2>/dev/null || true; wait "$perf_pid" 2>/dev/null || true; fi
   read_counters
   cpu="" hwm=""
   if [ -n "$pid" ] && [ -r "/proc/$pid/stat" ]; then

@@ -78,6 +78,9 @@ constexpr uint64_t kSpanSize = 1 << 20;
 // Background fetch's streams: spans less than this apart share one request
 // (the bytes between them are read and dropped).
 constexpr uint64_t kStreamGap = 1 << 20;
+// Times a stream that gave way to reads running ahead of it is opened again
+// past them before the rest goes in spans.
+constexpr int kStreamRestarts = 4;
 // Background fetch goes from spans to streams once the link has been seen
 // this fast: a span then lasts less than a server's per-request cost
 // (bench/RESULTS.md, "Background fetch as one stream per layer").
@@ -122,6 +125,10 @@ struct FetchTuning {
   // (CachedLayer::FillStream), `background_streams` layers at a time
   // (0: streams from the start; UINT64_MAX: never).
   uint64_t stream_rate = kStreamRate;
+  // The same for the prefetch range, past what Warm() fetched ahead: a big
+  // prefetch range (an optimized image that reads most of itself) on a fast
+  // link goes in one request instead of one per span.
+  uint64_t prefetch_stream_rate = kStreamRate;
   // When background fetch starts after the prefetch.
   QuietOptions quiet;
 };
@@ -151,6 +158,16 @@ absl::Status ParseBytes(const ParsedArgs& args, const char* flag,
   }
   *out = *n;
   return absl::OkStatus();
+}
+
+// BYTES (per second) or "off" (UINT64_MAX).
+absl::Status ParseRate(const ParsedArgs& args, const char* flag,
+                       uint64_t* out) {
+  if (auto v = args.Get(flag); v && *v == "off") {
+    *out = UINT64_MAX;
+    return absl::OkStatus();
+  }
+  return ParseBytes(args, flag, out);
 }
 
 absl::StatusOr<FetchTuning> FetchTuningFromArgs(const ParsedArgs& args) {
@@ -220,11 +237,9 @@ absl::StatusOr<FetchTuning> FetchTuningFromArgs(const ParsedArgs& args) {
   RETURN_IF_ERROR(ParseCount(args, "max-streams-per-connection", 1, 1000,
                              &t.http.max_streams_per_connection));
   if (args.Has("http1.1")) t.http.http2 = false;
-  if (auto v = args.Get("background-stream-rate"); v && *v == "off") {
-    t.stream_rate = UINT64_MAX;
-  } else {
-    RETURN_IF_ERROR(ParseBytes(args, "background-stream-rate", &t.stream_rate));
-  }
+  RETURN_IF_ERROR(ParseRate(args, "background-stream-rate", &t.stream_rate));
+  RETURN_IF_ERROR(
+      ParseRate(args, "prefetch-stream-rate", &t.prefetch_stream_rate));
   return t;
 }
 
@@ -405,13 +420,14 @@ absl::Status MakeOverlayLower(const std::string& dir,
 // Fetches `chunks` of `layer` at `priority` in spans of at most
 // `span_size` blob bytes (members closer than `gap` merged), `threads` spans
 // at a time, until done, `stop`, or `hand_over` (if given) says so before
-// a span. With `nice` > 0 every thread doing it, the caller's included, runs
-// at that nice value from then on.
+// a span (given the span's first blob byte; the rest are then left). With
+// `nice` > 0 every thread doing it, the caller's included, runs at that nice
+// value from then on.
 void FillChunks(CachedLayer* layer, const std::vector<uint32_t>& chunks,
                 ReadPriority priority, int threads, uint64_t span_size,
                 uint64_t gap, int nice, RateLimiter* limiter,
                 const std::atomic<bool>* stop, std::atomic<uint64_t>* errors,
-                const std::function<bool()>* hand_over) {
+                const std::function<bool(uint64_t)>* hand_over) {
   const std::vector<CachedLayer::Span> spans =
       layer->PlanSpans(chunks, span_size, gap);
   std::atomic<size_t> next{0};
@@ -421,9 +437,12 @@ void FillChunks(CachedLayer* layer, const std::vector<uint32_t>& chunks,
       if (!st.ok()) LogWarning("background fetch: ", st.message());
     }
     while (!stop->load()) {
-      if (hand_over != nullptr && (*hand_over)()) return;
       size_t i = next.fetch_add(1);
       if (i >= spans.size()) return;
+      if (hand_over != nullptr && (*hand_over)(spans[i].begin)) {
+        next.store(spans.size());  // (the others stop too)
+        return;
+      }
       if (limiter != nullptr) {
         limiter->Take(spans[i].end - spans[i].begin, stop);
         if (stop->load()) return;
@@ -439,6 +458,115 @@ void FillChunks(CachedLayer* layer, const std::vector<uint32_t>& chunks,
   for (int t = 1; t < threads; ++t) ts.emplace_back(work);
   work();
   for (auto& t : ts) t.join();
+}
+
+// How FillAdaptive fills a layer's chunks.
+struct AdaptiveFill {
+  const char* what;  // for the log: "prefetch", "background fetch"
+  ReadPriority priority;
+  int span_threads;    // spans in flight at once
+  int stream_threads;  // a stream's decoding threads
+  int nice;            // of every thread doing it from then on (0: unchanged)
+  uint64_t span_size;
+  uint64_t gap;  // members closer than this share a span
+  // Streams once the link has been measured this fast (bytes/s; UINT64_MAX:
+  // never), for the spans from blob offset `streams_from` on.
+  uint64_t stream_rate;
+  uint64_t streams_from = 0;
+  uint64_t rate_cap = 0;                            // bytes/s, 0 = none
+  RateLimiter* limiter = nullptr;                   // paces it, if given
+  std::counting_semaphore<256>* streams = nullptr;  // streams at once, if given
+};
+
+// Fills `chunks` of `layer` (served from `source`): in spans until `link`
+// has been measured at `how.stream_rate`; then each stretch still missing as
+// one request read in order (CachedLayer::FillStream), from the hashed
+// prefix if that is near, opened again past reads that ran ahead of it (up
+// to kStreamRestarts times); then whatever that left (a stream that gave
+// way too often, or failed) in spans. Once seen fast, the link
+// stays so for this call (the measurement is a windowed maximum and can fall
+// back). Returns at `stop`; failures are counted in `errors` and logged.
+void FillAdaptive(CachedLayer* layer, HttpBlobSource* source,
+                  const BackgroundBudget& link,
+                  const std::vector<uint32_t>& chunks, const AdaptiveFill& how,
+                  const std::string& name, const std::atomic<bool>* stop,
+                  std::atomic<uint64_t>* errors) {
+  bool seen_fast = false, handed_over = false;
+  std::mutex fast_mu;
+  const std::function<bool(uint64_t)> hand_over = [&](uint64_t begin) {
+    std::lock_guard<std::mutex> l(fast_mu);
+    if (!seen_fast && how.stream_rate != UINT64_MAX &&
+        link.bandwidth() >= static_cast<double>(how.stream_rate)) {
+      seen_fast = true;
+    }
+    if (seen_fast && begin >= how.streams_from) handed_over = true;
+    return handed_over;
+  };
+  // Spans, until the link proves fast (if it does).
+  FillChunks(layer, chunks, how.priority, how.span_threads, how.span_size,
+             how.gap, how.nice, how.limiter, stop, errors, &hand_over);
+  if (!stop->load() && handed_over) {
+    if (how.nice > 0) {
+      absl::Status st = LowerThisThreadPriority(how.nice);
+      if (!st.ok()) LogWarning(how.what, ": ", st.message());
+    }
+    if (how.streams != nullptr) how.streams->acquire();
+    for (int restarts = 0; !stop->load(); ++restarts) {
+      const std::vector<CachedLayer::Span> spans =
+          layer->PlanSpans(chunks, how.span_size, how.gap);
+      if (spans.empty()) break;
+      // From the hashed prefix if what lies before the first span is at
+      // most an eighth of the rest: the stream's bytes then extend the
+      // whole-blob hash as they land, instead of waiting in a spill file.
+      uint64_t from = spans.front().begin;
+      if (source->hashed_prefix() < from &&
+          (from - source->hashed_prefix()) * 8 <= spans.back().end - from) {
+        from = source->hashed_prefix();
+      }
+      // Streams of about 20 s at the measured rate (a range request's time
+      // limit is 60 s), at least 64 MiB.
+      const double rate = how.rate_cap != 0
+                              ? std::min<double>(link.bandwidth(), how.rate_cap)
+                              : link.bandwidth();
+      const uint64_t max_stream =
+          std::max<uint64_t>(64 << 20, static_cast<uint64_t>(rate * 20));
+      LogInfo(name, ": ", how.what, " streams the rest (",
+              spans.back().end - from, " blob bytes; link measured at ",
+              static_cast<uint64_t>(link.bandwidth() / 1e3), " kB/s)");
+      absl::Status st = layer->FillStream(
+          spans, how.priority, how.stream_threads, kStreamGap, max_stream, from,
+          [&](const CachedLayer::Span& span) {
+            if (how.limiter != nullptr) {
+              how.limiter->Take(span.end - span.begin, stop);
+            }
+            return stop->load() ? absl::CancelledError("unmounting")
+                                : absl::OkStatus();
+          });
+      // A stream that gave way to reads running ahead of it starts again
+      // past what they took (a reader going the same way, as a program
+      // reading an optimized image's prefetch range does, keeps its bytes
+      // in one request), a few times; then spans, which skip them.
+      if (st.code() == absl::StatusCode::kAborted &&
+          restarts < kStreamRestarts) {
+        LogInfo(name, ": ", how.what, ": ", st.message(),
+                "; a new stream from the first member still missing");
+        continue;
+      }
+      if (st.code() == absl::StatusCode::kAborted) {
+        LogInfo(name, ": ", how.what, ": ", st.message(),
+                "; the rest goes in spans");
+      } else if (!st.ok() && !stop->load()) {
+        LogWarning(name, ": ", how.what, ": ", st.message(),
+                   "; the rest goes in spans");
+      }
+      break;
+    }
+    if (how.streams != nullptr) how.streams->release();
+  }
+  // What is left: what a stream did not bring, or what the spans did not get
+  // to.
+  FillChunks(layer, chunks, how.priority, how.span_threads, how.span_size,
+             how.gap, how.nice, how.limiter, stop, errors, nullptr);
 }
 
 absl::Status RemoveDir(const std::string& path) {
@@ -549,6 +677,9 @@ std::vector<FlagSpec> ImageMountFlags() {
                "each, until the link is measured at BYTES per second; then "
                "each stretch of a layer still missing is one request, read "
                "in order (default 24M; 0 = from the start; off = never)"});
+  f.push_back({"prefetch-stream-rate", "BYTES|off",
+               "the same for the prefetch range past what is fetched while "
+               "the TOC is indexed (default 24M; 0 = at once; off = never)"});
   f.push_back({"max-connections-per-host", "N",
                "connections to one registry host at once (default 6)"});
   f.push_back({"max-streams-per-connection", "N",
@@ -719,6 +850,7 @@ absl::Status ServeImage(
 
   std::vector<std::string> notes;
   absl::Time t_layers;
+  const bool early_prefetch = !args.Has("no-early-prefetch");
   absl::Status st = [&]() -> absl::Status {
     // 1. What each layer is, from its descriptor alone.
     struct Plan {
@@ -806,7 +938,6 @@ absl::Status ServeImage(
 
     // 2. The lazy layers' footers and TOCs (a tail read, then TOC
     // inflate, parse and index each), several layers at once.
-    const bool early_prefetch = !args.Has("no-early-prefetch");
     {
       std::vector<Plan*> lazy;
       for (Plan& p : plans) {
@@ -946,7 +1077,8 @@ absl::Status ServeImage(
     ServedLayer* served = m->served.get();
     HttpBlobSource* source = m->source.get();
     std::string name = LayerName(*m, n);
-    m->fetch_thread = std::thread([&, layer, served, source, name, background] {
+    m->fetch_thread = std::thread([&, layer, served, source, name, background,
+                                   early_prefetch] {
       const LayerIndex& idx = layer->index();
       std::vector<uint32_t> first;
       std::vector<bool> in_first(idx.chunks().size());
@@ -960,10 +1092,22 @@ absl::Status ServeImage(
       }
       std::atomic<uint64_t> errors{0};
       if (!first.empty()) {
-        FillChunks(layer, first, ReadPriority::kPrefetch,
-                   tuning.prefetch_streams, tuning.span_size,
-                   tuning.source.coalesce_gap, 0, nullptr, &stop, &errors,
-                   nullptr);
+        // Spans, and on a fast link a stream past what Warm() fetched
+        // ahead (those bytes are found by the spans' reads).
+        AdaptiveFill how{
+            .what = "prefetch",
+            .priority = ReadPriority::kPrefetch,
+            .span_threads = tuning.prefetch_streams,
+            .stream_threads = std::min<int>(
+                tuning.prefetch_streams,
+                std::max<int>(2, std::thread::hardware_concurrency())),
+            .nice = 0,
+            .span_size = tuning.span_size,
+            .gap = tuning.source.coalesce_gap,
+            .stream_rate = tuning.prefetch_stream_rate};
+        how.streams_from = early_prefetch ? tuning.source.max_warm_bytes : 0;
+        FillAdaptive(layer, source, *tuning.source.background_budget, first,
+                     how, name, &stop, &errors);
         LogInfo(
             name, ": prefetched ", first.size(), " chunks (",
             source->stats().warm_hits,
@@ -993,77 +1137,19 @@ absl::Status ServeImage(
       // request workers are all started first, at normal priority: a
       // thread started by a lowered one would stay lowered.)
       if (tuning.background_nice > 0) source->StartWorkers();
-      const BackgroundBudget& link = *tuning.source.background_budget;
-      // Once the link has been seen fast, it stays so for this layer (the
-      // measurement is a windowed maximum: it can fall back meanwhile).
-      std::atomic<bool> seen_fast{false};
-      const std::function<bool()> fast = [&] {
-        if (!seen_fast.load() && tuning.stream_rate != UINT64_MAX &&
-            link.bandwidth() >= static_cast<double>(tuning.stream_rate)) {
-          seen_fast.store(true);
-        }
-        return seen_fast.load();
-      };
-      if (!fast()) {  // spans, until the link proves fast (if it does)
-        FillChunks(layer, rest, ReadPriority::kBackground,
-                   tuning.background_streams, tuning.span_size,
-                   tuning.source.coalesce_gap, tuning.background_nice, &limiter,
-                   &stop, &errors, &fast);
-      }
-      if (!stop.load() && fast()) {
-        if (tuning.background_nice > 0) {
-          absl::Status st = LowerThisThreadPriority(tuning.background_nice);
-          if (!st.ok()) LogWarning("background fetch: ", st.message());
-        }
-        bg_streams.acquire();
-        const std::vector<CachedLayer::Span> spans =
-            stop.load() ? std::vector<CachedLayer::Span>()
-                        : layer->PlanSpans(rest, tuning.span_size,
-                                           tuning.source.coalesce_gap);
-        if (!spans.empty()) {
-          // From the hashed prefix if what lies before the first span is at
-          // most an eighth of the rest: the stream's bytes then extend the
-          // whole-blob hash as they land, instead of waiting in a spill
-          // file.
-          uint64_t from = spans.front().begin;
-          if (source->hashed_prefix() < from &&
-              (from - source->hashed_prefix()) * 8 <= spans.back().end - from) {
-            from = source->hashed_prefix();
-          }
-          // Streams of about 20 s at the measured rate (a range request's
-          // time limit is 60 s), at least 64 MiB.
-          const double rate =
-              tuning.background_rate != 0
-                  ? std::min<double>(link.bandwidth(), tuning.background_rate)
-                  : link.bandwidth();
-          const uint64_t max_stream =
-              std::max<uint64_t>(64 << 20, static_cast<uint64_t>(rate * 20));
-          LogInfo(name, ": background fetch streams the rest (",
-                  spans.back().end - from, " blob bytes; link measured at ",
-                  static_cast<uint64_t>(link.bandwidth() / 1e3), " kB/s)");
-          absl::Status st = layer->FillStream(
-              spans, ReadPriority::kBackground, tuning.background_streams,
-              kStreamGap, max_stream, from, [&](const CachedLayer::Span& span) {
-                limiter.Take(span.end - span.begin, &stop);
-                return stop.load() ? absl::CancelledError("unmounting")
-                                   : absl::OkStatus();
-              });
-          if (st.code() == absl::StatusCode::kAborted) {
-            LogInfo(name, ": background fetch: ", st.message(),
-                    "; the rest goes in spans");
-          } else if (!st.ok() && !stop.load()) {
-            LogWarning(name, ": background fetch: ", st.message(),
-                       "; the rest goes in spans");
-          }
-        }
-        bg_streams.release();
-      }
-      // What is left: what the stream did not bring, or what the spans did
-      // not get to.
-      FillChunks(layer, rest, ReadPriority::kBackground,
-                 tuning.background_streams, tuning.span_size,
-                 tuning.source.coalesce_gap, tuning.background_nice, &limiter,
-                 &stop, &errors, nullptr);
+      AdaptiveFill how{.what = "background fetch",
+                       .priority = ReadPriority::kBackground,
+                       .span_threads = tuning.background_streams,
+                       .stream_threads = tuning.background_streams,
+                       .nice = tuning.background_nice,
+                       .span_size = tuning.span_size,
+                       .gap = tuning.source.coalesce_gap,
+                       .stream_rate = tuning.stream_rate};
+      how.rate_cap = tuning.background_rate;
+      how.limiter = &limiter;
+      how.streams = &bg_streams;
+      FillAdaptive(layer, source, *tuning.source.background_budget, rest, how,
+                   name, &stop, &errors);
       if (stop.load()) return;
       const BackgroundBudget& budget = *tuning.source.background_budget;
       LogInfo(name, ": background fetch done (", layer->fetched_blob_bytes(),

@@ -59,8 +59,9 @@ std::string FileName(int i) { return absl::StrCat("data/f", i); }
 std::string FileContent(int i) { return Payload(150000 + i, 10 + i); }
 
 // Two eStargz layers (64 KiB chunks): data/f0..f7 in the bottom one, each
-// read cold by one step of a test.
-std::vector<testing::TestLayer> Layers() {
+// read cold by one step of a test; with `prioritized`, all of them before
+// its prefetch landmark.
+std::vector<testing::TestLayer> Layers(bool prioritized = false) {
   TarBuilder b0;
   b0.Dir("./");
   b0.Dir("data/");
@@ -68,9 +69,12 @@ std::vector<testing::TestLayer> Layers() {
   TarBuilder b1;
   b1.Dir("etc/");
   b1.File("etc/motd", "hello from layer 1\n");
+  std::vector<std::string> first;
+  for (int i = 0; prioritized && i < kFiles; ++i) first.push_back(FileName(i));
   std::vector<testing::TestLayer> out;
   for (const std::string& tar : {b0.Finish(), b1.Finish()}) {
-    auto l = testing::EstargzTestLayer(tar, 64 << 10);
+    auto l = testing::EstargzTestLayer(
+        tar, 64 << 10, out.empty() ? first : std::vector<std::string>());
     EXPECT_TRUE(l.ok()) << l.status();
     if (l.ok()) out.push_back(*std::move(l));
   }
@@ -93,15 +97,16 @@ class MountFaultsTest : public ::testing::Test {
     }
   }
 
-  // A plain registry behind the proxy, with the image pushed.
-  void StartRegistry() {
+  // A plain registry behind the proxy, with the image pushed (Layers(
+  // prioritized)).
+  void StartRegistry(bool prioritized = false) {
     RegistryServerOptions o;
     o.work_dir = dir_ + "/registry";
     mkdir(o.work_dir.c_str(), 0755);
     auto r = FaultRegistry::Start(o);
     ASSERT_TRUE(r.ok()) << r.status();
     reg_ = *std::move(r);
-    auto img = reg_->Push("faults/lazy", Layers());
+    auto img = reg_->Push("faults/lazy", Layers(prioritized));
     ASSERT_TRUE(img.ok()) << img.status();
     image_ = *std::move(img);
   }
@@ -339,6 +344,45 @@ TEST_F(MountFaultsTest, BackgroundStreamFaultsRecover) {
       EXPECT_TRUE(absl::StrContains(log, "the rest goes in spans")) << log;
     }
     // Every file is cached: they read with the registry refusing blobs.
+    SetRules("GET /blobs/ every status=404");
+    for (int i = 0; i < kFiles; ++i) ExpectReads(i);
+    EXPECT_EQ(reg_->Rule(0).matched, 0u);
+    SetRules("");
+    Unmount();
+  }
+}
+
+// The prefetch range's stream (`--prefetch-stream-rate 0` with no early
+// prefetch: the whole range in one request from the start), clean and
+// through faults: a connection dropped mid-body or a 500 is retried, a 200
+// to its range leaves the range to spans. Either way `--wait-prefetch`
+// returns with every prioritized file cached: they read with the registry
+// refusing blobs.
+TEST_F(MountFaultsTest, PrefetchStreamFaultsRecover) {
+  ASSERT_NO_FATAL_FAILURE(StartRegistry(/*prioritized=*/true));
+  const std::string blob =
+      absl::StrCat("GET /blobs/", image_.layers[0].digest.ToString());
+  // The bottom layer's blob GETs: the mount's tail read, then the stream.
+  for (const char* fault : {"", "drop-after=20000", "status=500", "full-200"}) {
+    SCOPED_TRACE(fault);
+    std::filesystem::remove_all(cache_dir());  // a cold cache, a new log
+    // (No fault: a rule that never fires, to count the GETs.)
+    const bool clean = *fault == '\0';
+    SetRules(
+        absl::StrCat(blob, clean ? " nth=1000 status=500" : " nth=2 ", fault));
+    ASSERT_NO_FATAL_FAILURE(Mount(
+        {"--prefetch-stream-rate", "0", "--no-early-prefetch",
+         "--wait-prefetch", "--no-background-fetch", "--dir-prefetch", "0"}));
+    const std::string log = Log();
+    EXPECT_TRUE(absl::StrContains(log, "prefetch streams the rest")) << log;
+    if (clean) {
+      EXPECT_EQ(reg_->Rule(0).matched, 2u) << "one request for the range";
+    } else {
+      EXPECT_EQ(reg_->Rule(0).fired, 1u) << reg_->Rule(0).matched;
+    }
+    if (absl::string_view(fault) == "full-200") {
+      EXPECT_TRUE(absl::StrContains(log, "the rest goes in spans")) << log;
+    }
     SetRules("GET /blobs/ every status=404");
     for (int i = 0; i < kFiles; ++i) ExpectReads(i);
     EXPECT_EQ(reg_->Rule(0).matched, 0u);

@@ -16,10 +16,12 @@ TestLayer GzipTestLayer(const std::string& tar) {
   return l;
 }
 
-absl::StatusOr<TestLayer> EstargzTestLayer(const std::string& tar,
-                                           uint64_t chunk_size) {
+absl::StatusOr<TestLayer> EstargzTestLayer(
+    const std::string& tar, uint64_t chunk_size,
+    const std::vector<std::string>& prioritized) {
   LayerWriterOptions o;
   o.chunk_size = chunk_size;
+  o.prioritized_files = prioritized;
   StringBlobSink sink;
   ASSIGN_OR_RETURN(LayerWriteResult r, WriteLayer(tar, o, &sink));
   TestLayer l;

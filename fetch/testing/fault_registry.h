@@ -44,9 +44,11 @@ struct TestLayer {
 TestLayer GzipTestLayer(const std::string& tar);
 
 // `tar` as eStargz, chunks of at most `chunk_size` bytes, annotated with its
-// TOC digest and uncompressed size.
-absl::StatusOr<TestLayer> EstargzTestLayer(const std::string& tar,
-                                           uint64_t chunk_size = 4 << 20);
+// TOC digest and uncompressed size; `prioritized` files (paths in the tar)
+// go first, before the prefetch landmark.
+absl::StatusOr<TestLayer> EstargzTestLayer(
+    const std::string& tar, uint64_t chunk_size = 4 << 20,
+    const std::vector<std::string>& prioritized = {});
 
 // Writes an OCI layout of one linux/amd64 image of `layers` (bottom first;
 // the config lists their diff_ids) into `layout_dir` and pushes it with
