@@ -143,6 +143,7 @@ cleanup() {
   if mountpoint -q "$W/mnt" 2>/dev/null; then
     "$LAZYPULL" unmount "$W/mnt" >/dev/null 2>&1 || "$LAZYPULL" unmount --force "$W/mnt" >/dev/null 2>&1
   fi
+  if mountpoint -q "$W/cache" 2>/dev/null; then umount "$W/cache"; fi
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
   for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null; done
   if [ "$KEEP" = 1 ]; then note "work directory kept: $W"; else rm -rf "$W"; fi
@@ -415,7 +416,10 @@ measure_mount() {
   local wl=$1 v=$2 tag=$3 mode=$4 run=$5 extra=() out pid t0 t1 tr st rest sf cpu hwm fetched="" state
   [ "$mode" = nobg ] && extra=(--no-background-fetch)
   if [ -n "${SWEEP_FLAGS[$mode]+x}" ]; then read -ra extra <<<"${SWEEP_FLAGS[$mode]}"; fi
+  if mountpoint -q "$W/cache"; then umount "$W/cache"; fi
   rm -rf "$W/cache"
+  # CACHE_TMPFS=1 (a diagnostic): the mount's cache directory on a tmpfs of its own.
+  if [ "${CACHE_TMPFS:-0}" = 1 ]; then mkdir -p "$W/cache" && mount -t tmpfs -o size=1g tmpfs "$W/cache"; fi
   mkdir -p "$W/mnt"
   drop_caches
   reset_counters
