@@ -46,6 +46,8 @@ http1.1	--http1.1
 max-request-size-16M	--max-request-size 16M
 stream-from-start	--background-stream-rate 0
 stream-never	--background-stream-rate off
+prefetch-stream-from-start	--prefetch-stream-rate 0
+prefetch-stream-never	--prefetch-stream-rate off
 TSV
 common=(--profile "$PROFILE" --workload python,shell,heavy --variant estargz,estargz-opt
   --runs "$RUNS" --no-baseline --no-probe)

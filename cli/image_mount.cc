@@ -33,6 +33,7 @@
 #include "core/cached_layer.h"
 #include "core/disk_chunk_cache.h"
 #include "core/errno_status.h"
+#include "core/layer_fill.h"
 #include "core/layer_reader.h"
 #include "core/layer_writer.h"
 #include "core/log.h"
@@ -75,12 +76,6 @@ constexpr int kBackgroundThreads = 2;
 constexpr size_t kLayerOpeners = 4;
 // Prefetch / background spans: one range request each.
 constexpr uint64_t kSpanSize = 1 << 20;
-// Background fetch's streams: spans less than this apart share one request
-// (the bytes between them are read and dropped).
-constexpr uint64_t kStreamGap = 1 << 20;
-// Times a stream that gave way to reads running ahead of it is opened again
-// past them before the rest goes in spans.
-constexpr int kStreamRestarts = 4;
 // Background fetch goes from spans to streams once the link has been seen
 // this fast: a span then lasts less than a server's per-request cost
 // (bench/RESULTS.md, "Background fetch as one stream per layer").
@@ -243,33 +238,6 @@ absl::StatusOr<FetchTuning> FetchTuningFromArgs(const ParsedArgs& args) {
   return t;
 }
 
-// Paces background fetching to `rate` bytes/s across threads (0: no cap).
-class RateLimiter {
- public:
-  explicit RateLimiter(uint64_t rate) : rate_(rate) {}
-  // Waits until `bytes` more may go, or `stop`.
-  void Take(uint64_t bytes, const std::atomic<bool>* stop) {
-    if (rate_ == 0) return;
-    absl::Time at;
-    {
-      std::lock_guard<std::mutex> l(mu_);
-      const absl::Time now = absl::Now();
-      if (next_ < now) next_ = now;
-      at = next_;
-      next_ += absl::Seconds(static_cast<double>(bytes) /
-                             static_cast<double>(rate_));
-    }
-    while (!stop->load() && absl::Now() < at) {
-      absl::SleepFor(std::min(at - absl::Now(), absl::Milliseconds(50)));
-    }
-  }
-
- private:
-  const uint64_t rate_;
-  std::mutex mu_;
-  absl::Time next_ = absl::InfinitePast();
-};
-
 // The misses of every lazy layer of the image, for WaitForQuiet.
 MissSample ImageMisses(const std::vector<std::unique_ptr<LayerMount>>& layers) {
   MissSample s;
@@ -417,156 +385,17 @@ absl::Status MakeOverlayLower(const std::string& dir,
   return absl::OkStatus();
 }
 
-// Fetches `chunks` of `layer` at `priority` in spans of at most
-// `span_size` blob bytes (members closer than `gap` merged), `threads` spans
-// at a time, until done, `stop`, or `hand_over` (if given) says so before
-// a span (given the span's first blob byte; the rest are then left). With
-// `nice` > 0 every thread doing it, the caller's included, runs at that nice
-// value from then on.
-void FillChunks(CachedLayer* layer, const std::vector<uint32_t>& chunks,
-                ReadPriority priority, int threads, uint64_t span_size,
-                uint64_t gap, int nice, RateLimiter* limiter,
-                const std::atomic<bool>* stop, std::atomic<uint64_t>* errors,
-                const std::function<bool(uint64_t)>* hand_over) {
-  const std::vector<CachedLayer::Span> spans =
-      layer->PlanSpans(chunks, span_size, gap);
-  std::atomic<size_t> next{0};
-  auto work = [&] {
-    if (nice > 0) {
-      absl::Status st = LowerThisThreadPriority(nice);
-      if (!st.ok()) LogWarning("background fetch: ", st.message());
-    }
-    while (!stop->load()) {
-      size_t i = next.fetch_add(1);
-      if (i >= spans.size()) return;
-      if (hand_over != nullptr && (*hand_over)(spans[i].begin)) {
-        next.store(spans.size());  // (the others stop too)
-        return;
-      }
-      if (limiter != nullptr) {
-        limiter->Take(spans[i].end - spans[i].begin, stop);
-        if (stop->load()) return;
-      }
-      absl::Status st = layer->FillSpan(spans[i], priority);
-      if (!st.ok() && errors->fetch_add(1) < 3) {
-        LogWarning("fetching ", layer->reader().source().Describe(), ": ",
-                   st.message());
-      }
-    }
-  };
-  std::vector<std::thread> ts;
-  for (int t = 1; t < threads; ++t) ts.emplace_back(work);
-  work();
-  for (auto& t : ts) t.join();
-}
-
-// How FillAdaptive fills a layer's chunks.
-struct AdaptiveFill {
-  const char* what;  // for the log: "prefetch", "background fetch"
-  ReadPriority priority;
-  int span_threads;    // spans in flight at once
-  int stream_threads;  // a stream's decoding threads
-  int nice;            // of every thread doing it from then on (0: unchanged)
-  uint64_t span_size;
-  uint64_t gap;  // members closer than this share a span
-  // Streams once the link has been measured this fast (bytes/s; UINT64_MAX:
-  // never), for the spans from blob offset `streams_from` on.
-  uint64_t stream_rate;
-  uint64_t streams_from = 0;
-  uint64_t rate_cap = 0;                            // bytes/s, 0 = none
-  RateLimiter* limiter = nullptr;                   // paces it, if given
-  std::counting_semaphore<256>* streams = nullptr;  // streams at once, if given
-};
-
-// Fills `chunks` of `layer` (served from `source`): in spans until `link`
-// has been measured at `how.stream_rate`; then each stretch still missing as
-// one request read in order (CachedLayer::FillStream), from the hashed
-// prefix if that is near, opened again past reads that ran ahead of it (up
-// to kStreamRestarts times); then whatever that left (a stream that gave
-// way too often, or failed) in spans. Once seen fast, the link
-// stays so for this call (the measurement is a windowed maximum and can fall
-// back). Returns at `stop`; failures are counted in `errors` and logged.
-void FillAdaptive(CachedLayer* layer, HttpBlobSource* source,
-                  const BackgroundBudget& link,
-                  const std::vector<uint32_t>& chunks, const AdaptiveFill& how,
-                  const std::string& name, const std::atomic<bool>* stop,
-                  std::atomic<uint64_t>* errors) {
-  bool seen_fast = false, handed_over = false;
-  std::mutex fast_mu;
-  const std::function<bool(uint64_t)> hand_over = [&](uint64_t begin) {
-    std::lock_guard<std::mutex> l(fast_mu);
-    if (!seen_fast && how.stream_rate != UINT64_MAX &&
-        link.bandwidth() >= static_cast<double>(how.stream_rate)) {
-      seen_fast = true;
-    }
-    if (seen_fast && begin >= how.streams_from) handed_over = true;
-    return handed_over;
-  };
-  // Spans, until the link proves fast (if it does).
-  FillChunks(layer, chunks, how.priority, how.span_threads, how.span_size,
-             how.gap, how.nice, how.limiter, stop, errors, &hand_over);
-  if (!stop->load() && handed_over) {
-    if (how.nice > 0) {
-      absl::Status st = LowerThisThreadPriority(how.nice);
-      if (!st.ok()) LogWarning(how.what, ": ", st.message());
-    }
-    if (how.streams != nullptr) how.streams->acquire();
-    for (int restarts = 0; !stop->load(); ++restarts) {
-      const std::vector<CachedLayer::Span> spans =
-          layer->PlanSpans(chunks, how.span_size, how.gap);
-      if (spans.empty()) break;
-      // From the hashed prefix if what lies before the first span is at
-      // most an eighth of the rest: the stream's bytes then extend the
-      // whole-blob hash as they land, instead of waiting in a spill file.
-      uint64_t from = spans.front().begin;
-      if (source->hashed_prefix() < from &&
-          (from - source->hashed_prefix()) * 8 <= spans.back().end - from) {
-        from = source->hashed_prefix();
-      }
-      // Streams of about 20 s at the measured rate (a range request's time
-      // limit is 60 s), at least 64 MiB.
-      const double rate = how.rate_cap != 0
-                              ? std::min<double>(link.bandwidth(), how.rate_cap)
-                              : link.bandwidth();
-      const uint64_t max_stream =
-          std::max<uint64_t>(64 << 20, static_cast<uint64_t>(rate * 20));
-      LogInfo(name, ": ", how.what, " streams the rest (",
-              spans.back().end - from, " blob bytes; link measured at ",
-              static_cast<uint64_t>(link.bandwidth() / 1e3), " kB/s)");
-      absl::Status st = layer->FillStream(
-          spans, how.priority, how.stream_threads, kStreamGap, max_stream, from,
-          [&](const CachedLayer::Span& span) {
-            if (how.limiter != nullptr) {
-              how.limiter->Take(span.end - span.begin, stop);
-            }
-            return stop->load() ? absl::CancelledError("unmounting")
-                                : absl::OkStatus();
-          });
-      // A stream that gave way to reads running ahead of it starts again
-      // past what they took (a reader going the same way, as a program
-      // reading an optimized image's prefetch range does, keeps its bytes
-      // in one request), a few times; then spans, which skip them.
-      if (st.code() == absl::StatusCode::kAborted &&
-          restarts < kStreamRestarts) {
-        LogInfo(name, ": ", how.what, ": ", st.message(),
-                "; a new stream from the first member still missing");
-        continue;
-      }
-      if (st.code() == absl::StatusCode::kAborted) {
-        LogInfo(name, ": ", how.what, ": ", st.message(),
-                "; the rest goes in spans");
-      } else if (!st.ok() && !stop->load()) {
-        LogWarning(name, ": ", how.what, ": ", st.message(),
-                   "; the rest goes in spans");
-      }
-      break;
-    }
-    if (how.streams != nullptr) how.streams->release();
-  }
-  // What is left: what a stream did not bring, or what the spans did not get
-  // to.
-  FillChunks(layer, chunks, how.priority, how.span_threads, how.span_size,
-             how.gap, how.nice, how.limiter, stop, errors, nullptr);
+// FillAdaptive's settings common to prefetch and background fetch: spans
+// as `tuning` says, the link's rate as measured for `source`, its hashed
+// prefix.
+AdaptiveFill LinkFill(const HttpBlobSource& source, const FetchTuning& tuning) {
+  AdaptiveFill how;
+  how.span_size = tuning.span_size;
+  how.gap = tuning.source.coalesce_gap;
+  const BackgroundBudget* link = tuning.source.background_budget.get();
+  how.link_rate = [link] { return link->bandwidth(); };
+  how.hashed_prefix = [&source] { return source.hashed_prefix(); };
+  return how;
 }
 
 absl::Status RemoveDir(const std::string& path) {
@@ -1094,20 +923,16 @@ absl::Status ServeImage(
       if (!first.empty()) {
         // Spans, and on a fast link a stream past what Warm() fetched
         // ahead (those bytes are found by the spans' reads).
-        AdaptiveFill how{
-            .what = "prefetch",
-            .priority = ReadPriority::kPrefetch,
-            .span_threads = tuning.prefetch_streams,
-            .stream_threads = std::min<int>(
-                tuning.prefetch_streams,
-                std::max<int>(2, std::thread::hardware_concurrency())),
-            .nice = 0,
-            .span_size = tuning.span_size,
-            .gap = tuning.source.coalesce_gap,
-            .stream_rate = tuning.prefetch_stream_rate};
+        AdaptiveFill how = LinkFill(*source, tuning);
+        how.what = "prefetch";
+        how.priority = ReadPriority::kPrefetch;
+        how.span_threads = tuning.prefetch_streams;
+        how.stream_threads = std::min<int>(
+            tuning.prefetch_streams,
+            std::max<int>(2, std::thread::hardware_concurrency()));
+        how.stream_rate = tuning.prefetch_stream_rate;
         how.streams_from = early_prefetch ? tuning.source.max_warm_bytes : 0;
-        FillAdaptive(layer, source, *tuning.source.background_budget, first,
-                     how, name, &stop, &errors);
+        FillAdaptive(layer, first, how, name, &stop, &errors);
         LogInfo(
             name, ": prefetched ", first.size(), " chunks (",
             source->stats().warm_hits,
@@ -1137,19 +962,17 @@ absl::Status ServeImage(
       // request workers are all started first, at normal priority: a
       // thread started by a lowered one would stay lowered.)
       if (tuning.background_nice > 0) source->StartWorkers();
-      AdaptiveFill how{.what = "background fetch",
-                       .priority = ReadPriority::kBackground,
-                       .span_threads = tuning.background_streams,
-                       .stream_threads = tuning.background_streams,
-                       .nice = tuning.background_nice,
-                       .span_size = tuning.span_size,
-                       .gap = tuning.source.coalesce_gap,
-                       .stream_rate = tuning.stream_rate};
+      AdaptiveFill how = LinkFill(*source, tuning);
+      how.what = "background fetch";
+      how.priority = ReadPriority::kBackground;
+      how.span_threads = tuning.background_streams;
+      how.stream_threads = tuning.background_streams;
+      how.nice = tuning.background_nice;
+      how.stream_rate = tuning.stream_rate;
       how.rate_cap = tuning.background_rate;
       how.limiter = &limiter;
       how.streams = &bg_streams;
-      FillAdaptive(layer, source, *tuning.source.background_budget, rest, how,
-                   name, &stop, &errors);
+      FillAdaptive(layer, rest, how, name, &stop, &errors);
       if (stop.load()) return;
       const BackgroundBudget& budget = *tuning.source.background_budget;
       LogInfo(name, ": background fetch done (", layer->fetched_blob_bytes(),

@@ -11,12 +11,14 @@
 #include "core/memory_blob_source.h"
 #include "core/memory_chunk_cache.h"
 #include "core/status_macros.h"
+#include "core/testing/stream_source.h"
 #include "core/testing/test_layer.h"
 #include "gtest/gtest.h"
 
 namespace lazypull {
 namespace {
 
+using testing::StreamSource;
 using testing::TestBlob;
 using testing::TestLayer;
 
@@ -622,55 +624,6 @@ TEST(CachedLayerTest, ManyReadersRandomRangesByteExact) {
   for (auto& t : ts) t.join();
   EXPECT_EQ(bad.load(), 0);
 }
-
-// A source that counts OpenStream's streams and their bytes, and fails a
-// stream once it has handed out `fail_after` bytes (0: never).
-class StreamSource : public BlobSource {
- public:
-  explicit StreamSource(std::string blob) : inner_(std::move(blob)) {}
-  uint64_t size() const override { return inner_.size(); }
-  absl::Status ReadAt(uint64_t offset, absl::Span<char> dst,
-                      ReadPriority p) override {
-    ++plain_reads_;
-    return inner_.ReadAt(offset, dst, p);
-  }
-  using BlobSource::ReadAt;
-  absl::StatusOr<std::unique_ptr<BlobStream>> OpenStream(
-      uint64_t offset, uint64_t len, ReadPriority) override {
-    ++streams_;
-    return std::make_unique<Stream>(this, offset, offset + len);
-  }
-  std::string Describe() const override { return "streams"; }
-  void ResetCounters() { plain_reads_ = 0; }
-
-  std::atomic<int> plain_reads_{0}, streams_{0};
-  std::atomic<uint64_t> streamed_{0};
-  uint64_t fail_after_ = 0;
-
- private:
-  class Stream : public BlobStream {
-   public:
-    Stream(StreamSource* s, uint64_t pos, uint64_t end)
-        : s_(s), pos_(pos), end_(end) {}
-    absl::Status Read(absl::Span<char> dst) override {
-      if (dst.size() > end_ - pos_) return absl::OutOfRangeError("past end");
-      if (s_->fail_after_ != 0 &&
-          s_->streamed_.load() + dst.size() > s_->fail_after_) {
-        return absl::UnavailableError("connection dropped");
-      }
-      RETURN_IF_ERROR(s_->inner_.ReadAt(pos_, dst));
-      pos_ += dst.size();
-      s_->streamed_ += dst.size();
-      return absl::OkStatus();
-    }
-
-   private:
-    StreamSource* const s_;
-    uint64_t pos_;
-    const uint64_t end_;
-  };
-  MemoryBlobSource inner_;
-};
 
 // Stream tests: no read-ahead (every fill is one the test made).
 struct StreamFixture : BasicFixture<StreamSource> {

@@ -1,0 +1,151 @@
+#include "core/layer_fill.h"
+
+#include <algorithm>
+#include <thread>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "core/log.h"
+#include "core/thread_priority.h"
+
+namespace lazypull {
+
+void RateLimiter::Take(uint64_t bytes, const std::atomic<bool>* stop) {
+  if (rate_ == 0) return;
+  absl::Time at;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    const absl::Time now = absl::Now();
+    if (next_ < now) next_ = now;
+    at = next_;
+    next_ +=
+        absl::Seconds(static_cast<double>(bytes) / static_cast<double>(rate_));
+  }
+  while (!stop->load() && absl::Now() < at) {
+    absl::SleepFor(std::min(at - absl::Now(), absl::Milliseconds(50)));
+  }
+}
+
+void FillChunks(CachedLayer* layer, const std::vector<uint32_t>& chunks,
+                ReadPriority priority, int threads, uint64_t span_size,
+                uint64_t gap, int nice, RateLimiter* limiter,
+                const std::atomic<bool>* stop, std::atomic<uint64_t>* errors,
+                const std::function<bool(uint64_t)>* hand_over) {
+  const std::vector<CachedLayer::Span> spans =
+      layer->PlanSpans(chunks, span_size, gap);
+  std::atomic<size_t> next{0};
+  auto work = [&] {
+    if (nice > 0) {
+      absl::Status st = LowerThisThreadPriority(nice);
+      if (!st.ok()) LogWarning("fill: ", st.message());
+    }
+    while (!stop->load()) {
+      size_t i = next.fetch_add(1);
+      if (i >= spans.size()) return;
+      if (hand_over != nullptr && (*hand_over)(spans[i].begin)) {
+        next.store(spans.size());  // (the others stop too)
+        return;
+      }
+      if (limiter != nullptr) {
+        limiter->Take(spans[i].end - spans[i].begin, stop);
+        if (stop->load()) return;
+      }
+      absl::Status st = layer->FillSpan(spans[i], priority);
+      if (!st.ok() && errors->fetch_add(1) < 3) {
+        LogWarning("fetching ", layer->reader().source().Describe(), ": ",
+                   st.message());
+      }
+    }
+  };
+  std::vector<std::thread> ts;
+  for (int t = 1; t < threads; ++t) ts.emplace_back(work);
+  work();
+  for (auto& t : ts) t.join();
+}
+
+void FillAdaptive(CachedLayer* layer, const std::vector<uint32_t>& chunks,
+                  const AdaptiveFill& how, const std::string& name,
+                  const std::atomic<bool>* stop,
+                  std::atomic<uint64_t>* errors) {
+  bool seen_fast = false, handed_over = false;
+  std::mutex fast_mu;
+  const std::function<bool(uint64_t)> hand_over = [&](uint64_t begin) {
+    std::lock_guard<std::mutex> l(fast_mu);
+    if (!seen_fast && how.stream_rate != UINT64_MAX &&
+        (how.stream_rate == 0 ||
+         (how.link_rate &&
+          how.link_rate() >= static_cast<double>(how.stream_rate)))) {
+      seen_fast = true;
+    }
+    if (seen_fast && begin >= how.streams_from) handed_over = true;
+    return handed_over;
+  };
+  // Spans, until the link proves fast (if it does).
+  FillChunks(layer, chunks, how.priority, how.span_threads, how.span_size,
+             how.gap, how.nice, how.limiter, stop, errors, &hand_over);
+  if (!stop->load() && handed_over) {  // (FillChunks joined its threads)
+    if (how.nice > 0) {
+      absl::Status st = LowerThisThreadPriority(how.nice);
+      if (!st.ok()) LogWarning(how.what, ": ", st.message());
+    }
+    if (how.streams != nullptr) how.streams->acquire();
+    for (int restarts = 0; !stop->load(); ++restarts) {
+      const std::vector<CachedLayer::Span> spans =
+          layer->PlanSpans(chunks, how.span_size, how.gap);
+      if (spans.empty()) break;
+      // From the hashed prefix if what lies before the first span is at
+      // most an eighth of the rest.
+      uint64_t from = spans.front().begin;
+      const uint64_t hashed = how.hashed_prefix ? how.hashed_prefix() : from;
+      if (hashed < from && (from - hashed) * 8 <= spans.back().end - from) {
+        from = hashed;
+      }
+      // Streams of about 20 s at the measured rate (a range request's time
+      // limit is 60 s), at least 64 MiB.
+      const double measured = how.link_rate ? how.link_rate() : 0;
+      const double rate = how.rate_cap != 0
+                              ? std::min<double>(measured, how.rate_cap)
+                              : measured;
+      const uint64_t max_stream =
+          std::max<uint64_t>(64 << 20, static_cast<uint64_t>(rate * 20));
+      LogInfo(name, ": ", how.what, " streams the rest (",
+              spans.back().end - from, " blob bytes; link measured at ",
+              static_cast<uint64_t>(measured / 1e3), " kB/s)");
+      absl::Status st = layer->FillStream(
+          spans, how.priority, how.stream_threads, how.stream_gap, max_stream,
+          from, [&](const CachedLayer::Span& span) {
+            if (how.limiter != nullptr) {
+              how.limiter->Take(span.end - span.begin, stop);
+            }
+            return stop->load() ? absl::CancelledError("stopped")
+                                : absl::OkStatus();
+          });
+      // A stream that gave way to reads running ahead of it starts again
+      // past what they took (a reader going the same way, as a program
+      // reading an optimized image's prefetch range does, keeps its bytes
+      // in one request), a few times; then spans, which skip them.
+      if (st.code() == absl::StatusCode::kAborted &&
+          restarts < how.stream_restarts) {
+        LogInfo(name, ": ", how.what, ": ", st.message(),
+                "; a new stream from the first member still missing");
+        continue;
+      }
+      if (st.code() == absl::StatusCode::kAborted) {
+        LogInfo(name, ": ", how.what, ": ", st.message(),
+                "; the rest goes in spans");
+      } else if (!st.ok() && !stop->load()) {
+        LogWarning(name, ": ", how.what, ": ", st.message(),
+                   "; the rest goes in spans");
+      }
+      break;
+    }
+    if (how.streams != nullptr) how.streams->release();
+  }
+  // What is left: what a stream did not bring, or what the spans did not get
+  // to.
+  FillChunks(layer, chunks, how.priority, how.span_threads, how.span_size,
+             how.gap, how.nice, how.limiter, stop, errors, nullptr);
+}
+
+}  // namespace lazypull

@@ -1,0 +1,215 @@
+#include "core/layer_fill.h"
+
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "core/layer_reader.h"
+#include "core/memory_chunk_cache.h"
+#include "core/testing/stream_source.h"
+#include "core/testing/test_layer.h"
+#include "gtest/gtest.h"
+
+namespace lazypull {
+namespace {
+
+using testing::StreamSource;
+using testing::TestLayer;
+
+constexpr int kFiles = 60;
+
+std::string Random(size_t n, int seed) {
+  std::mt19937 rng(seed);
+  std::string s(n, '\0');
+  for (char& c : s) c = static_cast<char>(rng());
+  return s;
+}
+
+// A layer of 60 incompressible 40 kB files (2.4 MB) over a StreamSource and
+// a memory cache, without read-ahead (every fill is one the test or the
+// fill made).
+struct Fixture {
+  std::vector<std::string> data;
+  std::shared_ptr<StreamSource> source;
+  std::shared_ptr<const LayerReader> reader;
+  std::unique_ptr<CachedLayer> layer;
+  std::atomic<bool> stop{false};
+  std::atomic<uint64_t> errors{0};
+
+  Fixture() {
+    TestLayer t;
+    for (int i = 0; i < kFiles; ++i) {
+      data.push_back(Random(40000, 300 + i));
+      t.AddFile(absl::StrCat("f", i), data.back());
+    }
+    source = std::make_shared<StreamSource>(t.Build().blob);
+    auto r = LayerReader::Open(source, {});
+    EXPECT_TRUE(r.ok()) << r.status();
+    reader = std::move(*r);
+    CachedLayerOptions o;
+    o.readahead_chunks = 0;
+    layer = std::make_unique<CachedLayer>(
+        reader, std::make_shared<MemoryChunkCache>(0), o);
+    source->ResetCounters();
+  }
+  std::string Read(int i) {
+    const auto ino = reader->index().Resolve(absl::StrCat("f", i));
+    EXPECT_TRUE(ino.has_value()) << i;
+    std::string out(reader->index().inode(*ino).size, '\0');
+    auto n = layer->Read(*ino, 0, absl::MakeSpan(out));
+    EXPECT_TRUE(n.ok()) << n.status();
+    return out;
+  }
+  uint64_t FileOffset(int i) {
+    const auto ino = reader->index().Resolve(absl::StrCat("f", i));
+    return reader->index()
+        .chunks()[reader->index().inode(*ino).first_chunk]
+        .blob_offset;
+  }
+  std::vector<uint32_t> AllChunks() const {
+    std::vector<uint32_t> all(reader->index().chunks().size());
+    for (uint32_t i = 0; i < all.size(); ++i) all[i] = i;
+    return all;
+  }
+  AdaptiveFill How() const {
+    AdaptiveFill how;
+    how.what = "test fill";
+    how.span_threads = 2;
+    how.stream_threads = 2;
+    how.span_size = 64 << 10;
+    how.gap = 4096;
+    return how;
+  }
+  void Fill(const AdaptiveFill& how) {
+    FillAdaptive(layer.get(), AllChunks(), how, "layer", &stop, &errors);
+  }
+  // Every file reads right with the source refusing plain reads and
+  // streams: the fill cached them all.
+  void ExpectAllCached() {
+    const int reads = source->plain_reads_.load();
+    const int streams = source->streams_.load();
+    for (int i = 0; i < kFiles; ++i) EXPECT_EQ(Read(i), data[i]) << i;
+    EXPECT_EQ(source->plain_reads_.load(), reads) << "a file was not cached";
+    EXPECT_EQ(source->streams_.load(), streams);
+    EXPECT_EQ(errors.load(), 0u);
+  }
+};
+
+TEST(LayerFillTest, ALinkNeverFastGoesInSpans) {
+  Fixture f;
+  AdaptiveFill how = f.How();
+  how.link_rate = [] { return 1e12; };
+  how.stream_rate = UINT64_MAX;
+  f.Fill(how);
+  EXPECT_EQ(f.source->streams_.load(), 0);
+  EXPECT_GT(f.source->plain_reads_.load(), 10);
+  f.ExpectAllCached();
+}
+
+// Spans while the link measures slow; once it measures fast, the rest is one
+// stream.
+TEST(LayerFillTest, SpansUntilTheLinkProvesFastThenOneStream) {
+  Fixture f;
+  AdaptiveFill how = f.How();
+  how.span_threads = 1;
+  std::atomic<int> probes{0};
+  how.link_rate = [&probes] { return ++probes > 5 ? 30e6 : 1e6; };
+  how.stream_rate = 24 << 20;
+  f.Fill(how);
+  EXPECT_EQ(f.source->streams_.load(), 1);
+  EXPECT_GE(f.source->plain_reads_.load(), 4);
+  EXPECT_LE(f.source->plain_reads_.load(), 6) << "spans after the switch";
+  f.ExpectAllCached();
+}
+
+// A fast link from the start, but spans before `streams_from` (what a mount
+// fetched ahead while indexing the TOC is found by them).
+TEST(LayerFillTest, StreamsOnlyFromStreamsFrom) {
+  Fixture f;
+  AdaptiveFill how = f.How();
+  how.stream_rate = 0;
+  how.streams_from = f.FileOffset(30);
+  f.Fill(how);
+  EXPECT_EQ(f.source->streams_.load(), 1);
+  EXPECT_GT(f.source->plain_reads_.load(), 0);
+  EXPECT_LT(f.source->streamed_.load(),
+            f.source->size() - f.FileOffset(30) + (64 << 10))
+      << "the stream brought what the spans had";
+  f.ExpectAllCached();
+}
+
+// Reads running ahead of the stream (files 10-49, 1.6 MB, read as it starts)
+// make it give way once it reaches them; it starts again past them (files
+// 50-59) rather than leaving the rest to spans, unless restarts are off.
+TEST(LayerFillTest, AStreamOvertakenByReadsStartsAgainPastThem) {
+  for (int restarts : {4, 0}) {
+    SCOPED_TRACE(restarts);
+    Fixture f;
+    AdaptiveFill how = f.How();
+    how.stream_rate = 0;
+    how.stream_restarts = restarts;
+    int reads_after_hook = -1;
+    f.source->on_stream_start_ = [&](int stream) {
+      if (stream != 1) return;
+      for (int i = 10; i < 50; ++i) EXPECT_EQ(f.Read(i), f.data[i]) << i;
+      reads_after_hook = f.source->plain_reads_.load();
+    };
+    f.Fill(how);
+    ASSERT_GT(reads_after_hook, 0);
+    if (restarts > 0) {
+      EXPECT_EQ(f.source->streams_.load(), 2);
+      EXPECT_EQ(f.source->plain_reads_.load(), reads_after_hook)
+          << "spans filled what a new stream should have";
+    } else {
+      EXPECT_EQ(f.source->streams_.load(), 1);
+      EXPECT_GT(f.source->plain_reads_.load(), reads_after_hook);
+    }
+    f.ExpectAllCached();
+  }
+}
+
+// A stream that breaks leaves the rest to spans: everything is cached, no
+// error counted.
+TEST(LayerFillTest, ABrokenStreamLeavesTheRestToSpans) {
+  Fixture f;
+  AdaptiveFill how = f.How();
+  how.stream_rate = 0;
+  f.source->fail_after_ = 300 << 10;
+  f.Fill(how);
+  EXPECT_EQ(f.source->streams_.load(), 1);
+  EXPECT_GT(f.source->plain_reads_.load(), 10);
+  f.source->fail_after_ = 0;
+  f.ExpectAllCached();
+}
+
+TEST(LayerFillTest, StopEndsItAtOnce) {
+  Fixture f;
+  AdaptiveFill how = f.How();
+  how.stream_rate = 0;
+  f.stop = true;
+  f.Fill(how);
+  EXPECT_EQ(f.source->streams_.load(), 0);
+  EXPECT_EQ(f.source->plain_reads_.load(), 0);
+}
+
+TEST(RateLimiterTest, PacesAndStops) {
+  RateLimiter limiter(1 << 20);  // 1 MiB/s
+  std::atomic<bool> stop{false};
+  const absl::Time start = absl::Now();
+  limiter.Take(1 << 20, &stop);  // the first goes at once
+  limiter.Take(256 << 10, &stop);
+  limiter.Take(256 << 10, &stop);
+  const absl::Duration took = absl::Now() - start;
+  EXPECT_GE(took, absl::Milliseconds(1200));  // 1 s + 0.25 s
+  EXPECT_LT(took, absl::Seconds(5));
+  stop = true;
+  const absl::Time before = absl::Now();
+  limiter.Take(100 << 20, &stop);  // 100 s of budget: returns at once
+  limiter.Take(1, &stop);
+  EXPECT_LT(absl::Now() - before, absl::Milliseconds(500));
+}
+
+}  // namespace
+}  // namespace lazypull
