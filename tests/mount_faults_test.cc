@@ -152,6 +152,21 @@ class MountFaultsTest : public ::testing::Test {
         << FileName(i) << ": wrong bytes (" << f.data.size() << ")";
   }
 
+  // After a stream met `fault`: a 200 to its range left the rest to spans
+  // (says `log`), and every file is cached: they read with the registry
+  // refusing blobs. Unmounts.
+  void ExpectStreamRecoveredAndAllCached(absl::string_view fault,
+                                         const std::string& log) {
+    if (fault == "full-200") {
+      EXPECT_TRUE(absl::StrContains(log, "the rest goes in spans")) << log;
+    }
+    SetRules("GET /blobs/ every status=404");
+    for (int i = 0; i < kFiles; ++i) ExpectReads(i);
+    EXPECT_EQ(reg_->Rule(0).matched, 0u);
+    SetRules("");
+    Unmount();
+  }
+
   std::string Log() const {
     std::ifstream f(cache_dir() + "/lazypull.log");
     return std::string((std::istreambuf_iterator<char>(f)),
@@ -340,15 +355,7 @@ TEST_F(MountFaultsTest, BackgroundStreamFaultsRecover) {
     EXPECT_TRUE(absl::StrContains(log, "background fetch streams the rest"))
         << log;
     EXPECT_EQ(reg_->Rule(0).fired, 1u) << reg_->Rule(0).matched;
-    if (absl::string_view(fault) == "full-200") {
-      EXPECT_TRUE(absl::StrContains(log, "the rest goes in spans")) << log;
-    }
-    // Every file is cached: they read with the registry refusing blobs.
-    SetRules("GET /blobs/ every status=404");
-    for (int i = 0; i < kFiles; ++i) ExpectReads(i);
-    EXPECT_EQ(reg_->Rule(0).matched, 0u);
-    SetRules("");
-    Unmount();
+    ExpectStreamRecoveredAndAllCached(fault, log);
   }
 }
 
@@ -380,14 +387,7 @@ TEST_F(MountFaultsTest, PrefetchStreamFaultsRecover) {
     } else {
       EXPECT_EQ(reg_->Rule(0).fired, 1u) << reg_->Rule(0).matched;
     }
-    if (absl::string_view(fault) == "full-200") {
-      EXPECT_TRUE(absl::StrContains(log, "the rest goes in spans")) << log;
-    }
-    SetRules("GET /blobs/ every status=404");
-    for (int i = 0; i < kFiles; ++i) ExpectReads(i);
-    EXPECT_EQ(reg_->Rule(0).matched, 0u);
-    SetRules("");
-    Unmount();
+    ExpectStreamRecoveredAndAllCached(fault, log);
   }
 }
 
