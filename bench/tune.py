@@ -37,15 +37,28 @@ def main():
         return math.exp(sum(math.log(v) for v in vals) / len(vals))
 
     g0 = geo(base)
+    # "default-again" (tune.sh runs the defaults twice, as two points): how
+    # far apart the same settings land is the sweep's noise band.
+    band = abs(geo(points["default-again"]) / g0 - 1) \
+        if "default-again" in points else 0.0
     print("| point | " + " | ".join("%s %s" % k for k in keys) +
-          " | geomean | vs default |")
-    print("|---|" + "---:|" * (len(keys) + 2))
+          " | geomean | vs default | |")
+    print("|---|" + "---:|" * (len(keys) + 2) + "---|")
+    ahead = []
     for name in sorted(points, key=lambda n: (n != "default", geo(points[n]))):
         p = points[name]
         row = ["%.2f" % statistics.median(p[k]) if k in p else "-"
                for k in keys]
         g = geo(p)
-        print("| %s | %s | %.2f | %.3f |" % (name, " | ".join(row), g, g / g0))
+        mark = ""
+        if name not in ("default", "default-again") and g / g0 < 1 - band:
+            mark = "ahead beyond the noise band"
+            ahead.append(name)
+        print("| %s | %s | %.2f | %.3f | %s |" %
+              (name, " | ".join(row), g, g / g0, mark))
+    print()
+    print("Noise band (the defaults run twice): %.1f%%. Points ahead of the "
+          "defaults by more: %s." % (100 * band, ", ".join(ahead) or "none"))
 
 
 main()

@@ -3,7 +3,8 @@
 # moved at a time from the defaults, every point run on the same images
 # (bench/coldstart.sh --sweep), plus the converter's chunk size (its own
 # images). Writes OUT/sweep.md (medians per workload, geometric mean, ratio
-# to the defaults) for bench/TUNING.md. As root; ~20 min with one run per
+# to the defaults; the defaults run a second time, last, as "default-again":
+# how far the two land apart is the sweep's noise band) for bench/TUNING.md. As root; ~20 min with one run per
 # cell, ~50 min with --runs 3 (the default is 2).
 #   bench/tune.sh [--runs N] [--profile P] [--out DIR]
 set -euo pipefail
@@ -48,6 +49,7 @@ stream-from-start	--background-stream-rate 0
 stream-never	--background-stream-rate off
 prefetch-stream-from-start	--prefetch-stream-rate 0
 prefetch-stream-never	--prefetch-stream-rate off
+default-again	
 TSV
 common=(--profile "$PROFILE" --workload python,shell,heavy --variant estargz,estargz-opt
   --runs "$RUNS" --no-baseline --no-probe)
