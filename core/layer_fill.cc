@@ -94,11 +94,14 @@ void FillAdaptive(CachedLayer* layer, const std::vector<uint32_t>& chunks,
       const std::vector<CachedLayer::Span> spans =
           layer->PlanSpans(chunks, how.span_size, how.gap);
       if (spans.empty()) break;
-      // From the hashed prefix if what lies before the first span is at
-      // most an eighth of the rest.
+      // The first stream from the hashed prefix if what lies before its
+      // first span is at most an eighth of the rest. (Not a new one: what
+      // lies before it was taken by the reads it gave way to, and would be
+      // fetched again.)
       uint64_t from = spans.front().begin;
       const uint64_t hashed = how.hashed_prefix ? how.hashed_prefix() : from;
-      if (hashed < from && (from - hashed) * 8 <= spans.back().end - from) {
+      if (restarts == 0 && hashed < from &&
+          (from - hashed) * 8 <= spans.back().end - from) {
         from = hashed;
       }
       // Streams of about 20 s at the measured rate (a range request's time

@@ -80,13 +80,13 @@ struct AdaptiveFill {
 
 // Fills `chunks` of `layer`: in spans until the link has been measured at
 // `how.stream_rate`; then each stretch still missing as one request read in
-// order (CachedLayer::FillStream), from the hashed prefix if that is near,
-// opened again past reads that ran ahead of it (up to `stream_restarts`
-// times); then whatever that left (a stream that gave way too often, or
-// failed) in spans. Once seen fast, the link stays so for this call (the
-// measurement may be a windowed maximum that falls back). Returns when every
-// chunk is filled or failed, or at `stop`; failures are counted in `errors`
-// and logged under `name`.
+// order (CachedLayer::FillStream), the first one from the hashed prefix if
+// that is near, opened again past reads that ran ahead of it (up to
+// `stream_restarts` times); then whatever that left (a stream that gave way too
+// often, or failed) in spans. Once seen fast, the link stays so for this call
+// (the measurement may be a windowed maximum that falls back). Returns when
+// every chunk is filled or failed, or at `stop`; failures are counted in
+// `errors` and logged under `name`.
 void FillAdaptive(CachedLayer* layer, const std::vector<uint32_t>& chunks,
                   const AdaptiveFill& how, const std::string& name,
                   const std::atomic<bool>* stop, std::atomic<uint64_t>* errors);

@@ -170,6 +170,33 @@ TEST(LayerFillTest, AStreamOvertakenByReadsStartsAgainPastThem) {
   }
 }
 
+// A new stream starts at the first member still missing, not back at the
+// hashed prefix even when that is near: what lies between was taken by the
+// reads it gave way to. (Files 10-39 read ahead; the first stream gives way
+// among them; the hash is at file 38, two files before the first missing
+// one, file 40: near enough for a first stream.)
+TEST(LayerFillTest, ANewStreamDoesNotGoBackToTheHashedPrefix) {
+  Fixture f;
+  AdaptiveFill how = f.How();
+  how.stream_rate = 0;
+  const uint64_t hashed = f.FileOffset(38);
+  how.hashed_prefix = [hashed] { return hashed; };
+  uint64_t second_from = 0;
+  f.source->on_stream_start_ = [&](int stream) {
+    if (stream == 1) {
+      for (int i = 10; i < 40; ++i) EXPECT_EQ(f.Read(i), f.data[i]) << i;
+    } else if (stream == 2) {
+      second_from = f.source->streamed_.load();
+    }
+  };
+  f.Fill(how);
+  ASSERT_EQ(f.source->streams_.load(), 2);
+  EXPECT_LE(f.source->streamed_.load() - second_from,
+            f.source->size() - f.FileOffset(40))
+      << "the second stream fetched files 38-39 again";
+  f.ExpectAllCached();
+}
+
 // A stream that breaks leaves the rest to spans: everything is cached, no
 // error counted.
 TEST(LayerFillTest, ABrokenStreamLeavesTheRestToSpans) {
