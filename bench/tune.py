@@ -38,9 +38,19 @@ def main():
 
     g0 = geo(base)
     # "default-again" (tune.sh runs the defaults twice, as two points): how
-    # far apart the same settings land is the sweep's noise band.
-    band = abs(geo(points["default-again"]) / g0 - 1) \
-        if "default-again" in points else 0.0
+    # far apart the same settings land, cell by cell, is the sweep's noise.
+    # Two points' geometric means over n cells then differ by noise alone
+    # with a standard deviation of sqrt(mean(d^2) / n), d the cells' log
+    # ratios between the two runs of the defaults; the band is two of those.
+    band = 0.0
+    if "default-again" in points:
+        again = points["default-again"]
+        d = [math.log(statistics.median(again[k]) /
+                      statistics.median(base[k]))
+             for k in keys if k in again and k in base]
+        if d:
+            band = math.exp(2 * math.sqrt(sum(x * x for x in d) / len(d) /
+                                          len(d))) - 1
     print("| point | " + " | ".join("%s %s" % k for k in keys) +
           " | geomean | vs default | |")
     print("|---|" + "---:|" * (len(keys) + 2) + "---|")
@@ -57,8 +67,9 @@ def main():
         print("| %s | %s | %.2f | %.3f | %s |" %
               (name, " | ".join(row), g, g / g0, mark))
     print()
-    print("Noise band (the defaults run twice): %.1f%%. Points ahead of the "
-          "defaults by more: %s." % (100 * band, ", ".join(ahead) or "none"))
+    print("Noise band (two standard deviations of a geometric mean, from the "
+          "defaults run twice): %.1f%%. Points ahead of the defaults by more: "
+          "%s." % (100 * band, ", ".join(ahead) or "none"))
 
 
 main()

@@ -49,6 +49,7 @@ stream-from-start	--background-stream-rate 0
 stream-never	--background-stream-rate off
 prefetch-stream-from-start	--prefetch-stream-rate 0
 prefetch-stream-never	--prefetch-stream-rate off
+prefetch-restarts-0	--prefetch-stream-restarts 0
 default-again	
 TSV
 common=(--profile "$PROFILE" --workload python,shell,heavy --variant estargz,estargz-opt

@@ -124,6 +124,13 @@ struct FetchTuning {
   // prefetch range (an optimized image that reads most of itself) on a fast
   // link goes in one request instead of one per span.
   uint64_t prefetch_stream_rate = kStreamRate;
+  // Times the prefetch's stream, after giving way to reads running ahead of
+  // it, is opened again past them (AdaptiveFill::stream_restarts). A
+  // program reading the prefetch range reads the way the stream goes; one
+  // that overtakes background fetch's stream goes elsewhere next, and a
+  // stream dropped costs the bytes already on their way, so background
+  // fetch goes to spans at once (bench/TUNING.md, session 11).
+  int prefetch_stream_restarts = AdaptiveFill().stream_restarts;
   // When background fetch starts after the prefetch.
   QuietOptions quiet;
 };
@@ -235,6 +242,8 @@ absl::StatusOr<FetchTuning> FetchTuningFromArgs(const ParsedArgs& args) {
   RETURN_IF_ERROR(ParseRate(args, "background-stream-rate", &t.stream_rate));
   RETURN_IF_ERROR(
       ParseRate(args, "prefetch-stream-rate", &t.prefetch_stream_rate));
+  RETURN_IF_ERROR(ParseCount(args, "prefetch-stream-restarts", 0, 1000,
+                             &t.prefetch_stream_restarts));
   return t;
 }
 
@@ -509,6 +518,12 @@ std::vector<FlagSpec> ImageMountFlags() {
   f.push_back({"prefetch-stream-rate", "BYTES|off",
                "the same for the prefetch range past what is fetched while "
                "the TOC is indexed (default 24M; 0 = at once; off = never)"});
+  f.push_back({"prefetch-stream-restarts", "N",
+               absl::StrCat("times the prefetch's stream, once reads ran "
+                            "ahead of it, starts again past them before the "
+                            "rest goes in spans (default ",
+                            AdaptiveFill().stream_restarts,
+                            "; background fetch's goes to spans at once)")});
   f.push_back({"max-connections-per-host", "N",
                "connections to one registry host at once (default 6)"});
   f.push_back({"max-streams-per-connection", "N",
@@ -931,6 +946,7 @@ absl::Status ServeImage(
             tuning.prefetch_streams,
             std::max<int>(2, std::thread::hardware_concurrency()));
         how.stream_rate = tuning.prefetch_stream_rate;
+        how.stream_restarts = tuning.prefetch_stream_restarts;
         how.streams_from = early_prefetch ? tuning.source.max_warm_bytes : 0;
         FillAdaptive(layer, first, how, name, &stop, &errors);
         LogInfo(
@@ -969,6 +985,7 @@ absl::Status ServeImage(
       how.stream_threads = tuning.background_streams;
       how.nice = tuning.background_nice;
       how.stream_rate = tuning.stream_rate;
+      how.stream_restarts = 0;
       how.rate_cap = tuning.background_rate;
       how.limiter = &limiter;
       how.streams = &bg_streams;
