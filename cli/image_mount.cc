@@ -403,7 +403,7 @@ AdaptiveFill LinkFill(const HttpBlobSource& source, const FetchTuning& tuning) {
   how.gap = tuning.source.coalesce_gap;
   const BackgroundBudget* link = tuning.source.background_budget.get();
   how.link_rate = [link] { return link->bandwidth(); };
-  how.hashed_prefix = [&source] { return source.hashed_prefix(); };
+  how.hashed_prefix = [src = &source] { return src->hashed_prefix(); };
   return how;
 }
 
@@ -986,6 +986,7 @@ absl::Status ServeImage(
       how.nice = tuning.background_nice;
       how.stream_rate = tuning.stream_rate;
       how.stream_restarts = 0;
+      how.retry_spans = true;  // (the whole-blob check needs every chunk)
       how.rate_cap = tuning.background_rate;
       how.limiter = &limiter;
       how.streams = &bg_streams;

@@ -140,7 +140,8 @@ class CachedLayer {
   // returned after every other member was tried.
   absl::Status FillSpan(const Span& span, ReadPriority priority);
 
-  // Bulk fetching as one ordered read (background fetch): the blob from the
+  // Bulk fetching as one ordered read (prefetch and background fetch on a
+  // fast link, core/layer_fill.h): the blob from the
   // first span (PlanSpans' output, in blob order) to the last is read
   // through the source's OpenStream, one stream per stretch of spans no
   // more than `stream_gap` bytes apart and `max_stream` bytes long (the
@@ -151,8 +152,9 @@ class CachedLayer {
   // threads (started here: they take the caller's nice value) as soon as its
   // bytes are in. A stream cannot skip what reads running ahead of it fetched
   // meanwhile (members cached or in flight since this call): once such bytes
-  // pass 1 MiB and a sixteenth of what it read, it gives way (Aborted:
-  // spans, which skip them, do better while a program outruns the link).
+  // pass 1 MiB and a sixteenth of what it read, it gives way (Aborted, and
+  // *gave_way set if given: spans, or a new stream past them, do better
+  // while a program outruns it; other errors may be Aborted too).
   // `before_span` is called on the calling thread before each span is read, and
   // before the stream that brings it is opened (a rate limit, a stop: a non-OK
   // status ends the fill and is returned). The first stream starts at `from` if
@@ -164,7 +166,8 @@ class CachedLayer {
   absl::Status FillStream(
       const std::vector<Span>& spans, ReadPriority priority, int threads,
       uint64_t stream_gap, uint64_t max_stream, uint64_t from,
-      const std::function<absl::Status(const Span&)>& before_span);
+      const std::function<absl::Status(const Span&)>& before_span,
+      bool* gave_way = nullptr);
 
   CachedLayerStats stats() const;
   // Distinct compressed bytes fetched from the source so far.

@@ -15,7 +15,7 @@ void RateLimiter::Take(uint64_t bytes, const std::atomic<bool>* stop) {
   if (rate_ == 0) return;
   absl::Time at;
   {
-    std::lock_guard<std::mutex> l(mu_);
+    absl::MutexLock l(&mu_);
     const absl::Time now = absl::Now();
     if (next_ < now) next_ = now;
     at = next_;
@@ -31,14 +31,15 @@ void FillChunks(CachedLayer* layer, const std::vector<uint32_t>& chunks,
                 ReadPriority priority, int threads, uint64_t span_size,
                 uint64_t gap, int nice, RateLimiter* limiter,
                 const std::atomic<bool>* stop, std::atomic<uint64_t>* errors,
-                const std::function<bool(uint64_t)>* hand_over) {
+                const std::function<bool(uint64_t)>* hand_over,
+                const char* what) {
   const std::vector<CachedLayer::Span> spans =
       layer->PlanSpans(chunks, span_size, gap);
   std::atomic<size_t> next{0};
   auto work = [&] {
     if (nice > 0) {
       absl::Status st = LowerThisThreadPriority(nice);
-      if (!st.ok()) LogWarning("fill: ", st.message());
+      if (!st.ok()) LogWarning(what, ": ", st.message());
     }
     while (!stop->load()) {
       size_t i = next.fetch_add(1);
@@ -78,12 +79,16 @@ void FillAdaptive(CachedLayer* layer, const std::vector<uint32_t>& chunks,
           how.link_rate() >= static_cast<double>(how.stream_rate)))) {
       seen_fast = true;
     }
-    if (seen_fast && begin >= how.streams_from) handed_over = true;
-    return handed_over;
+    // (Per span: a thread holding a span below `streams_from` fills it even
+    // after another one handed over.)
+    const bool now = seen_fast && begin >= how.streams_from;
+    if (now) handed_over = true;
+    return now;
   };
   // Spans, until the link proves fast (if it does).
   FillChunks(layer, chunks, how.priority, how.span_threads, how.span_size,
-             how.gap, how.nice, how.limiter, stop, errors, &hand_over);
+             how.gap, how.nice, how.limiter, stop, errors, &hand_over,
+             how.what);
   if (!stop->load() && handed_over) {  // (FillChunks joined its threads)
     if (how.nice > 0) {
       absl::Status st = LowerThisThreadPriority(how.nice);
@@ -115,26 +120,28 @@ void FillAdaptive(CachedLayer* layer, const std::vector<uint32_t>& chunks,
       LogInfo(name, ": ", how.what, " streams the rest (",
               spans.back().end - from, " blob bytes; link measured at ",
               static_cast<uint64_t>(measured / 1e3), " kB/s)");
+      bool gave_way = false;
       absl::Status st = layer->FillStream(
           spans, how.priority, how.stream_threads, how.stream_gap, max_stream,
-          from, [&](const CachedLayer::Span& span) {
+          from,
+          [&](const CachedLayer::Span& span) {
             if (how.limiter != nullptr) {
               how.limiter->Take(span.end - span.begin, stop);
             }
             return stop->load() ? absl::CancelledError("stopped")
                                 : absl::OkStatus();
-          });
+          },
+          &gave_way);
       // A stream that gave way to reads running ahead of it starts again
       // past what they took (a reader going the same way, as a program
       // reading an optimized image's prefetch range does, keeps its bytes
       // in one request), a few times; then spans, which skip them.
-      if (st.code() == absl::StatusCode::kAborted &&
-          restarts < how.stream_restarts) {
+      if (gave_way && restarts < how.stream_restarts) {
         LogInfo(name, ": ", how.what, ": ", st.message(),
                 "; a new stream from the first member still missing");
         continue;
       }
-      if (st.code() == absl::StatusCode::kAborted) {
+      if (gave_way) {
         LogInfo(name, ": ", how.what, ": ", st.message(),
                 "; the rest goes in spans");
       } else if (!st.ok() && !stop->load()) {
@@ -145,10 +152,12 @@ void FillAdaptive(CachedLayer* layer, const std::vector<uint32_t>& chunks,
     }
     if (how.streams != nullptr) how.streams->release();
   }
-  // What is left: what a stream did not bring, or what the spans did not get
-  // to.
-  FillChunks(layer, chunks, how.priority, how.span_threads, how.span_size,
-             how.gap, how.nice, how.limiter, stop, errors, nullptr);
+  // What is left: what a stream did not bring (and, with retry_spans, spans
+  // that failed).
+  if (handed_over || how.retry_spans) {
+    FillChunks(layer, chunks, how.priority, how.span_threads, how.span_size,
+               how.gap, how.nice, how.limiter, stop, errors, nullptr, how.what);
+  }
 }
 
 }  // namespace lazypull

@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "core/cached_layer.h"
 
@@ -33,21 +34,24 @@ class RateLimiter {
 
  private:
   const uint64_t rate_;
-  std::mutex mu_;
+  absl::Mutex mu_;
   absl::Time next_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
 };
 
 // Fetches `chunks` of `layer` at `priority` in spans of at most `span_size`
 // blob bytes (members closer than `gap` merged), `threads` spans at a time,
 // until done, `stop`, or `hand_over` (if given) says so before a span (given
-// the span's first blob byte; the rest are then left). With `nice` > 0 every
-// thread doing it, the caller's included, runs at that nice value from then
-// on. Failed spans are counted in *errors (the first few logged).
+// the span's first blob byte: it is filled unless that says so, and no span
+// after it is). With `nice` > 0 every thread doing it, the caller's
+// included, runs at that nice value from then on. Failed spans are counted
+// in *errors (the first few logged, as are failures to lower the priority,
+// under `what`).
 void FillChunks(CachedLayer* layer, const std::vector<uint32_t>& chunks,
                 ReadPriority priority, int threads, uint64_t span_size,
                 uint64_t gap, int nice, RateLimiter* limiter,
                 const std::atomic<bool>* stop, std::atomic<uint64_t>* errors,
-                const std::function<bool(uint64_t)>* hand_over);
+                const std::function<bool(uint64_t)>* hand_over,
+                const char* what);
 
 // How FillAdaptive fills a layer's chunks.
 struct AdaptiveFill {
@@ -73,6 +77,9 @@ struct AdaptiveFill {
   // Times a stream that gave way to reads running ahead of it is opened
   // again past them before the rest goes in spans.
   int stream_restarts = 4;
+  // Go over the chunks once more at the end in any case, retrying spans
+  // that failed (else only after a stream, for what it did not bring).
+  bool retry_spans = false;
   uint64_t rate_cap = 0;                            // bytes/s, 0 = none
   RateLimiter* limiter = nullptr;                   // paces it, if given
   std::counting_semaphore<256>* streams = nullptr;  // streams at once, if given
@@ -82,11 +89,12 @@ struct AdaptiveFill {
 // `how.stream_rate`; then each stretch still missing as one request read in
 // order (CachedLayer::FillStream), the first one from the hashed prefix if
 // that is near, opened again past reads that ran ahead of it (up to
-// `stream_restarts` times); then whatever that left (a stream that gave way too
-// often, or failed) in spans. Once seen fast, the link stays so for this call
-// (the measurement may be a windowed maximum that falls back). Returns when
-// every chunk is filled or failed, or at `stop`; failures are counted in
-// `errors` and logged under `name`.
+// `stream_restarts` times); then whatever that left (a stream that gave way
+// too often, or failed) in spans. Once seen fast, the link stays so for this
+// call (the measurement may be a windowed maximum that falls back). Returns
+// when every chunk is filled or failed, or at `stop`. Spans that failed are
+// counted in `errors` (a stream's failure is not: spans take its chunks up);
+// what the streams did is logged under `name`.
 void FillAdaptive(CachedLayer* layer, const std::vector<uint32_t>& chunks,
                   const AdaptiveFill& how, const std::string& name,
                   const std::atomic<bool>* stop, std::atomic<uint64_t>* errors);

@@ -35,6 +35,10 @@ class StreamSource::Stream : public BlobStream {
 absl::Status StreamSource::ReadAt(uint64_t offset, absl::Span<char> dst,
                                   ReadPriority p) {
   ++plain_reads_;
+  if (fail_plain_reads_.fetch_sub(1) > 0) {
+    return absl::UnavailableError("connection refused");
+  }
+  fail_plain_reads_.fetch_add(1);  // (it was not above zero: keep it)
   return inner_.ReadAt(offset, dst, p);
 }
 

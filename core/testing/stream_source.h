@@ -1,6 +1,7 @@
 // A test BlobSource over bytes in memory that counts its plain reads
 // (ReadAt), its streams (OpenStream) and the bytes they hand out, can fail
-// a stream once a number of bytes have been streamed, and can run a hook at
+// a stream once a number of bytes have been streamed or the next few plain
+// reads, and can run a hook at
 // each stream's first read (a test making reads "run ahead" of it).
 //
 // Thread-safety: as BlobSource; set fail_after_ and on_stream_start_ before
@@ -36,6 +37,8 @@ class StreamSource : public BlobSource {
   std::atomic<uint64_t> streamed_{0};
   // Fail a stream's read once this many bytes were streamed (0: never).
   uint64_t fail_after_ = 0;
+  // Fail this many plain reads (ReadAt) from now on, then succeed.
+  std::atomic<int> fail_plain_reads_{0};
   // Run at the first read of every stream (given the stream's number, from
   // 1), on the reading thread, before its bytes are handed out.
   std::function<void(int)> on_stream_start_;
