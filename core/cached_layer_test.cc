@@ -22,12 +22,7 @@ using testing::StreamSource;
 using testing::TestBlob;
 using testing::TestLayer;
 
-std::string Random(size_t n, int seed) {
-  std::mt19937 rng(seed);
-  std::string s(n, '\0');
-  for (char& c : s) c = static_cast<char>(rng());
-  return s;
-}
+std::string Random(size_t n, int seed) { return testing::RandomBytes(n, seed); }
 
 // A layer over `Source` (a MemoryBlobSource, or a test double with
 // ResetCounters()), a memory cache, and helpers.

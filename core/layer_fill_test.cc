@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <memory>
-#include <random>
 #include <string>
 #include <vector>
 
@@ -22,12 +21,7 @@ using testing::TestLayer;
 
 constexpr int kFiles = 60;
 
-std::string Random(size_t n, int seed) {
-  std::mt19937 rng(seed);
-  std::string s(n, '\0');
-  for (char& c : s) c = static_cast<char>(rng());
-  return s;
-}
+std::string Random(size_t n, int seed) { return testing::RandomBytes(n, seed); }
 
 // A layer of 60 incompressible 40 kB files (2.4 MB) over a StreamSource and
 // a memory cache, without read-ahead (every fill is one the test or the

@@ -35,10 +35,10 @@ class StreamSource::Stream : public BlobStream {
 absl::Status StreamSource::ReadAt(uint64_t offset, absl::Span<char> dst,
                                   ReadPriority p) {
   ++plain_reads_;
-  if (fail_plain_reads_.fetch_sub(1) > 0) {
-    return absl::UnavailableError("connection refused");
+  int left = fail_plain_reads_.load();
+  while (left > 0 && !fail_plain_reads_.compare_exchange_weak(left, left - 1)) {
   }
-  fail_plain_reads_.fetch_add(1);  // (it was not above zero: keep it)
+  if (left > 0) return absl::UnavailableError("connection refused");
   return inner_.ReadAt(offset, dst, p);
 }
 

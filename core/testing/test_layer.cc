@@ -6,11 +6,19 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <random>
 
 #include "absl/strings/str_format.h"
 #include "core/json_writer.h"
 
 namespace lazypull::testing {
+
+std::string RandomBytes(size_t n, int seed) {
+  std::mt19937 rng(seed);
+  std::string s(n, '\0');
+  for (char& c : s) c = static_cast<char>(rng());
+  return s;
+}
 namespace {
 
 [[noreturn]] void Die(const char* what) {

@@ -32,6 +32,9 @@ namespace lazypull::testing {
 
 // ---- Primitives -------------------------------------------------------------
 
+// `n` pseudo-random bytes (incompressible), the same for the same seed.
+std::string RandomBytes(size_t n, int seed);
+
 // One gzip member holding `data` (zlib deflate, windowBits 31, MTIME 0).
 std::string GzipMember(absl::string_view data, int level = 6);
 // One zstd frame holding `data` (ZSTD_compress: content size recorded, no
