@@ -77,7 +77,7 @@ std::vector<FlagSpec> LayerWriterFlags() {
        "1M, tuned: bench/TUNING.md; the reference's is 4M)"},
       {"level", "N",
        "gzip 1-9 (1 fastest, 9 smallest; default 6), zstd 1-19 (default "
-       "3)"},
+       "10, Podman's)"},
       {"prioritize", "FILE",
        "paths accessed first, one per line in access order; they go before "
        ".prefetch.landmark (gzip: compressed at level 9 or more, their "

@@ -12,9 +12,15 @@
 //    larger than the same members recompressed with zlib -9 (the
 //    reference converter's level), which runs at 7-10 MB/s per core.
 //    libdeflate 8-9 are 2-3x slower for <0.7% smaller output.
-//  - zstd 1–19, zstd's native levels (default 3, what the reference's
-//    "SpeedDefault" corresponds to). Frames carry the content size and an
-//    XXH64 content checksum, as the reference writes them.
+//  - zstd 1–19, zstd's native levels (default 10, Podman's default for
+//    zstd:chunked in containers/storage's compressor; stargz-snapshotter's
+//    ctr-remote writes at 3, its "SpeedDefault"). One frame per file
+//    compresses small files poorly at low levels: on the cold-start bench's
+//    259 MB Debian tar, level 3 made a blob 4.4% larger than `gzip -6` of
+//    the whole tar, level 10 0.5% (bench/RESULTS.md, session 12), at 2.7x
+//    the conversion CPU (~110 MB/s of tar on two cores) and the same
+//    decompression speed. Frames carry the content size and an XXH64
+//    content checksum, as the reference writes them.
 //
 // Output is a function of (input bytes, compression, level) only: the same
 // on every run and in every thread, which the writer's determinism relies on.
@@ -35,7 +41,7 @@
 namespace lazypull {
 
 inline constexpr int kDefaultGzipLevel = 6;
-inline constexpr int kDefaultZstdLevel = 3;
+inline constexpr int kDefaultZstdLevel = 10;
 
 // The level to use for `level` (0 = the default): InvalidArgument if it is
 // outside 1–9 (gzip) or 1–19 (zstd).
