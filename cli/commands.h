@@ -16,6 +16,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "cli/flags.h"
+#include "core/disk_chunk_cache.h"
 #include "core/layer_reader.h"
 #include "core/layer_writer.h"
 
@@ -51,6 +52,10 @@ absl::StatusOr<LayerWriterOptions> LayerWriterOptionsFromArgs(
 
 // "10G", "512M", "64k", "1048576" -> bytes (powers of 1024).
 absl::StatusOr<uint64_t> ParseByteSize(const std::string& text);
+
+// --cache-size and --cache-pack-max (mount): the chunk cache's options.
+absl::StatusOr<DiskChunkCacheOptions> CacheOptionsFromArgs(
+    const ParsedArgs& args);
 
 // /var/lib/lazypull as root, $XDG_CACHE_HOME/lazypull (or ~/.cache/lazypull)
 // otherwise.

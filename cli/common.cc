@@ -71,6 +71,23 @@ absl::StatusOr<uint64_t> ParseByteSize(const std::string& text) {
   return v << shift;
 }
 
+absl::StatusOr<DiskChunkCacheOptions> CacheOptionsFromArgs(
+    const ParsedArgs& args) {
+  DiskChunkCacheOptions o;
+  if (auto size = args.Get("cache-size")) {
+    ASSIGN_OR_RETURN(o.capacity, ParseByteSize(*size));
+  }
+  if (auto pack = args.Get("cache-pack-max")) {
+    absl::StatusOr<uint64_t> v = ParseByteSize(*pack);
+    if (!v.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--cache-pack-max: ", v.status().message()));
+    }
+    o.pack_max_chunk = *v;
+  }
+  return o;
+}
+
 std::string DefaultCacheDir() {
   if (geteuid() == 0) return "/var/lib/lazypull";
   if (const char* x = getenv("XDG_CACHE_HOME"); x && *x) {

@@ -628,10 +628,7 @@ absl::Status ServeImage(
   }
 
   const std::string cache_dir = args.GetOr("cache-dir", DefaultCacheDir());
-  DiskChunkCacheOptions co;
-  if (auto size = args.Get("cache-size")) {
-    ASSIGN_OR_RETURN(co.capacity, ParseByteSize(*size));
-  }
+  ASSIGN_OR_RETURN(DiskChunkCacheOptions co, CacheOptionsFromArgs(args));
   mkdir(cache_dir.c_str(), 0700);
   const std::string verified_dir = cache_dir + "/verified";
   const std::string mounts_dir = cache_dir + "/mounts";

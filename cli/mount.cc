@@ -69,6 +69,9 @@ const CommandSpec kMountSpec = {
         {"insecure-skip-toc-verify", "", "mount without a trusted TOC digest"},
         {"cache-dir", "DIR", "where verified chunks are cached"},
         {"cache-size", "BYTES", "cache budget (e.g. 10G); LRU eviction beyond"},
+        {"cache-pack-max", "BYTES",
+         "chunks up to this size are appended to shared pack files, a few "
+         "inodes per layer (default 4M; 0 = one file per chunk)"},
         {"foreground", "", "serve in this process; do not daemonize"},
         {"log-file", "FILE", "daemon log (default: CACHE_DIR/lazypull.log)"},
         {"o", "OPTIONS", "mount options; only allow_other is accepted"},
@@ -156,10 +159,7 @@ absl::Status Serve(const ParsedArgs& args,
         absl::StrCat(*args.Get("blob"), ": ", reader.status().message()));
   }
   const std::string cache_dir = args.GetOr("cache-dir", DefaultCacheDir());
-  DiskChunkCacheOptions co;
-  if (auto size = args.Get("cache-size")) {
-    ASSIGN_OR_RETURN(co.capacity, ParseByteSize(*size));
-  }
+  ASSIGN_OR_RETURN(DiskChunkCacheOptions co, CacheOptionsFromArgs(args));
   ASSIGN_OR_RETURN(std::unique_ptr<DiskChunkCache> cache,
                    DiskChunkCache::Open(cache_dir + "/cache", co));
   std::shared_ptr<const LayerReader> shared_reader = std::move(*reader);

@@ -715,8 +715,9 @@ std::optional<std::vector<CachedLayer::FilePiece>> CachedLayer::Locate(
     std::shared_ptr<CachedFile> f = cache_->OpenChunk(c.digest, c.size);
     if (f == nullptr) return std::nullopt;
     const uint64_t piece_end = std::min(end, c.file_offset + c.size);
-    pieces.push_back(FilePiece{std::move(f), pos - c.file_offset,
-                               static_cast<size_t>(piece_end - pos)});
+    const uint64_t at = f->offset() + (pos - c.file_offset);
+    pieces.push_back(
+        FilePiece{std::move(f), at, static_cast<size_t>(piece_end - pos)});
     pos = piece_end;
   }
   hits_.fetch_add(pieces.size());

@@ -29,18 +29,32 @@
 
 namespace lazypull {
 
-// An open file holding one cached chunk at offset 0; closes on destruction.
-// Holding one keeps the bytes readable even if the chunk is evicted.
+// An open file holding one cached chunk at offset(): a chunk file of its own
+// (offset 0; closes on destruction) or a chunk inside a shared pack file
+// (sharing the pack's descriptor, which stays open while any of its chunks'
+// CachedFiles lives). Holding one keeps the bytes readable even if the
+// chunk is evicted.
 class CachedFile {
  public:
-  explicit CachedFile(int fd) : fd_(fd) {}
-  ~CachedFile() { close(fd_); }
+  explicit CachedFile(int fd) : fd_(fd), offset_(0) {}
+  // The chunk at `offset` of `file`.
+  CachedFile(std::shared_ptr<const CachedFile> file, uint64_t offset)
+      : fd_(file->fd()),
+        offset_(file->offset() + offset),
+        owner_(std::move(file)) {}
+  ~CachedFile() {
+    if (owner_ == nullptr) close(fd_);
+  }
   CachedFile(const CachedFile&) = delete;
   CachedFile& operator=(const CachedFile&) = delete;
   int fd() const { return fd_; }
+  // Where the chunk's first byte is in fd().
+  uint64_t offset() const { return offset_; }
 
  private:
   const int fd_;
+  const uint64_t offset_;
+  const std::shared_ptr<const CachedFile> owner_;
 };
 
 class ChunkCache {
@@ -67,9 +81,9 @@ class ChunkCache {
   // Whether chunk `d` is present right now (a hint: it may be evicted next).
   virtual bool Contains(const Digest& d) = 0;
 
-  // A file descriptor holding chunk `d` (of `size` bytes) at offset 0, for
-  // zero-copy replies; nullptr when the chunk is not in a file (a miss, a
-  // queued write, or a cache that keeps no files).
+  // A file descriptor holding chunk `d` (of `size` bytes) at its
+  // offset(), for zero-copy replies; nullptr when the chunk is not in a file (a
+  // miss, a queued write, or a cache that keeps no files).
   virtual std::shared_ptr<CachedFile> OpenChunk(const Digest& d,
                                                 uint64_t size) {
     (void)d;

@@ -1,11 +1,16 @@
 // DiskChunkCache: the persistent, bounded, content-addressed chunk cache.
 //
 // Layout under the cache directory:
-//   chunks/<hex[0:2]>/<hex>   one file per verified chunk, named by the
-//                             sha256 of its bytes (content addressing: a
-//                             chunk shared by files, layers, images or
-//                             processes is stored and fetched once)
-//   tmp/<hex>.<pid>.<seq>     chunks being written
+//   packs/<pid>-<n>.pack|.idx chunks up to `pack_max_chunk` bytes (the
+//                             small files that make up most of an image),
+//                             appended to this process's pack and indexed
+//                             by digest (core/chunk_pack.h): a few inodes
+//                             for a whole layer instead of one per chunk
+//   chunks/<hex[0:2]>/<hex>   one file per larger chunk, named by the
+//                             sha256 of its bytes
+//   tmp/<hex>.<pid>.<seq>     chunk files being written
+// Either way the cache is content-addressed: a chunk shared by files,
+// layers, images or processes is stored and fetched once.
 //   lock                      flock(2)ed while evicting or pruning
 //
 //   synced                    "every chunk file changed before time T is on
@@ -13,15 +18,21 @@
 //
 // Commit protocol: a chunk's bytes are written to tmp/ (pwrite: faster than
 // io_uring for buffered writes of new files here, see the .cc) and renamed
-// into chunks/; a crash (kill -9 mid-fill) can leave a stray tmp file
-// (removed at the next Open once its writer is dead). Durability is not paid
+// into chunks/, or appended to the pack and then indexed; a crash (kill -9
+// mid-fill) can leave a stray tmp file (removed at the next Open once its
+// writer is dead) or pack bytes no record points at (dead space, freed with
+// the pack). Durability is not paid
 // on the write path (a syncfs per batch flushes the whole filesystem: on a
 // busy host, everyone's dirty data): instead, a chunk file is trusted only if
 // this process wrote it, or it changed before the `synced` mark (a syncfs
 // taken every `sync_every` while writing). Any other file
 // (written by another live process, or by one that died before a syncfs, so
 // possibly torn by a power loss) is re-hashed on its first use in this
-// process and dropped (refetched) if its content is not its name. Either way
+// process and dropped (refetched) if its content is not its name. A pack's
+// records are trusted the same way by the pack's ctime when they are read
+// (index first, then the pack's stat: every record read was written before
+// that ctime); a packed chunk that fails its hash takes its whole pack with
+// it (a pack torn once is suspect throughout). Either way
 // no byte that is not the chunk's is ever served. With `sync` the old
 // protocol applies instead (one syncfs per batch before the renames). On
 // load and on every read the file size must equal the chunk size (the
@@ -34,16 +45,21 @@
 // zero-copy replies (splice).
 //
 // Bound: `capacity` bytes; when exceeded, least-recently-used chunks are
-// unlinked down to 90% of it. Eviction never breaks a reader: an fd already
-// open keeps the data, and a chunk evicted before it is read is a miss (the
-// read path fetches it again).
+// unlinked down to 90% of it; a packed chunk goes with its whole pack (packs
+// are at most a sixteenth of the capacity, so this stays fine-grained, and
+// a pack's chunks were written together, so they age together). Dead space
+// in packs (a chunk two processes both wrote, a dropped record) is not
+// counted against the capacity and is freed with its pack. Eviction never
+// breaks a reader: an fd already open keeps the data, and a chunk evicted
+// before it is read is a miss (the read path fetches it again).
 //
 // Several processes may share one directory: publication is an atomic
 // rename of identical content, eviction an unlink (safe against readers),
 // eviction and pruning are serialized by flock(lock), and each process learns
-// of the others' chunks when it looks one up and by rescanning the directory
-// every `rescan_every` inserts, so the byte budget covers every process's
-// chunks.
+// of the others' chunks when it looks one up (packs: their indexes are read
+// on from where this process left them, at most every 100 ms, on a miss)
+// and by rescanning the directory every `rescan_every` inserts, so the byte
+// budget covers every process's chunks.
 //
 // Thread-safety: all public methods may be called concurrently.
 #ifndef LAZYPULL_CORE_DISK_CHUNK_CACHE_H_
@@ -66,6 +82,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "core/chunk_cache.h"
+#include "core/chunk_pack.h"
 
 namespace lazypull {
 
@@ -79,6 +96,11 @@ struct DiskChunkCacheOptions {
   uint64_t max_pending_bytes = 4 << 20;  // queued writes held in memory
   uint64_t rescan_every = 4096;          // inserts between directory scans
   size_t max_open_files = 512;           // cached read descriptors
+  // Chunks of at most this many bytes go into packs; 0 = none (one file
+  // per chunk, the layout before packs; both are always read).
+  uint64_t pack_max_chunk = 4 << 20;
+  // A pack is closed for appends past this size (and past capacity / 16).
+  uint64_t pack_size = 64 << 20;
 };
 
 struct CacheUsage {
@@ -134,14 +156,28 @@ class DiskChunkCache final : public ChunkCache {
   absl::StatusOr<CacheVerifyReport> VerifyAll();
 
   const std::string& dir() const { return dir_; }
+  // Where chunk `d` is (or would be) as a file of its own.
   std::string ChunkPath(const Digest& d) const;
+  // Where pack `name`'s files are: PackPath(name) + ".pack" / ".idx".
+  std::string PackPath(const std::string& name) const;
 
  private:
+  struct Pack {
+    std::string name;
+    bool ours = false;                 // written by this object
+    uint64_t index_read = 0;           // bytes of its index consumed
+    std::vector<Digest> digests;       // the chunks indexed from it
+    std::shared_ptr<CachedFile> file;  // read descriptor, opened on use
+    bool gone = false;    // evicted or dropped: its records are forgotten
+    bool sealed = false;  // its writer is dead and its index all read
+  };
   struct Meta {
     uint64_t size;
     std::list<Digest>::iterator lru;
     // Content known to be the chunk's (see the header comment).
     bool trusted = false;
+    std::shared_ptr<Pack> pack;  // null: a file of its own
+    uint64_t pack_offset = 0;
   };
   struct Job {
     Digest digest;
@@ -155,13 +191,35 @@ class DiskChunkCache final : public ChunkCache {
   absl::Status WriteChunk(const Digest& d, absl::string_view data);
   // Writes a batch to tmp/, makes it durable with one syncfs, publishes it.
   absl::Status WriteChunks(const std::vector<Job>& jobs);
+  // Writes chunks to files of their own (WriteChunks' file half).
+  absl::Status WriteFiles(const std::vector<const Job*>& jobs);
+  // Appends chunks to this object's pack (starting a new one when it is
+  // full or was evicted) and indexes them.
+  absl::Status WritePacked(const std::vector<const Job*>& jobs);
   // Adds or refreshes an entry. REQUIRES: mu_ held.
-  void Track(const Digest& d, uint64_t size, bool trusted)
+  void Track(const Digest& d, uint64_t size, bool trusted,
+             std::shared_ptr<Pack> pack = nullptr, uint64_t pack_offset = 0)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Reads the packs' indexes on from where they were left, and forgets
+  // packs that are gone. One scan at a time: with `wait` false, returns at
+  // once if one is running.
+  void ScanPacks(bool wait);
+  // ScanPacks(false), if none ran in the last 100 ms.
+  void ScanPacksOnMiss();
+  // The open file of a packed chunk (null if its pack is gone or torn).
+  std::shared_ptr<CachedFile> OpenPacked(const Digest& d, uint64_t size,
+                                         std::shared_ptr<Pack> pack,
+                                         uint64_t offset, bool trusted);
+  // Forgets every chunk indexed from `pack`; returns how many.
+  size_t ForgetPack(Pack& pack) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Forgets a pack's chunks and unlinks it; `evicted` counts them as
+  // evictions, else as dropped.
+  void DropPack(const std::shared_ptr<Pack>& pack, bool evicted);
   // Whether a file changed at `ctime` is covered by the synced mark.
   bool Synced(const struct timespec& ctime) const;
-  // Hashes the open chunk file; false if its content is not chunk `d`.
-  bool Rehash(int fd, const Digest& d, uint64_t size);
+  // Hashes `size` bytes at `offset` of an open file; false if they are not
+  // chunk `d`.
+  bool Rehash(int fd, uint64_t offset, const Digest& d, uint64_t size);
 
   void Forget(const Digest& d) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Finds a file another process may have published.
@@ -194,6 +252,19 @@ class DiskChunkCache final : public ChunkCache {
   // the first of them began: a scan that saw their files must not re-add them.
   int scans_running_ ABSL_GUARDED_BY(mu_) = 0;
   absl::flat_hash_set<Digest> forgotten_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<std::string, std::shared_ptr<Pack>> packs_
+      ABSL_GUARDED_BY(mu_);
+  // Packs with an open read descriptor, most recently opened first (at most
+  // max_open_files).
+  std::list<std::shared_ptr<Pack>> open_packs_ ABSL_GUARDED_BY(mu_);
+
+  // The pack this object appends to (writes come from the writer thread
+  // and from callers writing inline under back-pressure).
+  absl::Mutex pack_mu_ ABSL_ACQUIRED_BEFORE(mu_);
+  std::unique_ptr<PackWriter> pack_writer_ ABSL_GUARDED_BY(pack_mu_);
+  std::shared_ptr<Pack> writing_pack_ ABSL_GUARDED_BY(pack_mu_);
+  absl::Mutex scan_packs_mu_;
+  std::atomic<int64_t> last_pack_scan_ns_{0};
 
   std::mutex q_mu_;
   std::condition_variable q_cv_;

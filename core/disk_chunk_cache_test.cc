@@ -40,9 +40,10 @@ std::string Chunk(int seed, size_t size) {
 // Stores chunks Chunk(seed, size(seed)) for seed in [first, first + n) in a
 // cache at `dir` (closed again: on disk) and returns them.
 std::vector<std::string> StoreChunks(const std::string& dir, int first, int n,
-                                     const std::function<size_t(int)>& size) {
+                                     const std::function<size_t(int)>& size,
+                                     const DiskChunkCacheOptions& o = {}) {
   std::vector<std::string> chunks;
-  auto c = DiskChunkCache::Open(dir);
+  auto c = DiskChunkCache::Open(dir, o);
   EXPECT_TRUE(c.ok());
   if (!c.ok()) return chunks;
   for (int i = first; i < first + n; ++i) {
@@ -63,16 +64,38 @@ size_t CountFiles(const std::string& dir) {
   return n;
 }
 
-TEST(DiskChunkCacheTest, StoresOnceAndReadsBack) {
+// Files of their own (one per chunk) or packs: the tests below hold for both.
+class LayoutTest : public ::testing::TestWithParam<bool> {
+ protected:
+  bool packed() const { return GetParam(); }
+  DiskChunkCacheOptions Options() const {
+    DiskChunkCacheOptions o;
+    if (!packed()) o.pack_max_chunk = 0;
+    return o;
+  }
+  // Files holding chunks: chunk files, or packs.
+  size_t StoredFiles(const std::string& dir) const {
+    if (!packed()) return CountFiles(dir + "/chunks");
+    return CountFiles(dir + "/packs") / 2;  // a .pack and its .idx
+  }
+};
+
+INSTANTIATE_TEST_SUITE_P(Layouts, LayoutTest, ::testing::Bool(),
+                         [](const ::testing::TestParamInfo<bool>& p) {
+                           return p.param ? "Packed" : "Files";
+                         });
+
+TEST_P(LayoutTest, StoresOnceAndReadsBack) {
   std::string dir = TempDir();
-  auto c = DiskChunkCache::Open(dir);
+  auto c = DiskChunkCache::Open(dir, Options());
   ASSERT_TRUE(c.ok()) << c.status();
   std::string a = Chunk(1, 100000);
   Digest d = Sha256::Of(a);
   ASSERT_TRUE((*c)->Insert(d, a).ok());
   ASSERT_TRUE((*c)->Insert(d, a).ok());  // the same chunk again: deduplicated
   (*c)->Flush();
-  EXPECT_EQ(CountFiles(dir + "/chunks"), 1u);
+  EXPECT_EQ(StoredFiles(dir), 1u);
+  EXPECT_EQ(CountFiles(dir + (packed() ? "/chunks" : "/packs")), 0u);
   EXPECT_EQ((*c)->Usage().chunks, 1u);
   EXPECT_EQ((*c)->counters().inserts, 1u);
   std::string out(1000, '\0');
@@ -86,11 +109,11 @@ TEST(DiskChunkCacheTest, StoresOnceAndReadsBack) {
   EXPECT_FALSE(*wrong);
 }
 
-TEST(DiskChunkCacheTest, PersistsAcrossRestart) {
+TEST_P(LayoutTest, PersistsAcrossRestart) {
   std::string dir = TempDir();
-  std::vector<std::string> chunks =
-      StoreChunks(dir, 0, 20, [](int i) { return 4096 + i; });
-  auto c = DiskChunkCache::Open(dir);
+  std::vector<std::string> chunks = StoreChunks(
+      dir, 0, 20, [](int i) { return 4096 + i; }, Options());
+  auto c = DiskChunkCache::Open(dir, Options());
   ASSERT_TRUE(c.ok());
   EXPECT_EQ((*c)->Usage().chunks, 20u);
   for (const std::string& s : chunks) {
@@ -104,12 +127,12 @@ TEST(DiskChunkCacheTest, PersistsAcrossRestart) {
 
 // Open does not wait for the scan of what is cached: lookups made while it
 // runs find the files themselves, and Usage waits for it.
-TEST(DiskChunkCacheTest, LookupsDoNotWaitForTheFirstScan) {
+TEST_P(LayoutTest, LookupsDoNotWaitForTheFirstScan) {
   std::string dir = TempDir();
-  std::vector<std::string> chunks =
-      StoreChunks(dir, 0, 3000, [](int i) { return 64 + i % 7; });
+  std::vector<std::string> chunks = StoreChunks(
+      dir, 0, 3000, [](int i) { return 64 + i % 7; }, Options());
   ASSERT_EQ(chunks.size(), 3000u);
-  auto c = DiskChunkCache::Open(dir);
+  auto c = DiskChunkCache::Open(dir, Options());
   ASSERT_TRUE(c.ok());
   // From the last, which a scan in directory order is least likely to have
   // reached yet.
@@ -130,12 +153,16 @@ TEST(DiskChunkCacheTest, LookupsDoNotWaitForTheFirstScan) {
 
 // Chunks read right after Open, while the first scan runs, stay the most
 // recently used once it is done: pruning keeps them.
-TEST(DiskChunkCacheTest, ChunksReadDuringTheFirstScanStayRecent) {
+TEST_P(LayoutTest, ChunksReadDuringTheFirstScanStayRecent) {
   std::string dir = TempDir();
-  std::vector<std::string> chunks =
-      StoreChunks(dir, 10000, 3000, [](int) { return size_t{100}; });
+  // (Packed: each chunk in a pack of its own, which is what makes chunk-
+  // grained recency visible through pruning.)
+  DiskChunkCacheOptions o = Options();
+  o.pack_size = 1;
+  std::vector<std::string> chunks = StoreChunks(
+      dir, 10000, 3000, [](int) { return size_t{100}; }, o);
   ASSERT_EQ(chunks.size(), 3000u);
-  auto c = DiskChunkCache::Open(dir);
+  auto c = DiskChunkCache::Open(dir, o);
   ASSERT_TRUE(c.ok());
   std::string out(100, '\0');
   for (int i = 0; i < 10; ++i) {
@@ -150,9 +177,9 @@ TEST(DiskChunkCacheTest, ChunksReadDuringTheFirstScanStayRecent) {
   }
 }
 
-TEST(DiskChunkCacheTest, EvictsToBudgetWhileReadersRun) {
+TEST_P(LayoutTest, EvictsToBudgetWhileReadersRun) {
   std::string dir = TempDir();
-  DiskChunkCacheOptions o;
+  DiskChunkCacheOptions o = Options();
   o.capacity = 64 * 1024;  // room for ~4 of the chunks below
   auto c = DiskChunkCache::Open(dir, o);
   ASSERT_TRUE(c.ok());
@@ -185,15 +212,18 @@ TEST(DiskChunkCacheTest, EvictsToBudgetWhileReadersRun) {
   EXPECT_GT(hits.load(), 0);
   EXPECT_GT((*c)->counters().evictions, 0u);
   EXPECT_LE((*c)->Usage().bytes, o.capacity);
-  EXPECT_LE(CountFiles(dir + "/chunks"), 5u);
+  EXPECT_LE(StoredFiles(dir), 5u);
 }
 
-TEST(DiskChunkCacheTest, OpenFileSurvivesEviction) {
+TEST_P(LayoutTest, OpenFileSurvivesEviction) {
   std::string dir = TempDir();
-  auto c = DiskChunkCache::Open(dir);
+  auto c = DiskChunkCache::Open(dir, Options());
   ASSERT_TRUE(c.ok());
   std::string a = Chunk(7, 8192);
   Digest d = Sha256::Of(a);
+  // (Packed: not the pack's first chunk, so its offset counts.)
+  std::string before = Chunk(6, 1000);
+  ASSERT_TRUE((*c)->Insert(Sha256::Of(before), before).ok());
   ASSERT_TRUE((*c)->Insert(d, a).ok());
   (*c)->Flush();
   std::shared_ptr<CachedFile> f = (*c)->OpenChunk(d, a.size());
@@ -201,9 +231,12 @@ TEST(DiskChunkCacheTest, OpenFileSurvivesEviction) {
   ASSERT_TRUE((*c)->Prune(0).ok());
   EXPECT_FALSE((*c)->Contains(d));
   std::string out(a.size(), '\0');
-  ASSERT_EQ(pread(f->fd(), out.data(), out.size(), 0),
-            static_cast<ssize_t>(a.size()));
+  EXPECT_EQ(f->offset(), packed() ? before.size() : 0u);
+  ASSERT_EQ(
+      pread(f->fd(), out.data(), out.size(), static_cast<off_t>(f->offset())),
+      static_cast<ssize_t>(a.size()));
   EXPECT_EQ(out, a);  // the reader holding the fd still sees its bytes
+  EXPECT_EQ(StoredFiles(dir), 0u);
 }
 
 // Without a syncfs per write, files nobody vouches for are re-hashed on
@@ -212,12 +245,14 @@ TEST(DiskChunkCacheTest, OpenFileSurvivesEviction) {
 // disk), never those this process wrote or the mark covers.
 TEST(DiskChunkCacheTest, UnsyncedFilesAreRehashedOnFirstUse) {
   std::string dir = TempDir();
+  DiskChunkCacheOptions files;  // this test writes chunk files by hand
+  files.pack_max_chunk = 0;
   std::string a = Chunk(20, 5000), x = Chunk(21, 6000), y = Chunk(22, 7000),
               z = Chunk(23, 8000);
   Digest da = Sha256::Of(a), dx = Sha256::Of(x), dy = Sha256::Of(y),
          dz = Sha256::Of(z);
   {
-    auto c = DiskChunkCache::Open(dir);
+    auto c = DiskChunkCache::Open(dir, files);
     ASSERT_TRUE(c.ok());
     ASSERT_TRUE((*c)->Insert(da, a).ok());
     (*c)->Flush();
@@ -225,7 +260,7 @@ TEST(DiskChunkCacheTest, UnsyncedFilesAreRehashedOnFirstUse) {
     (*c)->SyncAndMark();  // what the writer does every 30 s
   }
   ASSERT_EQ(access((dir + "/synced").c_str(), F_OK), 0);
-  auto c = DiskChunkCache::Open(dir);
+  auto c = DiskChunkCache::Open(dir, files);
   ASSERT_TRUE(c.ok());
   std::string out(8000, '\0');
   auto r = (*c)->Read(da, a.size(), 0, absl::MakeSpan(out.data(), a.size()));
@@ -239,7 +274,7 @@ TEST(DiskChunkCacheTest, UnsyncedFilesAreRehashedOnFirstUse) {
   bad[100] ^= 1;
   std::ofstream((*c)->ChunkPath(dx), std::ios::binary) << bad;
   std::ofstream((*c)->ChunkPath(dy), std::ios::binary) << y;
-  auto c2 = DiskChunkCache::Open(dir);
+  auto c2 = DiskChunkCache::Open(dir, files);
   ASSERT_TRUE(c2.ok());
   r = (*c2)->Read(dx, x.size(), 0, absl::MakeSpan(out.data(), x.size()));
   ASSERT_TRUE(r.ok());
@@ -262,11 +297,13 @@ TEST(DiskChunkCacheTest, UnsyncedFilesAreRehashedOnFirstUse) {
 
 TEST(DiskChunkCacheTest, TornAndCorruptFilesAreNeverServed) {
   std::string dir = TempDir();
+  DiskChunkCacheOptions files;
+  files.pack_max_chunk = 0;
   std::string a = Chunk(9, 10000), b = Chunk(10, 10000);
   Digest da = Sha256::Of(a), db = Sha256::Of(b);
   std::string path_a, path_b;
   {
-    auto c = DiskChunkCache::Open(dir);
+    auto c = DiskChunkCache::Open(dir, files);
     ASSERT_TRUE(c.ok());
     ASSERT_TRUE((*c)->Insert(da, a).ok());
     ASSERT_TRUE((*c)->Insert(db, b).ok());
@@ -283,7 +320,7 @@ TEST(DiskChunkCacheTest, TornAndCorruptFilesAreNeverServed) {
     f.seekp(1234);
     f.put('\x5a' ^ b[1234]);
   }
-  auto c = DiskChunkCache::Open(dir);
+  auto c = DiskChunkCache::Open(dir, files);
   ASSERT_TRUE(c.ok());
   EXPECT_EQ(CountFiles(dir + "/tmp"), 0u);
   std::string out(10000, '\0');
@@ -299,11 +336,11 @@ TEST(DiskChunkCacheTest, TornAndCorruptFilesAreNeverServed) {
   EXPECT_FALSE(*rb);
 }
 
-TEST(DiskChunkCacheTest, TwoProcessesShareOneDirectory) {
+TEST_P(LayoutTest, TwoProcessesShareOneDirectory) {
   std::string dir = TempDir();
   // Both processes insert an overlapping set of chunks concurrently.
   auto work = [&](int first) {
-    auto c = DiskChunkCache::Open(dir);
+    auto c = DiskChunkCache::Open(dir, Options());
     if (!c.ok()) return 1;
     for (int i = first; i < first + 30; ++i) {
       std::string s = Chunk(1000 + i, 3000 + i);
@@ -318,10 +355,11 @@ TEST(DiskChunkCacheTest, TwoProcessesShareOneDirectory) {
   waitpid(pid, &status, 0);
   ASSERT_EQ(mine, 0);
   ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
-  auto c = DiskChunkCache::Open(dir);
+  auto c = DiskChunkCache::Open(dir, Options());
   ASSERT_TRUE(c.ok());
-  EXPECT_EQ((*c)->Usage().chunks, 45u);  // 0..44, the overlap stored once
-  EXPECT_EQ(CountFiles(dir + "/chunks"), 45u);
+  EXPECT_EQ((*c)->Usage().chunks, 45u);  // 0..44, the overlap counted once
+  // (Packs: one per process; a chunk both wrote is dead space in one.)
+  EXPECT_EQ(StoredFiles(dir), packed() ? 2u : 45u);
   for (int i = 0; i < 45; ++i) {
     std::string s = Chunk(1000 + i, 3000 + i);
     std::string out(s.size(), '\0');
@@ -333,6 +371,200 @@ TEST(DiskChunkCacheTest, TwoProcessesShareOneDirectory) {
   auto rep = (*c)->VerifyAll();
   ASSERT_TRUE(rep.ok());
   EXPECT_EQ(rep->removed, 0u);
+}
+
+// Packs: a whole layer's small chunks in a few files, big chunks in files of
+// their own.
+TEST(DiskChunkCachePackTest, SmallChunksShareAPackBigOnesHaveFiles) {
+  std::string dir = TempDir();
+  DiskChunkCacheOptions o;
+  o.pack_max_chunk = 64 * 1024;
+  std::vector<std::string> chunks = StoreChunks(
+      dir, 0, 500, [](int i) { return 100 + i * 7; }, o);
+  std::string big = Chunk(600, 64 * 1024 + 1);
+  {
+    auto c = DiskChunkCache::Open(dir, o);
+    ASSERT_TRUE(c.ok());
+    ASSERT_TRUE((*c)->Insert(Sha256::Of(big), big).ok());
+  }
+  EXPECT_EQ(CountFiles(dir + "/packs"), 2u) << "one .pack and its .idx";
+  EXPECT_EQ(CountFiles(dir + "/chunks"), 1u);
+  chunks.push_back(big);
+  auto c = DiskChunkCache::Open(dir, o);
+  ASSERT_TRUE(c.ok());
+  EXPECT_EQ((*c)->Usage().chunks, chunks.size());
+  for (const std::string& s : chunks) {
+    std::string out(s.size() - 3, '\0');
+    auto hit = (*c)->Read(Sha256::Of(s), s.size(), 3, absl::MakeSpan(out));
+    ASSERT_TRUE(hit.ok() && *hit);
+    EXPECT_EQ(out, s.substr(3));
+  }
+  EXPECT_EQ((*c)->counters().rehashed, chunks.size())
+      << "nothing vouches for them: no syncfs mark, another writer";
+}
+
+// The name of the pack a closed cache wrote (there is one).
+std::string OnlyPack(const std::string& dir) {
+  std::string cmd = "ls '" + dir + "/packs' | grep '[.]pack$'";
+  std::string name;
+  FILE* p = popen(cmd.c_str(), "r");
+  if (p == nullptr) return name;
+  char line[256];
+  if (fgets(line, sizeof(line), p) != nullptr) name = line;
+  pclose(p);
+  while (!name.empty() && name.back() == '\n') name.pop_back();
+  return dir + "/packs/" + name;
+}
+
+// A packed chunk that fails its hash (torn by a crash, or altered) is
+// never served and takes its pack with it; a pack cut short keeps the
+// records that are still whole.
+TEST(DiskChunkCachePackTest, TornPacksAreNeverServed) {
+  for (const bool truncate_it : {false, true}) {
+    SCOPED_TRACE(truncate_it ? "truncated" : "a byte altered");
+    std::string dir = TempDir();
+    std::vector<std::string> chunks =
+        StoreChunks(dir, 700, 10, [](int) { return size_t{1000}; });
+    const std::string pack = OnlyPack(dir);
+    ASSERT_FALSE(pack.empty());
+    if (truncate_it) {
+      ASSERT_EQ(truncate(pack.c_str(), 9500), 0);  // chunk 9 half gone
+    } else {
+      std::fstream f(pack, std::ios::in | std::ios::out | std::ios::binary);
+      f.seekp(4321);  // in chunk 4
+      f.put('\x5a' ^ chunks[4][321]);
+    }
+    auto c = DiskChunkCache::Open(dir);
+    ASSERT_TRUE(c.ok());
+    std::string out(1000, '\0');
+    if (truncate_it) {
+      EXPECT_EQ((*c)->Usage().chunks, 9u);
+      for (int i = 0; i < 9; ++i) {
+        auto hit =
+            (*c)->Read(Sha256::Of(chunks[i]), 1000, 0, absl::MakeSpan(out));
+        ASSERT_TRUE(hit.ok() && *hit) << i;
+        EXPECT_EQ(out, chunks[i]);
+      }
+      EXPECT_FALSE((*c)->Contains(Sha256::Of(chunks[9])));
+      continue;
+    }
+    auto hit = (*c)->Read(Sha256::Of(chunks[4]), 1000, 0, absl::MakeSpan(out));
+    ASSERT_TRUE(hit.ok());
+    EXPECT_FALSE(*hit) << "an altered chunk must be a miss";
+    EXPECT_EQ((*c)->Usage().chunks, 0u) << "and its pack dropped";
+    EXPECT_EQ(CountFiles(dir + "/packs"), 0u);
+    // Refetched, it is stored again.
+    ASSERT_TRUE((*c)->Insert(Sha256::Of(chunks[4]), chunks[4]).ok());
+    (*c)->Flush();
+    hit = (*c)->Read(Sha256::Of(chunks[4]), 1000, 0, absl::MakeSpan(out));
+    ASSERT_TRUE(hit.ok() && *hit);
+    EXPECT_EQ(out, chunks[4]);
+  }
+}
+
+// `lazypull cache verify` finds an altered packed chunk even when the pack
+// is trusted (covered by the synced mark).
+TEST(DiskChunkCachePackTest, VerifyFindsAlteredChunksInTrustedPacks) {
+  std::string dir = TempDir();
+  std::vector<std::string> chunks;
+  {
+    auto c = DiskChunkCache::Open(dir);
+    ASSERT_TRUE(c.ok());
+    for (int i = 0; i < 10; ++i) {
+      chunks.push_back(Chunk(800 + i, 2000));
+      ASSERT_TRUE((*c)->Insert(Sha256::Of(chunks.back()), chunks.back()).ok());
+    }
+    (*c)->Flush();
+    const std::string pack = OnlyPack(dir);
+    std::fstream f(pack, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(2000 * 3 + 5);
+    f.put('\x5a' ^ chunks[3][5]);
+    f.close();
+    std::this_thread::sleep_for(std::chrono::milliseconds(120));
+    (*c)->SyncAndMark();
+  }
+  auto c = DiskChunkCache::Open(dir);
+  ASSERT_TRUE(c.ok());
+  std::string out(2000, '\0');
+  auto hit = (*c)->Read(Sha256::Of(chunks[0]), 2000, 0, absl::MakeSpan(out));
+  ASSERT_TRUE(hit.ok() && *hit);
+  EXPECT_EQ((*c)->counters().rehashed, 0u) << "covered by the mark";
+  auto rep = (*c)->VerifyAll();
+  ASSERT_TRUE(rep.ok());
+  EXPECT_EQ(rep->removed, 1u);
+  EXPECT_EQ((*c)->Usage().chunks, 0u);
+  EXPECT_EQ(CountFiles(dir + "/packs"), 0u);
+}
+
+// What another process packs is found when this one misses on it, without
+// waiting for a rescan.
+TEST(DiskChunkCachePackTest, AnotherWritersChunksAreFoundOnAMiss) {
+  std::string dir = TempDir();
+  auto reader = DiskChunkCache::Open(dir);
+  ASSERT_TRUE(reader.ok());
+  std::string a = Chunk(900, 3000);
+  std::string out(a.size(), '\0');
+  auto hit = (*reader)->Read(Sha256::Of(a), a.size(), 0, absl::MakeSpan(out));
+  ASSERT_TRUE(hit.ok());
+  EXPECT_FALSE(*hit);
+  {
+    auto writer = DiskChunkCache::Open(dir);  // (another pack of its own)
+    ASSERT_TRUE(writer.ok());
+    ASSERT_TRUE((*writer)->Insert(Sha256::Of(a), a).ok());
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(150));
+  hit = (*reader)->Read(Sha256::Of(a), a.size(), 0, absl::MakeSpan(out));
+  ASSERT_TRUE(hit.ok());
+  EXPECT_TRUE(*hit);
+  EXPECT_EQ(out, a);
+  EXPECT_EQ((*reader)->counters().rehashed, 1u) << "not its own: hashed";
+}
+
+// Over budget, packs go whole, least recently used first; no reader ever
+// sees a wrong byte.
+TEST(DiskChunkCachePackTest, EvictsWholePacks) {
+  std::string dir = TempDir();
+  DiskChunkCacheOptions o;
+  o.capacity = 64000;  // packs of at most 4000 bytes: 4 of these chunks
+  auto c = DiskChunkCache::Open(dir, o);
+  ASSERT_TRUE(c.ok());
+  std::vector<std::string> chunks;
+  for (int i = 0; i < 200; ++i) {
+    chunks.push_back(Chunk(1000 + i, 1000));
+    ASSERT_TRUE((*c)->Insert(Sha256::Of(chunks.back()), chunks.back()).ok());
+    if (i % 4 == 3) (*c)->Flush();
+  }
+  (*c)->Flush();
+  EXPECT_LE((*c)->Usage().bytes, o.capacity);
+  EXPECT_GT((*c)->counters().evictions, 100u);
+  EXPECT_LE(CountFiles(dir + "/packs") / 2, 17u);
+  EXPECT_FALSE((*c)->Contains(Sha256::Of(chunks[0])));
+  int present = 0;
+  for (const std::string& s : chunks) {
+    std::string out(s.size(), '\0');
+    auto hit = (*c)->Read(Sha256::Of(s), s.size(), 0, absl::MakeSpan(out));
+    ASSERT_TRUE(hit.ok());
+    if (*hit) {
+      ++present;
+      EXPECT_EQ(out, s);
+    }
+  }
+  EXPECT_GE(present, 4);
+  EXPECT_TRUE((*c)->Contains(Sha256::Of(chunks.back())));
+}
+
+// A pack left empty by a writer that died is removed at the next Open.
+TEST(DiskChunkCachePackTest, EmptyPacksOfDeadWritersAreRemoved) {
+  std::string dir = TempDir();
+  { ASSERT_TRUE(DiskChunkCache::Open(dir).ok()); }
+  std::ofstream(dir + "/packs/999999-1-0.pack");
+  std::ofstream(dir + "/packs/999999-1-0.idx");
+  std::ofstream(dir + "/packs/" + std::to_string(getpid()) + "-1-0.pack");
+  std::ofstream(dir + "/packs/" + std::to_string(getpid()) + "-1-0.idx");
+  auto c = DiskChunkCache::Open(dir);
+  ASSERT_TRUE(c.ok());
+  EXPECT_NE(access((dir + "/packs/999999-1-0.idx").c_str(), F_OK), 0);
+  EXPECT_EQ(CountFiles(dir + "/packs"), 2u) << "a live writer's stays";
 }
 
 TEST(BlockIoTest, UringAndPosixAgree) {

@@ -99,10 +99,16 @@ class CacheMountTest : public ::testing::Test {
     return std::strtoull(json.c_str() + p + 14, nullptr, 10);
   }
 
-  size_t CacheFiles(const std::string& cache) {
-    RunResult r =
-        Exec({"/usr/bin/find", cache + "/cache/chunks", "-type", "f"});
-    return static_cast<size_t>(std::count(r.out.begin(), r.out.end(), '\n'));
+  // Chunks stored, as `lazypull cache du` counts them.
+  size_t CacheChunks(const std::string& cache) {
+    RunResult du =
+        Exec({LazypullBinary(), "cache", "du", "--cache-dir", cache});
+    EXPECT_EQ(du.exit_code, 0) << du.out;
+    size_t p = du.out.find(": ");
+    EXPECT_NE(p, std::string::npos) << du.out;
+    return p == std::string::npos ? 0
+                                  : static_cast<size_t>(std::strtoull(
+                                        du.out.c_str() + p + 2, nullptr, 10));
   }
 
   std::string base_;
@@ -129,7 +135,7 @@ TEST_F(CacheMountTest, LayersWithCommonChunksShareTheCache) {
   Mounted a = Mount("chunked", cache);
   auto tree = HashTree(a.mountpoint);
   Unmount(a);
-  const size_t stored = CacheFiles(cache);
+  const size_t stored = CacheChunks(cache);
   EXPECT_GT(stored, 0u);
   for (const char* other : {"levels", "zstd"}) {
     Mounted m = Mount(other, cache);
@@ -137,7 +143,7 @@ TEST_F(CacheMountTest, LayersWithCommonChunksShareTheCache) {
     EXPECT_EQ(Fetched(m), 0u) << other << " refetched chunks in the cache";
     Unmount(m);
   }
-  EXPECT_EQ(CacheFiles(cache), stored);
+  EXPECT_EQ(CacheChunks(cache), stored);
 }
 
 TEST_F(CacheMountTest, TwoProcessesShareOneCacheConcurrently) {
@@ -201,11 +207,14 @@ TEST_F(CacheMountTest, KillDuringFillsNeverServesTornChunks) {
     reader.join();
     umount2(a.mountpoint.c_str(), MNT_DETACH);
   }
-  // Hand-corrupt one cached chunk, then restart: verify finds it, and the
-  // mount serves exact bytes either way.
-  RunResult files =
-      Exec({"/usr/bin/find", cache + "/cache/chunks", "-type", "f"});
+  // Hand-corrupt one cached chunk (the first of a pack), then restart:
+  // verify finds it, and the mount serves exact bytes either way.
+  // (A pack whose index holds a record: its first is at offset 0.)
+  RunResult files = Exec({"/usr/bin/find", cache + "/cache/packs", "-name",
+                          "*.idx", "-size", "+47c"});
   std::string victim = files.out.substr(0, files.out.find('\n'));
+  EXPECT_FALSE(victim.empty()) << "three mounts filled no pack";
+  if (!victim.empty()) victim = victim.substr(0, victim.size() - 4) + ".pack";
   if (!victim.empty()) {
     std::fstream f(victim, std::ios::in | std::ios::out | std::ios::binary);
     f.seekp(0);
