@@ -1011,36 +1011,41 @@ class CurlBodyReader : public HttpBodyReader {
     auto report = [&](size_t n) {
       if (n != 0 && progress) progress(n);
     };
-    // First what an earlier Read() took from the channel and left.
-    size_t got = std::min(dst.size(), cur_.size() - pos_);
-    std::memcpy(dst.data(), cur_.data() + pos_, got);
-    pos_ += got;
-    report(got);
-    if (got == dst.size()) return got;
-    // Then what the loop queued, and the rest straight from the loop.
+    // First what was taken from the channel and not read yet, then what the
+    // loop queued (taken whole, by a swap: a reader takes a member at a time
+    // out of up to a window of bytes, and erasing each from the front of
+    // the queue moved the rest every time: 11% of a fast-link mount's CPU),
+    // then the rest straight from the loop, once the queue is empty.
+    size_t got = 0;
     bool resume = false;
-    size_t queued;
-    {
+    while (true) {
+      const size_t n = std::min(dst.size() - got, cur_.size() - pos_);
+      std::memcpy(dst.data() + got, cur_.data() + pos_, n);
+      pos_ += n;
+      got += n;
+      report(n);
+      if (got == dst.size()) break;
       absl::MutexLock l(&ch_->mu);
-      queued = std::min(dst.size() - got, ch_->buf.size());
-      std::memcpy(dst.data() + got, ch_->buf.data(), queued);
-      ch_->buf.erase(0, queued);
       if (ch_->paused) {
         ch_->paused = false;
         resume = true;
       }
-      if (got + queued < dst.size()) {
-        ch_->sink = dst.data() + got + queued;
-        ch_->sink_cap = dst.size() - got - queued;
-        ch_->sink_len = ch_->sink_woken = 0;
-        ch_->unwoken_since = absl::InfiniteFuture();
+      if (!ch_->buf.empty()) {
+        cur_.clear();
+        cur_.swap(ch_->buf);
+        pos_ = 0;
+        continue;
       }
+      ch_->sink = dst.data() + got;
+      ch_->sink_cap = dst.size() - got;
+      ch_->sink_len = ch_->sink_woken = 0;
+      ch_->unwoken_since = absl::InfiniteFuture();
+      break;
     }
     if (resume) {
       if (auto loop = loop_.lock()) loop->Resume(id_);
     }
-    got += queued;
-    report(queued);
+    if (got == dst.size()) return got;
     size_t seen = 0;  // sink bytes reported
     while (got < dst.size()) {
       size_t now;

@@ -338,6 +338,50 @@ TEST_F(CurlHttpTest, ReadIntoGetsEveryByteInOrderAndLeavesTheRest) {
   EXPECT_EQ((*s)->requests().size(), 2u);  // one resume after the break
 }
 
+// A stream's reader takes a member at a time: many small ReadInto calls,
+// some Read calls between them, a reader that sometimes lags (the window
+// fills and the transfer pauses): every byte once, in order.
+TEST_F(CurlHttpTest, SmallReadsIntoTakeEveryByteInOrder) {
+  CurlHttpOptions o;
+  o.reader_window = 256 << 10;
+  auto t = CurlHttpTransport::Create(o);
+  ASSERT_TRUE(t.ok());
+  const std::string body = Pattern(4 << 20);
+  auto s = LoopbackHttpServer::Start(
+      [&](const TestRequest& q, TestResponse* r) { ServeRanges(body, q, r); });
+  ASSERT_TRUE(s.ok());
+  auto reader = (*t)->Open(Get(**s, "/blob"));
+  ASSERT_TRUE(reader.ok()) << reader.status();
+  std::string got;
+  uint32_t x = 12345;
+  int step = 0;
+  while (got.size() < body.size()) {
+    x = x * 1103515245 + 12345;
+    const size_t want =
+        std::min<size_t>(1 + (x >> 8) % 20000, body.size() - got.size());
+    if (++step % 7 == 0) {
+      auto piece = (*reader)->Read(want);
+      ASSERT_TRUE(piece.ok()) << piece.status();
+      ASSERT_FALSE(piece->empty());
+      got.append(piece->data(), piece->size());
+      continue;
+    }
+    if (step % 50 == 0) absl::SleepFor(absl::Milliseconds(5));
+    std::string dst(want, '\0');
+    size_t progressed = 0;
+    auto into = (*reader)->ReadInto(absl::MakeSpan(dst),
+                                    [&](size_t k) { progressed += k; });
+    ASSERT_TRUE(into.ok()) << into.status();
+    ASSERT_EQ(*into, want);
+    ASSERT_EQ(progressed, want);
+    got += dst;
+  }
+  EXPECT_TRUE(got == body);
+  auto end = (*reader)->Read(1);
+  ASSERT_TRUE(end.ok());
+  EXPECT_TRUE(end->empty());
+}
+
 // A destination larger than the body: ReadInto returns the body's length;
 // a failed transfer fails ReadInto.
 TEST_F(CurlHttpTest, ReadIntoStopsAtTheEndAndReportsFailures) {
