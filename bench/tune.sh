@@ -50,6 +50,8 @@ stream-never	--background-stream-rate off
 prefetch-stream-from-start	--prefetch-stream-rate 0
 prefetch-stream-never	--prefetch-stream-rate off
 prefetch-restarts-0	--prefetch-stream-restarts 0
+background-restarts-16	--background-stream-restarts 16
+cache-one-file-per-chunk	--cache-pack-max 0
 default-again	
 TSV
 common=(--profile "$PROFILE" --workload python,shell,heavy --variant estargz,estargz-opt

@@ -131,6 +131,7 @@ struct FetchTuning {
   // stream dropped costs the bytes already on their way, so background
   // fetch goes to spans at once (bench/TUNING.md, session 11).
   int prefetch_stream_restarts = AdaptiveFill().stream_restarts;
+  int background_stream_restarts = 0;
   // When background fetch starts after the prefetch.
   QuietOptions quiet;
 };
@@ -244,6 +245,8 @@ absl::StatusOr<FetchTuning> FetchTuningFromArgs(const ParsedArgs& args) {
       ParseRate(args, "prefetch-stream-rate", &t.prefetch_stream_rate));
   RETURN_IF_ERROR(ParseCount(args, "prefetch-stream-restarts", 0, 1000,
                              &t.prefetch_stream_restarts));
+  RETURN_IF_ERROR(ParseCount(args, "background-stream-restarts", 0, 1000,
+                             &t.background_stream_restarts));
   return t;
 }
 
@@ -522,8 +525,10 @@ std::vector<FlagSpec> ImageMountFlags() {
                absl::StrCat("times the prefetch's stream, once reads ran "
                             "ahead of it, starts again past them before the "
                             "rest goes in spans (default ",
-                            AdaptiveFill().stream_restarts,
-                            "; background fetch's goes to spans at once)")});
+                            AdaptiveFill().stream_restarts, ")")});
+  f.push_back({"background-stream-restarts", "N",
+               "the same for background fetch's stream (default 0: "
+               "bench/TUNING.md, session 12)"});
   f.push_back({"max-connections-per-host", "N",
                "connections to one registry host at once (default 6)"});
   f.push_back({"max-streams-per-connection", "N",
@@ -982,7 +987,7 @@ absl::Status ServeImage(
       how.stream_threads = tuning.background_streams;
       how.nice = tuning.background_nice;
       how.stream_rate = tuning.stream_rate;
-      how.stream_restarts = 0;
+      how.stream_restarts = tuning.background_stream_restarts;
       how.retry_spans = true;  // (the whole-blob check needs every chunk)
       how.rate_cap = tuning.background_rate;
       how.limiter = &limiter;
