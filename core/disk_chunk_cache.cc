@@ -332,7 +332,13 @@ void DiskChunkCache::ScanPacks(bool wait) {
     // written, bytes first, before that stat's ctime.
     absl::StatusOr<uint64_t> end =
         ReadPackIndex(PackPath(name) + ".idx", from, &f.records);
-    if (!end.ok() || stat((PackPath(name) + ".pack").c_str(), &f.st) != 0) {
+    if (!end.ok()) return;
+    if (stat((PackPath(name) + ".pack").c_str(), &f.st) != 0) {
+      // An index without its pack: left by a crash between the two
+      // unlinks of a drop (or creates of a new pack).
+      if (errno == ENOENT && writer_dead) {
+        unlink((PackPath(name) + ".idx").c_str());
+      }
       return;
     }
     f.index_end = *end;
@@ -372,10 +378,14 @@ void DiskChunkCache::ScanPacks(bool wait) {
       f.pack->index_read = f.index_end;
       f.pack->sealed = f.sealed;
     }
-    // Packs another process evicted: forget what they held.
+    // Packs another process evicted: forget what they held. (Packs this
+    // object dropped stay in packs_, gone, until their files are: a scan
+    // that listed a file before its unlink must not bring them back. Its
+    // own packs it learns are gone when it opens them or appends.)
     for (auto it = packs_.begin(); it != packs_.end();) {
       auto next = std::next(it);
-      if (!it->second->ours && !present.contains(it->first)) {
+      if ((!it->second->ours || it->second->gone) &&
+          !present.contains(it->first)) {
         ForgetPack(*it->second);
         packs_.erase(it);
       }
@@ -414,8 +424,7 @@ void DiskChunkCache::DropPack(const std::shared_ptr<Pack>& pack, bool evicted) {
   {
     absl::MutexLock l(&mu_);
     if (pack->gone) return;
-    n = ForgetPack(*pack);
-    packs_.erase(pack->name);
+    n = ForgetPack(*pack);  // (it stays in packs_, gone: see ScanPacks)
   }
   // An fd held by a reader keeps the bytes alive; later lookups miss. The
   // writer of the pack sees it unlinked and starts another.
@@ -437,7 +446,9 @@ std::shared_ptr<CachedFile> DiskChunkCache::OpenPacked(
     int fd =
         open((PackPath(pack->name) + ".pack").c_str(), O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
-      DropPack(pack, /*evicted=*/true);  // evicted by another process
+      // Gone: evicted by another process. (Any other error, out of
+      // descriptors say, is a miss: the pack is someone's data.)
+      if (errno == ENOENT) DropPack(pack, /*evicted=*/true);
       return nullptr;
     }
     file = std::make_shared<CachedFile>(fd);
@@ -485,6 +496,16 @@ void DiskChunkCache::Forget(const Digest& d) {
   }
 }
 
+void DiskChunkCache::DropFile(const Digest& d) {
+  {
+    absl::MutexLock l(&mu_);
+    auto it = index_.find(d);
+    if (it != index_.end() && it->second.pack == nullptr) Forget(d);
+  }
+  unlink(ChunkPath(d).c_str());
+  dropped_.fetch_add(1);
+}
+
 void DiskChunkCache::Drop(const Digest& d) {
   std::shared_ptr<Pack> pack;
   {
@@ -505,7 +526,7 @@ bool DiskChunkCache::Discover(const Digest& d, uint64_t size) {
   struct stat st;
   if (stat(ChunkPath(d).c_str(), &st) != 0) return false;
   if (static_cast<uint64_t>(st.st_size) != size) {
-    Drop(d);
+    DropFile(d);
     return false;
   }
   absl::MutexLock l(&mu_);
@@ -552,28 +573,35 @@ std::shared_ptr<CachedFile> DiskChunkCache::OpenChunk(const Digest& d,
     ScanPacksOnMiss();
     if (last_pack_scan_ns_.load() == seen) break;
   }
+  // From here on, chunk `d` as a file of its own. (Meanwhile another
+  // thread may index it from a pack: its entry, and the trust that goes
+  // with it, are then not this file's.)
   if (wrong_size) {
-    Drop(d);
+    DropFile(d);
     return nullptr;
   }
   if (!Contains(d) && !Discover(d, size)) return nullptr;
   int fd = open(ChunkPath(d).c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
     absl::MutexLock l(&mu_);
-    Forget(d);  // evicted by another process meanwhile
+    auto it = index_.find(d);
+    if (it != index_.end() && it->second.pack == nullptr) {
+      Forget(d);  // evicted by another process meanwhile
+    }
     return nullptr;
   }
   struct stat st;
   if (fstat(fd, &st) != 0 || static_cast<uint64_t>(st.st_size) != size) {
     close(fd);
-    Drop(d);
+    DropFile(d);
     return nullptr;
   }
   bool trusted = Synced(st.st_ctim);
   if (!trusted) {
     absl::MutexLock l(&mu_);
     auto it = index_.find(d);
-    trusted = it != index_.end() && it->second.trusted;
+    trusted =
+        it != index_.end() && it->second.pack == nullptr && it->second.trusted;
   }
   if (!trusted) {
     // Not written by us nor covered by a syncfs: it may be torn.
@@ -582,7 +610,7 @@ std::shared_ptr<CachedFile> DiskChunkCache::OpenChunk(const Digest& d,
       LogWarning("cache file ", ChunkPath(d),
                  " does not hold its chunk (torn by a crash?): dropped, the "
                  "chunk will be fetched again");
-      Drop(d);
+      DropFile(d);
       return nullptr;
     }
   }
@@ -779,7 +807,10 @@ absl::Status DiskChunkCache::WritePacked(const std::vector<const Job*>& jobs) {
       }
     }
     absl::Status st = pack_writer_->Commit(records);
-    if (st.ok()) {
+    if (!st.ok()) {
+      // Perhaps part of a record went in: nothing more goes into that index.
+      pack_writer_.reset();
+    } else {
       inserts_.fetch_add(records.size());
       unsynced_writes_.store(!options_.sync);
       absl::MutexLock l(&mu_);
@@ -796,22 +827,36 @@ absl::Status DiskChunkCache::WritePacked(const std::vector<const Job*>& jobs) {
   absl::Status first;
   bool checked = false;
   for (const Job* job : jobs) {
-    if (pack_writer_ == nullptr || pack_writer_->size() >= limit ||
-        (!checked && pack_writer_->Unlinked())) {
-      if (pack_writer_ != nullptr) first.Update(commit());
+    const bool unlinked =
+        pack_writer_ != nullptr && !checked && pack_writer_->Unlinked();
+    if (pack_writer_ == nullptr || pack_writer_->size() >= limit || unlinked) {
+      if (unlinked) {
+        // Evicted by another process (or object): what it held is gone.
+        absl::MutexLock l(&mu_);
+        if (!writing_pack_->gone) ForgetPack(*writing_pack_);
+      } else if (pack_writer_ != nullptr) {
+        first.Update(commit());
+      }
+      pack_writer_.reset();
+      // Registered before its files exist, so that a scan never takes it
+      // for another process's pack.
+      auto pack = std::make_shared<Pack>();
+      pack->name = NewPackName();
+      pack->ours = true;
+      {
+        absl::MutexLock l(&mu_);
+        packs_[pack->name] = pack;
+      }
       absl::StatusOr<std::unique_ptr<PackWriter>> w =
-          PackWriter::Create(dir_ + "/packs", NewPackName());
+          PackWriter::Create(dir_ + "/packs", pack->name);
       if (!w.ok()) {
         first.Update(w.status());
-        pack_writer_.reset();
+        absl::MutexLock l(&mu_);
+        packs_.erase(pack->name);
         break;
       }
       pack_writer_ = *std::move(w);
-      writing_pack_ = std::make_shared<Pack>();
-      writing_pack_->name = pack_writer_->name();
-      writing_pack_->ours = true;
-      absl::MutexLock l(&mu_);
-      packs_[writing_pack_->name] = writing_pack_;
+      writing_pack_ = std::move(pack);
     }
     checked = true;
     absl::StatusOr<uint64_t> at = pack_writer_->Append(*job->data);
@@ -899,7 +944,10 @@ absl::Status DiskChunkCache::EvictTo(uint64_t target) {
       if (bytes_ <= target || lru_.empty()) break;
       victim = lru_.back();
       pack = index_.at(victim).pack;
-      if (pack == nullptr) Forget(victim);
+      if (pack == nullptr || pack->gone) {
+        Forget(victim);  // (an entry of a gone pack: never, but never spin)
+        if (pack != nullptr) continue;
+      }
     }
     if (pack != nullptr) {
       DropPack(pack, /*evicted=*/true);  // its chunks were written together

@@ -224,7 +224,11 @@ class DiskChunkCache final : public ChunkCache {
   void Forget(const Digest& d) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Finds a file another process may have published.
   bool Discover(const Digest& d, uint64_t size);
+  // Forgets chunk `d` and removes what holds it (a packed chunk: its whole
+  // pack).
   void Drop(const Digest& d);
+  // Removes chunk `d`'s file of its own, and its entry if that is the file's.
+  void DropFile(const Digest& d);
   absl::Status EvictTo(uint64_t target);
   void Rescan();
   // Returns once the first scan (on the writer thread) is done.

@@ -553,18 +553,58 @@ TEST(DiskChunkCachePackTest, EvictsWholePacks) {
   EXPECT_TRUE((*c)->Contains(Sha256::Of(chunks.back())));
 }
 
-// A pack left empty by a writer that died is removed at the next Open.
-TEST(DiskChunkCachePackTest, EmptyPacksOfDeadWritersAreRemoved) {
+// A pack left empty by a writer that died, and an index whose pack is
+// gone, are removed at the next Open; a live writer's empty pack stays.
+TEST(DiskChunkCachePackTest, LeftoversOfDeadWritersAreRemoved) {
   std::string dir = TempDir();
   { ASSERT_TRUE(DiskChunkCache::Open(dir).ok()); }
-  std::ofstream(dir + "/packs/999999-1-0.pack");
-  std::ofstream(dir + "/packs/999999-1-0.idx");
-  std::ofstream(dir + "/packs/" + std::to_string(getpid()) + "-1-0.pack");
-  std::ofstream(dir + "/packs/" + std::to_string(getpid()) + "-1-0.idx");
+  pid_t child = fork();
+  if (child == 0) _exit(0);
+  ASSERT_GT(child, 0);
+  waitpid(child, nullptr, 0);  // a pid whose process is dead
+  const std::string dead = dir + "/packs/" + std::to_string(child);
+  const std::string live = dir + "/packs/" + std::to_string(getpid());
+  std::ofstream(dead + "-1-0.pack");
+  std::ofstream(dead + "-1-0.idx");
+  std::ofstream(dead + "-2-0.idx");  // its pack already unlinked
+  std::ofstream(live + "-1-0.pack");
+  std::ofstream(live + "-1-0.idx");
   auto c = DiskChunkCache::Open(dir);
   ASSERT_TRUE(c.ok());
-  EXPECT_NE(access((dir + "/packs/999999-1-0.idx").c_str(), F_OK), 0);
+  EXPECT_NE(access((dead + "-1-0.idx").c_str(), F_OK), 0);
+  EXPECT_NE(access((dead + "-2-0.idx").c_str(), F_OK), 0);
   EXPECT_EQ(CountFiles(dir + "/packs"), 2u) << "a live writer's stays";
+}
+
+// A pack another cache evicts while this one appends to it: what it held
+// is forgotten, and the next chunks go into a new pack.
+TEST(DiskChunkCachePackTest, AWriterWhosePackIsEvictedStartsAnother) {
+  std::string dir = TempDir();
+  auto writer = DiskChunkCache::Open(dir);
+  ASSERT_TRUE(writer.ok());
+  std::string a = Chunk(1100, 2000), b = Chunk(1101, 2000);
+  ASSERT_TRUE((*writer)->Insert(Sha256::Of(a), a).ok());
+  (*writer)->Flush();
+  {
+    auto other = DiskChunkCache::Open(dir);
+    ASSERT_TRUE(other.ok());
+    ASSERT_TRUE((*other)->Prune(0).ok());
+  }
+  EXPECT_EQ(CountFiles(dir + "/packs"), 0u);
+  ASSERT_TRUE((*writer)->Insert(Sha256::Of(b), b).ok());
+  (*writer)->Flush();
+  EXPECT_FALSE((*writer)->Contains(Sha256::Of(a)));
+  EXPECT_EQ((*writer)->Usage().chunks, 1u);
+  EXPECT_EQ(CountFiles(dir + "/packs"), 2u);
+  std::string out(b.size(), '\0');
+  auto hit = (*writer)->Read(Sha256::Of(b), b.size(), 0, absl::MakeSpan(out));
+  ASSERT_TRUE(hit.ok() && *hit);
+  EXPECT_EQ(out, b);
+  auto reader = DiskChunkCache::Open(dir);  // and the new pack is on disk
+  ASSERT_TRUE(reader.ok());
+  hit = (*reader)->Read(Sha256::Of(b), b.size(), 0, absl::MakeSpan(out));
+  ASSERT_TRUE(hit.ok() && *hit);
+  EXPECT_EQ(out, b);
 }
 
 TEST(BlockIoTest, UringAndPosixAgree) {
