@@ -58,6 +58,31 @@ class CurlHttpTest : public ::testing::Test {
     r.retry.initial_backoff = absl::Milliseconds(5);
     return r;
   }
+  // A body of `size` pattern bytes served with ranges, read through a
+  // transport of `window` bytes per reader.
+  struct PatternRead {
+    std::string body;
+    std::unique_ptr<CurlHttpTransport> transport;
+    std::unique_ptr<LoopbackHttpServer> server;
+    std::unique_ptr<HttpBodyReader> reader;
+  };
+  void OpenPattern(size_t size, size_t window, PatternRead* p) {
+    p->body = Pattern(size);
+    CurlHttpOptions o;
+    o.reader_window = window;
+    auto t = CurlHttpTransport::Create(o);
+    ASSERT_TRUE(t.ok());
+    p->transport = *std::move(t);
+    auto s =
+        LoopbackHttpServer::Start([p](const TestRequest& q, TestResponse* r) {
+          ServeRanges(p->body, q, r);
+        });
+    ASSERT_TRUE(s.ok());
+    p->server = *std::move(s);
+    auto reader = p->transport->Open(Get(*p->server, "/blob"));
+    ASSERT_TRUE(reader.ok()) << reader.status();
+    p->reader = *std::move(reader);
+  }
   std::unique_ptr<CurlHttpTransport> http_;
 };
 
@@ -270,27 +295,19 @@ TEST_F(CurlHttpTest, BrokenBodyIsResumedWithARange) {
 }
 
 TEST_F(CurlHttpTest, SlowReaderPausesTheTransferAndGetsEveryByte) {
-  CurlHttpOptions o;
-  o.reader_window = 64 << 10;
-  auto t = CurlHttpTransport::Create(o);
-  ASSERT_TRUE(t.ok());
-  const std::string body = Pattern(4 << 20);
-  auto s = LoopbackHttpServer::Start(
-      [&](const TestRequest& q, TestResponse* r) { ServeRanges(body, q, r); });
-  ASSERT_TRUE(s.ok());
-  auto reader = (*t)->Open(Get(**s, "/blob"));
-  ASSERT_TRUE(reader.ok()) << reader.status();
+  PatternRead p;
+  ASSERT_NO_FATAL_FAILURE(OpenPattern(4 << 20, 64 << 10, &p));
   std::string got;
   int reads = 0;
   while (true) {
-    auto piece = (*reader)->Read(8192);
+    auto piece = p.reader->Read(8192);
     ASSERT_TRUE(piece.ok()) << piece.status();
     if (piece->empty()) break;
     got.append(piece->data(), piece->size());
     if (++reads % 64 == 0) absl::SleepFor(absl::Milliseconds(2));
   }
-  EXPECT_TRUE(got == body);
-  EXPECT_EQ((*s)->requests().size(), 1u);
+  EXPECT_TRUE(got == p.body);
+  EXPECT_EQ(p.server->requests().size(), 1u);
 }
 
 // ReadInto takes what Read() left and what the loop queued (here enough to
@@ -342,16 +359,10 @@ TEST_F(CurlHttpTest, ReadIntoGetsEveryByteInOrderAndLeavesTheRest) {
 // some Read calls between them, a reader that sometimes lags (the window
 // fills and the transfer pauses): every byte once, in order.
 TEST_F(CurlHttpTest, SmallReadsIntoTakeEveryByteInOrder) {
-  CurlHttpOptions o;
-  o.reader_window = 256 << 10;
-  auto t = CurlHttpTransport::Create(o);
-  ASSERT_TRUE(t.ok());
-  const std::string body = Pattern(4 << 20);
-  auto s = LoopbackHttpServer::Start(
-      [&](const TestRequest& q, TestResponse* r) { ServeRanges(body, q, r); });
-  ASSERT_TRUE(s.ok());
-  auto reader = (*t)->Open(Get(**s, "/blob"));
-  ASSERT_TRUE(reader.ok()) << reader.status();
+  PatternRead p;
+  ASSERT_NO_FATAL_FAILURE(OpenPattern(4 << 20, 256 << 10, &p));
+  const std::string& body = p.body;
+  auto& reader = p.reader;
   std::string got;
   uint32_t x = 12345;
   int step = 0;
@@ -360,7 +371,7 @@ TEST_F(CurlHttpTest, SmallReadsIntoTakeEveryByteInOrder) {
     const size_t want =
         std::min<size_t>(1 + (x >> 8) % 20000, body.size() - got.size());
     if (++step % 7 == 0) {
-      auto piece = (*reader)->Read(want);
+      auto piece = reader->Read(want);
       ASSERT_TRUE(piece.ok()) << piece.status();
       ASSERT_FALSE(piece->empty());
       got.append(piece->data(), piece->size());
@@ -369,15 +380,15 @@ TEST_F(CurlHttpTest, SmallReadsIntoTakeEveryByteInOrder) {
     if (step % 50 == 0) absl::SleepFor(absl::Milliseconds(5));
     std::string dst(want, '\0');
     size_t progressed = 0;
-    auto into = (*reader)->ReadInto(absl::MakeSpan(dst),
-                                    [&](size_t k) { progressed += k; });
+    auto into = reader->ReadInto(absl::MakeSpan(dst),
+                                 [&](size_t k) { progressed += k; });
     ASSERT_TRUE(into.ok()) << into.status();
     ASSERT_EQ(*into, want);
     ASSERT_EQ(progressed, want);
     got += dst;
   }
   EXPECT_TRUE(got == body);
-  auto end = (*reader)->Read(1);
+  auto end = reader->Read(1);
   ASSERT_TRUE(end.ok());
   EXPECT_TRUE(end->empty());
 }
