@@ -51,6 +51,7 @@ prefetch-stream-from-start	--prefetch-stream-rate 0
 prefetch-stream-never	--prefetch-stream-rate off
 prefetch-restarts-0	--prefetch-stream-restarts 0
 background-restarts-16	--background-stream-restarts 16
+stream-give-way-1M	--stream-give-way 1M
 cache-one-file-per-chunk	--cache-pack-max 0
 default-again	
 TSV

@@ -132,6 +132,9 @@ struct FetchTuning {
   // fetch goes to spans at once (bench/TUNING.md, session 11).
   int prefetch_stream_restarts = AdaptiveFill().stream_restarts;
   int background_stream_restarts = 0;
+  // A stream (prefetch's or background fetch's) gives way once reads that
+  // ran ahead of it fetched this many bytes it brings again.
+  uint64_t stream_give_way = CachedLayer::kStreamGiveWayBytes;
   // When background fetch starts after the prefetch.
   QuietOptions quiet;
 };
@@ -247,6 +250,7 @@ absl::StatusOr<FetchTuning> FetchTuningFromArgs(const ParsedArgs& args) {
                              &t.prefetch_stream_restarts));
   RETURN_IF_ERROR(ParseCount(args, "background-stream-restarts", 0, 1000,
                              &t.background_stream_restarts));
+  RETURN_IF_ERROR(ParseBytes(args, "stream-give-way", &t.stream_give_way));
   return t;
 }
 
@@ -407,6 +411,7 @@ AdaptiveFill LinkFill(const HttpBlobSource& source, const FetchTuning& tuning) {
   const BackgroundBudget* link = tuning.source.background_budget.get();
   how.link_rate = [link] { return link->bandwidth(); };
   how.hashed_prefix = [src = &source] { return src->hashed_prefix(); };
+  how.stream_give_way = tuning.stream_give_way;
   return how;
 }
 
@@ -526,6 +531,12 @@ std::vector<FlagSpec> ImageMountFlags() {
                             "ahead of it, starts again past them before the "
                             "rest goes in spans (default ",
                             AdaptiveFill().stream_restarts, ")")});
+  f.push_back({"stream-give-way", "BYTES",
+               absl::StrCat("a stream gives way (to spans, or to a new stream "
+                            "past them) once reads running ahead of it have "
+                            "fetched BYTES it brings again, and a sixteenth of "
+                            "what it read (default ",
+                            CachedLayer::kStreamGiveWayBytes >> 20, "M)")});
   f.push_back({"background-stream-restarts", "N",
                "the same for background fetch's stream (default 0: "
                "bench/TUNING.md, session 12)"});

@@ -450,8 +450,8 @@ absl::Status CachedLayer::FillSpanWith(const Span& span, ReadPriority priority,
 absl::Status CachedLayer::FillStream(
     const std::vector<Span>& spans, ReadPriority priority, int threads,
     uint64_t stream_gap, uint64_t max_stream, uint64_t from,
-    const std::function<absl::Status(const Span&)>& before_span,
-    bool* gave_way) {
+    const std::function<absl::Status(const Span&)>& before_span, bool* gave_way,
+    uint64_t give_way_bytes) {
   if (gave_way != nullptr) *gave_way = false;
   // The decoding threads: each member is decoded as soon as its bytes are
   // in, while the stream goes on.
@@ -521,7 +521,7 @@ absl::Status CachedLayer::FillStream(
       const Span& span = spans[i];
       RETURN_IF_ERROR(before_span(span));
       again += TakenBytesIn(span) - taken_before[i];
-      if (again > kStreamGiveWayBytes && again > streamed / 16) {
+      if (again > give_way_bytes && again > streamed / 16) {
         if (gave_way != nullptr) *gave_way = true;
         return absl::AbortedError(absl::StrCat(
             "reads ran ahead of the stream: ", again, " of the ", streamed,

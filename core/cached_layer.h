@@ -152,7 +152,8 @@ class CachedLayer {
   // threads (started here: they take the caller's nice value) as soon as its
   // bytes are in. A stream cannot skip what reads running ahead of it fetched
   // meanwhile (members cached or in flight since this call): once such bytes
-  // pass 1 MiB and a sixteenth of what it read, it gives way (Aborted, and
+  // pass `give_way_bytes` and a sixteenth of what it read, it gives way
+  // (Aborted, and
   // *gave_way set if given: spans, or a new stream past them, do better
   // while a program outruns it; other errors may be Aborted too).
   // `before_span` is called on the calling thread before each span is read, and
@@ -167,7 +168,12 @@ class CachedLayer {
       const std::vector<Span>& spans, ReadPriority priority, int threads,
       uint64_t stream_gap, uint64_t max_stream, uint64_t from,
       const std::function<absl::Status(const Span&)>& before_span,
-      bool* gave_way = nullptr);
+      bool* gave_way = nullptr, uint64_t give_way_bytes = kStreamGiveWayBytes);
+  // (8 MiB: at 1 MiB a stream on a 1 Gbit/s link gave way, and left the
+  // rest of a layer to 1 MiB spans, in about a tenth of the runs of a
+  // program reading the whole image just ahead of it; bench/TUNING.md,
+  // session 12.)
+  static constexpr uint64_t kStreamGiveWayBytes = 8 << 20;
 
   CachedLayerStats stats() const;
   // Distinct compressed bytes fetched from the source so far.
@@ -211,7 +217,6 @@ class CachedLayer {
   // The first group (in blob order) whose member starts at or after
   // `offset`.
   size_t FirstGroupAt(uint64_t offset) const;
-  static constexpr uint64_t kStreamGiveWayBytes = 1 << 20;
   // After a miss reading `inode`: queues its directory's prefetch (see
   // dir_prefetch_bytes) unless that directory was done already.
   void PrefetchDirectoryOf(uint32_t inode);

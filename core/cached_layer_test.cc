@@ -753,7 +753,8 @@ TEST(CachedLayerTest, AStreamThatBreaksLeavesTheRestToSpans) {
 }
 
 // Reads that outran the stream cached what it is about to bring again:
-// past 1 MiB (and a sixteenth of what it read) it gives way, Aborted, and
+// past its allowance (here 1 MiB; and a sixteenth of what it read) it gives
+// way, Aborted, and
 // FillSpan, which skips them, fetches only what is still missing. Members
 // cached before it started (inside its spans, across gaps) do not count.
 TEST(CachedLayerTest, AStreamGivesWayToReadsThatRunAheadOfIt) {
@@ -766,17 +767,18 @@ TEST(CachedLayerTest, AStreamGivesWayToReadsThatRunAheadOfIt) {
   StreamFixture f(t.Build().blob);
   const auto spans = f.layer->PlanSpans(f.AllChunks(), 64 << 10, 4096);
   bool ran_ahead = false;
-  absl::Status st =
-      f.layer->FillStream(spans, ReadPriority::kBackground, 2, 1 << 20,
-                          UINT64_MAX, 0, [&](const CachedLayer::Span&) {
-                            // 40 files, 1.6 MB, read ahead of the stream as it
-                            // starts.
-                            for (int i = 10; i < 50 && !ran_ahead; ++i) {
-                              EXPECT_EQ(f.Read(absl::StrCat("f", i)), data[i]);
-                            }
-                            ran_ahead = true;
-                            return absl::OkStatus();
-                          });
+  absl::Status st = f.layer->FillStream(
+      spans, ReadPriority::kBackground, 2, 1 << 20, UINT64_MAX, 0,
+      [&](const CachedLayer::Span&) {
+        // 40 files, 1.6 MB, read ahead of the stream as it
+        // starts.
+        for (int i = 10; i < 50 && !ran_ahead; ++i) {
+          EXPECT_EQ(f.Read(absl::StrCat("f", i)), data[i]);
+        }
+        ran_ahead = true;
+        return absl::OkStatus();
+      },
+      nullptr, 1 << 20);
   EXPECT_EQ(st.code(), absl::StatusCode::kAborted) << st;
   EXPECT_LT(f.source->streamed_.load(), spans.back().end - spans.front().begin);
   for (const auto& sp : f.layer->PlanSpans(f.AllChunks(), 64 << 10, 4096)) {
@@ -784,6 +786,26 @@ TEST(CachedLayerTest, AStreamGivesWayToReadsThatRunAheadOfIt) {
   }
   for (int i = 0; i < 60; ++i) {
     EXPECT_EQ(f.Read(absl::StrCat("f", i)), data[i]) << i;
+  }
+  // With a larger allowance than those 1.6 MB, it reads through them.
+  StreamFixture h(t.Build().blob);
+  ran_ahead = false;
+  bool gave_way = true;
+  st = h.layer->FillStream(
+      spans, ReadPriority::kBackground, 2, 1 << 20, UINT64_MAX, 0,
+      [&](const CachedLayer::Span&) {
+        for (int i = 10; i < 50 && !ran_ahead; ++i) {
+          EXPECT_EQ(h.Read(absl::StrCat("f", i)), data[i]);
+        }
+        ran_ahead = true;
+        return absl::OkStatus();
+      },
+      &gave_way, 4 << 20);
+  EXPECT_TRUE(st.ok()) << st;
+  EXPECT_FALSE(gave_way);
+  EXPECT_EQ(h.source->streams_.load(), 1);
+  for (int i = 0; i < 60; ++i) {
+    EXPECT_EQ(h.Read(absl::StrCat("f", i)), data[i]) << i;
   }
   // With every other file read before it starts (so its spans, merged
   // across them, bring them again) the stream runs to the end.

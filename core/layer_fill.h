@@ -74,6 +74,10 @@ struct AdaptiveFill {
   // Spans less than this apart share one stream (the bytes between them
   // are read and dropped).
   uint64_t stream_gap = 1 << 20;
+  // A stream gives way once the members that reads running ahead of it
+  // fetched, which it brings again, pass this many bytes (and a sixteenth of
+  // what it read): CachedLayer::FillStream.
+  uint64_t stream_give_way = CachedLayer::kStreamGiveWayBytes;
   // Times a stream that gave way to reads running ahead of it is opened
   // again past them before the rest goes in spans.
   int stream_restarts = 4;

@@ -84,6 +84,7 @@ struct Fixture {
     how.stream_threads = 2;
     how.span_size = 64 << 10;
     how.gap = 4096;
+    how.stream_give_way = 1 << 20;  // (the reads ahead below: 1.2-1.6 MB)
     return how;
   }
   void Fill(const AdaptiveFill& how) {
