@@ -553,6 +553,69 @@ TEST(DiskChunkCachePackTest, EvictsWholePacks) {
   EXPECT_TRUE((*c)->Contains(Sha256::Of(chunks.back())));
 }
 
+// Many small chunks, several to a pack, inserted, read and evicted from
+// eight threads at once, while another cache on the same directory prunes
+// and rescans: every hit is the chunk's bytes.
+TEST(DiskChunkCachePackTest, ConcurrentReadersWritersAndEvictionsOfPacks) {
+  std::string dir = TempDir();
+  DiskChunkCacheOptions o;
+  o.capacity = 64000;  // packs of at most 4000 bytes: a few chunks each
+  auto c = DiskChunkCache::Open(dir, o);
+  ASSERT_TRUE(c.ok());
+  std::vector<std::string> chunks;
+  for (int i = 0; i < 120; ++i) chunks.push_back(Chunk(1300 + i, 700 + i));
+  std::atomic<int> wrong{0}, hits{0};
+  std::atomic<bool> done{false};
+  std::thread pruner([&] {
+    auto other = DiskChunkCache::Open(dir, o);
+    if (!other.ok()) return;
+    while (!done.load()) {
+      (void)(*other)->Prune(32000);
+      std::this_thread::sleep_for(std::chrono::milliseconds(3));
+    }
+  });
+  std::vector<std::thread> ts;
+  for (int t = 0; t < 8; ++t) {
+    ts.emplace_back([&, t] {
+      std::mt19937 rng(50 + t);
+      for (int k = 0; k < 3000; ++k) {
+        const std::string& s = chunks[rng() % chunks.size()];
+        const Digest d = Sha256::Of(s);
+        std::string out(s.size(), '\0');
+        auto hit = (*c)->Read(d, s.size(), 0, absl::MakeSpan(out));
+        if (!hit.ok()) {
+          ++wrong;
+        } else if (*hit) {
+          ++hits;
+          if (out != s) ++wrong;
+        } else {
+          (void)(*c)->Insert(d, s);
+        }
+        if (k % 50 == 0) {
+          std::shared_ptr<CachedFile> f = (*c)->OpenChunk(d, s.size());
+          if (f != nullptr) {
+            std::string via_fd(s.size(), '\0');
+            if (pread(f->fd(), via_fd.data(), via_fd.size(),
+                      static_cast<off_t>(f->offset())) !=
+                    static_cast<ssize_t>(s.size()) ||
+                via_fd != s) {
+              ++wrong;
+            }
+          }
+        }
+      }
+    });
+  }
+  for (auto& t : ts) t.join();
+  done = true;
+  pruner.join();
+  (*c)->Flush();
+  EXPECT_EQ(wrong.load(), 0);
+  EXPECT_GT(hits.load(), 0);
+  EXPECT_GT((*c)->counters().evictions, 0u);
+  EXPECT_LE((*c)->Usage().bytes, o.capacity);
+}
+
 // A pack left empty by a writer that died, and an index whose pack is
 // gone, are removed at the next Open; a live writer's empty pack stays.
 TEST(DiskChunkCachePackTest, LeftoversOfDeadWritersAreRemoved) {
