@@ -12,7 +12,7 @@ const CommandSpec kSpec = {
     "cache",
     "du|prune|verify [--cache-dir DIR] [--to BYTES]",
     "Inspect and maintain the shared chunk cache.",
-    "du      chunks and bytes stored\n"
+    "du      chunks and bytes stored (in pack files / in files of their own)\n"
     "prune   evict least-recently-used chunks down to --to BYTES (default 0)\n"
     "verify  re-hash every chunk; remove those that do not match their name\n"
     "Safe while mounts use the cache: they refetch what is removed.",
@@ -60,7 +60,9 @@ int CacheMain(int argc, char** argv) {
     if (rep->removed > 0) return 1;
   }
   CacheUsage u = (*cache)->Usage();
-  std::cout << dir << ": " << u.chunks << " chunks, " << u.bytes << " bytes\n";
+  std::cout << dir << ": " << u.chunks << " chunks, " << u.bytes << " bytes ("
+            << u.packed_chunks << " in " << u.packs << " pack files, "
+            << u.chunks - u.packed_chunks << " in files of their own)\n";
   return 0;
 }
 

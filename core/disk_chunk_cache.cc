@@ -977,7 +977,15 @@ absl::Status DiskChunkCache::Prune(uint64_t bytes) {
 CacheUsage DiskChunkCache::Usage() {
   WaitScanned();
   absl::MutexLock l(&mu_);
-  return CacheUsage{index_.size(), bytes_};
+  CacheUsage u{index_.size(), bytes_, 0, 0};
+  absl::flat_hash_set<const Pack*> packs;
+  for (const auto& [d, m] : index_) {
+    if (m.pack == nullptr) continue;
+    ++u.packed_chunks;
+    packs.insert(m.pack.get());
+  }
+  u.packs = packs.size();
+  return u;
 }
 
 CacheCounters DiskChunkCache::counters() const {

@@ -106,6 +106,8 @@ struct DiskChunkCacheOptions {
 struct CacheUsage {
   uint64_t chunks = 0;
   uint64_t bytes = 0;
+  uint64_t packed_chunks = 0;  // of `chunks`, those in packs
+  uint64_t packs = 0;          // pack files holding them
 };
 
 struct CacheCounters {

@@ -393,6 +393,8 @@ TEST(DiskChunkCachePackTest, SmallChunksShareAPackBigOnesHaveFiles) {
   auto c = DiskChunkCache::Open(dir, o);
   ASSERT_TRUE(c.ok());
   EXPECT_EQ((*c)->Usage().chunks, chunks.size());
+  EXPECT_EQ((*c)->Usage().packed_chunks, chunks.size() - 1);
+  EXPECT_EQ((*c)->Usage().packs, 1u);
   for (const std::string& s : chunks) {
     std::string out(s.size() - 3, '\0');
     auto hit = (*c)->Read(Sha256::Of(s), s.size(), 3, absl::MakeSpan(out));
