@@ -9,32 +9,31 @@
 //   chunks/<hex[0:2]>/<hex>   one file per larger chunk, named by the
 //                             sha256 of its bytes
 //   tmp/<hex>.<pid>.<seq>     chunk files being written
-// Either way the cache is content-addressed: a chunk shared by files,
-// layers, images or processes is stored and fetched once.
 //   lock                      flock(2)ed while evicting or pruning
-//
 //   synced                    "every chunk file changed before time T is on
 //                             disk" (T in ns, written after a syncfs)
+// Either way the cache is content-addressed: a chunk shared by files,
+// layers, images or processes is stored and fetched once.
 //
 // Commit protocol: a chunk's bytes are written to tmp/ (pwrite: faster than
 // io_uring for buffered writes of new files here, see the .cc) and renamed
 // into chunks/, or appended to the pack and then indexed; a crash (kill -9
 // mid-fill) can leave a stray tmp file (removed at the next Open once its
 // writer is dead) or pack bytes no record points at (dead space, freed with
-// the pack). Durability is not paid
-// on the write path (a syncfs per batch flushes the whole filesystem: on a
-// busy host, everyone's dirty data): instead, a chunk file is trusted only if
-// this process wrote it, or it changed before the `synced` mark (a syncfs
-// taken every `sync_every` while writing). Any other file
-// (written by another live process, or by one that died before a syncfs, so
-// possibly torn by a power loss) is re-hashed on its first use in this
-// process and dropped (refetched) if its content is not its name. A pack's
+// the pack). Durability is not paid on the write path (a syncfs per batch
+// flushes the whole filesystem: on a busy host, everyone's dirty data):
+// instead, a chunk file is trusted only if this process wrote it, or it
+// changed before the `synced` mark (a syncfs taken every `sync_every` while
+// writing). Any other file (written by another live process, or by one that
+// died before a syncfs, so possibly torn by a power loss) is re-hashed on
+// its first use in this process and dropped (refetched) if its content is
+// not its name. A pack's
 // records are trusted the same way by the pack's ctime when they are read
 // (index first, then the pack's stat: every record read was written before
 // that ctime); a packed chunk that fails its hash takes its whole pack with
-// it (a pack torn once is suspect throughout). Either way
-// no byte that is not the chunk's is ever served. With `sync` the old
-// protocol applies instead (one syncfs per batch before the renames). On
+// it (a pack torn once is suspect throughout). Either way no byte that is
+// not the chunk's is ever served. With `sync` the old protocol applies
+// instead (one syncfs per batch before the renames or index records). On
 // load and on every read the file size must equal the chunk size (the
 // TOC's); full re-hashing of everything is on request (VerifyAll, `lazypull
 // cache verify`).
@@ -54,7 +53,9 @@
 // before it is read is a miss (the read path fetches it again).
 //
 // Several processes may share one directory: publication is an atomic
-// rename of identical content, eviction an unlink (safe against readers),
+// rename of identical content or an index record appended after the bytes
+// it points at (each process appends to packs of its own), eviction an
+// unlink (safe against readers),
 // eviction and pruning are serialized by flock(lock), and each process learns
 // of the others' chunks when it looks one up (packs: their indexes are read
 // on from where this process left them, at most every 100 ms, on a miss)
