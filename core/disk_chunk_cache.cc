@@ -500,23 +500,8 @@ void DiskChunkCache::DropFile(const Digest& d) {
   {
     absl::MutexLock l(&mu_);
     auto it = index_.find(d);
-    if (it != index_.end() && it->second.pack == nullptr) Forget(d);
-  }
-  unlink(ChunkPath(d).c_str());
-  dropped_.fetch_add(1);
-}
-
-void DiskChunkCache::Drop(const Digest& d) {
-  std::shared_ptr<Pack> pack;
-  {
-    absl::MutexLock l(&mu_);
-    auto it = index_.find(d);
-    if (it != index_.end()) pack = it->second.pack;
-    if (pack == nullptr) Forget(d);
-  }
-  if (pack != nullptr) {
-    DropPack(pack, /*evicted=*/false);
-    return;
+    // (Forget also keeps a scan under way from adding the file back.)
+    if (it == index_.end() || it->second.pack == nullptr) Forget(d);
   }
   unlink(ChunkPath(d).c_str());
   dropped_.fetch_add(1);
@@ -536,6 +521,11 @@ bool DiskChunkCache::Discover(const Digest& d, uint64_t size) {
 
 std::shared_ptr<CachedFile> DiskChunkCache::OpenChunk(const Digest& d,
                                                       uint64_t size) {
+  return OpenChunkFrom(d, size, nullptr);
+}
+
+std::shared_ptr<CachedFile> DiskChunkCache::OpenChunkFrom(
+    const Digest& d, uint64_t size, std::shared_ptr<Pack>* from) {
   bool wrong_size = false;
   for (int attempt = 0;; ++attempt) {
     std::shared_ptr<Pack> pack;
@@ -565,6 +555,7 @@ std::shared_ptr<CachedFile> DiskChunkCache::OpenChunk(const Digest& d,
       }
     }
     if (pack != nullptr) {
+      if (from != nullptr) *from = pack;
       return OpenPacked(d, size, std::move(pack), pack_offset, trusted);
     }
     // Not indexed: another process may have packed it since the last scan.
@@ -638,7 +629,8 @@ absl::StatusOr<bool> DiskChunkCache::Read(const Digest& d, uint64_t size,
       return true;
     }
   }
-  std::shared_ptr<CachedFile> f = OpenChunk(d, size);
+  std::shared_ptr<Pack> pack;  // what holds it, if a pack
+  std::shared_ptr<CachedFile> f = OpenChunkFrom(d, size, &pack);
   if (f == nullptr) {
     misses_.fetch_add(1);
     return false;
@@ -649,7 +641,12 @@ absl::StatusOr<bool> DiskChunkCache::Read(const Digest& d, uint64_t size,
     // Truncated under us (or unreadable): drop it and refetch.
     LogWarning("cache: chunk ", d.ToString(), " unreadable (", st.message(),
                "): dropped, it will be fetched again");
-    Drop(d);
+    // (What it was read from: the index may name another copy by now.)
+    if (pack != nullptr) {
+      DropPack(pack, /*evicted=*/false);
+    } else {
+      DropFile(d);
+    }
     misses_.fetch_add(1);
     return false;
   }
@@ -1014,7 +1011,8 @@ absl::StatusOr<CacheVerifyReport> DiskChunkCache::VerifyAll() {
     // OpenChunk re-hashes a file it does not trust yet and drops it when
     // it is wrong: count that as this check's.
     const uint64_t dropped = dropped_.load(), rehashed = rehashed_.load();
-    std::shared_ptr<CachedFile> f = OpenChunk(d, size);
+    std::shared_ptr<Pack> pack;
+    std::shared_ptr<CachedFile> f = OpenChunkFrom(d, size, &pack);
     if (f == nullptr) {
       if (dropped_.load() != dropped) {
         ++rep.checked;
@@ -1033,7 +1031,11 @@ absl::StatusOr<CacheVerifyReport> DiskChunkCache::VerifyAll() {
     if (!st.ok() || Sha256::Of(buf) != d) {
       LogWarning("cache verify: chunk ", d.ToString(),
                  " does not hash to its name: removed");
-      Drop(d);
+      if (pack != nullptr) {
+        DropPack(pack, /*evicted=*/false);
+      } else {
+        DropFile(d);
+      }
       ++rep.removed;
     }
   }

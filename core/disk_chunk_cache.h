@@ -209,6 +209,10 @@ class DiskChunkCache final : public ChunkCache {
   void ScanPacks(bool wait);
   // ScanPacks(false), if none ran in the last 100 ms.
   void ScanPacksOnMiss();
+  // OpenChunk, saying in *from (if given) which pack holds the chunk (null:
+  // a file of its own).
+  std::shared_ptr<CachedFile> OpenChunkFrom(const Digest& d, uint64_t size,
+                                            std::shared_ptr<Pack>* from);
   // The open file of a packed chunk (null if its pack is gone or torn).
   std::shared_ptr<CachedFile> OpenPacked(const Digest& d, uint64_t size,
                                          std::shared_ptr<Pack> pack,
@@ -227,9 +231,6 @@ class DiskChunkCache final : public ChunkCache {
   void Forget(const Digest& d) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Finds a file another process may have published.
   bool Discover(const Digest& d, uint64_t size);
-  // Forgets chunk `d` and removes what holds it (a packed chunk: its whole
-  // pack).
-  void Drop(const Digest& d);
   // Removes chunk `d`'s file of its own, and its entry if that is the file's.
   void DropFile(const Digest& d);
   absl::Status EvictTo(uint64_t target);
