@@ -766,19 +766,22 @@ TEST(CachedLayerTest, AStreamGivesWayToReadsThatRunAheadOfIt) {
   }
   StreamFixture f(t.Build().blob);
   const auto spans = f.layer->PlanSpans(f.AllChunks(), 64 << 10, 4096);
-  bool ran_ahead = false;
-  absl::Status st = f.layer->FillStream(
-      spans, ReadPriority::kBackground, 2, 1 << 20, UINT64_MAX, 0,
-      [&](const CachedLayer::Span&) {
-        // 40 files, 1.6 MB, read ahead of the stream as it
-        // starts.
-        for (int i = 10; i < 50 && !ran_ahead; ++i) {
-          EXPECT_EQ(f.Read(absl::StrCat("f", i)), data[i]);
-        }
-        ran_ahead = true;
-        return absl::OkStatus();
-      },
-      nullptr, 1 << 20);
+  // A stream over `fx`'s layer with 40 files (1.6 MB) read ahead of it as
+  // it starts, giving way past `allowance` bytes.
+  auto overtaken = [&](StreamFixture& fx, bool* gave_way, uint64_t allowance) {
+    bool ran_ahead = false;
+    return fx.layer->FillStream(
+        spans, ReadPriority::kBackground, 2, 1 << 20, UINT64_MAX, 0,
+        [&](const CachedLayer::Span&) {
+          for (int i = 10; i < 50 && !ran_ahead; ++i) {
+            EXPECT_EQ(fx.Read(absl::StrCat("f", i)), data[i]);
+          }
+          ran_ahead = true;
+          return absl::OkStatus();
+        },
+        gave_way, allowance);
+  };
+  absl::Status st = overtaken(f, nullptr, 1 << 20);
   EXPECT_EQ(st.code(), absl::StatusCode::kAborted) << st;
   EXPECT_LT(f.source->streamed_.load(), spans.back().end - spans.front().begin);
   for (const auto& sp : f.layer->PlanSpans(f.AllChunks(), 64 << 10, 4096)) {
@@ -789,18 +792,8 @@ TEST(CachedLayerTest, AStreamGivesWayToReadsThatRunAheadOfIt) {
   }
   // With a larger allowance than those 1.6 MB, it reads through them.
   StreamFixture h(t.Build().blob);
-  ran_ahead = false;
   bool gave_way = true;
-  st = h.layer->FillStream(
-      spans, ReadPriority::kBackground, 2, 1 << 20, UINT64_MAX, 0,
-      [&](const CachedLayer::Span&) {
-        for (int i = 10; i < 50 && !ran_ahead; ++i) {
-          EXPECT_EQ(h.Read(absl::StrCat("f", i)), data[i]);
-        }
-        ran_ahead = true;
-        return absl::OkStatus();
-      },
-      &gave_way, 4 << 20);
+  st = overtaken(h, &gave_way, 4 << 20);
   EXPECT_TRUE(st.ok()) << st;
   EXPECT_FALSE(gave_way);
   EXPECT_EQ(h.source->streams_.load(), 1);

@@ -53,6 +53,23 @@ std::vector<std::string> StoreChunks(const std::string& dir, int first, int n,
   return chunks;
 }
 
+// What the read path does with chunk `s`: reads it, or inserts it on a
+// miss. Counts a hit, and a wrong answer (an error, or bytes not `s`).
+void ReadOrInsert(DiskChunkCache& c, const std::string& s,
+                  std::atomic<int>* hits, std::atomic<int>* wrong) {
+  const Digest d = Sha256::Of(s);
+  std::string out(s.size(), '\0');
+  auto hit = c.Read(d, s.size(), 0, absl::MakeSpan(out));
+  if (!hit.ok()) {
+    ++*wrong;
+  } else if (*hit) {
+    ++*hits;
+    if (out != s) ++*wrong;
+  } else {
+    (void)c.Insert(d, s);
+  }
+}
+
 size_t CountFiles(const std::string& dir) {
   size_t n = 0;
   std::string cmd = "find '" + dir + "' -type f | wc -l";
@@ -191,18 +208,7 @@ TEST_P(LayoutTest, EvictsToBudgetWhileReadersRun) {
     ts.emplace_back([&, t] {
       std::mt19937 rng(t);
       for (int k = 0; k < 400; ++k) {
-        const std::string& s = chunks[rng() % chunks.size()];
-        Digest d = Sha256::Of(s);
-        std::string out(s.size(), '\0');
-        auto hit = (*c)->Read(d, s.size(), 0, absl::MakeSpan(out));
-        if (!hit.ok()) {
-          ++wrong;
-        } else if (*hit) {
-          ++hits;
-          if (out != s) ++wrong;
-        } else {
-          (void)(*c)->Insert(d, s);  // what the read path does on a miss
-        }
+        ReadOrInsert(**c, chunks[rng() % chunks.size()], &hits, &wrong);
       }
     });
   }
@@ -582,18 +588,9 @@ TEST(DiskChunkCachePackTest, ConcurrentReadersWritersAndEvictionsOfPacks) {
       std::mt19937 rng(50 + t);
       for (int k = 0; k < 3000; ++k) {
         const std::string& s = chunks[rng() % chunks.size()];
-        const Digest d = Sha256::Of(s);
-        std::string out(s.size(), '\0');
-        auto hit = (*c)->Read(d, s.size(), 0, absl::MakeSpan(out));
-        if (!hit.ok()) {
-          ++wrong;
-        } else if (*hit) {
-          ++hits;
-          if (out != s) ++wrong;
-        } else {
-          (void)(*c)->Insert(d, s);
-        }
+        ReadOrInsert(**c, s, &hits, &wrong);
         if (k % 50 == 0) {
+          const Digest d = Sha256::Of(s);
           std::shared_ptr<CachedFile> f = (*c)->OpenChunk(d, s.size());
           if (f != nullptr) {
             std::string via_fd(s.size(), '\0');
