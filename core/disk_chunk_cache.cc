@@ -49,6 +49,21 @@ void ForEachEntry(const std::string& dir, Fn fn) {
   closedir(d);
 }
 
+// syncfs(2) of the filesystem holding `dir`.
+absl::Status SyncFilesystemOf(const std::string& dir) {
+  int dfd = open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  const int rc = dfd >= 0 ? syncfs(dfd) : -1;
+  const int err = errno;
+  if (dfd >= 0) close(dfd);
+  return rc == 0 ? absl::OkStatus() : ErrnoToStatus(err, "syncfs of the cache");
+}
+
+int64_t MonotonicNs() {
+  struct timespec now;
+  clock_gettime(CLOCK_MONOTONIC, &now);
+  return static_cast<int64_t>(now.tv_sec) * 1000000000 + now.tv_nsec;
+}
+
 class FileLock {
  public:
   explicit FileLock(int fd) : fd_(fd) {
@@ -287,10 +302,7 @@ void DiskChunkCache::ScanPacks(bool wait) {
   } else if (!scan_packs_mu_.TryLock()) {
     return;
   }
-  struct timespec now;
-  clock_gettime(CLOCK_MONOTONIC, &now);
-  last_pack_scan_ns_.store(static_cast<int64_t>(now.tv_sec) * 1000000000 +
-                           now.tv_nsec);
+  last_pack_scan_ns_.store(MonotonicNs());
   struct Found {
     std::shared_ptr<Pack> pack;
     std::vector<PackRecord> records;
@@ -396,11 +408,7 @@ void DiskChunkCache::ScanPacks(bool wait) {
 }
 
 void DiskChunkCache::ScanPacksOnMiss() {
-  struct timespec now;
-  clock_gettime(CLOCK_MONOTONIC, &now);
-  const int64_t ns =
-      static_cast<int64_t>(now.tv_sec) * 1000000000 + now.tv_nsec;
-  if (ns - last_pack_scan_ns_.load() < 100 * 1000000) return;
+  if (MonotonicNs() - last_pack_scan_ns_.load() < 100 * 1000000) return;
   ScanPacks(false);
 }
 
@@ -793,14 +801,10 @@ absl::Status DiskChunkCache::WritePacked(const std::vector<const Job*>& jobs) {
   auto commit = [&]() -> absl::Status {
     if (records.empty()) return absl::OkStatus();
     if (options_.sync) {
-      int dfd =
-          open((dir_ + "/packs").c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-      const int rc = dfd >= 0 ? syncfs(dfd) : -1;
-      const int err = errno;
-      if (dfd >= 0) close(dfd);
-      if (rc != 0) {
+      absl::Status synced = SyncFilesystemOf(dir_ + "/packs");
+      if (!synced.ok()) {
         records.clear();
-        return ErrnoToStatus(err, "syncfs of the cache");
+        return synced;
       }
     }
     absl::Status st = pack_writer_->Commit(records);
@@ -906,13 +910,10 @@ absl::Status DiskChunkCache::WriteFiles(const std::vector<const Job*>& jobs) {
   // One flush makes the whole batch durable before any of it is published
   // (a chunk's file appears under chunks/ only after its bytes are on disk).
   if (options_.sync) {
-    int dfd = open((dir_ + "/tmp").c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    int rc = dfd >= 0 ? syncfs(dfd) : -1;
-    int err = errno;
-    if (dfd >= 0) close(dfd);
-    if (rc != 0) {
+    absl::Status synced = SyncFilesystemOf(dir_ + "/tmp");
+    if (!synced.ok()) {
       for (const Written& w : written) unlink(w.tmp.c_str());
-      return ErrnoToStatus(err, "syncfs of the cache");
+      return synced;
     }
   }
   for (const Written& w : written) {
