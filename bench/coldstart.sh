@@ -39,6 +39,10 @@ usage: bench/coldstart.sh [options]
   --keep                  keep the work directory
   --perf DIR              record each lazy mount's CPU profile while its workload runs (perf record
                           -e cpu-clock -g: this VM has no hardware counters) into DIR/PROFILE-WORKLOAD-VARIANT-MODE-RUN.data
+  --perf-system DIR       the whole machine's CPU while each lazy workload runs and during each full pull
+                          (perf record -a into DIR/PROFILE-WORKLOAD-VARIANT-MODE-RUN.sys.data; `perf report
+                          --sort comm` splits it by thread: registry, proxy, workload, lazypull's named
+                          threads), and the busy CPU seconds from /proc/stat in DIR/cpu.tsv
   --sweep FILE            tuning: each line "LABEL<TAB>lazypull mount flags" is run as its own mode for
                           every lazy variant (bench/tune.sh uses it); without it, mode "lazy" = defaults
   --convert-flags 'FLAGS' extra flags for lazypull convert/optimize when making the variants (e.g.
@@ -53,7 +57,7 @@ EOF
 PROFILES=(20ms-100mbit 2ms-1gbit 80ms-50mbit)
 WORKLOADS=(python shell heavy)
 VARIANTS=(gzip estargz estargz-opt zstd-chunked)
-RUNS=3 SMOKE=0 BASELINE=1 PROBE=1 KEEP=0 PERF_DIR="" OUT="" LAZYPULL="" PROXY="" SWEEP="" CONVERT_FLAGS="" INCLUDE=python3
+RUNS=3 SMOKE=0 BASELINE=1 PROBE=1 KEEP=0 PERF_DIR="" SYS_DIR="" OUT="" LAZYPULL="" PROXY="" SWEEP="" CONVERT_FLAGS="" INCLUDE=python3
 CACHE=/var/cache/lazypull-bench
 ARGS="$*"
 pick() { # pick ALLOWED_ARRAY_NAME CSV -> the chosen names, checked
@@ -81,6 +85,7 @@ while [ $# -gt 0 ]; do
     --proxy) PROXY=$2; shift ;;
     --keep) KEEP=1 ;;
     --perf) PERF_DIR=$(realpath -m "$2"); mkdir -p "$PERF_DIR"; shift ;;
+    --perf-system) SYS_DIR=$(realpath -m "$2"); mkdir -p "$SYS_DIR"; shift ;;
     --sweep) SWEEP=$2; shift ;;
     --convert-flags) CONVERT_FLAGS=$2; shift ;;
     --include) INCLUDE=$2; shift ;;
@@ -443,7 +448,9 @@ measure_mount() {
       >"$PERF_DIR/$PROFILE-$wl-$v-$mode-$run.log" 2>&1 9>&- &
     perf_pid=$!
   fi
+  sys_perf_start "$PROFILE-$wl-$v-$mode-$run"
   tr=$(run_workload "$W/mnt" "$wl")
+  sys_perf_stop "$PROFILE-$wl-$v-$mode-$run"
   if [ -n "$perf_pid" ]; then kill -INT "$perf_pid" 2>/dev/null || true; wait "$perf_pid" 2>/dev/null || true; fi
   read_counters
   cpu="" hwm=""
@@ -469,6 +476,31 @@ measure_mount() {
     "$(echo "$DOWN / 1000000" | bc -l)" "$REQS" "${cpu:-?}")"
 }
 
+# sys_perf_start NAME / sys_perf_stop NAME: with --perf-system, the machine's CPU in between (a
+# system-wide profile and /proc/stat's busy time, a line of SYS_DIR/cpu.tsv).
+SYS_PID="" SYS_STAT=""
+sys_perf_start() {
+  [ -n "$SYS_DIR" ] || return 0
+  SYS_STAT=$(head -1 /proc/stat) SYS_T0=$EPOCHREALTIME
+  perf record -q -a -e cpu-clock -o "$SYS_DIR/$1.sys.data" >"$SYS_DIR/$1.sys.log" 2>&1 9>&- &
+  SYS_PID=$!
+}
+sys_perf_stop() {
+  [ -n "$SYS_DIR" ] || return 0
+  local now t1=$EPOCHREALTIME
+  now=$(head -1 /proc/stat)
+  kill -INT "$SYS_PID" 2>/dev/null || true
+  wait "$SYS_PID" 2>/dev/null || true
+  [ -s "$SYS_DIR/cpu.tsv" ] || printf 'run\twall_s\tbusy_s\tuser_s\tsystem_s\n' >"$SYS_DIR/cpu.tsv"
+  # /proc/stat's cpu line: user nice system idle iowait irq softirq steal (in ticks)
+  awk -v name="$1" -v wall="$(sub "$t1" "$SYS_T0")" -v tick="$TICK" '
+    NR == 1 { for (i = 2; i <= 9; i++) a[i] = $i }
+    NR == 2 { for (i = 2; i <= 9; i++) d[i] = $i - a[i]
+              busy = d[2] + d[3] + d[4] + d[7] + d[8] + d[9]
+              printf "%s\t%.3f\t%.2f\t%.2f\t%.2f\n", name, wall, busy / tick, (d[2] + d[3]) / tick, (d[4] + d[7] + d[8]) / tick }
+  ' <(printf '%s\n%s\n' "$SYS_STAT" "$now") >>"$SYS_DIR/cpu.tsv"
+}
+
 # measure_pull WORKLOAD RUN: lazypull pull of the gzip image, then the workload in the result.
 measure_pull() {
   local wl=$1 run=$2 t0 t1 tr u s m dest=$W/pulled
@@ -479,15 +511,18 @@ measure_pull() {
   rm -rf "$dest"
   drop_caches
   reset_counters
+  sys_perf_start "$PROFILE-$wl-pull-$run"
   t0=$EPOCHREALTIME
   if ! /usr/bin/time -f '%U %S %M' -o "$W/time.out" "$LAZYPULL" pull --ca-file "$W/cert.pem" \
     "$REF/bench:gzip" "$dest" >"$W/pull.out" 2>&1; then
+    sys_perf_stop "$PROFILE-$wl-pull-$run"
     row "$wl,pull,pull,$run,,,,,,,,,,,0,pull failed: $(tail -1 "$W/pull.out" | tr ',' ' ' | cut -c1-200)"
     progress "$wl pull run $run: PULL FAILED: $(tail -2 "$W/pull.out")"
     return
   fi
   t1=$EPOCHREALTIME
   tr=$(run_workload "$dest" "$wl")
+  sys_perf_stop "$PROFILE-$wl-pull-$run"
   read_counters
   read -r u s m <"$W/time.out"
   rm -rf "$dest"

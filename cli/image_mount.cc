@@ -936,6 +936,7 @@ absl::Status ServeImage(
     std::string name = LayerName(*m, n);
     m->fetch_thread = std::thread([&, layer, served, source, name, background,
                                    early_prefetch] {
+      NameThisThread("lp-fetch");
       const LayerIndex& idx = layer->index();
       std::vector<uint32_t> first;
       std::vector<bool> in_first(idx.chunks().size());

@@ -8,6 +8,7 @@
 #include "core/buffer_pool.h"
 #include "core/decompressor.h"
 #include "core/status_macros.h"
+#include "core/thread_priority.h"
 
 namespace lazypull {
 
@@ -462,6 +463,7 @@ absl::Status CachedLayer::FillStream(
   std::vector<std::thread> workers;
   for (int t = 0; t < std::max(threads, 1); ++t) {
     workers.emplace_back([&] {
+      NameThisThread("lp-decode");
       std::unique_lock<std::mutex> l(m);
       for (;;) {
         cv.wait(l, [&] { return closed || !tasks.empty(); });
@@ -779,6 +781,7 @@ void CachedLayer::PrefetchDirectoryOf(uint32_t inode) {
 }
 
 void CachedLayer::BackgroundLoop() {
+  NameThisThread("lp-layer-bg");
   while (true) {
     BackgroundJob job;
     {

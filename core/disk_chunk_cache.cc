@@ -21,6 +21,7 @@
 #include "core/errno_status.h"
 #include "core/log.h"
 #include "core/status_macros.h"
+#include "core/thread_priority.h"
 
 namespace lazypull {
 namespace {
@@ -83,6 +84,7 @@ absl::StatusOr<std::unique_ptr<DiskChunkCache>> DiskChunkCache::Open(
   std::unique_ptr<DiskChunkCache> c(new DiskChunkCache(dir, options));
   RETURN_IF_ERROR(c->Load());
   c->writer_ = std::thread([p = c.get()] {
+    NameThisThread("lp-cache");
     // The first scan of what is cached (a stat per file: a quarter of a
     // second for 6,600 files from a cold dentry cache) runs here, not in
     // Open: lookups meanwhile look at the file itself (Contains).

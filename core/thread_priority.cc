@@ -1,11 +1,13 @@
 #include "core/thread_priority.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdio>
 
 #include "absl/strings/str_cat.h"
 #include "core/errno_status.h"
@@ -16,6 +18,12 @@ namespace {
 id_t ThisThreadId() { return static_cast<id_t>(syscall(SYS_gettid)); }
 
 }  // namespace
+
+void NameThisThread(const char* name) {
+  char buf[16];
+  snprintf(buf, sizeof(buf), "%s", name);
+  (void)pthread_setname_np(pthread_self(), buf);
+}
 
 int ThisThreadNice() {
   errno = 0;

@@ -27,6 +27,10 @@ absl::Status LowerThisThreadPriority(int nice);
 // The calling thread's nice value (0 if it cannot be read).
 int ThisThreadNice();
 
+// Names the calling thread (what `top -H`, `perf` and /proc/PID/task/*/comm
+// show): the first 15 bytes of `name`. Best effort: a failure is ignored.
+void NameThisThread(const char* name);
+
 }  // namespace lazypull
 
 #endif  // LAZYPULL_CORE_THREAD_PRIORITY_H_

@@ -437,6 +437,7 @@ void CurlHttpTransport::Loop::Cancel(uint64_t id) {
 }
 
 void CurlHttpTransport::Loop::Run() {
+  NameThisThread(opts_.thread_nice > 0 ? "lp-http-bg" : "lp-http");
   if (opts_.thread_nice > 0) {
     absl::Status st = LowerThisThreadPriority(opts_.thread_nice);
     if (!st.ok()) LogWarning("HTTP event loop: ", st.message());

@@ -15,6 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "core/buffer_pool.h"
 #include "core/status_macros.h"
+#include "core/thread_priority.h"
 
 namespace lazypull {
 
@@ -506,6 +507,7 @@ void HttpBlobSource::DropWarm() {
 }
 
 void HttpBlobSource::WorkerLoop() {
+  NameThisThread("lp-source");
   while (true) {
     std::vector<std::shared_ptr<Piece>> batch;
     auto request = std::make_shared<Request>();

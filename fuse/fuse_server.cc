@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "core/errno_status.h"
 #include "core/log.h"
+#include "core/thread_priority.h"
 
 namespace lazypull {
 
@@ -81,6 +82,7 @@ absl::Status FuseServer::Run() {
   // pays to create them again (measured: ~700 thread creations for 3,000
   // small files).
   fuse_loop_cfg_set_idle_threads(cfg, options_.max_threads);
+  NameThisThread("lp-fuse");  // (and the workers it starts: they inherit it)
   int rc = fuse_session_loop_mt(se_, cfg);
   fuse_loop_cfg_destroy(cfg);
   fuse_session_unmount(se_);
