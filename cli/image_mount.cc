@@ -693,7 +693,10 @@ absl::Status ServeImage(
                 ls.on_demand_fills, " on demand), ", ls.cache_hits,
                 " cache hits, ", ls.joined_fills,
                 " reads that waited for another's fill, ", ls.dir_prefetches,
-                " directories prefetched after a miss");
+                " directories prefetched after a miss, ",
+                (*it)->served->fs().pushed_bytes(),
+                " bytes pushed into the page cache (",
+                (*it)->served->fs().pushes_dropped(), " pushes dropped)");
       }
       (*it)->served.reset();
     }
@@ -874,6 +877,7 @@ absl::Status ServeImage(
         fo.state_name = d.digest.ToString();
         fo.state_digest = fo.state_name;
         fo.user_overlay_xattrs = false;  // a root overlay uses trusted.*
+        fo.push_pages = !args.Has("no-push-pages");
         if (mkdir(m->dir.c_str(), 0755) != 0) {
           return ErrnoToStatus(errno, absl::StrCat("mkdir ", m->dir));
         }

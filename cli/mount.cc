@@ -72,6 +72,9 @@ const CommandSpec kMountSpec = {
         {"cache-pack-max", "BYTES",
          "chunks up to this size are appended to shared pack files, a few "
          "inodes per layer (default 4M; 0 = one file per chunk)"},
+        {"no-push-pages", "",
+         "do not push verified bytes into the kernel's page cache of files "
+         "it knows (every read then comes to the FUSE server)"},
         {"foreground", "", "serve in this process; do not daemonize"},
         {"log-file", "FILE", "daemon log (default: CACHE_DIR/lazypull.log)"},
         {"o", "OPTIONS", "mount options; only allow_other is accepted"},
@@ -165,6 +168,7 @@ absl::Status Serve(const ParsedArgs& args,
   std::shared_ptr<const LayerReader> shared_reader = std::move(*reader);
   auto layer = std::make_shared<CachedLayer>(shared_reader, std::move(cache));
   LayerFsOptions fo;
+  fo.push_pages = !args.Has("no-push-pages");
   fo.state_name = shared_reader->toc_digest().ToString();
   fo.state_digest = fo.state_name;
   // LAZYPULL_REPLY=copy|splice-move picks another reply path (benchmarks).
@@ -184,7 +188,12 @@ absl::Status Serve(const ParsedArgs& args,
   LogInfo("serving ", *args.Get("blob"), " (TOC ", fo.state_name, ") at ",
           mountpoint, ", cache ", cache_dir);
   ready(absl::OkStatus());
+  fs->StartPushing(server->session());
   absl::Status st = server->Run();
+  fs->StopPushing();  // (before the session goes)
+  LogInfo("at unmount: ", layer->stats().cache_hits, " cache hits, ",
+          fs->pushed_bytes(), " bytes pushed into the page cache (",
+          fs->pushes_dropped(), " pushes dropped)");
   server.reset();
   fs.reset();
   layer.reset();

@@ -13,10 +13,13 @@
 namespace lazypull {
 
 struct CachedLayer::Flight {
-  explicit Flight(ReadPriority p) : priority(p) {}
+  explicit Flight(ReadPriority p, const void* o = nullptr)
+      : priority(p), owner(o) {}
   // Whom the fill is for: a reader that joined a fill made for prefetch,
   // background fetch or read-ahead, and saw it fail, tries once itself.
   const ReadPriority priority;
+  // The stream that claimed it ahead of its bytes (ClaimAhead), or null.
+  const void* const owner;
   absl::Mutex mu;
   bool done ABSL_GUARDED_BY(mu) = false;
   absl::Status status ABSL_GUARDED_BY(mu);
@@ -65,6 +68,11 @@ CachedLayer::~CachedLayer() {
   }
   bg_cv_.notify_all();
   for (auto& t : bg_threads_) t.join();
+}
+
+void CachedLayer::SetFillObserver(FillObserver observer) {
+  absl::MutexLock l(&observer_mu_);  // (waits for calls under reader locks)
+  observer_ = std::move(observer);
 }
 
 CachedLayerStats CachedLayer::stats() const {
@@ -218,21 +226,60 @@ void CachedLayer::RunFill(uint32_t group, Flight* flight,
   flight->done = true;
 }
 
-uint64_t CachedLayer::TakenBytesIn(const Span& span) {
+void CachedLayer::ForEachMemberIn(
+    const Span& span,
+    const std::function<void(uint32_t group, const Chunk& first)>& f) const {
   const auto& cs = reader_->index().chunks();
-  uint64_t n = 0;
   for (size_t g = FirstGroupAt(span.begin); g < groups_.size(); ++g) {
     const Chunk& c = cs[groups_[g].front()];
     if (c.zeros || c.blob_offset >= span.end) break;
-    if (c.blob_end > span.end) continue;
-    bool taken = GroupCached(static_cast<uint32_t>(g));
-    if (!taken) {
-      absl::MutexLock l(&mu_);
-      taken = flights_.contains(static_cast<uint32_t>(g));
-    }
-    if (taken) n += c.blob_end - c.blob_offset;
+    if (c.blob_end <= span.end) f(static_cast<uint32_t>(g), c);
   }
+}
+
+bool CachedLayer::InFlightForOther(uint32_t group, const void* owner) {
+  absl::MutexLock l(&mu_);
+  auto it = flights_.find(group);
+  return it != flights_.end() &&
+         (owner == nullptr || it->second->owner != owner);
+}
+
+uint64_t CachedLayer::TakenBytesIn(const Span& span, const void* owner) {
+  uint64_t n = 0;
+  ForEachMemberIn(span, [&](uint32_t g, const Chunk& c) {
+    if (GroupCached(g) || InFlightForOther(g, owner)) {
+      n += c.blob_end - c.blob_offset;
+    }
+  });
   return n;
+}
+
+void CachedLayer::ClaimAhead(
+    const Span& span, ReadPriority priority, const void* owner,
+    std::vector<std::pair<uint32_t, std::shared_ptr<Flight>>>* claims) {
+  ForEachMemberIn(span, [&](uint32_t g, const Chunk&) {
+    if (GroupCached(g)) return;
+    absl::MutexLock l(&mu_);
+    auto [it, inserted] = flights_.try_emplace(g);
+    if (!inserted) return;
+    it->second = std::make_shared<Flight>(priority, owner);
+    claims->emplace_back(g, it->second);
+  });
+}
+
+void CachedLayer::ReleaseClaims(
+    std::vector<std::pair<uint32_t, std::shared_ptr<Flight>>>* claims) {
+  for (auto& [g, flight] : *claims) {
+    {
+      absl::MutexLock l(&flight->mu);
+      if (flight->done) continue;  // taken up by FillSpanWith
+      flight->status =
+          absl::UnavailableError("the stream that claimed it ended first");
+      flight->done = true;
+    }
+    EndFlight(g, flight.get());
+  }
+  claims->clear();
 }
 
 size_t CachedLayer::FirstGroupAt(uint64_t offset) const {
@@ -304,7 +351,8 @@ absl::Status CachedLayer::FillSpan(const Span& span, ReadPriority priority) {
 
 absl::Status CachedLayer::FillSpanWith(const Span& span, ReadPriority priority,
                                        const SpanReader& read,
-                                       const AsyncRunner& async) {
+                                       const AsyncRunner& async,
+                                       const void* owner) {
   const auto& cs = reader_->index().chunks();
   // The members still missing, in runs: members cached since the span was
   // planned (by on-demand reads) are not fetched again, unless the hole
@@ -315,28 +363,20 @@ absl::Status CachedLayer::FillSpanWith(const Span& span, ReadPriority priority,
     uint64_t decoded_max = 0;
   };
   std::vector<Run> runs;
-  for (size_t g = FirstGroupAt(span.begin); g < groups_.size(); ++g) {
-    const Chunk& c = cs[groups_[g].front()];
-    if (c.zeros || c.blob_offset >= span.end) break;
-    if (c.blob_end > span.end || GroupCached(static_cast<uint32_t>(g))) {
-      continue;
-    }
-    {
-      // An on-demand fill has it in flight: fetching it again here would
-      // only duplicate its bytes on the link.
-      absl::MutexLock l(&mu_);
-      if (flights_.contains(static_cast<uint32_t>(g))) continue;
-    }
+  ForEachMemberIn(span, [&](uint32_t g, const Chunk& c) {
+    // In flight for another fill (an on-demand one, say): fetching it again
+    // here would only duplicate its bytes on the link. (Members this fill
+    // claimed ahead are its own.)
+    if (GroupCached(g) || InFlightForOther(g, owner)) return;
     if (runs.empty() || c.blob_offset - runs.back().end > span.gap) {
       runs.push_back({c.blob_offset, c.blob_end, {}, 0});
     }
     Run& r = runs.back();
     r.end = c.blob_end;
-    r.groups.push_back(static_cast<uint32_t>(g));
-    r.decoded_max =
-        std::max(r.decoded_max, GroupFillBytes(static_cast<uint32_t>(g)) -
-                                    (c.blob_end - c.blob_offset));
-  }
+    r.groups.push_back(g);
+    r.decoded_max = std::max(r.decoded_max,
+                             GroupFillBytes(g) - (c.blob_end - c.blob_offset));
+  });
   absl::Status first_error;
   for (const Run& run : runs) {
     const uint64_t held =
@@ -348,7 +388,12 @@ absl::Status CachedLayer::FillSpanWith(const Span& span, ReadPriority priority,
     {
       absl::MutexLock l(&mu_);
       for (const uint32_t g : run.groups) {
-        if (flights_.contains(g)) continue;
+        if (auto it = flights_.find(g); it != flights_.end()) {
+          if (owner != nullptr && it->second->owner == owner) {
+            claimed.emplace_back(g, it->second);  // claimed ahead: ours
+          }
+          continue;
+        }
         auto f = std::make_shared<Flight>(priority);
         flights_[g] = f;
         claimed.emplace_back(g, std::move(f));
@@ -391,6 +436,12 @@ absl::Status CachedLayer::FillSpanWith(const Span& span, ReadPriority priority,
         }
         for (const auto& [ci, data] : out) {
           (void)cache_->InsertShared(cs[ci].digest, data);
+        }
+        {
+          absl::ReaderMutexLock ol(&observer_mu_);
+          if (observer_) {
+            for (const auto& [ci, data] : out) observer_(ci, data);
+          }
         }
         absl::MutexLock l(&done_mu);
         if (!st.ok() && first_error.ok()) first_error = st;
@@ -491,6 +542,11 @@ absl::Status CachedLayer::FillStream(
   }
   uint64_t again = 0, streamed = 0;
   absl::Status span_error;
+  // The members of the span being read and of the next one that this stream
+  // claimed ahead (ClaimAhead); `owner` tells its flights from others'.
+  std::vector<std::pair<uint32_t, std::shared_ptr<Flight>>> claims_cur,
+      claims_next;
+  const void* const owner = &claims_cur;
   absl::Status stream_error = [&]() -> absl::Status {
     std::string scratch;
     std::unique_ptr<BlobStream> stream;
@@ -522,7 +578,7 @@ absl::Status CachedLayer::FillStream(
     for (size_t i = 0; i < spans.size(); ++i) {
       const Span& span = spans[i];
       RETURN_IF_ERROR(before_span(span));
-      again += TakenBytesIn(span) - taken_before[i];
+      again += TakenBytesIn(span, owner) - taken_before[i];
       if (again > give_way_bytes && again > streamed / 16) {
         if (gave_way != nullptr) *gave_way = true;
         return absl::AbortedError(absl::StrCat(
@@ -546,7 +602,12 @@ absl::Status CachedLayer::FillStream(
         pos = begin;
       }
       streamed += span.end - span.begin;
-      absl::Status st = FillSpanWith(span, priority, read, async);
+      if (i + 1 < spans.size() && spans[i + 1].end <= stretch_end) {
+        ClaimAhead(spans[i + 1], priority, owner, &claims_next);
+      }
+      absl::Status st = FillSpanWith(span, priority, read, async, owner);
+      ReleaseClaims(&claims_cur);  // (any it did not take up)
+      std::swap(claims_cur, claims_next);
       RETURN_IF_ERROR(broken);
       if (!st.ok() && span_error.ok()) span_error = st;
     }
@@ -558,6 +619,8 @@ absl::Status CachedLayer::FillStream(
   }
   cv.notify_all();
   for (auto& w : workers) w.join();
+  ReleaseClaims(&claims_cur);
+  ReleaseClaims(&claims_next);
   return stream_error.ok() ? span_error : stream_error;
 }
 
@@ -702,7 +765,7 @@ absl::StatusOr<size_t> CachedLayer::Read(uint32_t inode, uint64_t offset,
 }
 
 std::optional<std::vector<CachedLayer::FilePiece>> CachedLayer::Locate(
-    uint32_t inode, uint64_t offset, size_t len) {
+    uint32_t inode, uint64_t offset, size_t len, bool count_hits) {
   const LayerIndex& idx = reader_->index();
   const Inode& n = idx.inode(inode);
   std::vector<FilePiece> pieces;
@@ -722,7 +785,7 @@ std::optional<std::vector<CachedLayer::FilePiece>> CachedLayer::Locate(
         FilePiece{std::move(f), at, static_cast<size_t>(piece_end - pos)});
     pos = piece_end;
   }
-  hits_.fetch_add(pieces.size());
+  if (count_hits) hits_.fetch_add(pieces.size());
   return pieces;
 }
 

@@ -109,9 +109,11 @@ class CachedLayer {
   };
   // If every chunk covering [offset, offset + len) of `inode` is in a cache
   // file, returns the pieces (clipped at end of file; empty past it);
-  // otherwise nullopt and the caller uses Read(). Counts as cache hits.
+  // otherwise nullopt and the caller uses Read(). Counts as cache hits
+  // unless `count_hits` is false.
   std::optional<std::vector<FilePiece>> Locate(uint32_t inode, uint64_t offset,
-                                               size_t len);
+                                               size_t len,
+                                               bool count_hits = true);
 
   // Makes sure chunk `chunk` is cached (fetching and verifying it if not).
   absl::Status Fill(uint32_t chunk, ReadPriority priority);
@@ -175,6 +177,16 @@ class CachedLayer {
   // session 12.)
   static constexpr uint64_t kStreamGiveWayBytes = 8 << 20;
 
+  // Prefetch and background fills (FillSpan, FillStream) hand every chunk
+  // they verified and cached to `observer`, on the decoding thread, once the
+  // cache has been given it (on-demand fills do not: their reader replies
+  // with the bytes). The observer must be quick (it runs on fill threads,
+  // concurrently). One at a time; setting another (or nullptr) returns only
+  // once no call of the previous one is running.
+  using FillObserver = std::function<void(
+      uint32_t chunk, const std::shared_ptr<const std::string>& bytes)>;
+  void SetFillObserver(FillObserver observer);
+
   CachedLayerStats stats() const;
   // Distinct compressed bytes fetched from the source so far.
   uint64_t fetched_blob_bytes() const { return fetched_blob_bytes_.load(); }
@@ -199,9 +211,30 @@ class CachedLayer {
   // Memory a fill of `group` holds at its peak.
   uint64_t GroupFillBytes(uint32_t group) const;
   bool GroupCached(uint32_t group) const;
+  // Calls `f` for each member (group) wholly inside `span`, in blob order,
+  // with the group's first chunk.
+  void ForEachMemberIn(
+      const Span& span,
+      const std::function<void(uint32_t group, const Chunk& first)>& f) const;
+  // Whether `group` is in flight for a fill other than `owner`'s (any fill,
+  // for a null owner).
+  bool InFlightForOther(uint32_t group, const void* owner);
   // Blob bytes of the members wholly inside `span` that are cached or in
-  // flight.
-  uint64_t TakenBytesIn(const Span& span);
+  // flight (but for flights `owner` claimed: see ClaimAhead).
+  uint64_t TakenBytesIn(const Span& span, const void* owner = nullptr);
+  // A stream's claim on the members of the span after the one it reads:
+  // their flights, owned by `owner` (the stream), so that a reader reaching
+  // one of them while the stream is still on the span before waits for the
+  // stream's bytes instead of fetching them again (a program walking the
+  // tree in the layer's order keeps reaching the stream's front). Members
+  // cached or in flight already are left alone. FillSpanWith with the same
+  // owner takes these flights up; ReleaseClaims ends those it did not (a
+  // waiting reader then fetches for itself).
+  void ClaimAhead(
+      const Span& span, ReadPriority priority, const void* owner,
+      std::vector<std::pair<uint32_t, std::shared_ptr<Flight>>>* claims);
+  void ReleaseClaims(
+      std::vector<std::pair<uint32_t, std::shared_ptr<Flight>>>* claims);
   // FillSpan's work, its runs' bytes read by `read` (ReadAtStreaming's
   // contract: `landed(n)` as each longer prefix is in), each member's
   // decode run by `async` if given (else on the calling thread); returns
@@ -210,8 +243,10 @@ class CachedLayer {
       std::function<absl::Status(uint64_t begin, absl::Span<char> dst,
                                  const std::function<void(size_t)>& landed)>;
   using AsyncRunner = std::function<void(std::function<void()>)>;
+  // `owner`: flights ClaimAhead made for it are this fill's to take up.
   absl::Status FillSpanWith(const Span& span, ReadPriority priority,
-                            const SpanReader& read, const AsyncRunner& async);
+                            const SpanReader& read, const AsyncRunner& async,
+                            const void* owner = nullptr);
   // FillStream reads its streams in pieces of this size.
   static constexpr size_t kStreamPiece = 128 << 10;
   // The first group (in blob order) whose member starts at or after
@@ -258,6 +293,9 @@ class CachedLayer {
   std::vector<std::atomic<bool>> dir_done_;
   std::atomic<uint64_t> dir_prefetches_{0};
   std::atomic<uint64_t> joined_fills_{0};
+
+  absl::Mutex observer_mu_;
+  FillObserver observer_ ABSL_GUARDED_BY(observer_mu_);
 
   // Fill memory in use (see max_fill_bytes).
   absl::Mutex budget_mu_;

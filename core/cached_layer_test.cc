@@ -822,5 +822,72 @@ TEST(CachedLayerTest, AStreamGivesWayToReadsThatRunAheadOfIt) {
   }
 }
 
+// A reader that reaches the span after the one the stream is reading (as a
+// program walking the tree in the layer's order keeps doing) waits for the
+// stream's bytes rather than fetching them again: the stream claimed that
+// span's members ahead. Claims a stream ends without taking up are released
+// (the waiting reader then fetches for itself).
+TEST(CachedLayerTest, AStreamClaimsTheNextSpanAhead) {
+  TestLayer t;
+  std::vector<std::string> data;
+  for (int i = 0; i < 40; ++i) {
+    data.push_back(Random(6000, 1300 + i));
+    t.AddFile(absl::StrCat("f", i), data.back());
+  }
+  const std::string blob = t.Build().blob;
+  // The first file whose member lies in span `sp`.
+  auto file_in = [&](StreamFixture& fx, const CachedLayer::Span& sp) {
+    const LayerIndex& idx = fx.reader->index();
+    for (int i = 0; i < 40; ++i) {
+      const Chunk& c =
+          idx.chunks()[idx.inode(*idx.Resolve(absl::StrCat("f", i)))
+                           .first_chunk];
+      if (c.blob_offset >= sp.begin && c.blob_end <= sp.end) return i;
+    }
+    return -1;
+  };
+  for (const bool stop_there : {false, true}) {
+    SCOPED_TRACE(stop_there ? "the stream stops before that span"
+                            : "the stream reads on");
+    StreamFixture f(blob);
+    const auto spans = f.layer->PlanSpans(f.AllChunks(), 16 << 10, 4096);
+    ASSERT_GT(spans.size(), 4u);
+    const int target = file_in(f, spans[1]);
+    ASSERT_GE(target, 0);
+    std::thread reader;
+    std::string got;
+    int calls = 0;
+    absl::Status st = f.layer->FillStream(
+        spans, ReadPriority::kBackground, 2, 1 << 20, UINT64_MAX, 0,
+        [&](const CachedLayer::Span&) {
+          // The second call comes before span 1 is read, which the stream
+          // claimed while it read span 0.
+          if (++calls != 2) return absl::OkStatus();
+          const uint64_t joined = f.layer->stats().joined_fills;
+          reader =
+              std::thread([&] { got = f.Read(absl::StrCat("f", target)); });
+          // Until the reader waits on the stream's claim (or a while).
+          for (int k = 0; k < 200 && f.layer->stats().joined_fills == joined;
+               ++k) {
+            std::this_thread::sleep_for(std::chrono::milliseconds(10));
+          }
+          return stop_there ? absl::CancelledError("stop") : absl::OkStatus();
+        });
+    reader.join();
+    EXPECT_EQ(got, data[target]);
+    EXPECT_EQ(f.layer->stats().joined_fills, 1u);
+    if (stop_there) {
+      EXPECT_EQ(st.code(), absl::StatusCode::kCancelled) << st;
+      EXPECT_EQ(f.source->plain_reads_.load(), 1)
+          << "released: the reader fetched for itself";
+    } else {
+      EXPECT_TRUE(st.ok()) << st;
+      EXPECT_EQ(f.source->plain_reads_.load(), 0)
+          << "the reader waited for the stream";
+      EXPECT_EQ(f.source->streams_.load(), 1);
+    }
+  }
+}
+
 }  // namespace
 }  // namespace lazypull

@@ -42,6 +42,10 @@ class FuseServer {
   // Serves requests until unmounted or signalled, then unmounts.
   absl::Status Run();
 
+  // The session, for notifications to the kernel (fuse_lowlevel_notify_*)
+  // from any thread while Run() serves.
+  fuse_session* session() const { return se_; }
+
  private:
   FuseServer(fuse_session* se, FuseServerOptions options)
       : se_(se), options_(options) {}

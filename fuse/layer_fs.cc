@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <string>
@@ -14,6 +15,7 @@
 #include "core/buffer_pool.h"
 #include "core/json_writer.h"
 #include "core/log.h"
+#include "core/thread_priority.h"
 #include "fuse/status_errno.h"
 
 namespace lazypull {
@@ -58,6 +60,7 @@ LayerFs::LayerFs(std::shared_ptr<CachedLayer> layer, LayerFsOptions options)
       options_(std::move(options)) {
   const size_t n = index_.inodes().size();
   children_.resize(n);
+  listing_.resize(n);
   whiteout_.assign(n, false);
   opaque_.assign(n, false);
   const auto& dirents = index_.dirents();
@@ -76,14 +79,20 @@ LayerFs::LayerFs(std::shared_ptr<CachedLayer> layer, LayerFsOptions options)
         absl::string_view target = name.substr(kWhiteoutPrefix.size());
         if (target.empty() || index_.Lookup(dir, target).has_value()) continue;
         whiteout_[de.inode] = true;
-        kids.push_back({target, de.inode});
+        kids.push_back({target, de.inode, d});
         continue;
       }
-      kids.push_back({name, de.inode});
+      kids.push_back({name, de.inode, d});
     }
     std::sort(kids.begin(), kids.end(),
               [](const Child& a, const Child& b) { return a.name < b.name; });
+    std::vector<Child>& listed = listing_[dir];
+    listed = kids;
+    std::sort(listed.begin(), listed.end(), [](const Child& a, const Child& b) {
+      return a.dirent < b.dirent;
+    });
   }
+  known_ = std::make_unique<std::atomic<bool>[]>(n);
   state_dir_ino_ = n + 1;
   state_file_ino_ = n + 2;
   state_file_name_ = options_.state_name + ".json";
@@ -97,6 +106,133 @@ const LayerFs::Child* LayerFs::Find(uint32_t dir,
       [](const Child& c, absl::string_view n) { return c.name < n; });
   if (it == kids.end() || it->name != name) return nullptr;
   return &*it;
+}
+
+LayerFs::~LayerFs() { StopPushing(); }
+
+void LayerFs::StartPushing(fuse_session* se) {
+  // (Not while `on_open` records a workload: every access is to be seen.)
+  if (!options_.push_pages || options_.on_open || pusher_.joinable()) return;
+  push_se_ = se;
+  {
+    absl::MutexLock l(&push_mu_);
+    push_stop_ = false;
+  }
+  pusher_ = std::thread([this] { PushLoop(); });
+  layer_->SetFillObserver(
+      [this](uint32_t chunk, const std::shared_ptr<const std::string>& bytes) {
+        OnFill(chunk, bytes);
+      });
+  pushing_.store(true);
+}
+
+void LayerFs::StopPushing() {
+  if (!pusher_.joinable()) return;
+  pushing_.store(false);
+  layer_->SetFillObserver(nullptr);  // (waits for calls under way)
+  {
+    absl::MutexLock l(&push_mu_);
+    push_stop_ = true;
+  }
+  pusher_.join();
+  absl::MutexLock l(&push_mu_);
+  push_queue_.clear();
+  push_queued_ = 0;
+}
+
+void LayerFs::Known(fuse_ino_t ino) {
+  if (ino < 1 || ino >= state_dir_ino_) return;
+  const uint32_t i = static_cast<uint32_t>(ino - 1);
+  if (known_[i].exchange(true, std::memory_order_relaxed)) return;
+  if (!pushing_.load(std::memory_order_relaxed)) return;
+  const Inode& n = index_.inode(i);
+  if (n.type != EntryType::kReg || whiteout_[i] || n.size == 0 ||
+      n.size > options_.push_listed_max) {
+    return;
+  }
+  Enqueue(PushJob{i, 0, nullptr, n.size});
+}
+
+void LayerFs::OnFill(uint32_t chunk,
+                     const std::shared_ptr<const std::string>& bytes) {
+  const Chunk& c = index_.chunks()[chunk];
+  if (!known_[c.inode].load(std::memory_order_relaxed) || bytes->empty()) {
+    return;
+  }
+  Enqueue(PushJob{c.inode, c.file_offset, bytes, bytes->size()});
+}
+
+void LayerFs::Enqueue(PushJob job) {
+  absl::MutexLock l(&push_mu_);
+  if (push_stop_) return;
+  if (push_queued_ + job.size > options_.push_queue_bytes) {
+    push_dropped_.fetch_add(1, std::memory_order_relaxed);
+    return;
+  }
+  push_queued_ += job.size;
+  push_queue_.push_back(std::move(job));
+}
+
+void LayerFs::PushLoop() {
+  NameThisThread("lp-push");
+  while (true) {
+    PushJob job;
+    {
+      absl::MutexLock l(&push_mu_);
+      auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(push_mu_) {
+        return push_stop_ || !push_queue_.empty();
+      };
+      push_mu_.Await(absl::Condition(&ready));
+      if (push_stop_) return;
+      job = std::move(push_queue_.front());
+      push_queue_.pop_front();
+    }
+    Push(job);
+    absl::MutexLock l(&push_mu_);
+    push_queued_ -= job.size;
+  }
+}
+
+void LayerFs::Push(const PushJob& job) {
+  const fuse_ino_t ino = job.inode + 1;
+  auto store = [&](uint64_t offset, const char* data, size_t len) {
+    fuse_bufvec bv = FUSE_BUFVEC_INIT(len);
+    bv.buf[0].mem = const_cast<char*>(data);
+    // The kernel copies the bytes into the file's pages (waiting for any
+    // a read holds); ENOENT: it no longer knows the file.
+    if (fuse_lowlevel_notify_store(push_se_, ino, static_cast<off_t>(offset),
+                                   &bv,
+                                   static_cast<fuse_buf_copy_flags>(0)) == 0) {
+      pushed_bytes_.fetch_add(len, std::memory_order_relaxed);
+      return true;
+    }
+    push_dropped_.fetch_add(1, std::memory_order_relaxed);
+    return false;
+  };
+  if (job.bytes != nullptr) {
+    store(job.offset, job.bytes->data(), job.bytes->size());
+    return;
+  }
+  // A whole small file, if every chunk of it is cached.
+  std::optional<std::vector<CachedLayer::FilePiece>> pieces =
+      layer_->Locate(job.inode, 0, static_cast<size_t>(job.size),
+                     /*count_hits=*/false);
+  if (!pieces) return;
+  std::shared_ptr<std::string> buf =
+      BufferPool::Default().Get(static_cast<size_t>(job.size));
+  uint64_t at = 0;
+  for (const CachedLayer::FilePiece& p : *pieces) {
+    for (size_t done = 0; done < p.len;) {
+      const ssize_t r =
+          pread(p.file->fd(), buf->data() + at + done, p.len - done,
+                static_cast<off_t>(p.offset + done));
+      if (r < 0 && errno == EINTR) continue;
+      if (r <= 0) return;  // (a cache file gone: reads come here instead)
+      done += static_cast<size_t>(r);
+    }
+    at += p.len;
+  }
+  store(0, buf->data(), static_cast<size_t>(at));
 }
 
 void LayerFs::RecordError(const std::string& message) {
@@ -224,6 +360,7 @@ struct LayerFsOpsImpl {
     e.attr_timeout = volatile_attr ? 0 : fs->options_.attr_timeout;
     e.entry_timeout = fs->options_.entry_timeout;
     fs->Stat(ino, &e.attr);
+    fs->Known(ino);
     fuse_reply_entry(req, &e);
   }
 
@@ -327,7 +464,7 @@ struct LayerFsOpsImpl {
     if (fs->IsStateDir(ino)) {
       synthetic.emplace_back(fs->state_file_name_, fs->state_file_ino_);
     } else {
-      kids = &fs->Children(static_cast<uint32_t>(ino - 1));
+      kids = &fs->Listing(static_cast<uint32_t>(ino - 1));
     }
     const size_t count = kids ? kids->size() : synthetic.size();
     for (size_t k = static_cast<size_t>(off); k < count + 2; ++k) {
@@ -380,6 +517,7 @@ struct LayerFsOpsImpl {
       }
       if (need > buf.size() - used) break;
       used += need;
+      if (plus && k >= 2) fs->Known(child);
     }
     fuse_reply_buf(req, buf.data(), used);
   }

@@ -13,22 +13,31 @@
 //    fetchedPercent} as the reference does.
 //  - Long entry/attr timeouts and cached negative lookups (a layer is
 //    immutable), keep_cache on open, 1 MiB reads. Every write answers EROFS.
+//  - A directory lists its entries in the layer's (TOC) order, not sorted:
+//    a program walking the tree reads the blob front to back, the way
+//    prefetch and background fetch bring it.
+//  - Verified bytes are pushed into the kernel's page cache of files it
+//    knows (push_pages), so that most reads of a layer being fetched in the
+//    background never reach this server.
 // The inode table is static, so lookup counts need no bookkeeping: forget
 // frees nothing and replies none.
 //
 // Thread-safety: the callbacks run on libfuse's worker threads concurrently;
-// LayerFs holds no lock across a fuse_reply_* (its only shared mutable state
-// is the CachedLayer, which is thread-safe, and an error string under a
-// mutex).
+// LayerFs holds no lock across a fuse_reply_* (its shared mutable state is
+// the CachedLayer, which is thread-safe, an error string under a mutex, and
+// the pushes: per-inode atomic flags and a queue under a mutex, drained by a
+// thread of its own that holds no lock while it pushes).
 #ifndef LAZYPULL_FUSE_LAYER_FS_H_
 #define LAZYPULL_FUSE_LAYER_FS_H_
 
 #include <fuse3/fuse_lowlevel.h>
 
 #include <atomic>
+#include <deque>
 #include <functional>
 #include <memory>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -71,6 +80,18 @@ struct LayerFsOptions {
   // StateJson); ignored when `on_open` is set (every open must be seen) or
   // the kernel lacks either.
   bool skip_open = true;
+  // Push verified bytes into the kernel's page cache (FUSE_NOTIFY_STORE) of
+  // files the kernel knows (a lookup or a directory listing named them), so
+  // that reading them costs no round trip through this server: what
+  // prefetch and background fetch bring, as each chunk is cached, and a file
+  // of at most `push_listed_max` bytes that is cached whole when a lookup or
+  // listing first names it. Best effort: a push the kernel refuses is
+  // dropped, and reads still come here for what it does not hold. Takes
+  // effect with StartPushing.
+  bool push_pages = true;
+  uint64_t push_listed_max = 1 << 20;
+  // Bytes waiting to be pushed beyond which new pushes are dropped.
+  uint64_t push_queue_bytes = 16 << 20;
 };
 
 class LayerFs {
@@ -100,12 +121,27 @@ class LayerFs {
   // Sets the state file's "error" (the last one reported wins).
   void RecordError(const std::string& message);
 
+  // Starts pushing pages (LayerFsOptions::push_pages; a no-op without it)
+  // through `se`, the session serving this filesystem: a thread of its own,
+  // fed by the layer's fill observer and by lookups and listings.
+  // StopPushing() ends both, waiting for a push under way (which a read in
+  // flight can hold up: call it while the session still serves); the
+  // destructor calls it. Both from the thread that owns the mount.
+  void StartPushing(fuse_session* se);
+  void StopPushing();
+  ~LayerFs();
+  // Bytes the kernel took into its page cache, and pushes dropped (queue
+  // full) or refused (a file the kernel had forgotten, say).
+  uint64_t pushed_bytes() const { return pushed_bytes_.load(); }
+  uint64_t pushes_dropped() const { return push_dropped_.load(); }
+
  private:
   friend struct LayerFsOpsImpl;
 
   struct Child {
     absl::string_view name;
-    uint32_t inode;  // index inode
+    uint32_t inode;   // index inode
+    uint32_t dirent;  // the entry that names it (its place in the TOC)
   };
 
   // Index inode for a FUSE ino, or -1 for the synthetic ones.
@@ -115,15 +151,21 @@ class LayerFs {
     return ino >= 1 && ino <= state_file_ino_;
   }
   void Stat(fuse_ino_t ino, struct stat* st) const;
-  const std::vector<Child>& Children(uint32_t dir) const {
-    return children_[dir];
+  // A directory's visible children in the order the layer stores them
+  // (the TOC's, which is the blob's): readdir lists them so, and a program
+  // walking the tree (find, tar, cp -r, a scanner) reads files in the order
+  // prefetch and background fetch bring them. (A tar written in name order,
+  // as BuildKit and docker write layers, lists the same as sorted.)
+  const std::vector<Child>& Listing(uint32_t dir) const {
+    return listing_[dir];
   }
   const Child* Find(uint32_t dir, absl::string_view name) const;
 
   std::shared_ptr<CachedLayer> layer_;
   const LayerIndex& index_;
   const LayerFsOptions options_;
-  std::vector<std::vector<Child>> children_;  // visible children per dir
+  std::vector<std::vector<Child>> children_;  // visible children, by name
+  std::vector<std::vector<Child>> listing_;   // the same in TOC order
   std::vector<bool> whiteout_;                // index inode shown as 0:0
   std::vector<bool> opaque_;                  // dir holds .wh..wh..opq
   // Whether open is answered ENOSYS (options_.skip_open, as Init found the
@@ -134,6 +176,31 @@ class LayerFs {
   std::string state_file_name_;
   mutable absl::Mutex mu_;
   std::string last_error_ ABSL_GUARDED_BY(mu_);
+
+  // Page pushes (see LayerFsOptions::push_pages).
+  struct PushJob {
+    uint32_t inode = 0;  // index inode
+    uint64_t offset = 0;
+    // The bytes at `offset`; null: the whole file, from the cache.
+    std::shared_ptr<const std::string> bytes;
+    uint64_t size = 0;  // what it counts against push_queue_bytes
+  };
+  // An entry for `ino` went to the kernel (a lookup, a listing).
+  void Known(fuse_ino_t ino);
+  void OnFill(uint32_t chunk, const std::shared_ptr<const std::string>& bytes);
+  void Enqueue(PushJob job);
+  void PushLoop();
+  void Push(const PushJob& job);
+  // Per index inode: whether the kernel has been given an entry for it.
+  std::unique_ptr<std::atomic<bool>[]> known_;
+  std::atomic<bool> pushing_{false};
+  fuse_session* push_se_ = nullptr;
+  absl::Mutex push_mu_;
+  std::deque<PushJob> push_queue_ ABSL_GUARDED_BY(push_mu_);
+  uint64_t push_queued_ ABSL_GUARDED_BY(push_mu_) = 0;
+  bool push_stop_ ABSL_GUARDED_BY(push_mu_) = false;
+  std::thread pusher_;
+  std::atomic<uint64_t> pushed_bytes_{0}, push_dropped_{0};
 };
 
 }  // namespace lazypull

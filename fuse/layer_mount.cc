@@ -28,10 +28,12 @@ absl::StatusOr<std::unique_ptr<ServedLayer>> ServedLayer::Start(
     absl::Status st = server->Run();
     if (!st.ok()) LogWarning("serving ", dir, ": ", st.message());
   });
+  s->fs_->StartPushing(server->session());
   return s;
 }
 
 void ServedLayer::Stop() {
+  if (fs_ != nullptr) fs_->StopPushing();  // (while the session serves)
   if (thread_.joinable()) {
     // Unmounting ends the session: Run() returns.
     if (umount2(dir_.c_str(), 0) != 0) umount2(dir_.c_str(), MNT_DETACH);

@@ -20,6 +20,7 @@
 //
 // Needs root, /dev/fuse and overlayfs (tag `no-sandbox`); skips loudly
 // otherwise.
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <sys/mount.h>
@@ -81,6 +82,29 @@ std::string Content(const std::string& path) {
   return c.data;
 }
 
+// Converts `tar` (bytes) with `lazypull convert` and mounts the result.
+void ConvertAndMount(MountJanitor* janitor, const std::string& tar,
+                     const std::string& format, LayerMount* m) {
+  const ConvertedLayer l = ConvertTar(tar, format);
+  ASSERT_FALSE(l.blob.empty());
+  *m = MountLayer(janitor, l.blob, {"--toc-digest", l.toc_digest});
+  ASSERT_TRUE(m->ok()) << m->result.err << "\nlog:\n" << m->Log();
+}
+
+// The names readdir(3) gives for `dir`, in its order, without . and ..
+std::vector<std::string> Listing(const std::string& dir) {
+  std::vector<std::string> names;
+  DIR* d = opendir(dir.c_str());
+  EXPECT_NE(d, nullptr) << dir << ": " << strerror(errno);
+  if (d == nullptr) return names;
+  while (struct dirent* e = readdir(d)) {
+    const std::string n = e->d_name;
+    if (n != "." && n != "..") names.push_back(n);
+  }
+  closedir(d);
+  return names;
+}
+
 class OverlayTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -93,25 +117,6 @@ class OverlayTest : public ::testing::Test {
 
   void TearDown() override {
     EXPECT_EQ(janitor_.DetachAll(), 0) << "the test left a mount behind";
-  }
-
-  // Converts `tar` (bytes) with `lazypull convert` and mounts the result.
-  void ConvertAndMount(const std::string& tar, const std::string& format,
-                       LayerMount* m) {
-    const std::string dir = MakeTempDir("layer");
-    ASSERT_NO_FATAL_FAILURE(WriteFile(dir + "/in.tar", tar));
-    RunResult r = ::lazypull::testing::Run(
-        {LazypullBinary(), "convert", dir + "/in.tar", dir + "/layer",
-         "--format", format, "--chunk-size", "64K"});
-    ASSERT_EQ(r.exit_code, 0) << "convert: " << r.err;
-    simdjson::dom::parser parser;
-    std::string_view digest;
-    ASSERT_EQ(parser.parse(r.out)["toc_digest"].get_string().get(digest),
-              simdjson::SUCCESS)
-        << "convert printed no toc_digest: " << r.out;
-    *m = MountLayer(&janitor_, dir + "/layer",
-                    {"--toc-digest", std::string(digest)});
-    ASSERT_TRUE(m->ok()) << m->result.err << "\nlog:\n" << m->Log();
   }
 
   void MountCase(const std::string& name, ExpectedLayer* layer, LayerMount* m) {
@@ -157,6 +162,48 @@ std::string Payload(size_t n, uint64_t seed) {
   return out;
 }
 
+// A directory lists its entries in the order the layer stores them (so that
+// a program walking the tree reads the blob front to back, as prefetch and
+// background fetch bring it), whiteouts in their place, and every one of
+// them is still found by name. Needs no shared testdata.
+TEST(LayerListingTest, ReaddirFollowsTheLayersOrder) {
+  LAZYPULL_SKIP_WITHOUT_FUSE();
+  MountJanitor janitor;
+  TarBuilder tar;
+  tar.File("zeta", "z\n")
+      .Dir("dir/")
+      .File("dir/mike", "m\n")
+      .File("dir/.wh.gone", "")
+      .File("dir/alpha", Payload(150000, 3))
+      .Symlink("dir/kilo", "mike")
+      .File("alpha", "a\n")
+      .Dir("bravo/")
+      .File("bravo/x", "x\n");
+  for (const char* format : {"estargz", "zstd:chunked"}) {
+    SCOPED_TRACE(format);
+    LayerMount m;
+    ASSERT_NO_FATAL_FAILURE(
+        ConvertAndMount(&janitor, tar.Finish(), format, &m));
+    EXPECT_EQ(Listing(m.mountpoint),
+              (std::vector<std::string>{"zeta", "dir", "alpha", "bravo"}));
+    EXPECT_EQ(Listing(m.mountpoint + "/dir"),
+              (std::vector<std::string>{"mike", "gone", "alpha", "kilo"}));
+    EXPECT_EQ(Content(m.mountpoint + "/zeta"), "z\n");
+    EXPECT_EQ(Content(m.mountpoint + "/dir/alpha"), Payload(150000, 3));
+    struct stat st;
+    ASSERT_EQ(lstat((m.mountpoint + "/dir/gone").c_str(), &st), 0);
+    EXPECT_TRUE(S_ISCHR(st.st_mode));
+    ASSERT_EQ(lstat((m.mountpoint + "/dir/kilo").c_str(), &st), 0);
+    EXPECT_TRUE(S_ISLNK(st.st_mode));
+    EXPECT_TRUE(Absent(m.mountpoint + "/dir/nope"));
+    EXPECT_EQ(
+        ::lazypull::testing::Run({LazypullBinary(), "unmount", m.mountpoint})
+            .exit_code,
+        0);
+  }
+  EXPECT_EQ(janitor.DetachAll(), 0) << "the test left a mount behind";
+}
+
 TEST_F(OverlayTest, ConvertedLayers) {
   const std::string big_upper = Payload(200000, 1);
   const std::string big_lower = Payload(150000, 2);
@@ -190,9 +237,10 @@ TEST_F(OverlayTest, ConvertedLayers) {
       .Dir("kind/")
       .File("kind/child", "lower kind\n");
   LayerMount up, low;
-  ASSERT_NO_FATAL_FAILURE(ConvertAndMount(upper.Finish(), "estargz", &up));
   ASSERT_NO_FATAL_FAILURE(
-      ConvertAndMount(lower.Finish(), "zstd:chunked", &low));
+      ConvertAndMount(&janitor_, upper.Finish(), "estargz", &up));
+  ASSERT_NO_FATAL_FAILURE(
+      ConvertAndMount(&janitor_, lower.Finish(), "zstd:chunked", &low));
 
   // The upper layer as lazypull presents it to overlayfs.
   struct stat st;

@@ -714,6 +714,36 @@ LayerMount MountLayer(MountJanitor* janitor, const std::string& blob,
   return m;
 }
 
+ConvertedLayer ConvertTar(const std::string& tar, const std::string& format) {
+  ConvertedLayer out;
+  const std::string dir = MakeTempDir("layer");
+  {
+    std::ofstream f(dir + "/in.tar", std::ios::binary);
+    f << tar;
+    if (!f.good()) {
+      ADD_FAILURE() << "writing " << dir << "/in.tar";
+      return out;
+    }
+  }
+  RunResult r =
+      Run({LazypullBinary(), "convert", dir + "/in.tar", dir + "/layer",
+           "--format", format, "--chunk-size", "64K"});
+  if (r.exit_code != 0) {
+    ADD_FAILURE() << "convert: " << r.err;
+    return out;
+  }
+  simdjson::dom::parser parser;
+  std::string_view digest;
+  if (parser.parse(r.out)["toc_digest"].get_string().get(digest) !=
+      simdjson::SUCCESS) {
+    ADD_FAILURE() << "convert printed no toc_digest: " << r.out;
+    return out;
+  }
+  out.blob = dir + "/layer";
+  out.toc_digest = std::string(digest);
+  return out;
+}
+
 LayerMount MountExpected(MountJanitor* janitor, const ExpectedLayer& layer) {
   return MountLayer(janitor, layer.blob,
                     {"--toc-digest", layer.ValidTocDigest()});

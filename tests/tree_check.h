@@ -224,6 +224,14 @@ LayerMount MountLayer(MountJanitor* janitor, const std::string& blob,
                       const std::vector<std::string>& trust_args,
                       std::string mountpoint = "", std::string cache_dir = "");
 
+// `tar` (bytes) converted by `lazypull convert --format FORMAT --chunk-size
+// 64K` into a fresh directory: the layer's path and its TOC digest (empty
+// after an ADD_FAILURE if convert failed).
+struct ConvertedLayer {
+  std::string blob, toc_digest;
+};
+ConvertedLayer ConvertTar(const std::string& tar, const std::string& format);
+
 // Mounts `layer.blob` with --toc-digest ValidTocDigest().
 LayerMount MountExpected(MountJanitor* janitor, const ExpectedLayer& layer);
 
