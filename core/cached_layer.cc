@@ -503,7 +503,7 @@ absl::Status CachedLayer::FillStream(
     const std::vector<Span>& spans, ReadPriority priority, int threads,
     uint64_t stream_gap, uint64_t max_stream, uint64_t from,
     const std::function<absl::Status(const Span&)>& before_span, bool* gave_way,
-    uint64_t give_way_bytes) {
+    uint64_t give_way_bytes, bool claim_ahead) {
   if (gave_way != nullptr) *gave_way = false;
   // The decoding threads: each member is decoded as soon as its bytes are
   // in, while the stream goes on.
@@ -602,7 +602,8 @@ absl::Status CachedLayer::FillStream(
         pos = begin;
       }
       streamed += span.end - span.begin;
-      if (i + 1 < spans.size() && spans[i + 1].end <= stretch_end) {
+      if (claim_ahead && i + 1 < spans.size() &&
+          spans[i + 1].end <= stretch_end) {
         ClaimAhead(spans[i + 1], priority, owner, &claims_next);
       }
       absl::Status st = FillSpanWith(span, priority, read, async, owner);

@@ -165,12 +165,16 @@ class CachedLayer {
   // keeping the source's reads in blob order, for a whole-blob hash). Returns
   // the first error of a stream (it stops there; spans not filled stay missing,
   // for FillSpan to take up) or else of a span, after every span read was
-  // decoded.
+  // decoded. With `claim_ahead`, the members of the span after the one being
+  // read are claimed too (ClaimAhead): a reader of one waits for the stream
+  // (not for a stream that `before_span` may hold back, a rate limit: then
+  // pass false).
   absl::Status FillStream(
       const std::vector<Span>& spans, ReadPriority priority, int threads,
       uint64_t stream_gap, uint64_t max_stream, uint64_t from,
       const std::function<absl::Status(const Span&)>& before_span,
-      bool* gave_way = nullptr, uint64_t give_way_bytes = kStreamGiveWayBytes);
+      bool* gave_way = nullptr, uint64_t give_way_bytes = kStreamGiveWayBytes,
+      bool claim_ahead = true);
   // (8 MiB: at 1 MiB a stream on a 1 Gbit/s link gave way, and left the
   // rest of a layer to 1 MiB spans, in about a tenth of the runs of a
   // program reading the whole image just ahead of it; bench/TUNING.md,

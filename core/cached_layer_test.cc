@@ -846,9 +846,17 @@ TEST(CachedLayerTest, AStreamClaimsTheNextSpanAhead) {
     }
     return -1;
   };
-  for (const bool stop_there : {false, true}) {
-    SCOPED_TRACE(stop_there ? "the stream stops before that span"
-                            : "the stream reads on");
+  // (claim: false is a stream that must not claim ahead, a rate-limited
+  // one: the reader fetches for itself at once.)
+  struct Case {
+    bool stop_there, claim;
+  };
+  for (const Case& k :
+       {Case{false, true}, Case{true, true}, Case{false, false}}) {
+    const bool stop_there = k.stop_there;
+    SCOPED_TRACE(!k.claim     ? "no claims"
+                 : stop_there ? "the stream stops before that span"
+                              : "the stream reads on");
     StreamFixture f(blob);
     const auto spans = f.layer->PlanSpans(f.AllChunks(), 16 << 10, 4096);
     ASSERT_GT(spans.size(), 4u);
@@ -866,15 +874,23 @@ TEST(CachedLayerTest, AStreamClaimsTheNextSpanAhead) {
           const uint64_t joined = f.layer->stats().joined_fills;
           reader =
               std::thread([&] { got = f.Read(absl::StrCat("f", target)); });
-          // Until the reader waits on the stream's claim (or a while).
-          for (int k = 0; k < 200 && f.layer->stats().joined_fills == joined;
-               ++k) {
+          // Until the reader waits on the stream's claim, or fetches for
+          // itself (or a while).
+          for (int n = 0; n < 200 && f.layer->stats().joined_fills == joined &&
+                          f.source->plain_reads_.load() == 0;
+               ++n) {
             std::this_thread::sleep_for(std::chrono::milliseconds(10));
           }
           return stop_there ? absl::CancelledError("stop") : absl::OkStatus();
-        });
+        },
+        nullptr, CachedLayer::kStreamGiveWayBytes, k.claim);
     reader.join();
     EXPECT_EQ(got, data[target]);
+    if (!k.claim) {
+      EXPECT_TRUE(st.ok()) << st;
+      EXPECT_EQ(f.source->plain_reads_.load(), 1) << "it fetched for itself";
+      continue;
+    }
     EXPECT_EQ(f.layer->stats().joined_fills, 1u);
     if (stop_there) {
       EXPECT_EQ(st.code(), absl::StatusCode::kCancelled) << st;

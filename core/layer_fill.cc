@@ -131,7 +131,9 @@ void FillAdaptive(CachedLayer* layer, const std::vector<uint32_t>& chunks,
             return stop->load() ? absl::CancelledError("stopped")
                                 : absl::OkStatus();
           },
-          &gave_way, how.stream_give_way);
+          &gave_way, how.stream_give_way,
+          // (A rate-limited stream would hold a reader to its pace.)
+          /*claim_ahead=*/how.rate_cap == 0);
       // A stream that gave way to reads running ahead of it starts again
       // past what they took (a reader going the same way, as a program
       // reading an optimized image's prefetch range does, keeps its bytes

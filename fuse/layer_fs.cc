@@ -137,6 +137,7 @@ void LayerFs::StopPushing() {
   pusher_.join();
   absl::MutexLock l(&push_mu_);
   push_queue_.clear();
+  push_retry_.clear();
   push_queued_ = 0;
 }
 
@@ -175,49 +176,77 @@ void LayerFs::Enqueue(PushJob job) {
 
 void LayerFs::PushLoop() {
   NameThisThread("lp-push");
+  auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(push_mu_) {
+    return push_stop_ || !push_queue_.empty();
+  };
   while (true) {
     PushJob job;
     {
       absl::MutexLock l(&push_mu_);
-      auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(push_mu_) {
-        return push_stop_ || !push_queue_.empty();
-      };
-      push_mu_.Await(absl::Condition(&ready));
-      if (push_stop_) return;
-      job = std::move(push_queue_.front());
-      push_queue_.pop_front();
+      while (true) {
+        if (push_stop_) return;
+        if (!push_retry_.empty() &&
+            push_retry_.front().not_before <= absl::Now()) {
+          job = std::move(push_retry_.front());
+          push_retry_.pop_front();
+          break;
+        }
+        if (!push_queue_.empty()) {
+          job = std::move(push_queue_.front());
+          push_queue_.pop_front();
+          break;
+        }
+        if (push_retry_.empty()) {
+          push_mu_.Await(absl::Condition(&ready));
+        } else {
+          push_mu_.AwaitWithDeadline(absl::Condition(&ready),
+                                     push_retry_.front().not_before);
+        }
+      }
     }
-    Push(job);
+    std::optional<PushJob> again = Push(job);
     absl::MutexLock l(&push_mu_);
-    push_queued_ -= job.size;
+    if (again) {
+      again->not_before =
+          absl::Now() + absl::Milliseconds(1 << (again->attempts - 1));
+      push_retry_.push_back(std::move(*again));  // (still counted)
+    } else {
+      push_queued_ -= job.size;
+    }
   }
 }
 
-void LayerFs::Push(const PushJob& job) {
+std::optional<LayerFs::PushJob> LayerFs::Push(const PushJob& job) {
+  constexpr int kAttempts = 6;  // (1 + 2 + ... + 16 = 31 ms at most)
   const fuse_ino_t ino = job.inode + 1;
-  auto store = [&](uint64_t offset, const char* data, size_t len) {
-    fuse_bufvec bv = FUSE_BUFVEC_INIT(len);
+  // The kernel copies the bytes into the file's pages (waiting for any a
+  // read holds). Not spliced: libfuse would log every refusal.
+  auto store = [&](const char* data) {
+    fuse_bufvec bv = FUSE_BUFVEC_INIT(job.size);
     bv.buf[0].mem = const_cast<char*>(data);
-    // The kernel copies the bytes into the file's pages (waiting for any
-    // a read holds); ENOENT: it no longer knows the file.
-    if (fuse_lowlevel_notify_store(push_se_, ino, static_cast<off_t>(offset),
-                                   &bv,
-                                   static_cast<fuse_buf_copy_flags>(0)) == 0) {
-      pushed_bytes_.fetch_add(len, std::memory_order_relaxed);
+    const int rc = fuse_lowlevel_notify_store(
+        push_se_, ino, static_cast<off_t>(job.offset), &bv, FUSE_BUF_NO_SPLICE);
+    if (rc == 0) {
+      pushed_bytes_.fetch_add(job.size, std::memory_order_relaxed);
       return true;
     }
-    push_dropped_.fetch_add(1, std::memory_order_relaxed);
+    if (rc != -ENOENT || job.attempts + 1 >= kAttempts) {
+      push_dropped_.fetch_add(1, std::memory_order_relaxed);
+      return true;  // (done with it)
+    }
     return false;
   };
   if (job.bytes != nullptr) {
-    store(job.offset, job.bytes->data(), job.bytes->size());
-    return;
+    if (store(job.bytes->data())) return std::nullopt;
+    PushJob again = job;
+    ++again.attempts;
+    return again;
   }
   // A whole small file, if every chunk of it is cached.
   std::optional<std::vector<CachedLayer::FilePiece>> pieces =
       layer_->Locate(job.inode, 0, static_cast<size_t>(job.size),
                      /*count_hits=*/false);
-  if (!pieces) return;
+  if (!pieces) return std::nullopt;
   std::shared_ptr<std::string> buf =
       BufferPool::Default().Get(static_cast<size_t>(job.size));
   uint64_t at = 0;
@@ -227,12 +256,17 @@ void LayerFs::Push(const PushJob& job) {
           pread(p.file->fd(), buf->data() + at + done, p.len - done,
                 static_cast<off_t>(p.offset + done));
       if (r < 0 && errno == EINTR) continue;
-      if (r <= 0) return;  // (a cache file gone: reads come here instead)
+      if (r <= 0) return std::nullopt;  // (a cache file gone: reads come here)
       done += static_cast<size_t>(r);
     }
     at += p.len;
   }
-  store(0, buf->data(), static_cast<size_t>(at));
+  if (at != job.size || store(buf->data())) return std::nullopt;
+  // Again later, from these bytes.
+  PushJob again = job;
+  again.bytes = std::move(buf);
+  ++again.attempts;
+  return again;
 }
 
 void LayerFs::RecordError(const std::string& message) {
@@ -360,8 +394,8 @@ struct LayerFsOpsImpl {
     e.attr_timeout = volatile_attr ? 0 : fs->options_.attr_timeout;
     e.entry_timeout = fs->options_.entry_timeout;
     fs->Stat(ino, &e.attr);
-    fs->Known(ino);
     fuse_reply_entry(req, &e);
+    fs->Known(ino);  // (after the reply, which is what makes it known)
   }
 
   static void Lookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
@@ -467,6 +501,7 @@ struct LayerFsOpsImpl {
       kids = &fs->Listing(static_cast<uint32_t>(ino - 1));
     }
     const size_t count = kids ? kids->size() : synthetic.size();
+    std::vector<fuse_ino_t> listed;  // readdirplus: entries the kernel gets
     for (size_t k = static_cast<size_t>(off); k < count + 2; ++k) {
       std::string name;
       fuse_ino_t child;
@@ -517,9 +552,10 @@ struct LayerFsOpsImpl {
       }
       if (need > buf.size() - used) break;
       used += need;
-      if (plus && k >= 2) fs->Known(child);
+      if (plus && k >= 2) listed.push_back(child);
     }
     fuse_reply_buf(req, buf.data(), used);
+    for (fuse_ino_t child : listed) fs->Known(child);
   }
 
   static void ReadDir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,

@@ -36,6 +36,7 @@
 #include <deque>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <utility>
@@ -44,6 +45,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "core/cached_layer.h"
 
 namespace lazypull {
@@ -184,19 +186,26 @@ class LayerFs {
     // The bytes at `offset`; null: the whole file, from the cache.
     std::shared_ptr<const std::string> bytes;
     uint64_t size = 0;  // what it counts against push_queue_bytes
+    // A push the kernel refused (ENOENT) is tried again a few times, a
+    // little later each: a lookup's or listing's reply instantiates its
+    // inodes only once the process that asked runs again.
+    int attempts = 0;
+    absl::Time not_before = absl::InfinitePast();
   };
   // An entry for `ino` went to the kernel (a lookup, a listing).
   void Known(fuse_ino_t ino);
   void OnFill(uint32_t chunk, const std::shared_ptr<const std::string>& bytes);
   void Enqueue(PushJob job);
   void PushLoop();
-  void Push(const PushJob& job);
+  // Returns the job to try again later, if any.
+  std::optional<PushJob> Push(const PushJob& job);
   // Per index inode: whether the kernel has been given an entry for it.
   std::unique_ptr<std::atomic<bool>[]> known_;
   std::atomic<bool> pushing_{false};
   fuse_session* push_se_ = nullptr;
   absl::Mutex push_mu_;
   std::deque<PushJob> push_queue_ ABSL_GUARDED_BY(push_mu_);
+  std::deque<PushJob> push_retry_ ABSL_GUARDED_BY(push_mu_);
   uint64_t push_queued_ ABSL_GUARDED_BY(push_mu_) = 0;
   bool push_stop_ ABSL_GUARDED_BY(push_mu_) = false;
   std::thread pusher_;
