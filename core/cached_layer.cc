@@ -70,6 +70,17 @@ CachedLayer::~CachedLayer() {
   for (auto& t : bg_threads_) t.join();
 }
 
+void CachedLayer::Observe(
+    const absl::flat_hash_map<uint32_t, ChunkData>& filled) {
+  absl::ReaderMutexLock l(&observer_mu_);
+  if (!observer_) return;
+  for (const auto& [ci, data] : filled) observer_(ci, data);
+}
+
+bool CachedLayer::FetchedHere(uint32_t chunk) const {
+  return group_fetched_[group_of_[chunk]].load(std::memory_order_relaxed);
+}
+
 void CachedLayer::SetFillObserver(FillObserver observer) {
   absl::MutexLock l(&observer_mu_);  // (waits for calls under reader locks)
   observer_ = std::move(observer);
@@ -218,6 +229,8 @@ void CachedLayer::RunFill(uint32_t group, Flight* flight,
     absl::Status ins = cache_->InsertShared(cs[ci].digest, data);
     (void)ins;  // a cache that cannot store still serves this read
   }
+  // (A read-ahead's or a prefetch's: an on-demand reader replies itself.)
+  if (priority != ReadPriority::kOnDemand) Observe(out);
   ReleaseFillBytes(held);
   absl::MutexLock l(&flight->mu);
   flight->status = st;
@@ -437,12 +450,7 @@ absl::Status CachedLayer::FillSpanWith(const Span& span, ReadPriority priority,
         for (const auto& [ci, data] : out) {
           (void)cache_->InsertShared(cs[ci].digest, data);
         }
-        {
-          absl::ReaderMutexLock ol(&observer_mu_);
-          if (observer_) {
-            for (const auto& [ci, data] : out) observer_(ci, data);
-          }
-        }
+        Observe(out);
         absl::MutexLock l(&done_mu);
         if (!st.ok() && first_error.ok()) first_error = st;
         if (!errors.empty() && first_error.ok()) {

@@ -181,15 +181,18 @@ class CachedLayer {
   // session 12.)
   static constexpr uint64_t kStreamGiveWayBytes = 8 << 20;
 
-  // Prefetch and background fills (FillSpan, FillStream) hand every chunk
-  // they verified and cached to `observer`, on the decoding thread, once the
-  // cache has been given it (on-demand fills do not: their reader replies
-  // with the bytes). The observer must be quick (it runs on fill threads,
-  // concurrently). One at a time; setting another (or nullptr) returns only
-  // once no call of the previous one is running.
+  // Prefetch, background and read-ahead fills (FillSpan, FillStream,
+  // FillAsync) hand every chunk they verified and cached to `observer`, on
+  // the decoding thread, once the cache has been given it (on-demand fills
+  // do not: their reader replies with the bytes). The observer must be quick
+  // (it runs on fill threads, concurrently). One at a time; setting another (or
+  // nullptr) returns only once no call of the previous one is running.
   using FillObserver = std::function<void(
       uint32_t chunk, const std::shared_ptr<const std::string>& bytes)>;
   void SetFillObserver(FillObserver observer);
+  // Whether this object fetched chunk `chunk`'s member from the source (as
+  // opposed to finding it cached, or not having it).
+  bool FetchedHere(uint32_t chunk) const;
 
   CachedLayerStats stats() const;
   // Distinct compressed bytes fetched from the source so far.
@@ -298,6 +301,8 @@ class CachedLayer {
   std::atomic<uint64_t> dir_prefetches_{0};
   std::atomic<uint64_t> joined_fills_{0};
 
+  // Hands `filled` to the observer, if any.
+  void Observe(const absl::flat_hash_map<uint32_t, ChunkData>& filled);
   absl::Mutex observer_mu_;
   FillObserver observer_ ABSL_GUARDED_BY(observer_mu_);
 

@@ -151,6 +151,12 @@ void LayerFs::Known(fuse_ino_t ino) {
       n.size > options_.push_listed_max) {
     return;
   }
+  // Only bytes this mount fetched (a program walking the tree while the
+  // layer streams in reads them next); a listing of a warm layer pushes
+  // nothing (`find /` would otherwise read every small file into memory).
+  for (uint32_t c = n.first_chunk; c < n.first_chunk + n.num_chunks; ++c) {
+    if (!layer_->FetchedHere(c)) return;
+  }
   Enqueue(PushJob{i, 0, nullptr, n.size});
 }
 

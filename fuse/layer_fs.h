@@ -85,11 +85,12 @@ struct LayerFsOptions {
   // Push verified bytes into the kernel's page cache (FUSE_NOTIFY_STORE) of
   // files the kernel knows (a lookup or a directory listing named them), so
   // that reading them costs no round trip through this server: what
-  // prefetch and background fetch bring, as each chunk is cached, and a file
-  // of at most `push_listed_max` bytes that is cached whole when a lookup or
-  // listing first names it. Best effort: a push the kernel refuses is
-  // dropped, and reads still come here for what it does not hold. Takes
-  // effect with StartPushing.
+  // prefetch, background fetch and read-ahead bring, as each chunk is
+  // cached, and a file of at most `push_listed_max` bytes that this mount
+  // fetched whole when a lookup or listing first names it (not one that was
+  // cached already: listing a warm layer pushes nothing). Best effort: a push
+  // the kernel refuses is dropped, and reads still come here for what it does
+  // not hold. Takes effect with StartPushing.
   bool push_pages = true;
   uint64_t push_listed_max = 1 << 20;
   // Bytes waiting to be pushed beyond which new pushes are dropped.

@@ -1,19 +1,21 @@
 // Pushing verified bytes into the kernel's page cache (LayerFs's
-// push_pages, FUSE_NOTIFY_STORE), through real mounts.
-//
-// A layer of small files of awkward sizes (one byte, a page, a page and a
-// bit, several 64 KiB chunks and a partial page) is read once through a
-// mount, so that the chunk cache holds it; a second mount over the same cache
-// then only lists the directory (readdirplus: the kernel learns of every
-// file). With pushes on, every page of every file becomes resident in the
-// page cache without a single read (mincore(2) on a mapping, which faults
-// nothing in), and what is resident is the files' exact bytes; with
-// --no-push-pages nothing becomes resident. The serving process reports the
-// bytes it pushed at unmount.
+// push_pages, FUSE_NOTIFY_STORE), through real mounts of a layer of files of
+// awkward sizes (one byte, a page, a page and a bit, several 64 KiB chunks
+// and a partial page):
+// - a reader that takes the first 4 KiB of a five-chunk file with O_DIRECT
+//   (which leaves the page cache alone) sets off read-ahead of the other
+//   four chunks; their pages become resident without a read (mincore(2) on a
+//   mapping, which faults nothing in), and are exactly the file's bytes; with
+//   --no-push-pages nothing becomes resident;
+// - listing a layer whose chunks were all cached before this mount (a warm
+//   restart) pushes nothing: a `find /` must not read a whole layer into
+//   memory.
+// The serving process reports the bytes it pushed at unmount.
 //
 // Needs root and /dev/fuse (tag `no-sandbox`); skips loudly otherwise.
 #include <dirent.h>
 #include <fcntl.h>
+#include <stdlib.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -78,97 +80,113 @@ class PagePushTest : public ::testing::Test {
     }
     layer_ = ConvertTar(tar.Finish(), "estargz");
     ASSERT_FALSE(layer_.blob.empty());
-    cache_dir_ = MakeTempDir("cache");
-    // Fill the chunk cache through a first mount.
-    LayerMount m =
-        MountLayer(&janitor_, layer_.blob, {"--toc-digest", layer_.toc_digest},
-                   "", cache_dir_);
-    ASSERT_TRUE(m.ok()) << m.result.err;
-    for (const auto& [name, data] : files_) {
-      ASSERT_EQ(ReadWholeFile(m.mountpoint + "/" + name).data, data) << name;
-    }
-    ASSERT_EQ(
-        ::lazypull::testing::Run({LazypullBinary(), "unmount", m.mountpoint})
-            .exit_code,
-        0);
   }
 
   void TearDown() override {
     EXPECT_EQ(janitor_.DetachAll(), 0) << "the test left a mount behind";
   }
 
-  // A second mount over the warm cache; lists d/ and nothing else.
-  LayerMount MountAndList(const std::vector<std::string>& extra) {
+  LayerMount Mount(const std::string& cache_dir,
+                   const std::vector<std::string>& extra = {}) {
     std::vector<std::string> args = {"--toc-digest", layer_.toc_digest};
     args.insert(args.end(), extra.begin(), extra.end());
-    LayerMount m = MountLayer(&janitor_, layer_.blob, args, "", cache_dir_);
+    LayerMount m = MountLayer(&janitor_, layer_.blob, args, "", cache_dir);
     EXPECT_TRUE(m.ok()) << m.result.err;
-    if (!m.ok()) return m;
-    DIR* d = opendir((m.mountpoint + "/d").c_str());
-    EXPECT_NE(d, nullptr);
-    size_t n = 0;
-    while (d != nullptr && readdir(d) != nullptr) ++n;
-    if (d != nullptr) closedir(d);
-    EXPECT_EQ(n, files_.size() + 2);
     return m;
   }
 
-  // Pages resident, summed over the files, once the total stops growing
-  // (or after `wait`).
-  Residency Settled(const LayerMount& m, std::chrono::milliseconds wait) {
-    Residency total;
+  void Unmount(const LayerMount& m) {
+    ASSERT_EQ(
+        ::lazypull::testing::Run({LazypullBinary(), "unmount", m.mountpoint})
+            .exit_code,
+        0);
+  }
+
+  // Reads the first 4 KiB of d/f6 (five 64 KiB chunks) with O_DIRECT.
+  void ReadHeadDirect(const LayerMount& m) {
+    const std::string path = m.mountpoint + "/d/f6";
+    const int fd = open(path.c_str(), O_RDONLY | O_DIRECT | O_CLOEXEC);
+    ASSERT_GE(fd, 0) << path << ": " << strerror(errno);
+    void* buf = nullptr;
+    ASSERT_EQ(posix_memalign(&buf, 4096, 4096), 0);
+    EXPECT_EQ(pread(fd, buf, 4096, 0), 4096) << strerror(errno);
+    EXPECT_EQ(memcmp(buf, files_["d/f6"].data(), 4096), 0);
+    free(buf);
+    close(fd);
+  }
+
+  // d/f6's resident pages, once the count reaches `want` (or after `wait`).
+  size_t ResidentOfF6(const LayerMount& m, size_t want,
+                      std::chrono::milliseconds wait) {
     const auto until = std::chrono::steady_clock::now() + wait;
+    size_t got = 0;
     do {
-      total = {};
-      for (const auto& [name, data] : files_) {
-        const Residency r = Resident(m.mountpoint + "/" + name);
-        total.resident += r.resident;
-        total.pages += r.pages;
-      }
-      if (total.resident == total.pages) break;
+      got = Resident(m.mountpoint + "/d/f6").resident;
+      if (got >= want) break;
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
     } while (std::chrono::steady_clock::now() < until);
-    return total;
+    return got;
   }
 
   MountJanitor janitor_;
   std::map<std::string, std::string> files_;
   ConvertedLayer layer_;
-  std::string cache_dir_;
 };
 
-TEST_F(PagePushTest, ListedCachedFilesArriveInThePageCacheExactly) {
-  LayerMount m = MountAndList({});
+// The pages of d/f6 past its first chunk.
+constexpr size_t kReadAheadPages = (300001 - 65536 + 4095) / 4096;
+
+TEST_F(PagePushTest, ReadAheadArrivesInThePageCacheExactly) {
+  LayerMount m = Mount(MakeTempDir("cache"));
   ASSERT_TRUE(m.ok());
-  const Residency r = Settled(m, std::chrono::seconds(10));
-  EXPECT_GT(r.pages, 0u);
-  EXPECT_EQ(r.resident, r.pages) << "pages pushed\nlog:\n" << m.Log();
-  // What is resident is the files' bytes (read through the page cache).
-  for (const auto& [name, data] : files_) {
-    EXPECT_EQ(ReadWholeFile(m.mountpoint + "/" + name).data, data) << name;
-  }
-  ASSERT_EQ(
-      ::lazypull::testing::Run({LazypullBinary(), "unmount", m.mountpoint})
-          .exit_code,
-      0);
-  uint64_t total = 0;
-  for (const auto& [name, data] : files_) total += data.size();
-  EXPECT_NE(
-      m.Log().find(std::to_string(total) + " bytes pushed into the page cache"),
-      std::string::npos)
+  ReadHeadDirect(m);
+  EXPECT_GE(ResidentOfF6(m, kReadAheadPages, std::chrono::seconds(10)),
+            kReadAheadPages)
+      << "log:\n"
+      << m.Log();
+  // What is resident is the file's bytes (read through the page cache).
+  EXPECT_EQ(ReadWholeFile(m.mountpoint + "/d/f6").data, files_["d/f6"]);
+  Unmount(m);
+  EXPECT_NE(m.Log().find(std::to_string(300001 - 65536) +
+                         " bytes pushed into the page cache"),
+            std::string::npos)
       << m.Log();
 }
 
 TEST_F(PagePushTest, NothingArrivesWithoutPushes) {
-  LayerMount m = MountAndList({"--no-push-pages"});
+  LayerMount m = Mount(MakeTempDir("cache"), {"--no-push-pages"});
   ASSERT_TRUE(m.ok());
-  const Residency r = Settled(m, std::chrono::milliseconds(500));
-  EXPECT_GT(r.pages, 0u);
-  EXPECT_EQ(r.resident, 0u);
-  ASSERT_EQ(
-      ::lazypull::testing::Run({LazypullBinary(), "unmount", m.mountpoint})
-          .exit_code,
-      0);
+  ReadHeadDirect(m);
+  EXPECT_EQ(ResidentOfF6(m, 1, std::chrono::milliseconds(500)), 0u);
+  Unmount(m);
+  EXPECT_NE(m.Log().find(" 0 bytes pushed into the page cache"),
+            std::string::npos)
+      << m.Log();
+}
+
+TEST_F(PagePushTest, ListingAWarmLayerPushesNothing) {
+  const std::string cache = MakeTempDir("cache");
+  {
+    LayerMount m = Mount(cache);
+    ASSERT_TRUE(m.ok());
+    for (const auto& [name, data] : files_) {
+      ASSERT_EQ(ReadWholeFile(m.mountpoint + "/" + name).data, data) << name;
+    }
+    Unmount(m);
+  }
+  LayerMount m = Mount(cache);
+  ASSERT_TRUE(m.ok());
+  DIR* d = opendir((m.mountpoint + "/d").c_str());
+  ASSERT_NE(d, nullptr);
+  size_t n = 0;
+  while (readdir(d) != nullptr) ++n;
+  closedir(d);
+  EXPECT_EQ(n, files_.size() + 2);
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  for (const auto& [name, data] : files_) {
+    EXPECT_EQ(Resident(m.mountpoint + "/" + name).resident, 0u) << name;
+  }
+  Unmount(m);
   EXPECT_NE(m.Log().find(" 0 bytes pushed into the page cache"),
             std::string::npos)
       << m.Log();
