@@ -189,8 +189,7 @@ absl::Status Serve(const ParsedArgs& args,
           mountpoint, ", cache ", cache_dir);
   ready(absl::OkStatus());
   fs->StartPushing(server->session());
-  absl::Status st = server->Run();
-  fs->StopPushing();  // (before the session goes)
+  absl::Status st = server->Run([&] { fs->StopPushing(); });
   LogInfo("at unmount: ", layer->stats().cache_hits, " cache hits, ",
           fs->pushed_bytes(), " bytes pushed into the page cache (",
           fs->pushes_dropped(), " pushes dropped)");

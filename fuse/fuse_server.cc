@@ -73,7 +73,7 @@ FuseServer::~FuseServer() {
   fuse_session_destroy(se_);
 }
 
-absl::Status FuseServer::Run() {
+absl::Status FuseServer::Run(const std::function<void()>& before_unmount) {
   struct fuse_loop_config* cfg = fuse_loop_cfg_create();
   fuse_loop_cfg_set_clone_fd(cfg, 1);
   fuse_loop_cfg_set_max_threads(cfg, options_.max_threads);
@@ -85,6 +85,7 @@ absl::Status FuseServer::Run() {
   NameThisThread("lp-fuse");  // (and the workers it starts: they inherit it)
   int rc = fuse_session_loop_mt(se_, cfg);
   fuse_loop_cfg_destroy(cfg);
+  if (before_unmount) before_unmount();
   fuse_session_unmount(se_);
   mounted_ = false;
   if (rc < 0) return ErrnoToStatus(-rc, "FUSE session loop");

@@ -14,6 +14,7 @@
 
 #include <fuse3/fuse_lowlevel.h>
 
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -40,7 +41,10 @@ class FuseServer {
   FuseServer& operator=(const FuseServer&) = delete;
 
   // Serves requests until unmounted or signalled, then unmounts.
-  absl::Status Run();
+  // `before_unmount`, if given, runs once the loop has ended and before the
+  // session's /dev/fuse descriptor is closed (a thread still writing
+  // notifications to it must stop first: the number could be reused).
+  absl::Status Run(const std::function<void()>& before_unmount = nullptr);
 
   // The session, for notifications to the kernel (fuse_lowlevel_notify_*)
   // from any thread while Run() serves.

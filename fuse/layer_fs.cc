@@ -111,6 +111,7 @@ const LayerFs::Child* LayerFs::Find(uint32_t dir,
 LayerFs::~LayerFs() { StopPushing(); }
 
 void LayerFs::StartPushing(fuse_session* se) {
+  std::lock_guard<std::mutex> life(push_life_mu_);
   // (Not while `on_open` records a workload: every access is to be seen.)
   if (!options_.push_pages || options_.on_open || pusher_.joinable()) return;
   push_se_ = se;
@@ -127,6 +128,7 @@ void LayerFs::StartPushing(fuse_session* se) {
 }
 
 void LayerFs::StopPushing() {
+  std::lock_guard<std::mutex> life(push_life_mu_);
   if (!pusher_.joinable()) return;
   pushing_.store(false);
   layer_->SetFillObserver(nullptr);  // (waits for calls under way)

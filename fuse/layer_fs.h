@@ -36,6 +36,7 @@
 #include <deque>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <thread>
@@ -128,8 +129,10 @@ class LayerFs {
   // through `se`, the session serving this filesystem: a thread of its own,
   // fed by the layer's fill observer and by lookups and listings.
   // StopPushing() ends both, waiting for a push under way (which a read in
-  // flight can hold up: call it while the session still serves); the
-  // destructor calls it. Both from the thread that owns the mount.
+  // flight can hold up: call it while the session still serves, or once its
+  // loop has ended but before its descriptor is closed); the destructor
+  // calls it. Both may be called from any thread, StopPushing more than
+  // once.
   void StartPushing(fuse_session* se);
   void StopPushing();
   ~LayerFs();
@@ -209,6 +212,7 @@ class LayerFs {
   std::deque<PushJob> push_retry_ ABSL_GUARDED_BY(push_mu_);
   uint64_t push_queued_ ABSL_GUARDED_BY(push_mu_) = 0;
   bool push_stop_ ABSL_GUARDED_BY(push_mu_) = false;
+  std::mutex push_life_mu_;  // Start/StopPushing
   std::thread pusher_;
   std::atomic<uint64_t> pushed_bytes_{0}, push_dropped_{0};
 };

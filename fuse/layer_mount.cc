@@ -24,8 +24,10 @@ absl::StatusOr<std::unique_ptr<ServedLayer>> ServedLayer::Start(
   ASSIGN_OR_RETURN(s->server_, FuseServer::Mount(dir, LayerFs::Ops(),
                                                  s->fs_.get(), server_options));
   FuseServer* server = s->server_.get();
-  s->thread_ = std::thread([server, dir] {
-    absl::Status st = server->Run();
+  LayerFs* fs = s->fs_.get();
+  s->thread_ = std::thread([server, fs, dir] {
+    // (However the session ends: an unmount from outside too.)
+    absl::Status st = server->Run([fs] { fs->StopPushing(); });
     if (!st.ok()) LogWarning("serving ", dir, ": ", st.message());
   });
   s->fs_->StartPushing(server->session());
