@@ -189,7 +189,8 @@ absl::Status Serve(const ParsedArgs& args,
           mountpoint, ", cache ", cache_dir);
   ready(absl::OkStatus());
   fs->StartPushing(server->session());
-  absl::Status st = server->Run([&] { fs->StopPushing(); });
+  absl::Status st =
+      server->Run([&] { fs->StopPushing([&] { server->AbortConnection(); }); });
   LogInfo("at unmount: ", layer->stats().cache_hits, " cache hits, ",
           fs->pushed_bytes(), " bytes pushed into the page cache (",
           fs->pushes_dropped(), " pushes dropped)");

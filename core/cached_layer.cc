@@ -586,7 +586,9 @@ absl::Status CachedLayer::FillStream(
     for (size_t i = 0; i < spans.size(); ++i) {
       const Span& span = spans[i];
       RETURN_IF_ERROR(before_span(span));
-      again += TakenBytesIn(span, owner) - taken_before[i];
+      // (Fewer than before if a member in flight then failed since.)
+      const uint64_t taken = TakenBytesIn(span, owner);
+      again += taken > taken_before[i] ? taken - taken_before[i] : 0;
       if (again > give_way_bytes && again > streamed / 16) {
         if (gave_way != nullptr) *gave_way = true;
         return absl::AbortedError(absl::StrCat(

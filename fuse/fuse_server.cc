@@ -1,13 +1,20 @@
 #include "fuse/fuse_server.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdlib.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/vfs.h>
+#include <unistd.h>
 
+#include <fstream>
 #include <vector>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "core/errno_status.h"
 #include "core/log.h"
 #include "core/thread_priority.h"
@@ -34,6 +41,49 @@ void DetachStaleMount(const std::string& mountpoint) {
                errno);
   }
 }
+
+namespace {
+
+// /proc/self/mountinfo escapes space, tab, newline and backslash as \ooo.
+std::string UnescapeMountField(absl::string_view s) {
+  std::string out;
+  for (size_t i = 0; i < s.size(); ++i) {
+    auto octal = [&](size_t k) { return s[k] >= '0' && s[k] <= '7'; };
+    if (s[i] == '\\' && i + 3 < s.size() && octal(i + 1) && octal(i + 2) &&
+        octal(i + 3)) {
+      out.push_back(static_cast<char>((s[i + 1] - '0') * 64 +
+                                      (s[i + 2] - '0') * 8 + (s[i + 3] - '0')));
+      i += 3;
+    } else {
+      out.push_back(s[i]);
+    }
+  }
+  return out;
+}
+
+// The minor device number of the newest mount at `mountpoint` (from
+// /proc/self/mountinfo, which does not touch the mount), or -1.
+long MountDeviceMinor(const std::string& mountpoint) {
+  char real[PATH_MAX];
+  const std::string want =
+      realpath(mountpoint.c_str(), real) != nullptr ? real : mountpoint;
+  std::ifstream in("/proc/self/mountinfo");
+  std::string line;
+  long minor = -1;
+  while (std::getline(in, line)) {
+    std::vector<absl::string_view> f = absl::StrSplit(line, ' ');
+    if (f.size() < 5 || UnescapeMountField(f[4]) != want) continue;
+    const size_t colon = f[2].find(':');
+    long m;
+    if (colon != absl::string_view::npos &&
+        absl::SimpleAtoi(f[2].substr(colon + 1), &m)) {
+      minor = m;
+    }
+  }
+  return minor;
+}
+
+}  // namespace
 
 absl::StatusOr<std::unique_ptr<FuseServer>> FuseServer::Mount(
     const std::string& mountpoint, const fuse_lowlevel_ops& ops, void* userdata,
@@ -64,7 +114,20 @@ absl::StatusOr<std::unique_ptr<FuseServer>> FuseServer::Mount(
     fuse_session_destroy(se);
     return absl::InternalError("cannot install signal handlers");
   }
-  return std::unique_ptr<FuseServer>(new FuseServer(se, options));
+  std::unique_ptr<FuseServer> server(new FuseServer(se, options));
+  server->connection_ = MountDeviceMinor(mountpoint);
+  return server;
+}
+
+bool FuseServer::AbortConnection() const {
+  if (connection_ < 0) return false;
+  const std::string path =
+      absl::StrCat("/sys/fs/fuse/connections/", connection_, "/abort");
+  const int fd = open(path.c_str(), O_WRONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  const bool ok = write(fd, "1", 1) == 1;
+  close(fd);
+  return ok;
 }
 
 FuseServer::~FuseServer() {

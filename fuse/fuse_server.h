@@ -50,10 +50,19 @@ class FuseServer {
   // from any thread while Run() serves.
   fuse_session* session() const { return se_; }
 
+  // Aborts the kernel's side of the connection (fusectl's
+  // /sys/fs/fuse/connections/N/abort): every request still queued fails,
+  // which frees a thread a notification has blocked on a page a queued
+  // read holds, once the loop no longer reads them (after a signal). Best
+  // effort: false if the connection is unknown or the write fails.
+  bool AbortConnection() const;
+
  private:
   FuseServer(fuse_session* se, FuseServerOptions options)
       : se_(se), options_(options) {}
   fuse_session* se_;
+  // The connection's number (the mount's anonymous device minor), or -1.
+  long connection_ = -1;
   FuseServerOptions options_;
   bool mounted_ = true;
 };

@@ -118,8 +118,13 @@ void LayerFs::StartPushing(fuse_session* se) {
   {
     absl::MutexLock l(&push_mu_);
     push_stop_ = false;
+    push_exited_ = false;
   }
-  pusher_ = std::thread([this] { PushLoop(); });
+  pusher_ = std::thread([this] {
+    PushLoop();
+    absl::MutexLock l(&push_mu_);
+    push_exited_ = true;
+  });
   layer_->SetFillObserver(
       [this](uint32_t chunk, const std::shared_ptr<const std::string>& bytes) {
         OnFill(chunk, bytes);
@@ -127,15 +132,19 @@ void LayerFs::StartPushing(fuse_session* se) {
   pushing_.store(true);
 }
 
-void LayerFs::StopPushing() {
+void LayerFs::StopPushing(const std::function<void()>& unblock) {
   std::lock_guard<std::mutex> life(push_life_mu_);
   if (!pusher_.joinable()) return;
   pushing_.store(false);
   layer_->SetFillObserver(nullptr);  // (waits for calls under way)
+  bool exited;
   {
     absl::MutexLock l(&push_mu_);
     push_stop_ = true;
+    exited = push_mu_.AwaitWithTimeout(absl::Condition(&push_exited_),
+                                       absl::Milliseconds(500));
   }
+  if (!exited && unblock) unblock();
   pusher_.join();
   absl::MutexLock l(&push_mu_);
   push_queue_.clear();

@@ -133,8 +133,11 @@ class LayerFs {
   // loop has ended but before its descriptor is closed); the destructor
   // calls it. Both may be called from any thread, StopPushing more than
   // once.
+  // `unblock`, if given, is called when the pusher has not stopped within a
+  // moment (a push waiting on a page that a read queued in the kernel holds,
+  // with no FUSE thread left to answer it): FuseServer::AbortConnection.
   void StartPushing(fuse_session* se);
-  void StopPushing();
+  void StopPushing(const std::function<void()>& unblock = nullptr);
   ~LayerFs();
   // Bytes the kernel took into its page cache, and pushes dropped (queue
   // full) or refused (a file the kernel had forgotten, say).
@@ -212,6 +215,7 @@ class LayerFs {
   std::deque<PushJob> push_retry_ ABSL_GUARDED_BY(push_mu_);
   uint64_t push_queued_ ABSL_GUARDED_BY(push_mu_) = 0;
   bool push_stop_ ABSL_GUARDED_BY(push_mu_) = false;
+  bool push_exited_ ABSL_GUARDED_BY(push_mu_) = false;
   std::mutex push_life_mu_;  // Start/StopPushing
   std::thread pusher_;
   std::atomic<uint64_t> pushed_bytes_{0}, push_dropped_{0};

@@ -25,12 +25,15 @@ absl::StatusOr<std::unique_ptr<ServedLayer>> ServedLayer::Start(
                                                  s->fs_.get(), server_options));
   FuseServer* server = s->server_.get();
   LayerFs* fs = s->fs_.get();
+  // Pushes start before the loop can end (an unmount from outside), and
+  // stop however it ends, before the descriptor is closed.
+  fs->StartPushing(server->session());
   s->thread_ = std::thread([server, fs, dir] {
-    // (However the session ends: an unmount from outside too.)
-    absl::Status st = server->Run([fs] { fs->StopPushing(); });
+    absl::Status st = server->Run([fs, server] {
+      fs->StopPushing([server] { server->AbortConnection(); });
+    });
     if (!st.ok()) LogWarning("serving ", dir, ": ", st.message());
   });
-  s->fs_->StartPushing(server->session());
   return s;
 }
 
