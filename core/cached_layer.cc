@@ -677,6 +677,15 @@ absl::StatusOr<CachedLayer::ChunkData> CachedLayer::GetChunk(
       EndFlight(group, flight.get());
     }
     absl::MutexLock l(&flight->mu);
+    if (!leader && flight->owner != nullptr &&
+        priority == ReadPriority::kOnDemand && failed == nullptr &&
+        !flight->mu.AwaitWithTimeout(absl::Condition(&flight->done),
+                                     options_.claim_wait)) {
+      // A stream's claim that is taking too long: fetch it here, in the
+      // claim's place (the stream then leaves the member to this fill).
+      failed = std::move(flight);
+      continue;
+    }
     flight->mu.Await(absl::Condition(&flight->done));
     absl::Status st = flight->status;
     if (auto e = flight->errors.find(chunk);

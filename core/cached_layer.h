@@ -37,6 +37,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "core/chunk_cache.h"
 #include "core/layer_reader.h"
 
@@ -69,6 +70,11 @@ struct CachedLayerOptions {
   uint64_t dir_prefetch_bytes = 0;
   uint64_t dir_prefetch_span = 1 << 20;
   uint64_t dir_prefetch_gap = 64 << 10;
+  // A blocked reader that reaches a member a background stream claimed
+  // ahead of its bytes (FillStream) waits this long for the stream, then
+  // fetches the member itself: a stream that stalls (its server, its
+  // low-priority threads) must not hold a program up.
+  absl::Duration claim_wait = absl::Milliseconds(50);
 };
 
 struct CachedLayerStats {

@@ -629,6 +629,12 @@ struct StreamFixture : BasicFixture<StreamSource> {
   }
   explicit StreamFixture(const std::string& blob)
       : BasicFixture(blob, NoReadAhead()) {}
+  StreamFixture(const std::string& blob, absl::Duration claim_wait)
+      : BasicFixture(blob, [&] {
+          CachedLayerOptions o = NoReadAhead();
+          o.claim_wait = claim_wait;
+          return o;
+        }()) {}
 };
 
 // Background fetch as a stream: one stream per stretch (a hole of cached
@@ -848,16 +854,19 @@ TEST(CachedLayerTest, AStreamClaimsTheNextSpanAhead) {
   };
   // (claim: false is a stream that must not claim ahead, a rate-limited
   // one: the reader fetches for itself at once.)
+  // (stall: the stream stays in before_span well past the reader's
+  // claim_wait, which then fetches for itself.)
   struct Case {
-    bool stop_there, claim;
+    bool stop_there, claim, stall;
   };
-  for (const Case& k :
-       {Case{false, true}, Case{true, true}, Case{false, false}}) {
+  for (const Case& k : {Case{false, true, false}, Case{true, true, false},
+                        Case{false, false, false}, Case{false, true, true}}) {
     const bool stop_there = k.stop_there;
     SCOPED_TRACE(!k.claim     ? "no claims"
+                 : k.stall    ? "the stream stalls"
                  : stop_there ? "the stream stops before that span"
                               : "the stream reads on");
-    StreamFixture f(blob);
+    StreamFixture f(blob, k.stall ? absl::Milliseconds(20) : absl::Seconds(30));
     const auto spans = f.layer->PlanSpans(f.AllChunks(), 16 << 10, 4096);
     ASSERT_GT(spans.size(), 4u);
     const int target = file_in(f, spans[1]);
@@ -881,11 +890,25 @@ TEST(CachedLayerTest, AStreamClaimsTheNextSpanAhead) {
                ++n) {
             std::this_thread::sleep_for(std::chrono::milliseconds(10));
           }
+          if (k.stall) {  // until the reader has its bytes
+            for (int n = 0; n < 500 && f.source->plain_reads_.load() == 0;
+                 ++n) {
+              std::this_thread::sleep_for(std::chrono::milliseconds(10));
+            }
+            if (f.source->plain_reads_.load() > 0) reader.join();
+          }
           return stop_there ? absl::CancelledError("stop") : absl::OkStatus();
         },
         nullptr, CachedLayer::kStreamGiveWayBytes, k.claim);
-    reader.join();
+    if (reader.joinable()) reader.join();
     EXPECT_EQ(got, data[target]);
+    if (k.stall) {
+      EXPECT_TRUE(st.ok()) << st;
+      EXPECT_EQ(f.layer->stats().joined_fills, 1u);
+      EXPECT_EQ(f.source->plain_reads_.load(), 1)
+          << "past claim_wait the reader fetched for itself";
+      continue;
+    }
     if (!k.claim) {
       EXPECT_TRUE(st.ok()) << st;
       EXPECT_EQ(f.source->plain_reads_.load(), 1) << "it fetched for itself";
