@@ -24,6 +24,18 @@ using testing::TestLayer;
 
 std::string Random(size_t n, int seed) { return testing::RandomBytes(n, seed); }
 
+// Files f0..f<n-1> of `size` random bytes each (file i from seed `seed + i`),
+// their contents in *data.
+TestLayer SameSizeFiles(int n, size_t size, int seed,
+                        std::vector<std::string>* data) {
+  TestLayer t;
+  for (int i = 0; i < n; ++i) {
+    data->push_back(Random(size, seed + i));
+    t.AddFile(absl::StrCat("f", i), data->back());
+  }
+  return t;
+}
+
 // A layer over `Source` (a MemoryBlobSource, or a test double with
 // ResetCounters()), a memory cache, and helpers.
 template <typename Source>
@@ -89,12 +101,8 @@ class SlowSource : public BlobSource {
 
 int MaxConcurrentFills(uint64_t max_fill_bytes,
                        ReadPriority priority = ReadPriority::kPrefetch) {
-  TestLayer t;
   std::vector<std::string> data;
-  for (int i = 0; i < 6; ++i) {
-    data.push_back(Random(200 << 10, 40 + i));
-    t.AddFile(absl::StrCat("f", i), data.back());
-  }
+  TestLayer t = SameSizeFiles(6, 200 << 10, 40, &data);
   TestBlob b = t.Build();
   auto src = std::make_shared<SlowSource>(b.blob);
   auto r = LayerReader::Open(src, {});
@@ -263,12 +271,8 @@ TEST(CachedLayerTest, SpansFetchManyMembersPerRead) {
 }
 
 TEST(CachedLayerTest, SpanSkipsMembersCachedSinceItWasPlanned) {
-  TestLayer t;
-  std::vector<std::string> data;
-  for (int i = 0; i < 30; ++i) {
-    data.push_back(Random(20000, 300 + i));  // random: stored, ~20 KB each
-    t.AddFile(absl::StrCat("f", i), data.back());
-  }
+  std::vector<std::string> data;  // random: stored, ~20 KB each
+  TestLayer t = SameSizeFiles(30, 20000, 300, &data);
   CachedLayerOptions o;
   o.readahead_chunks = 0;
   Fixture f(t.Build().blob, o);
@@ -327,12 +331,8 @@ class HalfThenWaitSource : public BlobSource {
 // a reader of one near its start gets it while the rest is still on the
 // way (a process starting while its prefetch range streams in).
 TEST(CachedLayerTest, SpanMembersServeReadersAsTheirBytesArrive) {
-  TestLayer t;
   std::vector<std::string> data;
-  for (int i = 0; i < 30; ++i) {
-    data.push_back(Random(20000, 500 + i));
-    t.AddFile(absl::StrCat("f", i), data.back());
-  }
+  TestLayer t = SameSizeFiles(30, 20000, 500, &data);
   const TestBlob b = t.Build();
   auto src = std::make_shared<HalfThenWaitSource>(b.blob);
   auto r = LayerReader::Open(src, {});
@@ -717,12 +717,8 @@ TEST(CachedLayerTest, AStreamFillsEveryMemberWithOneReadPerStretch) {
 // the rest is left for FillSpan, and the error is returned; a stop asked
 // for between spans ends it too.
 TEST(CachedLayerTest, AStreamThatBreaksLeavesTheRestToSpans) {
-  TestLayer t;
   std::vector<std::string> data;
-  for (int i = 0; i < 40; ++i) {
-    data.push_back(Random(6000, 900 + i));
-    t.AddFile(absl::StrCat("f", i), data.back());
-  }
+  TestLayer t = SameSizeFiles(40, 6000, 900, &data);
   const std::string blob = t.Build().blob;
   StreamFixture f(blob);
   const auto spans = f.layer->PlanSpans(f.AllChunks(), 16 << 10, 4096);
@@ -764,12 +760,8 @@ TEST(CachedLayerTest, AStreamThatBreaksLeavesTheRestToSpans) {
 // FillSpan, which skips them, fetches only what is still missing. Members
 // cached before it started (inside its spans, across gaps) do not count.
 TEST(CachedLayerTest, AStreamGivesWayToReadsThatRunAheadOfIt) {
-  TestLayer t;
   std::vector<std::string> data;
-  for (int i = 0; i < 60; ++i) {
-    data.push_back(Random(40000, 1100 + i));
-    t.AddFile(absl::StrCat("f", i), data.back());
-  }
+  TestLayer t = SameSizeFiles(60, 40000, 1100, &data);
   StreamFixture f(t.Build().blob);
   const auto spans = f.layer->PlanSpans(f.AllChunks(), 64 << 10, 4096);
   // A stream over `fx`'s layer with 40 files (1.6 MB) read ahead of it as
@@ -834,12 +826,8 @@ TEST(CachedLayerTest, AStreamGivesWayToReadsThatRunAheadOfIt) {
 // span's members ahead. Claims a stream ends without taking up are released
 // (the waiting reader then fetches for itself).
 TEST(CachedLayerTest, AStreamClaimsTheNextSpanAhead) {
-  TestLayer t;
   std::vector<std::string> data;
-  for (int i = 0; i < 40; ++i) {
-    data.push_back(Random(6000, 1300 + i));
-    t.AddFile(absl::StrCat("f", i), data.back());
-  }
+  TestLayer t = SameSizeFiles(40, 6000, 1300, &data);
   const std::string blob = t.Build().blob;
   // The first file whose member lies in span `sp`.
   auto file_in = [&](StreamFixture& fx, const CachedLayer::Span& sp) {

@@ -517,6 +517,15 @@ void DiskChunkCache::DropFile(const Digest& d) {
   dropped_.fetch_add(1);
 }
 
+void DiskChunkCache::DropFrom(const Digest& d,
+                              const std::shared_ptr<Pack>& pack) {
+  if (pack != nullptr) {
+    DropPack(pack, /*evicted=*/false);
+  } else {
+    DropFile(d);
+  }
+}
+
 bool DiskChunkCache::Discover(const Digest& d, uint64_t size) {
   struct stat st;
   if (stat(ChunkPath(d).c_str(), &st) != 0) return false;
@@ -652,11 +661,7 @@ absl::StatusOr<bool> DiskChunkCache::Read(const Digest& d, uint64_t size,
     LogWarning("cache: chunk ", d.ToString(), " unreadable (", st.message(),
                "): dropped, it will be fetched again");
     // (What it was read from: the index may name another copy by now.)
-    if (pack != nullptr) {
-      DropPack(pack, /*evicted=*/false);
-    } else {
-      DropFile(d);
-    }
+    DropFrom(d, pack);
     misses_.fetch_add(1);
     return false;
   }
@@ -1034,11 +1039,7 @@ absl::StatusOr<CacheVerifyReport> DiskChunkCache::VerifyAll() {
     if (!st.ok() || Sha256::Of(buf) != d) {
       LogWarning("cache verify: chunk ", d.ToString(),
                  " does not hash to its name: removed");
-      if (pack != nullptr) {
-        DropPack(pack, /*evicted=*/false);
-      } else {
-        DropFile(d);
-      }
+      DropFrom(d, pack);
       ++rep.removed;
     }
   }

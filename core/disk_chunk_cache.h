@@ -233,6 +233,9 @@ class DiskChunkCache final : public ChunkCache {
   bool Discover(const Digest& d, uint64_t size);
   // Removes chunk `d`'s file of its own, and its entry if that is the file's.
   void DropFile(const Digest& d);
+  // Removes what chunk `d` was read from: `pack` (OpenChunkFrom's), or with
+  // none its own file.
+  void DropFrom(const Digest& d, const std::shared_ptr<Pack>& pack);
   absl::Status EvictTo(uint64_t target);
   void Rescan();
   // Returns once the first scan (on the writer thread) is done.

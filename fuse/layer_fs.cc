@@ -5,13 +5,13 @@
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <time.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <string>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "core/block_io.h"
 #include "core/buffer_pool.h"
 #include "core/json_writer.h"
 #include "core/log.h"
@@ -266,19 +266,17 @@ std::optional<LayerFs::PushJob> LayerFs::Push(const PushJob& job) {
   if (!pieces) return std::nullopt;
   std::shared_ptr<std::string> buf =
       BufferPool::Default().Get(static_cast<size_t>(job.size));
+  std::vector<IoOp> ops;
   uint64_t at = 0;
   for (const CachedLayer::FilePiece& p : *pieces) {
-    for (size_t done = 0; done < p.len;) {
-      const ssize_t r =
-          pread(p.file->fd(), buf->data() + at + done, p.len - done,
-                static_cast<off_t>(p.offset + done));
-      if (r < 0 && errno == EINTR) continue;
-      if (r <= 0) return std::nullopt;  // (a cache file gone: reads come here)
-      done += static_cast<size_t>(r);
-    }
+    ops.push_back(IoOp{p.file->fd(), p.offset, buf->data() + at, p.len});
     at += p.len;
   }
-  if (at != job.size || store(buf->data())) return std::nullopt;
+  // (A cache file cut short or gone: reads come to the server instead.)
+  if (at != job.size || !BlockIo::ForThisThread().ReadAll(ops).ok() ||
+      store(buf->data())) {
+    return std::nullopt;
+  }
   // Again later, from these bytes.
   PushJob again = job;
   again.bytes = std::move(buf);
