@@ -21,7 +21,8 @@ namespace {
 
 const CommandSpec kSpec = {
     "convert",
-    "IN OUT [--format estargz|zstd:chunked] [--chunk-size N] [--level N] "
+    "IN OUT [--format estargz|zstd:chunked] [--chunk-size N] "
+    "[--min-chunk-size N] [--level N] "
     "[--prioritize FILE] [--threads N]",
     "Convert a tar, tar.gz, tar.zst, eStargz or zstd:chunked layer into a "
     "lazily-pullable eStargz or zstd:chunked layer.",
@@ -75,6 +76,11 @@ std::vector<FlagSpec> LayerWriterFlags() {
       {"chunk-size", "N",
        "largest chunk of a file in bytes (suffix K/M/G allowed; default "
        "1M, tuned: bench/TUNING.md; the reference's is 4M)"},
+      {"min-chunk-size", "N",
+       "let small files share a member until it holds N uncompressed "
+       "bytes (suffix K/M/G; default 0: a member per file and chunk). "
+       "Smaller blobs; needs readers that know innerOffset (lazypull, "
+       "stargz-snapshotter v0.13+; not containers/storage)"},
       {"level", "N",
        "gzip 1-9 (1 fastest, 9 smallest; default 6), zstd 1-19 (default "
        "10, Podman's)"},
@@ -100,6 +106,9 @@ absl::StatusOr<LayerWriterOptions> LayerWriterOptionsFromArgs(
   }
   if (auto s = args.Get("chunk-size")) {
     ASSIGN_OR_RETURN(o.chunk_size, ParseSize("chunk-size", *s));
+  }
+  if (auto s = args.Get("min-chunk-size")) {
+    ASSIGN_OR_RETURN(o.min_chunk_size, ParseSize("min-chunk-size", *s));
   }
   if (auto s = args.Get("level")) {
     if (!absl::SimpleAtoi(*s, &o.level) || o.level < 1) {

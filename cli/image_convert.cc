@@ -25,7 +25,7 @@ CommandSpec ConvertSpec() {
   CommandSpec s = {
       "image convert",
       "SRC DST [--format estargz|zstd:chunked] [--platform OS/ARCH] "
-      "[--chunk-size N] [--level N] [--threads N] ...",
+      "[--chunk-size N] [--min-chunk-size N] [--level N] [--threads N] ...",
       "Convert an image's layers to eStargz or zstd:chunked and write it to "
       "DST.",
       "SRC and DST are image references\n"

@@ -26,7 +26,7 @@ CommandSpec Spec() {
   CommandSpec s = {
       "push",
       "SRC IMAGE_REF [--format estargz|zstd:chunked] [--prioritize FILE] "
-      "[--chunk-size N] [--level N] [--threads N] ...",
+      "[--chunk-size N] [--min-chunk-size N] [--level N] [--threads N] ...",
       "Push an OCI layout image or a directory to a registry as eStargz or "
       "zstd:chunked.",
       "SRC is an OCI image layout, oci:DIR[:TAG] (as skopeo spells it), or a\n"

@@ -1,17 +1,21 @@
 #include "core/cached_layer.h"
 
+#include <algorithm>
 #include <chrono>
 #include <future>
 #include <random>
 #include <thread>
 #include <vector>
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
+#include "core/layer_writer.h"
 #include "core/memory_blob_source.h"
 #include "core/memory_chunk_cache.h"
 #include "core/status_macros.h"
 #include "core/testing/stream_source.h"
+#include "core/testing/tar_builder.h"
 #include "core/testing/test_layer.h"
 #include "gtest/gtest.h"
 
@@ -913,6 +917,60 @@ TEST(CachedLayerTest, AStreamClaimsTheNextSpanAhead) {
           << "the reader waited for the stream";
       EXPECT_EQ(f.source->streams_.load(), 1);
     }
+  }
+}
+
+// A layer written with a min chunk size (small files sharing members, a big
+// file's chunks sharing one): reads in any order, spans and a stream all
+// serve exact bytes, and a member costs one read whichever of its files
+// asks first.
+TEST(CachedLayerTest, MembersSharedByManyFilesAsTheWriterMakesThem) {
+  testing::TarBuilder tb;
+  std::vector<std::pair<std::string, std::string>> files;
+  for (int i = 0; i < 80; ++i) {
+    files.emplace_back(absl::StrCat("lib/f", i), Random(100 + 61 * i, 900 + i));
+  }
+  files.emplace_back("bin/big", Random(40000, 999));
+  for (const auto& [name, data] : files) tb.File(name, data);
+  LayerWriterOptions wo;
+  wo.chunk_size = 8192;          // the big file in 5 chunks ...
+  wo.min_chunk_size = 32 << 10;  // ... sharing members with each other
+  StringBlobSink sink;
+  absl::StatusOr<LayerWriteResult> w = WriteLayer(tb.Finish(), wo, &sink);
+  ASSERT_TRUE(w.ok()) << w.status();
+
+  // Reads in a shuffled order: one source read per member.
+  {
+    Fixture f(sink.out, StreamFixture::NoReadAhead());
+    std::vector<size_t> order(files.size());
+    for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+    std::shuffle(order.begin(), order.end(), std::mt19937(7));
+    for (size_t i : order) {
+      EXPECT_EQ(f.Read(files[i].first), files[i].second) << files[i].first;
+    }
+    absl::flat_hash_set<uint64_t> members;
+    for (const Chunk& c : f.reader->index().chunks()) {
+      if (c.size > 0) members.insert(c.blob_offset);
+    }
+    EXPECT_LT(members.size(), 12u);
+    EXPECT_EQ(f.source->reads(), members.size());
+    // A read from the middle of a shared member's file, at an offset.
+    std::string part(1000, '\0');
+    auto n = f.layer->Read(f.Inode("bin/big"), 20000, absl::MakeSpan(part));
+    ASSERT_TRUE(n.ok()) << n.status();
+    EXPECT_EQ(part, files.back().second.substr(20000, 1000));
+  }
+  // Background fetch's stream over spans of shared members.
+  {
+    StreamFixture f(sink.out);
+    const auto spans = f.layer->PlanSpans(f.AllChunks(), 16 << 10, 4096);
+    absl::Status st = f.layer->FillStream(
+        spans, ReadPriority::kBackground, 1, 4096, UINT64_MAX, 0,
+        [](const CachedLayer::Span&) { return absl::OkStatus(); });
+    EXPECT_TRUE(st.ok()) << st;
+    EXPECT_EQ(f.source->streams_.load(), 1);
+    for (const auto& [name, data] : files) EXPECT_EQ(f.Read(name), data);
+    EXPECT_EQ(f.source->plain_reads_.load(), 0) << "all cached by the stream";
   }
 }
 

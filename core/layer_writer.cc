@@ -193,6 +193,7 @@ struct ChunkPlan {
   uint64_t file_offset = 0;
   absl::string_view data;
   uint32_t member = 0;
+  uint64_t inner_offset = 0;  // uncompressed offset of `data` in its member
 };
 
 // How much of the prioritized files is compressed at prioritized_level.
@@ -202,7 +203,10 @@ struct MemberPlan {
   size_t first_piece = 0;
   size_t num_pieces = 0;
   uint64_t size = 0;  // uncompressed
-  int64_t chunk = -1;
+  // The chunks whose payload this member holds (consecutive; several only
+  // with min_chunk_size).
+  size_t first_chunk = 0;
+  size_t num_chunks = 0;
 };
 
 struct JobPlan {
@@ -495,6 +499,10 @@ absl::StatusOr<LayerWriteResult> WriteLayer(absl::string_view tar,
     return absl::InvalidArgumentError(absl::StrCat(
         "chunk size ", options.chunk_size, " is outside 1 B - 1 GiB"));
   }
+  if (options.min_chunk_size > kMaxChunkSize) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "min chunk size ", options.min_chunk_size, " is over 1 GiB"));
+  }
   int threads = options.threads;
   if (threads <= 0) {
     threads =
@@ -593,18 +601,23 @@ absl::StatusOr<LayerWriteResult> WriteLayer(absl::string_view tar,
       cur = MemberPlan();
       cur.first_piece = pieces.size();
     };
+    // A payload (or chunk) starts a member unless min_chunk_size asks to
+    // fill the current one further; landmarks always start one (§1.3).
+    auto close_before_payload = [&](bool landmark) {
+      if (landmark || cur.size >= options.min_chunk_size) close();
+    };
     for (uint32_t i : order) {
       Item& it = items[i];
       add(it.h.raw);
       if (it.h.type != TarType::kReg || it.h.size == 0) continue;
-      close();
       it.first_chunk = static_cast<uint32_t>(chunks.size());
       for (uint64_t off = 0; off < it.h.size; off += options.chunk_size) {
-        if (off > 0) close();
+        close_before_payload(i == landmark_item);
         uint64_t n = std::min(options.chunk_size, it.h.size - off);
-        cur.chunk = static_cast<int64_t>(chunks.size());
+        if (cur.num_chunks == 0) cur.first_chunk = chunks.size();
+        ++cur.num_chunks;
         chunks.push_back({i, off, it.payload.substr(off, n),
-                          static_cast<uint32_t>(members.size())});
+                          static_cast<uint32_t>(members.size()), cur.size});
         add(chunks.back().data);
         ++it.num_chunks;
       }
@@ -672,12 +685,13 @@ absl::StatusOr<LayerWriteResult> WriteLayer(absl::string_view tar,
                                         mp.first_piece, mp.num_pieces),
                                     &r->data));
       r->member_sizes.push_back(r->data.size() - before);
-      if (mp.chunk < 0) continue;
-      const ChunkPlan& cp = chunks[static_cast<size_t>(mp.chunk)];
-      chunk_digests[static_cast<size_t>(mp.chunk)] = Sha256::Of(cp.data);
-      Item& it = items[cp.item];
-      if (cp.file_offset == 0 && it.num_chunks > 1) {
-        it.file_digest = Sha256::Of(it.payload);
+      for (size_t c = mp.first_chunk; c < mp.first_chunk + mp.num_chunks; ++c) {
+        const ChunkPlan& cp = chunks[c];
+        chunk_digests[c] = Sha256::Of(cp.data);
+        Item& it = items[cp.item];
+        if (cp.file_offset == 0 && it.num_chunks > 1) {
+          it.file_digest = Sha256::Of(it.payload);
+        }
       }
     }
     return absl::OkStatus();
@@ -738,8 +752,10 @@ absl::StatusOr<LayerWriteResult> WriteLayer(absl::string_view tar,
     }
     uint64_t offset = 0;
     if (it.num_chunks > 0) {
-      offset = member_offsets[chunks[it.first_chunk].member];
+      const ChunkPlan& first = chunks[it.first_chunk];
+      offset = member_offsets[first.member];
       toc.Num("offset", offset);
+      if (first.inner_offset != 0) toc.Num("innerOffset", first.inner_offset);
     }
     if (h.type == TarType::kChar || h.type == TarType::kBlock) {
       if (h.dev_major != 0) toc.Num("devMajor", h.dev_major);
@@ -765,6 +781,7 @@ absl::StatusOr<LayerWriteResult> WriteLayer(absl::string_view tar,
         toc.Str("name", h.name);
         toc.Str("type", "chunk");
         toc.Num("offset", member_offsets[cp.member]);
+        if (cp.inner_offset != 0) toc.Num("innerOffset", cp.inner_offset);
         toc.Num("chunkOffset", cp.file_offset);
       }
       if (cp.data.size() == options.chunk_size) {

@@ -3,7 +3,8 @@
 //
 // Layout (both formats, gzip members / zstd frames alike): a new member
 // starts at the blob start, at the payload of every non-empty regular file,
-// at every chunk boundary, and (gzip) at the TOC's tar header; the tar
+// at every chunk boundary (with min_chunk_size, only once the member is that
+// big), and (gzip) at the TOC's tar header; the tar
 // padding and the headers of the entries that follow a payload go into the
 // member of its last chunk. eStargz ends with a member holding a tar of
 // `stargz.index.json` plus the two 512-byte EOF blocks, then the 51-byte
@@ -84,6 +85,16 @@ struct LayerWriterOptions {
   // Largest chunk of a file (default 1 MiB: bench/TUNING.md; the reference
   // uses 4 MiB); 1 B – 1 GiB.
   uint64_t chunk_size = 1 << 20;
+  // "Min chunk size" (the reference's WithMinChunkSize): 0 (default) starts
+  // a member at every payload and chunk, as above. N > 0 starts one only
+  // when the current member already holds at least N uncompressed bytes
+  // (the reference counts compressed bytes, so the same N groups 2-3x more
+  // there); otherwise the payload continues the member and its TOC entry
+  // says where with `innerOffset`. Landmarks still start a member. Small
+  // files then share members: a smaller blob and less per-member work, but
+  // readers that predate innerOffset (stargz-snapshotter before v0.13,
+  // containers/storage) cannot read such a layer. 0 – 1 GiB.
+  uint64_t min_chunk_size = 0;
   // 0 = the default of the compression (gzip 6, zstd 3); see compressor.h.
   int level = 0;
   // The level of the prioritized files' members (those before the prefetch

@@ -10,6 +10,8 @@
 #include <string>
 #include <vector>
 
+#include "absl/container/flat_hash_set.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -230,15 +232,17 @@ std::string TempPath(const std::string& name) {
   return absl::StrCat(d != nullptr ? d : "/tmp", "/", name);
 }
 
-class LayerWriterRoundTrip
-    : public ::testing::TestWithParam<std::tuple<Compression, uint64_t>> {};
+class LayerWriterRoundTrip : public ::testing::TestWithParam<
+                                 std::tuple<Compression, uint64_t, uint64_t>> {
+};
 
 TEST_P(LayerWriterRoundTrip, ReadsBackVerifiesAndIsDeterministic) {
-  const auto [comp, chunk] = GetParam();
+  const auto [comp, chunk, min_chunk] = GetParam();
   const Input in = MakeInput(chunk);
   LayerWriterOptions o;
   o.compression = comp;
   o.chunk_size = chunk;
+  o.min_chunk_size = min_chunk;
   o.threads = 1;
   Written w = Write(in.tar, o);
   ASSERT_FALSE(w.blob.empty());
@@ -271,6 +275,14 @@ TEST_P(LayerWriterRoundTrip, ReadsBackVerifiesAndIsDeterministic) {
   EXPECT_EQ(plus1[1].size, 1u);
   EXPECT_EQ(idx.FileChunks(*idx.Resolve("data/multi")).size(), 3u);
   EXPECT_TRUE(idx.FileChunks(*idx.Resolve("app/empty")).empty());
+  // Members shared (innerOffset) exactly when min_chunk_size asks.
+  size_t inner = 0;
+  for (const Chunk& c : idx.chunks()) inner += c.inner_offset != 0;
+  if (min_chunk == 0) {
+    EXPECT_EQ(inner, 0u);
+  } else {
+    EXPECT_GT(inner, 0u);
+  }
 
   // The other entry types.
   const Inode& tool = idx.inode(*idx.Resolve("app/bin/tool"));
@@ -311,8 +323,8 @@ TEST_P(LayerWriterRoundTrip, ReadsBackVerifiesAndIsDeterministic) {
   EXPECT_TRUE(Write(again, o).blob == w.blob);
 
   // The system tools read it as a plain compressed tar.
-  std::string path = TempPath(
-      absl::StrCat("rt-", static_cast<int>(comp), "-", chunk, ".blob"));
+  std::string path = TempPath(absl::StrCat("rt-", static_cast<int>(comp), "-",
+                                           chunk, "-", min_chunk, ".blob"));
   {
     std::ofstream f(path, std::ios::binary);
     f << w.blob;
@@ -337,7 +349,10 @@ INSTANTIATE_TEST_SUITE_P(
     ::testing::Combine(::testing::Values(Compression::kGzip,
                                          Compression::kZstd),
                        ::testing::Values(uint64_t{1000}, uint64_t{4096},
-                                         uint64_t{65536}, uint64_t{4} << 20)));
+                                         uint64_t{65536}, uint64_t{4} << 20),
+                       // Min chunk size: off, and over a 1000-byte chunk
+                       // (a file's chunks share members too).
+                       ::testing::Values(uint64_t{0}, uint64_t{5000})));
 
 TEST(LayerWriterTest, GnuInput) {
   const Input in = MakeInput(4096, TarDialect::kGnu);
@@ -579,6 +594,83 @@ TEST(LayerWriterTest, PrioritizedFilesAtAHigherLevel) {
   EXPECT_TRUE(Write(tar, o).blob == hard.blob);
 }
 
+// Many small files: with a min chunk size they share members, each TOC
+// entry saying where its payload starts (innerOffset, encoded right after
+// offset as the reference's struct orders it); landmarks still start one.
+TEST(LayerWriterTest, MinChunkSizeSharesMembersAmongSmallFiles) {
+  TarBuilder b;
+  std::map<std::string, std::string> files;
+  for (int i = 0; i < 120; ++i) {
+    TarSpec s;
+    s.name = absl::StrCat("etc/f", i);
+    s.content = absl::StrCat("config ", i, " ", Content(200 + 13 * i, i));
+    files[s.name] = s.content;
+    b.Add(s);
+  }
+  TarSpec big;
+  big.name = "usr/big";
+  big.content = Content(300000, 9);
+  files[big.name] = big.content;
+  b.Add(big);
+  const std::string tar = b.Finish();
+  for (Compression comp : {Compression::kGzip, Compression::kZstd}) {
+    SCOPED_TRACE(static_cast<int>(comp));
+    LayerWriterOptions o;
+    o.compression = comp;
+    o.chunk_size = 64 << 10;
+    o.prioritized_files = {"etc/f7", "etc/f3"};
+    const Written apart = Write(tar, o);
+    o.min_chunk_size = 16 << 10;
+    const Written shared = Write(tar, o);
+    ASSERT_FALSE(shared.blob.empty());
+    EXPECT_LT(shared.blob.size(), apart.blob.size());
+
+    std::unique_ptr<LayerReader> r = Open(shared);
+    ASSERT_NE(r, nullptr);
+    const LayerIndex& idx = r->index();
+    absl::flat_hash_set<uint64_t> starts;
+    for (const Chunk& c : idx.chunks()) starts.insert(c.blob_offset);
+    // 125 chunks (120 files, 5 of the big one) in few members: ~180 KB of
+    // small files and their headers in 16 KiB groups (~12), the big file's
+    // 64 KiB chunks (5), the landmark's member.
+    EXPECT_LT(starts.size(), 25u);
+    EXPECT_GT(starts.size(), 12u);
+    for (const auto& [path, content] : files) {
+      std::optional<uint32_t> ino = idx.Resolve(path);
+      ASSERT_TRUE(ino.has_value()) << path;
+      EXPECT_TRUE(ReadFile(*r, *ino) == content) << path;
+    }
+    absl::StatusOr<VerifyResult> v = VerifyLayer(*r);
+    ASSERT_TRUE(v.ok()) << v.status();
+    EXPECT_EQ(v->diff_id, shared.result.diff_id);
+    // The landmark starts a member: the prefetch range ends at it and holds
+    // exactly the prioritized files.
+    ASSERT_TRUE(shared.result.prefetch_landmark_offset.has_value());
+    EXPECT_TRUE(starts.contains(*shared.result.prefetch_landmark_offset));
+    for (const char* p : {"etc/f7", "etc/f3"}) {
+      const Chunk& c = idx.chunks()[idx.inode(*idx.Resolve(p)).first_chunk];
+      EXPECT_LT(c.blob_offset, *shared.result.prefetch_landmark_offset) << p;
+    }
+    const Chunk& after =
+        idx.chunks()[idx.inode(*idx.Resolve("etc/f0")).first_chunk];
+    EXPECT_GE(after.blob_offset, *shared.result.prefetch_landmark_offset);
+
+    const std::string json = TocJson(shared, comp);
+    size_t inner_keys = 0;
+    for (size_t at = json.find("\"innerOffset\": "); at != std::string::npos;
+         at = json.find("\"innerOffset\": ", at + 1)) {
+      ++inner_keys;
+      const size_t line = json.rfind('\n', json.rfind('\n', at) - 1) + 1;
+      EXPECT_TRUE(absl::StartsWith(
+          absl::StripLeadingAsciiWhitespace(json.substr(line, at - line)),
+          "\"offset\": "))
+          << json.substr(line, at - line + 20);
+    }
+    EXPECT_GT(inner_keys, 100u);
+    EXPECT_THAT(TocJson(apart, comp), ::testing::Not(HasSubstr("innerOffset")));
+  }
+}
+
 absl::Status WriteError(absl::string_view tar, LayerWriterOptions o = {}) {
   StringBlobSink sink;
   return WriteLayer(tar, o, &sink).status();
@@ -599,6 +691,10 @@ TEST(LayerWriterTest, Refusals) {
   o.level = 20;
   EXPECT_EQ(WriteError(ok.Finish(), o).code(),
             absl::StatusCode::kInvalidArgument);
+  o.level = 0;
+  o.min_chunk_size = (uint64_t{1} << 30) + 1;
+  EXPECT_THAT(WriteError(ok.Finish(), o).message(),
+              HasSubstr("min chunk size"));
 
   TarBuilder climb;
   climb.File("../../etc/passwd", "x");

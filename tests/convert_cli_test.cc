@@ -124,34 +124,38 @@ TEST_F(ConvertCliTest, EveryInputKindAndThreadCountGivesTheSameBytes) {
 }
 
 TEST_F(ConvertCliTest, OutputVerifiesExtractsToTheInputAndPlainToolsReadIt) {
-  for (const char* format : {"estargz", "zstd:chunked"}) {
-    SCOPED_TRACE(format);
-    const std::string out = std::string("out-") + format[0];
-    Convert("in.tar", out, {"--format", format});
-    RunResult v = ::lazypull::testing::Run(
-        {LazypullBinary(), "verify", dir_ + "/" + out});
-    EXPECT_EQ(v.exit_code, 0) << v.err;
-    const std::string tool = format[0] == 'e' ? "gzip -dc" : "zstd -q -dc";
-    RunResult t = Sh(absl::StrCat(tool, " < ", dir_, "/", out, " | tar -t"));
-    EXPECT_EQ(t.exit_code, 0) << t.err;
-    EXPECT_NE(t.out.find("data/big"), std::string::npos) << t.out;
-    const std::string got = dir_ + "/x-" + out, want = dir_ + "/ref-" + out;
-    RunResult x = ::lazypull::testing::Run(
-        {LazypullBinary(), "extract", dir_ + "/" + out, got});
-    ASSERT_EQ(x.exit_code, 0) << x.err;
-    ASSERT_EQ(mkdir(want.c_str(), 0755), 0);
-    RunResult r = Sh(absl::StrCat(
-        "tar --xattrs --xattrs-include='*' --same-owner --numeric-owner -xpf ",
-        dir_, "/in.tar -C ", want));
-    ASSERT_EQ(r.exit_code, 0) << r.err;
-    TreeCompareOptions o;
-    o.label = format;
-    // The roots are made by the test and by extract; GNU tar creates
-    // symlinks late, after it restored their directories' mtimes (our
-    // directory mtimes are checked against expected.json by golden tests).
-    o.skip_mtime = {"", "bin", "etc", "data"};
-    CompareTrees(got, want, o);
-  }
+  for (const char* min_chunk : {"0", "6K"})
+    for (const char* format : {"estargz", "zstd:chunked"}) {
+      SCOPED_TRACE(absl::StrCat(format, ", --min-chunk-size ", min_chunk));
+      const std::string out =
+          absl::StrCat("out-", std::string(1, format[0]), min_chunk);
+      Convert("in.tar", out,
+              {"--format", format, "--min-chunk-size", min_chunk});
+      RunResult v = ::lazypull::testing::Run(
+          {LazypullBinary(), "verify", dir_ + "/" + out});
+      EXPECT_EQ(v.exit_code, 0) << v.err;
+      const std::string tool = format[0] == 'e' ? "gzip -dc" : "zstd -q -dc";
+      RunResult t = Sh(absl::StrCat(tool, " < ", dir_, "/", out, " | tar -t"));
+      EXPECT_EQ(t.exit_code, 0) << t.err;
+      EXPECT_NE(t.out.find("data/big"), std::string::npos) << t.out;
+      const std::string got = dir_ + "/x-" + out, want = dir_ + "/ref-" + out;
+      RunResult x = ::lazypull::testing::Run(
+          {LazypullBinary(), "extract", dir_ + "/" + out, got});
+      ASSERT_EQ(x.exit_code, 0) << x.err;
+      ASSERT_EQ(mkdir(want.c_str(), 0755), 0);
+      RunResult r =
+          Sh(absl::StrCat("tar --xattrs --xattrs-include='*' --same-owner "
+                          "--numeric-owner -xpf ",
+                          dir_, "/in.tar -C ", want));
+      ASSERT_EQ(r.exit_code, 0) << r.err;
+      TreeCompareOptions o;
+      o.label = format;
+      // The roots are made by the test and by extract; GNU tar creates
+      // symlinks late, after it restored their directories' mtimes (our
+      // directory mtimes are checked against expected.json by golden tests).
+      o.skip_mtime = {"", "bin", "etc", "data"};
+      CompareTrees(got, want, o);
+    }
 }
 
 TEST_F(ConvertCliTest, PrioritizedFilesLeadTheLayer) {
@@ -182,6 +186,13 @@ TEST_F(ConvertCliTest, BadInputGetsAClearError) {
   EXPECT_FALSE(r.err.empty());
   EXPECT_NE(access((dir_ + "/junk.out").c_str(), F_OK), 0)
       << "a failed convert left its output behind";
+  for (const char* size : {"lots", "2G"}) {
+    RunResult u =
+        ::lazypull::testing::Run({LazypullBinary(), "convert", dir_ + "/in.tar",
+                                  dir_ + "/u.out", "--min-chunk-size", size});
+    EXPECT_NE(u.exit_code, 0) << size;
+    EXPECT_NE(u.err.find("min"), std::string::npos) << u.err;
+  }
 }
 
 }  // namespace

@@ -554,6 +554,50 @@ TEST_F(RegistryMountTest, HardlinkIntoALazyLowerLayerIsCopiedUp) {
   mounts_.clear();
 }
 
+// Layers written with a min chunk size (small files sharing gzip members /
+// zstd frames, innerOffset in the TOC), both formats in one image: reads in
+// any order give the exact bytes, and background fetch completes each
+// layer and checks its whole blob.
+TEST_F(RegistryMountTest, LayersWithSharedMembersMountAndComplete) {
+  std::vector<LayerBlob> layers;
+  std::vector<std::pair<std::string, std::string>> files;
+  for (const char* format : {"estargz", "zstd:chunked"}) {
+    TarBuilder b;
+    b.Dir("./");
+    const std::string d = format[0] == 'e' ? "gz" : "zst";
+    b.Dir(d + "/");
+    for (int i = 0; i < 60; ++i) {
+      files.emplace_back(absl::StrCat(d, "/f", i),
+                         Payload(300 + 97 * i, 40 + i + 100 * layers.size()));
+      b.File(files.back().first, files.back().second);
+    }
+    files.emplace_back(d + "/big", Payload(200 << 10, 7 + layers.size()));
+    b.File(files.back().first, files.back().second);
+    layers.push_back(Convert(b.Finish(), "shared-" + d,
+                             {"--format", format, "--chunk-size", "64K",
+                              "--min-chunk-size", "16K"}));
+  }
+  const std::string ref = Push("test/shared", layers);
+  const std::string mnt = dir_ + "/mnt-shared";
+  testing::RunResult m = Mount(ref, mnt, {});
+  ASSERT_EQ(m.exit_code, 0) << m.err << m.out;
+  for (auto it = files.rbegin(); it != files.rend(); ++it) {
+    EXPECT_EQ(ReadAll(mnt + "/" + it->first), it->second) << it->first;
+  }
+  for (const LayerBlob& l : layers) {
+    const std::string marker =
+        absl::StrCat(cache_dir(), "/verified/", Sha256::Of(l.bytes).Hex());
+    for (int i = 0; i < 300 && access(marker.c_str(), F_OK) != 0; ++i) {
+      usleep(100 * 1000);
+    }
+    EXPECT_EQ(access(marker.c_str(), F_OK), 0)
+        << ReadAll(cache_dir() + "/lazypull.log");
+  }
+  testing::RunResult u = testing::Run({bin_, "unmount", mnt});
+  EXPECT_EQ(u.exit_code, 0) << u.err;
+  mounts_.clear();
+}
+
 // Every fetch knob is a flag: HTTP/1.1 pools, one stream, no coalescing,
 // small requests and a background rate cap still give the same bytes; bad
 // values are usage errors.
