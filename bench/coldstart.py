@@ -28,11 +28,12 @@ LAZY_RTTS = 5
 # A full pull: TCP, TLS, manifest, then the blob (config alongside).
 FULL_RTTS = 4
 
-VARIANT_ORDER = ["pull", "gzip", "estargz", "estargz-opt", "zstd-chunked"]
+VARIANT_ORDER = ["pull", "gzip", "estargz", "estargz-shared", "estargz-opt", "zstd-chunked"]
 VARIANT_LABEL = {
     "pull": "full pull (lazypull pull + run)",
     "gzip": "gzip via lazypull mount",
     "estargz": "eStargz",
+    "estargz-shared": "eStargz, --min-chunk-size 64K",
     "estargz-opt": "eStargz optimized",
     "zstd-chunked": "zstd:chunked",
     "skopeo": "skopeo copy + tar -x",
@@ -42,6 +43,7 @@ CHART_LABEL = {
     "pull": "full pull + run",
     "gzip": "gzip, mounted",
     "estargz": "eStargz",
+    "estargz-shared": "eStargz, shared members",
     "estargz-opt": "eStargz optimized",
     "zstd-chunked": "zstd:chunked",
 }
@@ -49,6 +51,7 @@ COLORS = {
     "pull": "#7f7f7f",
     "gzip": "#bcbd22",
     "estargz": "#1f77b4",
+    "estargz-shared": "#17becf",
     "estargz-opt": "#2ca02c",
     "zstd-chunked": "#9467bd",
 }

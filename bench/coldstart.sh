@@ -26,7 +26,9 @@ usage() {
 usage: bench/coldstart.sh [options]
   --profile NAME[,NAME]   20ms-100mbit, 2ms-1gbit, 80ms-50mbit (default: all three)
   --workload NAME[,NAME]  python, shell, heavy (default: all three)
-  --variant NAME[,NAME]   gzip, estargz, estargz-opt, zstd-chunked (default: all four)
+  --variant NAME[,NAME]   gzip, estargz, estargz-opt, zstd-chunked (default: all four); also
+                          estargz-shared: eStargz whose small files share members
+                          (convert --min-chunk-size 64K)
   --runs N                runs per cell (default 3)
   --no-baseline           skip the full pull (lazypull pull + run) and skopeo copy + tar -x
   --no-probe              skip the one run per lazy variant and workload without background fetch
@@ -279,6 +281,12 @@ if has estargz "${NEED[@]}" || has estargz-opt "${NEED[@]}"; then
   "$LAZYPULL" convert "$ROOTFS_TAR" "$W/estargz.layer" $CONVERT_FLAGS >"$W/estargz.json"
   oci_from_convert "$W/estargz.json" "$W/estargz.layer" "$W/oci-estargz" application/vnd.oci.image.layer.v1.tar+gzip
   TAGS[estargz]=estargz
+fi
+if has estargz-shared "${NEED[@]}"; then
+  # shellcheck disable=SC2086
+  "$LAZYPULL" convert "$ROOTFS_TAR" "$W/shared.layer" --min-chunk-size 64K $CONVERT_FLAGS >"$W/shared.json"
+  oci_from_convert "$W/shared.json" "$W/shared.layer" "$W/oci-estargz-shared" application/vnd.oci.image.layer.v1.tar+gzip
+  TAGS[estargz-shared]=estargz-shared
 fi
 if has zstd-chunked "${NEED[@]}"; then
   # shellcheck disable=SC2086
