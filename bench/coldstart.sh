@@ -59,6 +59,7 @@ EOF
 PROFILES=(20ms-100mbit 2ms-1gbit 80ms-50mbit)
 WORKLOADS=(python shell heavy)
 VARIANTS=(gzip estargz estargz-opt zstd-chunked)
+KNOWN_VARIANTS=("${VARIANTS[@]}" estargz-shared)
 RUNS=3 SMOKE=0 BASELINE=1 PROBE=1 KEEP=0 PERF_DIR="" SYS_DIR="" OUT="" LAZYPULL="" PROXY="" SWEEP="" CONVERT_FLAGS="" INCLUDE=python3
 CACHE=/var/cache/lazypull-bench
 ARGS="$*"
@@ -76,7 +77,7 @@ while [ $# -gt 0 ]; do
   case $1 in
     --profile) SEL_P=$(pick PROFILES "$2"); shift ;;
     --workload) SEL_W=$(pick WORKLOADS "$2"); shift ;;
-    --variant) SEL_V=$(pick VARIANTS "$2"); shift ;;
+    --variant) SEL_V=$(pick KNOWN_VARIANTS "$2"); shift ;;
     --runs) RUNS=$2; shift ;;
     --no-baseline) BASELINE=0 ;;
     --no-probe) PROBE=0 ;;

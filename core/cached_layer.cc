@@ -722,6 +722,22 @@ absl::Status CachedLayer::Fill(uint32_t chunk, ReadPriority priority) {
   return GetChunk(chunk, priority).status();
 }
 
+template <typename Fn>
+absl::StatusOr<bool> CachedLayer::ForEachPiece(uint32_t inode, uint64_t offset,
+                                               uint64_t end, Fn fn) const {
+  const LayerIndex& idx = reader_->index();
+  const auto& cs = idx.chunks();
+  uint64_t pos = offset;
+  for (uint32_t ci = idx.ChunkAt(inode, offset); pos < end; ++ci) {
+    const Chunk& c = cs[ci];
+    const uint64_t len = std::min(end, c.file_offset + c.size) - pos;
+    ASSIGN_OR_RETURN(bool go_on, fn(ci, c, pos, pos - c.file_offset, len));
+    if (!go_on) return false;
+    pos += len;
+  }
+  return true;
+}
+
 absl::StatusOr<size_t> CachedLayer::Read(uint32_t inode, uint64_t offset,
                                          absl::Span<char> out,
                                          ReadPriority priority) {
@@ -733,29 +749,30 @@ absl::StatusOr<size_t> CachedLayer::Read(uint32_t inode, uint64_t offset,
   if (offset >= n.size || out.empty()) return 0;
   const uint64_t end = std::min<uint64_t>(n.size, offset + out.size());
   const auto& cs = idx.chunks();
-  uint32_t ci = idx.ChunkAt(inode, offset);
-  uint64_t pos = offset;
   bool missed = false;
-  while (pos < end) {
-    const Chunk& c = cs[ci];
-    const uint64_t in_chunk = pos - c.file_offset;
-    const uint64_t len = std::min(end, c.file_offset + c.size) - pos;
-    char* dst = out.data() + (pos - offset);
-    bool hit = false;
-    if (!c.zeros) {
-      ASSIGN_OR_RETURN(hit, cache_->Read(c.digest, c.size, in_chunk,
-                                         absl::MakeSpan(dst, len)));
-    }
-    if (hit) {
-      hits_.fetch_add(1);
-    } else {
-      ASSIGN_OR_RETURN(ChunkData data, GetChunk(ci, priority));
-      std::memcpy(dst, data->data() + in_chunk, len);
-      missed = missed || !c.zeros;
-    }
-    pos += len;
-    ++ci;
-  }
+  RETURN_IF_ERROR(
+      ForEachPiece(
+          inode, offset, end,
+          [&](uint32_t ci, const Chunk& c, uint64_t pos, uint64_t in_chunk,
+              uint64_t len) -> absl::StatusOr<bool> {
+            char* dst = out.data() + (pos - offset);
+            bool hit = false;
+            if (!c.zeros) {
+              ASSIGN_OR_RETURN(hit, cache_->Read(c.digest, c.size, in_chunk,
+                                                 absl::MakeSpan(dst, len)));
+            }
+            if (hit) {
+              hits_.fetch_add(1);
+            } else {
+              ASSIGN_OR_RETURN(ChunkData data, GetChunk(ci, priority));
+              std::memcpy(dst, data->data() + in_chunk, len);
+              missed = missed || !c.zeros;
+            }
+            return true;
+          })
+          .status());
+  // (The chunk after the last one read.)
+  const uint32_t ci = idx.ChunkAt(inode, end - 1) + 1;
   if (missed && priority == ReadPriority::kOnDemand && !dir_done_.empty()) {
     PrefetchDirectoryOf(inode);
   }
@@ -792,21 +809,42 @@ std::optional<std::vector<CachedLayer::FilePiece>> CachedLayer::Locate(
   if (n.type != EntryType::kReg) return std::nullopt;
   if (offset >= n.size || len == 0) return pieces;
   const uint64_t end = std::min<uint64_t>(n.size, offset + len);
-  const auto& cs = idx.chunks();
-  uint64_t pos = offset;
-  for (uint32_t ci = idx.ChunkAt(inode, offset); pos < end; ++ci) {
-    const Chunk& c = cs[ci];
-    if (c.zeros) return std::nullopt;
-    std::shared_ptr<CachedFile> f = cache_->OpenChunk(c.digest, c.size);
-    if (f == nullptr) return std::nullopt;
-    const uint64_t piece_end = std::min(end, c.file_offset + c.size);
-    const uint64_t at = f->offset() + (pos - c.file_offset);
-    pieces.push_back(
-        FilePiece{std::move(f), at, static_cast<size_t>(piece_end - pos)});
-    pos = piece_end;
-  }
+  absl::StatusOr<bool> all = ForEachPiece(
+      inode, offset, end,
+      [&](uint32_t, const Chunk& c, uint64_t, uint64_t in_chunk,
+          uint64_t piece_len) -> absl::StatusOr<bool> {
+        if (c.zeros) return false;
+        std::shared_ptr<CachedFile> f = cache_->OpenChunk(c.digest, c.size);
+        if (f == nullptr) return false;
+        const uint64_t at = f->offset() + in_chunk;
+        pieces.push_back(
+            FilePiece{std::move(f), at, static_cast<size_t>(piece_len)});
+        return true;
+      });
+  if (!all.ok() || !*all) return std::nullopt;
   if (count_hits) hits_.fetch_add(pieces.size());
   return pieces;
+}
+
+absl::StatusOr<bool> CachedLayer::ReadCached(uint32_t inode, uint64_t offset,
+                                             absl::Span<char> out) {
+  const Inode& n = reader_->index().inode(inode);
+  if (n.type != EntryType::kReg || offset > n.size ||
+      out.size() > n.size - offset) {
+    return absl::InvalidArgumentError("ReadCached: not inside a regular file");
+  }
+  return ForEachPiece(
+      inode, offset, offset + out.size(),
+      [&](uint32_t, const Chunk& c, uint64_t pos, uint64_t in_chunk,
+          uint64_t len) -> absl::StatusOr<bool> {
+        char* dst = out.data() + (pos - offset);
+        if (c.zeros) {
+          std::memset(dst, 0, len);
+          return true;
+        }
+        return cache_->Read(c.digest, c.size, in_chunk,
+                            absl::MakeSpan(dst, len));
+      });
 }
 
 void CachedLayer::FillAsync(std::vector<uint32_t> chunks,

@@ -121,6 +121,13 @@ class CachedLayer {
                                                size_t len,
                                                bool count_hits = true);
 
+  // Copies [offset, offset + out.size()) of regular file `inode` from the
+  // cache alone (writes it still has queued included): true if every chunk
+  // covering it was there, false (`out` unspecified) if one was not. Never
+  // fetches; not counted as hits. REQUIRES: the range is inside the file.
+  absl::StatusOr<bool> ReadCached(uint32_t inode, uint64_t offset,
+                                  absl::Span<char> out);
+
   // Makes sure chunk `chunk` is cached (fetching and verifying it if not).
   absl::Status Fill(uint32_t chunk, ReadPriority priority);
 
@@ -205,6 +212,12 @@ class CachedLayer {
   uint64_t fetched_blob_bytes() const { return fetched_blob_bytes_.load(); }
 
  private:
+  // Calls fn(chunk index, chunk, file position, offset in the chunk,
+  // length) for the pieces of [offset, end) of `inode`, one per chunk, in
+  // order, while fn returns true; returns false if fn stopped it.
+  template <typename Fn>
+  absl::StatusOr<bool> ForEachPiece(uint32_t inode, uint64_t offset,
+                                    uint64_t end, Fn fn) const;
   struct Flight;
   using ChunkData = std::shared_ptr<const std::string>;
 

@@ -11,7 +11,6 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
-#include "core/block_io.h"
 #include "core/buffer_pool.h"
 #include "core/json_writer.h"
 #include "core/log.h"
@@ -259,24 +258,14 @@ std::optional<LayerFs::PushJob> LayerFs::Push(const PushJob& job) {
     ++again.attempts;
     return again;
   }
-  // A whole small file, if every chunk of it is cached.
-  std::optional<std::vector<CachedLayer::FilePiece>> pieces =
-      layer_->Locate(job.inode, 0, static_cast<size_t>(job.size),
-                     /*count_hits=*/false);
-  if (!pieces) return std::nullopt;
+  // A whole small file, if every chunk of it is cached (or queued to be
+  // written: a file background fetch brought in a moment ago).
   std::shared_ptr<std::string> buf =
       BufferPool::Default().Get(static_cast<size_t>(job.size));
-  std::vector<IoOp> ops;
-  uint64_t at = 0;
-  for (const CachedLayer::FilePiece& p : *pieces) {
-    ops.push_back(IoOp{p.file->fd(), p.offset, buf->data() + at, p.len});
-    at += p.len;
-  }
-  // (A cache file cut short or gone: reads come to the server instead.)
-  if (at != job.size || !BlockIo::ForThisThread().ReadAll(ops).ok() ||
-      store(buf->data())) {
-    return std::nullopt;
-  }
+  absl::StatusOr<bool> cached =
+      layer_->ReadCached(job.inode, 0, absl::MakeSpan(*buf));
+  // (Evicted, or a cache file gone: reads come to the server instead.)
+  if (!cached.ok() || !*cached || store(buf->data())) return std::nullopt;
   // Again later, from these bytes.
   PushJob again = job;
   again.bytes = std::move(buf);
