@@ -802,7 +802,7 @@ absl::StatusOr<size_t> CachedLayer::Read(uint32_t inode, uint64_t offset,
 }
 
 std::optional<std::vector<CachedLayer::FilePiece>> CachedLayer::Locate(
-    uint32_t inode, uint64_t offset, size_t len, bool count_hits) {
+    uint32_t inode, uint64_t offset, size_t len) {
   const LayerIndex& idx = reader_->index();
   const Inode& n = idx.inode(inode);
   std::vector<FilePiece> pieces;
@@ -822,7 +822,7 @@ std::optional<std::vector<CachedLayer::FilePiece>> CachedLayer::Locate(
         return true;
       });
   if (!all.ok() || !*all) return std::nullopt;
-  if (count_hits) hits_.fetch_add(pieces.size());
+  hits_.fetch_add(pieces.size());
   return pieces;
 }
 

@@ -115,16 +115,16 @@ class CachedLayer {
   };
   // If every chunk covering [offset, offset + len) of `inode` is in a cache
   // file, returns the pieces (clipped at end of file; empty past it);
-  // otherwise nullopt and the caller uses Read(). Counts as cache hits
-  // unless `count_hits` is false.
+  // otherwise nullopt and the caller uses Read(). Counts as cache hits.
   std::optional<std::vector<FilePiece>> Locate(uint32_t inode, uint64_t offset,
-                                               size_t len,
-                                               bool count_hits = true);
+                                               size_t len);
 
   // Copies [offset, offset + out.size()) of regular file `inode` from the
   // cache alone (writes it still has queued included): true if every chunk
   // covering it was there, false (`out` unspecified) if one was not. Never
-  // fetches; not counted as hits. REQUIRES: the range is inside the file.
+  // fetches; not counted in this layer's hits (the cache keeps its own
+  // counts, and drops a chunk it finds unreadable, as for any read).
+  // InvalidArgument if the range is not inside a regular file.
   absl::StatusOr<bool> ReadCached(uint32_t inode, uint64_t offset,
                                   absl::Span<char> out);
 

@@ -226,7 +226,30 @@ absl::StatusOr<std::unique_ptr<LayerReader>> LayerReader::Open(
   ASSIGN_OR_RETURN(Toc toc, ParseToc(json, options.toc_limits));
   json = std::string();
   ASSIGN_OR_RETURN(r->index_, LayerIndex::Build(toc, data_end));
+  RETURN_IF_ERROR(r->CheckChunkClaims());
   return r;
+}
+
+absl::Status LayerReader::CheckChunkClaims() const {
+  // Deflate expands at most 1032:1; zstd at most 32768:1 (a 4-byte RLE
+  // block of 128 KiB).
+  const uint64_t ratio = compression() == Compression::kGzip ? 1032 : 32768;
+  const auto& cs = index_.chunks();
+  for (uint32_t ci = 0; ci < cs.size(); ++ci) {
+    const Chunk& c = cs[ci];
+    if (c.zeros) continue;
+    const uint64_t extent = c.blob_end - c.blob_offset;
+    const uint64_t most =
+        extent > UINT64_MAX / ratio ? UINT64_MAX : extent * ratio;
+    if (c.inner_offset > most || c.size > most - c.inner_offset) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "TOC: ", DescribeChunk(ci), " claims ", c.size,
+          " bytes at innerOffset ", c.inner_offset, " of a member of ", extent,
+          " compressed bytes, more than it can inflate to (", ratio,
+          ":1): refusing the layer"));
+    }
+  }
+  return absl::OkStatus();
 }
 
 std::string LayerReader::DescribeChunk(uint32_t chunk) const {

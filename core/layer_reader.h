@@ -87,6 +87,10 @@ class LayerReader {
 
  private:
   LayerReader() = default;
+  // InvalidArgument if a chunk claims more bytes (innerOffset + size) than
+  // its member's compressed extent can inflate to: a hostile TOC's absurd
+  // sizes are refused at open, before a read would try to allocate them.
+  absl::Status CheckChunkClaims() const;
 
   std::shared_ptr<BlobSource> source_;
   Footer footer_;

@@ -513,6 +513,34 @@ TEST_P(SynthesizedTest, HostileTocsAreRefusedAtOpen) {
   }
 }
 
+// Sizes no member could inflate to (a file of 1 TiB in a few bytes; a
+// payload 2^61 bytes into a shared member) are refused at open, naming the
+// file, rather than allocated at the first read.
+TEST_P(SynthesizedTest, AbsurdChunkSizesAreRefusedAtOpen) {
+  const Compression c = GetParam();
+  const std::string payload = Compress(c, "AAAABBBBBB");
+  const std::string da = Sha256::Of("AAAA").ToString();
+  const std::string db = Sha256::Of("BBBBBB").ToString();
+  for (const std::string& toc : {
+           absl::StrCat(
+               R"({"version":1,"entries":[{"name":"huge","type":"reg",)",
+               R"("size":1099511627776,"offset":0,"digest":")", da,
+               R"(","chunkDigest":")", da, R"("}]})"),
+           absl::StrCat(
+               R"({"version":1,"entries":[{"name":"a","type":"reg","size":4,)",
+               R"("offset":0,"digest":")", da, R"(","chunkDigest":")", da,
+               R"("},{"name":"far","type":"reg","size":6,"offset":0,)",
+               R"("innerOffset":2305843009213693952,"digest":")", db,
+               R"(","chunkDigest":")", db, R"("}]})"),
+       }) {
+    absl::Status s = OpenBlob(Assemble(c, payload, toc)).status();
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+    EXPECT_THAT(std::string(s.message()), HasSubstr("more than it can inflate"))
+        << s;
+  }
+  // (FilesSharingAMember: the same member with honest claims opens.)
+}
+
 INSTANTIATE_TEST_SUITE_P(Both, SynthesizedTest,
                          ::testing::Values(Compression::kGzip,
                                            Compression::kZstd),

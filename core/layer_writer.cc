@@ -33,6 +33,9 @@ constexpr size_t kBlock = 512;
 constexpr uint64_t kJobBytes = 1 << 20;
 constexpr size_t kJobMaxMembers = 4096;
 constexpr uint64_t kMaxChunkSize = uint64_t{1} << 30;
+// A reader inflates a member's prefix up to the file it wants: members of
+// shared small files stay well below that.
+constexpr uint64_t kMaxMinChunkSize = uint64_t{64} << 20;
 
 const char kZeros[2 * kBlock] = {};
 const char kLandmarkContents[1] = {0x0f};
@@ -499,9 +502,9 @@ absl::StatusOr<LayerWriteResult> WriteLayer(absl::string_view tar,
     return absl::InvalidArgumentError(absl::StrCat(
         "chunk size ", options.chunk_size, " is outside 1 B - 1 GiB"));
   }
-  if (options.min_chunk_size > kMaxChunkSize) {
+  if (options.min_chunk_size > kMaxMinChunkSize) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "min chunk size ", options.min_chunk_size, " is over 1 GiB"));
+        "min chunk size ", options.min_chunk_size, " is over 64 MiB"));
   }
   int threads = options.threads;
   if (threads <= 0) {
@@ -685,9 +688,10 @@ absl::StatusOr<LayerWriteResult> WriteLayer(absl::string_view tar,
                                         mp.first_piece, mp.num_pieces),
                                     &r->data));
       r->member_sizes.push_back(r->data.size() - before);
-      for (size_t c = mp.first_chunk; c < mp.first_chunk + mp.num_chunks; ++c) {
-        const ChunkPlan& cp = chunks[c];
-        chunk_digests[c] = Sha256::Of(cp.data);
+      for (size_t ci = mp.first_chunk; ci < mp.first_chunk + mp.num_chunks;
+           ++ci) {
+        const ChunkPlan& cp = chunks[ci];
+        chunk_digests[ci] = Sha256::Of(cp.data);
         Item& it = items[cp.item];
         if (cp.file_offset == 0 && it.num_chunks > 1) {
           it.file_digest = Sha256::Of(it.payload);
@@ -754,7 +758,9 @@ absl::StatusOr<LayerWriteResult> WriteLayer(absl::string_view tar,
     if (it.num_chunks > 0) {
       const ChunkPlan& first = chunks[it.first_chunk];
       offset = member_offsets[first.member];
-      toc.Num("offset", offset);
+      // (0 only for a payload sharing the blob's first member: omitted, as
+      // Go's omitempty does; readers take an absent offset as 0.)
+      if (offset != 0) toc.Num("offset", offset);
       if (first.inner_offset != 0) toc.Num("innerOffset", first.inner_offset);
     }
     if (h.type == TarType::kChar || h.type == TarType::kBlock) {

@@ -42,7 +42,8 @@
 // independently by `threads` workers in jobs of about 1 MiB (or one
 // member), while the calling thread writes finished jobs in order and
 // hashes the uncompressed stream (DiffID) and the blob. Output bytes depend
-// only on the input and (format, chunk size, level, prioritized list): never
+// only on the input and the options (format, chunk size, min chunk size,
+// levels, prioritized list): never
 // on the thread count or timing.
 //
 // Thread-safety: WriteLayer may be called from several threads at once for
@@ -93,7 +94,8 @@ struct LayerWriterOptions {
   // says where with `innerOffset`. Landmarks still start a member. Small
   // files then share members: a smaller blob and less per-member work, but
   // readers that predate innerOffset (stargz-snapshotter before v0.13,
-  // containers/storage) cannot read such a layer. 0 – 1 GiB.
+  // containers/storage) cannot read such a layer. 0 – 64 MiB (a read of a
+  // file inflates its member up to it).
   uint64_t min_chunk_size = 0;
   // 0 = the default of the compression (gzip 6, zstd 3); see compressor.h.
   int level = 0;

@@ -233,7 +233,7 @@ void LayerFs::PushLoop() {
 }
 
 std::optional<LayerFs::PushJob> LayerFs::Push(const PushJob& job) {
-  constexpr int kAttempts = 6;  // (1 + 2 + ... + 16 = 31 ms at most)
+  constexpr int kAttempts = 8;  // (1 + 2 + ... + 64 = 127 ms at most)
   const fuse_ino_t ino = job.inode + 1;
   // The kernel copies the bytes into the file's pages (waiting for any a
   // read holds). Not spliced: libfuse would log every refusal.

@@ -40,6 +40,9 @@ absl::Status InProcessMount::Join() {
 InProcessMount::~InProcessMount() {
   if (loop_.joinable()) {
     umount2(dir_.c_str(), MNT_DETACH);
+    // (A detached mount lives on while a failed test still holds a file of
+    // it open: the abort ends the loop either way.)
+    server_->AbortConnection();
     loop_.join();
   }
   umount2(dir_.c_str(), MNT_DETACH);  // (in case the loop did not)

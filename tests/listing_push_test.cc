@@ -3,9 +3,11 @@
 // (here: FillSpan, as its spans do) brought in whole while the kernel knew
 // nothing of them are pushed into the page cache when a listing or lookup
 // names them, if they are at most push_listed_max bytes; a bigger one is
-// not, and nothing is without push_pages. Residency is read with mincore(2)
-// on a mapping, which faults nothing in; the pushed pages are the files'
-// exact bytes.
+// not, and nothing is without push_pages; with the product's disk cache,
+// whose writes lag behind the fills (the pusher once skipped files whose
+// chunks were still queued), and with a cache in memory. Residency is read
+// with mincore(2) on a mapping, which faults nothing in; the pushed pages
+// are the files' exact bytes.
 //
 // Needs root and /dev/fuse (tag `no-sandbox`); skips loudly otherwise.
 #include <dirent.h>
@@ -20,6 +22,7 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -28,6 +31,7 @@
 #include "core/disk_chunk_cache.h"
 #include "core/layer_reader.h"
 #include "core/memory_blob_source.h"
+#include "core/memory_chunk_cache.h"
 #include "core/testing/test_layer.h"
 #include "gtest/gtest.h"
 #include "tests/in_process_mount.h"
@@ -60,11 +64,13 @@ size_t Pages(size_t size) {
   return (size + page - 1) / page;
 }
 
-class ListingPushTest : public ::testing::TestWithParam<bool> {};
+// (pushes on, a disk cache rather than one in memory)
+class ListingPushTest
+    : public ::testing::TestWithParam<std::tuple<bool, bool>> {};
 
 TEST_P(ListingPushTest, FilesFetchedUnseenArePushedWhenNamed) {
   LAZYPULL_SKIP_WITHOUT_FUSE();
-  const bool push = GetParam();
+  const auto [push, disk] = GetParam();
   const uint64_t kListedMax = 256 << 10;
   // Sizes around pages and chunks; the last is over push_listed_max.
   const std::vector<size_t> sizes = {1,     4096,   4097,
@@ -82,11 +88,16 @@ TEST_P(ListingPushTest, FilesFetchedUnseenArePushedWhenNamed) {
   ASSERT_TRUE(reader.ok()) << reader.status();
   CachedLayerOptions lo;
   lo.readahead_chunks = 0;
-  // (A disk cache: known-time pushes read the cache files.)
-  auto cache = DiskChunkCache::Open(MakeTempDir("cache"));
-  ASSERT_TRUE(cache.ok()) << cache.status();
-  auto layer = std::make_shared<CachedLayer>(
-      std::move(*reader), std::shared_ptr<ChunkCache>(std::move(*cache)), lo);
+  // A disk cache (the product's: its writes lag behind the fills) or one
+  // in memory (no files at all): pushes read through either.
+  std::shared_ptr<ChunkCache> cache = std::make_shared<MemoryChunkCache>(0);
+  if (disk) {
+    auto d = DiskChunkCache::Open(MakeTempDir("cache"));
+    ASSERT_TRUE(d.ok()) << d.status();
+    cache = std::move(*d);
+  }
+  auto layer =
+      std::make_shared<CachedLayer>(std::move(*reader), std::move(cache), lo);
   LayerFsOptions fo;
   fo.push_pages = push;
   fo.push_listed_max = kListedMax;
@@ -119,7 +130,8 @@ TEST_P(ListingPushTest, FilesFetchedUnseenArePushedWhenNamed) {
   for (int i = 0; i < 250 && fs.pushed_bytes() < want_pushed; ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
-  EXPECT_EQ(fs.pushed_bytes(), want_pushed);
+  EXPECT_EQ(fs.pushed_bytes(), want_pushed)
+      << fs.pushes_dropped() << " pushes dropped";
   for (const auto& [name, data] : files) {
     const size_t resident = ResidentPages(dir + "/" + name, data.size());
     if (push && data.size() <= kListedMax) {
@@ -135,10 +147,13 @@ TEST_P(ListingPushTest, FilesFetchedUnseenArePushedWhenNamed) {
   EXPECT_TRUE((*mount)->stopped_pushing());
 }
 
-INSTANTIATE_TEST_SUITE_P(PushOnAndOff, ListingPushTest, ::testing::Bool(),
-                         [](const ::testing::TestParamInfo<bool>& i) {
-                           return i.param ? "Pushes" : "NoPushes";
-                         });
+INSTANTIATE_TEST_SUITE_P(
+    PushOnAndOff, ListingPushTest,
+    ::testing::Combine(::testing::Bool(), ::testing::Bool()),
+    [](const ::testing::TestParamInfo<std::tuple<bool, bool>>& i) {
+      return std::string(std::get<0>(i.param) ? "Pushes" : "NoPushes") +
+             (std::get<1>(i.param) ? "DiskCache" : "MemoryCache");
+    });
 
 }  // namespace
 }  // namespace lazypull::testing

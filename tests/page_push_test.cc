@@ -29,6 +29,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/numbers.h"
 #include "core/testing/tar_builder.h"
 #include "core/testing/test_layer.h"
 #include "gtest/gtest.h"
@@ -80,7 +81,11 @@ uint64_t PushedBytes(const std::string& log) {
   while (begin > 0 && isdigit(static_cast<unsigned char>(log[begin - 1]))) {
     --begin;
   }
-  return std::stoull(log.substr(begin, at - begin));
+  uint64_t n = 0;
+  EXPECT_TRUE(absl::SimpleAtoi(log.substr(begin, at - begin), &n))
+      << "no byte count before \"" << tail << "\" in:\n"
+      << log;
+  return n;
 }
 
 class PagePushTest : public ::testing::Test {
