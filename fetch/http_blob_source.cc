@@ -530,6 +530,13 @@ void HttpBlobSource::WorkerLoop() {
           best = i;
         }
       }
+      if (best == queued_.size()) {
+        // HasWork saw a background piece fit the link's budget, which
+        // another source of the link (whose mutex this is not) has taken
+        // since: wait again.
+        ++idle_workers_;
+        continue;
+      }
       std::shared_ptr<Piece> head = queued_[best];
       queued_.erase(queued_.begin() + best);
       prio = head->priority;
