@@ -38,7 +38,12 @@ absl::StatusOr<std::unique_ptr<ServedLayer>> ServedLayer::Start(
 }
 
 void ServedLayer::Stop() {
-  if (fs_ != nullptr) fs_->StopPushing();  // (while the session serves)
+  // (While the session serves; should its loop have ended meanwhile and a
+  // push hang on a page a queued read holds, the abort frees it.)
+  if (fs_ != nullptr) {
+    FuseServer* server = server_.get();
+    fs_->StopPushing([server] { server->AbortConnection(); });
+  }
   if (thread_.joinable()) {
     // Unmounting ends the session: Run() returns.
     if (umount2(dir_.c_str(), 0) != 0) umount2(dir_.c_str(), MNT_DETACH);
