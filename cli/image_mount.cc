@@ -877,7 +877,7 @@ absl::Status ServeImage(
         fo.state_name = d.digest.ToString();
         fo.state_digest = fo.state_name;
         fo.user_overlay_xattrs = false;  // a root overlay uses trusted.*
-        fo.push_pages = !args.Has("no-push-pages");
+        fo.push_pages = args.Has("push-pages") && !args.Has("no-push-pages");
         if (mkdir(m->dir.c_str(), 0755) != 0) {
           return ErrnoToStatus(errno, absl::StrCat("mkdir ", m->dir));
         }

@@ -16,9 +16,9 @@
 //  - A directory lists its entries in the layer's (TOC) order, not sorted:
 //    a program walking the tree reads the blob front to back, the way
 //    prefetch and background fetch bring it.
-//  - Verified bytes are pushed into the kernel's page cache of files it
-//    knows (push_pages), so that most reads of a layer being fetched in the
-//    background never reach this server.
+//  - With push_pages (off by default: see there), verified bytes are pushed
+//    into the kernel's page cache of files it knows, so that most reads of a
+//    layer being fetched in the background never reach this server.
 // The inode table is static, so lookup counts need no bookkeeping: forget
 // frees nothing and replies none.
 //
@@ -92,7 +92,18 @@ struct LayerFsOptions {
   // cached already: listing a warm layer pushes nothing). Best effort: a push
   // the kernel refuses is dropped, and reads still come here for what it does
   // not hold. Takes effect with StartPushing.
-  bool push_pages = true;
+  //
+  // Off by default. The kernel's FUSE_NOTIFY_STORE takes each page's lock,
+  // uninterruptibly; a page a read has locked stays locked until this
+  // server answers that read. Alive, the server answers it and the push goes
+  // on; killed (SIGKILL) while the pusher waits there, the process cannot
+  // finish exiting, its /dev/fuse descriptor stays open, the connection is
+  // never aborted, and the reader and the push wait for each other until
+  // someone writes to the connection's fusectl `abort` (a clean-clone CI run
+  // caught exactly that: cache_mount_test's SIGKILL rounds hung). Pushes
+  // gain about 1% on the fastest link (bench/TUNING.md, session 13), which
+  // does not pay for a mount that a crash can leave hung.
+  bool push_pages = false;
   uint64_t push_listed_max = 1 << 20;
   // Bytes waiting to be pushed beyond which new pushes are dropped.
   uint64_t push_queue_bytes = 16 << 20;

@@ -35,7 +35,9 @@ TEST(FuseAbortTest, AbortingTheConnectionEndsTheMountsService) {
   ASSERT_TRUE(reader.ok()) << reader.status();
   auto layer = std::make_shared<CachedLayer>(
       std::move(*reader), std::make_shared<MemoryChunkCache>(0));
-  auto mount = InProcessMount::Start(layer, LayerFsOptions());
+  LayerFsOptions fo;
+  fo.push_pages = true;  // (the pusher must stop with the abort too)
+  auto mount = InProcessMount::Start(layer, fo);
   ASSERT_TRUE(mount.ok()) << mount.status();
   const std::string dir = (*mount)->dir();
   const std::string file = dir + "/hello";
