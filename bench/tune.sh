@@ -53,7 +53,7 @@ prefetch-restarts-0	--prefetch-stream-restarts 0
 background-restarts-16	--background-stream-restarts 16
 stream-give-way-1M	--stream-give-way 1M
 cache-one-file-per-chunk	--cache-pack-max 0
-push-pages	--push-pages
+no-push-pages	--no-push-pages
 default-again	
 TSV
 common=(--profile "$PROFILE" --workload python,shell,heavy --variant estargz,estargz-opt

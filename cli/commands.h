@@ -8,6 +8,7 @@
 #ifndef LAZYPULL_CLI_COMMANDS_H_
 #define LAZYPULL_CLI_COMMANDS_H_
 
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -19,6 +20,7 @@
 #include "core/disk_chunk_cache.h"
 #include "core/layer_reader.h"
 #include "core/layer_writer.h"
+#include "fuse/connection_watchdog.h"
 
 namespace lazypull::cli {
 
@@ -63,6 +65,15 @@ std::string DefaultCacheDir();
 
 // Prints "lazypull <cmd>: <status message>" and returns 1.
 int Fail(const std::string& cmd, const absl::Status& status);
+
+// When `pushing` (page pushes are on), starts the watchdog that aborts
+// `connections` should this process die without unmounting them
+// (fuse/connection_watchdog.h says why pushes need it). Call from the
+// thread that lives as long as the mounts. If it cannot start, calls
+// `stop_pushing` and logs why. Null when not pushing or it failed.
+std::unique_ptr<ConnectionWatchdog> GuardPushes(
+    bool pushing, const std::vector<long>& connections,
+    const std::function<void()>& stop_pushing);
 
 // A usage error: prints "lazypull <spec.name>: <status message>", a blank
 // line and the command's usage, and returns 2.

@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "cli/commands.h"
 #include "core/file_blob_source.h"
+#include "core/log.h"
 #include "core/status_macros.h"
 
 namespace lazypull::cli {
@@ -95,6 +96,22 @@ std::string DefaultCacheDir() {
   }
   const char* home = getenv("HOME");
   return absl::StrCat(home ? home : "/tmp", "/.cache/lazypull");
+}
+
+std::unique_ptr<ConnectionWatchdog> GuardPushes(
+    bool pushing, const std::vector<long>& connections,
+    const std::function<void()>& stop_pushing) {
+  if (!pushing) return nullptr;
+  absl::StatusOr<std::unique_ptr<ConnectionWatchdog>> w =
+      ConnectionWatchdog::Start(connections);
+  if (!w.ok()) {
+    stop_pushing();
+    LogWarning("page pushes off: their watchdog did not start (",
+               w.status().message(),
+               "), and a server killed mid-push could leave its readers hung");
+    return nullptr;
+  }
+  return *std::move(w);
 }
 
 int Fail(const std::string& cmd, const absl::Status& status) {

@@ -674,9 +674,14 @@ absl::Status ServeImage(
   size_t pf_pending = 0;
   bool overlay_mounted = false;
 
+  // Page pushes (on unless --no-push-pages), guarded by a watchdog.
+  const bool push_pages = !args.Has("no-push-pages");
+  std::unique_ptr<ConnectionWatchdog> watchdog;
+
   // Undoes everything, in order: used on failure and at the end.
   auto teardown = [&] {
     stop.store(true);
+    if (watchdog != nullptr) watchdog->Stop();  // (before any unmount)
     if (overlay_mounted) {
       if (umount2(mountpoint.c_str(), 0) != 0 && errno != EINVAL) {
         umount2(mountpoint.c_str(), MNT_DETACH);
@@ -877,7 +882,7 @@ absl::Status ServeImage(
         fo.state_name = d.digest.ToString();
         fo.state_digest = fo.state_name;
         fo.user_overlay_xattrs = false;  // a root overlay uses trusted.*
-        fo.push_pages = args.Has("push-pages") && !args.Has("no-push-pages");
+        fo.push_pages = push_pages;
         if (mkdir(m->dir.c_str(), 0755) != 0) {
           return ErrnoToStatus(errno, absl::StrCat("mkdir ", m->dir));
         }
@@ -1064,6 +1069,18 @@ absl::Status ServeImage(
   LogInfo("serving ", ref.String(), " (manifest ",
           img.manifest_digest.ToString(), ", ", layers.size(), " layer(s)) at ",
           mountpoint, ", cache ", cache_dir);
+  {
+    std::vector<long> connections;
+    for (const auto& m : layers) {
+      if (m->lazy) connections.push_back(m->served->connection_id());
+    }
+    watchdog =
+        GuardPushes(push_pages && !connections.empty(), connections, [&] {
+          for (auto& m : layers) {
+            if (m->lazy) m->served->StopPushing();
+          }
+        });
+  }
   ready(absl::StrJoin(notes, "\n"));
 
   int sig = 0;

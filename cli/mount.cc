@@ -72,12 +72,12 @@ const CommandSpec kMountSpec = {
         {"cache-pack-max", "BYTES",
          "chunks up to this size are appended to shared pack files, a few "
          "inodes per layer (default 4M; 0 = one file per chunk)"},
-        {"push-pages", "",
-         "push verified bytes into the kernel's page cache of files it "
-         "knows, so that reads of them skip the FUSE server (off by "
-         "default: a server killed while a push waits on a page a read "
-         "holds cannot exit until the connection is aborted)"},
-        {"no-push-pages", "", "do not push pages (the default)"},
+        {"no-push-pages", "",
+         "do not push verified bytes into the kernel's page cache of files "
+         "it knows (every read then comes to the FUSE server); pushes are "
+         "on by default, guarded by a watchdog process that aborts the "
+         "mount's FUSE connection if the server dies without unmounting"},
+        {"push-pages", "", "push pages (the default)"},
         {"foreground", "", "serve in this process; do not daemonize"},
         {"log-file", "FILE", "daemon log (default: CACHE_DIR/lazypull.log)"},
         {"o", "OPTIONS", "mount options; only allow_other is accepted"},
@@ -171,7 +171,7 @@ absl::Status Serve(const ParsedArgs& args,
   std::shared_ptr<const LayerReader> shared_reader = std::move(*reader);
   auto layer = std::make_shared<CachedLayer>(shared_reader, std::move(cache));
   LayerFsOptions fo;
-  fo.push_pages = args.Has("push-pages") && !args.Has("no-push-pages");
+  fo.push_pages = !args.Has("no-push-pages");
   fo.state_name = shared_reader->toc_digest().ToString();
   fo.state_digest = fo.state_name;
   // LAZYPULL_REPLY=copy|splice-move picks another reply path (benchmarks).
@@ -190,10 +190,14 @@ absl::Status Serve(const ParsedArgs& args,
   std::ofstream(pid_file) << getpid() << "\n" << mountpoint << "\n";
   LogInfo("serving ", *args.Get("blob"), " (TOC ", fo.state_name, ") at ",
           mountpoint, ", cache ", cache_dir);
-  ready(absl::OkStatus());
   fs->StartPushing(server->session());
-  absl::Status st =
-      server->Run([&] { fs->StopPushing([&] { server->AbortConnection(); }); });
+  std::unique_ptr<ConnectionWatchdog> watchdog = GuardPushes(
+      fo.push_pages, {server->connection_id()}, [&] { fs->StopPushing(); });
+  ready(absl::OkStatus());
+  absl::Status st = server->Run([&] {
+    fs->StopPushing([&] { server->AbortConnection(); });
+    if (watchdog != nullptr) watchdog->Stop();  // (before the unmount)
+  });
   LogInfo("at unmount: ", layer->stats().cache_hits, " cache hits, ",
           fs->pushed_bytes(), " bytes pushed into the page cache (",
           fs->pushes_dropped(), " pushes dropped)");

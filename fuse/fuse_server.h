@@ -56,6 +56,9 @@ class FuseServer {
   // read holds, once the loop no longer reads them (after a signal). Best
   // effort: false if the connection is unknown or the write fails.
   bool AbortConnection() const;
+  // The connection's fusectl number (the mount's device minor), or -1 if
+  // it could not be found.
+  long connection_id() const { return connection_; }
 
  private:
   FuseServer(fuse_session* se, FuseServerOptions options)

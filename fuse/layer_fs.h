@@ -100,9 +100,11 @@ struct LayerFsOptions {
   // finish exiting, its /dev/fuse descriptor stays open, the connection is
   // never aborted, and the reader and the push wait for each other until
   // someone writes to the connection's fusectl `abort` (a clean-clone CI run
-  // caught exactly that: cache_mount_test's SIGKILL rounds hung). Pushes
-  // gain about 1% on the fastest link (bench/TUNING.md, session 13), which
-  // does not pay for a mount that a crash can leave hung.
+  // caught exactly that: cache_mount_test's SIGKILL rounds hung). Writing
+  // that abort is what fuse/connection_watchdog.h exists for: a server that
+  // pushes
+  // runs one (`lazypull mount` does). Off here, so that nothing pushes
+  // without one.
   bool push_pages = false;
   uint64_t push_listed_max = 1 << 20;
   // Bytes waiting to be pushed beyond which new pushes are dropped.

@@ -49,6 +49,10 @@ class ServedLayer {
   const LayerFs& fs() const { return *fs_; }
   // Shows `message` in the layer's state file ("error").
   void ReportError(const std::string& message) { fs_->RecordError(message); }
+  // The mount's fusectl connection number (-1 if unknown).
+  long connection_id() const { return server_->connection_id(); }
+  // Stops page pushes (e.g. when no watchdog guards them).
+  void StopPushing() { fs_->StopPushing(); }
 
  private:
   ServedLayer() = default;

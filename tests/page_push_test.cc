@@ -1,13 +1,13 @@
 // Pushing verified bytes into the kernel's page cache (LayerFs's
-// push_pages, FUSE_NOTIFY_STORE; `--push-pages`, off by default), through
-// real mounts of a layer of files of
+// push_pages, FUSE_NOTIFY_STORE; on by default, guarded by the FUSE
+// watchdog), through real mounts of a layer of files of
 // awkward sizes (one byte, a page, a page and a bit, several 64 KiB chunks
 // and a partial page):
 // - a reader that takes the first 4 KiB of a five-chunk file with O_DIRECT
 //   (which leaves the page cache alone) sets off read-ahead of the other
 //   four chunks; their pages become resident without a read (mincore(2) on a
 //   mapping, which faults nothing in), and are exactly the file's bytes;
-//   without --push-pages (or with --no-push-pages) nothing becomes resident;
+//   with --no-push-pages nothing becomes resident;
 // - listing a layer whose chunks were all cached before this mount (a warm
 //   restart) pushes nothing: a `find /` must not read a whole layer into
 //   memory.
@@ -179,9 +179,9 @@ TEST_F(PagePushTest, ReadAheadArrivesInThePageCacheExactly) {
 }
 
 TEST_F(PagePushTest, NothingArrivesWithoutPushes) {
-  // Off by default (fuse/layer_fs.h says why), and off when asked.
+  // Off when asked.
   for (const std::vector<std::string>& flags :
-       std::vector<std::vector<std::string>>{{}, {"--no-push-pages"}}) {
+       std::vector<std::vector<std::string>>{{"--no-push-pages"}}) {
     LayerMount m = Mount(MakeTempDir("cache"), flags);
     ASSERT_TRUE(m.ok());
     ReadHeadDirect(m);

@@ -1,0 +1,66 @@
+// ConnectionWatchdog: a helper process that aborts this process's FUSE
+// connections if this process dies without unmounting them (SIGKILL, a
+// crash).
+//
+// Why: the kernel's FUSE_NOTIFY_STORE (LayerFs's page pushes) takes each
+// page's lock uninterruptibly, and a page a reader's read has locked stays
+// locked until the server answers that read. A server killed while its
+// pusher waits on such a page can neither answer nor finish exiting: its
+// /dev/fuse descriptors stay open, so the kernel never aborts the
+// connection, and the reader and the push wait for each other for good.
+// Writing the connection's fusectl `abort` fails the read, which frees the
+// page, the push, and the dying process. This helper is the one left alive
+// to write it.
+//
+// How: the helper is this binary run as `lazypull __fuse-watchdog PID ID...`
+// in a session of its own (terminal and process-group signals do not reach
+// it), with PR_SET_PDEATHSIG: the kernel signals it when the thread that
+// started it dies, so Start() must be called from a thread that lives as
+// long as the mounts (the main thread). It then writes `1` to
+// /sys/fs/fuse/connections/ID/abort for each ID (one already gone, or
+// already aborted, is no harm: a connection's number is not reused while
+// its mount exists), logs a line to its stderr (the server's log), and
+// exits. A clean unmount stops it first (Stop(), or the destructor), so it
+// never aborts after one.
+//
+// Thread-safety: Start and Stop from the thread that lives as long as the
+// mounts; one object per set of connections.
+#ifndef LAZYPULL_FUSE_CONNECTION_WATCHDOG_H_
+#define LAZYPULL_FUSE_CONNECTION_WATCHDOG_H_
+
+#include <sys/types.h>
+
+#include <memory>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+namespace lazypull {
+
+class ConnectionWatchdog {
+ public:
+  // Starts the helper for fusectl connection numbers `ids`
+  // (FuseServer::connection_id()). FailedPrecondition if fusectl is not
+  // mounted (nothing could be aborted) or an id is unknown; the errno's
+  // status if the helper cannot be started.
+  static absl::StatusOr<std::unique_ptr<ConnectionWatchdog>> Start(
+      const std::vector<long>& ids);
+  // Stops the helper (kills and reaps it): call before unmounting cleanly.
+  void Stop();
+  ~ConnectionWatchdog() { Stop(); }
+  ConnectionWatchdog(const ConnectionWatchdog&) = delete;
+  ConnectionWatchdog& operator=(const ConnectionWatchdog&) = delete;
+
+  pid_t pid() const { return pid_; }
+
+ private:
+  explicit ConnectionWatchdog(pid_t pid) : pid_(pid) {}
+  pid_t pid_;
+};
+
+// The helper's main: argv = {"__fuse-watchdog", PARENT_PID, ID...}.
+int ConnectionWatchdogMain(int argc, char** argv);
+
+}  // namespace lazypull
+
+#endif  // LAZYPULL_FUSE_CONNECTION_WATCHDOG_H_
