@@ -932,6 +932,20 @@ absl::Status ServeImage(
     teardown();
     return st;
   }
+  // The pushes' watchdog, from this thread (it lives as long as the
+  // mounts), before prefetch and background fetch bring bytes to push.
+  {
+    std::vector<long> connections;
+    for (const auto& m : layers) {
+      if (m->lazy) connections.push_back(m->served->connection_id());
+    }
+    watchdog =
+        GuardPushes(push_pages && !connections.empty(), connections, [&] {
+          for (auto& m : layers) {
+            if (m->lazy) m->served->StopPushing();
+          }
+        });
+  }
 
   // Prefetch, then background fetch, per lazy layer.
   const bool background = !args.Has("no-background-fetch");
@@ -1069,18 +1083,6 @@ absl::Status ServeImage(
   LogInfo("serving ", ref.String(), " (manifest ",
           img.manifest_digest.ToString(), ", ", layers.size(), " layer(s)) at ",
           mountpoint, ", cache ", cache_dir);
-  {
-    std::vector<long> connections;
-    for (const auto& m : layers) {
-      if (m->lazy) connections.push_back(m->served->connection_id());
-    }
-    watchdog =
-        GuardPushes(push_pages && !connections.empty(), connections, [&] {
-          for (auto& m : layers) {
-            if (m->lazy) m->served->StopPushing();
-          }
-        });
-  }
   ready(absl::StrJoin(notes, "\n"));
 
   int sig = 0;

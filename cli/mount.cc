@@ -190,9 +190,10 @@ absl::Status Serve(const ParsedArgs& args,
   std::ofstream(pid_file) << getpid() << "\n" << mountpoint << "\n";
   LogInfo("serving ", *args.Get("blob"), " (TOC ", fo.state_name, ") at ",
           mountpoint, ", cache ", cache_dir);
-  fs->StartPushing(server->session());
-  std::unique_ptr<ConnectionWatchdog> watchdog = GuardPushes(
-      fo.push_pages, {server->connection_id()}, [&] { fs->StopPushing(); });
+  // Pushes only once their watchdog runs.
+  std::unique_ptr<ConnectionWatchdog> watchdog =
+      GuardPushes(fo.push_pages, {server->connection_id()}, [] {});
+  if (watchdog != nullptr) fs->StartPushing(server->session());
   ready(absl::OkStatus());
   absl::Status st = server->Run([&] {
     fs->StopPushing([&] { server->AbortConnection(); });

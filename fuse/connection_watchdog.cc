@@ -1,6 +1,7 @@
 #include "fuse/connection_watchdog.h"
 
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <spawn.h>
 #include <sys/prctl.h>
@@ -10,7 +11,11 @@
 
 #include <cerrno>
 #include <cstdlib>
+#include <fstream>
+#include <iterator>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -42,13 +47,16 @@ absl::StatusOr<std::unique_ptr<ConnectionWatchdog>> ConnectionWatchdog::Start(
     }
     args.push_back(absl::StrCat(id));
   }
-  char exe[4096];
-  const ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
-  if (n <= 0) return ErrnoToStatus(errno, "readlink /proc/self/exe");
-  exe[n] = '\0';
   std::vector<char*> argv;
   for (std::string& a : args) argv.push_back(a.data());
   argv.push_back(nullptr);
+  // The helper says on fd 3 when it is armed (its death signal set, its
+  // abort files open): until then it could miss this thread's death.
+  int armed[2];
+  if (pipe2(armed, O_CLOEXEC) != 0) return ErrnoToStatus(errno, "pipe");
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_adddup2(&fa, armed[1], 3);
   // Default signal dispositions and an empty mask (a server blocks its
   // termination signals to sigwait them), in a session of its own.
   posix_spawnattr_t attr;
@@ -62,10 +70,25 @@ absl::StatusOr<std::unique_ptr<ConnectionWatchdog>> ConnectionWatchdog::Start(
                                       POSIX_SPAWN_SETSIGDEF |
                                       POSIX_SPAWN_SETSID);
   pid_t pid = -1;
-  const int rc = posix_spawn(&pid, exe, nullptr, &attr, argv.data(), environ);
+  const int rc =
+      posix_spawn(&pid, "/proc/self/exe", &fa, &attr, argv.data(), environ);
   posix_spawnattr_destroy(&attr);
-  if (rc != 0) return ErrnoToStatus(rc, "starting the FUSE watchdog");
-  return std::unique_ptr<ConnectionWatchdog>(new ConnectionWatchdog(pid));
+  posix_spawn_file_actions_destroy(&fa);
+  close(armed[1]);
+  if (rc != 0) {
+    close(armed[0]);
+    return ErrnoToStatus(rc, "starting the FUSE watchdog");
+  }
+  std::unique_ptr<ConnectionWatchdog> w(new ConnectionWatchdog(pid));
+  struct pollfd p = {armed[0], POLLIN, 0};
+  char byte = 0;
+  const bool ok = poll(&p, 1, 5000) == 1 && read(armed[0], &byte, 1) == 1;
+  close(armed[0]);
+  if (!ok) {
+    return absl::UnavailableError(
+        "the FUSE watchdog did not report armed within 5 s");
+  }
+  return w;
 }
 
 void ConnectionWatchdog::Stop() {
@@ -76,14 +99,31 @@ void ConnectionWatchdog::Stop() {
   pid_ = -1;
 }
 
+namespace {
+
+// Whether process `pid` is dead or dying: gone, or its main thread a
+// zombie (another of its threads, such as a pusher stuck on a page lock,
+// keeps the process from being reaped).
+bool ServerDead(pid_t pid) {
+  std::ifstream f(absl::StrCat("/proc/", pid, "/stat"));
+  std::string stat((std::istreambuf_iterator<char>(f)),
+                   std::istreambuf_iterator<char>());
+  const size_t paren = stat.rfind(')');
+  if (paren == std::string::npos || paren + 2 >= stat.size()) return true;
+  const char state = stat[paren + 2];
+  return state == 'Z' || state == 'X';
+}
+
+}  // namespace
+
 int ConnectionWatchdogMain(int argc, char** argv) {
   long parent = 0;
   if (argc < 3 || !absl::SimpleAtoi(argv[1], &parent)) {
     LogError("__fuse-watchdog: usage: __fuse-watchdog PARENT_PID ID...");
     return 2;
   }
-  // Nothing of the server's but its log (stderr).
-  close_range(3, ~0U, 0);
+  // Nothing of the server's but its log (stderr) and the armed pipe (3).
+  close_range(4, ~0U, 0);
   sigset_t usr1;
   sigemptyset(&usr1);
   sigaddset(&usr1, SIGUSR1);
@@ -92,24 +132,34 @@ int ConnectionWatchdogMain(int argc, char** argv) {
     signal(sig, SIG_IGN);
   }
   prctl(PR_SET_PDEATHSIG, SIGUSR1);
-  // (The server may have died before the line above.)
-  if (getppid() == static_cast<pid_t>(parent)) {
-    int sig = 0;
-    sigwait(&usr1, &sig);
-  }
-  std::vector<std::string> aborted;
+  // The abort files, opened now: a connection removed later (its mount
+  // unmounted) leaves these descriptors pointing at nothing, so a write can
+  // never reach a newer mount that got the same number.
+  std::vector<std::pair<std::string, int>> aborts;
   for (int i = 2; i < argc; ++i) {
     long id = 0;
     if (!absl::SimpleAtoi(argv[i], &id)) continue;
-    const int fd = open(AbortPath(id).c_str(), O_WRONLY | O_CLOEXEC);
-    if (fd < 0) continue;  // (unmounted meanwhile)
-    if (write(fd, "1", 1) == 1) aborted.push_back(argv[i]);
-    close(fd);
+    aborts.emplace_back(argv[i],
+                        open(AbortPath(id).c_str(), O_WRONLY | O_CLOEXEC));
+  }
+  if (write(3, "1", 1) != 1) return 1;  // the server gave up waiting
+  close(3);
+  const pid_t server = static_cast<pid_t>(parent);
+  // The death signal comes when the server's main thread dies; anyone may
+  // send a SIGUSR1 too, so the server's state decides.
+  while (getppid() == server && !ServerDead(server)) {
+    siginfo_t info;
+    sigwaitinfo(&usr1, &info);
+  }
+  std::vector<std::string> aborted;
+  for (auto& [id, fd] : aborts) {
+    if (fd >= 0 && write(fd, "1", 1) == 1) aborted.push_back(id);
+    if (fd >= 0) close(fd);
   }
   LogWarning("FUSE watchdog: server ", parent,
-             " died without unmounting; aborted its connection(s) ",
+             " died without unmounting; aborted connection(s) [",
              absl::StrJoin(aborted, ", "),
-             " (its mounts answer ENOTCONN until unmounted)");
+             "] (its mounts answer ENOTCONN until unmounted)");
   return 0;
 }
 

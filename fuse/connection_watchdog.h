@@ -16,12 +16,16 @@
 // in a session of its own (terminal and process-group signals do not reach
 // it), with PR_SET_PDEATHSIG: the kernel signals it when the thread that
 // started it dies, so Start() must be called from a thread that lives as
-// long as the mounts (the main thread). It then writes `1` to
-// /sys/fs/fuse/connections/ID/abort for each ID (one already gone, or
-// already aborted, is no harm: a connection's number is not reused while
-// its mount exists), logs a line to its stderr (the server's log), and
-// exits. A clean unmount stops it first (Stop(), or the destructor), so it
-// never aborts after one.
+// long as the mounts (the main thread). It opens each connection's fusectl
+// `abort` file at once (a connection removed later leaves that descriptor
+// pointing at nothing, so a write never reaches a newer mount given the
+// same number), tells Start() it is armed (Start waits for that: before it,
+// a death could be missed), and waits. When the server's main thread is
+// dead (the process gone, or its main thread a zombie that a stuck thread
+// keeps from being reaped; any other SIGUSR1 is ignored) it writes `1` to
+// each abort file, logs a line to its stderr (the server's log) naming the
+// connections it aborted, and exits. A clean unmount stops it first (Stop(),
+// or the destructor), so it never aborts after one.
 //
 // Thread-safety: Start and Stop from the thread that lives as long as the
 // mounts; one object per set of connections.

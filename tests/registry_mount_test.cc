@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
@@ -581,6 +582,13 @@ TEST_F(RegistryMountTest, LayersWithSharedMembersMountAndComplete) {
   const std::string mnt = dir_ + "/mnt-shared";
   testing::RunResult m = Mount(ref, mnt, {});
   ASSERT_EQ(m.exit_code, 0) << m.err << m.out;
+  // One watchdog guards the serving process's pushes (both layers).
+  pid_t server = 0;
+  const size_t at = m.out.find("(pid ");
+  ASSERT_NE(at, std::string::npos) << m.out;
+  ASSERT_TRUE(absl::SimpleAtoi(
+      m.out.substr(at + 5, m.out.find(')', at) - at - 5), &server));
+  EXPECT_EQ(testing::WatchdogsOf(server).size(), 1u);
   for (auto it = files.rbegin(); it != files.rend(); ++it) {
     EXPECT_EQ(ReadAll(mnt + "/" + it->first), it->second) << it->first;
   }

@@ -16,11 +16,15 @@
 #include <cctype>
 #include <cstring>
 #include <fstream>
+#include <iterator>
 #include <sstream>
 #include <thread>
 #include <utility>
 
 #include "absl/strings/escaping.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "simdjson.h"
 
@@ -799,6 +803,24 @@ Extraction ExtractLayer(const std::string& blob,
   argv.insert(argv.end(), extra_args.begin(), extra_args.end());
   x.result = Run(argv);
   return x;
+}
+
+std::vector<pid_t> WatchdogsOf(pid_t server) {
+  std::vector<pid_t> out;
+  DIR* d = opendir("/proc");
+  if (d == nullptr) return out;
+  const std::string needle = absl::StrCat("__fuse-watchdog ", server, " ");
+  while (struct dirent* e = readdir(d)) {
+    pid_t pid = 0;
+    if (!absl::SimpleAtoi(e->d_name, &pid)) continue;
+    std::ifstream f(absl::StrCat("/proc/", pid, "/cmdline"));
+    std::string cmd((std::istreambuf_iterator<char>(f)),
+                    std::istreambuf_iterator<char>());
+    for (char& c : cmd) c = c == '\0' ? ' ' : c;
+    if (absl::StrContains(cmd, needle)) out.push_back(pid);
+  }
+  closedir(d);
+  return out;
 }
 
 }  // namespace lazypull::testing

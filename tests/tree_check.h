@@ -248,6 +248,10 @@ struct LayerState {
 LayerState ReadLayerState(const std::string& mountpoint,
                           const std::string& digest);
 
+// The pids of the `lazypull __fuse-watchdog SERVER ...` processes guarding
+// serving process `server`'s page pushes.
+std::vector<pid_t> WatchdogsOf(pid_t server);
+
 // Runs `lazypull unmount MOUNTPOINT [--force]`.
 RunResult UnmountLayer(const std::string& mountpoint, bool force = false);
 
