@@ -102,9 +102,8 @@ struct LayerFsOptions {
   // someone writes to the connection's fusectl `abort` (a clean-clone CI run
   // caught exactly that: cache_mount_test's SIGKILL rounds hung). Writing
   // that abort is what fuse/connection_watchdog.h exists for: a server that
-  // pushes
-  // runs one (`lazypull mount` does). Off here, so that nothing pushes
-  // without one.
+  // pushes runs one (`lazypull mount` does, and pushes by default). Off
+  // here, so that nothing pushes without one.
   bool push_pages = false;
   uint64_t push_listed_max = 1 << 20;
   // Bytes waiting to be pushed beyond which new pushes are dropped.
