@@ -4,6 +4,7 @@
 
 #include "absl/synchronization/mutex.h"
 #include "cli/commands.h"
+#include "fuse/connection_watchdog.h"
 
 namespace {
 
@@ -71,6 +72,10 @@ int main(int argc, char** argv) {
   }
   for (const Command& c : kCommands) {
     if (cmd == c.name) return c.main(argc - 1, argv + 1);
+  }
+  // Internal: the helper a mount with page pushes starts.
+  if (cmd == "__fuse-watchdog") {
+    return lazypull::ConnectionWatchdogMain(argc - 1, argv + 1);
   }
   std::cerr << "lazypull: unknown command '" << cmd << "'\n\n";
   PrintUsage(std::cerr);

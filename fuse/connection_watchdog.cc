@@ -1,22 +1,30 @@
 #include "fuse/connection_watchdog.h"
 
 #include <fcntl.h>
-#include <poll.h>
 #include <signal.h>
+#include <spawn.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <cerrno>
-#include <cstring>
+#include <cstdlib>
+#include <fstream>
+#include <iterator>
 #include <string>
+#include <utility>
 #include <vector>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "core/errno_status.h"
 #include "core/log.h"
+
+extern char** environ;
 
 namespace lazypull {
 namespace {
@@ -25,101 +33,12 @@ std::string AbortPath(long id) {
   return absl::StrCat("/sys/fs/fuse/connections/", id, "/abort");
 }
 
-// Everything the helper needs, prepared before fork(): after it, the child
-// of a multi-threaded process may only make async-signal-safe calls (no
-// allocation, no locks), so it works from these fixed strings.
-struct HelperPlan {
-  pid_t server = 0;
-  std::string stat_path;                  // /proc/SERVER/stat
-  std::vector<std::string> abort_paths;   // one per connection
-  std::vector<std::string> abort_labels;  // the connection numbers
-  std::string log_head, log_tail;         // the line it writes at the end
-};
-
-void WriteAll(int fd, const char* p, size_t n) {
-  while (n > 0) {
-    const ssize_t w = write(fd, p, n);
-    if (w <= 0) return;
-    p += w;
-    n -= static_cast<size_t>(w);
-  }
-}
-
-// Whether the server's main thread is dead: /proc/PID/stat gone, or its
-// state (after the last ')') Z or X (a zombie main thread that a stuck
-// thread keeps from being reaped).
-bool ServerDead(const HelperPlan& plan) {
-  char buf[1024];
-  const int fd = open(plan.stat_path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return true;
-  const ssize_t n = read(fd, buf, sizeof(buf) - 1);
-  close(fd);
-  if (n <= 0) return true;
-  buf[n] = '\0';
-  const char* paren = strrchr(buf, ')');
-  if (paren == nullptr || paren[1] == '\0' || paren[2] == '\0') return true;
-  return paren[2] == 'Z' || paren[2] == 'X';
-}
-
-// The helper, in the forked child: async-signal-safe calls only.
-[[noreturn]] void HelperMain(const HelperPlan& plan, int armed_fd) {
-  // Keep stderr (the server's log) and the armed pipe; drop the rest, the
-  // server's /dev/fuse descriptors first of all (holding them would keep
-  // its connections alive after it dies).
-  if (armed_fd != 3) {
-    dup2(armed_fd, 3);
-  }
-  syscall(SYS_close_range, 4U, ~0U, 0U);
-  setsid();
-  prctl(PR_SET_NAME, "lp-watchdog");
-  struct sigaction ign = {};
-  ign.sa_handler = SIG_IGN;
-  for (int sig : {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGPIPE}) {
-    sigaction(sig, &ign, nullptr);
-  }
-  sigset_t usr1;
-  sigemptyset(&usr1);
-  sigaddset(&usr1, SIGUSR1);
-  sigprocmask(SIG_SETMASK, &usr1, nullptr);
-  prctl(PR_SET_PDEATHSIG, SIGUSR1);
-  // The abort files, opened now: a connection removed later (its mount
-  // unmounted) leaves these descriptors pointing at nothing, so a write can
-  // never reach a newer mount that got the same number.
-  int fds[64];
-  const size_t n = plan.abort_paths.size() < 64 ? plan.abort_paths.size() : 64;
-  for (size_t i = 0; i < n; ++i) {
-    fds[i] = open(plan.abort_paths[i].c_str(), O_WRONLY | O_CLOEXEC);
-  }
-  WriteAll(3, "1", 1);
-  close(3);
-  // The death signal comes when the server's main thread dies; anyone may
-  // send a SIGUSR1 too, so the server's state decides.
-  while (getppid() == plan.server && !ServerDead(plan)) {
-    siginfo_t info;
-    sigwaitinfo(&usr1, &info);
-  }
-  WriteAll(2, plan.log_head.data(), plan.log_head.size());
-  bool first = true;
-  for (size_t i = 0; i < n; ++i) {
-    if (fds[i] < 0 || write(fds[i], "1", 1) != 1) continue;
-    if (!first) WriteAll(2, ", ", 2);
-    WriteAll(2, plan.abort_labels[i].data(), plan.abort_labels[i].size());
-    first = false;
-  }
-  WriteAll(2, plan.log_tail.data(), plan.log_tail.size());
-  _exit(0);
-}
-
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<ConnectionWatchdog>> ConnectionWatchdog::Start(
     const std::vector<long>& ids) {
-  HelperPlan plan;
-  plan.server = getpid();
-  plan.stat_path = absl::StrCat("/proc/", plan.server, "/stat");
-  if (ids.size() > 64) {
-    return absl::InvalidArgumentError("the FUSE watchdog takes 64 connections");
-  }
+  std::vector<std::string> args = {"lazypull", "__fuse-watchdog",
+                                   absl::StrCat(getpid())};
   for (long id : ids) {
     struct stat st;
     if (id < 0 || stat(AbortPath(id).c_str(), &st) != 0) {
@@ -127,38 +46,32 @@ absl::StatusOr<std::unique_ptr<ConnectionWatchdog>> ConnectionWatchdog::Start(
           absl::StrCat("no fusectl abort file for FUSE connection ", id,
                        " (is /sys/fs/fuse/connections mounted?)"));
     }
-    plan.abort_paths.push_back(AbortPath(id));
-    plan.abort_labels.push_back(absl::StrCat(id));
+    args.push_back(absl::StrCat(id));
   }
-  // The line, formatted as core/log's (its timestamp left out: no clock
-  // formatting after fork).
-  plan.log_head =
-      absl::StrCat("W lazypull-watchdog: FUSE watchdog: server ", plan.server,
-                   " died without unmounting; aborted connection(s) [");
-  plan.log_tail = "] (its mounts answer ENOTCONN until unmounted)\n";
-  // The helper says on this pipe when it is armed (its death signal set,
-  // its abort files open): until then it could miss this thread's death.
-  int armed[2];
-  if (pipe2(armed, O_CLOEXEC) != 0) return ErrnoToStatus(errno, "pipe");
-  const pid_t pid = fork();
-  if (pid < 0) {
-    const int err = errno;
-    close(armed[0]);
-    close(armed[1]);
-    return ErrnoToStatus(err, "starting the FUSE watchdog (fork)");
-  }
-  if (pid == 0) HelperMain(plan, armed[1]);
-  close(armed[1]);
-  std::unique_ptr<ConnectionWatchdog> w(new ConnectionWatchdog(pid));
-  struct pollfd p = {armed[0], POLLIN, 0};
-  char byte = 0;
-  const bool ok = poll(&p, 1, 5000) == 1 && read(armed[0], &byte, 1) == 1;
-  close(armed[0]);
-  if (!ok) {
-    return absl::UnavailableError(
-        "the FUSE watchdog did not report armed within 5 s");
-  }
-  return w;
+  std::vector<char*> argv;
+  for (std::string& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  // Default signal dispositions and an empty mask (a server blocks its
+  // termination signals to sigwait them), in a session of its own.
+  posix_spawnattr_t attr;
+  posix_spawnattr_init(&attr);
+  sigset_t none, all;
+  sigemptyset(&none);
+  sigfillset(&all);
+  posix_spawnattr_setsigmask(&attr, &none);
+  posix_spawnattr_setsigdefault(&attr, &all);
+  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK |
+                                      POSIX_SPAWN_SETSIGDEF |
+                                      POSIX_SPAWN_SETSID);
+  // (Not waited for: it starts in parallel with serving. A server killed
+  // before the helper has set its death signal is found dead by the check
+  // that follows it.)
+  pid_t pid = -1;
+  const int rc =
+      posix_spawn(&pid, "/proc/self/exe", nullptr, &attr, argv.data(), environ);
+  posix_spawnattr_destroy(&attr);
+  if (rc != 0) return ErrnoToStatus(rc, "starting the FUSE watchdog");
+  return std::unique_ptr<ConnectionWatchdog>(new ConnectionWatchdog(pid));
 }
 
 void ConnectionWatchdog::Stop() {
@@ -167,6 +80,79 @@ void ConnectionWatchdog::Stop() {
   while (waitpid(pid_, nullptr, 0) < 0 && errno == EINTR) {
   }
   pid_ = -1;
+}
+
+namespace {
+
+// Whether process `pid` is dead or dying: gone, or its main thread a
+// zombie (another of its threads, such as a pusher stuck on a page lock,
+// keeps the process from being reaped).
+bool ServerDead(pid_t pid) {
+  std::ifstream f(absl::StrCat("/proc/", pid, "/stat"));
+  std::string stat((std::istreambuf_iterator<char>(f)),
+                   std::istreambuf_iterator<char>());
+  const size_t paren = stat.rfind(')');
+  if (paren == std::string::npos || paren + 2 >= stat.size()) return true;
+  const char state = stat[paren + 2];
+  return state == 'Z' || state == 'X';
+}
+
+}  // namespace
+
+int ConnectionWatchdogMain(int argc, char** argv) {
+  long parent = 0;
+  if (argc < 3 || !absl::SimpleAtoi(argv[1], &parent)) {
+    LogError("__fuse-watchdog: usage: __fuse-watchdog PARENT_PID ID...");
+    return 2;
+  }
+  // Nothing of the server's but its log (stderr): not its /dev/fuse
+  // descriptors (holding them would keep its connections alive), not the
+  // pipe `lazypull mount` waits on for the mount to be ready.
+  if (syscall(SYS_close_range, 3U, ~0U, 0U) != 0) {
+    struct rlimit rl;
+    const rlim_t max =
+        getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY
+            ? rl.rlim_cur
+            : 65536;
+    for (rlim_t fd = 3; fd < max; ++fd) close(static_cast<int>(fd));
+  }
+  sigset_t usr1;
+  sigemptyset(&usr1);
+  sigaddset(&usr1, SIGUSR1);
+  sigprocmask(SIG_BLOCK, &usr1, nullptr);
+  for (int sig : {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGPIPE}) {
+    signal(sig, SIG_IGN);
+  }
+  prctl(PR_SET_PDEATHSIG, SIGUSR1);
+  // The abort files, opened now: a connection removed later (its mount
+  // unmounted) leaves these descriptors pointing at nothing, so a write can
+  // never reach a newer mount that got the same number.
+  std::vector<std::pair<std::string, int>> aborts;
+  for (int i = 2; i < argc; ++i) {
+    long id = 0;
+    if (!absl::SimpleAtoi(argv[i], &id)) continue;
+    aborts.emplace_back(argv[i],
+                        open(AbortPath(id).c_str(), O_WRONLY | O_CLOEXEC));
+  }
+  const pid_t server = static_cast<pid_t>(parent);
+  // The death signal comes when the server's main thread dies, possibly
+  // just before the kernel marks it dead, and anyone may send a SIGUSR1:
+  // the server's state decides, looked at again every second.
+  const struct timespec second = {1, 0};
+  while (getppid() == server && !ServerDead(server)) {
+    siginfo_t info;
+    sigtimedwait(&usr1, &info, &second);
+  }
+  std::vector<std::string> aborted;
+  for (auto& [id, fd] : aborts) {
+    if (fd >= 0 && write(fd, "1", 1) == 1) aborted.push_back(id);
+    if (fd >= 0) close(fd);
+  }
+  LogWarning("FUSE watchdog: server ", parent,
+             " died without unmounting; aborted connection(s) [",
+             absl::StrJoin(aborted, ", "),
+             "] (its mounts answer ENOTCONN until unmounted)");
+  return 0;
 }
 
 }  // namespace lazypull

@@ -12,24 +12,24 @@
 // page, the push, and the dying process. This helper is the one left alive
 // to write it.
 //
-// How: the helper is a child forked from this process (no exec: it starts
-// in a millisecond and needs nothing loaded), named `lp-watchdog`, which
-// right away closes every descriptor but stderr (the server's /dev/fuse ones
-// first: holding them would keep the connections alive), leaves the
-// server's session (terminal and process-group signals do not reach it) and
-// sets PR_SET_PDEATHSIG: the kernel signals it when the thread that forked
-// it dies, so Start() must be called from a thread that lives as long as
-// the mounts (the main thread). It opens each connection's fusectl `abort`
-// file at once (a connection removed later leaves that descriptor pointing
-// at nothing, so a write never reaches a newer mount given the same
-// number), tells Start() it is armed (Start waits for that: before it, a
-// death could be missed), and waits. When the server's main thread is dead
-// (the process gone, or its main thread a zombie that a stuck thread keeps
-// from being reaped; any other SIGUSR1 is ignored) it writes `1` to each
-// abort file, writes a line to stderr (the server's log) naming the
-// connections it aborted, and exits. It makes async-signal-safe calls only
-// (it is the child of a multi-threaded process). A clean unmount stops it
-// first (Stop(), or the destructor), so it never aborts after one.
+// How: the helper is this binary run as `lazypull __fuse-watchdog PID ID...`
+// (posix_spawn; not waited for: it starts in parallel with serving, and
+// needs none of the server's memory, which a forked child would pin) in a
+// session of its own (terminal and process-group signals do not reach it).
+// It closes every descriptor but stdin/stdout/stderr, sets PR_SET_PDEATHSIG
+// (the kernel signals it when the thread that started it dies, so Start()
+// must be called from a thread that lives as long as the mounts: the main
+// thread), and opens each connection's fusectl `abort` file (a connection
+// removed later leaves that descriptor pointing at nothing, so a write
+// never reaches a newer mount given the same number). It then waits until
+// the server's main thread is dead: the process gone, or its main thread a
+// zombie that a stuck thread keeps from being reaped; checked after the
+// death signal is set (a server killed while the helper started is found
+// that way), on any SIGUSR1, and every second (the death signal may come a
+// moment before the kernel marks the thread dead). Then it writes `1` to
+// each abort file, logs a line to its stderr (the server's log) naming the
+// connections it aborted, and exits. A clean unmount stops it first
+// (Stop(), or the destructor), so it never aborts after one.
 //
 // Thread-safety: Start and Stop from the thread that lives as long as the
 // mounts; one object per set of connections.
@@ -65,6 +65,9 @@ class ConnectionWatchdog {
   explicit ConnectionWatchdog(pid_t pid) : pid_(pid) {}
   pid_t pid_;
 };
+
+// The helper's main: argv = {"__fuse-watchdog", PARENT_PID, ID...}.
+int ConnectionWatchdogMain(int argc, char** argv);
 
 }  // namespace lazypull
 

@@ -25,7 +25,6 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_split.h"
 #include "gtest/gtest.h"
 #include "simdjson.h"
 
@@ -810,22 +809,15 @@ std::vector<pid_t> WatchdogsOf(pid_t server) {
   std::vector<pid_t> out;
   DIR* d = opendir("/proc");
   if (d == nullptr) return out;
+  const std::string needle = absl::StrCat("__fuse-watchdog ", server, " ");
   while (struct dirent* e = readdir(d)) {
     pid_t pid = 0;
     if (!absl::SimpleAtoi(e->d_name, &pid)) continue;
-    // "PID (COMM) STATE PPID ..."
-    std::ifstream f(absl::StrCat("/proc/", pid, "/stat"));
-    std::string stat((std::istreambuf_iterator<char>(f)),
-                     std::istreambuf_iterator<char>());
-    const size_t open = stat.find('('), close = stat.rfind(')');
-    if (open == std::string::npos || close == std::string::npos) continue;
-    if (stat.substr(open + 1, close - open - 1) != "lp-watchdog") continue;
-    std::vector<std::string> rest = absl::StrSplit(stat.substr(close + 2), ' ');
-    pid_t ppid = 0;
-    if (rest.size() > 1 && rest[0] != "Z" && absl::SimpleAtoi(rest[1], &ppid) &&
-        ppid == server) {
-      out.push_back(pid);
-    }
+    std::ifstream f(absl::StrCat("/proc/", pid, "/cmdline"));
+    std::string cmd((std::istreambuf_iterator<char>(f)),
+                    std::istreambuf_iterator<char>());
+    for (char& c : cmd) c = c == '\0' ? ' ' : c;
+    if (absl::StrContains(cmd, needle)) out.push_back(pid);
   }
   closedir(d);
   return out;

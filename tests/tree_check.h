@@ -248,8 +248,8 @@ struct LayerState {
 LayerState ReadLayerState(const std::string& mountpoint,
                           const std::string& digest);
 
-// The pids of the `lp-watchdog` children (fuse/connection_watchdog.h) of
-// serving process `server`, which guard its page pushes.
+// The pids of the `lazypull __fuse-watchdog SERVER ...` processes guarding
+// serving process `server`'s page pushes.
 std::vector<pid_t> WatchdogsOf(pid_t server);
 
 // Runs `lazypull unmount MOUNTPOINT [--force]`.
