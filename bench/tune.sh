@@ -44,6 +44,7 @@ readahead-16	--readahead-chunks 16
 max-requests-4	--max-requests 4
 max-requests-16	--max-requests 16
 http1.1	--http1.1
+background-http1.1	--background-http1.1
 max-request-size-16M	--max-request-size 16M
 stream-from-start	--background-stream-rate 0
 stream-never	--background-stream-rate off

@@ -111,6 +111,8 @@ struct FetchTuning {
   // Nice value of background fetch's threads: its fills and its HTTP
   // engine's event loop (0 = as the rest of the process).
   int background_nice = kBackgroundNice;
+  // --background-http1.1: the background engine offers HTTP/1.1 only.
+  bool background_http1 = false;
   // Prefetch and background fetch go in spans of this many blob bytes (the
   // prefetch split).
   uint64_t span_size = kSpanSize;
@@ -242,7 +244,8 @@ absl::StatusOr<FetchTuning> FetchTuningFromArgs(const ParsedArgs& args) {
                              &t.http.max_connections_per_host));
   RETURN_IF_ERROR(ParseCount(args, "max-streams-per-connection", 1, 1000,
                              &t.http.max_streams_per_connection));
-  if (args.Has("http1.1")) t.http.http2 = false;
+  ApplyHttpFlags(args, &t.http);
+  t.background_http1 = args.Has("background-http1.1");
   RETURN_IF_ERROR(ParseRate(args, "background-stream-rate", &t.stream_rate));
   RETURN_IF_ERROR(
       ParseRate(args, "prefetch-stream-rate", &t.prefetch_stream_rate));
@@ -545,8 +548,11 @@ std::vector<FlagSpec> ImageMountFlags() {
   f.push_back({"max-streams-per-connection", "N",
                "HTTP/2 streams one connection carries at once; more open "
                "another connection (default 100)"});
-  f.push_back({"http1.1", "",
-               "use HTTP/1.1 connection pools even where HTTP/2 is offered"});
+  f.push_back({"background-http1.1", "",
+               "background fetch's own connections speak HTTP/1.1 (one per "
+               "request in flight): less CPU for the registry and this "
+               "process on a fast link, more handshakes and slow starts on a "
+               "slow one (bench/TUNING.md, session 15)"});
   return f;
 }
 
@@ -600,6 +606,7 @@ absl::Status ServeImage(
   // background bytes buffered for a shared connection (HttpBlobSource).
   CurlHttpOptions bg_http_options = tuning.http;
   bg_http_options.thread_nice = tuning.background_nice;
+  if (tuning.background_http1) bg_http_options.http2 = false;
   ASSIGN_OR_RETURN(std::unique_ptr<CurlHttpTransport> bg_http,
                    CurlHttpTransport::Create(bg_http_options));
   std::shared_ptr<RegistryClient> bg_client;

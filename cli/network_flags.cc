@@ -21,6 +21,8 @@ std::vector<FlagSpec> NetworkFlags() {
       {"platform", "OS/ARCH[/VARIANT]",
        "the platform to pick from a multi-platform image (default: this "
        "machine's)"},
+      {"http1.1", "",
+       "use HTTP/1.1 connection pools even where HTTP/2 is offered"},
   };
 }
 
@@ -47,11 +49,17 @@ absl::Status RegistryOptionsFromArgs(const ParsedArgs& args,
   return absl::OkStatus();
 }
 
+void ApplyHttpFlags(const ParsedArgs& args, CurlHttpOptions* http) {
+  if (args.Has("http1.1")) http->http2 = false;
+}
+
 absl::StatusOr<std::unique_ptr<RegistrySession>> OpenRegistrySession(
     const ParsedArgs& args, const CurlHttpOptions& http) {
   auto s = std::make_unique<RegistrySession>();
   RETURN_IF_ERROR(RegistryOptionsFromArgs(args, &s->options));
-  ASSIGN_OR_RETURN(s->http, CurlHttpTransport::Create(http));
+  CurlHttpOptions h = http;
+  ApplyHttpFlags(args, &h);
+  ASSIGN_OR_RETURN(s->http, CurlHttpTransport::Create(h));
   s->options.http = s->http.get();
   s->options.credentials = &s->credentials;
   return s;

@@ -34,8 +34,12 @@ struct RegistrySession {
   CredentialStore credentials;
   RegistryOptions options;
 };
+// The HTTP engine flags of NetworkFlags() (--http1.1) applied to `http`.
+void ApplyHttpFlags(const ParsedArgs& args, CurlHttpOptions* http);
+
 // Errors: InvalidArgument for a bad flag value (a usage error); anything
-// else if the HTTP engine cannot start.
+// else if the HTTP engine cannot start. NetworkFlags' HTTP engine flags
+// are applied to `http`.
 absl::StatusOr<std::unique_ptr<RegistrySession>> OpenRegistrySession(
     const ParsedArgs& args, const CurlHttpOptions& http = {});
 

@@ -638,16 +638,57 @@ TEST_F(RegistryMountTest, FetchKnobsAreFlags) {
   testing::RunResult u = testing::Run({bin_, "unmount", mnt});
   EXPECT_EQ(u.exit_code, 0) << u.err;
   mounts_.clear();
-  int ours = 0;
-  for (absl::string_view line : absl::StrSplit(reg_->Log(), '\n')) {
-    if (!absl::StrContains(line, "\"lazypull/") ||
-        !absl::StrContains(line, "/v2/test/knobs/blobs/")) {
-      continue;
+  // `pull` takes --http1.1 too (every networked command does).
+  const std::string pulled = dir_ + "/pulled-knobs";
+  testing::RunResult p = testing::Run(
+      {bin_, "pull", ref, pulled, "--ca-file", reg_->ca_file(), "--http1.1"});
+  ASSERT_EQ(p.exit_code, 0) << p.err;
+  EXPECT_EQ(ReadAll(pulled + "/data/b"), Payload(300 << 10, 12));
+  // Blob requests by protocol, from line `since` of the registry's log.
+  auto blob_requests = [&](size_t since) {
+    std::map<std::string, int> n;
+    size_t i = 0;
+    for (absl::string_view line : absl::StrSplit(reg_->Log(), '\n')) {
+      if (i++ < since || !absl::StrContains(line, "\"lazypull/") ||
+          !absl::StrContains(line, "/v2/test/knobs/blobs/")) {
+        continue;
+      }
+      ++n[absl::StrContains(line, " HTTP/1.1\"")   ? "1.1"
+          : absl::StrContains(line, " HTTP/2.0\"") ? "2"
+                                                   : std::string(line)];
     }
-    ++ours;
-    EXPECT_TRUE(absl::StrContains(line, " HTTP/1.1\"")) << line;
+    return n;
+  };
+  std::map<std::string, int> all = blob_requests(0);
+  EXPECT_GE(all["1.1"], 4);
+  EXPECT_EQ(all.size(), 1u) << "all HTTP/1.1 with --http1.1";
+
+  // --background-http1.1: background fetch alone on HTTP/1.1; the
+  // manifest, the TOC and the prefetch stay on HTTP/2.
+  std::filesystem::remove_all(cache_dir());
+  const std::string log_before = reg_->Log();
+  const size_t before = std::count(log_before.begin(), log_before.end(), '\n');
+  const std::string mnt_bg = dir_ + "/mnt-knobs-bg";
+  m = Mount(ref, mnt_bg,
+            {"--background-http1.1", "--background-after-misses", "0",
+             "--max-request-size", "64K", "--span-size", "64K"});
+  ASSERT_EQ(m.exit_code, 0) << m.err << m.out;
+  EXPECT_EQ(ReadAll(mnt_bg + "/data/a"), Payload(600 << 10, 11));
+  // Background fetch completes the layer (and checks its digest).
+  const std::string marker =
+      absl::StrCat(cache_dir(), "/verified/", Sha256::Of(l.bytes).Hex());
+  for (int i = 0; i < 300 && access(marker.c_str(), F_OK) != 0; ++i) {
+    usleep(100 * 1000);
   }
-  EXPECT_GE(ours, 3);
+  const std::string log = ReadAll(cache_dir() + "/lazypull.log");
+  EXPECT_EQ(access(marker.c_str(), F_OK), 0) << log;
+  u = testing::Run({bin_, "unmount", mnt_bg});
+  EXPECT_EQ(u.exit_code, 0) << u.err;
+  mounts_.clear();
+  std::map<std::string, int> bg = blob_requests(before);
+  EXPECT_GE(bg["1.1"], 1) << log;
+  EXPECT_GE(bg["2"], 1) << log;
+  EXPECT_EQ(bg.size(), 2u);
 
   for (const std::vector<std::string>& bad :
        std::vector<std::vector<std::string>>{
