@@ -269,11 +269,28 @@ absl::StatusOr<Descriptor> SelectPlatform(const ImageIndex& index,
       }
     }
   }
+  for (const Descriptor& d : index.manifests) {
+    if (!d.platform) return d;
+  }
   return absl::NotFoundError(absl::StrCat(
       "the image has no manifest for ", want.String(), " (it offers: ",
       offered.empty() ? std::string("no platforms")
                       : absl::StrJoin(offered, ", "),
       "); choose one with --platform"));
+}
+
+absl::Status CheckConfigPlatform(const ImageConfig& config,
+                                 const Platform& want) {
+  const Platform& p = config.platform;
+  if (p.os.empty() && p.architecture.empty()) return absl::OkStatus();
+  if (want.Matches(p) || (want.variant.empty() && p.os == want.os &&
+                          NormalizeArch(p.architecture) == want.architecture)) {
+    return absl::OkStatus();
+  }
+  return absl::NotFoundError(
+      absl::StrCat("the image has no manifest for ", want.String(),
+                   " (its index entry names no platform; its config says ",
+                   p.String(), "); choose one with --platform"));
 }
 
 }  // namespace lazypull

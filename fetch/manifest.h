@@ -95,8 +95,18 @@ absl::StatusOr<ImageManifest> ParseImageManifest(absl::string_view json);
 absl::StatusOr<ImageConfig> ParseImageConfig(absl::string_view json);
 
 // The index entry for `want`: NotFound listing the platforms on offer.
+// `platform` is optional in an index entry (OCI image-spec): with no entry
+// for `want`, the first entry without one is returned (single-manifest
+// indexes of OCI layouts and artifact tools have none); its platform is
+// then unknown until its config says it (CheckConfigPlatform).
 absl::StatusOr<Descriptor> SelectPlatform(const ImageIndex& index,
                                           const Platform& want);
+
+// For a manifest chosen without a platform: NotFound if its config names
+// an os/architecture that `want` does not match (a config that names none
+// passes).
+absl::Status CheckConfigPlatform(const ImageConfig& config,
+                                 const Platform& want);
 
 }  // namespace lazypull
 

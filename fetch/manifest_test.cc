@@ -61,6 +61,35 @@ TEST(ManifestTest, IndexSelection) {
       << d.status();
 }
 
+TEST(ManifestTest, IndexEntryWithoutPlatform) {
+  const std::string json =
+      std::string("{\"schemaVersion\":2,\"manifests\":[") +
+      Entry(kD1, "{\"os\":\"linux\",\"architecture\":\"s390x\"}") + "," +
+      "{\"mediaType\":\"application/vnd.oci.image.manifest.v1+json\","
+      "\"digest\":\"" +
+      kD2 + "\",\"size\":10}]}";
+  auto idx = ParseImageIndex(json);
+  ASSERT_TRUE(idx.ok()) << idx.status();
+  // A platform that is named wins; else the entry without one.
+  auto d = SelectPlatform(*idx, *Platform::Parse("linux/s390x"));
+  ASSERT_TRUE(d.ok());
+  EXPECT_EQ(d->digest.ToString(), kD1);
+  d = SelectPlatform(*idx, *Platform::Parse("linux/amd64"));
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_EQ(d->digest.ToString(), kD2);
+  EXPECT_FALSE(d->platform.has_value());
+  // Then the config decides.
+  ImageConfig c;
+  EXPECT_TRUE(CheckConfigPlatform(c, *Platform::Parse("linux/amd64")).ok());
+  c.platform = *Platform::Parse("linux/amd64");
+  EXPECT_TRUE(CheckConfigPlatform(c, *Platform::Parse("linux/amd64")).ok());
+  c.platform = *Platform::Parse("linux/arm64/v8");
+  EXPECT_TRUE(CheckConfigPlatform(c, *Platform::Parse("linux/arm64")).ok());
+  absl::Status st = CheckConfigPlatform(c, *Platform::Parse("linux/amd64"));
+  EXPECT_EQ(st.code(), absl::StatusCode::kNotFound);
+  EXPECT_TRUE(absl::StrContains(st.message(), "linux/arm64")) << st;
+}
+
 TEST(ManifestTest, ManifestAndConfig) {
   std::string m =
       std::string("{\"schemaVersion\":2,\"mediaType\":\"") +

@@ -352,24 +352,23 @@ absl::StatusOr<ResolvedImage> RegistryClient::Resolve() {
 absl::StatusOr<ResolvedImage> RegistryClient::ResolveManifest() {
   ResolvedImage img;
   ASSIGN_OR_RETURN(FetchedManifest top, FetchManifest(ref_.ManifestSelector()));
-  FetchedManifest m;
-  if (top.kind == ManifestKind::kIndex) {
-    ASSIGN_OR_RETURN(ImageIndex idx, ParseImageIndex(top.bytes));
+  FetchedManifest m = std::move(top);
+  // An index may name another (nested indexes); a few levels at most.
+  for (int depth = 0; m.kind == ManifestKind::kIndex; ++depth) {
+    if (depth == 4) {
+      return absl::InvalidArgumentError(
+          "indexes nested more than 4 deep; refusing to follow them");
+    }
+    ASSIGN_OR_RETURN(ImageIndex idx, ParseImageIndex(m.bytes));
     ASSIGN_OR_RETURN(Descriptor d, SelectPlatform(idx, opts_.platform));
+    if (!d.platform) img.platform_from_config = true;
+    if (depth == 0) img.index_digest = m.digest;
     ASSIGN_OR_RETURN(m, FetchManifest(d.digest.ToString()));
     if (m.bytes.size() != static_cast<size_t>(d.size)) {
       return absl::DataLossError(
           absl::StrCat("manifest ", d.digest.ToString(), " has ",
                        m.bytes.size(), " bytes; the index says ", d.size));
     }
-    if (m.kind != ManifestKind::kManifest) {
-      return absl::UnimplementedError(
-          absl::StrCat("the index entry for ", opts_.platform.String(),
-                       " is another index; nested indexes are not supported"));
-    }
-    img.index_digest = top.digest;
-  } else {
-    m = std::move(top);
   }
   img.manifest_digest = m.digest;
   ASSIGN_OR_RETURN(img.manifest, ParseImageManifest(m.bytes));
@@ -381,6 +380,9 @@ absl::StatusOr<ImageConfig> RegistryClient::FetchConfig(
     const ResolvedImage& img) {
   ASSIGN_OR_RETURN(std::string bytes, FetchBlob(img.manifest.config));
   ASSIGN_OR_RETURN(ImageConfig config, ParseImageConfig(bytes));
+  if (img.platform_from_config) {
+    RETURN_IF_ERROR(CheckConfigPlatform(config, opts_.platform));
+  }
   if (config.diff_ids.size() != img.manifest.layers.size()) {
     return absl::InvalidArgumentError(
         absl::StrCat("image config lists ", config.diff_ids.size(),

@@ -87,6 +87,9 @@ struct ResolvedImage {
   ImageManifest manifest;
   Descriptor config_descriptor;
   ImageConfig config;
+  // The manifest came from an index entry without a platform: FetchConfig
+  // checks the config's instead (CheckConfigPlatform).
+  bool platform_from_config = false;
 };
 
 // A blob's bytes, checked against its descriptor as they are read (see the

@@ -322,6 +322,63 @@ TEST_F(RegistryTest, IndexResolvesToThePlatformAsked) {
       << res.status();
 }
 
+// `platform` is optional in an index entry: a single-manifest index without
+// one (as OCI layouts and artifact tools write) resolves, checked against
+// the config's platform; an index inside an index is followed.
+TEST_F(RegistryTest, IndexEntriesWithoutPlatformAndNestedIndexes) {
+  auto reg = StartRegistry({});
+  ASSERT_NE(reg, nullptr);
+  auto layout = OciLayout::Create(TestDir("plain-index"));
+  ASSERT_TRUE(layout.ok());
+  auto amd = layout->AddImage({LayerTar("arch", "amd64")}, "linux/amd64");
+  auto arm = layout->AddImage({LayerTar("arch", "arm64")}, "linux/arm64/v8");
+  ASSERT_TRUE(amd.ok() && arm.ok());
+  testing::TestDescriptor bare = amd->manifest;
+  bare.platform.clear();
+  auto single = layout->AddIndex({bare});
+  ASSERT_TRUE(single.ok());
+  auto multi = layout->AddIndex({arm->manifest, amd->manifest});
+  ASSERT_TRUE(multi.ok());
+  auto outer = layout->AddIndex({*multi});
+  ASSERT_TRUE(outer.ok());
+  ASSERT_TRUE(layout->Tag("single", *single).ok());
+  ASSERT_TRUE(layout->Tag("multi", *multi).ok());
+  for (const char* tag : {"single", "multi"}) {
+    absl::Status st =
+        testing::PushWithSkopeo(*layout, tag, reg->host(), "m/idx", true);
+    ASSERT_TRUE(st.ok()) << tag << ": " << st;
+  }
+  RegistryOptions o;
+  o.hosts.plain_http = true;
+  {  // skopeo does not copy nested indexes: the outer one is PUT here.
+    std::ifstream in(layout->BlobPath(outer->digest));
+    const std::string bytes((std::istreambuf_iterator<char>(in)),
+                            std::istreambuf_iterator<char>());
+    auto pushed = Client(reg->host() + "/m/idx:nested", o)
+                      ->PushManifest("nested", outer->media_type, bytes);
+    ASSERT_TRUE(pushed.ok()) << pushed.status();
+  }
+  o.platform = *Platform::Parse("linux/amd64");
+  auto res = Client(reg->host() + "/m/idx:single", o)->Resolve();
+  ASSERT_TRUE(res.ok()) << res.status();
+  EXPECT_EQ(res->manifest_digest, amd->manifest.digest);
+  EXPECT_EQ(res->config.platform.String(), "linux/amd64");
+
+  o.platform = *Platform::Parse("linux/arm64");
+  res = Client(reg->host() + "/m/idx:single", o)->Resolve();
+  ASSERT_FALSE(res.ok());
+  EXPECT_EQ(res.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_TRUE(
+      absl::StrContains(res.status().message(), "its config says linux/amd64"))
+      << res.status();
+
+  res = Client(reg->host() + "/m/idx:nested", o)->Resolve();
+  ASSERT_TRUE(res.ok()) << res.status();
+  EXPECT_EQ(res->manifest_digest, arm->manifest.digest);
+  ASSERT_TRUE(res->index_digest.has_value());
+  EXPECT_EQ(*res->index_digest, outer->digest);
+}
+
 // Writes $dir/config.json with Docker's "auths" for `host`.
 std::string WriteDockerConfig(const std::string& dir, const std::string& host,
                               const std::string& user,
