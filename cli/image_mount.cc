@@ -875,7 +875,13 @@ absl::Status ServeImage(
     for (Plan& plan : plans) {
       auto& m = plan.m;
       const Descriptor& d = m->desc;
-      const std::string& why = plan.why;
+      std::string why = plan.why;
+      if (why.empty() && IsRangeIgnored(plan.reader.status())) {
+        // Not a bad layer: a server that cannot serve byte ranges (a
+        // pull-through cache, a plain web server). Lazy pulling needs them.
+        why = absl::StrCat("its registry does not serve byte ranges (",
+                           plan.reader.status().message(), ")");
+      }
       if (why.empty()) {
         absl::StatusOr<std::unique_ptr<LayerReader>>& reader = plan.reader;
         if (!reader.ok()) {

@@ -6,12 +6,30 @@
 //   RETURN_IF_ERROR(expr);          // expr is an absl::Status
 //   ASSIGN_OR_RETURN(T v, expr);    // expr is an absl::StatusOr<T>
 //
-// Thread-safety: macros only; no state.
+// Also Restated(status, message): the status with a new message (context
+// added), its code and payloads kept, so that marks such as fetch/http.h's
+// IsRangeIgnored survive the wrapping.
+//
+// Thread-safety: no state.
 #ifndef LAZYPULL_CORE_STATUS_MACROS_H_
 #define LAZYPULL_CORE_STATUS_MACROS_H_
 
+#include <string>
+
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/cord.h"
+#include "absl/strings/string_view.h"
+
+namespace lazypull {
+inline absl::Status Restated(const absl::Status& s, std::string message) {
+  absl::Status out(s.code(), message);
+  s.ForEachPayload([&out](absl::string_view url, const absl::Cord& payload) {
+    out.SetPayload(url, payload);
+  });
+  return out;
+}
+}  // namespace lazypull
 
 #define LAZYPULL_CONCAT_INNER_(a, b) a##b
 #define LAZYPULL_CONCAT_(a, b) LAZYPULL_CONCAT_INNER_(a, b)

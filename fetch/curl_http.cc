@@ -216,6 +216,9 @@ class CurlHttpTransport::Loop {
     bool revealed = false;           // the reader has the headers
     int revealed_status = 0;
     uint64_t delivered = 0;  // body bytes handed to the reader
+    // Body bytes of this attempt to drop: a resumed body answered with the
+    // whole resource (200) repeats the `delivered` bytes first.
+    uint64_t skip = 0;
     // The current attempt.
     HttpHeaders hdrs;
     int status = 0;
@@ -540,6 +543,7 @@ void CurlHttpTransport::Loop::StartAttempt(Transfer* t) {
   t->discard = false;
   t->error_body.clear();
   t->attempt_body = 0;
+  t->skip = 0;
   t->expected.reset();
   t->errbuf[0] = '\0';
 
@@ -730,8 +734,15 @@ size_t CurlHttpTransport::Loop::OnHeaderLine(Transfer* t,
     const uint64_t want_first = (t->range ? t->range->first : 0) + t->delivered;
     std::string asked = absl::StrCat("bytes=", want_first, "-");
     if (t->range && t->range->last) absl::StrAppend(&asked, *t->range->last);
+    if (t->status == 200 && !t->range) {
+      // Resuming a whole-resource GET: a server that ignores Range sends
+      // it all again; the bytes the reader has are dropped (the caller
+      // verifies the whole body, as it would have anyway).
+      t->skip = t->delivered;
+      return n;
+    }
     if (t->status == 200) {
-      t->fatal = absl::FailedPreconditionError(absl::StrCat(
+      t->fatal = RangeIgnoredError(absl::StrCat(
           what, ": the server answered the range request \"", asked,
           "\" with 200 (the whole body); refusing to trust it"));
       return 0;
@@ -814,6 +825,15 @@ size_t CurlHttpTransport::Loop::OnBody(Transfer* t, const char* data,
     }
     return n;
   }
+  size_t skipped = 0;
+  if (t->skip > 0) {
+    skipped = static_cast<size_t>(std::min<uint64_t>(t->skip, n));
+    t->skip -= skipped;
+    t->attempt_body += skipped;
+    if (skipped == n) return n;
+    data += skipped;
+    n -= skipped;
+  }
   if (t->expected && t->attempt_body + n > *t->expected) {
     t->fatal = absl::DataLossError(
         absl::StrCat(t->req.Describe(), ": the server sent more than the ",
@@ -842,7 +862,9 @@ size_t CurlHttpTransport::Loop::OnBody(Transfer* t, const char* data,
     if (sunk < n) {
       // (Part of this piece went to the sink: the rest is kept whatever the
       // window, since a pause would hand back the sunk part again.)
-      if (sunk == 0 && c.buf.size() >= opts_.reader_window) {
+      // (Nor is a piece whose first bytes were skipped paused: curl
+      // would hand them back too.)
+      if (sunk == 0 && skipped == 0 && c.buf.size() >= opts_.reader_window) {
         c.paused = true;
         return CURL_WRITEFUNC_PAUSE;  // curl hands the same bytes back later
       }
@@ -853,7 +875,7 @@ size_t CurlHttpTransport::Loop::OnBody(Transfer* t, const char* data,
   }
   t->delivered += n;
   t->attempt_body += n;
-  return n;
+  return n + skipped;
 }
 
 void CurlHttpTransport::Loop::OnDone(Transfer* t, CURLcode code) {

@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
+#include "core/status_macros.h"
 #include "fetch/testing/loopback_http_server.h"
 #include "gtest/gtest.h"
 
@@ -218,6 +219,50 @@ TEST_F(CurlHttpTest, RangeAnsweredWith200IsRefused) {
   ASSERT_FALSE(a.ok());
   EXPECT_EQ(a.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_NE(a.status().message().find("200"), std::string::npos) << a.status();
+  // Marked, so that a caller can tell a server that ignores ranges.
+  EXPECT_TRUE(IsRangeIgnored(a.status()));
+  EXPECT_FALSE(IsRangeIgnored(absl::FailedPreconditionError("other")));
+  EXPECT_TRUE(IsRangeIgnored(Restated(a.status(), "with context")));
+}
+
+// A whole-resource GET broken mid-body is resumed with a Range; a server
+// that ignores it sends everything again with a 200: the bytes the reader
+// already has are dropped, and the body comes out whole, once.
+TEST_F(CurlHttpTest, ResumeAnsweredWithTheWholeBodyDropsTheRepeat) {
+  const std::string body = Pattern(3 << 20);
+  std::atomic<int> n{0};
+  auto s = LoopbackHttpServer::Start([&](const TestRequest&, TestResponse* r) {
+    r->body = body;  // never a 206
+    if (n.fetch_add(1) == 0) r->truncate_after = 1 << 20;
+  });
+  ASSERT_TRUE(s.ok());
+  auto a = http_->Fetch(Get(**s, "/blob"));
+  ASSERT_TRUE(a.ok()) << a.status();
+  EXPECT_EQ(a->status, 200);
+  EXPECT_TRUE(a->body == body);
+  auto reqs = (*s)->requests();
+  ASSERT_EQ(reqs.size(), 2u);
+  EXPECT_EQ(reqs[1].headers["range"], "bytes=1048576-");
+
+  // The same through a reader whose window is small (the transfer pauses
+  // while the repeat is skipped and after).
+  CurlHttpOptions o;
+  o.reader_window = 64 << 10;
+  auto t = CurlHttpTransport::Create(o);
+  ASSERT_TRUE(t.ok());
+  n = 0;
+  auto reader = (*t)->Open(Get(**s, "/blob"));
+  ASSERT_TRUE(reader.ok()) << reader.status();
+  std::string got;
+  int reads = 0;
+  while (true) {
+    auto piece = (*reader)->Read(16 << 10);
+    ASSERT_TRUE(piece.ok()) << piece.status();
+    if (piece->empty()) break;
+    got.append(piece->data(), piece->size());
+    if (++reads % 32 == 0) absl::SleepFor(absl::Milliseconds(1));
+  }
+  EXPECT_TRUE(got == body) << got.size();
 }
 
 TEST_F(CurlHttpTest, RangeIsCheckedAgainstContentRange) {

@@ -178,6 +178,21 @@ absl::StatusCode CodeForHttpStatus(int status) {
 
 }  // namespace
 
+namespace {
+constexpr absl::string_view kRangeIgnoredUrl =
+    "type.lazypull.dev/range-ignored";
+}  // namespace
+
+absl::Status RangeIgnoredError(absl::string_view message) {
+  absl::Status s = absl::FailedPreconditionError(message);
+  s.SetPayload(kRangeIgnoredUrl, absl::Cord("1"));
+  return s;
+}
+
+bool IsRangeIgnored(const absl::Status& s) {
+  return s.GetPayload(kRangeIgnoredUrl).has_value();
+}
+
 absl::Status HttpStatusToStatus(int status, absl::string_view what,
                                 absl::string_view detail) {
   if (status >= 200 && status < 400) return absl::OkStatus();

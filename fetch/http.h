@@ -184,6 +184,13 @@ const char* HttpReasonPhrase(int status);
 absl::Status HttpStatusToStatus(int status, absl::string_view what,
                                 absl::string_view detail = "");
 
+// The error a range request answered with a 200 (the whole resource: the
+// server ignores Range) ends with: FailedPrecondition, marked so that a
+// caller can tell a server that cannot serve ranges from other failures.
+// Wrappers that add context keep the mark (Restated, core/status_macros.h).
+absl::Status RangeIgnoredError(absl::string_view message);
+bool IsRangeIgnored(const absl::Status& s);
+
 // Whether a status is worth retrying: 408, 429 and 5xx except 501 and 505.
 bool IsRetryableHttpStatus(int status);
 

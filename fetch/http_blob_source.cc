@@ -597,10 +597,9 @@ void HttpBlobSource::WorkerLoop() {
     const std::shared_ptr<std::string>& buf = request->buf;
     absl::Status st = Fetch(lo, hi - 1, prio, *request);
     if (!st.ok()) {
-      st = absl::Status(
-          st.code(),
-          absl::StrCat(Describe(), ": ", PriorityName(prio), " read of [", lo,
-                       ", ", hi, "): ", st.message()));
+      st = Restated(
+          st, absl::StrCat(Describe(), ": ", PriorityName(prio), " read of [",
+                           lo, ", ", hi, "): ", st.message()));
     }
 
     absl::MutexLock l(&mu_);

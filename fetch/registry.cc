@@ -41,7 +41,7 @@ absl::Status WithHint(const absl::Status& st, const RegistryHost& h) {
     hint = absl::StrCat(h.host, " speaks only HTTPS: drop --plain-http");
   }
   if (hint.empty()) return st;
-  return absl::Status(st.code(), absl::StrCat(m, "; ", hint));
+  return Restated(st, absl::StrCat(m, "; ", hint));
 }
 
 absl::StatusOr<std::string> ReadAll(HttpBodyReader* r, size_t max,
@@ -68,9 +68,9 @@ absl::Status AllHostsFailed(
     parts.push_back(absl::StrCat(host, ": ", st.message()));
   }
   // The origin's code decides (it is last).
-  return absl::Status(errs.back().second.code(),
-                      absl::StrCat(what, " failed on every host: ",
-                                   absl::StrJoin(parts, "; ")));
+  return Restated(errs.back().second,
+                  absl::StrCat(what, " failed on every host: ",
+                               absl::StrJoin(parts, "; ")));
 }
 
 // The error a registry answered with: the status (from `r`'s response) and

@@ -787,6 +787,26 @@ TEST_F(RegistryMountTest, RangeFaultsFailTheReadOrRecover) {
   testing::RunResult u = testing::Run({bin_, "unmount", mnt});
   EXPECT_EQ(u.exit_code, 0) << u.err;
   mounts_.clear();
+
+  // A registry that answers every range request with the whole blob (a
+  // pull-through cache, say) cannot be pulled lazily: each layer is pulled
+  // in full instead, saying why, and the image still mounts.
+  set("GET /blobs/ every full-200");
+  const std::string mnt2 = dir_ + "/mnt-no-ranges";
+  mkdir(mnt2.c_str(), 0755);
+  m = testing::Run({bin_, "mount", ref, mnt2, "--plain-http", "--cache-dir",
+                    dir_ + "/cache-no-ranges"});
+  ASSERT_EQ(m.exit_code, 0) << m.err << m.out;
+  mounts_.push_back(mnt2);
+  const std::string log = m.err + m.out;
+  EXPECT_TRUE(absl::StrContains(log,
+                                "is pulled in full: its registry does "
+                                "not serve byte ranges"))
+      << log;
+  EXPECT_TRUE(ReadAll(mnt2 + "/data/big") == want);
+  u = testing::Run({bin_, "unmount", mnt2});
+  EXPECT_EQ(u.exit_code, 0) << u.err;
+  mounts_.clear();
 }
 
 }  // namespace
