@@ -10,10 +10,12 @@
 
 #include <algorithm>
 #include <atomic>
+#include <list>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -30,6 +32,48 @@ constexpr absl::string_view kOpaqueMarker = ".wh..wh..opq";
 
 using Fd = ScopedFd;
 
+// Open directories by inode, the most recently used kept: opening a
+// directory walks down from its nearest cached ancestor, not from the root,
+// so a deep tree (a hostile TOC may nest thousands of levels) extracts in
+// time linear in its size, with a bounded number of descriptors.
+// Thread-safe.
+class DirFds {
+ public:
+  static constexpr size_t kCapacity = 256;
+
+  // A descriptor of `ino` if cached (a duplicate), else an invalid Fd.
+  Fd Get(uint32_t ino) {
+    absl::MutexLock l(&mu_);
+    auto it = map_.find(ino);
+    if (it == map_.end()) return Fd();
+    lru_.splice(lru_.begin(), lru_, it->second);
+    return Fd(fcntl(it->second->second.get(), F_DUPFD_CLOEXEC, 0));
+  }
+  bool Contains(uint32_t ino) {
+    absl::MutexLock l(&mu_);
+    return map_.contains(ino);
+  }
+  // Caches a duplicate of `fd` as `ino`'s.
+  void Put(uint32_t ino, int fd) {
+    Fd copy(fcntl(fd, F_DUPFD_CLOEXEC, 0));
+    if (copy.get() < 0) return;  // out of descriptors: just not cached
+    absl::MutexLock l(&mu_);
+    if (map_.contains(ino)) return;
+    lru_.emplace_front(ino, std::move(copy));
+    map_[ino] = lru_.begin();
+    if (lru_.size() > kCapacity) {
+      map_.erase(lru_.back().first);
+      lru_.pop_back();
+    }
+  }
+
+ private:
+  absl::Mutex mu_;
+  std::list<std::pair<uint32_t, Fd>> lru_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<uint32_t, std::list<std::pair<uint32_t, Fd>>::iterator>
+      map_ ABSL_GUARDED_BY(mu_);
+};
+
 class Extractor {
  public:
   Extractor(const LayerReader& r, const ExtractOptions& o)
@@ -38,12 +82,15 @@ class Extractor {
   absl::Status Run(const std::string& dir);
 
  private:
-  // Opens the directory inode `ino` (already created) relative to the root.
-  absl::StatusOr<Fd> OpenDir(uint32_t ino) const;
+  // Opens the directory inode `ino` (already created) from its nearest open
+  // ancestor (DirFds), opening each directory on the way without following
+  // symlinks.
+  absl::StatusOr<Fd> OpenDir(uint32_t ino);
   absl::Status MakeDirs();
   absl::Status WriteFiles();
   absl::Status WriteFile(uint32_t dirent, std::string* buf);
   absl::Status MakeOthers();
+  absl::Status MakeOther(uint32_t dirent);
   absl::Status ApplyAttrs(int dirfd, const std::string& name, uint32_t ino,
                           bool is_dir);
   absl::Status Fail(int err, absl::string_view op, uint32_t dirent) const {
@@ -56,20 +103,28 @@ class Extractor {
   std::string root_path_;
   Fd root_;
   std::vector<uint32_t> dir_order_;  // directory inodes, parents first
+  DirFds dir_fds_;
 };
 
-absl::StatusOr<Fd> Extractor::OpenDir(uint32_t ino) const {
-  std::vector<uint32_t> chain;
-  for (uint32_t i = ino; i != LayerIndex::kRoot;
-       i = idx_.dirents()[idx_.inode(i).dirent].parent) {
+absl::StatusOr<Fd> Extractor::OpenDir(uint32_t ino) {
+  std::vector<uint32_t> chain;  // dirents from `ino` up, before `cur`'s
+  Fd cur;
+  for (uint32_t i = ino;; i = idx_.dirents()[idx_.inode(i).dirent].parent) {
+    if (i == LayerIndex::kRoot) {
+      cur = Fd(fcntl(root_.get(), F_DUPFD_CLOEXEC, 0));
+      break;
+    }
+    cur = dir_fds_.Get(i);
+    if (cur.get() >= 0) break;
     chain.push_back(idx_.inode(i).dirent);
   }
-  Fd cur(dup(root_.get()));
+  if (cur.get() < 0) return ErrnoToStatus(errno, "dup");
   for (auto it = chain.rbegin(); it != chain.rend(); ++it) {
     int fd = openat(cur.get(), idx_.dirents()[*it].name.c_str(),
                     O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     if (fd < 0) return Fail(errno, "open directory", *it);
     cur = Fd(fd);
+    dir_fds_.Put(idx_.dirents()[*it].inode, cur.get());
   }
   return cur;
 }
@@ -175,64 +230,78 @@ absl::Status Extractor::WriteFiles() {
 }
 
 absl::Status Extractor::MakeOthers() {
-  // Names that a whiteout must not shadow: real entries per directory.
-  for (uint32_t d = 0; d < idx_.dirents().size(); ++d) {
-    const Dirent& de = idx_.dirents()[d];
-    const Inode& n = idx_.inode(de.inode);
-    const bool whiteout =
-        n.type != EntryType::kDir && absl::StartsWith(de.name, kWhiteoutPrefix);
-    if (!whiteout && !de.hardlink &&
-        (n.type == EntryType::kDir ||
-         (n.type == EntryType::kReg && n.dirent == d))) {
-      continue;  // made already
+  // Two passes: every other node, then the hardlinks (a hardlink's target
+  // may be a symlink or a device listed after it).
+  for (int pass = 0; pass < 2; ++pass) {
+    for (uint32_t d = 0; d < idx_.dirents().size(); ++d) {
+      if (idx_.dirents()[d].hardlink == (pass == 0)) continue;
+      RETURN_IF_ERROR(MakeOther(d));
     }
-    ASSIGN_OR_RETURN(Fd dfd, OpenDir(de.parent));
-    if (de.name == kOpaqueMarker) continue;  // an xattr on the parent
-    if (whiteout) {
-      std::string target = de.name.substr(kWhiteoutPrefix.size());
-      if (idx_.Lookup(de.parent, target).has_value()) continue;
-      if (mknodat(dfd.get(), target.c_str(), S_IFCHR | 0, makedev(0, 0)) != 0) {
-        return Fail(errno, "make whiteout for", d);
-      }
-      continue;
-    }
-    if (de.hardlink) {
-      const Dirent& target = idx_.dirents()[n.dirent];
-      ASSIGN_OR_RETURN(Fd tfd, OpenDir(target.parent));
-      if (linkat(tfd.get(), target.name.c_str(), dfd.get(), de.name.c_str(),
-                 0) != 0) {
-        return Fail(errno, "hardlink", d);
-      }
-      continue;
-    }
-    int rc = 0;
-    switch (n.type) {
-      case EntryType::kSymlink:
-        rc = symlinkat(n.symlink.c_str(), dfd.get(), de.name.c_str());
-        break;
-      case EntryType::kChar:
-        rc = mknodat(dfd.get(), de.name.c_str(), S_IFCHR | 0600,
-                     makedev(n.dev_major, n.dev_minor));
-        break;
-      case EntryType::kBlock:
-        rc = mknodat(dfd.get(), de.name.c_str(), S_IFBLK | 0600,
-                     makedev(n.dev_major, n.dev_minor));
-        break;
-      case EntryType::kFifo:
-        rc = mkfifoat(dfd.get(), de.name.c_str(), 0600);
-        break;
-      case EntryType::kReg: {
-        // A regular inode whose defining name was replaced: make it empty.
-        rc = mknodat(dfd.get(), de.name.c_str(), S_IFREG | 0600, 0);
-        break;
-      }
-      default:
-        break;
-    }
-    if (rc != 0) return Fail(errno, "create", d);
-    RETURN_IF_ERROR(ApplyAttrs(dfd.get(), de.name, de.inode, false));
   }
   return absl::OkStatus();
+}
+
+absl::Status Extractor::MakeOther(uint32_t d) {
+  const Dirent& de = idx_.dirents()[d];
+  const Inode& n = idx_.inode(de.inode);
+  const bool whiteout =
+      n.type != EntryType::kDir && absl::StartsWith(de.name, kWhiteoutPrefix);
+  if (!whiteout && !de.hardlink &&
+      (n.type == EntryType::kDir ||
+       (n.type == EntryType::kReg && n.dirent == d))) {
+    return absl::OkStatus();  // made already
+  }
+  if (de.name == kOpaqueMarker) return absl::OkStatus();  // a parent xattr
+  std::string target;
+  if (whiteout) {
+    target = de.name.substr(kWhiteoutPrefix.size());
+    // ".wh." and ".wh.." name nothing a whiteout could hide.
+    if (target.empty() || target == "." || target == "..") {
+      return absl::OkStatus();
+    }
+    if (idx_.Lookup(de.parent, target).has_value()) return absl::OkStatus();
+  }
+  ASSIGN_OR_RETURN(Fd dfd, OpenDir(de.parent));
+  if (whiteout) {
+    if (mknodat(dfd.get(), target.c_str(), S_IFCHR | 0, makedev(0, 0)) != 0) {
+      return Fail(errno, "make whiteout for", d);
+    }
+    return absl::OkStatus();
+  }
+  if (de.hardlink) {
+    const Dirent& t = idx_.dirents()[n.dirent];
+    ASSIGN_OR_RETURN(Fd tfd, OpenDir(t.parent));
+    if (linkat(tfd.get(), t.name.c_str(), dfd.get(), de.name.c_str(), 0) !=
+        0) {
+      return Fail(errno, "hardlink", d);
+    }
+    return absl::OkStatus();
+  }
+  int rc = 0;
+  switch (n.type) {
+    case EntryType::kSymlink:
+      rc = symlinkat(n.symlink.c_str(), dfd.get(), de.name.c_str());
+      break;
+    case EntryType::kChar:
+      rc = mknodat(dfd.get(), de.name.c_str(), S_IFCHR | 0600,
+                   makedev(n.dev_major, n.dev_minor));
+      break;
+    case EntryType::kBlock:
+      rc = mknodat(dfd.get(), de.name.c_str(), S_IFBLK | 0600,
+                   makedev(n.dev_major, n.dev_minor));
+      break;
+    case EntryType::kFifo:
+      rc = mkfifoat(dfd.get(), de.name.c_str(), 0600);
+      break;
+    case EntryType::kReg:
+      // A regular inode whose defining name was replaced: make it empty.
+      rc = mknodat(dfd.get(), de.name.c_str(), S_IFREG | 0600, 0);
+      break;
+    default:
+      break;
+  }
+  if (rc != 0) return Fail(errno, "create", d);
+  return ApplyAttrs(dfd.get(), de.name, de.inode, false);
 }
 
 absl::Status Extractor::Run(const std::string& dir) {
@@ -261,16 +330,23 @@ absl::Status Extractor::Run(const std::string& dir) {
   RETURN_IF_ERROR(MakeDirs());
   RETURN_IF_ERROR(WriteFiles());
   RETURN_IF_ERROR(MakeOthers());
-  // Directories last, deepest first, so their times and modes stick.
+  // Directories last, deepest first, so their times and modes stick. Each
+  // is opened for its attributes (a child's open ".." first, so a chain of
+  // directories is walked up in one step each), and its parent is opened
+  // through it before its mode may take away search permission.
   for (auto it = dir_order_.rbegin(); it != dir_order_.rend(); ++it) {
-    uint32_t ino = *it;
+    const uint32_t ino = *it;
     if (ino == LayerIndex::kRoot) {
       RETURN_IF_ERROR(ApplyAttrs(root_.get(), "", ino, true));
       continue;
     }
-    const Dirent& de = idx_.dirents()[idx_.inode(ino).dirent];
-    ASSIGN_OR_RETURN(Fd dfd, OpenDir(de.parent));
-    RETURN_IF_ERROR(ApplyAttrs(dfd.get(), de.name, ino, true));
+    ASSIGN_OR_RETURN(Fd fd, OpenDir(ino));
+    const uint32_t parent = idx_.dirents()[idx_.inode(ino).dirent].parent;
+    if (parent != LayerIndex::kRoot && !dir_fds_.Contains(parent)) {
+      Fd up(openat(fd.get(), "..", O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+      if (up.get() >= 0) dir_fds_.Put(parent, up.get());
+    }
+    RETURN_IF_ERROR(ApplyAttrs(fd.get(), "", ino, true));
   }
   return absl::OkStatus();
 }
