@@ -204,6 +204,12 @@ TEST_F(ConvertCliTest, AwkwardTreesConvertAndExtract) {
         {LazypullBinary(), "verify", dir_ + "/" + out});
     EXPECT_EQ(v.exit_code, 0) << v.err;
     const std::string got = dir_ + "/x-" + out;
+    // Removed however the test ends: Bazel's server walks a test's leftover
+    // temporary files recursively and dies on a tree this deep.
+    struct RemoveAtEnd {
+      std::string path;
+      ~RemoveAtEnd() { Sh("rm -rf " + path); }
+    } remove_at_end{got};
     const absl::Time t0 = absl::Now();
     RunResult x = ::lazypull::testing::Run(
         {LazypullBinary(), "extract", dir_ + "/" + out, got});
@@ -236,7 +242,6 @@ TEST_F(ConvertCliTest, AwkwardTreesConvertAndExtract) {
     EXPECT_EQ(read(f, buf, sizeof(buf)), 6);
     close(f);
     EXPECT_STREQ(buf, "bottom");
-    Sh("rm -rf " + got);
   }
 }
 
