@@ -271,8 +271,7 @@ absl::Status Extractor::MakeOther(uint32_t d) {
   if (de.hardlink) {
     const Dirent& t = idx_.dirents()[n.dirent];
     ASSIGN_OR_RETURN(Fd tfd, OpenDir(t.parent));
-    if (linkat(tfd.get(), t.name.c_str(), dfd.get(), de.name.c_str(), 0) !=
-        0) {
+    if (linkat(tfd.get(), t.name.c_str(), dfd.get(), de.name.c_str(), 0) != 0) {
       return Fail(errno, "hardlink", d);
     }
     return absl::OkStatus();

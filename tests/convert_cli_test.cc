@@ -183,8 +183,8 @@ TEST_F(ConvertCliTest, PrioritizedFilesLeadTheLayer) {
 // Trees that are legal but awkward convert, verify and extract: a hardlink
 // whose target (a symlink) is replaced later in the tar, so the TOC lists
 // the link before the node it names; a file named ".wh.." (a whiteout of
-// "..", which extract failed on); a path 6,000 directories deep (extract walked every directory
-// from the root: quadratic, ~2 minutes here; now linear).
+// "..", which extract failed on); a path 6,000 directories deep (extract walked
+// every directory from the root: quadratic, ~2 minutes here; now linear).
 TEST_F(ConvertCliTest, AwkwardTreesConvertAndExtract) {
   TarBuilder b;
   b.Dir("d");
