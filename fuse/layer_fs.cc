@@ -76,7 +76,15 @@ LayerFs::LayerFs(std::shared_ptr<CachedLayer> layer, LayerFsOptions options)
       if (absl::StartsWith(name, kWhiteoutPrefix) &&
           index_.inode(de.inode).type != EntryType::kDir) {
         absl::string_view target = name.substr(kWhiteoutPrefix.size());
-        if (target.empty() || index_.Lookup(dir, target).has_value()) continue;
+        // ".wh.", ".wh..", ".wh..." name nothing a whiteout could hide.
+        if (target.empty() || target == "." || target == ".." ||
+            index_.Lookup(dir, target).has_value()) {
+          continue;
+        }
+        // Whiteouts are marked by inode: one whose inode has other names (a
+        // hostile hardlink to or from a real file) would turn them into
+        // whiteouts too, so it is dropped.
+        if (de.hardlink || index_.inode(de.inode).nlink > 1) continue;
         whiteout_[de.inode] = true;
         kids.push_back({target, de.inode, d});
         continue;

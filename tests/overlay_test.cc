@@ -204,6 +204,50 @@ TEST(LayerListingTest, ReaddirFollowsTheLayersOrder) {
   EXPECT_EQ(janitor.DetachAll(), 0) << "the test left a mount behind";
 }
 
+// Whiteouts a hostile layer may hold: one that is a hardlink to a real file
+// (whiteouts are marked by inode: the file turned into a 0:0 device), and
+// ones that name nothing (".wh..": a second ".." in the listing). The real
+// file stays itself; the odd names are not shown. Needs no shared testdata.
+TEST(LayerListingTest, HostileWhiteoutsHideNothingReal) {
+  LAZYPULL_SKIP_WITHOUT_FUSE();
+  MountJanitor janitor;
+  TarBuilder tar;
+  tar.File("real", "r\n")
+      .Hardlink(".wh.gone", "real")
+      .File(".wh..", "x")
+      .Dir("dir/")
+      .File("dir/.wh.", "y")
+      .File("dir/.wh.lower", "");
+  for (const char* format : {"estargz", "zstd:chunked"}) {
+    SCOPED_TRACE(format);
+    LayerMount m;
+    ASSERT_NO_FATAL_FAILURE(
+        ConvertAndMount(&janitor, tar.Finish(), format, &m));
+    struct stat st;
+    ASSERT_EQ(lstat((m.mountpoint + "/real").c_str(), &st), 0);
+    EXPECT_TRUE(S_ISREG(st.st_mode)) << std::oct << st.st_mode;
+    EXPECT_EQ(Content(m.mountpoint + "/real"), "r\n");
+    EXPECT_EQ(Listing(m.mountpoint), (std::vector<std::string>{"real", "dir"}));
+    int dots = 0;
+    DIR* d = opendir(m.mountpoint.c_str());
+    ASSERT_NE(d, nullptr);
+    while (struct dirent* e = readdir(d))
+      dots += std::string(e->d_name) == "..";
+    closedir(d);
+    EXPECT_EQ(dots, 1);
+    // An ordinary whiteout beside them still is one.
+    EXPECT_EQ(Listing(m.mountpoint + "/dir"),
+              (std::vector<std::string>{"lower"}));
+    ASSERT_EQ(lstat((m.mountpoint + "/dir/lower").c_str(), &st), 0);
+    EXPECT_TRUE(S_ISCHR(st.st_mode));
+    EXPECT_EQ(
+        ::lazypull::testing::Run({LazypullBinary(), "unmount", m.mountpoint})
+            .exit_code,
+        0);
+  }
+  EXPECT_EQ(janitor.DetachAll(), 0) << "the test left a mount behind";
+}
+
 TEST_F(OverlayTest, ConvertedLayers) {
   const std::string big_upper = Payload(200000, 1);
   const std::string big_lower = Payload(150000, 2);
