@@ -243,8 +243,30 @@ absl::StatusOr<std::unique_ptr<HttpBodyReader>> RegistryClient::OpenOnHost(
   }
   req.headers = std::move(headers);
   req.timeout = timeout;
-  return SendOnHost(h, std::move(req),
-                    absl::StrCat("repository:", ref_.repository, ":pull"));
+  return SendOnHost(h, std::move(req), PullScope());
+}
+
+std::string RegistryClient::PullScope() const {
+  return absl::StrCat("repository:", ref_.repository, ":pull");
+}
+
+absl::Status RegistryClient::FollowRedirects(
+    const RegistryHost& h, const HttpRequest& tmpl, const std::string& scope,
+    std::string* url, std::unique_ptr<HttpBodyReader>* r) {
+  for (int hop = 0; IsRedirect((*r)->response().status); ++hop) {
+    std::optional<std::string> loc = (*r)->response().headers.Get("location");
+    if (!loc || hop >= kMaxRedirects) {
+      return absl::UnavailableError(absl::StrCat(
+          "GET ", url->substr(0, url->find('?')), ": ",
+          loc ? "too many redirects" : "redirect without a Location"));
+    }
+    *url = ResolveUrl(*url, *loc);
+    r->reset();
+    HttpRequest req = tmpl;
+    req.url = *url;
+    ASSIGN_OR_RETURN(*r, SendOnHost(h, std::move(req), scope));
+  }
+  return absl::OkStatus();
 }
 
 absl::StatusOr<std::unique_ptr<HttpBodyReader>> RegistryClient::SendOnHost(
@@ -290,6 +312,14 @@ absl::StatusOr<FetchedManifest> RegistryClient::FetchManifestOnHost(
       std::unique_ptr<HttpBodyReader> r,
       OpenOnHost(h, "GET", absl::StrCat("/manifests/", selector),
                  {{"Accept", ManifestAcceptHeader()}}, absl::Seconds(60)));
+  {  // http -> https, a canonical host, a proxy's storage: followed.
+    HttpRequest tmpl;
+    tmpl.headers = {{"Accept", ManifestAcceptHeader()}};
+    tmpl.timeout = absl::Seconds(60);
+    std::string url = absl::StrCat(h.BaseUrl(), "/", ref_.repository,
+                                   "/manifests/", selector);
+    RETURN_IF_ERROR(FollowRedirects(h, tmpl, PullScope(), &url, &r));
+  }
   const HttpResponse& resp = r->response();
   ASSIGN_OR_RETURN(std::string body,
                    ReadAll(r.get(), opts_.max_manifest_size, what));
@@ -401,18 +431,18 @@ absl::StatusOr<std::unique_ptr<HttpBodyReader>> RegistryClient::OpenBlobOnHost(
     range_headers.push_back({"Range", range});
     range_headers.push_back({"Accept-Encoding", "identity"});
   }
+  // A redirect's hop: to storage (signed URLs) without Authorization or
+  // registry headers (the Range is part of the request), to the registry's
+  // own origin with its credentials (SendOnHost tells them apart).
+  HttpRequest tmpl;
+  tmpl.headers = range_headers;
+  tmpl.timeout = range.empty() ? absl::ZeroDuration() : absl::Seconds(60);
+  tmpl.stream_weight = stream_weight;
   auto open_plain = [&](const std::string& url)
       -> absl::StatusOr<std::unique_ptr<HttpBodyReader>> {
-    // Storage URLs are signed: no Authorization, no registry headers (the
-    // Range is part of the request, not a registry header).
-    HttpRequest req;
+    HttpRequest req = tmpl;
     req.url = url;
-    req.headers = range_headers;
-    req.tls = TlsFor(url);
-    req.retry = opts_.retry;
-    req.timeout = range.empty() ? absl::ZeroDuration() : absl::Seconds(60);
-    req.stream_weight = stream_weight;
-    return opts_.http->Open(req);
+    return SendOnHost(h, std::move(req), PullScope());
   };
   std::optional<std::string> cached;
   {
@@ -444,22 +474,12 @@ absl::StatusOr<std::unique_ptr<HttpBodyReader>> RegistryClient::OpenBlobOnHost(
                  range.empty() ? absl::ZeroDuration() : absl::Seconds(60),
                  stream_weight));
   std::string url = absl::StrCat(h.BaseUrl(), "/", ref_.repository, suffix);
-  *source = url;
-  for (int hop = 0; IsRedirect(r->response().status); ++hop) {
-    std::optional<std::string> loc = r->response().headers.Get("location");
-    if (!loc || hop >= kMaxRedirects) {
-      return absl::UnavailableError(absl::StrCat(
-          "GET ", *source, ": ",
-          loc ? "too many redirects" : "redirect without a Location"));
-    }
-    url = ResolveUrl(url, *loc);
-    r.reset();
-    ASSIGN_OR_RETURN(r, open_plain(url));
-    *source = url.substr(0, url.find('?'));  // signatures stay out of messages
-    if (r->response().status == ok_status) {
-      absl::MutexLock l(&mu_);
-      signed_urls_[cache_key] = {url, absl::Now()};
-    }
+  const bool redirected = IsRedirect(r->response().status);
+  RETURN_IF_ERROR(FollowRedirects(h, tmpl, PullScope(), &url, &r));
+  *source = url.substr(0, url.find('?'));  // signatures stay out of messages
+  if (redirected && r->response().status == ok_status) {
+    absl::MutexLock l(&mu_);
+    signed_urls_[cache_key] = {url, absl::Now()};
   }
   return r;
 }

@@ -192,6 +192,15 @@ class RegistryClient {
   // retry policy are set here.
   absl::StatusOr<std::unique_ptr<HttpBodyReader>> SendOnHost(
       const RegistryHost& h, HttpRequest req, const std::string& scope);
+  // Follows the redirects `*r` (an answer to a request for `*url`) leads
+  // to, at most 5: each hop is `tmpl` sent to the Location (relative ones
+  // resolved) through SendOnHost, so a hop within `h`'s origin carries its
+  // credentials and one elsewhere (signed storage URLs) none. `*url`
+  // becomes the final URL.
+  absl::Status FollowRedirects(const RegistryHost& h, const HttpRequest& tmpl,
+                               const std::string& scope, std::string* url,
+                               std::unique_ptr<HttpBodyReader>* r);
+  std::string PullScope() const;
   // The origin host (pushes never go to mirrors).
   const RegistryHost& Origin() const { return hosts_.back(); }
   std::string PushScope() const;

@@ -677,6 +677,64 @@ TEST_F(RegistryTest, FollowsRedirectsWithoutCredentialsAndReResolves) {
       << "credentials must never reach the redirected host";
 }
 
+// Redirects within the registry's own origin (a relative Location: a
+// canonical path, a proxy's blob store on the same host) keep the
+// registry's credentials, for manifests and blobs alike.
+TEST_F(RegistryTest, SameOriginRedirectsKeepCredentials) {
+  const std::string blob = "blob bytes behind a same-origin redirect";
+  const std::string manifest = absl::StrCat(
+      R"({"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json",)",
+      R"("config":{"mediaType":"application/vnd.oci.image.config.v1+json",)",
+      R"("digest":"sha256:)", std::string(64, 'a'),
+      R"(","size":2},"layers":[]})");
+  std::atomic<int> redirects{0};
+  auto registry = LoopbackHttpServer::Start([&](const TestRequest& q,
+                                                TestResponse* r) {
+    if (q.headers.count("authorization") == 0 ||
+        q.headers.at("authorization") !=
+            "Basic " + absl::Base64Escape("dave:pw")) {
+      r->status = 401;
+      r->headers.push_back({"WWW-Authenticate", "Basic realm=\"test\""});
+      return;
+    }
+    if (absl::StartsWith(q.path, "/store/")) {
+      r->body = absl::StrContains(q.path, "manifest") ? manifest : blob;
+      if (absl::StrContains(q.path, "manifest")) {
+        r->headers.push_back(
+            {"Content-Type", "application/vnd.oci.image.manifest.v1+json"});
+      }
+      return;
+    }
+    redirects.fetch_add(1);
+    r->status = absl::StrContains(q.path, "/manifests/") ? 301 : 307;
+    r->headers.push_back({"Location", absl::StrContains(q.path, "/manifests/")
+                                          ? "/store/manifest"
+                                          : "/store/blob?x=1"});
+  });
+  ASSERT_TRUE(registry.ok());
+  const std::string host = absl::StrCat("127.0.0.1:", (*registry)->port());
+  CredentialStore::Options co;
+  co.docker_config_dir = WriteDockerConfig(TestDir("cfg"), host, "dave", "pw");
+  co.podman_auth_file = "/nonexistent";
+  CredentialStore store(co);
+  RegistryOptions o;
+  o.hosts.plain_http = true;
+  o.credentials = &store;
+  auto c = Client(host + "/r/app:v1", o);
+  auto m = c->ResolveManifest();
+  ASSERT_TRUE(m.ok()) << m.status();
+  EXPECT_EQ(m->manifest_digest, Sha256::Of(manifest));
+  Descriptor d;
+  d.digest = Sha256::Of(blob);
+  d.size = static_cast<int64_t>(blob.size());
+  auto b = c->OpenBlob(d);
+  ASSERT_TRUE(b.ok()) << b.status();
+  absl::Status st;
+  EXPECT_EQ(ReadAllBlob(b->get(), &st), blob);
+  EXPECT_TRUE(st.ok()) << st;
+  EXPECT_EQ(redirects.load(), 2);
+}
+
 TEST_F(RegistryTest, MirrorsFirstWithNsThenTheOrigin) {
   auto reg = StartRegistry({});
   ASSERT_NE(reg, nullptr);
