@@ -526,8 +526,21 @@ absl::StatusOr<std::unique_ptr<HttpBodyReader>> RegistryClient::OpenBlobRange(
     int stream_weight) {
   const std::string range = absl::StrCat("bytes=", first, "-", last);
   std::vector<std::pair<std::string, absl::Status>> errs;
+  size_t pullers = 0;
+  for (const RegistryHost& h : hosts_) pullers += h.can_pull;
   for (const RegistryHost& h : hosts_) {
     if (!h.can_pull) continue;
+    --pullers;  // those after h
+    const std::string failed_key =
+        absl::StrCat(d.digest.ToString(), "@", h.host);
+    if (h.mirror && pullers > 0) {
+      absl::MutexLock l(&mu_);
+      auto it = mirror_failed_.find(failed_key);
+      if (it != mirror_failed_.end() &&
+          absl::Now() - it->second < opts_.mirror_retry_after) {
+        continue;
+      }
+    }
     absl::StatusOr<std::unique_ptr<HttpBodyReader>> r =
         OpenBlobOnHost(h, d, source, range, stream_weight);
     absl::Status st;
@@ -539,6 +552,10 @@ absl::StatusOr<std::unique_ptr<HttpBodyReader>> RegistryClient::OpenBlobRange(
                                  " from ", *source));
     }
     if (st.ok()) return r;
+    if (h.mirror && pullers > 0) {
+      absl::MutexLock l(&mu_);
+      mirror_failed_[failed_key] = absl::Now();
+    }
     errs.emplace_back(h.BaseUrl(), WithHint(st, h));
   }
   if (errs.empty()) {

@@ -70,6 +70,9 @@ struct RegistryOptions {
   size_t max_manifest_size = 4 << 20;
   // How long a redirect target is reused before re-resolving (default 5 min).
   absl::Duration signed_url_ttl = absl::Minutes(5);
+  // How long range requests for a blob skip a mirror that failed one for
+  // it, while a host after it can serve them (default 1 min).
+  absl::Duration mirror_retry_after = absl::Minutes(1);
 };
 
 struct FetchedManifest {
@@ -230,6 +233,11 @@ class RegistryClient {
   };
   absl::Mutex mu_;
   std::map<std::string, SignedUrl> signed_urls_ ABSL_GUARDED_BY(mu_);
+  // "digest@host" -> when a mirror last failed a range request for that
+  // blob: range requests skip it for `mirror_retry_after`, so that a mirror
+  // without the blob (or down) does not cost every lazy read a round trip
+  // (or retries) before the origin answers.
+  std::map<std::string, absl::Time> mirror_failed_ ABSL_GUARDED_BY(mu_);
   // Upload sessions a declined mount opened, by digest: absolute URLs.
   std::map<std::string, std::string> upload_sessions_ ABSL_GUARDED_BY(mu_);
 };

@@ -766,6 +766,19 @@ TEST_F(RegistryTest, MirrorsFirstWithNsThenTheOrigin) {
   ASSERT_FALSE(reqs.empty());
   EXPECT_EQ(reqs[0].path, "/v2/mir/app/manifests/v1");
   EXPECT_EQ(reqs[0].query["ns"], reg->host());
+
+  // Range reads of a blob the mirror lacks ask it once, then go straight to
+  // the origin (a lazy mount's every read would pay the mirror's round trip).
+  const size_t before = (*mirror)->requests().size();
+  const Descriptor& layer = res->manifest.layers[0];
+  for (int i = 0; i < 5; ++i) {
+    std::string source;
+    auto r = (*c)->OpenBlobRange(layer, i, i + 9, &source);
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_EQ((*r)->response().status, 206);
+    EXPECT_TRUE(absl::StartsWith(source, reg->url())) << source;
+  }
+  EXPECT_EQ((*mirror)->requests().size(), before + 1);
 }
 
 }  // namespace
