@@ -522,6 +522,30 @@ absl::StatusOr<RegistryAuth::Token> RegistryAuth::FetchToken(
     }
   }
   ASSIGN_OR_RETURN(HttpResponse resp, opts_.http->Fetch(req, 1 << 20));
+  // A realm may redirect (a load balancer, http -> https): followed, the
+  // credentials kept within the realm's origin only. A POST goes on as a
+  // POST through 307/308 alone.
+  const std::string realm_origin = UrlOrigin(req.url);
+  for (int hop = 0; resp.status >= 300 && resp.status < 400 && hop < 5; ++hop) {
+    std::optional<std::string> loc = resp.headers.Get("location");
+    if (!loc) break;
+    if (req.method == "POST" && resp.status != 307 && resp.status != 308) {
+      break;
+    }
+    req.url = ResolveUrl(req.url, *loc);
+    if (UrlOrigin(req.url) != realm_origin) {
+      std::erase_if(req.headers, [](const auto& h) {
+        return absl::EqualsIgnoreCase(h.first, "authorization");
+      });
+      if (opts_.realm_tls) req.tls = opts_.realm_tls(req.url);
+    }
+    ASSIGN_OR_RETURN(resp, opts_.http->Fetch(req, 1 << 20));
+  }
+  if (resp.status >= 300 && resp.status < 400) {
+    return absl::UnavailableError(absl::StrCat(
+        "the token service ", req.Describe(), " answered HTTP ", resp.status,
+        resp.headers.Get("location") ? " (too many redirects)" : ""));
+  }
   if (resp.status == 401 || resp.status == 403) {
     return absl::UnauthenticatedError(absl::StrCat(
         "the token service ", req.Describe(), " refused ",

@@ -735,6 +735,75 @@ TEST_F(RegistryTest, SameOriginRedirectsKeepCredentials) {
   EXPECT_EQ(redirects.load(), 2);
 }
 
+// A token realm that redirects is followed: within its origin with the
+// user's credentials, elsewhere without them.
+TEST_F(RegistryTest, TokenRealmRedirectsAreFollowed) {
+  std::atomic<int> issued_with_basic{0}, issued_without{0};
+  auto other =
+      LoopbackHttpServer::Start([&](const TestRequest& q, TestResponse* r) {
+        q.headers.count("authorization") ? issued_with_basic.fetch_add(1)
+                                         : issued_without.fetch_add(1);
+        r->body = R"({"token":"T2"})";
+      });
+  ASSERT_TRUE(other.ok());
+  auto realm =
+      LoopbackHttpServer::Start([&](const TestRequest& q, TestResponse* r) {
+        if (q.path == "/token") {  // same origin, then
+          r->status = 307;
+          r->headers.push_back({"Location", "/issue?" + q.raw_query});
+        } else if (q.path == "/issue") {
+          if (q.headers.count("authorization") == 0) {
+            r->status = 401;
+            return;
+          }
+          issued_with_basic.fetch_add(1);
+          r->body = R"({"token":"T1"})";
+        } else {  // "/cross": another origin
+          r->status = 302;
+          r->headers.push_back({"Location", (*other)->url() + "/issue"});
+        }
+      });
+  ASSERT_TRUE(realm.ok());
+  std::atomic<bool> cross{false};
+  auto registry =
+      LoopbackHttpServer::Start([&](const TestRequest& q, TestResponse* r) {
+        const std::string want = cross ? "Bearer T2" : "Bearer T1";
+        if (q.headers.count("authorization") == 0 ||
+            q.headers.at("authorization") != want) {
+          r->status = 401;
+          r->headers.push_back({"WWW-Authenticate",
+                                absl::StrCat("Bearer realm=\"", (*realm)->url(),
+                                             cross ? "/cross" : "/token",
+                                             "\",service=\"svc\"")});
+          return;
+        }
+        r->body = "blob";
+      });
+  ASSERT_TRUE(registry.ok());
+  const std::string host = absl::StrCat("127.0.0.1:", (*registry)->port());
+  CredentialStore::Options co;
+  co.docker_config_dir = WriteDockerConfig(TestDir("cfg"), host, "erin", "pw");
+  co.podman_auth_file = "/nonexistent";
+  CredentialStore store(co);
+  RegistryOptions o;
+  o.hosts.plain_http = true;
+  o.credentials = &store;
+  Descriptor d;
+  d.digest = Sha256::Of("blob");
+  d.size = 4;
+  for (bool c : {false, true}) {
+    SCOPED_TRACE(c ? "cross-origin" : "same origin");
+    cross = c;
+    auto b = Client(host + "/r/app:v1", o)->OpenBlob(d);
+    ASSERT_TRUE(b.ok()) << b.status();
+    absl::Status st;
+    EXPECT_EQ(ReadAllBlob(b->get(), &st), "blob");
+    EXPECT_TRUE(st.ok()) << st;
+  }
+  EXPECT_EQ(issued_with_basic.load(), 1);
+  EXPECT_EQ(issued_without.load(), 1) << "credentials left the realm's origin";
+}
+
 TEST_F(RegistryTest, MirrorsFirstWithNsThenTheOrigin) {
   auto reg = StartRegistry({});
   ASSERT_NE(reg, nullptr);
