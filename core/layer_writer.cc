@@ -4,6 +4,7 @@
 #include <condition_variable>
 #include <cstdio>
 #include <cstring>
+#include <deque>
 #include <memory>
 #include <mutex>
 #include <thread>
@@ -222,12 +223,6 @@ struct JobResult {
   std::vector<uint64_t> member_sizes;
 };
 
-std::string ParentOf(absl::string_view clean) {
-  size_t slash = clean.rfind('/');
-  return slash == absl::string_view::npos ? ""
-                                          : std::string(clean.substr(0, slash));
-}
-
 // Orders the items as estargz.Build's sortEntries does.
 class Sorter {
  public:
@@ -240,12 +235,11 @@ class Sorter {
   // Moves a listed path (and its parents, and a hardlink's target) to the
   // output. False if the path itself is in neither set.
   bool MoveListed(absl::string_view name) {
-    visiting_.clear();
     std::string clean = CleanEntryName(name);
     if (!clean.empty() && !in_.contains(clean) && !out_.contains(clean)) {
       return false;
     }
-    MoveRec(clean);
+    Move(std::move(clean));
     return true;
   }
 
@@ -261,29 +255,60 @@ class Sorter {
   }
 
  private:
-  void MoveRec(const std::string& clean) {
-    if (!visiting_.insert(clean).second) return;  // hardlink loops
-    if (!clean.empty()) {
-      // Parents without an entry of their own are implicit: skip them
-      // (the reference gives up on the whole file there).
-      MoveRec(ParentOf(clean));
-      auto it = in_.find(clean);
-      if (it != in_.end() && items_[it->second].h.type == TarType::kHardlink) {
-        MoveRec(CleanEntryName(items_[it->second].h.link_name));
+  // Moves `clean` after its parents and, for a hardlink, its target (and
+  // theirs). Parents without an entry of their own are implicit: skipped
+  // (the reference gives up on the whole file there). Iterative, and over
+  // views of the names (a parent is a prefix of its child's name): a
+  // hostile path thousands of directories deep costs neither the stack nor
+  // a copy of every prefix.
+  void Move(std::string clean) {
+    std::deque<std::string> names;  // owns what the views point into
+    names.push_back(std::move(clean));
+    absl::flat_hash_set<absl::string_view> visited;  // hardlink loops
+    struct Frame {
+      absl::string_view path;
+      int stage;  // 0: parent next, 1: link target next, 2: emit
+    };
+    std::vector<Frame> stack = {{names.back(), 0}};
+    while (!stack.empty()) {
+      const Frame f = stack.back();
+      if (f.stage == 0) {
+        if (!visited.insert(f.path).second) {
+          stack.pop_back();
+          continue;
+        }
+        stack.back().stage = 1;
+        if (!f.path.empty()) {
+          const size_t slash = f.path.rfind('/');
+          stack.push_back({slash == absl::string_view::npos
+                               ? absl::string_view()
+                               : f.path.substr(0, slash),
+                           0});
+        }
+        continue;
       }
-    }
-    auto it = in_.find(clean);
-    if (it != in_.end()) {
-      out_order_.push_back(it->second);
-      out_.insert(clean);
-      in_.erase(it);
+      auto it = in_.find(f.path);
+      if (f.stage == 1) {
+        stack.back().stage = 2;
+        if (!f.path.empty() && it != in_.end() &&
+            items_[it->second].h.type == TarType::kHardlink) {
+          names.push_back(CleanEntryName(items_[it->second].h.link_name));
+          stack.push_back({names.back(), 0});
+        }
+        continue;
+      }
+      if (it != in_.end()) {
+        out_order_.push_back(it->second);
+        out_.insert(std::string(f.path));
+        in_.erase(it);
+      }
+      stack.pop_back();
     }
   }
 
   std::vector<Item>& items_;
   absl::flat_hash_map<std::string, uint32_t> in_;
   absl::flat_hash_set<std::string> out_;
-  absl::flat_hash_set<std::string> visiting_;
   std::vector<uint32_t> out_order_;
 };
 

@@ -196,13 +196,22 @@ TEST_F(ConvertCliTest, AwkwardTreesConvertAndExtract) {
   for (int i = 0; i < 6000; ++i) deep += "a/";
   b.File(deep + "f", "bottom");
   std::ofstream(dir_ + "/awkward.tar", std::ios::binary) << b.Finish();
+  // The deep file and the hardlink prioritized (their parents and the
+  // link's target are moved ahead with them).
+  std::ofstream(dir_ + "/awkward.prio") << deep << "f\nd/h\n";
   for (const char* format : {"estargz", "zstd:chunked"}) {
     SCOPED_TRACE(format);
     const std::string out = absl::StrCat("awk-", std::string(1, format[0]));
-    Convert("awkward.tar", out, {"--format", format});
+    Convert("awkward.tar", out,
+            {"--format", format, "--prioritize", dir_ + "/awkward.prio"});
     RunResult v = ::lazypull::testing::Run(
         {LazypullBinary(), "verify", dir_ + "/" + out});
     EXPECT_EQ(v.exit_code, 0) << v.err;
+    RunResult i = ::lazypull::testing::Run(
+        {LazypullBinary(), "inspect", "--json", dir_ + "/" + out});
+    ASSERT_EQ(i.exit_code, 0) << i.err;
+    EXPECT_EQ(i.out.find("\"prefetch_landmark_offset\": null"),
+              std::string::npos);
     const std::string got = dir_ + "/x-" + out;
     // Removed however the test ends: Bazel's server walks a test's leftover
     // temporary files recursively and dies on a tree this deep.
