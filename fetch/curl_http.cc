@@ -612,6 +612,13 @@ void CurlHttpTransport::Loop::StartAttempt(Transfer* t) {
         std::max<long>(
             1, static_cast<long>(absl::ToInt64Seconds(r.stall_timeout))));
   }
+  if (!r.tls.client_cert.empty()) {
+    curl_easy_setopt(e, CURLOPT_SSLCERT, r.tls.client_cert.c_str());
+    curl_easy_setopt(e, CURLOPT_SSLCERTTYPE, "PEM");
+    curl_easy_setopt(e, CURLOPT_SSLKEY,
+                     r.tls.client_key.empty() ? r.tls.client_cert.c_str()
+                                              : r.tls.client_key.c_str());
+  }
   curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, r.tls.verify ? 1L : 0L);
   curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, r.tls.verify ? 2L : 0L);
   if (t->ca_blob != nullptr) {

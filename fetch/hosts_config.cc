@@ -2,6 +2,7 @@
 
 #include <dirent.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <fstream>
@@ -320,6 +321,42 @@ absl::Status ApplyCa(const TomlValue& v, const std::string& dir,
   return absl::OkStatus();
 }
 
+// containerd's `client`: "cert+key.pem", ["a.pem", ...] (each a cert and
+// its key) or [["a.cert", "a.key"], ...]. One certificate is presented: the
+// first.
+absl::Status ApplyClient(const TomlValue& v, const std::string& dir,
+                         RegistryHost* h) {
+  const absl::Status bad = absl::InvalidArgumentError(
+      "client must be a path, paths, or [certificate, key] pairs");
+  const TomlValue* first = &v;
+  if (v.type == TomlValue::Type::kArray) {
+    if (v.array.empty()) return absl::OkStatus();
+    first = &v.array[0];
+  }
+  std::string cert, key;
+  if (first->type == TomlValue::Type::kString) {
+    cert = first->str;
+  } else if (first->type == TomlValue::Type::kArray && !first->array.empty() &&
+             first->array.size() <= 2 &&
+             first->array[0].type == TomlValue::Type::kString) {
+    cert = first->array[0].str;
+    if (first->array.size() == 2) {
+      if (first->array[1].type != TomlValue::Type::kString) return bad;
+      key = first->array[1].str;
+    }
+  } else {
+    return bad;
+  }
+  if (cert.empty()) return bad;
+  auto abs = [&](const std::string& f) {
+    return f.empty() || absl::StartsWith(f, "/") ? f
+                                                 : absl::StrCat(dir, "/", f);
+  };
+  h->tls.client_cert = abs(cert);
+  h->tls.client_key = abs(key);
+  return absl::OkStatus();
+}
+
 absl::Status ApplyCapabilities(const TomlValue& v, RegistryHost* h) {
   if (v.type != TomlValue::Type::kArray) {
     return absl::InvalidArgumentError("capabilities must be an array");
@@ -366,18 +403,32 @@ absl::StatusOr<std::vector<RegistryHost>> LoadRegistryHosts(
   bool exists = false;
   ASSIGN_OR_RETURN(std::string text, ReadFile(file, &exists));
   if (!exists) {
-    // Docker's certs.d: *.crt files are CAs of the origin.
+    // Docker's certs.d: *.crt files are CAs of the origin; X.cert with
+    // X.key a client certificate (the first by name).
     if (DIR* d = opendir(dir.c_str())) {
-      std::vector<std::string> crts;
+      std::vector<std::string> crts, certs;
       while (struct dirent* e = readdir(d)) {
         if (absl::EndsWith(e->d_name, ".crt")) {
           crts.push_back(absl::StrCat(dir, "/", e->d_name));
+        } else if (absl::EndsWith(e->d_name, ".cert")) {
+          certs.push_back(absl::StrCat(dir, "/", e->d_name));
         }
       }
       closedir(d);
       std::sort(crts.begin(), crts.end());
       origin.tls.ca_files.insert(origin.tls.ca_files.end(), crts.begin(),
                                  crts.end());
+      std::sort(certs.begin(), certs.end());
+      for (const std::string& c : certs) {
+        const std::string key = c.substr(0, c.size() - 5) + ".key";
+        if (access(key.c_str(), R_OK) != 0) {
+          return absl::InvalidArgumentError(
+              absl::StrCat(c, ": a client certificate without its key ", key));
+        }
+        origin.tls.client_cert = c;
+        origin.tls.client_key = key;
+        break;
+      }
     }
     return std::vector<RegistryHost>{origin};
   }
@@ -421,6 +472,8 @@ absl::StatusOr<std::vector<RegistryHost>> LoadRegistryHosts(
         st = ApplyCapabilities(v, &m);
       } else if (k == "ca") {
         st = ApplyCa(v, dir, &m);
+      } else if (k == "client") {
+        st = ApplyClient(v, dir, &m);
       } else if (k == "skip_verify") {
         m.tls.verify = !v.boolean;
       }
@@ -441,6 +494,8 @@ absl::StatusOr<std::vector<RegistryHost>> LoadRegistryHosts(
       if (st.ok() && defaults.plain_http) origin.scheme = "http";
     } else if (path[0] == "ca") {
       st = ApplyCa(v, dir, &origin);
+    } else if (path[0] == "client") {
+      st = ApplyClient(v, dir, &origin);
     } else if (path[0] == "skip_verify") {
       origin.tls.verify = !v.boolean && !defaults.skip_verify;
     } else if (path[0] == "capabilities") {

@@ -70,6 +70,11 @@ struct TlsOptions {
   bool verify = true;
   // PEM files of extra trusted CAs, added to the system's (default none).
   std::vector<std::string> ca_files;
+  // A client certificate for servers that ask for one (mutual TLS): PEM
+  // files of the certificate and of its key (empty: the key is in the
+  // certificate's file). Default none.
+  std::string client_cert;
+  std::string client_key;
 };
 
 // When and how often the transport retries.

@@ -804,6 +804,79 @@ TEST_F(RegistryTest, TokenRealmRedirectsAreFollowed) {
   EXPECT_EQ(issued_without.load(), 1) << "credentials left the realm's origin";
 }
 
+// A registry that requires a client certificate (mutual TLS) is reached
+// with the one hosts.toml's `client` names (containerd's forms), or
+// Docker's certs.d X.cert + X.key; without one the handshake fails.
+TEST_F(RegistryTest, ClientCertificatesFromHostsConfig) {
+  const std::string certs = TestDir("client-certs");
+  ASSERT_TRUE(testing::MakeSelfSignedCert(certs + "/client.crt",
+                                          certs + "/client.key",
+                                          "lazypull-client")
+                  .ok());
+  RegistryServerOptions plain;
+  plain.work_dir = TestDir("push-registry");
+  plain.storage_dir = TestDir("shared-storage");
+  auto push_reg = StartRegistry(plain);
+  ASSERT_NE(push_reg, nullptr);
+  TestImage img = Push(*push_reg, "mtls/app", "v1", {LayerTar("m", "mutual")});
+  RegistryServerOptions ro;
+  ro.work_dir = TestDir("mtls-registry");
+  ro.storage_dir = plain.storage_dir;
+  ro.tls = true;
+  ro.client_cas = {certs + "/client.crt"};
+  ro.probe_client_cert = certs + "/client.crt";
+  ro.probe_client_key = certs + "/client.key";
+  auto reg = StartRegistry(ro);
+  ASSERT_NE(reg, nullptr);
+  auto resolve = [&](const std::string& hosts_dir) {
+    RegistryOptions o;
+    o.http = http_.get();
+    o.hosts.hosts_dir = hosts_dir;
+    o.hosts.ca_files = {reg->ca_file()};
+    auto ref = ImageReference::Parse(reg->host() + "/mtls/app:v1");
+    auto c = RegistryClient::Create(*ref, o);
+    EXPECT_TRUE(c.ok()) << c.status();
+    return c.ok() ? (*c)->Resolve() : c.status();
+  };
+  // No certificate: refused by the server.
+  auto none = resolve(TestDir("no-hosts"));
+  EXPECT_FALSE(none.ok());
+  for (const std::string& client :
+       {std::string("[[\"client.crt\", \"client.key\"]]"),
+        absl::StrCat("[\"", certs, "/both.pem\"]")}) {
+    SCOPED_TRACE(client);
+    const std::string hosts_dir = TestDir(absl::StrCat("hosts", client.size()));
+    const std::string host_dir = hosts_dir + "/" + reg->host();
+    mkdir(host_dir.c_str(), 0755);
+    for (const char* f : {"client.crt", "client.key"}) {
+      std::ifstream in(certs + "/" + f);
+      std::ofstream(host_dir + "/" + f) << in.rdbuf();
+    }
+    {
+      std::ifstream crt(certs + "/client.crt"), key(certs + "/client.key");
+      std::ofstream both(certs + "/both.pem");
+      both << crt.rdbuf() << key.rdbuf();
+    }
+    std::ofstream(host_dir + "/hosts.toml")
+        << "server = \"" << reg->url() << "\"\nclient = " << client << "\n";
+    auto res = resolve(hosts_dir);
+    ASSERT_TRUE(res.ok()) << res.status();
+    EXPECT_EQ(res->manifest_digest, img.manifest.digest);
+  }
+  // Docker's certs.d layout.
+  const std::string docker_dir = TestDir("docker-certs.d");
+  const std::string host_dir = docker_dir + "/" + reg->host();
+  mkdir(host_dir.c_str(), 0755);
+  {
+    std::ifstream crt(certs + "/client.crt"), key(certs + "/client.key");
+    std::ofstream(host_dir + "/client.cert") << crt.rdbuf();
+    std::ofstream(host_dir + "/client.key") << key.rdbuf();
+  }
+  auto res = resolve(docker_dir);
+  ASSERT_TRUE(res.ok()) << res.status();
+  EXPECT_EQ(res->manifest_digest, img.manifest.digest);
+}
+
 TEST_F(RegistryTest, MirrorsFirstWithNsThenTheOrigin) {
   auto reg = StartRegistry({});
   ASSERT_NE(reg, nullptr);

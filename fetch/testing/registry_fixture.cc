@@ -193,6 +193,12 @@ absl::StatusOr<std::unique_ptr<RegistryServer>> RegistryServer::Start(
     if (o.tls) {
       absl::StrAppend(&cfg, "  tls:\n    certificate: ", s->cert_,
                       "\n    key: ", key, "\n");
+      if (!o.client_cas.empty()) {
+        absl::StrAppend(&cfg, "    clientcas:\n");
+        for (const std::string& ca : o.client_cas) {
+          absl::StrAppend(&cfg, "      - ", ca, "\n");
+        }
+      }
     }
     if (!o.htpasswd.empty()) {
       absl::StrAppend(&cfg, "auth:\n  htpasswd:\n    realm: lazypull-test\n",
@@ -226,6 +232,8 @@ absl::StatusOr<std::unique_ptr<RegistryServer>> RegistryServer::Start(
         req.url = s->url() + "/v2/";
         req.tls.ca_files = o.tls ? std::vector<std::string>{s->cert_}
                                  : std::vector<std::string>{};
+        req.tls.client_cert = o.probe_client_cert;
+        req.tls.client_key = o.probe_client_key;
         req.retry.max_attempts = 1;
         auto r = (*http)->Fetch(req);
         if (r.ok() && (r->status == 200 || r->status == 401)) return s;

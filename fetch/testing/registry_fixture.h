@@ -57,6 +57,10 @@ struct RegistryServerOptions {
   // Storage root; default <work_dir>/storage. Share it between two servers
   // to push without auth and serve with auth.
   std::string storage_dir;
+  // With `tls`: clients must present a certificate these CAs sign (mutual
+  // TLS, http.tls.clientcas); Start's readiness probe presents this one.
+  std::vector<std::string> client_cas;
+  std::string probe_client_cert, probe_client_key;
 };
 
 class RegistryServer {
