@@ -12,6 +12,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
@@ -222,6 +223,26 @@ struct JobResult {
   std::string data;
   std::vector<uint64_t> member_sizes;
 };
+
+// A name as readers see it in the TOC: its JSON (AppendGoJsonString) has
+// invalid UTF-8 replaced by U+FFFD.
+std::string AsTocName(absl::string_view s) {
+  std::string out;
+  out.reserve(s.size());
+  for (size_t i = 0; i < s.size();) {
+    uint32_t cp = 0;
+    const size_t n =
+        static_cast<uint8_t>(s[i]) < 0x80 ? 1 : Utf8SequenceLength(s, i, &cp);
+    if (n == 0) {
+      out.append("\xEF\xBF\xBD");
+      ++i;
+    } else {
+      out.append(s.data() + i, n);
+      i += n;
+    }
+  }
+  return out;
+}
 
 // Orders the items as estargz.Build's sortEntries does.
 class Sorter {
@@ -545,6 +566,8 @@ absl::StatusOr<LayerWriteResult> WriteLayer(absl::string_view tar,
     MemoryByteStream stream(tar);
     TarReader reader(&stream);
     absl::flat_hash_map<std::string, size_t> by_name;
+    // TOC name -> the tar name it came from, where they differ.
+    absl::flat_hash_map<std::string, std::string> replaced;
     std::vector<bool> dropped;
     for (;;) {
       Item it;
@@ -568,6 +591,26 @@ absl::StatusOr<LayerWriteResult> WriteLayer(absl::string_view tar,
         return absl::InvalidArgumentError(
             absl::StrCat("tar entry \"", it.h.name, "\" has uid ", it.h.uid,
                          " / gid ", it.h.gid, ", beyond 32 bits"));
+      }
+      // Two names that differ only in invalid UTF-8 would be one name in
+      // the TOC: one file would be lost without a word.
+      if (std::string toc_name = AsTocName(it.clean); toc_name != it.clean) {
+        auto [at, fresh] = replaced.try_emplace(toc_name, it.clean);
+        if ((!fresh && at->second != it.clean) || by_name.contains(toc_name)) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              "tar entry \"", absl::CHexEscape(it.clean),
+              "\" has the same TOC name as another (\"",
+              absl::CHexEscape(toc_name),
+              "\": the TOC's JSON replaces invalid UTF-8), so a reader "
+              "would see one of them only"));
+        }
+      } else if (replaced.contains(it.clean)) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "tar entry \"", absl::CHexEscape(it.clean),
+            "\" has the same TOC name as \"",
+            absl::CHexEscape(replaced[it.clean]),
+            "\" (the TOC's JSON replaces invalid UTF-8), so a reader would "
+            "see one of them only"));
       }
       it.payload = tar.substr(it.h.data_offset, it.h.size);
       auto [pos, fresh] = by_name.try_emplace(it.clean, items.size());

@@ -357,6 +357,27 @@ absl::Status ApplyClient(const TomlValue& v, const std::string& dir,
   return absl::OkStatus();
 }
 
+// A header's value: a string, or an array of them (the header repeated).
+absl::Status ApplyHeader(const std::string& name, const TomlValue& v,
+                         RegistryHost* h) {
+  if (v.type == TomlValue::Type::kString) {
+    h->headers.emplace_back(name, v.str);
+    return absl::OkStatus();
+  }
+  if (v.type == TomlValue::Type::kArray) {
+    for (const TomlValue& e : v.array) {
+      if (e.type != TomlValue::Type::kString) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("header ", name, " must be a string or strings"));
+      }
+      h->headers.emplace_back(name, e.str);
+    }
+    return absl::OkStatus();
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("header ", name, " must be a string or strings"));
+}
+
 absl::Status ApplyCapabilities(const TomlValue& v, RegistryHost* h) {
   if (v.type != TomlValue::Type::kArray) {
     return absl::InvalidArgumentError("capabilities must be an array");
@@ -388,9 +409,16 @@ absl::StatusOr<std::vector<RegistryHost>> LoadRegistryHosts(
   std::vector<RegistryHost> mirrors;
   std::string dir;
   if (!defaults.hosts_dir.empty()) {
-    for (const std::string& cand :
-         {absl::StrCat(defaults.hosts_dir, "/", registry),
-          absl::StrCat(defaults.hosts_dir, "/_default")}) {
+    std::vector<std::string> cands;
+    if (const size_t colon = registry.rfind(':');
+        colon != absl::string_view::npos && colon > 0) {
+      cands.push_back(absl::StrCat(defaults.hosts_dir, "/",
+                                   registry.substr(0, colon), "_",
+                                   registry.substr(colon + 1), "_"));
+    }
+    cands.push_back(absl::StrCat(defaults.hosts_dir, "/", registry));
+    cands.push_back(absl::StrCat(defaults.hosts_dir, "/_default"));
+    for (const std::string& cand : cands) {
       if (IsDir(cand)) {
         dir = cand;
         break;
@@ -466,6 +494,12 @@ absl::StatusOr<std::vector<RegistryHost>> LoadRegistryHosts(
     absl::Status st = ParseHostUrl(url, &m, override_path);
     if (!st.ok()) return err(st);
     for (const auto& [path, v] : doc->keys) {
+      if (path.size() == 4 && path[0] == "host" && path[1] == url &&
+          path[2] == "header") {
+        st = ApplyHeader(path[3], v, &m);
+        if (!st.ok()) return err(st);
+        continue;
+      }
       if (path.size() != 3 || path[0] != "host" || path[1] != url) continue;
       const std::string& k = path[2];
       if (k == "capabilities") {
@@ -484,6 +518,11 @@ absl::StatusOr<std::vector<RegistryHost>> LoadRegistryHosts(
     mirrors.push_back(std::move(m));
   }
   for (const auto& [path, v] : doc->keys) {
+    if (path.size() == 2 && path[0] == "header") {
+      absl::Status st = ApplyHeader(path[1], v, &origin);
+      if (!st.ok()) return err(st);
+      continue;
+    }
     if (path.size() != 1) continue;
     absl::Status st;
     if (path[0] == "server") {

@@ -47,6 +47,9 @@ struct RegistryHost {
   bool can_push = true;
   bool mirror = false;  // requests carry ?ns=<upstream registry>
   TlsOptions tls;
+  // hosts.toml's [header] / [host."...".header]: sent with every request to
+  // this host (not to the places it redirects to).
+  std::vector<std::pair<std::string, std::string>> headers;
 
   // "scheme://host/path", no trailing slash.
   std::string BaseUrl() const;
@@ -62,7 +65,9 @@ struct RegistryHostDefaults {
 };
 
 // The hosts to try for `registry` (as in the image reference, e.g.
-// "docker.io", "127.0.0.1:5000"), mirrors first, the origin last.
+// "docker.io", "127.0.0.1:5000"), mirrors first, the origin last. The
+// directory is the first of HOSTS_DIR/host_port_ (containerd's form for a
+// port), HOSTS_DIR/host:port, HOSTS_DIR/_default that exists.
 // `api_host` is the origin's default host (registry-1.docker.io for
 // docker.io). A malformed hosts.toml is an InvalidArgument naming file and
 // line.

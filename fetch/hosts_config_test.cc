@@ -114,6 +114,54 @@ ca = "origin.pem"
                                 "/global.pem", dir + "/docker.io/origin.pem"}));
 }
 
+// containerd's host_port_ directory form (tried first), [header] tables,
+// and client certificates in each of containerd's forms.
+TEST(HostsConfigTest, HeadersClientCertsAndThePortDirectoryForm) {
+  std::string dir = TempDir() + "/certs3.d";
+  mkdir(dir.c_str(), 0755);
+  mkdir((dir + "/reg.local:5000").c_str(), 0755);
+  Write(dir + "/reg.local:5000/hosts.toml", "server = \"https://wrong\"\n");
+  mkdir((dir + "/reg.local_5000_").c_str(), 0755);
+  Write(dir + "/reg.local_5000_/hosts.toml", R"(
+server = "https://reg.local:5000"
+client = [["c.crt", "c.key"]]
+
+[header]
+  x-origin = "o"
+
+[host."https://m.example"]
+  client = "/abs/m.pem"
+  [host."https://m.example".header]
+    x-mirror = ["a", "b"]
+
+[host."https://n.example"]
+  client = ["n.pem", "unused.pem"]
+)");
+  RegistryHostDefaults d;
+  d.hosts_dir = dir;
+  auto hosts = LoadRegistryHosts("reg.local:5000", "reg.local:5000", d);
+  ASSERT_TRUE(hosts.ok()) << hosts.status();
+  ASSERT_EQ(hosts->size(), 3u);
+  const std::string base = dir + "/reg.local_5000_/";
+  const RegistryHost& m = (*hosts)[0];
+  EXPECT_EQ(m.tls.client_cert, "/abs/m.pem");
+  EXPECT_EQ(m.tls.client_key, "");
+  using Headers = std::vector<std::pair<std::string, std::string>>;
+  EXPECT_EQ(m.headers, (Headers{{"x-mirror", "a"}, {"x-mirror", "b"}}));
+  EXPECT_EQ((*hosts)[1].tls.client_cert, base + "n.pem");
+  const RegistryHost& o = (*hosts)[2];
+  EXPECT_EQ(o.BaseUrl(), "https://reg.local:5000/v2");
+  EXPECT_EQ(o.tls.client_cert, base + "c.crt");
+  EXPECT_EQ(o.tls.client_key, base + "c.key");
+  EXPECT_EQ(o.headers, (Headers{{"x-origin", "o"}}));
+  // A bad `client` is an error naming the file.
+  Write(dir + "/reg.local_5000_/hosts.toml", "client = 5\n");
+  hosts = LoadRegistryHosts("reg.local:5000", "reg.local:5000", d);
+  ASSERT_FALSE(hosts.ok());
+  EXPECT_NE(hosts.status().message().find("client must be"), std::string::npos)
+      << hosts.status();
+}
+
 TEST(HostsConfigTest, PlainHttpServerAndCertsDirCrtFiles) {
   std::string dir = TempDir() + "/certs2.d";
   mkdir(dir.c_str(), 0755);

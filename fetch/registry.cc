@@ -277,12 +277,16 @@ absl::StatusOr<std::unique_ptr<HttpBodyReader>> RegistryClient::SendOnHost(
       std::move(req.headers);
   req.tls = same_origin ? h.tls : TlsFor(req.url);
   req.retry = opts_.retry;
+  std::vector<std::pair<std::string, std::string>> host_headers;
+  if (same_origin) host_headers = h.headers;
   for (int round = 0;; ++round) {
     std::string authz;
     if (same_origin) {
       ASSIGN_OR_RETURN(authz, auth_.Authorization(key, h.host, scope));
     }
     req.headers = headers;
+    req.headers.insert(req.headers.end(), host_headers.begin(),
+                       host_headers.end());
     if (!authz.empty()) req.headers.push_back({"Authorization", authz});
     absl::StatusOr<std::unique_ptr<HttpBodyReader>> r = opts_.http->Open(req);
     if (!r.ok()) return WithHint(r.status(), h);

@@ -269,6 +269,25 @@ TEST_F(ConvertCliTest, BadInputGetsAClearError) {
     EXPECT_NE(u.exit_code, 0) << size;
     EXPECT_NE(u.err.find("min"), std::string::npos) << u.err;
   }
+  // Names that differ only in invalid UTF-8 are one name in the TOC's
+  // JSON: refused, rather than one file silently lost. A single such name
+  // converts (as U+FFFD, as the reference writes it).
+  for (bool twins : {true, false}) {
+    TarBuilder b;
+    b.File("caf\xe9", "first");
+    if (twins) b.File("caf\xe8", "second");
+    const std::string in = dir_ + "/latin1.tar", out = dir_ + "/latin1.out";
+    std::ofstream(in, std::ios::binary) << b.Finish();
+    RunResult c =
+        ::lazypull::testing::Run({LazypullBinary(), "convert", in, out});
+    if (twins) {
+      EXPECT_EQ(c.exit_code, 1) << c.err;
+      EXPECT_NE(c.err.find("same TOC name"), std::string::npos) << c.err;
+      EXPECT_NE(access(out.c_str(), F_OK), 0);
+    } else {
+      EXPECT_EQ(c.exit_code, 0) << c.err;
+    }
+  }
 }
 
 }  // namespace
