@@ -224,8 +224,13 @@ TlsOptions RegistryClient::TlsFor(absl::string_view url) const {
   for (const RegistryHost& h : hosts_) {
     if (h.host == host) return h.tls;
   }
-  TlsOptions t;
-  t.ca_files = opts_.hosts.ca_files;
+  // A token realm or storage host the registry sends us to: its TLS
+  // settings (trusted CAs, --insecure-skip-tls-verify, skip_verify), as
+  // containerd reaches them with the registry host's own client; never its
+  // client certificate.
+  TlsOptions t = Origin().tls;
+  t.client_cert.clear();
+  t.client_key.clear();
   return t;
 }
 

@@ -220,6 +220,8 @@ class RegistryClient {
   absl::StatusOr<FetchedManifest> FetchManifestOnHost(
       const RegistryHost& h, absl::string_view selector);
   std::string CredentialKey(const RegistryHost& h) const;
+  // TLS for a URL: its host's settings if configured, else the origin's
+  // (CAs and verification, no client certificate).
   TlsOptions TlsFor(absl::string_view url) const;
 
   const ImageReference ref_;

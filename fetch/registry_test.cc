@@ -877,6 +877,40 @@ TEST_F(RegistryTest, ClientCertificatesFromHostsConfig) {
   EXPECT_EQ(res->manifest_digest, img.manifest.digest);
 }
 
+// A token realm on another host is reached with the registry's TLS
+// settings: --insecure-skip-tls-verify covers it too (it was verified, so a
+// self-signed realm failed with a certificate error).
+TEST_F(RegistryTest, TokenRealmGetsTheRegistrysTlsSettings) {
+  RegistryServerOptions to;  // any TLS server with a self-signed certificate
+  to.work_dir = TestDir("tls-realm");
+  to.tls = true;
+  auto tls_server = StartRegistry(to);
+  ASSERT_NE(tls_server, nullptr);
+  auto registry =
+      LoopbackHttpServer::Start([&](const TestRequest&, TestResponse* r) {
+        r->status = 401;
+        r->headers.push_back({"WWW-Authenticate",
+                              absl::StrCat("Bearer realm=\"", tls_server->url(),
+                                           "/v2/\",service=\"svc\"")});
+      });
+  ASSERT_TRUE(registry.ok());
+  const std::string host = absl::StrCat("127.0.0.1:", (*registry)->port());
+  for (bool skip : {false, true}) {
+    SCOPED_TRACE(skip ? "skip verify" : "verify");
+    RegistryOptions o;
+    o.hosts.plain_http = true;
+    o.hosts.skip_verify = skip;
+    auto m = Client(host + "/r/app:v1", o)->ResolveManifest();
+    ASSERT_FALSE(m.ok());
+    // Verified: the realm's self-signed certificate is refused. Not
+    // verified: the realm answers (with no token: it is not a token server).
+    EXPECT_EQ(absl::StrContains(m.status().message(), "curl error 60"), !skip)
+        << m.status();
+    EXPECT_EQ(absl::StrContains(m.status().message(), "without a token"), skip)
+        << m.status();
+  }
+}
+
 TEST_F(RegistryTest, MirrorsFirstWithNsThenTheOrigin) {
   auto reg = StartRegistry({});
   ASSERT_NE(reg, nullptr);
