@@ -541,6 +541,22 @@ absl::StatusOr<RegistryAuth::Token> RegistryAuth::FetchToken(
     }
     ASSIGN_OR_RETURN(resp, opts_.http->Fetch(req, 1 << 20));
   }
+  if (req.method == "POST" && (resp.status == 400 || resp.status == 401 ||
+                               resp.status == 404 || resp.status == 405)) {
+    // Realms without the OAuth2 POST (GCR 404, Artifactory 401, ACR 400, as
+    // containerd notes): the GET form, the identity token as the password.
+    req.method = "GET";
+    req.body.clear();
+    req.headers.clear();
+    req.url = absl::StrCat(hs.realm,
+                           absl::StrContains(hs.realm, "?") ? "&" : "?", query);
+    req.headers.push_back(
+        {"Authorization",
+         absl::StrCat("Basic ",
+                      absl::Base64Escape(absl::StrCat(
+                          creds->username, ":", creds->identity_token)))});
+    ASSIGN_OR_RETURN(resp, opts_.http->Fetch(req, 1 << 20));
+  }
   if (resp.status >= 300 && resp.status < 400) {
     return absl::UnavailableError(absl::StrCat(
         "the token service ", req.Describe(), " answered HTTP ", resp.status,

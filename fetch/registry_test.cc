@@ -911,6 +911,65 @@ TEST_F(RegistryTest, TokenRealmGetsTheRegistrysTlsSettings) {
   }
 }
 
+// An identity token (OAuth2 refresh token) goes to the realm as a POST; a
+// realm without that form (404/405/400/401) gets the GET form with the
+// token as the password, as containerd falls back.
+TEST_F(RegistryTest, IdentityTokenFallsBackToGetWhenPostIsRefused) {
+  std::atomic<int> posts{0}, gets{0};
+  auto realm =
+      LoopbackHttpServer::Start([&](const TestRequest& q, TestResponse* r) {
+        if (q.method == "POST") {
+          posts.fetch_add(1);
+          r->status = 404;
+          return;
+        }
+        gets.fetch_add(1);
+        if (q.headers.count("authorization") == 0 ||
+            q.headers.at("authorization") !=
+                "Basic " + absl::Base64Escape("frank:idtok")) {
+          r->status = 401;
+          return;
+        }
+        r->body = R"({"access_token":"AT"})";
+      });
+  ASSERT_TRUE(realm.ok());
+  auto registry =
+      LoopbackHttpServer::Start([&](const TestRequest& q, TestResponse* r) {
+        if (q.headers.count("authorization") == 0 ||
+            q.headers.at("authorization") != "Bearer AT") {
+          r->status = 401;
+          r->headers.push_back({"WWW-Authenticate",
+                                absl::StrCat("Bearer realm=\"", (*realm)->url(),
+                                             "/token\",service=\"svc\"")});
+          return;
+        }
+        r->body = "blob";
+      });
+  ASSERT_TRUE(registry.ok());
+  const std::string host = absl::StrCat("127.0.0.1:", (*registry)->port());
+  const std::string cfg = TestDir("idtok");
+  std::ofstream(cfg + "/config.json")
+      << "{\"auths\":{\"" << host << "\":{\"auth\":\""
+      << absl::Base64Escape("frank:") << "\",\"identitytoken\":\"idtok\"}}}";
+  CredentialStore::Options co;
+  co.docker_config_dir = cfg;
+  co.podman_auth_file = "/nonexistent";
+  CredentialStore store(co);
+  RegistryOptions o;
+  o.hosts.plain_http = true;
+  o.credentials = &store;
+  Descriptor d;
+  d.digest = Sha256::Of("blob");
+  d.size = 4;
+  auto b = Client(host + "/r/app:v1", o)->OpenBlob(d);
+  ASSERT_TRUE(b.ok()) << b.status();
+  absl::Status st;
+  EXPECT_EQ(ReadAllBlob(b->get(), &st), "blob");
+  EXPECT_TRUE(st.ok()) << st;
+  EXPECT_EQ(posts.load(), 1);
+  EXPECT_EQ(gets.load(), 1);
+}
+
 TEST_F(RegistryTest, MirrorsFirstWithNsThenTheOrigin) {
   auto reg = StartRegistry({});
   ASSERT_NE(reg, nullptr);
