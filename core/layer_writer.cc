@@ -587,6 +587,14 @@ absl::StatusOr<LayerWriteResult> WriteLayer(absl::string_view tar,
             absl::StrCat("tar entry \"", it.h.name, "\": ", bad_name.message(),
                          " (readers refuse such layers)"));
       }
+      // RFC 3339 (the TOC's modtime, as Go writes it) holds years 0-9999.
+      constexpr int64_t kYear0 = -62167219200, kYear9999End = 253402300799;
+      if (it.h.mtime_sec < kYear0 || it.h.mtime_sec >= kYear9999End) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "tar entry \"", it.h.name, "\" has mtime ", it.h.mtime_sec,
+            " s, outside the years 0-9999 a TOC's modtime (RFC 3339) can "
+            "hold"));
+      }
       if (it.h.uid > UINT32_MAX || it.h.gid > UINT32_MAX) {
         return absl::InvalidArgumentError(
             absl::StrCat("tar entry \"", it.h.name, "\" has uid ", it.h.uid,

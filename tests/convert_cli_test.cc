@@ -269,6 +269,22 @@ TEST_F(ConvertCliTest, BadInputGetsAClearError) {
     EXPECT_NE(u.exit_code, 0) << size;
     EXPECT_NE(u.err.find("min"), std::string::npos) << u.err;
   }
+  // An mtime past year 9999 cannot be written in the TOC: refused, naming
+  // the entry (the converter's own reader refused its output before).
+  {
+    TarBuilder b;
+    TarSpec far;
+    far.name = "far-future";
+    far.content = "x";
+    far.pax_mtime = "253402300800";  // 10000-01-01T00:00:00Z
+    b.Add(far);
+    std::ofstream(dir_ + "/far.tar", std::ios::binary) << b.Finish();
+    RunResult c = ::lazypull::testing::Run(
+        {LazypullBinary(), "convert", dir_ + "/far.tar", dir_ + "/far.out"});
+    EXPECT_EQ(c.exit_code, 1) << c.err;
+    EXPECT_NE(c.err.find("far-future"), std::string::npos) << c.err;
+    EXPECT_NE(c.err.find("0-9999"), std::string::npos) << c.err;
+  }
   // Names that differ only in invalid UTF-8 are one name in the TOC's
   // JSON: refused, rather than one file silently lost. A single such name
   // converts (as U+FFFD, as the reference writes it).
