@@ -330,22 +330,31 @@ absl::Status Extractor::Run(const std::string& dir) {
   RETURN_IF_ERROR(WriteFiles());
   RETURN_IF_ERROR(MakeOthers());
   // Directories last, deepest first, so their times and modes stick. Each
-  // is opened for its attributes (a child's open ".." first, so a chain of
-  // directories is walked up in one step each), and its parent is opened
-  // through it before its mode may take away search permission.
+  // gets its attributes through its parent (as every other node: a mode
+  // without search permission must not stop the times that follow, for a
+  // user without CAP_DAC_OVERRIDE); the parent is opened as the ".." of the
+  // directory (cached by then: its own child's parent), so a chain of
+  // directories is walked up one step each, not from the root.
   for (auto it = dir_order_.rbegin(); it != dir_order_.rend(); ++it) {
     const uint32_t ino = *it;
     if (ino == LayerIndex::kRoot) {
       RETURN_IF_ERROR(ApplyAttrs(root_.get(), "", ino, true));
       continue;
     }
-    ASSIGN_OR_RETURN(Fd fd, OpenDir(ino));
-    const uint32_t parent = idx_.dirents()[idx_.inode(ino).dirent].parent;
-    if (parent != LayerIndex::kRoot && !dir_fds_.Contains(parent)) {
-      Fd up(openat(fd.get(), "..", O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-      if (up.get() >= 0) dir_fds_.Put(parent, up.get());
+    const Dirent& de = idx_.dirents()[idx_.inode(ino).dirent];
+    Fd parent = de.parent == LayerIndex::kRoot
+                    ? Fd(fcntl(root_.get(), F_DUPFD_CLOEXEC, 0))
+                    : dir_fds_.Get(de.parent);
+    if (parent.get() < 0) {
+      ASSIGN_OR_RETURN(Fd fd, OpenDir(ino));
+      parent = Fd(openat(fd.get(), "..", O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+      if (parent.get() >= 0) {
+        dir_fds_.Put(de.parent, parent.get());
+      } else {
+        ASSIGN_OR_RETURN(parent, OpenDir(de.parent));
+      }
     }
-    RETURN_IF_ERROR(ApplyAttrs(fd.get(), "", ino, true));
+    RETURN_IF_ERROR(ApplyAttrs(parent.get(), de.name, ino, true));
   }
   return absl::OkStatus();
 }

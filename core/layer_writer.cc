@@ -589,7 +589,9 @@ absl::StatusOr<LayerWriteResult> WriteLayer(absl::string_view tar,
       }
       // RFC 3339 (the TOC's modtime, as Go writes it) holds years 0-9999.
       constexpr int64_t kYear0 = -62167219200, kYear9999End = 253402300799;
-      if (it.h.mtime_sec < kYear0 || it.h.mtime_sec >= kYear9999End) {
+      if (it.h.mtime_sec < kYear0 || it.h.mtime_sec > kYear9999End ||
+          (it.h.mtime_sec == kYear9999End &&
+           it.h.mtime_nsec >= 500'000'000)) {  // rounded up to year 10000
         return absl::InvalidArgumentError(absl::StrCat(
             "tar entry \"", it.h.name, "\" has mtime ", it.h.mtime_sec,
             " s, outside the years 0-9999 a TOC's modtime (RFC 3339) can "

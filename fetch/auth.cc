@@ -532,7 +532,11 @@ absl::StatusOr<RegistryAuth::Token> RegistryAuth::FetchToken(
     if (req.method == "POST" && resp.status != 307 && resp.status != 308) {
       break;
     }
-    req.url = ResolveUrl(req.url, *loc);
+    const std::string next = ResolveUrl(req.url, *loc);
+    // A POST's body is the refresh token: it never leaves the realm's
+    // origin.
+    if (req.method == "POST" && UrlOrigin(next) != realm_origin) break;
+    req.url = next;
     if (UrlOrigin(req.url) != realm_origin) {
       std::erase_if(req.headers, [](const auto& h) {
         return absl::EqualsIgnoreCase(h.first, "authorization");
@@ -548,6 +552,7 @@ absl::StatusOr<RegistryAuth::Token> RegistryAuth::FetchToken(
     req.method = "GET";
     req.body.clear();
     req.headers.clear();
+    if (opts_.realm_tls) req.tls = opts_.realm_tls(hs.realm);
     req.url = absl::StrCat(hs.realm,
                            absl::StrContains(hs.realm, "?") ? "&" : "?", query);
     req.headers.push_back(
@@ -558,9 +563,9 @@ absl::StatusOr<RegistryAuth::Token> RegistryAuth::FetchToken(
     ASSIGN_OR_RETURN(resp, opts_.http->Fetch(req, 1 << 20));
   }
   if (resp.status >= 300 && resp.status < 400) {
-    return absl::UnavailableError(absl::StrCat(
-        "the token service ", req.Describe(), " answered HTTP ", resp.status,
-        resp.headers.Get("location") ? " (too many redirects)" : ""));
+    return absl::UnavailableError(
+        absl::StrCat("the token service ", req.Describe(), " answered HTTP ",
+                     resp.status, " (a redirect not followed)"));
   }
   if (resp.status == 401 || resp.status == 403) {
     return absl::UnauthenticatedError(absl::StrCat(

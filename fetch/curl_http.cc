@@ -922,6 +922,15 @@ void CurlHttpTransport::Loop::OnDone(Transfer* t, CURLcode code) {
     ScheduleRetry(t, st, ra);
     return;
   }
+  if (t->skip > 0) {
+    // A resume answered with a whole body shorter than what the reader
+    // already has: not the same resource (or a truncated one).
+    Finish(t, absl::DataLossError(absl::StrCat(
+                  what, ": resumed at byte ", t->delivered,
+                  ", the server answered with a whole body of only ",
+                  t->attempt_body, " bytes")));
+    return;
+  }
   if (t->expected && t->attempt_body != *t->expected) {
     ScheduleRetry(t,
                   absl::DataLossError(absl::StrCat(

@@ -263,6 +263,23 @@ TEST_F(CurlHttpTest, ResumeAnsweredWithTheWholeBodyDropsTheRepeat) {
     if (++reads % 32 == 0) absl::SleepFor(absl::Milliseconds(1));
   }
   EXPECT_TRUE(got == body) << got.size();
+
+  // A "whole body" shorter than what the reader already has is not the
+  // same resource: an error, not a short body.
+  n = 0;
+  auto shorter =
+      LoopbackHttpServer::Start([&](const TestRequest&, TestResponse* r) {
+        if (n.fetch_add(1) == 0) {
+          r->body = body;
+          r->truncate_after = 1 << 20;
+        } else {
+          r->body = body.substr(0, 1000);
+        }
+      });
+  ASSERT_TRUE(shorter.ok());
+  auto c = http_->Fetch(Get(**shorter, "/blob"));
+  ASSERT_FALSE(c.ok());
+  EXPECT_EQ(c.status().code(), absl::StatusCode::kDataLoss) << c.status();
 }
 
 TEST_F(CurlHttpTest, RangeIsCheckedAgainstContentRange) {

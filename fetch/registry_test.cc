@@ -970,6 +970,47 @@ TEST_F(RegistryTest, IdentityTokenFallsBackToGetWhenPostIsRefused) {
   EXPECT_EQ(gets.load(), 1);
 }
 
+// The refresh token is the POST's body: a realm redirecting the POST to
+// another origin does not get it sent there.
+TEST_F(RegistryTest, RefreshTokenNeverLeavesTheRealmsOrigin) {
+  std::atomic<int> elsewhere{0};
+  auto other =
+      LoopbackHttpServer::Start([&](const TestRequest&, TestResponse* r) {
+        elsewhere.fetch_add(1);
+        r->body = R"({"access_token":"AT"})";
+      });
+  ASSERT_TRUE(other.ok());
+  auto realm =
+      LoopbackHttpServer::Start([&](const TestRequest&, TestResponse* r) {
+        r->status = 307;
+        r->headers.push_back({"Location", (*other)->url() + "/token"});
+      });
+  ASSERT_TRUE(realm.ok());
+  auto registry =
+      LoopbackHttpServer::Start([&](const TestRequest&, TestResponse* r) {
+        r->status = 401;
+        r->headers.push_back(
+            {"WWW-Authenticate",
+             absl::StrCat("Bearer realm=\"", (*realm)->url(), "/token\"")});
+      });
+  ASSERT_TRUE(registry.ok());
+  const std::string host = absl::StrCat("127.0.0.1:", (*registry)->port());
+  const std::string cfg = TestDir("idtok2");
+  std::ofstream(cfg + "/config.json")
+      << "{\"auths\":{\"" << host << "\":{\"identitytoken\":\"secret\"}}}";
+  CredentialStore::Options co;
+  co.docker_config_dir = cfg;
+  co.podman_auth_file = "/nonexistent";
+  CredentialStore store(co);
+  RegistryOptions o;
+  o.hosts.plain_http = true;
+  o.credentials = &store;
+  auto m = Client(host + "/r/app:v1", o)->ResolveManifest();
+  ASSERT_FALSE(m.ok());
+  EXPECT_TRUE(absl::StrContains(m.status().message(), "307")) << m.status();
+  EXPECT_EQ(elsewhere.load(), 0);
+}
+
 TEST_F(RegistryTest, MirrorsFirstWithNsThenTheOrigin) {
   auto reg = StartRegistry({});
   ASSERT_NE(reg, nullptr);
