@@ -175,6 +175,11 @@ absl::Status Serve(const ParsedArgs& args,
   fo.push_pages = !args.Has("no-push-pages");
   fo.state_name = shared_reader->toc_digest().ToString();
   fo.state_digest = fo.state_name;
+  // Opaque directories carry trusted.overlay.opaque for a root overlayfs;
+  // user.overlay.opaque too only for a user's (rootless, userxattr) one: a
+  // root overlay would show the user.* marker in the merged view, and a
+  // copy-up would carry it into the upper layer.
+  fo.user_overlay_xattrs = geteuid() != 0;
   // LAZYPULL_REPLY=copy|splice-move picks another reply path (benchmarks).
   if (const char* r = getenv("LAZYPULL_REPLY"); r != nullptr) {
     fo.splice_reads = std::string(r) != "copy";

@@ -73,6 +73,10 @@ LayerFs::LayerFs(std::shared_ptr<CachedLayer> layer, LayerFsOptions options)
         opaque_[dir] = true;
         continue;
       }
+      // The state directory's name at the root is this mount's: a layer's
+      // own entry there is shadowed for lookups, so it is not listed either
+      // (a listing and a lookup must agree on what a name is).
+      if (dir == LayerIndex::kRoot && name == kStateDirName) continue;
       if (absl::StartsWith(name, kWhiteoutPrefix) &&
           index_.inode(de.inode).type != EntryType::kDir) {
         absl::string_view target = name.substr(kWhiteoutPrefix.size());
@@ -376,7 +380,10 @@ void LayerFs::Stat(fuse_ino_t ino, struct stat* st) const {
     st->st_rdev = makedev(0, 0);
     return;
   }
-  st->st_mode = TypeBits(n.type) | (n.mode & 07777);
+  // A symlink's permission bits mean nothing and read 0777 everywhere (a
+  // tar may carry others: Python's tarfile writes 0644).
+  st->st_mode = TypeBits(n.type) |
+                (n.type == EntryType::kSymlink ? 0777 : n.mode & 07777);
   switch (n.type) {
     case EntryType::kReg:
       st->st_size = static_cast<off_t>(n.size);
@@ -801,6 +808,13 @@ struct LayerFsOpsImpl {
     }
     if (conn->capable & FUSE_CAP_PARALLEL_DIROPS) {
       conn->want |= FUSE_CAP_PARALLEL_DIROPS;
+    }
+    // The kernel enforces the layer's POSIX ACLs (system.posix_acl_access,
+    // read through getxattr) as a real filesystem would; without it only
+    // the mode bits count (default_permissions), and a named user an ACL
+    // lets in gets EACCES.
+    if (conn->capable & FUSE_CAP_POSIX_ACL) {
+      conn->want |= FUSE_CAP_POSIX_ACL;
     }
   }
 

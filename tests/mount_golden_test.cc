@@ -4,7 +4,8 @@
 //
 // - A valid layer mounts; its tree matches expected.json in the overlay
 //   presentation (`.wh.X` as char 0:0 X, `.wh..wh..opq` hidden and its
-//   directory carrying trusted.overlay.opaque=y and user.overlay.opaque=y)
+//   directory carrying trusted.overlay.opaque=y; a root mount shows no
+//   user.overlay.opaque)
 //   and matches `lazypull extract` of the same layer on every field; the
 //   state file /.stargz-snapshotter/<toc digest>.json is reachable by name
 //   but never listed, and reports {error, digest, size, fetchedSize,
@@ -37,8 +38,9 @@
 namespace lazypull::testing {
 namespace {
 
-const std::vector<std::string> kMountOpaqueXattrs = {kTrustedOpaqueXattr,
-                                                     kUserOpaqueXattr};
+// Mounted by root (these tests are): trusted.* only (user.overlay.opaque is
+// for a user's rootless overlayfs).
+const std::vector<std::string> kMountOpaqueXattrs = {kTrustedOpaqueXattr};
 
 class MountGoldenTest : public ::testing::TestWithParam<std::string> {
  protected:

@@ -23,9 +23,11 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
+#include <sys/wait.h>
 #include <sys/xattr.h>
 #include <unistd.h>
 
@@ -245,6 +247,89 @@ TEST(LayerListingTest, HostileWhiteoutsHideNothingReal) {
             .exit_code,
         0);
   }
+  EXPECT_EQ(janitor.DetachAll(), 0) << "the test left a mount behind";
+}
+
+// As a real filesystem: a POSIX ACL that lets a named user read a file the
+// mode bits alone would not is honoured (the kernel asks for the ACL); a
+// symlink's permission bits read 0777 whatever its tar header says; the
+// layer's own /.stargz-snapshotter (shadowed by the mount's state
+// directory for lookups) is not listed either.
+TEST(LayerListingTest, AclsSymlinkModesAndTheStateDirectory) {
+  LAZYPULL_SKIP_WITHOUT_FUSE();
+  MountJanitor janitor;
+  constexpr uint32_t kNobody = 65534;
+  // system.posix_acl_access: version 2, then {tag, perm, id} (little-endian)
+  // for user::rw-, user:65534:r--, group::r--, mask::r--, other::---.
+  std::string acl("\x02\0\0\0", 4);
+  auto entry = [&](uint16_t tag, uint16_t perm, uint32_t id) {
+    for (int i = 0; i < 2; ++i)
+      acl.push_back(static_cast<char>(tag >> (8 * i)));
+    for (int i = 0; i < 2; ++i)
+      acl.push_back(static_cast<char>(perm >> (8 * i)));
+    for (int i = 0; i < 4; ++i) acl.push_back(static_cast<char>(id >> (8 * i)));
+  };
+  entry(0x01, 6, 0xffffffff);
+  entry(0x02, 4, kNobody);
+  entry(0x04, 4, 0xffffffff);
+  entry(0x10, 4, 0xffffffff);
+  entry(0x20, 0, 0xffffffff);
+  TarBuilder tar;
+  TarSpec f;
+  f.name = "acl";
+  f.content = "for nobody\n";
+  f.mode = 0640;
+  f.uid = f.gid = 0;
+  f.xattrs = {{"system.posix_acl_access", acl}};
+  tar.Add(f);
+  TarSpec closed = f;
+  closed.name = "closed";
+  closed.xattrs.clear();
+  tar.Add(closed);
+  TarSpec link;
+  link.name = "link";
+  link.typeflag = '2';
+  link.link = "acl";
+  link.mode = 0644;
+  tar.Add(link);
+  tar.Dir(".stargz-snapshotter/").File(".stargz-snapshotter/own.txt", "x");
+  const ConvertedLayer l = ConvertTar(tar.Finish(), "estargz");
+  ASSERT_FALSE(l.blob.empty());
+  LayerMount m = MountLayer(
+      &janitor, l.blob, {"--toc-digest", l.toc_digest, "-o", "allow_other"});
+  ASSERT_TRUE(m.ok()) << m.result.err << "\nlog:\n" << m.Log();
+  struct stat st;
+  ASSERT_EQ(lstat((m.mountpoint + "/link").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 0777u) << std::oct << st.st_mode;
+  EXPECT_EQ(Listing(m.mountpoint),
+            (std::vector<std::string>{"acl", "closed", "link"}));
+  // nobody, through a descriptor of the mount's root (the test's directories
+  // above it are root's alone): the ACL lets it read "acl", not "closed".
+  const int root = open(m.mountpoint.c_str(), O_RDONLY | O_DIRECTORY);
+  ASSERT_GE(root, 0);
+  auto read_as_nobody = [&](const char* name) {
+    const pid_t pid = fork();
+    if (pid == 0) {
+      if (setgroups(0, nullptr) != 0 || setresgid(kNobody, kNobody, kNobody) ||
+          setresuid(kNobody, kNobody, kNobody)) {
+        _exit(3);
+      }
+      const int fd = openat(root, name, O_RDONLY);
+      if (fd < 0) _exit(errno == EACCES ? 1 : 2);
+      char buf[32];
+      _exit(read(fd, buf, sizeof(buf)) == 11 ? 0 : 4);
+    }
+    int status = -1;
+    waitpid(pid, &status, 0);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  };
+  EXPECT_EQ(read_as_nobody("acl"), 0) << "the ACL's named user was refused";
+  EXPECT_EQ(read_as_nobody("closed"), 1) << "mode 0640 let another user in";
+  close(root);
+  EXPECT_EQ(
+      ::lazypull::testing::Run({LazypullBinary(), "unmount", m.mountpoint})
+          .exit_code,
+      0);
   EXPECT_EQ(janitor.DetachAll(), 0) << "the test left a mount behind";
 }
 
