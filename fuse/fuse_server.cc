@@ -93,6 +93,10 @@ absl::StatusOr<std::unique_ptr<FuseServer>> FuseServer::Mount(
       "ro,default_permissions,fsname=lazypull,subtype=lazypull,"
       "max_read=1048576";
   if (options.allow_other) opts += ",allow_other";
+  // A layer is a container's root filesystem (directly, or under overlayfs,
+  // which honours setuid and devices): a root mount keeps them (libfuse's
+  // default is nosuid,nodev).
+  if (geteuid() == 0) opts += ",suid,dev";
   std::vector<std::string> argv_s = {"lazypull", "-o", opts};
   std::vector<char*> argv;
   for (auto& s : argv_s) argv.push_back(s.data());

@@ -326,6 +326,17 @@ TEST(LayerListingTest, AclsSymlinkModesAndTheStateDirectory) {
   EXPECT_EQ(read_as_nobody("acl"), 0) << "the ACL's named user was refused";
   EXPECT_EQ(read_as_nobody("closed"), 1) << "mode 0640 let another user in";
   close(root);
+  // A root mount keeps setuid and devices (a container's root filesystem).
+  std::ifstream mi("/proc/self/mountinfo");
+  bool found = false;
+  for (std::string line; std::getline(mi, line);) {
+    if (line.find(" " + m.mountpoint + " ") == std::string::npos) continue;
+    found = true;
+    const std::string opts = line.substr(0, line.find(" - "));
+    EXPECT_EQ(opts.find("nosuid"), std::string::npos) << line;
+    EXPECT_EQ(opts.find("nodev"), std::string::npos) << line;
+  }
+  EXPECT_TRUE(found) << m.mountpoint << " not in /proc/self/mountinfo";
   EXPECT_EQ(
       ::lazypull::testing::Run({LazypullBinary(), "unmount", m.mountpoint})
           .exit_code,
