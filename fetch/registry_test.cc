@@ -99,7 +99,34 @@ class RegistryTest : public ::testing::Test {
     return c.ok() ? *std::move(c) : nullptr;
   }
 
+  // A client of `ref` over plain HTTP with the Docker config in
+  // `config_dir` as its credentials (the store lives as long as the test).
+  std::unique_ptr<RegistryClient> PlainClientWithConfig(
+      const std::string& ref, const std::string& config_dir) {
+    CredentialStore::Options co;
+    co.docker_config_dir = config_dir;
+    co.podman_auth_file = "/nonexistent";
+    stores_.push_back(std::make_unique<CredentialStore>(co));
+    RegistryOptions o;
+    o.hosts.plain_http = true;
+    o.credentials = stores_.back().get();
+    return Client(ref, o);
+  }
+
+  // Reads blob `bytes` (by its digest) through `c`, expecting it whole.
+  void ExpectBlob(RegistryClient* c, const std::string& bytes) {
+    Descriptor d;
+    d.digest = Sha256::Of(bytes);
+    d.size = static_cast<int64_t>(bytes.size());
+    auto b = c->OpenBlob(d);
+    ASSERT_TRUE(b.ok()) << b.status();
+    absl::Status st;
+    EXPECT_EQ(ReadAllBlob(b->get(), &st), bytes);
+    EXPECT_TRUE(st.ok()) << st;
+  }
+
   std::unique_ptr<CurlHttpTransport> http_;
+  std::vector<std::unique_ptr<CredentialStore>> stores_;
 };
 
 TEST_F(RegistryTest, ResolvesAndVerifiesOverPlainHttp) {
@@ -646,14 +673,9 @@ TEST_F(RegistryTest, FollowsRedirectsWithoutCredentialsAndReResolves) {
       });
   ASSERT_TRUE(registry.ok());
   const std::string host = absl::StrCat("127.0.0.1:", (*registry)->port());
-  CredentialStore::Options co;
-  co.docker_config_dir = WriteDockerConfig(TestDir("cfg"), host, "carol", "pw");
-  co.podman_auth_file = "/nonexistent";
-  CredentialStore store(co);
-  RegistryOptions o;
-  o.hosts.plain_http = true;
-  o.credentials = &store;
-  auto c = Client(host + "/r/app:v1", o);
+  auto c = PlainClientWithConfig(
+      host + "/r/app:v1",
+      WriteDockerConfig(TestDir("cfg"), host, "carol", "pw"));
   Descriptor d;
   d.digest = digest;
   d.size = static_cast<int64_t>(blob.size());
@@ -713,25 +735,13 @@ TEST_F(RegistryTest, SameOriginRedirectsKeepCredentials) {
   });
   ASSERT_TRUE(registry.ok());
   const std::string host = absl::StrCat("127.0.0.1:", (*registry)->port());
-  CredentialStore::Options co;
-  co.docker_config_dir = WriteDockerConfig(TestDir("cfg"), host, "dave", "pw");
-  co.podman_auth_file = "/nonexistent";
-  CredentialStore store(co);
-  RegistryOptions o;
-  o.hosts.plain_http = true;
-  o.credentials = &store;
-  auto c = Client(host + "/r/app:v1", o);
+  auto c = PlainClientWithConfig(
+      host + "/r/app:v1",
+      WriteDockerConfig(TestDir("cfg"), host, "dave", "pw"));
   auto m = c->ResolveManifest();
   ASSERT_TRUE(m.ok()) << m.status();
   EXPECT_EQ(m->manifest_digest, Sha256::Of(manifest));
-  Descriptor d;
-  d.digest = Sha256::Of(blob);
-  d.size = static_cast<int64_t>(blob.size());
-  auto b = c->OpenBlob(d);
-  ASSERT_TRUE(b.ok()) << b.status();
-  absl::Status st;
-  EXPECT_EQ(ReadAllBlob(b->get(), &st), blob);
-  EXPECT_TRUE(st.ok()) << st;
+  ExpectBlob(c.get(), blob);
   EXPECT_EQ(redirects.load(), 2);
 }
 
@@ -781,24 +791,11 @@ TEST_F(RegistryTest, TokenRealmRedirectsAreFollowed) {
       });
   ASSERT_TRUE(registry.ok());
   const std::string host = absl::StrCat("127.0.0.1:", (*registry)->port());
-  CredentialStore::Options co;
-  co.docker_config_dir = WriteDockerConfig(TestDir("cfg"), host, "erin", "pw");
-  co.podman_auth_file = "/nonexistent";
-  CredentialStore store(co);
-  RegistryOptions o;
-  o.hosts.plain_http = true;
-  o.credentials = &store;
-  Descriptor d;
-  d.digest = Sha256::Of("blob");
-  d.size = 4;
+  const std::string cfg = WriteDockerConfig(TestDir("cfg"), host, "erin", "pw");
   for (bool c : {false, true}) {
     SCOPED_TRACE(c ? "cross-origin" : "same origin");
     cross = c;
-    auto b = Client(host + "/r/app:v1", o)->OpenBlob(d);
-    ASSERT_TRUE(b.ok()) << b.status();
-    absl::Status st;
-    EXPECT_EQ(ReadAllBlob(b->get(), &st), "blob");
-    EXPECT_TRUE(st.ok()) << st;
+    ExpectBlob(PlainClientWithConfig(host + "/r/app:v1", cfg).get(), "blob");
   }
   EXPECT_EQ(issued_with_basic.load(), 1);
   EXPECT_EQ(issued_without.load(), 1) << "credentials left the realm's origin";
@@ -951,21 +948,7 @@ TEST_F(RegistryTest, IdentityTokenFallsBackToGetWhenPostIsRefused) {
   std::ofstream(cfg + "/config.json")
       << "{\"auths\":{\"" << host << "\":{\"auth\":\""
       << absl::Base64Escape("frank:") << "\",\"identitytoken\":\"idtok\"}}}";
-  CredentialStore::Options co;
-  co.docker_config_dir = cfg;
-  co.podman_auth_file = "/nonexistent";
-  CredentialStore store(co);
-  RegistryOptions o;
-  o.hosts.plain_http = true;
-  o.credentials = &store;
-  Descriptor d;
-  d.digest = Sha256::Of("blob");
-  d.size = 4;
-  auto b = Client(host + "/r/app:v1", o)->OpenBlob(d);
-  ASSERT_TRUE(b.ok()) << b.status();
-  absl::Status st;
-  EXPECT_EQ(ReadAllBlob(b->get(), &st), "blob");
-  EXPECT_TRUE(st.ok()) << st;
+  ExpectBlob(PlainClientWithConfig(host + "/r/app:v1", cfg).get(), "blob");
   EXPECT_EQ(posts.load(), 1);
   EXPECT_EQ(gets.load(), 1);
 }
@@ -998,14 +981,7 @@ TEST_F(RegistryTest, RefreshTokenNeverLeavesTheRealmsOrigin) {
   const std::string cfg = TestDir("idtok2");
   std::ofstream(cfg + "/config.json")
       << "{\"auths\":{\"" << host << "\":{\"identitytoken\":\"secret\"}}}";
-  CredentialStore::Options co;
-  co.docker_config_dir = cfg;
-  co.podman_auth_file = "/nonexistent";
-  CredentialStore store(co);
-  RegistryOptions o;
-  o.hosts.plain_http = true;
-  o.credentials = &store;
-  auto m = Client(host + "/r/app:v1", o)->ResolveManifest();
+  auto m = PlainClientWithConfig(host + "/r/app:v1", cfg)->ResolveManifest();
   ASSERT_FALSE(m.ok());
   EXPECT_TRUE(absl::StrContains(m.status().message(), "307")) << m.status();
   EXPECT_EQ(elsewhere.load(), 0);
