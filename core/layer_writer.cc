@@ -105,9 +105,13 @@ void AppendGoJsonString(absl::string_view s, std::string* out) {
   out->push_back('"');
 }
 
-// Go's t.UTC().Round(time.Second).Format(time.RFC3339).
+// RFC 3339 in UTC, with the fraction of a second when there is one (Go's
+// time.RFC3339Nano: trailing zeros dropped). The reference's writer rounds
+// to the second; keeping the fraction makes a lazy mount show the mtime the
+// layer's own tar header carries (and a full pull extracts): a program that
+// compares mtimes (Python's pyc check, make) sees the same file either way.
+// Readers parse the fraction (RFC 3339; Go's time.Parse, this reader).
 std::string FormatRfc3339(int64_t sec, uint32_t nsec) {
-  if (nsec >= 500'000'000) ++sec;
   int64_t days = sec / 86400, rem = sec % 86400;
   if (rem < 0) {
     rem += 86400;
@@ -125,12 +129,21 @@ std::string FormatRfc3339(int64_t sec, uint32_t nsec) {
   int64_t m = mp < 10 ? mp + 3 : mp - 9;
   if (m <= 2) ++y;
   char buf[64];
-  snprintf(buf, sizeof(buf), "%04lld-%02lld-%02lldT%02lld:%02lld:%02lldZ",
+  snprintf(buf, sizeof(buf), "%04lld-%02lld-%02lldT%02lld:%02lld:%02lld",
            static_cast<long long>(y), static_cast<long long>(m),
            static_cast<long long>(d), static_cast<long long>(rem / 3600),
            static_cast<long long>(rem / 60 % 60),
            static_cast<long long>(rem % 60));
-  return buf;
+  std::string out = buf;
+  if (nsec > 0) {
+    char frac[16];
+    snprintf(frac, sizeof(frac), ".%09u", nsec);
+    std::string f = frac;
+    while (f.back() == '0') f.pop_back();
+    out += f;
+  }
+  out += 'Z';
+  return out;
 }
 
 // A USTAR header as Go's archive/tar writes it for the landmarks and the
@@ -589,9 +602,7 @@ absl::StatusOr<LayerWriteResult> WriteLayer(absl::string_view tar,
       }
       // RFC 3339 (the TOC's modtime, as Go writes it) holds years 0-9999.
       constexpr int64_t kYear0 = -62167219200, kYear9999End = 253402300799;
-      if (it.h.mtime_sec < kYear0 || it.h.mtime_sec > kYear9999End ||
-          (it.h.mtime_sec == kYear9999End &&
-           it.h.mtime_nsec >= 500'000'000)) {  // rounded up to year 10000
+      if (it.h.mtime_sec < kYear0 || it.h.mtime_sec > kYear9999End) {
         return absl::InvalidArgumentError(absl::StrCat(
             "tar entry \"", it.h.name, "\" has mtime ", it.h.mtime_sec,
             " s, outside the years 0-9999 a TOC's modtime (RFC 3339) can "

@@ -54,6 +54,11 @@ std::string InputTar() {
   suid.uname = "user";
   suid.gname = "users";
   b.Add(suid);
+  TarSpec frac;  // a PAX mtime with a fraction (kept, not rounded)
+  frac.name = "etc/fraction";
+  frac.content = "f";
+  frac.pax_mtime = "1622548800.987654321";
+  b.Add(frac);
   TarSpec x;
   x.name = "etc/with-xattr";
   x.content = "x";
