@@ -987,6 +987,46 @@ TEST_F(RegistryTest, RefreshTokenNeverLeavesTheRealmsOrigin) {
   EXPECT_EQ(elsewhere.load(), 0);
 }
 
+// hosts.toml's [header] table goes with every request to the registry,
+// not to the storage host it redirects blob reads to.
+TEST_F(RegistryTest, HostsConfigHeadersGoToTheirHostOnly) {
+  const std::string blob = "blob with a header";
+  std::atomic<int> storage_saw_header{0};
+  auto storage =
+      LoopbackHttpServer::Start([&](const TestRequest& q, TestResponse* r) {
+        if (q.headers.count("x-team")) storage_saw_header.fetch_add(1);
+        r->body = blob;
+      });
+  ASSERT_TRUE(storage.ok());
+  std::atomic<int> without_header{0};
+  auto registry =
+      LoopbackHttpServer::Start([&](const TestRequest& q, TestResponse* r) {
+        if (q.headers.count("x-team") == 0 || q.headers.at("x-team") != "a") {
+          without_header.fetch_add(1);
+          r->status = 403;
+          return;
+        }
+        r->status = 307;
+        r->headers.push_back({"Location", (*storage)->url() + "/b"});
+      });
+  ASSERT_TRUE(registry.ok());
+  const std::string host = absl::StrCat("127.0.0.1:", (*registry)->port());
+  const std::string hosts_dir = TestDir("hdr.d");
+  const std::string host_dir = hosts_dir + "/" + host;
+  mkdir(host_dir.c_str(), 0755);
+  std::ofstream(host_dir + "/hosts.toml")
+      << "server = \"http://" << host << "\"\n[header]\n  x-team = \"a\"\n";
+  RegistryOptions o;
+  o.http = http_.get();
+  o.hosts.hosts_dir = hosts_dir;
+  auto ref = ImageReference::Parse(host + "/r/app:v1");
+  auto c = RegistryClient::Create(*ref, o);
+  ASSERT_TRUE(c.ok()) << c.status();
+  ExpectBlob(c->get(), blob);
+  EXPECT_EQ(without_header.load(), 0);
+  EXPECT_EQ(storage_saw_header.load(), 0);
+}
+
 TEST_F(RegistryTest, MirrorsFirstWithNsThenTheOrigin) {
   auto reg = StartRegistry({});
   ASSERT_NE(reg, nullptr);
