@@ -252,7 +252,8 @@ TEST(LayerListingTest, HostileWhiteoutsHideNothingReal) {
 
 // As a real filesystem: a POSIX ACL that lets a named user read a file the
 // mode bits alone would not is honoured (the kernel asks for the ACL); a
-// symlink's permission bits read 0777 whatever its tar header says; the
+// symlink's permission bits read 0777 whatever its tar header says; blocks
+// are counted as ext4 counts them (du agrees with a full pull); the
 // layer's own /.stargz-snapshotter (shadowed by the mount's state
 // directory for lookups) is not listed either.
 TEST(LayerListingTest, AclsSymlinkModesAndTheStateDirectory) {
@@ -301,6 +302,9 @@ TEST(LayerListingTest, AclsSymlinkModesAndTheStateDirectory) {
   struct stat st;
   ASSERT_EQ(lstat((m.mountpoint + "/link").c_str(), &st), 0);
   EXPECT_EQ(st.st_mode & 07777, 0777u) << std::oct << st.st_mode;
+  EXPECT_EQ(st.st_blocks, 0) << "a short symlink lives in its inode";
+  ASSERT_EQ(lstat((m.mountpoint + "/acl").c_str(), &st), 0);
+  EXPECT_EQ(st.st_blocks, 8) << "11 bytes take a 4 KiB block, as on ext4";
   EXPECT_EQ(Listing(m.mountpoint),
             (std::vector<std::string>{"acl", "closed", "link"}));
   // nobody, through a descriptor of the mount's root (the test's directories
