@@ -363,7 +363,20 @@ absl::Status MakeOverlayLower(const std::string& dir,
                      OpenDirBeneath(root.get(), parts, /*create=*/true));
     struct stat st;
     if (fstatat(parent.get(), name.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0) {
-      continue;  // the layer has its own X: it hides the lower one anyway
+      // The layer has its own X: it hides the lower one anyway, but a
+      // directory must not merge with it (whiteouts apply to the lower
+      // layers only, OCI image-spec): opaque.
+      if (S_ISDIR(st.st_mode)) {
+        ScopedFd x(openat(parent.get(), name.c_str(),
+                          O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+        if (!x.valid() ||
+            fsetxattr(x.get(), "trusted.overlay.opaque", "y", 1, 0) != 0) {
+          return ErrnoToStatus(
+              errno,
+              absl::StrCat("marking ", w, "'s directory opaque in ", dir));
+        }
+      }
+      continue;
     }
     // Keep the directory's mtime as the layer set it: adding the whiteout
     // device must not show as a change.

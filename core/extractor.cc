@@ -158,11 +158,19 @@ absl::Status Extractor::ApplyAttrs(int dirfd, const std::string& name,
   if (is_dir) {
     // xattrs through /proc/self/fd so that a symlink is never followed.
     std::string proc = absl::StrCat("/proc/self/fd/", dirfd, "/", name);
+    // Opaque: it holds the marker, or the layer also whites out its own
+    // name (".wh.X" beside "X/": the lower X goes, this one replaces it;
+    // whiteouts apply to the lower layers only, OCI image-spec).
+    bool opaque = ino != LayerIndex::kRoot &&
+                  idx_.Lookup(idx_.dirents()[n.dirent].parent,
+                              absl::StrCat(kWhiteoutPrefix, name))
+                      .has_value();
     for (uint32_t d : idx_.Children(ino)) {
-      if (idx_.dirents()[d].name == kOpaqueMarker &&
-          lsetxattr(proc.c_str(), "trusted.overlay.opaque", "y", 1, 0) != 0) {
-        return Fail(errno, "set trusted.overlay.opaque on", n.dirent);
-      }
+      opaque = opaque || idx_.dirents()[d].name == kOpaqueMarker;
+    }
+    if (opaque &&
+        lsetxattr(proc.c_str(), "trusted.overlay.opaque", "y", 1, 0) != 0) {
+      return Fail(errno, "set trusted.overlay.opaque on", n.dirent);
     }
   }
   if (n.type != EntryType::kSymlink) {

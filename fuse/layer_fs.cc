@@ -81,8 +81,16 @@ LayerFs::LayerFs(std::shared_ptr<CachedLayer> layer, LayerFsOptions options)
           index_.inode(de.inode).type != EntryType::kDir) {
         absl::string_view target = name.substr(kWhiteoutPrefix.size());
         // ".wh.", ".wh..", ".wh..." name nothing a whiteout could hide.
-        if (target.empty() || target == "." || target == ".." ||
-            index_.Lookup(dir, target).has_value()) {
+        if (target.empty() || target == "." || target == "..") continue;
+        if (std::optional<uint32_t> own = index_.Lookup(dir, target)) {
+          // The layer has its own X: the whiteout hides the lower X, which
+          // for a directory means this one is opaque (whiteouts apply to the
+          // lower layers only, OCI image-spec); a non-directory X hides the
+          // lower one by itself.
+          const Dirent& x = dirents[*own];
+          if (!x.hardlink && index_.inode(x.inode).type == EntryType::kDir) {
+            opaque_[x.inode] = true;
+          }
           continue;
         }
         // Whiteouts are marked by inode: one whose inode has other names (a

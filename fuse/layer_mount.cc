@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <sys/mount.h>
+#include <sys/xattr.h>
 
 #include <utility>
 
@@ -54,12 +55,24 @@ void ServedLayer::Stop() {
 
 ServedLayer::~ServedLayer() { Stop(); }
 
-absl::Status MountLayerStack(const std::vector<std::string>& lowers,
+absl::Status MountLayerStack(const std::vector<std::string>& all_lowers,
                              const std::string& mountpoint,
                              const std::string& upper,
                              const std::string& work) {
-  if (lowers.empty()) {
+  if (all_lowers.empty()) {
     return absl::InvalidArgumentError("no layers to mount");
+  }
+  // overlayfs ignores the opaque mark on a lower layer's root: a layer whose
+  // root is opaque (its tar has "./.wh..wh..opq") hides every layer below
+  // it only if those are left out.
+  std::vector<std::string> lowers = all_lowers;
+  for (size_t i = lowers.size(); i-- > 1;) {
+    char v = 0;
+    if (getxattr(lowers[i].c_str(), "trusted.overlay.opaque", &v, 1) == 1 &&
+        v == 'y') {
+      lowers.erase(lowers.begin(), lowers.begin() + static_cast<long>(i));
+      break;
+    }
   }
   if (upper.empty() && lowers.size() == 1) {
     const std::string& src = lowers[0];

@@ -63,7 +63,9 @@ class ServedLayer {
   std::thread thread_;
 };
 
-// Mounts `lowers` (bottom first, at least one) at `mountpoint`. With
+// Mounts `lowers` (bottom first, at least one) at `mountpoint`; layers below
+// one whose root is opaque (trusted.overlay.opaque, which overlayfs ignores
+// on a lower root) are left out. With
 // `upper` and `work` empty: read-only (see above); otherwise a writable
 // overlay. Undo with umount2(mountpoint).
 absl::Status MountLayerStack(const std::vector<std::string>& lowers,

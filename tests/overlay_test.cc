@@ -41,6 +41,7 @@
 #include <vector>
 
 #include "core/testing/tar_builder.h"
+#include "fuse/layer_mount.h"
 #include "gtest/gtest.h"
 #include "simdjson.h"
 #include "tests/testdata.h"
@@ -345,6 +346,41 @@ TEST(LayerListingTest, AclsSymlinkModesAndTheStateDirectory) {
       ::lazypull::testing::Run({LazypullBinary(), "unmount", m.mountpoint})
           .exit_code,
       0);
+  EXPECT_EQ(janitor.DetachAll(), 0) << "the test left a mount behind";
+}
+
+// OCI: a whiteout applies to the lower layers only. ".wh.rec" beside the
+// layer's own "rec/" removes the lower rec and keeps this one: rec is
+// opaque (the lower rec/old used to show through). A layer whose root is
+// opaque ("./.wh..wh..opq") hides every layer below it: overlayfs ignores
+// the mark on a lower root, so MountLayerStack leaves those layers out.
+TEST(LayerStackTest, WhiteoutBesideItsOwnNameAndAnOpaqueRoot) {
+  LAZYPULL_SKIP_WITHOUT_FUSE();
+  MountJanitor janitor;
+  TarBuilder lower, upper, top;
+  lower.Dir("rec/").File("rec/old", "old\n").File("keep", "k\n");
+  upper.File(".wh.rec", "").Dir("rec/").File("rec/new", "new\n");
+  top.Dir("./").File(".wh..wh..opq", "").File("newroot", "n\n");
+  LayerMount l, u, t;
+  ASSERT_NO_FATAL_FAILURE(
+      ConvertAndMount(&janitor, lower.Finish(), "estargz", &l));
+  ASSERT_NO_FATAL_FAILURE(
+      ConvertAndMount(&janitor, upper.Finish(), "zstd:chunked", &u));
+  ASSERT_NO_FATAL_FAILURE(
+      ConvertAndMount(&janitor, top.Finish(), "estargz", &t));
+  const std::string merged = MakeTempDir("stack");
+  janitor.Track(merged);
+  ASSERT_TRUE(MountLayerStack({l.mountpoint, u.mountpoint}, merged).ok());
+  EXPECT_EQ(ListDir(merged + "/rec"), std::set<std::string>{"new"});
+  EXPECT_EQ(ListDir(merged), (std::set<std::string>{"keep", "rec"}));
+  ASSERT_EQ(umount2(merged.c_str(), 0), 0) << strerror(errno);
+  ASSERT_TRUE(
+      MountLayerStack({l.mountpoint, u.mountpoint, t.mountpoint}, merged).ok());
+  EXPECT_EQ(ListDir(merged), std::set<std::string>{"newroot"});
+  EXPECT_EQ(umount2(merged.c_str(), 0), 0) << strerror(errno);
+  for (const LayerMount* m : {&l, &u, &t}) {
+    EXPECT_EQ(UnmountLayer(m->mountpoint).exit_code, 0);
+  }
   EXPECT_EQ(janitor.DetachAll(), 0) << "the test left a mount behind";
 }
 
