@@ -56,7 +56,12 @@ int CacheMain(int argc, char** argv) {
     absl::StatusOr<CacheVerifyReport> rep = (*cache)->VerifyAll();
     if (!rep.ok()) return Fail("cache", rep.status());
     std::cout << "verified " << rep->checked << " chunks, removed "
-              << rep->removed << " corrupt\n";
+              << rep->removed << " corrupt";
+    if (rep->gone > 0) {
+      std::cout << " (and " << rep->gone
+                << " more with their packs or evicted meanwhile)";
+    }
+    std::cout << "\n";
     if (rep->removed > 0) return 1;
   }
   CacheUsage u = (*cache)->Usage();

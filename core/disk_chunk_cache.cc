@@ -1025,6 +1025,8 @@ absl::StatusOr<CacheVerifyReport> DiskChunkCache::VerifyAll() {
       if (dropped_.load() != dropped) {
         ++rep.checked;
         ++rep.removed;
+      } else {
+        ++rep.gone;  // its pack went with a corrupt chunk, or evicted
       }
       continue;
     }

@@ -123,6 +123,9 @@ struct CacheCounters {
 struct CacheVerifyReport {
   uint64_t checked = 0;
   uint64_t removed = 0;  // corrupt chunks found and removed
+  // Chunks gone before their turn: removed with a corrupt chunk's pack (a
+  // pack goes whole), or evicted meanwhile by a mount using the cache.
+  uint64_t gone = 0;
 };
 
 class DiskChunkCache final : public ChunkCache {

@@ -500,6 +500,9 @@ TEST(DiskChunkCachePackTest, VerifyFindsAlteredChunksInTrustedPacks) {
   auto rep = (*c)->VerifyAll();
   ASSERT_TRUE(rep.ok());
   EXPECT_EQ(rep->removed, 1u);
+  // Every chunk is accounted for: checked, or gone with the corrupt pack.
+  EXPECT_EQ(rep->checked + rep->gone, 10u);
+  EXPECT_GT(rep->gone, 0u);
   EXPECT_EQ((*c)->Usage().chunks, 0u);
   EXPECT_EQ(CountFiles(dir + "/packs"), 0u);
 }
