@@ -731,8 +731,28 @@ void DiskChunkCache::WriterLoop() {
     }
     absl::Status st = WriteChunks(batch);
     if (!st.ok()) {
-      LogWarning("cache: could not store ", batch.size(),
-                 " chunk(s): ", st.message());
+      // The disk (not the budget) is full: make room, so that the chunks
+      // read next are cached again rather than fetched again every time.
+      if (absl::IsResourceExhausted(st)) {
+        uint64_t used;
+        {
+          absl::MutexLock l(&mu_);
+          used = bytes_;
+        }
+        (void)EvictTo(used / 10 * 8);
+      }
+      // One line per 10 s at most, with how many failed meanwhile.
+      const absl::Time now = absl::Now();
+      store_failures_ += batch.size();
+      if (now - last_store_warning_ >= absl::Seconds(10)) {
+        LogWarning("cache: could not store ", store_failures_,
+                   " chunk(s) since the last such line: ", st.message(),
+                   absl::IsResourceExhausted(st)
+                       ? " (made room by evicting the least recently used)"
+                       : "");
+        last_store_warning_ = now;
+        store_failures_ = 0;
+      }
     }
     if (!options_.sync && unsynced_writes_.load()) {
       struct timespec now;

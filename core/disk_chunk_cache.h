@@ -82,6 +82,7 @@
 #include "absl/container/flat_hash_set.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "core/chunk_cache.h"
 #include "core/chunk_pack.h"
 
@@ -296,6 +297,9 @@ class DiskChunkCache final : public ChunkCache {
   // Chunks written since the last mark, and when it was taken.
   std::atomic<bool> unsynced_writes_{false};
   std::atomic<int64_t> last_mark_ns_{0};
+  // The writer thread's: failed stores since the last warning about them.
+  uint64_t store_failures_ = 0;
+  absl::Time last_store_warning_ = absl::InfinitePast();
 };
 
 }  // namespace lazypull

@@ -1,12 +1,14 @@
 #include "core/disk_chunk_cache.h"
 
 #include <fcntl.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <chrono>
+#include <cstring>
 #include <fstream>
 #include <functional>
 #include <random>
@@ -700,6 +702,41 @@ TEST(BlockIoTest, UringAndPosixAgree) {
     EXPECT_FALSE(io->ReadAll({&past, 1}).ok());
   }
   close(fd);
+}
+
+// A full disk (not the budget): the writer makes room by evicting, so the
+// cache keeps caching (every later miss would otherwise be fetched again,
+// forever), and says so once, not once per chunk.
+TEST(DiskChunkCacheFullDiskTest, EvictsToMakeRoomAndKeepsCaching) {
+  if (geteuid() != 0) GTEST_SKIP() << "SKIPPED: needs root (a small tmpfs)";
+  const std::string dir = TempDir();
+  if (mount("tmpfs", dir.c_str(), "tmpfs", 0, "size=4m") != 0) {
+    GTEST_SKIP() << "SKIPPED: cannot mount a tmpfs here: " << strerror(errno);
+  }
+  struct Unmount {
+    std::string d;
+    ~Unmount() { umount2(d.c_str(), MNT_DETACH); }
+  } unmount{dir};
+  DiskChunkCacheOptions o;
+  o.pack_max_chunk = 0;  // a file per chunk
+  auto c = DiskChunkCache::Open(dir + "/cache", o);
+  ASSERT_TRUE(c.ok()) << c.status();
+  std::vector<std::string> chunks;
+  for (int i = 0; i < 40; ++i) {  // 10 MiB through a 4 MiB disk
+    chunks.push_back(Chunk(900 + i, 256 << 10));
+    ASSERT_TRUE((*c)->Insert(Sha256::Of(chunks.back()), chunks.back()).ok());
+    (*c)->Flush();
+  }
+  // The last chunks were stored: room was made for them.
+  std::string out(256 << 10, '\0');
+  for (int i = 37; i < 40; ++i) {
+    auto hit =
+        (*c)->Read(Sha256::Of(chunks[i]), out.size(), 0, absl::MakeSpan(out));
+    ASSERT_TRUE(hit.ok()) << hit.status();
+    EXPECT_TRUE(*hit) << "chunk " << i << " not cached";
+    EXPECT_TRUE(out == chunks[i]);
+  }
+  EXPECT_GT((*c)->counters().evictions, 0u);
 }
 
 }  // namespace
