@@ -1,4 +1,6 @@
 // `lazypull cache du|prune|verify`: the operator's view of the chunk cache.
+#include <sys/stat.h>
+
 #include <iostream>
 
 #include "absl/strings/str_cat.h"
@@ -38,6 +40,13 @@ int CacheMain(int argc, char** argv) {
   }
   const std::string dir =
       args->GetOr("cache-dir", DefaultCacheDir()) + "/cache";
+  // Inspecting a cache never makes one (a mistyped --cache-dir would
+  // otherwise report an empty cache and succeed).
+  struct stat st;
+  if (stat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
+    return Fail("cache", absl::NotFoundError(absl::StrCat(
+                             "no cache at ", dir, " (check --cache-dir)")));
+  }
   absl::StatusOr<std::unique_ptr<DiskChunkCache>> cache =
       DiskChunkCache::Open(dir);
   if (!cache.ok()) return Fail("cache", cache.status());

@@ -190,6 +190,12 @@ TEST_F(CacheMountTest, TinyBudgetStillServesExactBytes) {
   ASSERT_NE(p, std::string::npos) << du.out;
   uint64_t bytes = std::strtoull(du.out.c_str() + p + 9, nullptr, 10);
   EXPECT_LE(bytes, 200u * 1024) << du.out;
+  // A mistyped --cache-dir is an error, and no cache is made there.
+  const std::string typo = base_ + "/no-such-cache";
+  RunResult none = Exec({LazypullBinary(), "cache", "du", "--cache-dir", typo});
+  EXPECT_NE(none.exit_code, 0);
+  EXPECT_NE(none.err.find("no cache at"), std::string::npos) << none.err;
+  EXPECT_NE(access(typo.c_str(), F_OK), 0) << "cache du made " << typo;
 }
 
 TEST_F(CacheMountTest, KillDuringFillsNeverServesTornChunks) {
