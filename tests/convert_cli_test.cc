@@ -188,7 +188,8 @@ TEST_F(ConvertCliTest, PrioritizedFilesLeadTheLayer) {
 // Trees that are legal but awkward convert, verify and extract: a hardlink
 // whose target (a symlink, or a file) is replaced later in the tar keeps
 // the old one (as GNU tar extracts it; the TOC listed the link before the
-// node it named, and linked it to the new one); a file named ".wh.." (a whiteout of
+// node it named, and linked it to the new one); a file named ".wh.." (a
+// whiteout of
 // "..", which extract failed on); a path 6,000 directories deep (extract walked
 // every directory from the root: quadratic, ~2 minutes here; now linear).
 TEST_F(ConvertCliTest, AwkwardTreesConvertAndExtract) {
