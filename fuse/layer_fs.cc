@@ -1,16 +1,19 @@
 #include "fuse/layer_fs.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <string>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "core/buffer_pool.h"
 #include "core/json_writer.h"
 #include "core/log.h"
@@ -110,6 +113,41 @@ LayerFs::LayerFs(std::shared_ptr<CachedLayer> layer, LayerFsOptions options)
     std::sort(listed.begin(), listed.end(), [](const Child& a, const Child& b) {
       return a.dirent < b.dirent;
     });
+  }
+  // Implied directories: the attributes the layers below give them.
+  if (!options_.implied_dir_sources.empty()) {
+    for (uint32_t i = 0; i < n; ++i) {  // the root too (no "./" entry)
+      const Inode& in = index_.inode(i);
+      if (!in.implicit || in.type != EntryType::kDir) continue;
+      const std::string path = index_.Path(in.dirent);
+      for (const std::string& src : options_.implied_dir_sources) {
+        // A component at a time, never through a symlink (a lower layer's
+        // symlink must not lead to a path outside it).
+        int fd = open(src.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC);
+        int err = fd < 0 ? errno : 0;
+        for (absl::string_view part :
+             absl::StrSplit(path, '/', absl::SkipEmpty())) {
+          if (fd < 0) break;
+          const int next =
+              openat(fd, std::string(part).c_str(),
+                     O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+          err = next < 0 ? errno : 0;
+          close(fd);
+          fd = next;
+        }
+        struct stat st;
+        const bool found = fd >= 0 && fstat(fd, &st) == 0;
+        if (fd >= 0) close(fd);
+        if (found) {
+          implied_[i] = {static_cast<uint32_t>(st.st_mode & 07777), st.st_uid,
+                         st.st_gid, st.st_mtim};
+          break;
+        }
+        // Absent there: look lower. There but not a directory (a file, a
+        // symlink, a whiteout): it hides the layers below; as it is.
+        if (err != ENOENT) break;
+      }
+    }
   }
   known_ = std::make_unique<std::atomic<bool>[]>(n);
   state_dir_ino_ = n + 1;
@@ -386,6 +424,15 @@ void LayerFs::Stat(fuse_ino_t ino, struct stat* st) const {
   if (whiteout_[i]) {
     st->st_mode = S_IFCHR;
     st->st_rdev = makedev(0, 0);
+    return;
+  }
+  if (auto it = implied_.find(i); it != implied_.end()) {
+    st->st_uid = it->second.uid;
+    st->st_gid = it->second.gid;
+    st->st_mtim = st->st_atim = st->st_ctim = it->second.mtime;
+    st->st_mode = S_IFDIR | it->second.mode;
+    st->st_size = 4096;
+    st->st_blocks = 8;
     return;
   }
   // A symlink's permission bits mean nothing and read 0777 everywhere (a

@@ -44,6 +44,7 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
@@ -52,6 +53,11 @@
 namespace lazypull {
 
 struct LayerFsOptions {
+  // Directories the layer only implies (a path beneath them, no entry of
+  // their own) take their mode, owner and times from the first of these
+  // directories (the layers below, topmost first) that has them, as
+  // containerd's unpack copies them; else 0755, root, time 0.
+  std::vector<std::string> implied_dir_sources;
   // Basename of the state file: "<digest>" gives /.stargz-snapshotter/
   // <digest>.json. The layer's blob digest for registry mounts, its TOC
   // digest for --blob mounts.
@@ -189,6 +195,13 @@ class LayerFs {
   std::vector<std::vector<Child>> listing_;   // the same in TOC order
   std::vector<bool> whiteout_;                // index inode shown as 0:0
   std::vector<bool> opaque_;                  // dir holds .wh..wh..opq
+  // Implied directories' attributes from implied_dir_sources, by inode.
+  struct ImpliedAttrs {
+    uint32_t mode = 0;
+    uint32_t uid = 0, gid = 0;
+    struct timespec mtime = {0, 0};
+  };
+  absl::flat_hash_map<uint32_t, ImpliedAttrs> implied_;
   // Whether open is answered ENOSYS (options_.skip_open, as Init found the
   // kernel).
   std::atomic<bool> skip_open_{false};

@@ -456,6 +456,41 @@ TEST_F(RegistryMountTest, SingleLayerIsBindMounted) {
   mounts_.clear();
 }
 
+// A directory an upper layer only implies (a file beneath it, no entry of
+// its own) keeps the attributes the layer below gives it, as containerd's
+// unpack (and `pull`) keep them; it showed 0755, root, time 0.
+TEST_F(RegistryMountTest, ImpliedDirectoriesKeepTheLowerLayersAttributes) {
+  TarBuilder lower, upper;
+  lower.Dir("./");
+  TarSpec meta;
+  meta.name = "meta/";
+  meta.typeflag = '5';
+  meta.mode = 0710;
+  meta.uid = 5;
+  meta.gid = 6;
+  meta.mtime = 1500000000;
+  lower.Add(meta);
+  lower.File("meta/a", "a");
+  upper.File("meta/new", "new");  // no "meta/" entry, no "./" either
+  const std::string ref =
+      Push("test/implied", {Convert(lower.Finish(), "implied-lower", {}),
+                            Convert(upper.Finish(), "implied-upper", {})});
+  const std::string mnt = dir_ + "/mnt-implied";
+  testing::RunResult m = Mount(ref, mnt, {"--no-background-fetch"});
+  ASSERT_EQ(m.exit_code, 0) << m.err << m.out;
+  struct stat st;
+  ASSERT_EQ(stat((mnt + "/meta").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 0710u) << std::oct << st.st_mode;
+  EXPECT_EQ(st.st_uid, 5u);
+  EXPECT_EQ(st.st_gid, 6u);
+  EXPECT_EQ(st.st_mtime, 1500000000);
+  EXPECT_EQ(ReadAll(mnt + "/meta/new"), "new");
+  EXPECT_EQ(ReadAll(mnt + "/meta/a"), "a");
+  testing::RunResult u = testing::Run({bin_, "unmount", mnt});
+  EXPECT_EQ(u.exit_code, 0) << u.err;
+  mounts_.clear();
+}
+
 // The prioritized files (before the prefetch landmark) are fetched before
 // `mount --wait-prefetch` returns, without any read.
 TEST_F(RegistryMountTest, WaitPrefetchFetchesThePrioritizedFiles) {
