@@ -908,8 +908,9 @@ absl::Status ServeImage(
         fo.state_name = d.digest.ToString();
         fo.state_digest = fo.state_name;
         fo.user_overlay_xattrs = false;  // a root overlay uses trusted.*
+        fo.stacked = true;
         for (auto it = layers.rbegin(); it != layers.rend(); ++it) {
-          fo.implied_dir_sources.push_back((*it)->dir);
+          fo.lower_dirs.push_back((*it)->dir);
         }
         fo.push_pages = push_pages;
         if (mkdir(m->dir.c_str(), 0755) != 0) {

@@ -69,6 +69,7 @@ LayerFs::LayerFs(std::shared_ptr<CachedLayer> layer, LayerFsOptions options)
   for (uint32_t dir = 0; dir < n; ++dir) {
     if (index_.inode(dir).type != EntryType::kDir) continue;
     std::vector<Child>& kids = children_[dir];
+    std::optional<int> lower_has_dir;  // asked once per directory
     for (uint32_t d : index_.Children(dir)) {
       const Dirent& de = dirents[d];
       absl::string_view name = de.name;
@@ -100,6 +101,15 @@ LayerFs::LayerFs(std::shared_ptr<CachedLayer> layer, LayerFsOptions options)
         // hostile hardlink to or from a real file) would turn them into
         // whiteouts too, so it is dropped.
         if (de.hardlink || index_.inode(de.inode).nlink > 1) continue;
+        // In a stack, one in a directory no lower layer has hides nothing.
+        if (options_.stacked) {
+          if (!lower_has_dir) {
+            struct stat st;
+            lower_has_dir =
+                LowerDir(index_.Path(index_.inode(dir).dirent), &st) ? 1 : 0;
+          }
+          if (*lower_has_dir == 0) continue;
+        }
         whiteout_[de.inode] = true;
         kids.push_back({target, de.inode, d});
         continue;
@@ -115,37 +125,14 @@ LayerFs::LayerFs(std::shared_ptr<CachedLayer> layer, LayerFsOptions options)
     });
   }
   // Implied directories: the attributes the layers below give them.
-  if (!options_.implied_dir_sources.empty()) {
+  if (options_.stacked) {
     for (uint32_t i = 0; i < n; ++i) {  // the root too (no "./" entry)
       const Inode& in = index_.inode(i);
       if (!in.implicit || in.type != EntryType::kDir) continue;
-      const std::string path = index_.Path(in.dirent);
-      for (const std::string& src : options_.implied_dir_sources) {
-        // A component at a time, never through a symlink (a lower layer's
-        // symlink must not lead to a path outside it).
-        int fd = open(src.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC);
-        int err = fd < 0 ? errno : 0;
-        for (absl::string_view part :
-             absl::StrSplit(path, '/', absl::SkipEmpty())) {
-          if (fd < 0) break;
-          const int next =
-              openat(fd, std::string(part).c_str(),
-                     O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-          err = next < 0 ? errno : 0;
-          close(fd);
-          fd = next;
-        }
-        struct stat st;
-        const bool found = fd >= 0 && fstat(fd, &st) == 0;
-        if (fd >= 0) close(fd);
-        if (found) {
-          implied_[i] = {static_cast<uint32_t>(st.st_mode & 07777), st.st_uid,
-                         st.st_gid, st.st_mtim};
-          break;
-        }
-        // Absent there: look lower. There but not a directory (a file, a
-        // symlink, a whiteout): it hides the layers below; as it is.
-        if (err != ENOENT) break;
+      struct stat st;
+      if (LowerDir(index_.Path(in.dirent), &st)) {
+        implied_[i] = {static_cast<uint32_t>(st.st_mode & 07777), st.st_uid,
+                       st.st_gid, st.st_mtim};
       }
     }
   }
@@ -153,6 +140,31 @@ LayerFs::LayerFs(std::shared_ptr<CachedLayer> layer, LayerFsOptions options)
   state_dir_ino_ = n + 1;
   state_file_ino_ = n + 2;
   state_file_name_ = options_.state_name + ".json";
+}
+
+bool LayerFs::LowerDir(const std::string& path, struct stat* st) const {
+  for (const std::string& src : options_.lower_dirs) {
+    // A component at a time, never through a symlink (a lower layer's
+    // symlink must not lead to a path outside it).
+    int fd = open(src.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC);
+    int err = fd < 0 ? errno : 0;
+    for (absl::string_view part :
+         absl::StrSplit(path, '/', absl::SkipEmpty())) {
+      if (fd < 0) break;
+      const int next = openat(fd, std::string(part).c_str(),
+                              O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+      err = next < 0 ? errno : 0;
+      close(fd);
+      fd = next;
+    }
+    const bool found = fd >= 0 && fstat(fd, st) == 0;
+    if (fd >= 0) close(fd);
+    if (found) return true;
+    // Absent there: look lower. There but not a directory (a file, a
+    // symlink, a whiteout): it hides the layers below.
+    if (err != ENOENT) return false;
+  }
+  return false;
 }
 
 const LayerFs::Child* LayerFs::Find(uint32_t dir,

@@ -53,11 +53,17 @@
 namespace lazypull {
 
 struct LayerFsOptions {
-  // Directories the layer only implies (a path beneath them, no entry of
-  // their own) take their mode, owner and times from the first of these
-  // directories (the layers below, topmost first) that has them, as
-  // containerd's unpack copies them; else 0755, root, time 0.
-  std::vector<std::string> implied_dir_sources;
+  // The layer is one of a stack (an image mount): `lower_dirs` are the
+  // layers below it, topmost first (empty for the bottom one). Then:
+  //  - directories the layer only implies (a path beneath them, no entry of
+  //    their own) take their mode, owner and times from the first lower
+  //    layer that has them, as containerd's unpack copies them (else 0755,
+  //    root, time 0);
+  //  - whiteouts in a directory no lower layer has are not shown: they hide
+  //    nothing, and overlayfs passes them through in a directory it does
+  //    not merge (an entry nothing can open).
+  bool stacked = false;
+  std::vector<std::string> lower_dirs;
   // Basename of the state file: "<digest>" gives /.stargz-snapshotter/
   // <digest>.json. The layer's blob digest for registry mounts, its TOC
   // digest for --blob mounts.
@@ -195,13 +201,17 @@ class LayerFs {
   std::vector<std::vector<Child>> listing_;   // the same in TOC order
   std::vector<bool> whiteout_;                // index inode shown as 0:0
   std::vector<bool> opaque_;                  // dir holds .wh..wh..opq
-  // Implied directories' attributes from implied_dir_sources, by inode.
+  // Implied directories' attributes from lower_dirs, by inode.
   struct ImpliedAttrs {
     uint32_t mode = 0;
     uint32_t uid = 0, gid = 0;
     struct timespec mtime = {0, 0};
   };
   absl::flat_hash_map<uint32_t, ImpliedAttrs> implied_;
+  // `path` in the topmost of lower_dirs where it exists: true and *st
+  // there; false if no lower layer has it, or one has a non-directory in
+  // its way (which hides the layers below).
+  bool LowerDir(const std::string& path, struct stat* st) const;
   // Whether open is answered ENOSYS (options_.skip_open, as Init found the
   // kernel).
   std::atomic<bool> skip_open_{false};

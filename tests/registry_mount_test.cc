@@ -458,7 +458,8 @@ TEST_F(RegistryMountTest, SingleLayerIsBindMounted) {
 
 // A directory an upper layer only implies (a file beneath it, no entry of
 // its own) keeps the attributes the layer below gives it, as containerd's
-// unpack (and `pull`) keep them; it showed 0755, root, time 0.
+// unpack (and `pull`) keep them; it showed 0755, root, time 0. Whiteouts
+// hide lower files, and are not listed where there is nothing to hide.
 TEST_F(RegistryMountTest, ImpliedDirectoriesKeepTheLowerLayersAttributes) {
   TarBuilder lower, upper;
   lower.Dir("./");
@@ -470,8 +471,12 @@ TEST_F(RegistryMountTest, ImpliedDirectoriesKeepTheLowerLayersAttributes) {
   meta.gid = 6;
   meta.mtime = 1500000000;
   lower.Add(meta);
-  lower.File("meta/a", "a");
-  upper.File("meta/new", "new");  // no "meta/" entry, no "./" either
+  lower.File("meta/a", "a").File("meta/gone", "g");
+  upper.File("meta/new", "new");    // no "meta/" entry, no "./" either
+  upper.File("meta/.wh.gone", "");  // hides the lower file
+  // A whiteout in a directory no lower layer has hides nothing; overlayfs
+  // would list it as an entry nothing can open.
+  upper.Dir("fresh/").File("fresh/.wh.nothing", "").File("fresh/x", "x");
   const std::string ref =
       Push("test/implied", {Convert(lower.Finish(), "implied-lower", {}),
                             Convert(upper.Finish(), "implied-upper", {})});
@@ -486,6 +491,15 @@ TEST_F(RegistryMountTest, ImpliedDirectoriesKeepTheLowerLayersAttributes) {
   EXPECT_EQ(st.st_mtime, 1500000000);
   EXPECT_EQ(ReadAll(mnt + "/meta/new"), "new");
   EXPECT_EQ(ReadAll(mnt + "/meta/a"), "a");
+  EXPECT_NE(access((mnt + "/meta/gone").c_str(), F_OK), 0);
+  std::vector<std::string> fresh;
+  if (DIR* d = opendir((mnt + "/fresh").c_str())) {
+    while (struct dirent* e = readdir(d)) {
+      if (e->d_name[0] != '.') fresh.push_back(e->d_name);
+    }
+    closedir(d);
+  }
+  EXPECT_EQ(fresh, std::vector<std::string>{"x"});
   testing::RunResult u = testing::Run({bin_, "unmount", mnt});
   EXPECT_EQ(u.exit_code, 0) << u.err;
   mounts_.clear();
