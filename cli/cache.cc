@@ -40,12 +40,17 @@ int CacheMain(int argc, char** argv) {
   }
   const std::string dir =
       args->GetOr("cache-dir", DefaultCacheDir()) + "/cache";
-  // Inspecting a cache never makes one (a mistyped --cache-dir would
-  // otherwise report an empty cache and succeed).
+  // Inspecting a cache never makes one: a --cache-dir holding none is an
+  // error (a mistyped path would otherwise report an empty cache and
+  // succeed); the default directory not made yet is an empty cache.
   struct stat st;
   if (stat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
-    return Fail("cache", absl::NotFoundError(absl::StrCat(
-                             "no cache at ", dir, " (check --cache-dir)")));
+    if (args->Has("cache-dir")) {
+      return Fail("cache", absl::NotFoundError(absl::StrCat(
+                               "no cache at ", dir, " (check --cache-dir)")));
+    }
+    std::cout << "no cache yet at " << dir << ": 0 chunks, 0 bytes\n";
+    return 0;
   }
   absl::StatusOr<std::unique_ptr<DiskChunkCache>> cache =
       DiskChunkCache::Open(dir);

@@ -14,6 +14,7 @@
 #include <fstream>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "core/block_io.h"
 #include "core/buffer_pool.h"
@@ -731,25 +732,31 @@ void DiskChunkCache::WriterLoop() {
     }
     absl::Status st = WriteChunks(batch);
     if (!st.ok()) {
-      // The disk (not the budget) is full: make room, so that the chunks
-      // read next are cached again rather than fetched again every time.
-      if (absl::IsResourceExhausted(st)) {
+      // The disk (not the budget) is full (ENOSPC, EDQUOT; not a lack of
+      // descriptors or memory): make room, so that the chunks read next are
+      // cached again rather than fetched again every time; once per 10 s at
+      // most, so that a disk something else fills does not drain the cache.
+      const absl::Time now = absl::Now();
+      const bool disk_full = absl::StrContains(st.message(), "(errno 28)") ||
+                             absl::StrContains(st.message(), "(errno 122)");
+      if (disk_full &&
+          now - last_full_eviction_ >= options_.full_disk_eviction_every) {
         uint64_t used;
         {
           absl::MutexLock l(&mu_);
           used = bytes_;
         }
         (void)EvictTo(used / 10 * 8);
+        last_full_eviction_ = now;
       }
       // One line per 10 s at most, with how many failed meanwhile.
-      const absl::Time now = absl::Now();
       store_failures_ += batch.size();
       if (now - last_store_warning_ >= absl::Seconds(10)) {
         LogWarning("cache: could not store ", store_failures_,
                    " chunk(s) since the last such line: ", st.message(),
-                   absl::IsResourceExhausted(st)
-                       ? " (made room by evicting the least recently used)"
-                       : "");
+                   disk_full ? " (the disk is full: evicting the least "
+                               "recently used fifth, at most every 10 s)"
+                             : "");
         last_store_warning_ = now;
         store_failures_ = 0;
       }

@@ -95,6 +95,9 @@ struct DiskChunkCacheOptions {
   // With sync off: how often the writer takes a syncfs and moves the
   // `synced` mark forward while chunks are being written (default 30 s).
   int64_t sync_every_seconds = 30;
+  // When the disk is full (ENOSPC, EDQUOT), the writer evicts the least
+  // recently used fifth to make room, at most this often (default 10 s).
+  absl::Duration full_disk_eviction_every = absl::Seconds(10);
   uint64_t max_pending_bytes = 4 << 20;  // queued writes held in memory
   uint64_t rescan_every = 4096;          // inserts between directory scans
   size_t max_open_files = 512;           // cached read descriptors
@@ -300,6 +303,7 @@ class DiskChunkCache final : public ChunkCache {
   // The writer thread's: failed stores since the last warning about them.
   uint64_t store_failures_ = 0;
   absl::Time last_store_warning_ = absl::InfinitePast();
+  absl::Time last_full_eviction_ = absl::InfinitePast();
 };
 
 }  // namespace lazypull

@@ -502,9 +502,9 @@ TEST(DiskChunkCachePackTest, VerifyFindsAlteredChunksInTrustedPacks) {
   auto rep = (*c)->VerifyAll();
   ASSERT_TRUE(rep.ok());
   EXPECT_EQ(rep->removed, 1u);
-  // Every chunk is accounted for: checked, or gone with the corrupt pack.
+  // Every chunk is accounted for: checked, or gone with the corrupt pack
+  // (how many of each depends on the order they come in).
   EXPECT_EQ(rep->checked + rep->gone, 10u);
-  EXPECT_GT(rep->gone, 0u);
   EXPECT_EQ((*c)->Usage().chunks, 0u);
   EXPECT_EQ(CountFiles(dir + "/packs"), 0u);
 }
@@ -718,7 +718,8 @@ TEST(DiskChunkCacheFullDiskTest, EvictsToMakeRoomAndKeepsCaching) {
     ~Unmount() { umount2(d.c_str(), MNT_DETACH); }
   } unmount{dir};
   DiskChunkCacheOptions o;
-  o.pack_max_chunk = 0;  // a file per chunk
+  o.pack_max_chunk = 0;                               // a file per chunk
+  o.full_disk_eviction_every = absl::ZeroDuration();  // every time, here
   auto c = DiskChunkCache::Open(dir + "/cache", o);
   ASSERT_TRUE(c.ok()) << c.status();
   std::vector<std::string> chunks;

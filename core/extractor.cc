@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <atomic>
 #include <list>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -161,10 +162,13 @@ absl::Status Extractor::ApplyAttrs(int dirfd, const std::string& name,
     // Opaque: it holds the marker, or the layer also whites out its own
     // name (".wh.X" beside "X/": the lower X goes, this one replaces it;
     // whiteouts apply to the lower layers only, OCI image-spec).
-    bool opaque = ino != LayerIndex::kRoot &&
-                  idx_.Lookup(idx_.dirents()[n.dirent].parent,
-                              absl::StrCat(kWhiteoutPrefix, name))
-                      .has_value();
+    bool opaque = false;
+    if (ino != LayerIndex::kRoot) {
+      std::optional<uint32_t> w = idx_.Lookup(
+          idx_.dirents()[n.dirent].parent, absl::StrCat(kWhiteoutPrefix, name));
+      opaque = w && idx_.inode(idx_.dirents()[*w].inode).type !=
+                        EntryType::kDir;  // a whiteout, as the mount has it
+    }
     for (uint32_t d : idx_.Children(ino)) {
       opaque = opaque || idx_.dirents()[d].name == kOpaqueMarker;
     }

@@ -581,8 +581,6 @@ absl::StatusOr<LayerWriteResult> WriteLayer(absl::string_view tar,
     absl::flat_hash_map<std::string, size_t> by_name;
     // TOC name -> the tar name it came from, where they differ.
     absl::flat_hash_map<std::string, std::string> replaced;
-    // Target name -> the items that are hardlinks to it.
-    absl::flat_hash_map<std::string, std::vector<size_t>> links_to;
     std::vector<bool> dropped;
     for (;;) {
       Item it;
@@ -638,26 +636,8 @@ absl::StatusOr<LayerWriteResult> WriteLayer(absl::string_view tar,
       it.payload = tar.substr(it.h.data_offset, it.h.size);
       auto [pos, fresh] = by_name.try_emplace(it.clean, items.size());
       if (!fresh) {
-        // Hardlinks made to the entry being replaced keep what it was (as
-        // tar extracts them: the same inode as the old entry): each becomes
-        // a copy of it under the link's name, since the TOC can only link
-        // to a name, which now means the new entry.
-        const size_t old = pos->second;
-        if (auto links = links_to.find(it.clean); links != links_to.end()) {
-          for (size_t l : links->second) {
-            if (l < old || dropped[l]) continue;
-            Item copy = items[old];
-            copy.h.name = items[l].h.name;
-            copy.clean = items[l].clean;
-            items[l] = std::move(copy);
-          }
-          links_to.erase(links);
-        }
-        dropped[old] = true;
+        dropped[pos->second] = true;
         pos->second = items.size();
-      }
-      if (it.h.type == TarType::kHardlink) {
-        links_to[CleanEntryName(it.h.link_name)].push_back(items.size());
       }
       items.push_back(std::move(it));
       dropped.push_back(false);

@@ -65,8 +65,10 @@ absl::Status MountLayerStack(const std::vector<std::string>& all_lowers,
   // overlayfs ignores the opaque mark on a lower layer's root: a layer whose
   // root is opaque (its tar has "./.wh..wh..opq") hides every layer below
   // it only if those are left out.
+  // (Only while two layers remain: a single one would be bind-mounted, its
+  // whiteouts shown as devices.)
   std::vector<std::string> lowers = all_lowers;
-  for (size_t i = lowers.size(); i-- > 1;) {
+  for (size_t i = lowers.size() - 1; i-- > 1;) {
     char v = 0;
     if (getxattr(lowers[i].c_str(), "trusted.overlay.opaque", &v, 1) == 1 &&
         v == 'y') {

@@ -353,7 +353,8 @@ TEST(LayerListingTest, AclsSymlinkModesAndTheStateDirectory) {
 // layer's own "rec/" removes the lower rec and keeps this one: rec is
 // opaque (the lower rec/old used to show through). A layer whose root is
 // opaque ("./.wh..wh..opq") hides every layer below it: overlayfs ignores
-// the mark on a lower root, so MountLayerStack leaves those layers out.
+// the mark on a lower root, so MountLayerStack leaves those layers out
+// (while two layers remain: one alone would be bind-mounted).
 TEST(LayerStackTest, WhiteoutBesideItsOwnNameAndAnOpaqueRoot) {
   LAZYPULL_SKIP_WITHOUT_FUSE();
   MountJanitor janitor;
@@ -374,9 +375,11 @@ TEST(LayerStackTest, WhiteoutBesideItsOwnNameAndAnOpaqueRoot) {
   EXPECT_EQ(ListDir(merged + "/rec"), std::set<std::string>{"new"});
   EXPECT_EQ(ListDir(merged), (std::set<std::string>{"keep", "rec"}));
   ASSERT_EQ(umount2(merged.c_str(), 0), 0) << strerror(errno);
+  // The opaque root in the middle: the bottom layer is left out.
   ASSERT_TRUE(
-      MountLayerStack({l.mountpoint, u.mountpoint, t.mountpoint}, merged).ok());
-  EXPECT_EQ(ListDir(merged), std::set<std::string>{"newroot"});
+      MountLayerStack({l.mountpoint, t.mountpoint, u.mountpoint}, merged).ok());
+  EXPECT_EQ(ListDir(merged), (std::set<std::string>{"newroot", "rec"}));
+  EXPECT_EQ(ListDir(merged + "/rec"), std::set<std::string>{"new"});
   EXPECT_EQ(umount2(merged.c_str(), 0), 0) << strerror(errno);
   for (const LayerMount* m : {&l, &u, &t}) {
     EXPECT_EQ(UnmountLayer(m->mountpoint).exit_code, 0);
