@@ -50,10 +50,6 @@ class DirFds {
     lru_.splice(lru_.begin(), lru_, it->second);
     return Fd(fcntl(it->second->second.get(), F_DUPFD_CLOEXEC, 0));
   }
-  bool Contains(uint32_t ino) {
-    absl::MutexLock l(&mu_);
-    return map_.contains(ino);
-  }
   // Caches a duplicate of `fd` as `ino`'s.
   void Put(uint32_t ino, int fd) {
     Fd copy(fcntl(fd, F_DUPFD_CLOEXEC, 0));

@@ -438,7 +438,10 @@ void LayerFs::Stat(fuse_ino_t ino, struct stat* st) const {
     st->st_rdev = makedev(0, 0);
     return;
   }
-  if (auto it = implied_.find(i); it != implied_.end()) {
+  // (Empty unless the layer is stacked and implies directories: every stat
+  // comes here.)
+  if (auto it = implied_.empty() ? implied_.end() : implied_.find(i);
+      it != implied_.end()) {
     st->st_uid = it->second.uid;
     st->st_gid = it->second.gid;
     st->st_mtim = st->st_atim = st->st_ctim = it->second.mtime;
