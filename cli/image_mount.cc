@@ -33,6 +33,7 @@
 #include "core/cached_layer.h"
 #include "core/disk_chunk_cache.h"
 #include "core/errno_status.h"
+#include "core/footer.h"
 #include "core/layer_fill.h"
 #include "core/layer_reader.h"
 #include "core/layer_writer.h"
@@ -53,14 +54,6 @@
 namespace lazypull::cli {
 namespace {
 
-constexpr const char* kChecksumAnnotations[] = {
-    "io.github.containers.zstd-chunked.manifest-checksum",
-    "io.containers.zstd-chunked.manifest-checksum",
-};
-constexpr const char* kPositionAnnotations[] = {
-    "io.github.containers.zstd-chunked.manifest-position",
-    "io.containers.zstd-chunked.manifest-position",
-};
 // The speculative tail read: most TOCs of small and medium layers fit.
 constexpr uint64_t kTailReadSize = 512 << 10;
 // A manifest-position larger than this is not trusted for the tail read.
@@ -770,7 +763,7 @@ absl::Status ServeImage(
         }
         lo.toc_digest = *td;
       }
-      for (const char* key : kChecksumAnnotations) {
+      for (const char* key : kZstdChunkedChecksumAnnotations) {
         const std::string* c = Annotation(d, key);
         if (c == nullptr) continue;
         absl::StatusOr<Digest> cd = Digest::Parse(*c);
@@ -794,7 +787,7 @@ absl::Status ServeImage(
       // Where the TOC starts, when the descriptor says: the TOC and footer
       // in one read of just their bytes (a wrong hint costs a second read).
       std::optional<uint64_t> toc_at;
-      for (const char* key : kPositionAnnotations) {
+      for (const char* key : kZstdChunkedPositionAnnotations) {
         const std::string* p = Annotation(d, key);
         if (p == nullptr) continue;
         std::vector<std::string> f = absl::StrSplit(*p, ':');
@@ -894,6 +887,16 @@ absl::Status ServeImage(
         // pull-through cache, a plain web server). Lazy pulling needs them.
         why = absl::StrCat("its registry does not serve byte ranges (",
                            plan.reader.status().message(), ")");
+      }
+      if (why.empty() && IsNoFooter(plan.reader.status())) {
+        // An anchor annotation on a blob with no footer of any dialect (an
+        // ordinary gzip or zstd layer whose annotations were copied over):
+        // nothing lazy to verify against the anchor, and the full pull
+        // checks the blob's own digest.
+        why = absl::StrCat(
+            "its descriptor carries a TOC anchor but its blob has no "
+            "eStargz/zstd:chunked footer (",
+            plan.reader.status().message(), ")");
       }
       if (why.empty()) {
         absl::StatusOr<std::unique_ptr<LayerReader>>& reader = plan.reader;

@@ -314,6 +314,7 @@ class TreeWriter {
     e.uid = st.st_uid;
     e.gid = st.st_gid;
     e.mtime = st.st_mtim.tv_sec;
+    stats_.newest_mtime = std::max(stats_.newest_mtime, e.mtime);
     if (!S_ISDIR(st.st_mode) && st.st_nlink > 1) {
       auto [it, inserted] =
           first_names_.try_emplace(std::make_pair(st.st_dev, st.st_ino), rel);

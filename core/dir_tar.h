@@ -54,6 +54,7 @@ struct DirTarStats {
   uint64_t entries = 0;              // tar entries written
   uint64_t bytes = 0;                // length of the stream
   uint64_t file_bytes = 0;           // payload bytes of regular files
+  int64_t newest_mtime = 0;          // latest mtime of an entry (s), or 0
   std::vector<std::string> skipped;  // paths skipped (relative to the root)
 };
 

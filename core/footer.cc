@@ -3,10 +3,13 @@
 #include <cstring>
 
 #include "absl/status/status.h"
+#include "absl/strings/cord.h"
 #include "absl/strings/str_cat.h"
 
 namespace lazypull {
 namespace {
+
+constexpr absl::string_view kNoFooterUrl = "type.lazypull.dev/no-footer";
 
 uint64_t LoadLe64(const char* p) {
   uint64_t v = 0;
@@ -207,9 +210,15 @@ absl::StatusOr<Footer> ParseFooter(absl::string_view tail, uint64_t blob_size,
       return f;
     }
   }
-  return absl::InvalidArgumentError(
+  absl::Status none = absl::InvalidArgumentError(
       "no eStargz, stargz or zstd:chunked footer at the end of the blob (not a "
       "lazily-pullable layer, or truncated)");
+  none.SetPayload(kNoFooterUrl, absl::Cord("1"));
+  return none;
+}
+
+bool IsNoFooter(const absl::Status& s) {
+  return s.GetPayload(kNoFooterUrl).has_value();
 }
 
 }  // namespace lazypull

@@ -64,9 +64,14 @@ struct FooterLimits {
 // Parses the footer from `tail`, the last min(blob_size, kFooterTailSize)
 // bytes of a blob of `blob_size` bytes. Errors: InvalidArgument (no valid
 // footer, offsets past the end, sizes over the limit), Unimplemented
-// (external TOC).
+// (external TOC). A tail with no footer of any dialect at all is marked
+// (IsNoFooter): the blob is no lazily-pullable layer (or is truncated), as
+// opposed to one whose footer is there but wrong.
 absl::StatusOr<Footer> ParseFooter(absl::string_view tail, uint64_t blob_size,
                                    const FooterLimits& limits = {});
+
+// Whether `s` (or a Restated() form of it) is ParseFooter's "no footer".
+bool IsNoFooter(const absl::Status& s);
 
 }  // namespace lazypull
 

@@ -475,7 +475,9 @@ absl::Status LayerIndexBuilder::ComputeExtents(uint64_t data_end) {
             "\" has endOffset ", end_offsets_[i], " outside (", c.blob_offset,
             ", ", data_end, "]"));
       }
-      c.blob_end = end_offsets_[i];
+      // Only ever narrower: containers/storage gives a file's first chunk
+      // the endOffset of the whole file (its last chunk's end).
+      c.blob_end = std::min(c.blob_end, end_offsets_[i]);
     }
   }
   return absl::OkStatus();

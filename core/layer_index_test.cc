@@ -627,6 +627,23 @@ TEST(LayerIndexTest, EndOffsetBoundsTheExtent) {
   }
 }
 
+// containers/storage (Podman's zstd:chunked) gives a file's main entry the
+// endOffset of the file's whole payload, past its own first chunk: the next
+// chunk's start still ends the extent (it spanned the whole file, so the
+// first read of a large file fetched all of it).
+TEST(LayerIndexTest, EndOffsetNeverWidensTheExtent) {
+  TocEntry f = Reg("f", 10, 100, 5);
+  f.end_offset = 300;  // the whole file's end
+  TocEntry second = ChunkEntry(200, 5, 5);
+  second.end_offset = 300;
+  absl::StatusOr<LayerIndex> idx = Build({f, second}, 400);
+  ASSERT_TRUE(idx.ok()) << idx.status();
+  const auto chunks = idx->FileChunks(MustResolve(*idx, "f"));
+  ASSERT_EQ(chunks.size(), 2u);
+  EXPECT_EQ(chunks[0].blob_end, 200u);
+  EXPECT_EQ(chunks[1].blob_end, 300u);
+}
+
 TEST(LayerIndexTest, ChunkPastThePayloadRegionIsRejected) {
   ExpectInvalid(Build({Reg("f", 5, 400)}, 400), "past the payload region");
   ExpectInvalid(Build({Reg("f", 5, uint64_t{1} << 40)}, 400),

@@ -962,15 +962,23 @@ absl::StatusOr<LayerWriteResult> WriteLayer(absl::string_view tar,
   }
   if (comp == Compression::kZstd) {
     result.annotations.push_back(
-        {"io.containers.zstd-chunked.manifest-checksum",
+        {kZstdChunkedChecksumAnnotations[1],  // old prefix, as the reference
          result.toc_compressed_digest.ToString()});
     result.annotations.push_back(
-        {"io.containers.zstd-chunked.manifest-position",
+        {kZstdChunkedPositionAnnotations[1],
          absl::StrCat(result.toc_offset, ":", result.toc_compressed_size, ":",
                       result.toc_uncompressed_size, ":1")});
   }
   std::sort(result.annotations.begin(), result.annotations.end());
   return result;
+}
+
+bool HasLazyPullAnchor(const std::map<std::string, std::string>& annotations) {
+  if (annotations.count(kTocDigestAnnotation) > 0) return true;
+  for (const char* key : kZstdChunkedChecksumAnnotations) {
+    if (annotations.count(key) > 0) return true;
+  }
+  return false;
 }
 
 }  // namespace lazypull

@@ -52,6 +52,7 @@
 #define LAZYPULL_CORE_LAYER_WRITER_H_
 
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <string>
 #include <utility>
@@ -68,6 +69,20 @@ namespace lazypull {
 // of an eStargz layer (formats.md §2).
 inline constexpr char kTocDigestAnnotation[] =
     "containerd.io/snapshot/stargz/toc.digest";
+// The zstd:chunked trust anchor (the compressed TOC's digest) and where the
+// TOC is, each under containers/storage's new prefix and its old one.
+inline constexpr const char* kZstdChunkedChecksumAnnotations[] = {
+    "io.github.containers.zstd-chunked.manifest-checksum",
+    "io.containers.zstd-chunked.manifest-checksum",
+};
+inline constexpr const char* kZstdChunkedPositionAnnotations[] = {
+    "io.github.containers.zstd-chunked.manifest-position",
+    "io.containers.zstd-chunked.manifest-position",
+};
+// Whether a layer descriptor's annotations carry a lazy-pull trust anchor
+// (either of the above): the layer is eStargz or zstd:chunked, made to be
+// mounted lazily.
+bool HasLazyPullAnchor(const std::map<std::string, std::string>& annotations);
 
 // lazypull's own layer annotations, hints that let a mount start reads
 // before it has the TOC (nothing they bring is used unverified; a wrong one

@@ -99,6 +99,12 @@ class Unpacker {
       return absl::OkStatus();
     }
     const std::string& base = comps.back();
+    if (opts_.skip_lazy_metadata && comps.size() == 1 &&
+        h.type == TarType::kReg &&
+        (base == "stargz.index.json" || base == ".prefetch.landmark" ||
+         base == ".no.prefetch.landmark")) {
+      return absl::OkStatus();  // Next() skips its payload
+    }
     if (absl::StartsWith(base, kWhiteoutPrefix)) {
       // The directory holding a whiteout exists in this layer.
       RETURN_IF_ERROR(Parent(comps).status());

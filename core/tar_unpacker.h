@@ -42,6 +42,11 @@ namespace lazypull {
 struct TarUnpackOptions {
   // Apply owners (lchown). Callers default it to "running as root".
   bool same_owner = true;
+  // Leave out the lazy-pull metadata of an eStargz or zstd:chunked layer:
+  // the regular files `stargz.index.json` (the TOC's tar entry),
+  // `.prefetch.landmark` and `.no.prefetch.landmark` at the layer's root,
+  // which a lazy mount of the layer (and `extract`) does not show either.
+  bool skip_lazy_metadata = false;
 };
 
 struct UnpackedLayer {

@@ -27,11 +27,13 @@ class TarUnpackerTest : public ::testing::Test {
     dir_ = base_ + "/layer";
     mkdir(dir_.c_str(), 0755);
   }
-  absl::StatusOr<UnpackedLayer> Unpack(const std::string& tar) {
+  absl::StatusOr<UnpackedLayer> Unpack(const std::string& tar,
+                                       bool skip_lazy_metadata = false) {
     MemoryByteStream in(tar);
     TarReader r(&in);
     TarUnpackOptions o;
     o.same_owner = false;
+    o.skip_lazy_metadata = skip_lazy_metadata;
     return UnpackTar(&r, dir_, o);
   }
   std::string Read(const std::string& rel) {
@@ -114,6 +116,32 @@ TEST_F(TarUnpackerTest, ReportsWhiteoutsInsteadOfWritingThem) {
   EXPECT_FALSE(Exists(dir_ + "/b/.wh..wh..opq"));
   EXPECT_TRUE(S_ISDIR(Lstat("a").st_mode));
   EXPECT_EQ(Read("b/new"), "n");
+}
+
+// An eStargz layer's TOC entry and landmarks at its root are left out on
+// request (a full pull then shows what a lazy mount shows); the same names
+// elsewhere, or not regular files, are the image's own.
+TEST_F(TarUnpackerTest, LazyMetadataIsLeftOutOnRequest) {
+  TarBuilder b;
+  b.File(".prefetch.landmark", "X");
+  b.File("keep", "k");
+  b.File("sub/stargz.index.json", "mine");
+  b.Dir(".no.prefetch.landmark/");
+  b.File("stargz.index.json", "{\"version\":1,\"entries\":[]}");
+  const std::string tar = b.Finish();
+  auto r = Unpack(tar, /*skip_lazy_metadata=*/true);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_FALSE(Exists(dir_ + "/.prefetch.landmark"));
+  EXPECT_FALSE(Exists(dir_ + "/stargz.index.json"));
+  EXPECT_EQ(Read("keep"), "k");
+  EXPECT_EQ(Read("sub/stargz.index.json"), "mine");
+  EXPECT_TRUE(S_ISDIR(Lstat(".no.prefetch.landmark").st_mode));
+
+  dir_ = base_ + "/plain";
+  mkdir(dir_.c_str(), 0755);
+  ASSERT_TRUE(Unpack(tar).ok());
+  EXPECT_EQ(Read(".prefetch.landmark"), "X");
+  EXPECT_TRUE(Exists(dir_ + "/stargz.index.json"));
 }
 
 TEST_F(TarUnpackerTest, LaterEntriesReplaceEarlierOnes) {

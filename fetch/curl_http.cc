@@ -453,7 +453,16 @@ void CurlHttpTransport::Loop::Run() {
       cmds.swap(commands_);
       stop = stop_;
     }
-    if (stop) break;
+    if (stop) {
+      // Requests started as the transport shut down end below with the
+      // others (their readers wait on the channel: never drop them).
+      for (Command& c : cmds) {
+        if (c.kind == CommandKind::kStart) {
+          transfers_[c.id] = std::move(c.transfer);
+        }
+      }
+      break;
+    }
     for (Command& c : cmds) {
       if (c.kind == CommandKind::kStart) {
         Transfer* t = c.transfer.get();

@@ -17,6 +17,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "absl/time/time.h"
 #include "core/dir_tar.h"
 #include "core/errno_status.h"
 #include "core/json_writer.h"
@@ -915,8 +916,15 @@ class RootfsImageReader : public ImageReader {
     r->layer_.digest = h.Finish();
     r->layer_.size = static_cast<int64_t>(st.bytes);
 
+    // The image is as new as its newest file: a time clients show (they
+    // showed none, or the pull's), and the same tree pushed again gives the
+    // same config.
+    const std::string created = absl::FormatTime(
+        "%Y-%m-%dT%H:%M:%SZ", absl::FromUnixSeconds(st.newest_mtime),
+        absl::UTCTimeZone());
     JsonWriter c;
     c.BeginObject();
+    c.Key("created").String(created);
     c.Key("architecture").String(o.platform.architecture);
     if (!o.platform.variant.empty())
       c.Key("variant").String(o.platform.variant);
@@ -927,6 +935,7 @@ class RootfsImageReader : public ImageReader {
     c.Key("diff_ids").BeginArray().String(r->layer_.digest.ToString());
     c.EndArray().EndObject();
     c.Key("history").BeginArray().BeginObject();
+    c.Key("created").String(created);
     c.Key("created_by").String("lazypull push");
     c.EndObject().EndArray();
     c.EndObject();

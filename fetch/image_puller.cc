@@ -18,6 +18,7 @@
 #include "absl/time/clock.h"
 #include "core/decompressor.h"
 #include "core/errno_status.h"
+#include "core/layer_writer.h"
 #include "core/node_writer.h"
 #include "core/status_macros.h"
 #include "core/tar_reader.h"
@@ -190,6 +191,9 @@ absl::Status RunLayer(RegistryClient* client, const Descriptor& d,
   TarReader tar(&tar_stream);
   TarUnpackOptions uo;
   uo.same_owner = opts.same_owner;
+  // An eStargz/zstd:chunked layer's TOC entry and landmarks are left out,
+  // as a lazy mount of it leaves them out: the two give the same tree.
+  uo.skip_lazy_metadata = HasLazyPullAnchor(d.annotations);
   ASSIGN_OR_RETURN(job->unpacked, UnpackTar(&tar, staged, uo));
   // The tar ended; read the rest (EOF padding) so that the whole blob is
   // hashed and the decompressor sees every member end.

@@ -7,7 +7,9 @@
 //        and libzstd through core's StreamDecompressor, concatenated members
 //        and frames included), hashing the uncompressed stream (DiffID)
 //     -> streaming tar parser (core/tar_reader.h)
-//     -> UnpackTar into a staging directory of its own (core/tar_unpacker.h)
+//     -> UnpackTar into a staging directory of its own (core/tar_unpacker.h);
+//        a layer with a lazy-pull anchor (eStargz, zstd:chunked) leaves out
+//        its TOC entry and landmark files, as a lazy mount of it does
 //     -> the blob's digest and the config's diff_id are checked; a layer that
 //        fails either is discarded with everything it wrote.
 // Layers are then applied strictly in order (fetch/rootfs_builder.h:

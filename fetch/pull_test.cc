@@ -8,6 +8,8 @@
 #include <sys/xattr.h>
 #include <unistd.h>
 
+#include <cerrno>
+#include <cstring>
 #include <fstream>
 #include <map>
 #include <string>
@@ -65,7 +67,9 @@ std::map<std::string, std::string> Snapshot(const std::string& root) {
                             "\" links=", st.st_nlink);
       } else if (S_ISLNK(st.st_mode)) {
         char buf[256] = {0};
-        readlink(full.c_str(), buf, sizeof(buf) - 1);
+        if (readlink(full.c_str(), buf, sizeof(buf) - 1) < 0) {
+          ADD_FAILURE() << "readlink " << full << ": " << strerror(errno);
+        }
         line = absl::StrCat("symlink -> ", buf);
       } else if (S_ISCHR(st.st_mode)) {
         line = absl::StrCat("char ", line, " ", major(st.st_rdev), ":",

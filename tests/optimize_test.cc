@@ -6,7 +6,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <set>
 #include <sstream>
@@ -97,8 +99,11 @@ class OptimizeTest : public ::testing::Test {
     ASSERT_FALSE(libs.empty());
     for (const std::string& l : libs) CopyIn(bin, l);
     for (const char* l : {"bin", "lib", "lib64"}) {
-      symlink(absl::StrCat("usr/", l).c_str(),
-              absl::StrCat(bin, "/", l).c_str());
+      const std::string link = absl::StrCat(bin, "/", l);
+      // (EEXIST: the libraries copied in made it a directory already.)
+      ASSERT_TRUE(symlink(absl::StrCat("usr/", l).c_str(), link.c_str()) == 0 ||
+                  errno == EEXIST)
+          << link << ": " << strerror(errno);
     }
     mkdir((data + "").c_str(), 0755);
     mkdir((data + "/data").c_str(), 0755);
