@@ -44,6 +44,11 @@ class ParsedArgs {
   bool Has(const std::string& flag) const { return values_.count(flag) > 0; }
   std::optional<std::string> Get(const std::string& flag) const;
   std::string GetOr(const std::string& flag, const std::string& def) const;
+  // Replaces the value of a flag that was given (no-op otherwise).
+  void Replace(const std::string& flag, std::string value) {
+    auto it = values_.find(flag);
+    if (it != values_.end()) it->second = std::move(value);
+  }
 
  private:
   friend absl::StatusOr<ParsedArgs> Parse(const CommandSpec&, int, char**);

@@ -28,6 +28,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "cli/commands.h"
+#include "cli/mount_record.h"
 #include "cli/network_flags.h"
 #include "cli/quiet_wait.h"
 #include "core/cached_layer.h"
@@ -50,6 +51,7 @@
 #include "fetch/reference.h"
 #include "fetch/registry.h"
 #include "fuse/layer_mount.h"
+#include "fuse/mount_table.h"
 
 namespace lazypull::cli {
 namespace {
@@ -582,20 +584,95 @@ absl::Status CheckImageMountArgs(const ParsedArgs& args) {
   return RegistryOptionsFromArgs(args, &ro);
 }
 
+// Takes the termination signals (blocked in every thread) on a thread of
+// its own for the whole life of a server, so that one arriving while the
+// mount is still being set up is acted on at once (`OnSignal`: the setup's
+// requests are cancelled), not only once the mount is ready.
+class SignalWatcher {
+ public:
+  explicit SignalWatcher(const sigset_t& sigs)
+      : sigs_(sigs), thread_([this] { Run(); }) {}
+  ~SignalWatcher() {
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      closing_ = true;
+    }
+    // (A no-op if the thread already took a signal and returned.)
+    pthread_kill(thread_.native_handle(), SIGHUP);
+    thread_.join();
+  }
+  SignalWatcher(const SignalWatcher&) = delete;
+  SignalWatcher& operator=(const SignalWatcher&) = delete;
+
+  // Runs `f` on the watcher thread when a signal arrives (at once if one
+  // already has). Replaces any earlier callback.
+  // Returns only when no earlier callback is running: OnSignal(nullptr)
+  // before what a callback uses goes away.
+  void OnSignal(std::function<void()> f) {
+    std::lock_guard<std::mutex> cb(cb_mu_);
+    bool now;
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      on_signal_ = std::move(f);
+      now = sig_ != 0 && on_signal_;
+    }
+    if (now) on_signal_();
+  }
+  int signal() const {
+    std::lock_guard<std::mutex> l(mu_);
+    return sig_;
+  }
+  // Blocks until a signal arrives; returns it.
+  int Wait() {
+    std::unique_lock<std::mutex> l(mu_);
+    cv_.wait(l, [&] { return sig_ != 0; });
+    return sig_;
+  }
+
+ private:
+  void Run() {
+    int sig = 0;
+    while (sigwait(&sigs_, &sig) != 0) {
+    }
+    {
+      std::lock_guard<std::mutex> cb(cb_mu_);
+      std::function<void()> f;
+      {
+        std::lock_guard<std::mutex> l(mu_);
+        if (closing_) return;
+        sig_ = sig;
+        f = on_signal_;
+      }
+      if (f) f();
+    }
+    cv_.notify_all();
+  }
+
+  const sigset_t sigs_;
+  std::mutex cb_mu_;  // held while a callback runs or is replaced
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::function<void()> on_signal_;
+  int sig_ = 0;
+  bool closing_ = false;
+  std::thread thread_;  // last: starts once the rest is set
+};
+
 absl::Status ServeImage(
     const ParsedArgs& args, const std::string& mountpoint,
     const std::string& pid_file,
     const std::function<void(const std::string& notes)>& ready) {
   mallopt(M_MMAP_THRESHOLD, 256 << 10);
   mallopt(M_ARENA_MAX, 2);
-  // Termination signals are taken by this thread with sigwait; every thread
-  // started from here on inherits the mask.
+  // Termination signals are taken by a watcher thread with sigwait; every
+  // thread started from here on inherits the mask.
   sigset_t sigs;
   sigemptyset(&sigs);
   sigaddset(&sigs, SIGINT);
   sigaddset(&sigs, SIGTERM);
   sigaddset(&sigs, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
+  SignalWatcher signals(sigs);
 
   ASSIGN_OR_RETURN(ImageReference ref,
                    ImageReference::Parse(args.positionals[0]));
@@ -615,6 +692,18 @@ absl::Status ServeImage(
   if (tuning.background_http1) bg_http_options.http2 = false;
   ASSIGN_OR_RETURN(std::unique_ptr<CurlHttpTransport> bg_http,
                    CurlHttpTransport::Create(bg_http_options));
+  // A signal before the mount is ready ends the set-up's requests (a
+  // runtime that gave up on this mount waited for its timeouts).
+  std::atomic<bool> serving{false};
+  signals.OnSignal([&] {
+    if (serving.load()) return;  // then the main thread tears down
+    http->CancelAll();
+    bg_http->CancelAll();
+  });
+  struct ForgetSignalsAtExit {
+    SignalWatcher* w;
+    ~ForgetSignalsAtExit() { w->OnSignal(nullptr); }
+  } forget_signals{&signals};
   std::shared_ptr<RegistryClient> bg_client;
   {
     RegistryOptions bro = ro;
@@ -686,6 +775,7 @@ absl::Status ServeImage(
   std::condition_variable pf_cv;
   size_t pf_pending = 0;
   bool overlay_mounted = false;
+  int overlay_id = -1;  // its id in the mount table
 
   // Page pushes (on unless --no-push-pages), guarded by a watchdog.
   const bool push_pages = !args.Has("no-push-pages");
@@ -694,9 +784,17 @@ absl::Status ServeImage(
   // Undoes everything, in order: used on failure and at the end.
   auto teardown = [&] {
     stop.store(true);
+    // Background requests end now: waiting out their retries against a
+    // server gone silent held the exit for minutes. (On-demand reads keep
+    // their transport: a busy mount detached lazily is still served.)
+    bg_http->CancelAll();
     if (watchdog != nullptr) watchdog->Stop();  // (before any unmount)
     if (overlay_mounted) {
-      if (umount2(mountpoint.c_str(), 0) != 0 && errno != EINVAL) {
+      // Only if what is mounted there now is still this server's: after
+      // `unmount` took it away, a new mount may already sit there.
+      std::optional<MountEntry> top = TopMountAt(mountpoint);
+      if (top && top->id == overlay_id && umount2(mountpoint.c_str(), 0) != 0 &&
+          errno != EINVAL) {
         umount2(mountpoint.c_str(), MNT_DETACH);
       }
       overlay_mounted = false;
@@ -959,10 +1057,17 @@ absl::Status ServeImage(
     for (const auto& m : layers) lowers.push_back(m->dir);
     RETURN_IF_ERROR(MountLayerStack(lowers, mountpoint));
     overlay_mounted = true;
+    if (std::optional<MountEntry> top = TopMountAt(mountpoint)) {
+      overlay_id = top->id;
+    }
     return absl::OkStatus();
   }();
   if (!st.ok()) {
     teardown();
+    if (const int sig = signals.signal(); sig != 0) {
+      return absl::CancelledError(absl::StrCat(
+          "signal ", sig, " while the mount was being set up: ", st.message()));
+    }
     return st;
   }
   // The pushes' watchdog, from this thread (it lives as long as the
@@ -1106,8 +1211,13 @@ absl::Status ServeImage(
     }
   }
 
-  std::ofstream(pid_file) << getpid() << "\n"
-                          << mountpoint << "\nimage " << ref.String() << "\n";
+  {
+    MountRecord record;
+    record.mountpoint = mountpoint;
+    record.image_ref = ref.String();
+    record.run_dir = run_dir;
+    WriteMountRecord(pid_file, record);
+  }
   auto ms = [](absl::Duration d) { return absl::ToInt64Milliseconds(d); };
   LogInfo("mount ready in ", ms(absl::Now() - t_start), " ms: resolve ",
           ms(t_resolved - t_start), " ms, layers (footer, TOC, index, FUSE) ",
@@ -1116,10 +1226,10 @@ absl::Status ServeImage(
   LogInfo("serving ", ref.String(), " (manifest ",
           img.manifest_digest.ToString(), ", ", layers.size(), " layer(s)) at ",
           mountpoint, ", cache ", cache_dir);
+  serving.store(true);
   ready(absl::StrJoin(notes, "\n"));
 
-  int sig = 0;
-  sigwait(&sigs, &sig);
+  const int sig = signals.Wait();
   LogInfo("signal ", sig, ": unmounting ", mountpoint);
   {
     const BackgroundBudget& budget = *tuning.source.background_budget;
@@ -1139,7 +1249,7 @@ absl::Status ServeImage(
           bs.connections, ")");
   session.reset();
   LogInfo("unmounted ", mountpoint);
-  unlink(pid_file.c_str());
+  RemoveOwnMountRecord(pid_file);
   return absl::OkStatus();
 }
 

@@ -7,18 +7,20 @@
 #include <stdlib.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
-#include <sys/sysmacros.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
+#include <cstring>
 #include <fstream>
 #include <iostream>
 #include <thread>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "cli/commands.h"
 #include "cli/image_mount.h"
+#include "cli/mount_record.h"
 #include "core/cached_layer.h"
 #include "core/digest.h"
 #include "core/disk_chunk_cache.h"
@@ -28,6 +30,7 @@
 #include "core/status_macros.h"
 #include "fuse/fuse_server.h"
 #include "fuse/layer_fs.h"
+#include "fuse/mount_table.h"
 
 namespace lazypull::cli {
 namespace {
@@ -112,27 +115,50 @@ const CommandSpec kUnmountSpec = {
     {{"force", "", "detach even if busy (lazy unmount)"}},
 };
 
-std::string RuntimeDir() {
-  if (geteuid() == 0) return "/run/lazypull";
-  if (const char* x = getenv("XDG_RUNTIME_DIR"); x && *x) {
-    return absl::StrCat(x, "/lazypull");
-  }
-  return absl::StrCat("/tmp/lazypull-", geteuid());
+// The mountpoint as the mount table will name it: its parent resolved, its
+// last component too unless something is mounted there already (a dead or
+// hung mount must not be touched; a symlink to a directory is followed, as
+// mount(2) follows it).
+std::string MountpointPath(const std::string& arg) {
+  const std::string p = PathWithoutTouchingIt(arg);
+  if (TopMountAt(p).has_value()) return p;
+  char buf[PATH_MAX];
+  if (realpath(arg.c_str(), buf) != nullptr) return buf;
+  return p;
 }
 
-std::string AbsPath(const std::string& p) {
-  char buf[PATH_MAX];
-  if (realpath(p.c_str(), buf) != nullptr) return buf;
-  if (!p.empty() && p[0] == '/') return p;
+// A path made absolute against the current directory (the serving process
+// leaves it for "/", which must not keep the caller's directory busy).
+std::string Absolute(const std::string& p) {
+  if (p.empty() || p[0] == '/') return p;
   char cwd[PATH_MAX];
   if (getcwd(cwd, sizeof(cwd)) == nullptr) return p;
   return absl::StrCat(cwd, "/", p);
 }
 
-std::string PidFile(const std::string& mountpoint) {
-  return absl::StrCat(RuntimeDir(), "/",
-                      Sha256::Of(AbsPath(mountpoint)).Hex().substr(0, 16),
-                      ".pid");
+// Whether the mount table's topmost mount at a mountpoint is one of
+// lazypull's: a layer's FUSE mount (or a bind mount of one), or the overlay
+// or bind mount an image mount made of its run directory's layers.
+bool IsLazypullMount(const MountEntry& e, const std::optional<MountRecord>& r) {
+  if (e.fstype == "fuse.lazypull") return true;
+  if (!r) return false;
+  const std::string run_marker = absl::StrCat("/mounts/", r->pid, "/");
+  return absl::StrContains(e.super_options, run_marker) ||
+         absl::StrContains(e.root + "/", run_marker);
+}
+
+// Detaches what a dead image server left under its run directory (its layer
+// mounts answer ENOTCONN) and removes the directory.
+void CleanUpAfterDeadServer(const MountRecord& r) {
+  if (r.run_dir.empty()) return;
+  std::vector<MountEntry> t = ReadMountTable();
+  for (auto it = t.rbegin(); it != t.rend(); ++it) {
+    if (absl::StartsWith(it->mount_point, r.run_dir + "/")) {
+      umount2(it->mount_point.c_str(), MNT_DETACH);
+      rmdir(it->mount_point.c_str());
+    }
+  }
+  rmdir(r.run_dir.c_str());
 }
 
 // Everything from opening the layer to serving it. `ready` is called once
@@ -145,7 +171,7 @@ absl::Status Serve(const ParsedArgs& args,
   // threshold keep them as peak RSS.
   mallopt(M_MMAP_THRESHOLD, 256 << 10);
   mallopt(M_ARENA_MAX, 2);
-  const std::string mountpoint = AbsPath(args.positionals[0]);
+  const std::string mountpoint = MountpointPath(args.positionals[0]);
   std::optional<std::string> toc = args.Get("toc-digest");
   LayerOpenOptions lo;
   if (toc) {
@@ -191,9 +217,10 @@ absl::Status Serve(const ParsedArgs& args,
   so.allow_other = args.GetOr("o", "") == "allow_other";
   ASSIGN_OR_RETURN(std::unique_ptr<FuseServer> server,
                    FuseServer::Mount(mountpoint, LayerFs::Ops(), fs.get(), so));
-  const std::string pid_file = PidFile(mountpoint);
-  mkdir(RuntimeDir().c_str(), 0700);
-  std::ofstream(pid_file) << getpid() << "\n" << mountpoint << "\n";
+  const std::string pid_file = MountRecordPath(mountpoint);
+  MountRecord record;
+  record.mountpoint = mountpoint;
+  WriteMountRecord(pid_file, record);
   LogInfo("serving ", *args.Get("blob"), " (TOC ", fo.state_name, ") at ",
           mountpoint, ", cache ", cache_dir);
   // Pushes only once their watchdog runs.
@@ -214,7 +241,7 @@ absl::Status Serve(const ParsedArgs& args,
   // The last reference to the cache: its destructor flushes queued writes.
   // Only then may `unmount` (waiting on this pid) return.
   LogInfo("unmounted ", mountpoint);
-  unlink(pid_file.c_str());
+  RemoveOwnMountRecord(pid_file);
   return st;
 }
 
@@ -253,19 +280,43 @@ int MountMain(int argc, char** argv) {
     return Fail("mount",
                 absl::InvalidArgumentError("-o accepts only allow_other"));
   }
+  // Paths made absolute: the serving process works from "/".
+  const std::string mp = MountpointPath(mountpoint_arg);
+  args->positionals.back() = mp;
+  for (const char* flag :
+       {"blob", "cache-dir", "log-file", "ca-file", "hosts-dir"}) {
+    if (auto v = args->Get(flag)) args->Replace(flag, Absolute(*v));
+  }
+  // One server per mountpoint: a second one stacked on the first would
+  // share its record, and unmounting would orphan one of them.
+  if (std::optional<MountRecord> r = ReadMountRecord(MountRecordPath(mp));
+      r && ServerAlive(*r)) {
+    return Fail("mount", absl::AlreadyExistsError(absl::StrCat(
+                             mp, " is already a lazypull mount (served by pid ",
+                             r->pid, "): `lazypull unmount` it first")));
+  }
+  if (!TopMountAt(mp).has_value()) {
+    // (A mount there, dead or alive, is not touched: see MountpointPath.)
+    struct stat st;
+    if (stat(mp.c_str(), &st) != 0) {
+      return Fail("mount", ErrnoToStatus(errno, "mountpoint " + mp));
+    }
+    if (!S_ISDIR(st.st_mode)) {
+      return Fail("mount", absl::InvalidArgumentError(absl::StrCat(
+                               "mountpoint ", mp, " is not a directory")));
+    }
+  }
   // Runs the server in this process; `ready` gets the user notes.
   auto serve = [&](const std::function<void(const std::string&)>& ready) {
     if (!image) {
       return Serve(*args, [&](const absl::Status&) { ready(""); });
     }
-    const std::string mp = AbsPath(mountpoint_arg);
-    return ServeImage(*args, mp, PidFile(mp), ready);
+    return ServeImage(*args, mp, MountRecordPath(mp), ready);
   };
-  if (image) mkdir(RuntimeDir().c_str(), 0700);
   if (args->Has("foreground")) {
     absl::Status st = serve([&](const std::string& notes) {
       if (!notes.empty()) std::cout << notes << "\n";
-      std::cout << "mounted " << AbsPath(mountpoint_arg) << std::endl;
+      std::cout << "mounted " << mp << std::endl;
     });
     return st.ok() ? 0 : Fail("mount", st);
   }
@@ -285,8 +336,7 @@ int MountMain(int argc, char** argv) {
     close(fds[0]);
     if (msg.rfind("OK", 0) == 0) {
       if (msg.size() > 3) std::cout << msg.substr(3) << "\n";
-      std::cout << "mounted " << AbsPath(mountpoint_arg) << " (pid " << pid
-                << ")" << std::endl;
+      std::cout << "mounted " << mp << " (pid " << pid << ")" << std::endl;
       // The mount is up and served by the child: this process has nothing
       // to tear down, and skipping exit-time destructors and library
       // teardown returns the command sooner.
@@ -303,6 +353,12 @@ int MountMain(int argc, char** argv) {
   }
   close(fds[0]);
   setsid();
+  // Not the caller's directory: it would stay busy while this serves.
+  if (chdir("/") != 0) LogWarning("chdir /: ", strerror(errno));
+  // A caller that gives up (killed while the mount was being set up) closes
+  // the pipe: the write below then fails with EPIPE instead of killing this
+  // process between its mount and its clean-up.
+  signal(SIGPIPE, SIG_IGN);
   const std::string cache_dir = args->GetOr("cache-dir", DefaultCacheDir());
   mkdir(cache_dir.c_str(), 0700);
   const std::string log_file =
@@ -315,10 +371,18 @@ int MountMain(int argc, char** argv) {
   bool told = false;
   absl::Status st = serve([&](const std::string& notes) {
     const std::string m = notes.empty() ? "OK" : absl::StrCat("OK\n", notes);
-    ssize_t w = write(fds[1], m.data(), m.size());
-    (void)w;
+    const ssize_t w = write(fds[1], m.data(), m.size());
     close(fds[1]);
     told = true;
+    if (w < 0 && errno == EPIPE) {
+      // Nobody was told the mount is up, and nobody will unmount it: the
+      // command that started it is gone (a runtime's timeout killed it).
+      LogWarning(
+          "the mount command that started this server is gone; "
+          "unmounting ",
+          mp);
+      kill(getpid(), SIGTERM);  // taken by the server's signal handling
+    }
   });
   if (!told) {
     std::string m(st.message());
@@ -334,27 +398,49 @@ int UnmountMain(int argc, char** argv) {
   int code;
   std::optional<ParsedArgs> args = ParseOrExit(kUnmountSpec, argc, argv, &code);
   if (!args) return code;
-  const std::string mp = AbsPath(args->positionals[0]);
-  const bool force = args->Has("force");
-  // Read the serving process's pid before unmounting: it removes the file
-  // on its way out.
-  pid_t pid = 0;
-  // An image mount (third line "image REF"): MOUNTPOINT is an overlay (or
-  // bind mount) of the process's layer mounts, which it ends on SIGTERM.
-  bool image = false;
-  {
-    std::ifstream in(PidFile(mp));
-    if (!(in >> pid)) pid = 0;
-    std::string line;
-    std::getline(in, line);  // rest of the pid line
-    std::getline(in, line);  // mountpoint
-    if (std::getline(in, line) && line.rfind("image ", 0) == 0) image = true;
+  // Nothing here touches the mount itself (no stat, no realpath of it): a
+  // stopped or hung server would hang this command in the kernel.
+  std::string mp = PathWithoutTouchingIt(args->positionals[0]);
+  std::optional<MountEntry> top = TopMountAt(mp);
+  if (!top) {
+    // A symlink to the mountpoint, perhaps.
+    char buf[PATH_MAX];
+    if (realpath(args->positionals[0].c_str(), buf) != nullptr) {
+      mp = buf;
+      top = TopMountAt(mp);
+    }
   }
-  // The FUSE connection number, to end the server even if copies of the
-  // mount live on in other mount namespaces (e.g. a sandbox created while it
-  // was mounted): they would keep the connection, and the server, alive.
-  struct stat mst;
-  const bool have_dev = stat(mp.c_str(), &mst) == 0;
+  const bool force = args->Has("force");
+  const std::string record_path = MountRecordPath(mp);
+  // Read before unmounting: the server removes it on its way out.
+  const std::optional<MountRecord> record = ReadMountRecord(record_path);
+  // A record's pid may since have been reused by an unrelated process:
+  // nothing is signalled unless the recorded server is the one running.
+  const bool alive = record && ServerAlive(*record);
+  const bool image = record && !record->image_ref.empty();
+  auto forget_dead_server = [&] {
+    if (!record || alive) return;
+    CleanUpAfterDeadServer(*record);
+    unlink(record_path.c_str());
+  };
+  if (!top) {
+    if (alive) {
+      // The mount went away (someone else unmounted it), its server stayed.
+      kill(record->pid, SIGTERM);
+      std::cout << mp << " was not mounted; ended its serving process (pid "
+                << record->pid << ")\n";
+      return 0;
+    }
+    forget_dead_server();
+    return Fail("unmount", absl::InvalidArgumentError(
+                               absl::StrCat(mp, " is not a mount point")));
+  }
+  if (!IsLazypullMount(*top, record)) {
+    return Fail("unmount",
+                absl::FailedPreconditionError(absl::StrCat(
+                    mp, " is a ", top->fstype,
+                    " mount, not one of lazypull's: not unmounting it")));
+  }
   // A busy mount detached lazily keeps its server until the last open file
   // there is closed: then there is nothing to wait for.
   bool detached_busy = false;
@@ -377,13 +463,6 @@ int UnmountMain(int argc, char** argv) {
     }
     if (rc != 0) errno = EPERM;
   }
-  if (image && pid > 0) {
-    // The overlay is gone (or was already): the process unmounts its layers
-    // and exits. With a busy overlay detached lazily it keeps serving until
-    // the last file there is closed.
-    if (rc != 0 && errno == EINVAL) rc = 0;
-    if (rc == 0) kill(pid, SIGTERM);
-  }
   if (rc != 0) {
     if (errno == EBUSY) {
       return Fail("unmount",
@@ -393,12 +472,13 @@ int UnmountMain(int argc, char** argv) {
                       "working directory there. Stop it, or pass --force "
                       "to detach the mount lazily")));
     }
-    if (errno == EINVAL) {
-      return Fail("unmount", absl::InvalidArgumentError(
-                                 absl::StrCat(mp, " is not a mount point")));
-    }
     return Fail("unmount", ErrnoToStatus(errno, absl::StrCat("umount ", mp)));
   }
+  // The overlay is gone: an image's server unmounts its layers and exits.
+  // (With a busy overlay detached lazily it keeps serving until the last
+  // file there is closed.)
+  if (image && alive) kill(record->pid, SIGTERM);
+  forget_dead_server();
   if (detached_busy) {
     std::cout << "detached " << mp
               << " (busy: its serving process exits once the last file open "
@@ -406,22 +486,20 @@ int UnmountMain(int argc, char** argv) {
     return 0;
   }
   // Wait for the serving process to finish, so the caller may remount.
-  if (pid > 0) {
-    // The pid file disappears when the server is done (or the process dies).
-    auto serving = [&] {
-      return kill(pid, 0) == 0 && access(PidFile(mp).c_str(), F_OK) == 0;
-    };
+  if (alive) {
+    auto serving = [&] { return ServerAlive(*record); };
     for (int i = 0; i < 40 && serving(); ++i) {
       std::this_thread::sleep_for(std::chrono::milliseconds(50));
     }
     // (Not for an image mount: its MOUNTPOINT is an overlay, not a FUSE
     // connection.)
-    if (serving() && have_dev && !image) {
-      // Still connected through another namespace's copy of the mount:
-      // abort the connection (fusectl), which ends the server everywhere.
+    if (serving() && !image && top->fstype == "fuse.lazypull") {
+      // Still connected through another namespace's copy of the mount (e.g.
+      // a sandbox created while it was mounted): abort the connection
+      // (fusectl), which ends the server everywhere.
       const char* kFuseCtl = "/sys/fs/fuse/connections";
       std::string abort_file =
-          absl::StrCat(kFuseCtl, "/", minor(mst.st_dev), "/abort");
+          absl::StrCat(kFuseCtl, "/", top->minor, "/abort");
       if (access(abort_file.c_str(), W_OK) != 0) {
         mount("fusectl", kFuseCtl, "fusectl", 0, nullptr);
       }
@@ -429,6 +507,11 @@ int UnmountMain(int argc, char** argv) {
     }
     for (int i = 0; i < 600 && serving(); ++i) {
       std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    if (serving()) {
+      std::cout << "unmounted " << mp << "; its serving process (pid "
+                << record->pid << ") is still shutting down\n";
+      return 0;
     }
   }
   std::cout << "unmounted " << mp << "\n";

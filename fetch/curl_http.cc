@@ -191,6 +191,7 @@ class CurlHttpTransport::Loop {
                                                   uint64_t* id);
   void Resume(uint64_t id);
   void Cancel(uint64_t id);
+  void CancelAll();
   size_t window() const { return opts_.reader_window; }
 
   Stats stats() const {
@@ -241,7 +242,7 @@ class CurlHttpTransport::Loop {
       if (body_fd >= 0) close(body_fd);
     }
   };
-  enum class CommandKind { kStart, kResume, kCancel };
+  enum class CommandKind { kStart, kResume, kCancel, kCancelAll };
   struct Command {
     CommandKind kind;
     uint64_t id;
@@ -276,6 +277,7 @@ class CurlHttpTransport::Loop {
   absl::Mutex mu_;
   std::vector<Command> commands_ ABSL_GUARDED_BY(mu_);
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  bool cancel_all_ ABSL_GUARDED_BY(mu_) = false;  // CancelAll() was called
   uint64_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
   // CA bundles by the list of extra files they hold.
   absl::flat_hash_map<std::string, std::shared_ptr<const std::string>> ca_blobs_
@@ -391,7 +393,10 @@ absl::StatusOr<std::shared_ptr<Channel>> CurlHttpTransport::Loop::Submit(
   std::shared_ptr<Channel> ch = t->ch;
   {
     absl::MutexLock l(&mu_);
-    if (stop_) return absl::CancelledError("HTTP transport shut down");
+    if (stop_ || cancel_all_) {
+      return absl::CancelledError(
+          absl::StrCat(req.Describe(), ": HTTP transport shut down"));
+    }
     t->id = next_id_++;
     t->loop = this;
     uint64_t id = t->id;
@@ -439,6 +444,15 @@ void CurlHttpTransport::Loop::Cancel(uint64_t id) {
   Wake();
 }
 
+void CurlHttpTransport::Loop::CancelAll() {
+  {
+    absl::MutexLock l(&mu_);
+    cancel_all_ = true;
+    commands_.push_back({CommandKind::kCancelAll, 0, nullptr});
+  }
+  Wake();
+}
+
 void CurlHttpTransport::Loop::Run() {
   NameThisThread(opts_.thread_nice > 0 ? "lp-http-bg" : "lp-http");
   if (opts_.thread_nice > 0) {
@@ -464,6 +478,15 @@ void CurlHttpTransport::Loop::Run() {
       break;
     }
     for (Command& c : cmds) {
+      if (c.kind == CommandKind::kCancelAll) {
+        std::vector<Transfer*> all;
+        for (auto& [id, t] : transfers_) all.push_back(t.get());
+        for (Transfer* t : all) {
+          Finish(t, absl::CancelledError(absl::StrCat(
+                        t->req.Describe(), ": HTTP transport shut down")));
+        }
+        continue;
+      }
       if (c.kind == CommandKind::kStart) {
         Transfer* t = c.transfer.get();
         transfers_[c.id] = std::move(c.transfer);
@@ -1146,6 +1169,8 @@ absl::StatusOr<std::unique_ptr<CurlHttpTransport>> CurlHttpTransport::Create(
   return std::unique_ptr<CurlHttpTransport>(
       new CurlHttpTransport(std::move(loop)));
 }
+
+void CurlHttpTransport::CancelAll() { loop_->CancelAll(); }
 
 CurlHttpTransport::Stats CurlHttpTransport::stats() const {
   return loop_->stats();

@@ -79,6 +79,11 @@ class CurlHttpTransport : public HttpTransport {
   absl::StatusOr<std::unique_ptr<HttpBodyReader>> Open(
       const HttpRequest& req) override;
 
+  // Ends every request in flight or waiting for a retry, and every later
+  // one, with Cancelled: a process shutting down stops waiting on a server
+  // at once (its retries could take minutes).
+  void CancelAll();
+
   // Counters since creation, for tests and the pull summary.
   struct Stats {
     int64_t requests = 0;     // Fetch/Open calls

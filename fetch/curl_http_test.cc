@@ -10,6 +10,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "core/status_macros.h"
 #include "fetch/testing/loopback_http_server.h"
@@ -576,6 +577,32 @@ TEST_F(CurlHttpTest, ReadersOutliveTheTransport) {
     if (piece->empty()) break;
   }
   EXPECT_EQ(final_status.code(), absl::StatusCode::kCancelled) << final_status;
+}
+
+// CancelAll ends a request the server sits on, and refuses later ones.
+TEST_F(CurlHttpTest, CancelAllEndsWaitingRequestsAtOnce) {
+  absl::Notification release;
+  auto s = LoopbackHttpServer::Start([&](const TestRequest&, TestResponse* r) {
+    release.WaitForNotificationWithTimeout(absl::Seconds(20));
+    r->body = "late";
+  });
+  ASSERT_TRUE(s.ok());
+  absl::Status got;
+  absl::Notification done;
+  std::thread waiter([&] {
+    got = http_->Fetch(Get(**s, "/slow")).status();
+    done.Notify();
+  });
+  absl::SleepFor(absl::Milliseconds(200));  // the request is in flight
+  const absl::Time t0 = absl::Now();
+  http_->CancelAll();
+  EXPECT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(5)));
+  EXPECT_LT(absl::Now() - t0, absl::Seconds(5));
+  waiter.join();
+  EXPECT_EQ(got.code(), absl::StatusCode::kCancelled) << got;
+  EXPECT_EQ(http_->Fetch(Get(**s, "/later")).status().code(),
+            absl::StatusCode::kCancelled);
+  release.Notify();
 }
 
 std::string WriteTempFile(const std::string& name, const std::string& data) {

@@ -9,15 +9,14 @@
 #include <sys/vfs.h>
 #include <unistd.h>
 
-#include <fstream>
+#include <optional>
 #include <vector>
 
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_split.h"
 #include "core/errno_status.h"
 #include "core/log.h"
 #include "core/thread_priority.h"
+#include "fuse/mount_table.h"
 
 namespace lazypull {
 
@@ -44,43 +43,14 @@ void DetachStaleMount(const std::string& mountpoint) {
 
 namespace {
 
-// /proc/self/mountinfo escapes space, tab, newline and backslash as \ooo.
-std::string UnescapeMountField(absl::string_view s) {
-  std::string out;
-  for (size_t i = 0; i < s.size(); ++i) {
-    auto octal = [&](size_t k) { return s[k] >= '0' && s[k] <= '7'; };
-    if (s[i] == '\\' && i + 3 < s.size() && octal(i + 1) && octal(i + 2) &&
-        octal(i + 3)) {
-      out.push_back(static_cast<char>((s[i + 1] - '0') * 64 +
-                                      (s[i + 2] - '0') * 8 + (s[i + 3] - '0')));
-      i += 3;
-    } else {
-      out.push_back(s[i]);
-    }
-  }
-  return out;
-}
-
-// The minor device number of the newest mount at `mountpoint` (from
-// /proc/self/mountinfo, which does not touch the mount), or -1.
+// The minor device number of the newest mount at `mountpoint` (from the
+// mount table, which does not touch the mount), or -1.
 long MountDeviceMinor(const std::string& mountpoint) {
   char real[PATH_MAX];
   const std::string want =
       realpath(mountpoint.c_str(), real) != nullptr ? real : mountpoint;
-  std::ifstream in("/proc/self/mountinfo");
-  std::string line;
-  long minor = -1;
-  while (std::getline(in, line)) {
-    std::vector<absl::string_view> f = absl::StrSplit(line, ' ');
-    if (f.size() < 5 || UnescapeMountField(f[4]) != want) continue;
-    const size_t colon = f[2].find(':');
-    long m;
-    if (colon != absl::string_view::npos &&
-        absl::SimpleAtoi(f[2].substr(colon + 1), &m)) {
-      minor = m;
-    }
-  }
-  return minor;
+  std::optional<MountEntry> e = TopMountAt(want);
+  return e ? static_cast<long>(e->minor) : -1;
 }
 
 }  // namespace

@@ -1,0 +1,113 @@
+#include "cli/mount_record.h"
+
+#include <signal.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "core/digest.h"
+
+namespace lazypull::cli {
+
+std::string RuntimeDir() {
+  if (geteuid() == 0) return "/run/lazypull";
+  if (const char* x = getenv("XDG_RUNTIME_DIR"); x && *x) {
+    return absl::StrCat(x, "/lazypull");
+  }
+  return absl::StrCat("/tmp/lazypull-", geteuid());
+}
+
+std::string MountRecordPath(const std::string& mountpoint) {
+  return absl::StrCat(RuntimeDir(), "/",
+                      Sha256::Of(mountpoint).Hex().substr(0, 16), ".pid");
+}
+
+namespace {
+
+// Fields 3 on of /proc/PID/stat (f[0] is the state), or empty.
+std::vector<std::string> StatFields(pid_t pid) {
+  std::ifstream in(absl::StrCat("/proc/", pid, "/stat"));
+  std::string stat((std::istreambuf_iterator<char>(in)),
+                   std::istreambuf_iterator<char>());
+  // The command name (field 2) is in parentheses and may hold anything:
+  // count fields from the last ')'.
+  const size_t paren = stat.rfind(')');
+  if (paren == std::string::npos) return {};
+  return absl::StrSplit(absl::string_view(stat).substr(paren + 1), ' ',
+                        absl::SkipEmpty());
+}
+
+}  // namespace
+
+uint64_t ProcessStartTicks(pid_t pid) {
+  const std::vector<std::string> f = StatFields(pid);
+  // Field 22 (starttime) is f[19].
+  uint64_t ticks = 0;
+  if (f.size() < 20 || !absl::SimpleAtoi(f[19], &ticks)) return 0;
+  return ticks;
+}
+
+void WriteMountRecord(const std::string& path, MountRecord record) {
+  record.pid = getpid();
+  record.start_ticks = ProcessStartTicks(record.pid);
+  mkdir(RuntimeDir().c_str(), 0700);
+  std::ostringstream out;
+  out << record.pid << "\n" << record.mountpoint << "\n";
+  if (!record.image_ref.empty()) out << "image " << record.image_ref << "\n";
+  out << "start " << record.start_ticks << "\n";
+  if (!record.run_dir.empty()) out << "run " << record.run_dir << "\n";
+  // Written whole, then renamed: a reader never sees half a record.
+  const std::string tmp = absl::StrCat(path, ".", record.pid);
+  std::ofstream(tmp) << out.str();
+  rename(tmp.c_str(), path.c_str());
+}
+
+std::optional<MountRecord> ReadMountRecord(const std::string& path) {
+  std::ifstream in(path);
+  MountRecord r;
+  std::string line;
+  if (!std::getline(in, line) || !absl::SimpleAtoi(line, &r.pid) ||
+      r.pid <= 0) {
+    return std::nullopt;
+  }
+  if (!std::getline(in, r.mountpoint)) return std::nullopt;
+  while (std::getline(in, line)) {
+    if (absl::StartsWith(line, "image ")) {
+      r.image_ref = line.substr(6);
+    } else if (absl::StartsWith(line, "start ")) {
+      (void)absl::SimpleAtoi(line.substr(6), &r.start_ticks);
+    } else if (absl::StartsWith(line, "run ")) {
+      r.run_dir = line.substr(4);
+    }
+  }
+  return r;
+}
+
+void RemoveOwnMountRecord(const std::string& path) {
+  std::optional<MountRecord> r = ReadMountRecord(path);
+  if (r && r->pid == getpid()) unlink(path.c_str());
+}
+
+bool ServerAlive(const MountRecord& record) {
+  if (record.pid <= 0 || kill(record.pid, 0) != 0) return false;
+  const std::vector<std::string> f = StatFields(record.pid);
+  // A zombie has finished (its parent has not reaped it yet).
+  if (f.empty() || f[0] == "Z" || f[0] == "X") return false;
+  if (record.start_ticks != 0) {
+    return ProcessStartTicks(record.pid) == record.start_ticks;
+  }
+  std::ifstream in(absl::StrCat("/proc/", record.pid, "/cmdline"));
+  std::string argv0;
+  std::getline(in, argv0, '\0');
+  return absl::StrContains(argv0, "lazypull");
+}
+
+}  // namespace lazypull::cli

@@ -1,0 +1,230 @@
+// `lazypull mount` / `unmount` as a runtime drives them, around the cases
+// that go wrong in the field: a server killed without cleaning up (its pid
+// then reused), a mountpoint that is someone else's mount, a second mount
+// on a live one, a stopped server, a mountpoint that does not exist.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/mount.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <fstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "core/digest.h"
+#include "core/testing/tar_builder.h"
+#include "gtest/gtest.h"
+#include "tests/testdata.h"
+
+namespace lazypull::testing {
+namespace {
+
+bool IsMountPoint(const std::string& path) {
+  std::ifstream in("/proc/self/mountinfo");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (absl::StrContains(line, absl::StrCat(" ", path, " "))) return true;
+  }
+  return false;
+}
+
+class UnmountTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (geteuid() != 0) GTEST_SKIP() << "SKIPPED: needs root (mounts)";
+    if (access("/dev/fuse", R_OK | W_OK) != 0) {
+      GTEST_SKIP() << "SKIPPED: /dev/fuse is not available";
+    }
+    base_ = MakeTempDir("unmount");
+    TarBuilder b;
+    b.Dir("./");
+    b.File("hello", "hello\n");
+    const std::string tar = base_ + "/layer.tar";
+    std::ofstream(tar) << b.Finish();
+    blob_ = base_ + "/layer.esgz";
+    RunResult r =
+        ::lazypull::testing::Run({LazypullBinary(), "convert", tar, blob_});
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+  }
+  void TearDown() override {
+    for (const std::string& m : cleanup_) umount2(m.c_str(), MNT_DETACH);
+    for (pid_t p : kill_) {
+      kill(p, SIGCONT);
+      kill(p, SIGKILL);
+    }
+  }
+
+  // Mounts the layer at a new directory; returns the server's pid.
+  pid_t Mount(const std::string& mp) {
+    mkdir(mp.c_str(), 0755);
+    RunResult r = ::lazypull::testing::Run(
+        {LazypullBinary(), "mount", "--blob", blob_,
+         "--insecure-skip-toc-verify", mp, "--cache-dir", base_ + "/cache"});
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    cleanup_.push_back(mp);
+    const size_t p = r.out.find("(pid ");
+    return p == std::string::npos ? 0 : std::atoi(r.out.c_str() + p + 5);
+  }
+  RunResult Unmount(const std::string& mp, bool force = false) {
+    std::vector<std::string> argv = {LazypullBinary(), "unmount", mp};
+    if (force) argv.push_back("--force");
+    return ::lazypull::testing::Run(argv);
+  }
+
+  std::string base_, blob_;
+  std::vector<std::string> cleanup_;
+  std::vector<pid_t> kill_;
+};
+
+TEST_F(UnmountTest, OnlyLazypullMountsAreUnmounted) {
+  const std::string tfs = base_ + "/tmpfs";
+  mkdir(tfs.c_str(), 0755);
+  ASSERT_EQ(mount("none", tfs.c_str(), "tmpfs", 0, nullptr), 0);
+  cleanup_.push_back(tfs);
+  std::ofstream(tfs + "/important") << "data";
+  RunResult u = Unmount(tfs, /*force=*/true);
+  EXPECT_NE(u.exit_code, 0);
+  EXPECT_TRUE(absl::StrContains(u.err, "not one of lazypull's")) << u.err;
+  EXPECT_EQ(ReadFile(tfs + "/important"), "data");
+  // Not a mount point at all.
+  RunResult v = Unmount(base_);
+  EXPECT_NE(v.exit_code, 0);
+  EXPECT_TRUE(absl::StrContains(v.err, "not a mount point")) << v.err;
+}
+
+TEST_F(UnmountTest, AKilledServersReusedPidIsNeverSignalled) {
+  const std::string mp = base_ + "/mnt";
+  const pid_t server = Mount(mp);
+  ASSERT_GT(server, 0);
+  EXPECT_EQ(ReadFile(mp + "/hello"), "hello\n");
+  ASSERT_EQ(kill(server, SIGKILL), 0);
+  // (The watchdog reaps nothing of ours; wait for the process to go.)
+  for (int i = 0; i < 100 && kill(server, 0) == 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  // A process that now has the dead server's pid: its record points there.
+  pid_t bystander = fork();
+  if (bystander == 0) {
+    execl("/bin/sleep", "sleep", "30", nullptr);
+    _exit(127);
+  }
+  kill_.push_back(bystander);
+  const std::string record = absl::StrCat(
+      "/run/lazypull/", Sha256::Of(mp).Hex().substr(0, 16), ".pid");
+  std::string text = ReadFile(record);
+  ASSERT_FALSE(text.empty());
+  text = absl::StrCat(bystander, text.substr(text.find('\n')));
+  std::ofstream(record) << text;
+  // The dead mount is cleaned up; the bystander lives on.
+  RunResult u = Unmount(mp);
+  EXPECT_EQ(u.exit_code, 0) << u.err;
+  EXPECT_FALSE(IsMountPoint(mp));
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  int status = 0;
+  EXPECT_EQ(waitpid(bystander, &status, WNOHANG), 0) << "bystander killed";
+  EXPECT_NE(access(record.c_str(), F_OK), 0) << "stale record left";
+  // Again: nothing mounted, nothing signalled.
+  RunResult again = Unmount(mp);
+  EXPECT_NE(again.exit_code, 0);
+  EXPECT_EQ(waitpid(bystander, &status, WNOHANG), 0) << "bystander killed";
+}
+
+TEST_F(UnmountTest, ASecondMountOnALiveOneIsRefused) {
+  const std::string mp = base_ + "/mnt";
+  const pid_t server = Mount(mp);
+  ASSERT_GT(server, 0);
+  RunResult second = ::lazypull::testing::Run(
+      {LazypullBinary(), "mount", "--blob", blob_, "--insecure-skip-toc-verify",
+       mp, "--cache-dir", base_ + "/cache2"});
+  EXPECT_NE(second.exit_code, 0);
+  EXPECT_TRUE(absl::StrContains(second.err, "already a lazypull mount"))
+      << second.err;
+  RunResult u = Unmount(mp);
+  EXPECT_EQ(u.exit_code, 0) << u.err;
+  EXPECT_FALSE(IsMountPoint(mp));
+  EXPECT_NE(kill(server, 0), 0) << "server still running";
+  // A mountpoint that does not exist fails before anything is fetched.
+  RunResult missing = ::lazypull::testing::Run(
+      {LazypullBinary(), "mount", "--blob", blob_, "--insecure-skip-toc-verify",
+       base_ + "/nowhere"});
+  EXPECT_NE(missing.exit_code, 0);
+  EXPECT_TRUE(absl::StrContains(missing.err, "nowhere")) << missing.err;
+}
+
+TEST_F(UnmountTest, AStoppedServerDoesNotHangTheUnmount) {
+  const std::string mp = base_ + "/mnt";
+  const pid_t server = Mount(mp);
+  ASSERT_GT(server, 0);
+  kill_.push_back(server);
+  ASSERT_EQ(kill(server, SIGSTOP), 0);
+  // Give the kernel's attribute cache time to expire: a stat would now
+  // wait for the stopped server.
+  std::this_thread::sleep_for(std::chrono::milliseconds(1200));
+  // The mount goes at once; the command then waits a bounded time for the
+  // (stopped) server to end, and says it is still shutting down.
+  RunResult u = ::lazypull::testing::Run(
+      {"/usr/bin/timeout", "60", LazypullBinary(), "unmount", mp});
+  EXPECT_EQ(u.exit_code, 0) << u.out << u.err;
+  EXPECT_FALSE(IsMountPoint(mp)) << u.out << u.err;
+  EXPECT_TRUE(absl::StrContains(u.out, "still shutting down")) << u.out;
+}
+
+// A runtime that gives up on a mount (SIGTERM while it is being set up,
+// here against a registry that never answers) gets the process back at
+// once, with nothing mounted: the set-up's requests are cancelled rather
+// than waited out (the signals were taken only once the mount was ready).
+TEST_F(UnmountTest, ASignalDuringSetUpEndsItAtOnce) {
+  const int listener = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  ASSERT_GE(listener, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(bind(listener, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)),
+            0);
+  ASSERT_EQ(listen(listener, 16), 0);  // connections wait, never answered
+  socklen_t len = sizeof(addr);
+  ASSERT_EQ(getsockname(listener, reinterpret_cast<sockaddr*>(&addr), &len), 0);
+  const std::string mp = base_ + "/mnt";
+  mkdir(mp.c_str(), 0755);
+  const std::string ref =
+      absl::StrCat("127.0.0.1:", ntohs(addr.sin_port), "/silent/image:v1");
+  const std::string bin = LazypullBinary();
+  const std::string cache = base_ + "/cache";
+  pid_t child = fork();
+  if (child == 0) {
+    execl(bin.c_str(), bin.c_str(), "mount", ref.c_str(), mp.c_str(),
+          "--plain-http", "--foreground", "--cache-dir", cache.c_str(),
+          nullptr);
+    _exit(127);
+  }
+  ASSERT_GT(child, 0);
+  kill_.push_back(child);
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+  const auto t0 = std::chrono::steady_clock::now();
+  ASSERT_EQ(kill(child, SIGTERM), 0);
+  int status = 0;
+  pid_t done = 0;
+  while ((done = waitpid(child, &status, WNOHANG)) == 0 &&
+         std::chrono::steady_clock::now() - t0 < std::chrono::seconds(20)) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  ASSERT_EQ(done, child) << "still setting up 20 s after SIGTERM";
+  const double secs =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0)
+          .count();
+  EXPECT_LT(secs, 5);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) != 0) << status;
+  EXPECT_FALSE(IsMountPoint(mp));
+  close(listener);
+}
+
+}  // namespace
+}  // namespace lazypull::testing
