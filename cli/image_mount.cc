@@ -1176,6 +1176,7 @@ absl::Status ServeImage(
               static_cast<uint64_t>(budget.bandwidth() / 1e3),
               " kB/s, background cap ", budget.Cap(), " bytes)");
       if (errors.load() != 0) return;
+      served->MarkComplete();
       // The layer is complete: check the whole blob's digest once (a marker
       // in the cache dir remembers it, so a warm cache costs no refetch).
       const std::string marker =

@@ -21,6 +21,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "core/decompressor.h"
 #include "core/errno_status.h"
 #include "core/node_writer.h"
 #include "core/status_macros.h"
@@ -74,7 +75,19 @@ class DirFds {
 class Extractor {
  public:
   Extractor(const LayerReader& r, const ExtractOptions& o)
-      : r_(r), idx_(r.index()), opts_(o) {}
+      : r_(r), idx_(r.index()), opts_(o) {
+    // Members holding chunks of several files (--min-chunk-size): how much
+    // of each to decode for all of them.
+    absl::flat_hash_map<uint64_t, uint32_t> count;
+    for (const Chunk& c : idx_.chunks()) {
+      if (!c.zeros) ++count[c.blob_offset];
+    }
+    for (const Chunk& c : idx_.chunks()) {
+      if (c.zeros || count[c.blob_offset] < 2) continue;
+      uint64_t& need = shared_members_[c.blob_offset];
+      need = std::max(need, c.inner_offset + c.size);
+    }
+  }
 
   absl::Status Run(const std::string& dir);
 
@@ -85,7 +98,18 @@ class Extractor {
   absl::StatusOr<Fd> OpenDir(uint32_t ino);
   absl::Status MakeDirs();
   absl::Status WriteFiles();
-  absl::Status WriteFile(uint32_t dirent, std::string* buf);
+  // The shared member a worker decoded last: each of its files' chunks then
+  // costs a copy, not an inflate of the member from its start (quadratic in
+  // the files per member: 64 MiB members took minutes).
+  struct DecodedMember {
+    uint64_t blob_offset = UINT64_MAX;
+    std::string plain;
+  };
+  absl::Status WriteFile(uint32_t dirent, std::string* buf,
+                         DecodedMember* member);
+  // Chunk `ci` (of a shared member) into `buf`, verified.
+  absl::Status ReadSharedChunk(uint32_t ci, std::string* buf,
+                               DecodedMember* member);
   absl::Status MakeOthers();
   absl::Status MakeOther(uint32_t dirent);
   absl::Status ApplyAttrs(int dirfd, const std::string& name, uint32_t ino,
@@ -101,6 +125,9 @@ class Extractor {
   Fd root_;
   std::vector<uint32_t> dir_order_;  // directory inodes, parents first
   DirFds dir_fds_;
+  // Blob offset of a member shared by several chunks -> the uncompressed
+  // bytes they need from it.
+  absl::flat_hash_map<uint64_t, uint64_t> shared_members_;
 };
 
 absl::StatusOr<Fd> Extractor::OpenDir(uint32_t ino) {
@@ -183,7 +210,28 @@ absl::Status Extractor::ApplyAttrs(int dirfd, const std::string& name,
   return absl::OkStatus();
 }
 
-absl::Status Extractor::WriteFile(uint32_t d, std::string* buf) {
+absl::Status Extractor::ReadSharedChunk(uint32_t ci, std::string* buf,
+                                        DecodedMember* member) {
+  const Chunk& c = idx_.chunks()[ci];
+  if (member->blob_offset != c.blob_offset) {
+    member->blob_offset = UINT64_MAX;
+    std::string extent(c.blob_end - c.blob_offset, '\0');
+    RETURN_IF_ERROR(r_.source().ReadAt(c.blob_offset, absl::MakeSpan(extent)));
+    member->plain.resize(shared_members_.at(c.blob_offset));
+    absl::Status st = DecompressRange(r_.compression(), extent, 0,
+                                      absl::MakeSpan(member->plain));
+    if (!st.ok()) {
+      return absl::DataLossError(
+          absl::StrCat(r_.DescribeChunk(ci), ": ", st.message()));
+    }
+    member->blob_offset = c.blob_offset;
+  }
+  buf->assign(member->plain, c.inner_offset, c.size);
+  return r_.VerifyChunk(ci, *buf);
+}
+
+absl::Status Extractor::WriteFile(uint32_t d, std::string* buf,
+                                  DecodedMember* member) {
   const Dirent& de = idx_.dirents()[d];
   const Inode& n = idx_.inode(de.inode);
   ASSIGN_OR_RETURN(Fd dfd, OpenDir(de.parent));
@@ -193,8 +241,12 @@ absl::Status Extractor::WriteFile(uint32_t d, std::string* buf) {
   const auto& chunks = idx_.chunks();
   for (uint32_t ci = n.first_chunk; ci < n.first_chunk + n.num_chunks; ++ci) {
     const Chunk& c = chunks[ci];
-    buf->resize(c.size);
-    RETURN_IF_ERROR(r_.ReadChunk(ci, absl::MakeSpan(*buf)));
+    if (!c.zeros && shared_members_.contains(c.blob_offset)) {
+      RETURN_IF_ERROR(ReadSharedChunk(ci, buf, member));
+    } else {
+      buf->resize(c.size);
+      RETURN_IF_ERROR(r_.ReadChunk(ci, absl::MakeSpan(*buf)));
+    }
     if (int err = WriteAllAt(fd.get(), buf->data(), c.size, c.file_offset)) {
       return Fail(err, "write", d);
     }
@@ -217,10 +269,11 @@ absl::Status Extractor::WriteFiles() {
   absl::Status first;
   auto work = [&] {
     std::string buf;
+    DecodedMember member;
     while (true) {
       size_t i = next.fetch_add(1);
       if (i >= files.size()) return;
-      absl::Status st = WriteFile(files[i], &buf);
+      absl::Status st = WriteFile(files[i], &buf, &member);
       if (!st.ok()) {
         absl::MutexLock l(&mu);
         if (first.ok()) first = st;

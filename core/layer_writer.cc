@@ -17,6 +17,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "core/compressor.h"
+#include "core/footer.h"
 #include "core/layer_index.h"
 #include "core/status_macros.h"
 #include "core/tar_reader.h"
@@ -888,6 +889,15 @@ absl::StatusOr<LayerWriteResult> WriteLayer(absl::string_view tar,
   }
   result.toc_entry_count = toc.entries();
   const std::string json = toc.Finish();
+  // Readers (this one's included) refuse a larger TOC: refuse to write it.
+  if (const uint64_t limit =
+          std::min(options.max_toc_size, FooterLimits{}.max_toc_size);
+      json.size() > limit) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the TOC would be ", json.size(), " bytes (",
+                     toc.entries(), " entries), over the ", limit,
+                     " bytes readers accept: use a larger --chunk-size"));
+  }
   result.toc_digest = Sha256::Of(json);
   result.toc_uncompressed_size = json.size();
 

@@ -124,6 +124,9 @@ struct LayerWriterOptions {
   std::vector<std::string> prioritized_files;
   // Compression threads (default 1); 0 = one per core.
   int threads = 1;
+  // A TOC larger than this is refused (default: what readers accept,
+  // FooterLimits::max_toc_size).
+  uint64_t max_toc_size = uint64_t{512} << 20;
 };
 
 struct LayerWriteResult {

@@ -721,6 +721,15 @@ TEST(LayerWriterTest, Refusals) {
               HasSubstr("would not be readable"));
   std::string garbage(2048, 'g');
   EXPECT_THAT(WriteError(garbage).message(), HasSubstr("checksum"));
+  // A TOC readers would refuse (too many chunks: --chunk-size 1 on a few
+  // MB reached 512 MiB) is refused when written, not when read.
+  TarBuilder many;
+  many.File("f", std::string(3000, 'x'));
+  o = LayerWriterOptions();
+  o.chunk_size = 1;
+  o.max_toc_size = 64 << 10;
+  EXPECT_THAT(WriteError(many.Finish(), o).message(),
+              HasSubstr("use a larger --chunk-size"));
 
   class FailingSink : public BlobSink {
    public:

@@ -348,15 +348,26 @@ void LayerFs::RecordError(const std::string& message) {
   if (last_error_.empty()) last_error_ = message;
 }
 
+void LayerFs::MarkComplete() {
+  absl::MutexLock l(&mu_);
+  complete_ = true;
+  last_error_.clear();
+}
+
 std::string LayerFs::StateJson() const {
   std::string error;
+  bool complete;
   {
     absl::MutexLock l(&mu_);
     error = last_error_;
+    complete = complete_;
   }
+  // (Chunk extents leave out the TOC, the footer and, in zstd:chunked, the
+  // tar headers' frames: a complete layer had read ~93% of its blob.)
   const uint64_t size = layer_->reader().blob_size();
-  return FormatState(std::move(error), options_.state_digest, size,
-                     std::min(size, layer_->fetched_blob_bytes()));
+  return FormatState(
+      std::move(error), options_.state_digest, size,
+      complete ? size : std::min(size, layer_->fetched_blob_bytes()));
 }
 
 namespace {

@@ -148,6 +148,10 @@ class LayerFs {
 
   // Sets the state file's "error" (the last one reported wins).
   void RecordError(const std::string& message);
+  // Every chunk of the layer is cached and verified (background fetch
+  // completed it): the state file says 100% from now on, and the errors of
+  // reads that failed on the way (since retried) are cleared.
+  void MarkComplete();
 
   // Starts pushing pages (LayerFsOptions::push_pages; a no-op without it)
   // through `se`, the session serving this filesystem: a thread of its own,
@@ -220,6 +224,7 @@ class LayerFs {
   std::string state_file_name_;
   mutable absl::Mutex mu_;
   std::string last_error_ ABSL_GUARDED_BY(mu_);
+  bool complete_ ABSL_GUARDED_BY(mu_) = false;
 
   // Page pushes (see LayerFsOptions::push_pages).
   struct PushJob {

@@ -49,6 +49,8 @@ class ServedLayer {
   const LayerFs& fs() const { return *fs_; }
   // Shows `message` in the layer's state file ("error").
   void ReportError(const std::string& message) { fs_->RecordError(message); }
+  // Every chunk is cached and verified (LayerFs::MarkComplete).
+  void MarkComplete() { fs_->MarkComplete(); }
   // The mount's fusectl connection number (-1 if unknown).
   long connection_id() const { return server_->connection_id(); }
   // Stops page pushes (e.g. when no watchdog guards them).

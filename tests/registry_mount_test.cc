@@ -327,6 +327,8 @@ TEST_F(RegistryMountTest, MountMatchesPullAndUnmounts) {
     EXPECT_EQ(access(marker.c_str(), F_OK), 0)
         << "layer " << layer << ": " << ReadAll(cache_dir() + "/lazypull.log");
   }
+  // Complete layers say so (chunk extents alone stopped at ~93%).
+  EXPECT_EQ(FetchedPercent(state0), 100) << ReadAll(state0);
   const std::string mount_log = ReadAll(cache_dir() + "/lazypull.log");
   EXPECT_TRUE(absl::StrContains(mount_log, "whole blob verified"));
   // Background fetch began once the (idle) workload let it: after a quiet
