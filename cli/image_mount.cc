@@ -1201,8 +1201,8 @@ absl::Status ServeImage(
       (void)absl::SimpleAtoi(*w, &secs);
     }
     std::unique_lock<std::mutex> l(pf_mu);
-    if (!pf_cv.wait_for(l, std::chrono::seconds(secs),
-                        [&] { return pf_pending == 0; })) {
+    if (secs > 0 && !pf_cv.wait_for(l, std::chrono::seconds(secs),
+                                    [&] { return pf_pending == 0; })) {
       const std::string note =
           absl::StrCat("prefetch not finished after ", secs,
                        " s; it goes on in the "

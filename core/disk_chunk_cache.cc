@@ -385,13 +385,19 @@ void DiskChunkCache::ScanPacks(bool wait) {
             r.size > pack_size - r.offset) {
           continue;
         }
-        if (index_.contains(r.digest) || forgotten_.contains(r.digest)) {
+        if (forgotten_.contains(r.digest)) continue;
+        if (auto it = index_.find(r.digest); it != index_.end()) {
+          if (it->second.pack != f.pack) f.pack->dup_bytes += r.size;
           continue;
         }
         Track(r.digest, r.size, trusted, f.pack, r.offset);
       }
       f.pack->index_read = f.index_end;
       f.pack->sealed = f.sealed;
+      if (f.sealed && !f.pack->dup_counted) {
+        f.pack->dup_counted = true;
+        dup_bytes_ += f.pack->dup_bytes;
+      }
     }
     // Packs another process evicted: forget what they held. (Packs this
     // object dropped stay in packs_, gone, until their files are: a scan
@@ -417,6 +423,9 @@ void DiskChunkCache::ScanPacksOnMiss() {
 
 size_t DiskChunkCache::ForgetPack(Pack& pack) {
   pack.gone = true;
+  if (pack.dup_counted) dup_bytes_ -= std::min(dup_bytes_, pack.dup_bytes);
+  pack.dup_bytes = 0;
+  pack.dup_counted = false;
   size_t n = 0;
   for (const Digest& d : pack.digests) {
     auto it = index_.find(d);
@@ -816,7 +825,7 @@ absl::Status DiskChunkCache::WriteChunks(const std::vector<Job>& jobs) {
   bool over;
   {
     absl::MutexLock l(&mu_);
-    over = options_.capacity != 0 && bytes_ > options_.capacity;
+    over = options_.capacity != 0 && bytes_ + dup_bytes_ > options_.capacity;
   }
   if (over) RETURN_IF_ERROR(EvictTo(options_.capacity / 10 * 9));
   return st;
@@ -968,12 +977,30 @@ absl::Status DiskChunkCache::WriteFiles(const std::vector<const Job*>& jobs) {
 
 absl::Status DiskChunkCache::EvictTo(uint64_t target) {
   FileLock lock(lock_fd_);
+  // First the packs of dead writers that hold nothing but duplicates: no
+  // lookup uses them, and no LRU entry would ever reach them.
+  while (true) {
+    std::shared_ptr<Pack> orphan;
+    {
+      absl::MutexLock l(&mu_);
+      if (bytes_ + dup_bytes_ <= target) break;
+      for (const auto& [name, pack] : packs_) {
+        if (!pack->ours && !pack->gone && pack->sealed &&
+            pack->digests.empty() && pack->dup_bytes > 0) {
+          orphan = pack;
+          break;
+        }
+      }
+    }
+    if (orphan == nullptr) break;
+    DropPack(orphan, /*evicted=*/true);
+  }
   while (true) {
     Digest victim;
     std::shared_ptr<Pack> pack;
     {
       absl::MutexLock l(&mu_);
-      if (bytes_ <= target || lru_.empty()) break;
+      if (bytes_ + dup_bytes_ <= target || lru_.empty()) break;
       victim = lru_.back();
       pack = index_.at(victim).pack;
       if (pack == nullptr || pack->gone) {
@@ -1009,7 +1036,7 @@ absl::Status DiskChunkCache::Prune(uint64_t bytes) {
 CacheUsage DiskChunkCache::Usage() {
   WaitScanned();
   absl::MutexLock l(&mu_);
-  CacheUsage u{index_.size(), bytes_, 0, 0};
+  CacheUsage u{index_.size(), bytes_ + dup_bytes_, 0, 0};
   absl::flat_hash_set<const Pack*> packs;
   for (const auto& [d, m] : index_) {
     if (m.pack == nullptr) continue;

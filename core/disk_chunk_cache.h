@@ -180,6 +180,12 @@ class DiskChunkCache final : public ChunkCache {
     std::shared_ptr<CachedFile> file;  // read descriptor, opened on use
     bool gone = false;    // evicted or dropped: its records are forgotten
     bool sealed = false;  // its writer is dead and its index all read
+    // Records of chunks indexed from another pack (two processes that
+    // filled one cache at once both wrote them): bytes on disk that no
+    // lookup uses. Counted in dup_bytes_ once the pack is sealed (while its
+    // writer lives, that process accounts for it), until the pack goes.
+    uint64_t dup_bytes = 0;
+    bool dup_counted = false;
   };
   struct Meta {
     uint64_t size;
@@ -256,6 +262,9 @@ class DiskChunkCache final : public ChunkCache {
   absl::flat_hash_map<Digest, Meta> index_ ABSL_GUARDED_BY(mu_);
   std::list<Digest> lru_ ABSL_GUARDED_BY(mu_);  // front = most recent
   uint64_t bytes_ ABSL_GUARDED_BY(mu_) = 0;
+  // Duplicate records' bytes in packs (Pack::dup_bytes): part of the
+  // cache's size on disk, reclaimed with their packs.
+  uint64_t dup_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   absl::flat_hash_map<Digest, std::shared_ptr<CachedFile>> files_
       ABSL_GUARDED_BY(mu_);
   std::list<Digest> files_lru_ ABSL_GUARDED_BY(mu_);

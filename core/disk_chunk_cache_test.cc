@@ -1,5 +1,6 @@
 #include "core/disk_chunk_cache.h"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
@@ -641,6 +642,65 @@ TEST(DiskChunkCachePackTest, LeftoversOfDeadWritersAreRemoved) {
   EXPECT_NE(access((dead + "-1-0.idx").c_str(), F_OK), 0);
   EXPECT_NE(access((dead + "-2-0.idx").c_str(), F_OK), 0);
   EXPECT_EQ(CountFiles(dir + "/packs"), 2u) << "a live writer's stays";
+}
+
+// Two processes that filled one cache at once both packed the same chunks:
+// the second copy is counted in the cache's size (it is on disk) and, once
+// its writer is gone, its pack goes first when space is needed (no lookup
+// uses it, so no LRU entry ever reached it: it was never freed).
+TEST(DiskChunkCachePackTest, DuplicatePacksOfDeadWritersCountAndGoFirst) {
+  const std::string dir = TempDir();
+  std::vector<std::string> chunks;
+  uint64_t total = 0;
+  for (int i = 0; i < 40; ++i) {
+    chunks.push_back(Chunk(2000 + i, 1000));
+    total += chunks.back().size();
+  }
+  // Each writer fills a directory of its own (so neither sees the other's
+  // chunks), in a process that then ends; the packs then meet in one.
+  for (const char* sub : {"/a", "/b"}) {
+    const std::string d = dir + sub;
+    pid_t child = fork();
+    if (child == 0) {
+      auto c = DiskChunkCache::Open(d);
+      if (!c.ok()) _exit(1);
+      for (const std::string& s : chunks) {
+        if (!(*c)->Insert(Sha256::Of(s), s).ok()) _exit(2);
+      }
+      (*c)->Flush();
+      _exit(0);
+    }
+    int status = 0;
+    ASSERT_EQ(waitpid(child, &status, 0), child);
+    ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  }
+  {
+    DIR* packs = opendir((dir + "/b/packs").c_str());
+    ASSERT_NE(packs, nullptr);
+    while (dirent* e = readdir(packs)) {
+      if (e->d_name[0] == '.') continue;
+      const std::string from = dir + "/b/packs/" + e->d_name;
+      const std::string to = dir + "/a/packs/" + e->d_name;
+      EXPECT_EQ(rename(from.c_str(), to.c_str()), 0) << from;
+    }
+    closedir(packs);
+  }
+  EXPECT_EQ(CountFiles(dir + "/a/packs"), 4u);
+  auto c = DiskChunkCache::Open(dir + "/a");
+  ASSERT_TRUE(c.ok());
+  CacheUsage u = (*c)->Usage();
+  EXPECT_EQ(u.chunks, 40u);
+  EXPECT_EQ(u.bytes, 2 * total) << "the duplicate pack is on disk too";
+  ASSERT_TRUE((*c)->Prune(total).ok());
+  EXPECT_EQ((*c)->Usage().bytes, total);
+  EXPECT_EQ(CountFiles(dir + "/a/packs"), 2u) << "the duplicates went";
+  for (const std::string& s : chunks) {
+    std::string out(s.size(), '\0');
+    auto hit = (*c)->Read(Sha256::Of(s), s.size(), 0, absl::MakeSpan(out));
+    ASSERT_TRUE(hit.ok());
+    EXPECT_TRUE(*hit) << "a live chunk was evicted";
+    EXPECT_EQ(out, s);
+  }
 }
 
 // A pack another cache evicts while this one appends to it: what it held

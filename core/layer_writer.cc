@@ -580,6 +580,8 @@ absl::StatusOr<LayerWriteResult> WriteLayer(absl::string_view tar,
     MemoryByteStream stream(tar);
     TarReader reader(&stream);
     absl::flat_hash_map<std::string, size_t> by_name;
+    // Hardlink target -> the first link to it.
+    absl::flat_hash_map<std::string, std::string> linked_by;
     // TOC name -> the tar name it came from, where they differ.
     absl::flat_hash_map<std::string, std::string> replaced;
     std::vector<bool> dropped;
@@ -637,8 +639,33 @@ absl::StatusOr<LayerWriteResult> WriteLayer(absl::string_view tar,
       it.payload = tar.substr(it.h.data_offset, it.h.size);
       auto [pos, fresh] = by_name.try_emplace(it.clean, items.size());
       if (!fresh) {
+        // A hardlink made to the entry this one replaces (as `tar --append`
+        // writes an updated file) keeps the old content on extraction; the
+        // layer cannot: the link would name the new entry, before it.
+        if (auto l = linked_by.find(it.clean); l != linked_by.end()) {
+          const Item& old = items[pos->second];
+          if (old.h.type == it.h.type && old.h.mode == it.h.mode &&
+              old.h.uid == it.h.uid && old.h.gid == it.h.gid &&
+              old.h.mtime_sec == it.h.mtime_sec &&
+              old.h.mtime_nsec == it.h.mtime_nsec &&
+              old.h.link_name == it.h.link_name &&
+              old.h.xattrs == it.h.xattrs && old.payload == it.payload) {
+            continue;  // the same file again: the earlier one stands
+          }
+          return absl::InvalidArgumentError(absl::StrCat(
+              "tar entry \"", it.h.name,
+              "\" replaces an earlier entry that "
+              "hardlink \"",
+              l->second,
+              "\" points to (as `tar --append` writes an updated file): the "
+              "link keeps the old content, which a layer cannot; extract the "
+              "tar and archive the tree again"));
+        }
         dropped[pos->second] = true;
         pos->second = items.size();
+      }
+      if (it.h.type == TarType::kHardlink) {
+        linked_by.try_emplace(CleanEntryName(it.h.link_name), it.h.name);
       }
       items.push_back(std::move(it));
       dropped.push_back(false);

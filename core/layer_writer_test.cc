@@ -761,6 +761,26 @@ TEST(LayerWriterTest, EmptyTarAndDuplicates) {
   ASSERT_NE(r, nullptr);
   EXPECT_EQ(ReadFile(*r, *r->index().Resolve("f")), "new");
   EXPECT_EQ(r->index().toc_entry_count(), 3u);
+
+  // `tar --append` of an updated file that a hardlink points to: the link
+  // keeps the old content on extraction, which no layer can say (the link
+  // named the new entry, ahead of it: a broken tar stream). Refused.
+  TarBuilder appended;
+  appended.File("x", "old");
+  appended.Hardlink("hl", "x");
+  appended.File("x", "new content");
+  EXPECT_THAT(WriteError(appended.Finish()).message(),
+              HasSubstr("hardlink \"hl\" points to"));
+  // The same file appended again unchanged: the earlier entry stands.
+  TarBuilder same;
+  same.File("x", "same");
+  same.Hardlink("hl", "x");
+  same.File("x", "same");
+  w = Write(same.Finish(), o);
+  r = Open(w);
+  ASSERT_NE(r, nullptr);
+  EXPECT_EQ(ReadFile(*r, *r->index().Resolve("hl")), "same");
+  EXPECT_EQ(r->index().inode(*r->index().Resolve("x")).nlink, 2u);
 }
 
 }  // namespace

@@ -56,9 +56,13 @@ class UnmountTest : public ::testing::Test {
   }
   void TearDown() override {
     for (const std::string& m : cleanup_) umount2(m.c_str(), MNT_DETACH);
+    // Only children not reaped yet: their pids cannot have been reused
+    // (signalling a pid after its process is gone once killed another
+    // test's server running alongside).
     for (pid_t p : kill_) {
-      kill(p, SIGCONT);
+      if (waitpid(p, nullptr, WNOHANG) != 0) continue;
       kill(p, SIGKILL);
+      waitpid(p, nullptr, 0);
     }
   }
 
@@ -81,7 +85,7 @@ class UnmountTest : public ::testing::Test {
 
   std::string base_, blob_;
   std::vector<std::string> cleanup_;
-  std::vector<pid_t> kill_;
+  std::vector<pid_t> kill_;  // children of this process
 };
 
 TEST_F(UnmountTest, OnlyLazypullMountsAreUnmounted) {
@@ -163,8 +167,13 @@ TEST_F(UnmountTest, AStoppedServerDoesNotHangTheUnmount) {
   const std::string mp = base_ + "/mnt";
   const pid_t server = Mount(mp);
   ASSERT_GT(server, 0);
-  kill_.push_back(server);
   ASSERT_EQ(kill(server, SIGSTOP), 0);
+  // (Stopped, it cannot exit: its pid is its own until this continues it,
+  // and it then ends by itself, its mount gone.)
+  struct ContinueAtExit {
+    pid_t pid;
+    ~ContinueAtExit() { kill(pid, SIGCONT); }
+  } continue_at_exit{server};
   // Give the kernel's attribute cache time to expire: a stat would now
   // wait for the stopped server.
   std::this_thread::sleep_for(std::chrono::milliseconds(1200));
