@@ -113,98 +113,6 @@ void FinishBlock(std::string* b) {
   (*b)[155] = ' ';
 }
 
-struct EntryFields {
-  std::string name;  // directories end with '/'
-  std::string link;
-  char typeflag = '0';
-  uint32_t mode = 0;
-  uint64_t uid = 0, gid = 0, size = 0;
-  int64_t mtime = 0;
-  uint64_t dev_major = 0, dev_minor = 0;
-  std::vector<std::pair<std::string, std::string>> xattrs;  // sorted
-};
-
-// The header blocks of an entry (a PAX header first when needed).
-absl::StatusOr<std::string> EncodeHeader(const EntryFields& e) {
-  std::map<std::string, std::string> pax;  // sorted, as Go writes them
-  const bool name_fits = IsAscii(e.name) && e.name.size() <= kNameSize;
-  std::string prefix, name = e.name;
-  bool split = false;
-  if (!name_fits) {
-    pax["path"] = e.name;
-    split = SplitUstarPath(e.name, &prefix, &name);
-  }
-  if (!IsAscii(e.link) || e.link.size() > kNameSize) pax["linkpath"] = e.link;
-  if (!FitsOctal(8, e.uid)) pax["uid"] = absl::StrCat(e.uid);
-  if (!FitsOctal(8, e.gid)) pax["gid"] = absl::StrCat(e.gid);
-  if (!FitsOctal(12, e.size)) pax["size"] = absl::StrCat(e.size);
-  if (e.mtime < 0 || !FitsOctal(12, static_cast<uint64_t>(e.mtime))) {
-    pax["mtime"] = absl::StrCat(e.mtime);
-  }
-  if (!FitsOctal(8, e.dev_major) || !FitsOctal(8, e.dev_minor)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(e.name, ": device number ", e.dev_major, ":", e.dev_minor,
-                     " does not fit a tar header"));
-  }
-  for (const auto& [k, v] : e.xattrs) pax[absl::StrCat("SCHILY.xattr.", k)] = v;
-
-  std::string out;
-  const bool ustar = pax.empty() || (pax.size() == 1 && split);
-  if (ustar) {
-    if (!split) name = e.name;
-  } else {
-    std::string data;
-    for (const auto& [k, v] : pax) data += PaxRecord(k, v);
-    // Go's path.Join(path.Split(name)... ): "a/PaxHeaders.0/b" for a file
-    // "a/b", "a/b/PaxHeaders.0" for a directory "a/b/".
-    const absl::string_view full = e.name;
-    const size_t cut = full.rfind('/');
-    std::string dir, file;
-    if (cut == absl::string_view::npos) {
-      file = std::string(full);
-    } else {
-      dir = std::string(full.substr(0, cut));
-      file = std::string(full.substr(cut + 1));
-    }
-    std::string pax_name =
-        dir.empty() || dir == "." ? "PaxHeaders.0" : dir + "/PaxHeaders.0";
-    if (!file.empty()) absl::StrAppend(&pax_name, "/", file);
-    pax_name = ToAscii(pax_name);
-    if (pax_name.size() > kNameSize) pax_name.resize(kNameSize);
-    while (!pax_name.empty() && pax_name.back() == '/') pax_name.pop_back();
-    std::string x(kBlock, '\0');
-    PutString(x.data(), 100, pax_name);
-    PutOctal(x.data() + 100, 8, 0);
-    PutOctal(x.data() + 108, 8, 0);
-    PutOctal(x.data() + 116, 8, 0);
-    PutOctal(x.data() + 124, 12, data.size());
-    PutOctal(x.data() + 136, 12, 0);
-    x[156] = 'x';
-    FinishBlock(&x);
-    out += x;
-    out += data;
-    out.append((kBlock - data.size() % kBlock) % kBlock, '\0');
-    name = ToAscii(e.name);
-    prefix.clear();
-  }
-  std::string h(kBlock, '\0');
-  PutString(h.data(), 100, name);
-  PutOctal(h.data() + 100, 8, e.mode);
-  PutOctal(h.data() + 108, 8, e.uid);
-  PutOctal(h.data() + 116, 8, e.gid);
-  PutOctal(h.data() + 124, 12, e.size);
-  PutOctal(h.data() + 136, 12,
-           e.mtime < 0 ? 0 : static_cast<uint64_t>(e.mtime));
-  h[156] = e.typeflag;
-  PutString(h.data() + 157, 100, ToAscii(e.link));
-  PutOctal(h.data() + 329, 8, e.dev_major);
-  PutOctal(h.data() + 337, 8, e.dev_minor);
-  PutString(h.data() + 345, kPrefixSize, prefix);
-  FinishBlock(&h);
-  out += h;
-  return out;
-}
-
 bool KeepXattr(absl::string_view name) {
   if (name == "security.selinux") return false;
   return absl::StartsWith(name, "user.") ||
@@ -308,7 +216,7 @@ class TreeWriter {
       }
       return absl::OkStatus();
     }
-    EntryFields e;
+    TarEntryFields e;
     e.name = rel;
     e.mode = st.st_mode & 07777;
     e.uid = st.st_uid;
@@ -321,7 +229,7 @@ class TreeWriter {
       if (!inserted) {
         e.typeflag = '1';
         e.link = it->second;
-        ASSIGN_OR_RETURN(std::string h, EncodeHeader(e));
+        ASSIGN_OR_RETURN(std::string h, EncodeTarHeader(e));
         ++stats_.entries;
         return Emit(h);
       }
@@ -331,7 +239,7 @@ class TreeWriter {
     if (S_ISDIR(st.st_mode)) {
       e.typeflag = '5';
       e.name = rel.empty() ? "./" : rel + "/";
-      ASSIGN_OR_RETURN(std::string h, EncodeHeader(e));
+      ASSIGN_OR_RETURN(std::string h, EncodeTarHeader(e));
       ++stats_.entries;
       RETURN_IF_ERROR(Emit(h));
       return Directory(rel);
@@ -349,7 +257,7 @@ class TreeWriter {
       return absl::InvalidArgumentError(
           absl::StrCat(path, ": unknown file type ", st.st_mode & S_IFMT));
     }
-    ASSIGN_OR_RETURN(std::string h, EncodeHeader(e));
+    ASSIGN_OR_RETURN(std::string h, EncodeTarHeader(e));
     ++stats_.entries;
     return Emit(h);
   }
@@ -369,7 +277,7 @@ class TreeWriter {
   }
 
   absl::Status RegularFile(const std::string& path, const struct stat& lst,
-                           EntryFields e) {
+                           TarEntryFields e) {
     const int fd =
         open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY);
     if (fd < 0) return ErrnoToStatus(errno, "open " + path);
@@ -386,7 +294,7 @@ class TreeWriter {
     }
     e.typeflag = '0';
     e.size = static_cast<uint64_t>(st.st_size);
-    ASSIGN_OR_RETURN(std::string h, EncodeHeader(e));
+    ASSIGN_OR_RETURN(std::string h, EncodeTarHeader(e));
     ++stats_.entries;
     RETURN_IF_ERROR(Emit(h));
     uint64_t left = e.size;
@@ -461,6 +369,86 @@ class TreeWriter {
 };
 
 }  // namespace
+
+absl::StatusOr<std::string> EncodeTarHeader(const TarEntryFields& e) {
+  std::map<std::string, std::string> pax;  // sorted, as Go writes them
+  const bool name_fits = IsAscii(e.name) && e.name.size() <= kNameSize;
+  std::string prefix, name = e.name;
+  bool split = false;
+  if (!name_fits) {
+    pax["path"] = e.name;
+    split = SplitUstarPath(e.name, &prefix, &name);
+  }
+  if (!IsAscii(e.link) || e.link.size() > kNameSize) pax["linkpath"] = e.link;
+  if (!FitsOctal(8, e.uid)) pax["uid"] = absl::StrCat(e.uid);
+  if (!FitsOctal(8, e.gid)) pax["gid"] = absl::StrCat(e.gid);
+  if (!FitsOctal(12, e.size)) pax["size"] = absl::StrCat(e.size);
+  if (e.mtime < 0 || !FitsOctal(12, static_cast<uint64_t>(e.mtime))) {
+    pax["mtime"] = absl::StrCat(e.mtime);
+  }
+  if (!FitsOctal(8, e.dev_major) || !FitsOctal(8, e.dev_minor)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(e.name, ": device number ", e.dev_major, ":", e.dev_minor,
+                     " does not fit a tar header"));
+  }
+  for (const auto& [k, v] : e.xattrs) pax[absl::StrCat("SCHILY.xattr.", k)] = v;
+
+  std::string out;
+  const bool ustar = pax.empty() || (pax.size() == 1 && split);
+  if (ustar) {
+    if (!split) name = e.name;
+  } else {
+    std::string data;
+    for (const auto& [k, v] : pax) data += PaxRecord(k, v);
+    // Go's path.Join(path.Split(name)... ): "a/PaxHeaders.0/b" for a file
+    // "a/b", "a/b/PaxHeaders.0" for a directory "a/b/".
+    const absl::string_view full = e.name;
+    const size_t cut = full.rfind('/');
+    std::string dir, file;
+    if (cut == absl::string_view::npos) {
+      file = std::string(full);
+    } else {
+      dir = std::string(full.substr(0, cut));
+      file = std::string(full.substr(cut + 1));
+    }
+    std::string pax_name =
+        dir.empty() || dir == "." ? "PaxHeaders.0" : dir + "/PaxHeaders.0";
+    if (!file.empty()) absl::StrAppend(&pax_name, "/", file);
+    pax_name = ToAscii(pax_name);
+    if (pax_name.size() > kNameSize) pax_name.resize(kNameSize);
+    while (!pax_name.empty() && pax_name.back() == '/') pax_name.pop_back();
+    std::string x(kBlock, '\0');
+    PutString(x.data(), 100, pax_name);
+    PutOctal(x.data() + 100, 8, 0);
+    PutOctal(x.data() + 108, 8, 0);
+    PutOctal(x.data() + 116, 8, 0);
+    PutOctal(x.data() + 124, 12, data.size());
+    PutOctal(x.data() + 136, 12, 0);
+    x[156] = 'x';
+    FinishBlock(&x);
+    out += x;
+    out += data;
+    out.append((kBlock - data.size() % kBlock) % kBlock, '\0');
+    name = ToAscii(e.name);
+    prefix.clear();
+  }
+  std::string h(kBlock, '\0');
+  PutString(h.data(), 100, name);
+  PutOctal(h.data() + 100, 8, e.mode);
+  PutOctal(h.data() + 108, 8, e.uid);
+  PutOctal(h.data() + 116, 8, e.gid);
+  PutOctal(h.data() + 124, 12, e.size);
+  PutOctal(h.data() + 136, 12,
+           e.mtime < 0 ? 0 : static_cast<uint64_t>(e.mtime));
+  h[156] = e.typeflag;
+  PutString(h.data() + 157, 100, ToAscii(e.link));
+  PutOctal(h.data() + 329, 8, e.dev_major);
+  PutOctal(h.data() + 337, 8, e.dev_minor);
+  PutString(h.data() + 345, kPrefixSize, prefix);
+  FinishBlock(&h);
+  out += h;
+  return out;
+}
 
 absl::StatusOr<DirTarStats> WriteDirectoryTar(const std::string& root,
                                               const DirTarOptions& options,

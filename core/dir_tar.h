@@ -37,6 +37,7 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -57,6 +58,23 @@ struct DirTarStats {
   int64_t newest_mtime = 0;          // latest mtime of an entry (s), or 0
   std::vector<std::string> skipped;  // paths skipped (relative to the root)
 };
+
+// One entry's header fields, as this writer encodes them.
+struct TarEntryFields {
+  std::string name;  // directories end with '/'
+  std::string link;
+  char typeflag = '0';
+  uint32_t mode = 0;
+  uint64_t uid = 0, gid = 0, size = 0;
+  int64_t mtime = 0;
+  uint64_t dev_major = 0, dev_minor = 0;
+  std::vector<std::pair<std::string, std::string>> xattrs;  // sorted
+};
+
+// The header blocks of an entry: USTAR, with a PAX header first when a
+// field does not fit (long or non-ASCII names, big numbers, xattrs), as
+// Go's archive/tar writes them.
+absl::StatusOr<std::string> EncodeTarHeader(const TarEntryFields& e);
 
 // Receives the stream front to back; a non-OK return stops the walk.
 using TarWriteFn = std::function<absl::Status(absl::string_view)>;

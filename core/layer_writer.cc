@@ -17,6 +17,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "core/compressor.h"
+#include "core/dir_tar.h"
 #include "core/footer.h"
 #include "core/layer_index.h"
 #include "core/status_macros.h"
@@ -206,6 +207,47 @@ struct Item {
   uint32_t num_chunks = 0;
   Digest file_digest;  // filled by the worker of chunk 0 (or from chunk 0)
 };
+
+// The tar header of `h` under another name, or as a hardlink to another
+// target: a fresh encoding (the raw blocks read name the old path).
+absl::Status Reencode(TarHeader* h) {
+  TarEntryFields f;
+  f.name = h->name;
+  f.link = h->link_name;
+  f.typeflag = h->typeflag;
+  f.mode = static_cast<uint32_t>(h->mode & 07777);
+  f.uid = h->uid;
+  f.gid = h->gid;
+  f.size = h->size;
+  f.mtime = h->mtime_sec;
+  f.dev_major = h->dev_major;
+  f.dev_minor = h->dev_minor;
+  f.xattrs = h->xattrs;
+  std::sort(f.xattrs.begin(), f.xattrs.end());
+  ASSIGN_OR_RETURN(h->raw, EncodeTarHeader(f));
+  // (What the new header holds, so that the TOC says the same.)
+  h->mtime_nsec = 0;
+  h->uname.clear();
+  h->gname.clear();
+  return absl::OkStatus();
+}
+
+// Makes hardlink `link` a copy of `src` (type, attributes, content) under
+// the link's name.
+absl::Status CopyEntryInto(const Item& src, Item* link) {
+  TarHeader h = src.h;
+  h.name = link->h.name;
+  RETURN_IF_ERROR(Reencode(&h));
+  link->h = std::move(h);
+  link->payload = src.payload;
+  return absl::OkStatus();
+}
+
+// Points hardlink `link` at `target` (a tar name).
+absl::Status Relink(const std::string& target, Item* link) {
+  link->h.link_name = target;
+  return Reencode(&link->h);
+}
 
 struct ChunkPlan {
   uint32_t item = 0;
@@ -580,8 +622,8 @@ absl::StatusOr<LayerWriteResult> WriteLayer(absl::string_view tar,
     MemoryByteStream stream(tar);
     TarReader reader(&stream);
     absl::flat_hash_map<std::string, size_t> by_name;
-    // Hardlink target -> the first link to it.
-    absl::flat_hash_map<std::string, std::string> linked_by;
+    // Hardlink target -> the links to it (indexes into `items`, in order).
+    absl::flat_hash_map<std::string, std::vector<size_t>> linked_by;
     // TOC name -> the tar name it came from, where they differ.
     absl::flat_hash_map<std::string, std::string> replaced;
     std::vector<bool> dropped;
@@ -639,9 +681,11 @@ absl::StatusOr<LayerWriteResult> WriteLayer(absl::string_view tar,
       it.payload = tar.substr(it.h.data_offset, it.h.size);
       auto [pos, fresh] = by_name.try_emplace(it.clean, items.size());
       if (!fresh) {
-        // A hardlink made to the entry this one replaces (as `tar --append`
-        // writes an updated file) keeps the old content on extraction; the
-        // layer cannot: the link would name the new entry, before it.
+        // Hardlinks made to the entry this one replaces (as `tar --append`
+        // writes an updated file) keep the old content on extraction. The
+        // first becomes a copy of the old entry, the others links to it
+        // (made to the new entry, they named it ahead of it: a tar stream
+        // plain clients fail on, and the new content).
         if (auto l = linked_by.find(it.clean); l != linked_by.end()) {
           const Item& old = items[pos->second];
           if (old.h.type == it.h.type && old.h.mode == it.h.mode &&
@@ -652,20 +696,20 @@ absl::StatusOr<LayerWriteResult> WriteLayer(absl::string_view tar,
               old.h.xattrs == it.h.xattrs && old.payload == it.payload) {
             continue;  // the same file again: the earlier one stands
           }
-          return absl::InvalidArgumentError(absl::StrCat(
-              "tar entry \"", it.h.name,
-              "\" replaces an earlier entry that "
-              "hardlink \"",
-              l->second,
-              "\" points to (as `tar --append` writes an updated file): the "
-              "link keeps the old content, which a layer cannot; extract the "
-              "tar and archive the tree again"));
+          const std::vector<size_t> links = std::move(l->second);
+          linked_by.erase(l);
+          Item& copy = items[links[0]];
+          RETURN_IF_ERROR(CopyEntryInto(old, &copy));
+          for (size_t k = 1; k < links.size(); ++k) {
+            RETURN_IF_ERROR(Relink(copy.h.name, &items[links[k]]));
+            linked_by[copy.clean].push_back(links[k]);
+          }
         }
         dropped[pos->second] = true;
         pos->second = items.size();
       }
       if (it.h.type == TarType::kHardlink) {
-        linked_by.try_emplace(CleanEntryName(it.h.link_name), it.h.name);
+        linked_by[CleanEntryName(it.h.link_name)].push_back(items.size());
       }
       items.push_back(std::move(it));
       dropped.push_back(false);
