@@ -3,6 +3,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <malloc.h>
 #include <pthread.h>
 #include <signal.h>
@@ -775,7 +776,8 @@ absl::Status ServeImage(
   std::condition_variable pf_cv;
   size_t pf_pending = 0;
   bool overlay_mounted = false;
-  int overlay_id = -1;  // its id in the mount table
+  int overlay_id = -1;  // its id in the mount table (ids are reused)
+  std::string overlay_fstype;
 
   // Page pushes (on unless --no-push-pages), guarded by a watchdog.
   const bool push_pages = !args.Has("no-push-pages");
@@ -793,8 +795,8 @@ absl::Status ServeImage(
       // Only if what is mounted there now is still this server's: after
       // `unmount` took it away, a new mount may already sit there.
       std::optional<MountEntry> top = TopMountAt(mountpoint);
-      if (top && top->id == overlay_id && umount2(mountpoint.c_str(), 0) != 0 &&
-          errno != EINVAL) {
+      if (top && top->id == overlay_id && top->fstype == overlay_fstype &&
+          umount2(mountpoint.c_str(), 0) != 0 && errno != EINVAL) {
         umount2(mountpoint.c_str(), MNT_DETACH);
       }
       overlay_mounted = false;
@@ -1059,6 +1061,7 @@ absl::Status ServeImage(
     overlay_mounted = true;
     if (std::optional<MountEntry> top = TopMountAt(mountpoint)) {
       overlay_id = top->id;
+      overlay_fstype = top->fstype;
     }
     return absl::OkStatus();
   }();
@@ -1216,7 +1219,10 @@ absl::Status ServeImage(
     MountRecord record;
     record.mountpoint = mountpoint;
     record.image_ref = ref.String();
-    record.run_dir = run_dir;
+    // Canonical, as the mount table names the layer mounts beneath it.
+    char real[PATH_MAX];
+    record.run_dir =
+        realpath(run_dir.c_str(), real) != nullptr ? real : run_dir;
     WriteMountRecord(pid_file, record);
   }
   auto ms = [](absl::Duration d) { return absl::ToInt64Milliseconds(d); };

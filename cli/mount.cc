@@ -18,6 +18,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
 #include "cli/commands.h"
 #include "cli/image_mount.h"
 #include "cli/mount_record.h"
@@ -150,7 +151,9 @@ bool IsLazypullMount(const MountEntry& e, const std::optional<MountRecord>& r) {
 // Detaches what a dead image server left under its run directory (its layer
 // mounts answer ENOTCONN) and removes the directory.
 void CleanUpAfterDeadServer(const MountRecord& r) {
-  if (r.run_dir.empty()) return;
+  // (A process that has the pid now may be a server that got the same run
+  // directory: leave it to the next mount's sweep of dead run dirs.)
+  if (r.run_dir.empty() || kill(r.pid, 0) == 0) return;
   std::vector<MountEntry> t = ReadMountTable();
   for (auto it = t.rbegin(); it != t.rend(); ++it) {
     if (absl::StartsWith(it->mount_point, r.run_dir + "/")) {
@@ -281,6 +284,14 @@ int MountMain(int argc, char** argv) {
                 absl::InvalidArgumentError("-o accepts only allow_other"));
   }
   // Paths made absolute: the serving process works from "/".
+  for (const char* var :
+       {"DOCKER_CONFIG", "REGISTRY_AUTH_FILE", "XDG_CACHE_HOME",
+        "XDG_RUNTIME_DIR", "XDG_CONFIG_HOME"}) {
+    const char* v = getenv(var);
+    if (v != nullptr && *v != '\0' && *v != '/') {
+      setenv(var, Absolute(v).c_str(), 1);
+    }
+  }
   const std::string mp = MountpointPath(mountpoint_arg);
   args->positionals.back() = mp;
   for (const char* flag :
@@ -289,13 +300,16 @@ int MountMain(int argc, char** argv) {
   }
   // One server per mountpoint: a second one stacked on the first would
   // share its record, and unmounting would orphan one of them.
+  // (A server whose busy mount was detached lazily still runs, but the
+  // mountpoint is free again.)
+  std::optional<MountEntry> mounted = TopMountAt(mp);
   if (std::optional<MountRecord> r = ReadMountRecord(MountRecordPath(mp));
-      r && ServerAlive(*r)) {
+      r && ServerAlive(*r) && mounted && IsLazypullMount(*mounted, r)) {
     return Fail("mount", absl::AlreadyExistsError(absl::StrCat(
                              mp, " is already a lazypull mount (served by pid ",
                              r->pid, "): `lazypull unmount` it first")));
   }
-  if (!TopMountAt(mp).has_value()) {
+  if (!mounted) {
     // (A mount there, dead or alive, is not touched: see MountpointPath.)
     struct stat st;
     if (stat(mp.c_str(), &st) != 0) {
@@ -421,15 +435,32 @@ int UnmountMain(int argc, char** argv) {
   auto forget_dead_server = [&] {
     if (!record || alive) return;
     CleanUpAfterDeadServer(*record);
-    unlink(record_path.c_str());
+    // Only that record: a new server may have written its own meanwhile.
+    std::optional<MountRecord> now = ReadMountRecord(record_path);
+    if (now && now->pid == record->pid &&
+        now->start_ticks == record->start_ticks) {
+      unlink(record_path.c_str());
+    }
   };
   if (!top) {
-    if (alive) {
-      // The mount went away (someone else unmounted it), its server stayed.
+    if (alive && image) {
+      // The overlay went away (someone else unmounted it), its server
+      // stayed: it ends (still serving a lazily detached overlay until
+      // the last file there is closed).
       kill(record->pid, SIGTERM);
       std::cout << mp << " was not mounted; ended its serving process (pid "
                 << record->pid << ")\n";
       return 0;
+    }
+    if (alive) {
+      // A layer server finishing (a second unmount) or serving a mount
+      // detached lazily: it ends by itself; a signal would cut off the
+      // processes still using the detached mount.
+      return Fail(
+          "unmount",
+          absl::InvalidArgumentError(absl::StrCat(
+              mp, " is not a mount point (its serving process, pid ",
+              record->pid, ", is finishing or serving a detached mount)")));
     }
     forget_dead_server();
     return Fail("unmount", absl::InvalidArgumentError(
@@ -453,7 +484,8 @@ int UnmountMain(int argc, char** argv) {
     // Not root: fusermount3 unmounts FUSE mounts the user owns.
     auto fusermount = [&](bool lazy) {
       std::string cmd =
-          absl::StrCat("fusermount3 -u ", lazy ? "-z " : "", "'", mp, "'");
+          absl::StrCat("fusermount3 -u ", lazy ? "-z " : "", "'",
+                       absl::StrReplaceAll(mp, {{"'", "'\\''"}}), "'");
       return system(cmd.c_str()) == 0 ? 0 : -1;
     };
     rc = fusermount(false);

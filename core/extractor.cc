@@ -72,6 +72,10 @@ class DirFds {
       map_ ABSL_GUARDED_BY(mu_);
 };
 
+// A member claiming more than a writer makes (64 MiB of small files and
+// the chunk that crossed the mark) is decoded per chunk instead.
+constexpr uint64_t kMaxSharedMember = uint64_t{128} << 20;
+
 class Extractor {
  public:
   Extractor(const LayerReader& r, const ExtractOptions& o)
@@ -87,6 +91,9 @@ class Extractor {
       uint64_t& need = shared_members_[c.blob_offset];
       need = std::max(need, c.inner_offset + c.size);
     }
+    // (A hostile TOC's innerOffset must not size a buffer.)
+    absl::erase_if(shared_members_,
+                   [](const auto& m) { return m.second > kMaxSharedMember; });
   }
 
   absl::Status Run(const std::string& dir);

@@ -696,13 +696,22 @@ absl::StatusOr<LayerWriteResult> WriteLayer(absl::string_view tar,
               old.h.xattrs == it.h.xattrs && old.payload == it.payload) {
             continue;  // the same file again: the earlier one stands
           }
-          const std::vector<size_t> links = std::move(l->second);
+          // (Links since replaced themselves are gone.)
+          std::vector<size_t> links;
+          for (size_t k : l->second) {
+            if (!dropped[k]) links.push_back(k);
+          }
           linked_by.erase(l);
-          Item& copy = items[links[0]];
-          RETURN_IF_ERROR(CopyEntryInto(old, &copy));
-          for (size_t k = 1; k < links.size(); ++k) {
-            RETURN_IF_ERROR(Relink(copy.h.name, &items[links[k]]));
-            linked_by[copy.clean].push_back(links[k]);
+          if (!links.empty()) {
+            Item& copy = items[links[0]];
+            RETURN_IF_ERROR(CopyEntryInto(old, &copy));
+            if (copy.h.type == TarType::kHardlink) {  // a link itself
+              linked_by[CleanEntryName(copy.h.link_name)].push_back(links[0]);
+            }
+            for (size_t k = 1; k < links.size(); ++k) {
+              RETURN_IF_ERROR(Relink(copy.h.name, &items[links[k]]));
+              linked_by[copy.clean].push_back(links[k]);
+            }
           }
         }
         dropped[pos->second] = true;

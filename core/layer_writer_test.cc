@@ -779,6 +779,19 @@ TEST(LayerWriterTest, EmptyTarAndDuplicates) {
   EXPECT_EQ(ReadFile(*r, *r->index().Resolve("hl2")), "old");
   EXPECT_EQ(r->index().inode(*r->index().Resolve("x")).nlink, 1u);
   EXPECT_EQ(r->index().inode(*r->index().Resolve("hl")).nlink, 2u);
+  // A link replaced before its target is: the next link takes the copy.
+  TarBuilder relinked;
+  relinked.File("x", "x0");
+  relinked.Hardlink("l", "x");
+  relinked.Hardlink("m", "x");
+  relinked.File("l", "l1");
+  relinked.File("x", "x1");
+  w = Write(relinked.Finish(), o);
+  r = Open(w);
+  ASSERT_NE(r, nullptr);
+  EXPECT_EQ(ReadFile(*r, *r->index().Resolve("x")), "x1");
+  EXPECT_EQ(ReadFile(*r, *r->index().Resolve("l")), "l1");
+  EXPECT_EQ(ReadFile(*r, *r->index().Resolve("m")), "x0");
   // The same file appended again unchanged: the earlier entry stands.
   TarBuilder same;
   same.File("x", "same");

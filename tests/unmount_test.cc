@@ -3,6 +3,7 @@
 // then reused), a mountpoint that is someone else's mount, a second mount
 // on a live one, a stopped server, a mountpoint that does not exist.
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <sys/mount.h>
@@ -12,6 +13,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstring>
 #include <fstream>
 #include <string>
 #include <thread>
@@ -161,6 +163,36 @@ TEST_F(UnmountTest, ASecondMountOnALiveOneIsRefused) {
        base_ + "/nowhere"});
   EXPECT_NE(missing.exit_code, 0);
   EXPECT_TRUE(absl::StrContains(missing.err, "nowhere")) << missing.err;
+}
+
+// A busy mount detached with --force keeps serving its open files; the
+// mountpoint is free for a new mount at once, and a second unmount neither
+// fails the detached mount's readers nor claims to unmount anything.
+TEST_F(UnmountTest, ADetachedBusyMountFreesItsMountpoint) {
+  const std::string mp = base_ + "/mnt";
+  const pid_t first = Mount(mp);
+  ASSERT_GT(first, 0);
+  const int fd = open((mp + "/hello").c_str(), O_RDONLY | O_CLOEXEC);
+  ASSERT_GE(fd, 0);
+  RunResult busy = Unmount(mp);
+  EXPECT_NE(busy.exit_code, 0);
+  RunResult forced = Unmount(mp, /*force=*/true);
+  EXPECT_EQ(forced.exit_code, 0) << forced.err;
+  EXPECT_TRUE(absl::StrContains(forced.out, "detached")) << forced.out;
+  RunResult again = Unmount(mp);
+  EXPECT_NE(again.exit_code, 0);
+  EXPECT_TRUE(absl::StrContains(again.err, "not a mount point")) << again.err;
+  const pid_t second = Mount(mp);
+  EXPECT_GT(second, 0);
+  EXPECT_NE(second, first);
+  EXPECT_EQ(ReadFile(mp + "/hello"), "hello\n");
+  char buf[16] = {0};
+  EXPECT_EQ(pread(fd, buf, sizeof(buf), 0), 6) << strerror(errno);
+  EXPECT_STREQ(buf, "hello\n");
+  close(fd);
+  RunResult u = Unmount(mp);
+  EXPECT_EQ(u.exit_code, 0) << u.err;
+  EXPECT_FALSE(IsMountPoint(mp));
 }
 
 TEST_F(UnmountTest, AStoppedServerDoesNotHangTheUnmount) {
