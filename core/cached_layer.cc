@@ -99,10 +99,27 @@ CachedLayerStats CachedLayer::stats() const {
   return s;
 }
 
+bool CachedLayer::IsHugeFill(uint64_t bytes) const {
+  return options_.huge_fill_bytes != 0 && bytes > options_.huge_fill_bytes;
+}
+
 uint64_t CachedLayer::AcquireFillBytes(uint64_t want, ReadPriority priority) {
   const uint64_t cap = options_.max_fill_bytes;
-  if (cap == 0) return 0;
+  if (cap == 0 && !IsHugeFill(want)) return 0;
   absl::MutexLock l(&budget_mu_);
+  if (IsHugeFill(want)) {
+    // One at a time, on-demand ones included (the small fills go on
+    // beside it); the others also wait, as before, for the budget to be
+    // all theirs.
+    auto alone = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(budget_mu_) {
+      return !huge_fill_ && (priority == ReadPriority::kOnDemand || cap == 0 ||
+                             budget_used_ == 0);
+    };
+    budget_mu_.Await(absl::Condition(&alone));
+    huge_fill_ = true;
+    budget_used_ += want;
+    return want;
+  }
   if (priority == ReadPriority::kOnDemand) {
     // A process is blocked on it: never behind prefetch or background fills
     // (whose budget is held while their bytes cross the network). Counted,
@@ -122,6 +139,7 @@ void CachedLayer::ReleaseFillBytes(uint64_t got) {
   if (got == 0) return;
   absl::MutexLock l(&budget_mu_);
   budget_used_ -= got;
+  if (IsHugeFill(got)) huge_fill_ = false;
 }
 
 uint64_t CachedLayer::GroupFillBytes(uint32_t group) const {

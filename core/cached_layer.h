@@ -54,6 +54,11 @@ struct CachedLayerOptions {
   // on-demand fills never wait (they count, so the others wait for them).
   // 0 = no cap. Bounds the serving process's peak RSS under many cold readers.
   uint64_t max_fill_bytes = 8 << 20;
+  // A fill that holds more than this (a chunk of tens of MiB or more: a
+  // layer written with a huge --chunk-size) runs only while no other such
+  // fill does, on-demand ones included: five concurrent first reads of
+  // 1 GiB chunks held 8.4 GB. 0 = no limit.
+  uint64_t huge_fill_bytes = uint64_t{64} << 20;
   // Directory prefetch: when an on-demand read misses the cache (the first
   // read of a file, most often), the other regular files of that file's
   // directory (its direct children; for a hardlink, the directory of the
@@ -328,7 +333,9 @@ class CachedLayer {
   // Fill memory in use (see max_fill_bytes).
   absl::Mutex budget_mu_;
   uint64_t budget_used_ ABSL_GUARDED_BY(budget_mu_) = 0;
+  bool huge_fill_ ABSL_GUARDED_BY(budget_mu_) = false;  // one in flight
   uint64_t AcquireFillBytes(uint64_t want, ReadPriority priority);
+  bool IsHugeFill(uint64_t bytes) const;
   void ReleaseFillBytes(uint64_t got);
 };
 

@@ -104,7 +104,8 @@ class SlowSource : public BlobSource {
 };
 
 int MaxConcurrentFills(uint64_t max_fill_bytes,
-                       ReadPriority priority = ReadPriority::kPrefetch) {
+                       ReadPriority priority = ReadPriority::kPrefetch,
+                       uint64_t huge_fill_bytes = 64 << 20) {
   std::vector<std::string> data;
   TestLayer t = SameSizeFiles(6, 200 << 10, 40, &data);
   TestBlob b = t.Build();
@@ -115,6 +116,7 @@ int MaxConcurrentFills(uint64_t max_fill_bytes,
   CachedLayerOptions o;
   o.readahead_chunks = 0;
   o.max_fill_bytes = max_fill_bytes;
+  o.huge_fill_bytes = huge_fill_bytes;
   CachedLayer layer(reader, std::make_shared<MemoryChunkCache>(0), o);
   const int before = src->max_concurrent();  // opening read the TOC
   EXPECT_EQ(before, 1);
@@ -146,6 +148,10 @@ TEST(CachedLayerTest, FillMemoryIsCapped) {
   EXPECT_GT(MaxConcurrentFills(0), 2);
   // On-demand fills (a process waits) are never held back by the cap.
   EXPECT_GT(MaxConcurrentFills(1, ReadPriority::kOnDemand), 1);
+  // ...but huge ones (here: over 100 KiB) run one at a time, on-demand or
+  // not: five first reads of 1 GiB chunks held 8.4 GB at once.
+  EXPECT_EQ(MaxConcurrentFills(0, ReadPriority::kOnDemand, 100 << 10), 1);
+  EXPECT_EQ(MaxConcurrentFills(1 << 30, ReadPriority::kPrefetch, 100 << 10), 1);
 }
 
 TEST(CachedLayerTest, ConcurrentMissesShareOneFill) {
