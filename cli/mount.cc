@@ -28,6 +28,7 @@
 #include "core/errno_status.h"
 #include "core/file_blob_source.h"
 #include "core/log.h"
+#include "core/node_writer.h"
 #include "core/status_macros.h"
 #include "fuse/fuse_server.h"
 #include "fuse/layer_fs.h"
@@ -472,6 +473,18 @@ int UnmountMain(int argc, char** argv) {
                     mp, " is a ", top->fstype,
                     " mount, not one of lazypull's: not unmounting it")));
   }
+  // The FUSE connection's abort file, for a server that outlives the
+  // unmount below (not for an image mount: its MOUNTPOINT is an overlay).
+  ScopedFd abort_fd;
+  if (alive && !image && top->fstype == "fuse.lazypull") {
+    const char* kFuseCtl = "/sys/fs/fuse/connections";
+    const std::string abort_file =
+        absl::StrCat(kFuseCtl, "/", top->minor, "/abort");
+    if (access(abort_file.c_str(), W_OK) != 0) {
+      mount("fusectl", kFuseCtl, "fusectl", 0, nullptr);
+    }
+    abort_fd = ScopedFd(open(abort_file.c_str(), O_WRONLY | O_CLOEXEC));
+  }
   // A busy mount detached lazily keeps its server until the last open file
   // there is closed: then there is nothing to wait for.
   bool detached_busy = false;
@@ -525,17 +538,14 @@ int UnmountMain(int argc, char** argv) {
     }
     // (Not for an image mount: its MOUNTPOINT is an overlay, not a FUSE
     // connection.)
-    if (serving() && !image && top->fstype == "fuse.lazypull") {
+    if (serving() && abort_fd.valid()) {
       // Still connected through another namespace's copy of the mount (e.g.
       // a sandbox created while it was mounted): abort the connection
-      // (fusectl), which ends the server everywhere.
-      const char* kFuseCtl = "/sys/fs/fuse/connections";
-      std::string abort_file =
-          absl::StrCat(kFuseCtl, "/", top->minor, "/abort");
-      if (access(abort_file.c_str(), W_OK) != 0) {
-        mount("fusectl", kFuseCtl, "fusectl", 0, nullptr);
-      }
-      std::ofstream(abort_file) << "1";
+      // (fusectl), which ends the server everywhere. (Through the file
+      // opened before the unmount: once a connection is gone its number
+      // may be a newer mount's, which a path opened now would abort.)
+      const ssize_t w = write(abort_fd.get(), "1", 1);
+      (void)w;
     }
     for (int i = 0; i < 600 && serving(); ++i) {
       std::this_thread::sleep_for(std::chrono::milliseconds(50));

@@ -210,12 +210,29 @@ TEST_F(UnmountTest, AStoppedServerDoesNotHangTheUnmount) {
   // wait for the stopped server.
   std::this_thread::sleep_for(std::chrono::milliseconds(1200));
   // The mount goes at once; the command then waits a bounded time for the
-  // (stopped) server to end, and says it is still shutting down.
-  RunResult u = ::lazypull::testing::Run(
-      {"/usr/bin/timeout", "60", LazypullBinary(), "unmount", mp});
+  // (stopped) server to end, aborts its connection, and says it is still
+  // shutting down.
+  RunResult u;
+  std::thread unmounter([&] {
+    u = ::lazypull::testing::Run(
+        {"/usr/bin/timeout", "60", LazypullBinary(), "unmount", mp});
+  });
+  for (int i = 0; i < 500 && IsMountPoint(mp); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  // A mount made meanwhile likely gets the gone connection's number: the
+  // abort must not reach it (it was aborted through a path opened late,
+  // and another test's server running alongside lost its mount).
+  const std::string other = base_ + "/other";
+  const pid_t other_server = Mount(other);
+  EXPECT_GT(other_server, 0);
+  unmounter.join();
   EXPECT_EQ(u.exit_code, 0) << u.out << u.err;
   EXPECT_FALSE(IsMountPoint(mp)) << u.out << u.err;
   EXPECT_TRUE(absl::StrContains(u.out, "still shutting down")) << u.out;
+  EXPECT_EQ(ReadFile(other + "/hello"), "hello\n");
+  RunResult uo = Unmount(other);
+  EXPECT_EQ(uo.exit_code, 0) << uo.err;
 }
 
 // A runtime that gives up on a mount (SIGTERM while it is being set up,
