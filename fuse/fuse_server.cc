@@ -90,21 +90,25 @@ absl::StatusOr<std::unique_ptr<FuseServer>> FuseServer::Mount(
   }
   std::unique_ptr<FuseServer> server(new FuseServer(se, options));
   server->connection_ = MountDeviceMinor(mountpoint);
+  if (server->connection_ >= 0) {
+    const char* kFuseCtl = "/sys/fs/fuse/connections";
+    const std::string path =
+        absl::StrCat(kFuseCtl, "/", server->connection_, "/abort");
+    server->abort_fd_ = open(path.c_str(), O_WRONLY | O_CLOEXEC);
+    if (server->abort_fd_ < 0 && errno == ENOENT && geteuid() == 0 &&
+        mount("fusectl", kFuseCtl, "fusectl", 0, nullptr) == 0) {
+      server->abort_fd_ = open(path.c_str(), O_WRONLY | O_CLOEXEC);
+    }
+  }
   return server;
 }
 
 bool FuseServer::AbortConnection() const {
-  if (connection_ < 0) return false;
-  const std::string path =
-      absl::StrCat("/sys/fs/fuse/connections/", connection_, "/abort");
-  const int fd = open(path.c_str(), O_WRONLY | O_CLOEXEC);
-  if (fd < 0) return false;
-  const bool ok = write(fd, "1", 1) == 1;
-  close(fd);
-  return ok;
+  return abort_fd_ >= 0 && write(abort_fd_, "1", 1) == 1;
 }
 
 FuseServer::~FuseServer() {
+  if (abort_fd_ >= 0) close(abort_fd_);
   if (options_.install_signal_handlers) fuse_remove_signal_handlers(se_);
   if (mounted_) fuse_session_unmount(se_);
   fuse_session_destroy(se_);

@@ -51,10 +51,12 @@ class FuseServer {
   fuse_session* session() const { return se_; }
 
   // Aborts the kernel's side of the connection (fusectl's
-  // /sys/fs/fuse/connections/N/abort): every request still queued fails,
-  // which frees a thread a notification has blocked on a page a queued
-  // read holds, once the loop no longer reads them (after a signal). Best
-  // effort: false if the connection is unknown or the write fails.
+  // /sys/fs/fuse/connections/N/abort, opened at mount: once the mount is
+  // gone its number may be a newer mount's): every request still queued
+  // fails, which frees a thread a notification has blocked on a page a
+  // queued read holds, once the loop no longer reads them (after a signal).
+  // Best effort: false if the connection is unknown, fusectl was not
+  // mounted, or the write fails.
   bool AbortConnection() const;
   // The connection's fusectl number (the mount's device minor), or -1 if
   // it could not be found.
@@ -66,6 +68,7 @@ class FuseServer {
   fuse_session* se_;
   // The connection's number (the mount's anonymous device minor), or -1.
   long connection_ = -1;
+  int abort_fd_ = -1;  // its fusectl abort file
   FuseServerOptions options_;
   bool mounted_ = true;
 };

@@ -119,10 +119,9 @@ class PagePushTest : public ::testing::Test {
   }
 
   void Unmount(const LayerMount& m) {
-    ASSERT_EQ(
-        ::lazypull::testing::Run({LazypullBinary(), "unmount", m.mountpoint})
-            .exit_code,
-        0);
+    RunResult u =
+        ::lazypull::testing::Run({LazypullBinary(), "unmount", m.mountpoint});
+    ASSERT_EQ(u.exit_code, 0) << u.out << u.err;
   }
 
   // Reads the first 4 KiB of d/f6 (five 64 KiB chunks) with O_DIRECT.
