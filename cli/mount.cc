@@ -477,13 +477,7 @@ int UnmountMain(int argc, char** argv) {
   // unmount below (not for an image mount: its MOUNTPOINT is an overlay).
   ScopedFd abort_fd;
   if (alive && !image && top->fstype == "fuse.lazypull") {
-    const char* kFuseCtl = "/sys/fs/fuse/connections";
-    const std::string abort_file =
-        absl::StrCat(kFuseCtl, "/", top->minor, "/abort");
-    if (access(abort_file.c_str(), W_OK) != 0) {
-      mount("fusectl", kFuseCtl, "fusectl", 0, nullptr);
-    }
-    abort_fd = ScopedFd(open(abort_file.c_str(), O_WRONLY | O_CLOEXEC));
+    abort_fd = ScopedFd(OpenFuseAbortFile(top->minor));
   }
   // A busy mount detached lazily keeps its server until the last open file
   // there is closed: then there is nothing to wait for.

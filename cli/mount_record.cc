@@ -12,8 +12,8 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_split.h"
 #include "core/digest.h"
+#include "core/process_stat.h"
 
 namespace lazypull::cli {
 
@@ -30,25 +30,8 @@ std::string MountRecordPath(const std::string& mountpoint) {
                       Sha256::Of(mountpoint).Hex().substr(0, 16), ".pid");
 }
 
-namespace {
-
-// Fields 3 on of /proc/PID/stat (f[0] is the state), or empty.
-std::vector<std::string> StatFields(pid_t pid) {
-  std::ifstream in(absl::StrCat("/proc/", pid, "/stat"));
-  std::string stat((std::istreambuf_iterator<char>(in)),
-                   std::istreambuf_iterator<char>());
-  // The command name (field 2) is in parentheses and may hold anything:
-  // count fields from the last ')'.
-  const size_t paren = stat.rfind(')');
-  if (paren == std::string::npos) return {};
-  return absl::StrSplit(absl::string_view(stat).substr(paren + 1), ' ',
-                        absl::SkipEmpty());
-}
-
-}  // namespace
-
 uint64_t ProcessStartTicks(pid_t pid) {
-  const std::vector<std::string> f = StatFields(pid);
+  const std::vector<std::string> f = ProcessStatFields(pid);
   // Field 22 (starttime) is f[19].
   uint64_t ticks = 0;
   if (f.size() < 20 || !absl::SimpleAtoi(f[19], &ticks)) return 0;
@@ -98,7 +81,7 @@ void RemoveOwnMountRecord(const std::string& path) {
 
 bool ServerAlive(const MountRecord& record) {
   if (record.pid <= 0 || kill(record.pid, 0) != 0) return false;
-  const std::vector<std::string> f = StatFields(record.pid);
+  const std::vector<std::string> f = ProcessStatFields(record.pid);
   // A zombie has finished (its parent has not reaped it yet).
   if (f.empty() || f[0] == "Z" || f[0] == "X") return false;
   if (record.start_ticks != 0) {

@@ -305,7 +305,7 @@ absl::Status LayerIndexBuilder::AddEntry(const TocEntry& e, size_t index) {
     return absl::OkStatus();
   }
   if (e.type == EntryType::kReg &&
-      (path == ".prefetch.landmark" || path == ".no.prefetch.landmark")) {
+      (path == kPrefetchLandmark || path == kNoPrefetchLandmark)) {
     if (path[1] == 'p') {
       idx_.prefetch_landmark_ = e.offset;
     } else {

@@ -115,7 +115,7 @@ absl::StatusOr<std::string> ReadGzipTocMember(absl::string_view compressed,
       continue;
     }
     absl::string_view name(hdr, strnlen(hdr, 100));
-    if (name != "stargz.index.json") {
+    if (name != kTocTarName) {
       return absl::InvalidArgumentError(
           absl::StrCat("TOC member holds \"", name.substr(0, 100),
                        "\", not stargz.index.json"));

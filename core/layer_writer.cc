@@ -28,9 +28,6 @@
 namespace lazypull {
 namespace {
 
-constexpr absl::string_view kTocTarName = "stargz.index.json";
-constexpr absl::string_view kPrefetchLandmark = ".prefetch.landmark";
-constexpr absl::string_view kNoPrefetchLandmark = ".no.prefetch.landmark";
 constexpr size_t kBlock = 512;
 // Members are handed to workers in jobs of about this many uncompressed
 // bytes, so that small files do not cost one hand-off each.

@@ -14,6 +14,7 @@
 #include "core/errno_status.h"
 #include "core/node_writer.h"
 #include "core/status_macros.h"
+#include "core/toc.h"
 
 namespace lazypull {
 namespace {
@@ -101,8 +102,8 @@ class Unpacker {
     const std::string& base = comps.back();
     if (opts_.skip_lazy_metadata && comps.size() == 1 &&
         h.type == TarType::kReg &&
-        (base == "stargz.index.json" || base == ".prefetch.landmark" ||
-         base == ".no.prefetch.landmark")) {
+        (base == kTocTarName || base == kPrefetchLandmark ||
+         base == kNoPrefetchLandmark)) {
       return absl::OkStatus();  // Next() skips its payload
     }
     if (absl::StartsWith(base, kWhiteoutPrefix)) {

@@ -27,6 +27,14 @@
 
 namespace lazypull {
 
+// The names a lazily-pullable layer adds at its root (formats.md §1): the
+// eStargz TOC's tar entry and the prefetch landmarks (the files before
+// `.prefetch.landmark` are prioritized; `.no.prefetch.landmark` says there
+// are none). Readers hide them.
+inline constexpr char kTocTarName[] = "stargz.index.json";
+inline constexpr char kPrefetchLandmark[] = ".prefetch.landmark";
+inline constexpr char kNoPrefetchLandmark[] = ".no.prefetch.landmark";
+
 enum class EntryType : uint8_t {
   kDir,
   kReg,

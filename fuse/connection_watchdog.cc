@@ -12,8 +12,6 @@
 
 #include <cerrno>
 #include <cstdlib>
-#include <fstream>
-#include <iterator>
 #include <string>
 #include <utility>
 #include <vector>
@@ -23,25 +21,19 @@
 #include "absl/strings/str_join.h"
 #include "core/errno_status.h"
 #include "core/log.h"
+#include "core/process_stat.h"
+#include "fuse/mount_table.h"
 
 extern char** environ;
 
 namespace lazypull {
-namespace {
-
-std::string AbortPath(long id) {
-  return absl::StrCat("/sys/fs/fuse/connections/", id, "/abort");
-}
-
-}  // namespace
-
 absl::StatusOr<std::unique_ptr<ConnectionWatchdog>> ConnectionWatchdog::Start(
     const std::vector<long>& ids) {
   std::vector<std::string> args = {"lazypull", "__fuse-watchdog",
                                    absl::StrCat(getpid())};
   for (long id : ids) {
     struct stat st;
-    if (id < 0 || stat(AbortPath(id).c_str(), &st) != 0) {
+    if (id < 0 || stat(FuseAbortPath(id).c_str(), &st) != 0) {
       return absl::FailedPreconditionError(
           absl::StrCat("no fusectl abort file for FUSE connection ", id,
                        " (is /sys/fs/fuse/connections mounted?)"));
@@ -88,13 +80,8 @@ namespace {
 // zombie (another of its threads, such as a pusher stuck on a page lock,
 // keeps the process from being reaped).
 bool ServerDead(pid_t pid) {
-  std::ifstream f(absl::StrCat("/proc/", pid, "/stat"));
-  std::string stat((std::istreambuf_iterator<char>(f)),
-                   std::istreambuf_iterator<char>());
-  const size_t paren = stat.rfind(')');
-  if (paren == std::string::npos || paren + 2 >= stat.size()) return true;
-  const char state = stat[paren + 2];
-  return state == 'Z' || state == 'X';
+  const std::vector<std::string> f = ProcessStatFields(pid);
+  return f.empty() || f[0] == "Z" || f[0] == "X";
 }
 
 }  // namespace
@@ -131,8 +118,7 @@ int ConnectionWatchdogMain(int argc, char** argv) {
   for (int i = 2; i < argc; ++i) {
     long id = 0;
     if (!absl::SimpleAtoi(argv[i], &id)) continue;
-    aborts.emplace_back(argv[i],
-                        open(AbortPath(id).c_str(), O_WRONLY | O_CLOEXEC));
+    aborts.emplace_back(argv[i], OpenFuseAbortFile(id));
   }
   const pid_t server = static_cast<pid_t>(parent);
   // The death signal comes when the server's main thread dies, possibly

@@ -91,14 +91,7 @@ absl::StatusOr<std::unique_ptr<FuseServer>> FuseServer::Mount(
   std::unique_ptr<FuseServer> server(new FuseServer(se, options));
   server->connection_ = MountDeviceMinor(mountpoint);
   if (server->connection_ >= 0) {
-    const char* kFuseCtl = "/sys/fs/fuse/connections";
-    const std::string path =
-        absl::StrCat(kFuseCtl, "/", server->connection_, "/abort");
-    server->abort_fd_ = open(path.c_str(), O_WRONLY | O_CLOEXEC);
-    if (server->abort_fd_ < 0 && errno == ENOENT && geteuid() == 0 &&
-        mount("fusectl", kFuseCtl, "fusectl", 0, nullptr) == 0) {
-      server->abort_fd_ = open(path.c_str(), O_WRONLY | O_CLOEXEC);
-    }
+    server->abort_fd_ = OpenFuseAbortFile(server->connection_);
   }
   return server;
 }

@@ -1,7 +1,10 @@
 #include "fuse/mount_table.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <stdlib.h>
+#include <sys/mount.h>
 #include <unistd.h>
 
 #include <fstream>
@@ -67,6 +70,24 @@ std::optional<MountEntry> TopMountAt(const std::string& path) {
     if (e.mount_point == path) top = std::move(e);
   }
   return top;
+}
+
+namespace {
+constexpr char kFuseCtl[] = "/sys/fs/fuse/connections";
+}  // namespace
+
+std::string FuseAbortPath(long id) {
+  return absl::StrCat(kFuseCtl, "/", id, "/abort");
+}
+
+int OpenFuseAbortFile(long id) {
+  const std::string path = FuseAbortPath(id);
+  int fd = open(path.c_str(), O_WRONLY | O_CLOEXEC);
+  if (fd < 0 && errno == ENOENT && geteuid() == 0 &&
+      mount("fusectl", kFuseCtl, "fusectl", 0, nullptr) == 0) {
+    fd = open(path.c_str(), O_WRONLY | O_CLOEXEC);
+  }
+  return fd;
 }
 
 std::string PathWithoutTouchingIt(const std::string& path) {

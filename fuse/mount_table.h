@@ -30,6 +30,15 @@ std::vector<MountEntry> ReadMountTable();
 // The topmost mount at exactly `path` (absolute, no trailing slash), if any.
 std::optional<MountEntry> TopMountAt(const std::string& path);
 
+// fusectl's abort file of FUSE connection `id` (its mount's device minor).
+std::string FuseAbortPath(long id);
+// Opens it for writing (O_CLOEXEC), mounting fusectl at
+// /sys/fs/fuse/connections first if it is not there and this process is
+// root; -1 (errno set) if it cannot. A descriptor opened while the
+// connection exists never reaches another: once a mount is gone its number
+// may be a newer mount's, and a path opened then would abort that one.
+int OpenFuseAbortFile(long id);
+
 // An absolute form of `path` that resolves symlinks in its parent but not
 // its last component, so that nothing mounted at `path` is touched (realpath
 // of the whole path would stat the mount's root).
