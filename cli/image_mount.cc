@@ -998,6 +998,13 @@ absl::Status ServeImage(
             "eStargz/zstd:chunked footer (",
             plan.reader.status().message(), ")");
       }
+      if (why.empty() && IsExternalToc(plan.reader.status())) {
+        // (ctr-remote's and nerdctl's --estargz-external-toc: the TOC is in
+        // a separate image; the blob is an ordinary gzip tar stream.)
+        why =
+            "its eStargz TOC is kept in a separate image (an external-TOC "
+            "footer), which lazypull does not read";
+      }
       if (why.empty()) {
         absl::StatusOr<std::unique_ptr<LayerReader>>& reader = plan.reader;
         if (!reader.ok()) {

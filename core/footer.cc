@@ -10,6 +10,7 @@ namespace lazypull {
 namespace {
 
 constexpr absl::string_view kNoFooterUrl = "type.lazypull.dev/no-footer";
+constexpr absl::string_view kExternalTocUrl = "type.lazypull.dev/external-toc";
 
 uint64_t LoadLe64(const char* p) {
   uint64_t v = 0;
@@ -183,9 +184,11 @@ absl::StatusOr<Footer> ParseFooter(absl::string_view tail, uint64_t blob_size,
     const char* p = end - 46;
     if (GzipFrameMatches(p, 46, 21) && p[12] == 'S' && p[13] == 'G' &&
         p[14] == 17 && std::memcmp(p + 16, "STARGZEXTERNALTOC", 17) == 0) {
-      return absl::UnimplementedError(
+      absl::Status external = absl::UnimplementedError(
           "this eStargz blob keeps its TOC in a separate image (external-TOC "
           "footer); lazypull does not support external TOCs");
+      external.SetPayload(kExternalTocUrl, absl::Cord("1"));
+      return external;
     }
   }
   // Legacy stargz (CRFS): 47 bytes, bare 22-byte extra field.
@@ -219,6 +222,10 @@ absl::StatusOr<Footer> ParseFooter(absl::string_view tail, uint64_t blob_size,
 
 bool IsNoFooter(const absl::Status& s) {
   return s.GetPayload(kNoFooterUrl).has_value();
+}
+
+bool IsExternalToc(const absl::Status& s) {
+  return s.GetPayload(kExternalTocUrl).has_value();
 }
 
 }  // namespace lazypull

@@ -72,6 +72,9 @@ absl::StatusOr<Footer> ParseFooter(absl::string_view tail, uint64_t blob_size,
 
 // Whether `s` (or a Restated() form of it) is ParseFooter's "no footer".
 bool IsNoFooter(const absl::Status& s);
+// Whether `s` (or a Restated() form of it) is ParseFooter's Unimplemented
+// for an external-TOC footer (the blob itself is a valid gzip tar stream).
+bool IsExternalToc(const absl::Status& s);
 
 }  // namespace lazypull
 

@@ -218,6 +218,9 @@ TEST(FooterTest, ExternalTocIsUnimplemented) {
   absl::Status s = Parse(blob).status();
   EXPECT_EQ(s.code(), absl::StatusCode::kUnimplemented);
   EXPECT_THAT(std::string(s.message()), HasSubstr("external"));
+  EXPECT_TRUE(IsExternalToc(s));
+  EXPECT_FALSE(IsNoFooter(s));
+  EXPECT_FALSE(IsExternalToc(Parse(std::string(500, 'x')).status()));
   // Also when the blob is the footer alone.
   EXPECT_EQ(Parse(footer).status().code(), absl::StatusCode::kUnimplemented);
 }

@@ -28,6 +28,7 @@
 #include "absl/strings/str_split.h"
 #include "core/digest.h"
 #include "core/testing/tar_builder.h"
+#include "core/testing/test_layer.h"
 #include "fetch/testing/oci_image.h"
 #include "fetch/testing/registry_fixture.h"
 #include "gtest/gtest.h"
@@ -446,6 +447,27 @@ TEST_F(RegistryMountTest, AnchorOnAPlainLayerFallsBackToAFullPull) {
   EXPECT_TRUE(absl::StrContains(m.out, "layer 2/3")) << m.out;
   EXPECT_TRUE(absl::StrContains(m.out, "has no eStargz/zstd:chunked footer"))
       << m.out;
+  EXPECT_EQ(ReadAll(mnt + "/etc/motd"), "hello from the gzip layer\n");
+  EXPECT_EQ(ReadAll(mnt + "/data/small"), "small");
+}
+
+// An eStargz layer written with an external TOC (ctr-remote's and
+// nerdctl's --estargz-external-toc: the TOC lives in a separate image, the
+// blob ends with a 46-byte footer saying so) is pulled in full, with the
+// reason, instead of failing the whole mount.
+TEST_F(RegistryMountTest, ExternalTocLayerFallsBackToAFullPull) {
+  std::vector<LayerBlob> layers = StandardLayers();
+  // The footer is an empty gzip member: the blob stays the same tar stream.
+  layers[2].bytes += testing::ExternalTocFooter();
+  layers[2].annotations["containerd.io/snapshot/stargz/toc.digest"] =
+      Sha256::Of("the TOC is elsewhere").ToString();
+  const std::string ref = Push("test/external-toc", layers);
+  const std::string mnt = dir_ + "/mnt-external-toc";
+  testing::RunResult m = Mount(ref, mnt, {"--no-background-fetch"});
+  ASSERT_EQ(m.exit_code, 0) << m.err << m.out;
+  EXPECT_TRUE(absl::StrContains(m.out, "layer 2/3")) << m.out;
+  EXPECT_TRUE(absl::StrContains(m.out, "external-TOC footer")) << m.out;
+  EXPECT_TRUE(absl::StrContains(m.out, "pulled in full")) << m.out;
   EXPECT_EQ(ReadAll(mnt + "/etc/motd"), "hello from the gzip layer\n");
   EXPECT_EQ(ReadAll(mnt + "/data/small"), "small");
 }
