@@ -70,15 +70,17 @@ RunResult Run(const std::vector<std::string>& argv) {
   RunResult r;
   std::string tmp = MakeTempDir("run");
   std::string out = tmp + "/out", err = tmp + "/err";
+  // (Built before the fork: the child of a threaded test only makes
+  // async-signal-safe calls.)
+  std::vector<char*> args;
+  for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+  args.push_back(nullptr);
   pid_t pid = fork();
   if (pid == 0) {
     int o = open(out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
     int e = open(err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
     dup2(o, 1);
     dup2(e, 2);
-    std::vector<char*> args;
-    for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-    args.push_back(nullptr);
     execv(args[0], args.data());
     _exit(127);
   }
