@@ -289,26 +289,66 @@ const std::string* Annotation(const Descriptor& d, const char* key) {
   return it == d.annotations.end() ? nullptr : &it->second;
 }
 
-// Turns UnpackTar's whiteouts into the overlayfs form: `.wh.X` -> a 0:0
-// character device X, `.wh..wh..opq` -> trusted.overlay.opaque=y.
+// An entry of the merged lower layers: the directory holding it in the
+// topmost layer dir that has it, its name there, and its lstat.
+struct LowerEntry {
+  ScopedFd parent;
+  std::string name;
+  struct stat st;
+};
+
+// Finds `path` (relative, '/'-separated) in the topmost of `lowers` (layer
+// dirs, bottom first) holding it, walking its components without following
+// a symlink (a lower layer's symlink must not lead a lookup out of the
+// image: "a -> /" then "a/etc/shadow"). NotFound if no layer has it, or the
+// topmost one that names it holds a whiteout. (A lower layer's opaque
+// directory does not stop the search: the layers below it are searched
+// too.)
+absl::StatusOr<LowerEntry> FindInLowers(const std::vector<std::string>& lowers,
+                                        const std::string& path) {
+  std::vector<std::string> parts;
+  if (!path.empty()) parts = absl::StrSplit(path, '/');
+  std::string name = ".";
+  if (!parts.empty()) {
+    name = parts.back();
+    parts.pop_back();
+  }
+  for (auto it = lowers.rbegin(); it != lowers.rend(); ++it) {
+    ScopedFd root(
+        open(it->c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+    if (!root.valid()) continue;
+    absl::StatusOr<ScopedFd> parent =
+        OpenDirBeneath(root.get(), parts, /*create=*/false);
+    // Absent there: look lower. A file, symlink or whiteout on the way
+    // hides the layers below.
+    if (absl::IsNotFound(parent.status())) continue;
+    if (!parent.ok()) break;
+    LowerEntry e;
+    if (fstatat(parent->get(), name.c_str(), &e.st, AT_SYMLINK_NOFOLLOW) != 0) {
+      if (errno == ENOENT) continue;
+      break;
+    }
+    if (S_ISCHR(e.st.st_mode) && e.st.st_rdev == makedev(0, 0)) break;
+    e.parent = std::move(*parent);
+    e.name = name;
+    return e;
+  }
+  return absl::NotFoundError(
+      absl::StrCat(path.empty() ? "/" : path, ": in no lower layer"));
+}
+
 // Copies regular file `target` of the topmost of `lowers` (layer dirs,
 // bottom first) holding it to `path` under `root`.
 absl::Status CopyFromLower(int root, const std::string& path,
                            const std::string& target,
                            const std::vector<std::string>& lowers) {
-  ScopedFd src;
-  for (auto it = lowers.rbegin(); it != lowers.rend() && !src.valid(); ++it) {
-    const std::string p = absl::StrCat(*it, "/", target);
-    struct stat st;
-    if (lstat(p.c_str(), &st) != 0) continue;
-    if (S_ISCHR(st.st_mode) && st.st_rdev == makedev(0, 0)) break;  // whiteout
-    if (!S_ISREG(st.st_mode)) {
-      return absl::FailedPreconditionError("the target is not a regular file");
-    }
-    src = ScopedFd(open(p.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC));
-    if (!src.valid()) return ErrnoToStatus(errno, absl::StrCat("open ", p));
+  ASSIGN_OR_RETURN(LowerEntry e, FindInLowers(lowers, target));
+  if (!S_ISREG(e.st.st_mode)) {
+    return absl::FailedPreconditionError("the target is not a regular file");
   }
-  if (!src.valid()) return absl::NotFoundError("no lower layer has the target");
+  ScopedFd src(openat(e.parent.get(), e.name.c_str(),
+                      O_RDONLY | O_NOFOLLOW | O_CLOEXEC));
+  if (!src.valid()) return ErrnoToStatus(errno, absl::StrCat("open ", target));
   struct stat st;
   if (fstat(src.get(), &st) != 0) return ErrnoToStatus(errno, "fstat");
   std::vector<std::string> parts = absl::StrSplit(path, '/');
@@ -346,12 +386,73 @@ absl::Status CopyFromLower(int root, const std::string& path,
   return absl::OkStatus();
 }
 
+// Gives each directory under `fd` (path `rel`, "" for the layer's root)
+// that `unpacked` made implicitly the attributes of the same directory in
+// the layers below, as applying the layer onto them would leave them
+// (containerd's unpack, `pull`): the overlay shows the topmost layer's.
+// Children first; changing attributes leaves the parents' times alone.
+absl::Status KeepLowerAttrs(int fd, const std::string& rel,
+                            const UnpackedLayer& unpacked,
+                            const std::vector<std::string>& lowers) {
+  std::vector<std::string> subdirs;
+  {
+    const int dup_fd = dup(fd);
+    if (dup_fd < 0) return ErrnoToStatus(errno, "dup");
+    DIR* d = fdopendir(dup_fd);
+    if (d == nullptr) {
+      close(dup_fd);
+      return ErrnoToStatus(errno, absl::StrCat("opendir ", rel));
+    }
+    while (struct dirent* e = readdir(d)) {
+      const std::string n = e->d_name;
+      if (n == "." || n == "..") continue;
+      struct stat st;
+      if (e->d_type == DT_DIR ||
+          (e->d_type == DT_UNKNOWN &&
+           fstatat(fd, n.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+           S_ISDIR(st.st_mode))) {
+        subdirs.push_back(n);
+      }
+    }
+    closedir(d);
+  }
+  for (const std::string& n : subdirs) {
+    ScopedFd sub(
+        openat(fd, n.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+    if (!sub.valid()) return ErrnoToStatus(errno, absl::StrCat("open ", n));
+    RETURN_IF_ERROR(KeepLowerAttrs(sub.get(),
+                                   rel.empty() ? n : absl::StrCat(rel, "/", n),
+                                   unpacked, lowers));
+  }
+  if (unpacked.explicit_dirs.count(rel) != 0) return absl::OkStatus();
+  absl::StatusOr<LowerEntry> lower = FindInLowers(lowers, rel);
+  if (!lower.ok() || !S_ISDIR(lower->st.st_mode)) return absl::OkStatus();
+  const struct stat& st = lower->st;
+  if (geteuid() == 0 && fchown(fd, st.st_uid, st.st_gid) != 0) {
+    return ErrnoToStatus(errno, absl::StrCat("chown ", rel));
+  }
+  if (fchmod(fd, st.st_mode & 07777) != 0) {
+    return ErrnoToStatus(errno, absl::StrCat("chmod ", rel));
+  }
+  struct timespec ts[2] = {st.st_atim, st.st_mtim};
+  if (futimens(fd, ts) != 0) {
+    return ErrnoToStatus(errno, absl::StrCat("utimens ", rel));
+  }
+  return absl::OkStatus();
+}
+
+// Turns UnpackTar's whiteouts into the overlayfs form: `.wh.X` -> a 0:0
+// character device X (none where no lower layer has X: it would hide
+// nothing, and a directory no lower layer has lists it), `.wh..wh..opq` ->
+// trusted.overlay.opaque=y; copies in files that hardlinks name in lower
+// layers; gives implied directories the lower layers' attributes.
 absl::Status MakeOverlayLower(const std::string& dir,
                               const UnpackedLayer& unpacked,
                               const std::vector<std::string>& lowers) {
   ScopedFd root(open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
   if (!root.valid()) return ErrnoToStatus(errno, absl::StrCat("open ", dir));
   for (const std::string& w : unpacked.whiteouts) {
+    if (!FindInLowers(lowers, w).ok()) continue;  // nothing to hide
     std::vector<std::string> parts = absl::StrSplit(w, '/');
     std::string name = parts.back();
     parts.pop_back();
@@ -410,7 +511,7 @@ absl::Status MakeOverlayLower(const std::string& dir,
               " to a lower layer made a copy");
     }
   }
-  return absl::OkStatus();
+  return KeepLowerAttrs(root.get(), "", unpacked, lowers);
 }
 
 // FillAdaptive's settings common to prefetch and background fetch: spans

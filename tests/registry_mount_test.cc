@@ -282,6 +282,71 @@ class RegistryMountTest : public ::testing::Test {
     return r;
   }
 
+  // A directory an upper layer only implies (a file beneath it, no entry
+  // of its own) keeps the attributes the layer below gives it, as
+  // containerd's unpack (and `pull`) keep them; it showed 0755, root, time
+  // 0. Whiteouts hide lower files, and are not listed where there is
+  // nothing to hide.
+  void CheckImpliedDirectoriesAndIdleWhiteouts(bool plain_upper) {
+    TarBuilder lower, upper;
+    lower.Dir("./");
+    TarSpec meta;
+    meta.name = "meta/";
+    meta.typeflag = '5';
+    meta.mode = 0710;
+    meta.uid = 5;
+    meta.gid = 6;
+    meta.mtime = 1500000000;
+    lower.Add(meta);
+    TarSpec deep = meta;
+    deep.name = "meta/deep/";
+    deep.mode = 0750;
+    deep.mtime = 1400000000;
+    lower.Add(deep);
+    lower.File("meta/a", "a").File("meta/gone", "g");
+    upper.File("meta/new", "new");    // no "meta/" entry, no "./" either
+    upper.File("meta/.wh.gone", "");  // hides the lower file
+    upper.File("meta/deep/x", "x");   // two implied levels
+    // A whiteout in a directory no lower layer has hides nothing; overlayfs
+    // would list it as an entry nothing can open.
+    upper.Dir("fresh/").File("fresh/.wh.nothing", "").File("fresh/x", "x");
+    const std::string name = plain_upper ? "implied-plain" : "implied";
+    const std::string ref =
+        Push("test/" + name,
+             {Convert(lower.Finish(), name + "-lower", {}),
+              plain_upper ? Gzip(upper.Finish())
+                          : Convert(upper.Finish(), name + "-upper", {})});
+    const std::string mnt = dir_ + "/mnt-" + name;
+    testing::RunResult m = Mount(ref, mnt, {"--no-background-fetch"});
+    ASSERT_EQ(m.exit_code, 0) << m.err << m.out;
+    EXPECT_EQ(absl::StrContains(m.out, "pulled in full"), plain_upper) << m.out;
+    struct stat st;
+    ASSERT_EQ(stat((mnt + "/meta").c_str(), &st), 0);
+    EXPECT_EQ(st.st_mode & 07777, 0710u) << std::oct << st.st_mode;
+    EXPECT_EQ(st.st_uid, 5u);
+    EXPECT_EQ(st.st_gid, 6u);
+    EXPECT_EQ(st.st_mtime, 1500000000);
+    ASSERT_EQ(stat((mnt + "/meta/deep").c_str(), &st), 0);
+    EXPECT_EQ(st.st_mode & 07777, 0750u) << std::oct << st.st_mode;
+    EXPECT_EQ(st.st_uid, 5u);
+    EXPECT_EQ(st.st_mtime, 1400000000);
+    EXPECT_EQ(ReadAll(mnt + "/meta/new"), "new");
+    EXPECT_EQ(ReadAll(mnt + "/meta/a"), "a");
+    EXPECT_EQ(ReadAll(mnt + "/meta/deep/x"), "x");
+    EXPECT_NE(access((mnt + "/meta/gone").c_str(), F_OK), 0);
+    std::vector<std::string> fresh;
+    if (DIR* d = opendir((mnt + "/fresh").c_str())) {
+      while (struct dirent* e = readdir(d)) {
+        if (e->d_name[0] != '.') fresh.push_back(e->d_name);
+      }
+      closedir(d);
+    }
+    EXPECT_EQ(fresh, std::vector<std::string>{"x"});
+    testing::RunResult u = testing::Run({bin_, "unmount", mnt});
+    EXPECT_EQ(u.exit_code, 0) << u.err;
+    mounts_.clear();
+  }
+
   std::string cache_dir() const { return dir_ + "/cache"; }
 
   std::string bin_, dir_;
@@ -498,50 +563,39 @@ TEST_F(RegistryMountTest, SingleLayerIsBindMounted) {
   mounts_.clear();
 }
 
-// A directory an upper layer only implies (a file beneath it, no entry of
-// its own) keeps the attributes the layer below gives it, as containerd's
-// unpack (and `pull`) keep them; it showed 0755, root, time 0. Whiteouts
-// hide lower files, and are not listed where there is nothing to hide.
+// (See CheckImpliedDirectoriesAndIdleWhiteouts.)
 TEST_F(RegistryMountTest, ImpliedDirectoriesKeepTheLowerLayersAttributes) {
+  CheckImpliedDirectoriesAndIdleWhiteouts(/*plain_upper=*/false);
+}
+
+// The same with the upper layer pulled in full (plain gzip): its extracted
+// directory gave implied directories 0755, root, and made whiteout devices
+// that hide nothing (listed in a directory no lower layer has).
+TEST_F(RegistryMountTest, ImpliedDirectoriesOfAPlainUpperLayer) {
+  CheckImpliedDirectoriesAndIdleWhiteouts(/*plain_upper=*/true);
+}
+
+// A hardlink in a layer pulled in full to a file of a lower layer is a
+// copy of it; the lookup must not follow a lower layer's symlink out of the
+// image ("a -> /", then a hardlink to "a/etc/passwd" copied the host's).
+TEST_F(RegistryMountTest, LowerHardlinkTargetsDoNotFollowSymlinks) {
   TarBuilder lower, upper;
   lower.Dir("./");
-  TarSpec meta;
-  meta.name = "meta/";
-  meta.typeflag = '5';
-  meta.mode = 0710;
-  meta.uid = 5;
-  meta.gid = 6;
-  meta.mtime = 1500000000;
-  lower.Add(meta);
-  lower.File("meta/a", "a").File("meta/gone", "g");
-  upper.File("meta/new", "new");    // no "meta/" entry, no "./" either
-  upper.File("meta/.wh.gone", "");  // hides the lower file
-  // A whiteout in a directory no lower layer has hides nothing; overlayfs
-  // would list it as an entry nothing can open.
-  upper.Dir("fresh/").File("fresh/.wh.nothing", "").File("fresh/x", "x");
+  lower.Symlink("a", "/");
+  lower.Dir("d/").File("d/f", "lower file\n");
+  upper.Hardlink("copy", "d/f");
+  upper.Hardlink("leak", "a/etc/passwd");
   const std::string ref =
-      Push("test/implied", {Convert(lower.Finish(), "implied-lower", {}),
-                            Convert(upper.Finish(), "implied-upper", {})});
-  const std::string mnt = dir_ + "/mnt-implied";
+      Push("test/lower-links",
+           {Convert(lower.Finish(), "links-lower", {}), Gzip(upper.Finish())});
+  const std::string mnt = dir_ + "/mnt-lower-links";
   testing::RunResult m = Mount(ref, mnt, {"--no-background-fetch"});
   ASSERT_EQ(m.exit_code, 0) << m.err << m.out;
+  EXPECT_EQ(ReadAll(mnt + "/copy"), "lower file\n");
   struct stat st;
-  ASSERT_EQ(stat((mnt + "/meta").c_str(), &st), 0);
-  EXPECT_EQ(st.st_mode & 07777, 0710u) << std::oct << st.st_mode;
-  EXPECT_EQ(st.st_uid, 5u);
-  EXPECT_EQ(st.st_gid, 6u);
-  EXPECT_EQ(st.st_mtime, 1500000000);
-  EXPECT_EQ(ReadAll(mnt + "/meta/new"), "new");
-  EXPECT_EQ(ReadAll(mnt + "/meta/a"), "a");
-  EXPECT_NE(access((mnt + "/meta/gone").c_str(), F_OK), 0);
-  std::vector<std::string> fresh;
-  if (DIR* d = opendir((mnt + "/fresh").c_str())) {
-    while (struct dirent* e = readdir(d)) {
-      if (e->d_name[0] != '.') fresh.push_back(e->d_name);
-    }
-    closedir(d);
-  }
-  EXPECT_EQ(fresh, std::vector<std::string>{"x"});
+  EXPECT_NE(lstat((mnt + "/leak").c_str(), &st), 0)
+      << "a host file came through a lower layer's symlink: "
+      << ReadAll(mnt + "/leak");
   testing::RunResult u = testing::Run({bin_, "unmount", mnt});
   EXPECT_EQ(u.exit_code, 0) << u.err;
   mounts_.clear();
