@@ -407,12 +407,13 @@ CommandSpec OptimizeSpec() {
       "OCI layouts (oci:DIR[:TAG], as skopeo spells them), or single layer\n"
       "files (layer:FILE; then both are). The image is converted to eStargz,\n"
       "mounted lazily through lazypull's own FUSE filesystem, and the\n"
-      "workload run in a chroot of it (a writable overlay that is thrown\n"
-      "away) with the image config's Env, WorkingDir and User; every file it\n"
-      "opens is recorded, in order, from inside the filesystem, until it\n"
-      "exits or --period ends. The layers are then written again with those\n"
-      "files before .prefetch.landmark, and DST is pushed or written. Only\n"
-      "this machine's platform is kept. Prints a JSON summary.",
+      "workload run in it (a writable overlay that is thrown away; mount\n"
+      "and pid namespaces of its own, pivot_root, Docker's default\n"
+      "capabilities) with the image config's Env, WorkingDir and User; every\n"
+      "file it opens is recorded, in order, from inside the filesystem,\n"
+      "until it exits or --period ends. The layers are then written again\n"
+      "with those files before .prefetch.landmark, and DST is pushed or\n"
+      "written. Only this machine's platform is kept. Prints a JSON summary.",
       {"SRC", "DST"},
       WorkloadFlags(),
   };

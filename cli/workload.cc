@@ -3,23 +3,27 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
+#include <linux/capability.h>
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
 #include <sys/mount.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
-#include <fstream>
+#include <iterator>
 #include <optional>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "core/errno_status.h"
+#include "core/node_writer.h"
 #include "core/status_macros.h"
 
 namespace lazypull::cli {
@@ -28,13 +32,32 @@ namespace {
 constexpr char kDefaultPath[] =
     "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-// The lines of rootfs/etc/<name> split at ':' (missing file: none).
+// The lines of rootfs/etc/<name> split at ':' (missing file: none). The
+// file is looked up beneath the root without following a symlink (the
+// image's /etc/passwd must not lead to the host's) and read only if it is a
+// regular file, at most 4 MiB of it.
 std::vector<std::vector<std::string>> ReadDb(const std::string& rootfs,
                                              const char* name) {
   std::vector<std::vector<std::string>> out;
-  std::ifstream f(absl::StrCat(rootfs, "/etc/", name));
-  std::string line;
-  while (std::getline(f, line)) {
+  ScopedFd root(
+      open(rootfs.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+  if (!root.valid()) return out;
+  absl::StatusOr<ScopedFd> etc = OpenDirBeneath(root.get(), {"etc"}, false);
+  if (!etc.ok()) return out;
+  ScopedFd f(openat(etc->get(), name,
+                    O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC));
+  struct stat st;
+  if (!f.valid() || fstat(f.get(), &st) != 0 || !S_ISREG(st.st_mode)) {
+    return out;
+  }
+  std::string text;
+  char buf[65536];
+  ssize_t n;
+  while (text.size() < (4u << 20) &&
+         (n = read(f.get(), buf, sizeof(buf))) > 0) {
+    text.append(buf, static_cast<size_t>(n));
+  }
+  for (absl::string_view line : absl::StrSplit(text, '\n')) {
     if (line.empty() || line[0] == '#') continue;
     out.push_back(absl::StrSplit(line, ':'));
   }
@@ -60,18 +83,47 @@ struct ChildError {
   int step;
   int err;
 };
-constexpr const char* kSteps[] = {
-    "setting up the mount namespace",
+enum Step {
+  kNamespaces,
+  kRootMount,
+  kProc,
+  kDev,
+  kDevNode,
+  kTmp,
+  kPivotRoot,
+  kChdirWorkdir,
+  kCapabilities,
+  kSetgroups,
+  kSetgid,
+  kSetuid,
+  kExec,
+  kNumSteps,
+};
+constexpr const char* kSteps[kNumSteps] = {
+    "setting up the mount and pid namespaces",
+    "making the root a mount point",
     "mounting /proc",
     "mounting /dev",
     "binding a device node",
     "mounting /tmp",
-    "chroot",
+    "pivot_root into the root",
     "chdir to the working dir",
+    "dropping capabilities",
     "setgroups",
     "setgid",
     "setuid",
     "exec /bin/sh",
+};
+
+// The capabilities a workload keeps (Docker's default set); every other
+// one leaves the bounding set, so that a root workload cannot mount,
+// load modules, trace or open files by handle on the host.
+constexpr int kKeptCaps[] = {
+    CAP_CHOWN,       CAP_DAC_OVERRIDE, CAP_FOWNER,
+    CAP_FSETID,      CAP_KILL,         CAP_SETGID,
+    CAP_SETUID,      CAP_SETPCAP,      CAP_NET_BIND_SERVICE,
+    CAP_NET_RAW,     CAP_SYS_CHROOT,   CAP_MKNOD,
+    CAP_AUDIT_WRITE, CAP_SETFCAP,
 };
 
 }  // namespace
@@ -205,25 +257,56 @@ absl::StatusOr<WorkloadResult> RunWorkload(const WorkloadSpec& spec) {
       _exit(127);
     };
     setpgid(0, 0);
-    if (unshare(CLONE_NEWNS) != 0) fail(0);
+    // A mount namespace of its own, and a pid namespace whose init (the
+    // next process) reaps what the workload leaves and ends it all with
+    // it; the workload (the one after) sees none of the host's processes.
+    // This process only relays the workload's end, which init sends it.
+    int status_pipe[2];
+    if (pipe2(status_pipe, O_CLOEXEC) != 0) fail(kNamespaces);
+    if (unshare(CLONE_NEWNS | CLONE_NEWPID) != 0) fail(kNamespaces);
+    const pid_t init = fork();
+    if (init < 0) fail(kNamespaces);
+    if (init > 0) {
+      close(errpipe[1]);
+      close(status_pipe[1]);
+      int st = 0;
+      ssize_t n;
+      do {
+        n = read(status_pipe[0], &st, sizeof(st));
+      } while (n < 0 && errno == EINTR);
+      while (waitpid(init, nullptr, 0) < 0 && errno == EINTR) {
+      }
+      if (n != static_cast<ssize_t>(sizeof(st))) _exit(127);
+      if (WIFSIGNALED(st)) {
+        signal(WTERMSIG(st), SIG_DFL);
+        kill(getpid(), WTERMSIG(st));
+      }
+      _exit(WIFEXITED(st) ? WEXITSTATUS(st) : 127);
+    }
+    close(status_pipe[0]);
     if (mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0) {
-      fail(0);
+      fail(kNamespaces);
+    }
+    // pivot_root needs the root to be a mount point.
+    if (mount(spec.rootfs.c_str(), spec.rootfs.c_str(), nullptr,
+              MS_BIND | MS_REC, nullptr) != 0) {
+      fail(kRootMount);
     }
     if (mount("proc", proc.c_str(), "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC,
               nullptr) != 0) {
-      fail(1);
+      fail(kProc);
     }
     if (mount("tmpfs", dev.c_str(), "tmpfs", MS_NOSUID | MS_NOEXEC,
               "mode=755,size=1m") != 0) {
-      fail(2);
+      fail(kDev);
     }
     for (size_t i = 0; i < node_src.size(); ++i) {
       int fd = open(node_dst[i].c_str(), O_CREAT | O_WRONLY | O_CLOEXEC, 0666);
-      if (fd < 0) fail(3);
+      if (fd < 0) fail(kDevNode);
       close(fd);
       if (mount(node_src[i].c_str(), node_dst[i].c_str(), nullptr, MS_BIND,
                 nullptr) != 0) {
-        fail(3);
+        fail(kDevNode);
       }
     }
     mkdir(pts.c_str(), 0755);
@@ -233,13 +316,54 @@ absl::StatusOr<WorkloadResult> RunWorkload(const WorkloadSpec& spec) {
     }
     if (mount("tmpfs", tmp.c_str(), "tmpfs", MS_NOSUID | MS_NODEV,
               "mode=1777") != 0) {
-      fail(4);
+      fail(kTmp);
     }
-    if (chroot(spec.rootfs.c_str()) != 0) fail(5);
-    if (chdir(workdir.c_str()) != 0) fail(6);
-    if (setgroups(groups.size(), groups.data()) != 0) fail(7);
-    if (setgid(user.gid) != 0) fail(8);
-    if (setuid(user.uid) != 0) fail(9);
+    // pivot_root, not chroot: the host's root is detached, so a root
+    // workload cannot climb out of it (chroot(2) twice escapes a chroot).
+    // (runc's sequence: pivot_root(".", ".") stacks the old root on the
+    // new one, which is then unmounted from under it.)
+    const int old_root = open("/", O_DIRECTORY | O_RDONLY | O_CLOEXEC);
+    const int new_root =
+        open(spec.rootfs.c_str(), O_DIRECTORY | O_RDONLY | O_CLOEXEC);
+    if (old_root < 0 || new_root < 0 || fchdir(new_root) != 0 ||
+        syscall(SYS_pivot_root, ".", ".") != 0 || fchdir(old_root) != 0 ||
+        mount(nullptr, ".", nullptr, MS_SLAVE | MS_REC, nullptr) != 0 ||
+        umount2(".", MNT_DETACH) != 0 || chdir("/") != 0) {
+      fail(kPivotRoot);
+    }
+    close(old_root);
+    close(new_root);
+    const pid_t workload = fork();
+    if (workload < 0) fail(kNamespaces);
+    if (workload > 0) {
+      close(errpipe[1]);
+      int st = 0;
+      for (;;) {
+        int any;
+        const pid_t r = waitpid(-1, &any, 0);
+        if (r == workload) {
+          st = any;
+          break;
+        }
+        if (r < 0 && errno != EINTR) break;
+      }
+      (void)!write(status_pipe[1], &st, sizeof(st));
+      _exit(0);
+    }
+    close(status_pipe[1]);
+    if (chdir(workdir.c_str()) != 0) fail(kChdirWorkdir);
+    for (int cap = 0; cap < 64; ++cap) {
+      if (std::find(std::begin(kKeptCaps), std::end(kKeptCaps), cap) !=
+          std::end(kKeptCaps)) {
+        continue;
+      }
+      if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 && errno != EINVAL) {
+        fail(kCapabilities);
+      }
+    }
+    if (setgroups(groups.size(), groups.data()) != 0) fail(kSetgroups);
+    if (setgid(user.gid) != 0) fail(kSetgid);
+    if (setuid(user.uid) != 0) fail(kSetuid);
     int null_fd = open("/dev/null", O_RDONLY);
     if (null_fd >= 0) {
       dup2(null_fd, 0);
@@ -247,7 +371,7 @@ absl::StatusOr<WorkloadResult> RunWorkload(const WorkloadSpec& spec) {
     }
     dup2(2, 1);
     execve(argv[0], argv, envp.data());
-    fail(10);
+    fail(kExec);
   }
   close(errpipe[1]);
   ChildError ce{};
@@ -258,10 +382,11 @@ absl::StatusOr<WorkloadResult> RunWorkload(const WorkloadSpec& spec) {
   close(errpipe[0]);
   if (got == static_cast<ssize_t>(sizeof(ce))) {
     waitpid(pid, nullptr, 0);
-    const int step = ce.step >= 0 && ce.step < 11 ? ce.step : 10;
+    const int step = ce.step >= 0 && ce.step < kNumSteps ? ce.step : kExec;
     return ErrnoToStatus(
-        ce.err, absl::StrCat("starting the workload: ", kSteps[step],
-                             step == 6 ? absl::StrCat(" ", workdir) : ""));
+        ce.err,
+        absl::StrCat("starting the workload: ", kSteps[step],
+                     step == kChdirWorkdir ? absl::StrCat(" ", workdir) : ""));
   }
 
   WorkloadResult r;

@@ -1,13 +1,21 @@
 // Running a workload inside a root filesystem, as a container would see it,
 // for `optimize` (which records what it reads from the layers underneath).
 //
-// The child process gets a private mount namespace in which `rootfs` (a
-// writable root: optimize gives it an overlay with a throwaway upper dir)
-// receives /proc (procfs), a minimal /dev (tmpfs with null, zero, full,
-// random, urandom and tty bound from the host, the fd/stdin/stdout/stderr
-// links, shm and pts dirs) and a tmpfs /tmp; then chroot, chdir to the
-// working dir, the image's user and groups, the image's environment (PATH
-// defaulting to the usual one), and `/bin/sh -c COMMAND`. The workload's
+// The workload is contained as a container runtime contains one: private
+// mount and pid namespaces (an init process, pid 1, reaps what it leaves
+// and ends it all with it; the workload's shell is pid 2), in which
+// `rootfs` (a writable root: optimize gives it an overlay with a throwaway
+// upper dir) receives /proc (procfs of the new pid namespace), a minimal
+// /dev (tmpfs with null, zero, full, random, urandom and tty bound from the
+// host, the fd/stdin/stdout/stderr links, shm and pts dirs) and a tmpfs
+// /tmp; then pivot_root into it (the host's root is detached: unlike a
+// chroot, a root workload cannot climb out), chdir to the working dir,
+// Docker's default capability set as the bounding set (no CAP_SYS_ADMIN,
+// CAP_DAC_READ_SEARCH, CAP_SYS_PTRACE, CAP_SYS_MODULE, ...), the image's
+// user and groups (resolved from the image's own /etc/passwd and
+// /etc/group, regular files read beneath the root without following
+// symlinks), the image's environment (PATH defaulting to the usual one),
+// and `/bin/sh -c COMMAND`. Its network is the host's. The workload's
 // stdout goes to our stderr (a command's stdout stays free for its
 // report); stdin is /dev/null. It runs in a process group of its own,
 // killed (SIGKILL) when `period` ends or when its leader exits.

@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cstdlib>
 #include <fstream>
 #include <string>
 
@@ -95,6 +96,49 @@ TEST_F(WorkloadTest, RunsWithTheImageSettingsInAContainerLikeRoot) {
   EXPECT_NE(stat((root_ + "/tmp/t").c_str(), &st), 0);
 }
 
+// The workload is contained as a container runtime contains one: its own
+// pid namespace (its shell is pid 2, under an init that reaps), Docker's
+// default capability set, and a pivot_root'd root that a root workload
+// cannot leave (two chroot(2) calls leave a plain chroot).
+TEST_F(WorkloadTest, TheWorkloadIsContained) {
+  absl::StatusOr<WorkloadResult> r = RunWorkload(
+      Spec("grep CapBnd /proc/self/status > /out/capbnd; echo $$ > /out/pid; "
+           "ls /proc | grep -c '^[0-9]' > /out/procs"));
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->exit_code, 0);
+  // Docker's default set (0xa80425fb), of what this process may have.
+  uint64_t ours = 0, theirs = 0;
+  const std::string mine = ReadFile("/proc/self/status");
+  const size_t at = mine.find("CapBnd:\t");
+  ASSERT_NE(at, std::string::npos);
+  ours = std::strtoull(mine.c_str() + at + 8, nullptr, 16);
+  const std::string got = ReadFile(root_ + "/out/capbnd");
+  ASSERT_EQ(got.rfind("CapBnd:\t", 0), 0u) << got;
+  theirs = std::strtoull(got.c_str() + 8, nullptr, 16);
+  EXPECT_EQ(theirs, ours & 0xa80425fbu) << std::hex << theirs;
+  EXPECT_EQ(ReadFile(root_ + "/out/pid"), "2\n");
+  // The init, the shell, grep/ls: a handful, not the host's processes.
+  EXPECT_LE(std::atoi(ReadFile(root_ + "/out/procs").c_str()), 4);
+
+  if (access("/usr/bin/python3", X_OK) != 0) {
+    GTEST_SKIP() << "SKIPPED the escape attempt: no /usr/bin/python3";
+  }
+  const std::string outside = MakeTempDir("outside");
+  const std::string marker = outside + "/escaped";
+  r =
+      RunWorkload(Spec(absl::StrCat("python3 -c \"import os\n"
+                                    "os.mkdir('/esc')\n"
+                                    "os.chroot('/esc')\n"
+                                    "for _ in range(64): os.chdir('..')\n"
+                                    "os.chroot('.')\n"
+                                    "open('",
+                                    marker, "', 'w').write('out')\n\"")));
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_NE(r->exit_code, 0) << "the escape attempt did not fail";
+  struct stat st;
+  EXPECT_NE(stat(marker.c_str(), &st), 0) << "the workload left its root";
+}
+
 TEST_F(WorkloadTest, ExitStatusAndSignalAreReported) {
   absl::StatusOr<WorkloadResult> r = RunWorkload(Spec("exit 7"));
   ASSERT_TRUE(r.ok()) << r.status();
@@ -132,6 +176,26 @@ TEST_F(WorkloadTest, SetupFailuresSayWhichStep) {
   ASSERT_FALSE(r.ok());
   EXPECT_NE(r.status().message().find("/bin/sh"), std::string::npos)
       << r.status();
+}
+
+// The image's /etc/passwd is read beneath its root: not through a symlink
+// (an image's "etc -> /host/dir" read the host's file), not a fifo (it
+// hung), only a regular file.
+TEST_F(WorkloadTest, ResolveUserReadsOnlyTheImagesOwnFiles) {
+  const std::string host = MakeTempDir("hostetc");
+  WriteFile(host + "/passwd", "victim:x:4242:4242::/:/bin/sh\n");
+  const std::string linked = MakeTempDir("linked-root");
+  ASSERT_EQ(symlink(host.c_str(), (linked + "/etc").c_str()), 0);
+  absl::StatusOr<ResolvedUser> u = ResolveUser(linked, "victim");
+  EXPECT_FALSE(u.ok()) << "read the host's passwd: uid " << u->uid;
+  const std::string fifo_root = MakeTempDir("fifo-root");
+  ASSERT_EQ(mkdir((fifo_root + "/etc").c_str(), 0755), 0);
+  ASSERT_EQ(mkfifo((fifo_root + "/etc/passwd").c_str(), 0644), 0);
+  u = ResolveUser(fifo_root, "victim");  // returns (it hung in open)
+  EXPECT_EQ(u.status().code(), absl::StatusCode::kNotFound) << u.status();
+  u = ResolveUser(fifo_root, "7");  // a numeric user needs no passwd
+  ASSERT_TRUE(u.ok()) << u.status();
+  EXPECT_EQ(u->uid, 7u);
 }
 
 TEST_F(WorkloadTest, ResolveUserForms) {
