@@ -66,6 +66,8 @@ CommandSpec ConvertSpec() {
 }
 
 int ImageConvertMain(int argc, char** argv) {
+  // (Before any thread: a signal during --workload cleans up its mounts.)
+  const std::unique_ptr<SignalWatcher> signals = TerminationCleanup();
   int code;
   const CommandSpec spec = ConvertSpec();
   std::optional<ParsedArgs> args = ParseOrExit(spec, argc, argv, &code);
@@ -99,14 +101,15 @@ int ImageConvertMain(int argc, char** argv) {
   if (args->Has("workload")) {
     OptimizeOptions oo;
     oo.convert = o;
+    oo.signals = signals.get();
     if (absl::Status st = WorkloadOptionsFromArgs(*args, &oo); !st.ok()) {
       return usage(st);
     }
     if (geteuid() != 0) {
       return Fail("image convert",
                   absl::PermissionDeniedError(
-                      "--workload mounts FUSE, overlayfs and a chroot: run "
-                      "it as root"));
+                      "--workload mounts FUSE and overlayfs and runs the "
+                      "workload in namespaces: run it as root"));
     }
     absl::StatusOr<OptimizeReport> r =
         OptimizeImage(reader->get(), writer->get(), oo);

@@ -32,6 +32,7 @@
 #include "cli/mount_record.h"
 #include "cli/network_flags.h"
 #include "cli/quiet_wait.h"
+#include "cli/signal_watcher.h"
 #include "core/cached_layer.h"
 #include "core/disk_chunk_cache.h"
 #include "core/errno_status.h"
@@ -686,80 +687,6 @@ absl::Status CheckImageMountArgs(const ParsedArgs& args) {
   return RegistryOptionsFromArgs(args, &ro);
 }
 
-// Takes the termination signals (blocked in every thread) on a thread of
-// its own for the whole life of a server, so that one arriving while the
-// mount is still being set up is acted on at once (`OnSignal`: the setup's
-// requests are cancelled), not only once the mount is ready.
-class SignalWatcher {
- public:
-  explicit SignalWatcher(const sigset_t& sigs)
-      : sigs_(sigs), thread_([this] { Run(); }) {}
-  ~SignalWatcher() {
-    {
-      std::lock_guard<std::mutex> l(mu_);
-      closing_ = true;
-    }
-    // (A no-op if the thread already took a signal and returned.)
-    pthread_kill(thread_.native_handle(), SIGHUP);
-    thread_.join();
-  }
-  SignalWatcher(const SignalWatcher&) = delete;
-  SignalWatcher& operator=(const SignalWatcher&) = delete;
-
-  // Runs `f` on the watcher thread when a signal arrives (at once if one
-  // already has). Replaces any earlier callback.
-  // Returns only when no earlier callback is running: OnSignal(nullptr)
-  // before what a callback uses goes away.
-  void OnSignal(std::function<void()> f) {
-    std::lock_guard<std::mutex> cb(cb_mu_);
-    bool now;
-    {
-      std::lock_guard<std::mutex> l(mu_);
-      on_signal_ = std::move(f);
-      now = sig_ != 0 && on_signal_;
-    }
-    if (now) on_signal_();
-  }
-  int signal() const {
-    std::lock_guard<std::mutex> l(mu_);
-    return sig_;
-  }
-  // Blocks until a signal arrives; returns it.
-  int Wait() {
-    std::unique_lock<std::mutex> l(mu_);
-    cv_.wait(l, [&] { return sig_ != 0; });
-    return sig_;
-  }
-
- private:
-  void Run() {
-    int sig = 0;
-    while (sigwait(&sigs_, &sig) != 0) {
-    }
-    {
-      std::lock_guard<std::mutex> cb(cb_mu_);
-      std::function<void()> f;
-      {
-        std::lock_guard<std::mutex> l(mu_);
-        if (closing_) return;
-        sig_ = sig;
-        f = on_signal_;
-      }
-      if (f) f();
-    }
-    cv_.notify_all();
-  }
-
-  const sigset_t sigs_;
-  std::mutex cb_mu_;  // held while a callback runs or is replaced
-  mutable std::mutex mu_;
-  std::condition_variable cv_;
-  std::function<void()> on_signal_;
-  int sig_ = 0;
-  bool closing_ = false;
-  std::thread thread_;  // last: starts once the rest is set
-};
-
 absl::Status ServeImage(
     const ParsedArgs& args, const std::string& mountpoint,
     const std::string& pid_file,
@@ -768,13 +695,7 @@ absl::Status ServeImage(
   mallopt(M_ARENA_MAX, 2);
   // Termination signals are taken by a watcher thread with sigwait; every
   // thread started from here on inherits the mask.
-  sigset_t sigs;
-  sigemptyset(&sigs);
-  sigaddset(&sigs, SIGINT);
-  sigaddset(&sigs, SIGTERM);
-  sigaddset(&sigs, SIGHUP);
-  pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
-  SignalWatcher signals(sigs);
+  SignalWatcher signals(BlockTerminationSignals());
 
   ASSIGN_OR_RETURN(ImageReference ref,
                    ImageReference::Parse(args.positionals[0]));

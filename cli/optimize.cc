@@ -36,6 +36,7 @@
 #include "fetch/auth.h"
 #include "fetch/curl_http.h"
 #include "fuse/layer_mount.h"
+#include "fuse/mount_table.h"
 
 namespace lazypull::cli {
 namespace {
@@ -72,6 +73,55 @@ class ScratchDir {
  private:
   explicit ScratchDir(std::string p) : path_(std::move(p)) {}
   std::string path_;
+};
+
+// Ends the process with 128 + the signal `signals` took.
+std::function<void()> ExitOnSignal(SignalWatcher* signals) {
+  return [signals] {
+    LogError("interrupted by signal ", signals->signal());
+    _exit(128 + signals->signal());
+  };
+}
+
+// While it lives, a signal `signals` takes kills the workload (its process
+// group, once started), detaches every mount under `scratch` (deepest
+// first), removes it and ends the process (ExitOnSignal).
+class ScratchOnSignal {
+ public:
+  ScratchOnSignal(SignalWatcher* signals, std::string scratch)
+      : signals_(signals), scratch_(std::move(scratch)) {
+    if (signals_ == nullptr) return;
+    signals_->OnSignal([this] {
+      const pid_t group = workload_group.load();
+      if (group > 0) kill(-group, SIGKILL);
+      const std::string under = scratch_ + "/";
+      std::vector<MountEntry> mounts = ReadMountTable();
+      for (auto it = mounts.rbegin(); it != mounts.rend(); ++it) {
+        if (it->mount_point.rfind(under, 0) == 0) {
+          umount2(it->mount_point.c_str(), MNT_DETACH);
+        }
+      }
+      const size_t slash = scratch_.find_last_of('/');
+      ScopedFd parent(open(slash == 0 ? "/" : scratch_.substr(0, slash).c_str(),
+                           O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+      if (parent.valid()) {
+        (void)RemoveTreeAt(parent.get(), scratch_.substr(slash + 1), scratch_);
+      }
+      ExitOnSignal(signals_)();
+    });
+  }
+  ~ScratchOnSignal() {
+    if (signals_ != nullptr) signals_->OnSignal(ExitOnSignal(signals_));
+  }
+  ScratchOnSignal(const ScratchOnSignal&) = delete;
+  ScratchOnSignal& operator=(const ScratchOnSignal&) = delete;
+
+  // The running workload's process group (RunWorkload sets it).
+  std::atomic<pid_t> workload_group{0};
+
+ private:
+  SignalWatcher* const signals_;
+  const std::string scratch_;
 };
 
 // The files opened on each layer, first opens only, while `on`.
@@ -111,6 +161,7 @@ struct StagedLayer {
 absl::Status RecordWorkload(const std::vector<StagedLayer>& layers,
                             const ImageConfig& config, const OptimizeOptions& o,
                             const std::string& scratch,
+                            std::atomic<pid_t>* workload_group,
                             OptimizeReport* report) {
   const size_t n = layers.size();
   ASSIGN_OR_RETURN(std::unique_ptr<DiskChunkCache> cache_u,
@@ -183,6 +234,7 @@ absl::Status RecordWorkload(const std::vector<StagedLayer>& layers,
     ws.user = config.user;
     ws.period = o.period;
     ws.on_start = [&recorder] { recorder.Start(); };
+    ws.running_group = workload_group;
     LogInfo("optimize: running `", o.workload, "` for up to ",
             absl::FormatDuration(o.period));
     ASSIGN_OR_RETURN(WorkloadResult r, RunWorkload(ws));
@@ -290,6 +342,7 @@ absl::StatusOr<OptimizeReport> OptimizeImage(ImageReader* source,
                                              const OptimizeOptions& o) {
   ASSIGN_OR_RETURN(std::unique_ptr<ScratchDir> scratch,
                    ScratchDir::Create(o.work_dir));
+  ScratchOnSignal cleanup(o.signals, scratch->path());
   ImageLocation stage;
   stage.kind = ImageLocation::Kind::kOciLayout;
   stage.dir = scratch->path() + "/stage";
@@ -344,7 +397,8 @@ absl::StatusOr<OptimizeReport> OptimizeImage(ImageReader* source,
   Progress(o, absl::StrCat("recording `", o.workload, "` on ",
                            run_on->platform.String(), " (", layers.size(),
                            " layer(s))"));
-  RETURN_IF_ERROR(RecordWorkload(layers, config, o, scratch->path(), &report));
+  RETURN_IF_ERROR(RecordWorkload(layers, config, o, scratch->path(),
+                                 &cleanup.workload_group, &report));
   Progress(o, Describe(report));
   RETURN_IF_ERROR(WriteRecord(o, report));
 
@@ -378,6 +432,7 @@ absl::StatusOr<OptimizeReport> OptimizeLayerFile(const std::string& in_path,
                                                  const OptimizeOptions& o) {
   ASSIGN_OR_RETURN(std::unique_ptr<ScratchDir> scratch,
                    ScratchDir::Create(o.work_dir));
+  ScratchOnSignal cleanup(o.signals, scratch->path());
   const std::string staged_path = scratch->path() + "/layer";
   LayerWriterOptions so = o.convert.layer;
   so.compression = Compression::kGzip;
@@ -387,7 +442,8 @@ absl::StatusOr<OptimizeReport> OptimizeLayerFile(const std::string& in_path,
                    ConvertLayerFile(in_path, staged_path, so));
   OptimizeReport report;
   RETURN_IF_ERROR(RecordWorkload({{staged_path, staged.toc_digest}},
-                                 ImageConfig{}, o, scratch->path(), &report));
+                                 ImageConfig{}, o, scratch->path(),
+                                 &cleanup.workload_group, &report));
   Progress(o, Describe(report));
   RETURN_IF_ERROR(WriteRecord(o, report));
   LayerWriterOptions fo = o.convert.layer;
@@ -434,7 +490,14 @@ bool IsLayerLocation(const std::string& s) {
 
 }  // namespace
 
+std::unique_ptr<SignalWatcher> TerminationCleanup() {
+  auto w = std::make_unique<SignalWatcher>(BlockTerminationSignals());
+  w->OnSignal(ExitOnSignal(w.get()));
+  return w;
+}
+
 int OptimizeMain(int argc, char** argv) {
+  const std::unique_ptr<SignalWatcher> signals = TerminationCleanup();
   int code;
   const CommandSpec spec = OptimizeSpec();
   std::optional<ParsedArgs> args = ParseOrExit(spec, argc, argv, &code);
@@ -444,6 +507,7 @@ int OptimizeMain(int argc, char** argv) {
   if (absl::Status st = WorkloadOptionsFromArgs(*args, &o); !st.ok()) {
     return usage(st);
   }
+  o.signals = signals.get();
   absl::StatusOr<LayerWriterOptions> lo = LayerWriterOptionsFromArgs(*args);
   if (!lo.ok()) return usage(lo.status());
   o.convert.layer = *lo;
@@ -453,8 +517,8 @@ int OptimizeMain(int argc, char** argv) {
   const std::string& dst = args->positionals[1];
   if (geteuid() != 0) {
     return Fail("optimize", absl::PermissionDeniedError(
-                                "optimize mounts FUSE, overlayfs and a "
-                                "chroot: run it as root"));
+                                "optimize mounts FUSE and overlayfs and runs "
+                                "the workload in namespaces: run it as root"));
   }
 
   absl::StatusOr<OptimizeReport> r;

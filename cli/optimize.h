@@ -26,6 +26,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "cli/flags.h"
+#include "cli/signal_watcher.h"
 #include "fetch/image_converter.h"
 #include "fetch/image_store.h"
 
@@ -41,7 +42,18 @@ struct OptimizeOptions {
   // If set, the recorded paths are also written here, one per line,
   // "<layer index>\t<path>" in access order.
   std::string record_file;
+  // If set (the commands set it: see TerminationCleanup), a termination
+  // signal while the scratch dir exists kills the workload, detaches every
+  // mount under the scratch dir, removes it and exits the process with
+  // 128 + the signal.
+  SignalWatcher* signals = nullptr;
 };
+
+// Takes SIGINT, SIGTERM and SIGHUP for a command that runs a workload (call
+// first thing, before any thread starts): one arriving ends the process with
+// 128 + the signal, after the clean-up OptimizeOptions::signals describes
+// while an optimization runs.
+std::unique_ptr<SignalWatcher> TerminationCleanup();
 
 // What the workload did and what was recorded.
 struct OptimizeReport {

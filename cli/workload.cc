@@ -373,6 +373,8 @@ absl::StatusOr<WorkloadResult> RunWorkload(const WorkloadSpec& spec) {
     execve(argv[0], argv, envp.data());
     fail(kExec);
   }
+  setpgid(pid, pid);  // (as the child does: whichever runs first)
+  if (spec.running_group != nullptr) spec.running_group->store(pid);
   close(errpipe[1]);
   ChildError ce{};
   ssize_t got;
@@ -382,6 +384,7 @@ absl::StatusOr<WorkloadResult> RunWorkload(const WorkloadSpec& spec) {
   close(errpipe[0]);
   if (got == static_cast<ssize_t>(sizeof(ce))) {
     waitpid(pid, nullptr, 0);
+    if (spec.running_group != nullptr) spec.running_group->store(0);
     const int step = ce.step >= 0 && ce.step < kNumSteps ? ce.step : kExec;
     return ErrnoToStatus(
         ce.err,
@@ -415,6 +418,7 @@ absl::StatusOr<WorkloadResult> RunWorkload(const WorkloadSpec& spec) {
   r.elapsed = absl::Now() - start;
   // Whatever the workload left running in its group goes too.
   kill(-pid, SIGKILL);
+  if (spec.running_group != nullptr) spec.running_group->store(0);
   if (pidfd >= 0) close(pidfd);
   if (WIFEXITED(status)) r.exit_code = WEXITSTATUS(status);
   if (WIFSIGNALED(status)) r.signal = WTERMSIG(status);

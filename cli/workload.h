@@ -26,6 +26,7 @@
 
 #include <sys/types.h>
 
+#include <atomic>
 #include <functional>
 #include <string>
 #include <vector>
@@ -46,6 +47,9 @@ struct WorkloadSpec {
   // file of the root it needed (passwd, group) was read: optimize starts
   // recording here.
   std::function<void()> on_start;
+  // If set, holds the workload's process group while it runs (0 before and
+  // after): a signal handler may kill it.
+  std::atomic<pid_t>* running_group = nullptr;
 };
 
 struct WorkloadResult {

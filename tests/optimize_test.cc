@@ -3,7 +3,9 @@
 // of the data files; the result must list exactly those (in the order read)
 // before `.prefetch.landmark` in the data layer, and the binaries it ran in
 // the other.
+#include <signal.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -224,6 +226,53 @@ TEST_F(OptimizeTest, PeriodStopsARunawayWorkload) {
   const size_t lm = IndexOf(t, ".prefetch.landmark");
   EXPECT_LT(IndexOf(t, "data/a"), lm);
   EXPECT_GT(IndexOf(t, "data/b"), lm);
+}
+
+// A termination signal while the workload runs (a user's Ctrl-C, a
+// runtime's timeout) kills the workload and leaves no mount, process or
+// scratch directory behind (the mounts stayed, served by nobody).
+TEST_F(OptimizeTest, ASignalCleansUpMountsAndTheWorkload) {
+  const std::string scratch = MakeTempDir("scratch");
+  const std::string out = dir_ + "/s.layer";
+  const std::vector<std::string> argv = {
+      LazypullBinary(), "optimize",   "layer:" + dir_ + "/all.tar",
+      "layer:" + out,   "--workload", "cat /data/a; while :; do :; done",
+      "--period",       "60"};
+  std::vector<char*> args;
+  for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+  args.push_back(nullptr);
+  const std::string tmpdir = "TMPDIR=" + scratch;
+  std::vector<char*> env = {const_cast<char*>(tmpdir.c_str()), nullptr};
+  const pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    execve(args[0], args.data(), env.data());
+    _exit(127);
+  }
+  auto mounted = [&] {
+    return ReadFile("/proc/self/mountinfo")
+               .find(scratch + "/lazypull-optimize") != std::string::npos;
+  };
+  for (int i = 0; i < 300 && !mounted(); ++i) usleep(50 * 1000);
+  ASSERT_TRUE(mounted()) << "optimize never mounted its root";
+  usleep(700 * 1000);  // the workload is under way
+  ASSERT_EQ(kill(pid, SIGTERM), 0);
+  int status = 0;
+  pid_t w = 0;
+  for (int i = 0; i < 300 && (w = waitpid(pid, &status, WNOHANG)) == 0; ++i) {
+    usleep(50 * 1000);
+  }
+  if (w == 0) kill(pid, SIGKILL), waitpid(pid, &status, 0);
+  ASSERT_EQ(w, pid) << "optimize did not end within 15 s of SIGTERM";
+  ASSERT_TRUE(WIFEXITED(status)) << status;
+  EXPECT_EQ(WEXITSTATUS(status), 128 + SIGTERM);
+  EXPECT_FALSE(mounted()) << ReadFile("/proc/self/mountinfo");
+  RunResult ls = testing::Run({"/bin/ls", "-A", scratch});
+  EXPECT_EQ(ls.out, "") << "the scratch dir was left behind";
+  // The busy workload is gone (nothing else here runs this loop).
+  RunResult ps = testing::Run(
+      {"/bin/sh", "-c", "grep -l 'while :; do :; [d]one' /proc/[0-9]*/cmdline"});
+  EXPECT_EQ(ps.out, "") << "the workload still runs";
 }
 
 TEST_F(OptimizeTest, ImageConvertWithAWorkloadOptimizesThisPlatformOnly) {
