@@ -270,8 +270,9 @@ TEST_F(OptimizeTest, ASignalCleansUpMountsAndTheWorkload) {
   RunResult ls = testing::Run({"/bin/ls", "-A", scratch});
   EXPECT_EQ(ls.out, "") << "the scratch dir was left behind";
   // The busy workload is gone (nothing else here runs this loop).
-  RunResult ps = testing::Run(
-      {"/bin/sh", "-c", "grep -l 'while :; do :; [d]one' /proc/[0-9]*/cmdline"});
+  RunResult ps =
+      testing::Run({"/bin/sh", "-c",
+                    "grep -l 'while :; do :; [d]one' /proc/[0-9]*/cmdline"});
   EXPECT_EQ(ps.out, "") << "the workload still runs";
 }
 
