@@ -547,8 +547,11 @@ absl::Status LayerIndexBuilder::Run(const Toc& toc, uint64_t data_end) {
     if (xattr_src_[i] == SIZE_MAX) continue;
     const auto& xs = toc.entries[xattr_src_[i]].xattrs;
     idx_.inodes_[i].first_xattr = static_cast<uint32_t>(idx_.xattrs_.size());
-    idx_.inodes_[i].num_xattrs = static_cast<uint32_t>(xs.size());
-    idx_.xattrs_.insert(idx_.xattrs_.end(), xs.begin(), xs.end());
+    for (const auto& kv : xs) {
+      if (!IsOverlayPrivateXattr(kv.first)) idx_.xattrs_.push_back(kv);
+    }
+    idx_.inodes_[i].num_xattrs = static_cast<uint32_t>(idx_.xattrs_.size()) -
+                                 idx_.inodes_[i].first_xattr;
   }
   BuildChildren();
   return absl::OkStatus();

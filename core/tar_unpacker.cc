@@ -38,8 +38,17 @@ NodeMeta MetaOf(const TarHeader& h) {
   m.mode = static_cast<uint32_t>(h.mode) & 07777;
   m.mtime_sec = h.mtime_sec;
   m.mtime_nsec = h.mtime_nsec;
-  m.xattrs = h.xattrs;
+  for (const auto& kv : h.xattrs) {
+    if (!IsOverlayPrivateXattr(kv.first)) m.xattrs.push_back(kv);
+  }
   return m;
+}
+
+bool HasOpaqueXattr(const NodeMeta& m) {
+  for (const auto& [k, v] : m.xattrs) {
+    if (IsOverlayOpaqueXattr(k, v)) return true;
+  }
+  return false;
 }
 
 class Unpacker {
@@ -97,6 +106,7 @@ class Unpacker {
       }
       dirs_[""] = MetaOf(h);
       out_.explicit_dirs.insert("");
+      if (HasOpaqueXattr(dirs_[""])) out_.opaque_dirs.push_back("");
       return absl::OkStatus();
     }
     const std::string& base = comps.back();
@@ -140,6 +150,8 @@ class Unpacker {
         }
         dirs_[path] = meta;
         out_.explicit_dirs.insert(path);
+        // (As a `.wh..wh..opq` inside it: toc.h, IsOverlayPrivateXattr.)
+        if (HasOpaqueXattr(meta)) out_.opaque_dirs.push_back(path);
         return absl::OkStatus();
       case TarType::kReg: {
         ScopedFd fd(openat(pfd, base.c_str(),

@@ -7,6 +7,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 
@@ -514,6 +515,18 @@ std::optional<uint64_t> ScanPrefetchLandmark(absl::string_view json) {
     return offset;
   }
   return std::nullopt;
+}
+
+bool IsOverlayPrivateXattr(absl::string_view name) {
+  for (absl::string_view ns : {"trusted.overlay.", "user.overlay."}) {
+    if (absl::StartsWith(name, ns)) return name.substr(ns.size()) != "opaque";
+  }
+  return false;
+}
+
+bool IsOverlayOpaqueXattr(absl::string_view name, absl::string_view value) {
+  return (name == "trusted.overlay.opaque" || name == "user.overlay.opaque") &&
+         value == "y";
 }
 
 }  // namespace lazypull

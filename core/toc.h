@@ -35,6 +35,18 @@ inline constexpr char kTocTarName[] = "stargz.index.json";
 inline constexpr char kPrefetchLandmark[] = ".prefetch.landmark";
 inline constexpr char kNoPrefetchLandmark[] = ".no.prefetch.landmark";
 
+// Whether xattr `name` is one of overlayfs's private ones
+// ("trusted.overlay.*" and "user.overlay.*": redirect, metacopy, origin,
+// whiteout, ...) but the opaque marker. A layer's own such xattrs are
+// dropped by every reader (the lazy index, and so the FUSE layer and
+// `extract`; the tar unpacker, and so `pull`): stacked in an overlay, they
+// would steer it (redirect lookups, fake whiteouts). The opaque marker is
+// kept and means what it means to overlayfs and to containerd's unpack (the
+// directory hides the layers' below it): `pull` honours it too.
+bool IsOverlayPrivateXattr(absl::string_view name);
+// Whether (name, value) is overlayfs's opaque marker on a directory.
+bool IsOverlayOpaqueXattr(absl::string_view name, absl::string_view value);
+
 enum class EntryType : uint8_t {
   kDir,
   kReg,

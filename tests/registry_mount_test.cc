@@ -601,6 +601,62 @@ TEST_F(RegistryMountTest, LowerHardlinkTargetsDoNotFollowSymlinks) {
   mounts_.clear();
 }
 
+// A layer's own overlayfs xattrs: the opaque marker on a directory means
+// what it means to overlayfs and containerd's unpack (the lower layers'
+// files there are hidden), for `pull` too (which showed them); the others
+// (a redirect) are dropped, lazy layer or pulled in full (the mount showed
+// another directory's files).
+TEST_F(RegistryMountTest, LayersOwnOverlayXattrs) {
+  for (bool plain_upper : {false, true}) {
+    SCOPED_TRACE(plain_upper ? "plain upper" : "lazy upper");
+    TarBuilder lower, upper;
+    lower.Dir("./").Dir("d/").File("d/lowerfile", "low");
+    lower.Dir("red/").File("red/own", "own");
+    lower.Dir("secret/").File("secret/s", "s");
+    TarSpec d;
+    d.name = "d/";
+    d.typeflag = '5';
+    d.mode = 0755;
+    d.xattrs = {{"trusted.overlay.opaque", "y"}, {"user.note", "kept"}};
+    upper.Add(d);
+    upper.File("d/upperfile", "up");
+    TarSpec e;
+    e.name = "red/";
+    e.typeflag = '5';
+    e.mode = 0755;
+    e.xattrs = {{"trusted.overlay.redirect", "/secret"}};
+    upper.Add(e);
+    const std::string name = plain_upper ? "ovx-plain" : "ovx";
+    const std::string ref =
+        Push("test/" + name,
+             {Convert(lower.Finish(), name + "-lower", {}),
+              plain_upper ? Gzip(upper.Finish())
+                          : Convert(upper.Finish(), name + "-upper", {})});
+    const std::string mnt = dir_ + "/mnt-" + name;
+    testing::RunResult m = Mount(ref, mnt, {"--no-background-fetch"});
+    ASSERT_EQ(m.exit_code, 0) << m.err << m.out;
+    const std::string pulled = dir_ + "/pulled-" + name;
+    testing::RunResult p =
+        testing::Run({bin_, "pull", ref, pulled, "--ca-file", reg_->ca_file()});
+    ASSERT_EQ(p.exit_code, 0) << p.err << p.out;
+    for (const std::string& root : {mnt, pulled}) {
+      SCOPED_TRACE(root);
+      struct stat st;
+      EXPECT_NE(lstat((root + "/d/lowerfile").c_str(), &st), 0);
+      EXPECT_EQ(ReadAll(root + "/d/upperfile"), "up");
+      EXPECT_EQ(ReadAll(root + "/red/own"), "own");
+      EXPECT_NE(lstat((root + "/red/s").c_str(), &st), 0);
+      char buf[64];
+      const ssize_t n =
+          lgetxattr((root + "/d").c_str(), "user.note", buf, sizeof(buf));
+      EXPECT_EQ(std::string(buf, n > 0 ? n : 0), "kept");
+    }
+    testing::RunResult u = testing::Run({bin_, "unmount", mnt});
+    EXPECT_EQ(u.exit_code, 0) << u.err;
+    mounts_.clear();
+  }
+}
+
 // The prioritized files (before the prefetch landmark) are fetched before
 // `mount --wait-prefetch` returns, without any read.
 TEST_F(RegistryMountTest, WaitPrefetchFetchesThePrioritizedFiles) {
