@@ -282,6 +282,22 @@ class RegistryMountTest : public ::testing::Test {
     return r;
   }
 
+  // Pushes a lazy (eStargz) `lower` and an `upper` layer, eStargz or plain
+  // gzip (pulled in full by the mount), as an image named after `mnt`, and
+  // mounts it at `mnt` without background fetch; *ref gets the image.
+  testing::RunResult MountTwoLayers(TarBuilder* lower, TarBuilder* upper,
+                                    bool plain_upper, const std::string& mnt,
+                                    std::string* ref = nullptr) {
+    const std::string name = mnt.substr(mnt.rfind('/') + 1);
+    const std::string r =
+        Push("test/" + name,
+             {Convert(lower->Finish(), name + "-lower", {}),
+              plain_upper ? Gzip(upper->Finish())
+                          : Convert(upper->Finish(), name + "-upper", {})});
+    if (ref != nullptr) *ref = r;
+    return Mount(r, mnt, {"--no-background-fetch"});
+  }
+
   // A directory an upper layer only implies (a file beneath it, no entry
   // of its own) keeps the attributes the layer below gives it, as
   // containerd's unpack (and `pull`) keep them; it showed 0755, root, time
@@ -310,14 +326,8 @@ class RegistryMountTest : public ::testing::Test {
     // A whiteout in a directory no lower layer has hides nothing; overlayfs
     // would list it as an entry nothing can open.
     upper.Dir("fresh/").File("fresh/.wh.nothing", "").File("fresh/x", "x");
-    const std::string name = plain_upper ? "implied-plain" : "implied";
-    const std::string ref =
-        Push("test/" + name,
-             {Convert(lower.Finish(), name + "-lower", {}),
-              plain_upper ? Gzip(upper.Finish())
-                          : Convert(upper.Finish(), name + "-upper", {})});
-    const std::string mnt = dir_ + "/mnt-" + name;
-    testing::RunResult m = Mount(ref, mnt, {"--no-background-fetch"});
+    const std::string mnt = dir_ + "/mnt-implied" + (plain_upper ? "-p" : "");
+    testing::RunResult m = MountTwoLayers(&lower, &upper, plain_upper, mnt);
     ASSERT_EQ(m.exit_code, 0) << m.err << m.out;
     EXPECT_EQ(absl::StrContains(m.out, "pulled in full"), plain_upper) << m.out;
     struct stat st;
@@ -585,11 +595,9 @@ TEST_F(RegistryMountTest, LowerHardlinkTargetsDoNotFollowSymlinks) {
   lower.Dir("d/").File("d/f", "lower file\n");
   upper.Hardlink("copy", "d/f");
   upper.Hardlink("leak", "a/etc/passwd");
-  const std::string ref =
-      Push("test/lower-links",
-           {Convert(lower.Finish(), "links-lower", {}), Gzip(upper.Finish())});
   const std::string mnt = dir_ + "/mnt-lower-links";
-  testing::RunResult m = Mount(ref, mnt, {"--no-background-fetch"});
+  testing::RunResult m =
+      MountTwoLayers(&lower, &upper, /*plain_upper=*/true, mnt);
   ASSERT_EQ(m.exit_code, 0) << m.err << m.out;
   EXPECT_EQ(ReadAll(mnt + "/copy"), "lower file\n");
   struct stat st;
@@ -626,16 +634,12 @@ TEST_F(RegistryMountTest, LayersOwnOverlayXattrs) {
     e.mode = 0755;
     e.xattrs = {{"trusted.overlay.redirect", "/secret"}};
     upper.Add(e);
-    const std::string name = plain_upper ? "ovx-plain" : "ovx";
-    const std::string ref =
-        Push("test/" + name,
-             {Convert(lower.Finish(), name + "-lower", {}),
-              plain_upper ? Gzip(upper.Finish())
-                          : Convert(upper.Finish(), name + "-upper", {})});
-    const std::string mnt = dir_ + "/mnt-" + name;
-    testing::RunResult m = Mount(ref, mnt, {"--no-background-fetch"});
+    const std::string mnt = dir_ + "/mnt-ovx" + (plain_upper ? "-p" : "");
+    std::string ref;
+    testing::RunResult m =
+        MountTwoLayers(&lower, &upper, plain_upper, mnt, &ref);
     ASSERT_EQ(m.exit_code, 0) << m.err << m.out;
-    const std::string pulled = dir_ + "/pulled-" + name;
+    const std::string pulled = mnt + "-pulled";
     testing::RunResult p =
         testing::Run({bin_, "pull", ref, pulled, "--ca-file", reg_->ca_file()});
     ASSERT_EQ(p.exit_code, 0) << p.err << p.out;
