@@ -120,10 +120,14 @@ class Unpacker {
       // The directory holding a whiteout exists in this layer.
       RETURN_IF_ERROR(Parent(comps).status());
       std::vector<std::string> parent(comps.begin(), comps.end() - 1);
+      const std::string target = base.substr(kWhiteoutPrefix.size());
       if (base == kOpaqueMarker) {
         out_.opaque_dirs.push_back(absl::StrJoin(parent, "/"));
-      } else if (!absl::StartsWith(base, kAufsMetaPrefix)) {
-        parent.push_back(base.substr(kWhiteoutPrefix.size()));
+      } else if (!absl::StartsWith(base, kAufsMetaPrefix) && !target.empty() &&
+                 target != "." && target != "..") {
+        // (".wh.", ".wh..", ".wh..." name nothing a whiteout could hide:
+        // ignored, as the lazy mount does.)
+        parent.push_back(target);
         out_.whiteouts.push_back(absl::StrJoin(parent, "/"));
       }
       return absl::OkStatus();
