@@ -10,9 +10,12 @@ namespace {
 const CommandSpec kSpec = {
     "verify",
     "LAYER [--toc-digest sha256:...] [--diff-id sha256:...]",
-    "Check a layer end to end: TOC digest, every chunk, every file, DiffID.",
-    "Exits 1 naming the first bad file, chunk and offset. The DiffID (sha256\n"
-    "of the uncompressed stream) is printed always and compared when given.",
+    "Check a layer end to end: TOC digest, every chunk, every file, the TOC\n"
+    "against the tar stream, DiffID.",
+    "Exits 1 naming the first bad file, chunk and offset, or the entry\n"
+    "whose TOC metadata differs from its tar header (what a lazy mount\n"
+    "would show against what a full pull unpacks). The DiffID (sha256 of\n"
+    "the uncompressed stream) is printed always and compared when given.",
     {"LAYER"},
     {
         {"toc-digest", "DIGEST",

@@ -6,10 +6,14 @@
 #include <string>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "core/decompressor.h"
+#include "core/layer_index.h"
 #include "core/status_macros.h"
+#include "core/tar_reader.h"
+#include "core/toc.h"
 
 namespace lazypull {
 namespace {
@@ -217,63 +221,282 @@ class ChunkTracker {
   uint64_t files_verified_ = 0;
 };
 
+// What a full pull unpacks (the tar headers of the uncompressed stream)
+// against what a lazy mount shows (the index, from the TOC): every entry of
+// one must be in the other with the same type, mode, owner, size, link
+// target, device numbers, xattrs and mtime (seconds). The TOC's own tar
+// entry and the landmarks at the root are the writer's, not the layer's.
+class TarTocCheck {
+ public:
+  explicit TarTocCheck(const LayerIndex& idx) : idx_(idx) {}
+
+  absl::Status Header(const TarHeader& h) {
+    ASSIGN_OR_RETURN(std::string path, NormalizeTarPath(h.name));
+    if (path.empty()) return absl::OkStatus();  // the root's own entry
+    if (h.type == TarType::kReg &&
+        (path == kTocTarName || path == kPrefetchLandmark ||
+         path == kNoPrefetchLandmark)) {
+      return absl::OkStatus();
+    }
+    Seen& s = tar_[path];  // a later entry replaces an earlier one
+    s.type = h.type;
+    s.mode = static_cast<uint32_t>(h.mode) & 07777;
+    s.uid = h.uid;
+    s.gid = h.gid;
+    s.size = h.size;
+    s.link = h.link_name;
+    s.dev_major = h.dev_major;
+    s.dev_minor = h.dev_minor;
+    s.mtime_sec = h.mtime_sec;
+    s.xattrs.clear();
+    for (const auto& kv : h.xattrs) {
+      if (!IsOverlayPrivateXattr(kv.first)) s.xattrs.push_back(kv);
+    }
+    std::sort(s.xattrs.begin(), s.xattrs.end());
+    return absl::OkStatus();
+  }
+
+  absl::Status Finish() {
+    size_t compared = 0;
+    std::vector<uint32_t> dirs = {LayerIndex::kRoot};
+    while (!dirs.empty()) {
+      const uint32_t dir = dirs.back();
+      dirs.pop_back();
+      for (uint32_t d : idx_.Children(dir)) {
+        const Dirent& de = idx_.dirents()[d];
+        const Inode& n = idx_.inode(de.inode);
+        if (n.type == EntryType::kDir && !de.hardlink) dirs.push_back(de.inode);
+        if (n.implicit) continue;
+        const std::string path = idx_.Path(d);
+        auto it = tar_.find(path);
+        if (it == tar_.end()) {
+          return Mismatch(path,
+                          "the TOC lists it; the tar stream has no such "
+                          "entry");
+        }
+        ++compared;
+        RETURN_IF_ERROR(Compare(path, de, n, it->second));
+      }
+    }
+    if (compared != tar_.size()) {
+      for (const auto& [path, seen] : tar_) {
+        const std::optional<uint32_t> ino = idx_.Resolve(path);
+        if (!ino || idx_.inode(*ino).implicit) {
+          return Mismatch(path, "the tar stream has it; the TOC does not");
+        }
+      }
+    }
+    return absl::OkStatus();
+  }
+
+ private:
+  struct Seen {
+    TarType type = TarType::kReg;
+    uint32_t mode = 0;
+    uint64_t uid = 0, gid = 0, size = 0;
+    std::string link;
+    uint64_t dev_major = 0, dev_minor = 0;
+    int64_t mtime_sec = 0;
+    std::vector<std::pair<std::string, std::string>> xattrs;
+  };
+
+  static absl::Status Mismatch(const std::string& path,
+                               absl::string_view what) {
+    return absl::DataLossError(absl::StrCat(
+        "\"", path, "\": the TOC does not match the layer's tar stream (", what,
+        "): a lazy mount would show what a full pull does not"));
+  }
+
+  absl::Status Compare(const std::string& path, const Dirent& de,
+                       const Inode& n, const Seen& t) const {
+    if (de.hardlink) {
+      if (t.type != TarType::kHardlink) return Mismatch(path, "type");
+      absl::StatusOr<std::string> target = NormalizeTarPath(t.link);
+      if (!target.ok() || *target != idx_.Path(n.dirent)) {
+        return Mismatch(path, "hardlink target");
+      }
+      return absl::OkStatus();
+    }
+    if (t.type == TarType::kHardlink) return Mismatch(path, "type");
+    static constexpr std::pair<EntryType, TarType> kTypes[] = {
+        {EntryType::kDir, TarType::kDir},
+        {EntryType::kReg, TarType::kReg},
+        {EntryType::kSymlink, TarType::kSymlink},
+        {EntryType::kChar, TarType::kChar},
+        {EntryType::kBlock, TarType::kBlock},
+        {EntryType::kFifo, TarType::kFifo}};
+    bool same_type = false;
+    for (const auto& [e, tt] : kTypes) same_type |= n.type == e && t.type == tt;
+    if (!same_type) return Mismatch(path, "type");
+    if (n.mode != t.mode) return Mismatch(path, "mode");
+    if (n.uid != t.uid || n.gid != t.gid) return Mismatch(path, "owner");
+    if (n.type == EntryType::kReg && n.size != t.size) {
+      return Mismatch(path, "size");
+    }
+    if (n.type == EntryType::kSymlink && n.symlink != t.link) {
+      return Mismatch(path, "symlink target");
+    }
+    if ((n.type == EntryType::kChar || n.type == EntryType::kBlock) &&
+        (n.dev_major != t.dev_major || n.dev_minor != t.dev_minor)) {
+      return Mismatch(path, "device numbers");
+    }
+    if (n.has_mtime && n.mtime_sec != t.mtime_sec) {
+      return Mismatch(path, "mtime");
+    }
+    auto xs = idx_.Xattrs(de.inode);
+    std::vector<std::pair<std::string, std::string>> ours(xs.begin(), xs.end());
+    std::sort(ours.begin(), ours.end());
+    if (ours != t.xattrs) return Mismatch(path, "xattrs");
+    return absl::OkStatus();
+  }
+
+  const LayerIndex& idx_;
+  absl::flat_hash_map<std::string, Seen> tar_;
+};
+
+// The blob's uncompressed stream, decompressed as it is read, every byte
+// going by the chunk tracker and the hashes once (TarReader pulls it).
+class VerifyStream : public ByteStream {
+ public:
+  VerifyStream(const LayerReader& reader, const VerifyOptions& options,
+               ChunkTracker* tracker)
+      : src_(reader.source()),
+        size_(src_.size()),
+        d_(StreamDecompressor::New(reader.compression())),
+        tracker_(tracker),
+        in_(std::max<uint64_t>(options.read_size, 64 << 10), '\0'),
+        out_(1 << 20, '\0') {}
+
+  absl::StatusOr<absl::string_view> Read(size_t n) override {
+    if (buf_.size() - buf_pos_ < n) {
+      buf_.erase(0, buf_pos_);
+      buf_pos_ = 0;
+      while (buf_.size() < n) {
+        ASSIGN_OR_RETURN(absl::string_view more, More());
+        if (more.empty()) break;
+        buf_.append(more.data(), more.size());
+      }
+    }
+    const size_t k = std::min(n, buf_.size() - buf_pos_);
+    absl::string_view v(buf_.data() + buf_pos_, k);
+    buf_pos_ += k;
+    return v;
+  }
+
+  absl::StatusOr<uint64_t> Skip(uint64_t n) override {
+    uint64_t done = std::min<uint64_t>(n, buf_.size() - buf_pos_);
+    buf_pos_ += done;
+    while (done < n) {
+      ASSIGN_OR_RETURN(absl::string_view more, More());
+      if (more.empty()) break;
+      const uint64_t k = std::min<uint64_t>(n - done, more.size());
+      done += k;
+      if (k < more.size()) {
+        buf_.assign(more.data() + k, more.size() - k);
+        buf_pos_ = 0;
+      }
+    }
+    return done;
+  }
+
+  // Reads the stream to its end.
+  absl::Status Drain() {
+    buf_.clear();
+    buf_pos_ = 0;
+    while (true) {
+      ASSIGN_OR_RETURN(absl::string_view more, More());
+      if (more.empty()) break;
+    }
+    if (!at_member_start_) {
+      return absl::DataLossError(
+          "the blob ends in the middle of a gzip member / zstd frame");
+    }
+    return absl::OkStatus();
+  }
+
+  uint64_t position() const { return pos_; }
+  Digest DiffId() { return diff_hash_.Finish(); }
+  Digest BlobDigest() { return blob_hash_.Finish(); }
+
+ private:
+  // The next piece of the uncompressed stream (empty at its end).
+  absl::StatusOr<absl::string_view> More() {
+    while (true) {
+      if (in_pos_ == in_len_) {
+        if (comp_ == size_) return absl::string_view();
+        in_len_ =
+            static_cast<size_t>(std::min<uint64_t>(in_.size(), size_ - comp_));
+        RETURN_IF_ERROR(src_.ReadAt(comp_, absl::MakeSpan(in_.data(), in_len_),
+                                    ReadPriority::kBackground));
+        blob_hash_.Update(in_.data(), in_len_);
+        in_pos_ = 0;
+      }
+      if (at_member_start_) {
+        RETURN_IF_ERROR(tracker_->MemberStart(comp_, pos_));
+        at_member_start_ = false;
+      }
+      absl::StatusOr<StreamDecompressor::Result> r = d_->Decompress(
+          absl::string_view(in_.data() + in_pos_, in_len_ - in_pos_),
+          absl::MakeSpan(out_));
+      if (!r.ok()) return tracker_->CorruptAt(comp_, r.status());
+      in_pos_ += r->consumed;
+      comp_ += r->consumed;
+      if (r->frame_end) at_member_start_ = true;
+      if (r->produced > 0) {
+        absl::string_view data(out_.data(), r->produced);
+        diff_hash_.Update(data);
+        RETURN_IF_ERROR(tracker_->Feed(pos_, data));
+        pos_ += r->produced;
+        return data;
+      }
+    }
+  }
+
+  BlobSource& src_;
+  const uint64_t size_;
+  std::unique_ptr<StreamDecompressor> d_;
+  ChunkTracker* tracker_;
+  Sha256 diff_hash_, blob_hash_;
+  std::string in_, out_;
+  uint64_t comp_ = 0;  // compressed offset of in_[in_pos_]
+  uint64_t pos_ = 0;   // uncompressed stream position
+  size_t in_pos_ = 0, in_len_ = 0;
+  bool at_member_start_ = true;
+  std::string buf_;  // read ahead for Read
+  size_t buf_pos_ = 0;
+};
+
 }  // namespace
 
 absl::StatusOr<VerifyResult> VerifyLayer(const LayerReader& reader,
                                          const VerifyOptions& options) {
-  BlobSource& src = reader.source();
-  const uint64_t size = src.size();
-  std::unique_ptr<StreamDecompressor> d =
-      StreamDecompressor::New(reader.compression());
   ChunkTracker tracker(reader);
   RETURN_IF_ERROR(tracker.Start());
-  Sha256 diff_hash;
-  Sha256 blob_hash;
-  std::string in(std::max<uint64_t>(options.read_size, 64 << 10), '\0');
-  std::string out(1 << 20, '\0');
-  uint64_t comp = 0;  // compressed offset of in[in_pos]
-  uint64_t pos = 0;   // uncompressed stream position
-  size_t in_pos = 0, in_len = 0;
-  bool at_member_start = true;
-  // Empty files and zero-entry layers: nothing to stream but the TOC.
-  while (true) {
-    if (in_pos == in_len) {
-      if (comp == size) break;
-      in_len = static_cast<size_t>(std::min<uint64_t>(in.size(), size - comp));
-      RETURN_IF_ERROR(src.ReadAt(comp, absl::MakeSpan(in.data(), in_len),
-                                 ReadPriority::kBackground));
-      blob_hash.Update(in.data(), in_len);
-      in_pos = 0;
+  VerifyStream stream(reader, options, &tracker);
+  TarTocCheck toc_check(reader.index());
+  if (options.check_tar) {
+    TarReader tar(&stream);
+    TarHeader h;
+    while (true) {
+      absl::StatusOr<bool> more = tar.Next(&h);
+      if (!more.ok()) {
+        return absl::DataLossError(absl::StrCat(
+            "the layer's uncompressed stream is not a valid tar archive: ",
+            more.status().message()));
+      }
+      if (!*more) break;
+      RETURN_IF_ERROR(toc_check.Header(h));
     }
-    if (at_member_start) {
-      RETURN_IF_ERROR(tracker.MemberStart(comp, pos));
-      at_member_start = false;
-    }
-    absl::StatusOr<StreamDecompressor::Result> r =
-        d->Decompress(absl::string_view(in.data() + in_pos, in_len - in_pos),
-                      absl::MakeSpan(out));
-    if (!r.ok()) return tracker.CorruptAt(comp, r.status());
-    in_pos += r->consumed;
-    comp += r->consumed;
-    if (r->produced > 0) {
-      absl::string_view data(out.data(), r->produced);
-      diff_hash.Update(data);
-      RETURN_IF_ERROR(tracker.Feed(pos, data));
-      pos += r->produced;
-    }
-    if (r->frame_end) at_member_start = true;
   }
-  if (!at_member_start) {
-    return absl::DataLossError(
-        "the blob ends in the middle of a gzip member / zstd frame");
-  }
+  RETURN_IF_ERROR(stream.Drain());
   RETURN_IF_ERROR(tracker.Finish());
+  if (options.check_tar) RETURN_IF_ERROR(toc_check.Finish());
   VerifyResult res;
-  res.diff_id = diff_hash.Finish();
-  res.uncompressed_size = pos;
+  res.diff_id = stream.DiffId();
+  res.uncompressed_size = stream.position();
   res.chunks_verified = tracker.chunks_verified();
   res.files_verified = tracker.files_verified();
-  res.blob_digest = blob_hash.Finish();
+  res.blob_digest = stream.BlobDigest();
   // Empty regular files carry a digest too: check it is sha256("").
   static const Digest kEmpty = Sha256::Of("");
   const LayerIndex& idx = reader.index();

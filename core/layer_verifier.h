@@ -1,6 +1,7 @@
 // Full verification of a layer: every chunk against its digest, every file
-// against its digest, and the DiffID (sha256 of the whole uncompressed
-// stream), in one sequential pass over the blob.
+// against its digest, the TOC against the tar headers of the stream, and
+// the DiffID (sha256 of the whole uncompressed stream), in one sequential
+// pass over the blob.
 //
 // The pass streams the blob through one decompressor, notes the uncompressed
 // position at which each gzip member / zstd frame starts, and so knows where
@@ -33,6 +34,13 @@ struct VerifyResult {
 struct VerifyOptions {
   // Compressed bytes read from the source at a time.
   uint64_t read_size = 4 << 20;
+  // Also read the uncompressed stream as the tar archive it is and check
+  // it against the TOC: every entry of one in the other, with the same
+  // type, mode, owner, size, link target, device numbers, xattrs and
+  // mtime (what a lazy mount shows, from the TOC, must be what a full pull
+  // unpacks, from the tar stream). Off only for synthesized blobs that are
+  // not tar streams.
+  bool check_tar = true;
 };
 
 // Verifies everything; the first failure (in blob order) is returned as
