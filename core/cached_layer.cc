@@ -774,17 +774,20 @@ absl::StatusOr<size_t> CachedLayer::Read(uint32_t inode, uint64_t offset,
           [&](uint32_t ci, const Chunk& c, uint64_t pos, uint64_t in_chunk,
               uint64_t len) -> absl::StatusOr<bool> {
             char* dst = out.data() + (pos - offset);
-            bool hit = false;
-            if (!c.zeros) {
-              ASSIGN_OR_RETURN(hit, cache_->Read(c.digest, c.size, in_chunk,
-                                                 absl::MakeSpan(dst, len)));
+            if (c.zeros) {
+              // (Never filled nor cached: a TOC may declare any size.)
+              if (c.has_digest) RETURN_IF_ERROR(reader_->VerifyZerosChunk(ci));
+              std::memset(dst, 0, len);
+              return true;
             }
+            ASSIGN_OR_RETURN(bool hit, cache_->Read(c.digest, c.size, in_chunk,
+                                                    absl::MakeSpan(dst, len)));
             if (hit) {
               hits_.fetch_add(1);
             } else {
               ASSIGN_OR_RETURN(ChunkData data, GetChunk(ci, priority));
               std::memcpy(dst, data->data() + in_chunk, len);
-              missed = missed || !c.zeros;
+              missed = true;
             }
             return true;
           })

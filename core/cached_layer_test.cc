@@ -206,6 +206,41 @@ TEST(CachedLayerTest, SmallFilesSharingAMemberCostOneInflate) {
   EXPECT_EQ(f.layer->stats().cache_hits, 1u);  // b came with a's fill
 }
 
+// A zeros chunk (zstd:chunked's chunkType "zeros") is never filled: a TOC
+// may declare any size (a 64 GiB one made every read allocate it, and the
+// serving process died of std::bad_alloc). Its digest, when it has one, is
+// still checked.
+TEST(CachedLayerTest, ZerosChunksOfAnySizeAreReadWithoutAllocatingThem) {
+  using namespace testing;
+  const std::string data = "data";
+  auto toc = [&](const std::string& zeros_digest) {
+    return absl::StrCat(
+        R"({"version":1,"entries":[)",
+        R"({"name":"d","type":"reg","size":4,"offset":0,"innerOffset":512,)",
+        R"("digest":")", Sha256::Of(data).ToString(), R"(","chunkDigest":")",
+        Sha256::Of(data).ToString(), R"("},)",
+        R"({"name":"z","type":"reg","size":68719476736,"offset":0,)",
+        R"("chunkType":"zeros")", zeros_digest, "}]}");
+  };
+  const std::string payload = ZstdFrame(TarHeader("d", '0', 4) + data);
+  Fixture f(AssembleZstdChunked(payload, toc("")));
+  std::string out(16, 'x');
+  absl::StatusOr<size_t> n =
+      f.layer->Read(f.Inode("z"), uint64_t{1} << 35, absl::MakeSpan(out));
+  ASSERT_TRUE(n.ok()) << n.status();
+  EXPECT_EQ(*n, 16u);
+  EXPECT_EQ(out, std::string(16, '\0'));
+  EXPECT_EQ(f.Read("d"), "data");
+  // A small zeros chunk whose digest is not that of its zeros: DataLoss.
+  const std::string bad = absl::StrCat(
+      R"({"version":1,"entries":[{"name":"z","type":"reg","size":8,)",
+      R"("offset":0,"chunkType":"zeros","chunkDigest":")",
+      Sha256::Of("12345678").ToString(), R"("}]})");
+  Fixture g(AssembleZstdChunked(payload, bad));
+  n = g.layer->Read(g.Inode("z"), 0, absl::MakeSpan(out));
+  EXPECT_EQ(n.status().code(), absl::StatusCode::kDataLoss) << n.status();
+}
+
 TEST(CachedLayerTest, ABadNeighbourInTheSameMemberFailsAlone) {
   using namespace testing;
   std::string m0 = GzipMember(TarHeader("a", '0', 5));

@@ -248,7 +248,13 @@ absl::Status Extractor::WriteFile(uint32_t d, std::string* buf,
   const auto& chunks = idx_.chunks();
   for (uint32_t ci = n.first_chunk; ci < n.first_chunk + n.num_chunks; ++ci) {
     const Chunk& c = chunks[ci];
-    if (!c.zeros && shared_members_.contains(c.blob_offset)) {
+    if (c.zeros) {
+      // A hole: ftruncate below gives the file its size (nothing the size
+      // of the chunk is allocated: a TOC may declare any size).
+      RETURN_IF_ERROR(r_.VerifyZerosChunk(ci));
+      continue;
+    }
+    if (shared_members_.contains(c.blob_offset)) {
       RETURN_IF_ERROR(ReadSharedChunk(ci, buf, member));
     } else {
       buf->resize(c.size);
@@ -257,6 +263,9 @@ absl::Status Extractor::WriteFile(uint32_t d, std::string* buf,
     if (int err = WriteAllAt(fd.get(), buf->data(), c.size, c.file_offset)) {
       return Fail(err, "write", d);
     }
+  }
+  if (ftruncate(fd.get(), static_cast<off_t>(n.size)) != 0) {
+    return Fail(errno, "truncate", d);
   }
   return ApplyAttrs(dfd.get(), de.name, de.inode, false);
 }

@@ -10,13 +10,16 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cstdlib>
 #include <memory>
 #include <string>
 
+#include "absl/strings/str_cat.h"
 #include "core/layer_reader.h"
 #include "core/layer_writer.h"
 #include "core/memory_blob_source.h"
 #include "core/testing/tar_builder.h"
+#include "core/testing/test_layer.h"
 #include "gtest/gtest.h"
 
 namespace lazypull {
@@ -93,6 +96,31 @@ TEST(ExtractorTest, UnsearchableDirectoriesAsAnUnprivilegedUser) {
   EXPECT_EQ(st.st_mtime, 1100000000);
   ASSERT_EQ(lstat((dest + "/locked/inner/f").c_str(), &st), 0);
   EXPECT_EQ(st.st_size, 4);
+}
+
+// A zeros chunk of any size is written as a hole: a 64 GiB one made
+// extract allocate it (std::bad_alloc).
+TEST(ExtractorTest, ZerosChunksBecomeHoles) {
+  using namespace testing;
+  const std::string toc =
+      absl::StrCat(R"({"version":1,"entries":[{"name":"z","type":"reg",)",
+                   R"("size":68719476736,"offset":0,"chunkType":"zeros"}]})");
+  absl::StatusOr<std::unique_ptr<LayerReader>> r =
+      LayerReader::Open(std::make_shared<MemoryBlobSource>(AssembleZstdChunked(
+                            ZstdFrame(std::string(512, '\0')), toc)),
+                        {});
+  ASSERT_TRUE(r.ok()) << r.status();
+  char tmpl[] = "/tmp/lazypull-extractor-zeros.XXXXXX";
+  ASSERT_NE(mkdtemp(tmpl), nullptr);
+  const std::string dest = std::string(tmpl) + "/x";
+  absl::Status st = ExtractLayer(**r, dest, {});
+  struct stat s;
+  const bool statted = stat((dest + "/z").c_str(), &s) == 0;
+  (void)!std::system(absl::StrCat("rm -rf ", tmpl).c_str());
+  ASSERT_TRUE(st.ok()) << st;
+  ASSERT_TRUE(statted);
+  EXPECT_EQ(s.st_size, int64_t{1} << 36);
+  EXPECT_LT(s.st_blocks, 64);  // a hole, not 64 GiB of zeros
 }
 
 }  // namespace

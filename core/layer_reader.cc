@@ -272,6 +272,28 @@ absl::Status LayerReader::VerifyChunk(uint32_t chunk,
   return absl::OkStatus();
 }
 
+absl::Status LayerReader::VerifyZerosChunk(uint32_t chunk) const {
+  const Chunk& c = index_.chunks()[chunk];
+  if (!c.zeros) {
+    return absl::InvalidArgumentError("VerifyZerosChunk: not a zeros chunk");
+  }
+  if (!c.has_digest) return absl::OkStatus();
+  static const std::string kZeros(1 << 20, '\0');
+  Sha256 h;
+  for (uint64_t left = c.size; left > 0;) {
+    const uint64_t n = std::min<uint64_t>(left, kZeros.size());
+    h.Update(kZeros.data(), n);
+    left -= n;
+  }
+  const Digest got = h.Finish();
+  if (got != c.digest) {
+    return absl::DataLossError(
+        absl::StrCat(DescribeChunk(chunk), " does not match its digest: got ",
+                     got.ToString(), ", want ", c.digest.ToString()));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status LayerReader::DecodeChunk(uint32_t chunk, absl::string_view extent,
                                       absl::Span<char> out) const {
   const Chunk& c = index_.chunks()[chunk];

@@ -80,6 +80,11 @@ class LayerReader {
 
   // Checks `data` (a chunk's bytes) against the chunk's digest.
   absl::Status VerifyChunk(uint32_t chunk, absl::string_view data) const;
+  // For a zeros chunk (zstd:chunked's chunkType "zeros": its bytes are
+  // zeros, none stored): checks its digest, if it has one, hashing the
+  // zeros a piece at a time (a TOC may declare any size; nothing the size
+  // of the chunk is allocated). OK for a zeros chunk without a digest.
+  absl::Status VerifyZerosChunk(uint32_t chunk) const;
 
   // "file \"a/b\", chunk at offset N (M bytes, blob offset B)": for errors
   // and log lines.
