@@ -49,8 +49,17 @@ absl::Status SetNodeXattrs(
 
 absl::Status SetNodeMode(int dirfd, const std::string& name, uint32_t mode,
                          absl::string_view display) {
+  // Through an O_PATH descriptor of the node itself: fchmodat follows a
+  // symlink, and one swapped in for the node (by whoever may write to the
+  // directory) would take the mode to its target, outside the tree.
   const char* nm = name.empty() ? "." : name.c_str();
-  if (fchmodat(dirfd, nm, mode & 07777, 0) != 0) {
+  ScopedFd fd(openat(dirfd, nm, O_PATH | O_NOFOLLOW | O_CLOEXEC));
+  if (!fd.valid()) return Fail(errno, "chmod", display);
+  struct stat st;
+  if (fstat(fd.get(), &st) != 0) return Fail(errno, "chmod", display);
+  if (S_ISLNK(st.st_mode)) return absl::OkStatus();  // (modes of links: none)
+  if (chmod(absl::StrCat("/proc/self/fd/", fd.get()).c_str(), mode & 07777) !=
+      0) {
     return Fail(errno, "chmod", display);
   }
   return absl::OkStatus();
