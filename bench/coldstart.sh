@@ -437,7 +437,7 @@ measure_mount() {
   # (measure_pull), on tmpfs: the filesystem out of the comparison (this VM's journal-less ext4
   # scans every inode deleted in the last minute to create one: runs that extract thousands of
   # files right after others deleted as many pay for it).
-  if [ "${CACHE_TMPFS:-0}" = 1 ]; then mkdir -p "$W/cache" && mount -t tmpfs -o size=1g tmpfs "$W/cache"; fi
+  if [ "${CACHE_TMPFS:-0}" = 1 ]; then mkdir -p "$W/cache" && mount -t tmpfs -o size=1g,mode=700 tmpfs "$W/cache"; fi
   mkdir -p "$W/mnt"
   drop_caches
   reset_counters

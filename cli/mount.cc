@@ -379,7 +379,8 @@ int MountMain(int argc, char** argv) {
   const std::string log_file =
       args->GetOr("log-file", absl::StrCat(cache_dir, "/lazypull.log"));
   int devnull = open("/dev/null", O_RDWR);
-  int logfd = open(log_file.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0600);
+  int logfd =
+      open(log_file.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_NOFOLLOW, 0600);
   dup2(devnull, 0);
   dup2(devnull, 1);
   if (logfd >= 0) dup2(logfd, 2);

@@ -103,8 +103,18 @@ pid_t PackWriterPid(absl::string_view name) {
 
 absl::StatusOr<uint64_t> ReadPackIndex(const std::string& path, uint64_t from,
                                        std::vector<PackRecord>* out) {
-  int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  // (Not a fifo, a device or a link someone left there: a regular file,
+  // of a size a pack's records can have.)
+  int fd = open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
   if (fd < 0) return ErrnoToStatus(errno, absl::StrCat("open ", path));
+  struct stat info;
+  if (fstat(fd, &info) != 0 || !S_ISREG(info.st_mode) ||
+      static_cast<uint64_t>(info.st_size) > kMaxPackIndexBytes) {
+    close(fd);
+    return absl::DataLossError(
+        absl::StrCat(path, " is not a pack index (not a regular file, or over ",
+                     kMaxPackIndexBytes, " bytes)"));
+  }
   std::string buf;
   char block[64 * kPackRecordSize];
   uint64_t pos = from;

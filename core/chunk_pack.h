@@ -41,6 +41,9 @@ struct PackRecord {
 };
 
 inline constexpr size_t kPackRecordSize = 48;
+// A pack index larger than this is refused: no pack holds a million chunks.
+inline constexpr uint64_t kMaxPackIndexBytes =
+    uint64_t{1 << 20} * kPackRecordSize;
 
 class PackWriter {
  public:

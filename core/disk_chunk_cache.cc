@@ -27,6 +27,42 @@
 namespace lazypull {
 namespace {
 
+// A cache directory, and the chunks/, packs/ and tmp/ in it, must be real
+// directories (those three not symlinks) owned by this user that no other
+// user may write to: the cache's files are created, read, trusted and
+// deleted by name, and a symlink planted there by another user would take
+// those writes and deletes anywhere (a world-writable /tmp/cache, a tmpfs
+// mount's 1777 root).
+absl::Status CheckCacheDirOwnership(const std::string& dir) {
+  for (const char* sub : {"", "/chunks", "/packs", "/tmp"}) {
+    const std::string path = dir + sub;
+    struct stat st;
+    // (The directory itself may be reached through a symlink its user
+    // chose; what is inside it, never.)
+    const int rc =
+        *sub == '\0' ? stat(path.c_str(), &st) : lstat(path.c_str(), &st);
+    if (rc != 0) return ErrnoToStatus(errno, absl::StrCat("stat ", path));
+    if (!S_ISDIR(st.st_mode)) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "cache directory ", path, " is not a directory (a symlink?)"));
+    }
+    if (st.st_uid != geteuid()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("cache directory ", path, " belongs to uid ", st.st_uid,
+                       ", not to this user (", geteuid(),
+                       "): another user could plant files in it"));
+    }
+    if ((st.st_mode & (S_IWGRP | S_IWOTH)) != 0) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "cache directory ", path, " is writable by other users (mode ",
+          absl::Hex(st.st_mode & 07777),
+          "): chmod go-w it, or choose "
+          "another --cache-dir"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::Status MkdirP(const std::string& path) {
   for (size_t i = 1; i <= path.size(); ++i) {
     if (i == path.size() || path[i] == '/') {
@@ -123,6 +159,7 @@ absl::Status DiskChunkCache::Load() {
   RETURN_IF_ERROR(MkdirP(dir_ + "/chunks"));
   RETURN_IF_ERROR(MkdirP(dir_ + "/tmp"));
   RETURN_IF_ERROR(MkdirP(dir_ + "/packs"));
+  RETURN_IF_ERROR(CheckCacheDirOwnership(dir_));
   // All 256 fan-out directories up front: no mkdir on the write path.
   static constexpr char kHex[] = "0123456789abcdef";
   for (int i = 0; i < 256; ++i) {
@@ -133,7 +170,8 @@ absl::Status DiskChunkCache::Load() {
     }
   }
   std::string lock = dir_ + "/lock";
-  lock_fd_ = open(lock.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  lock_fd_ =
+      open(lock.c_str(), O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
   if (lock_fd_ < 0) return ErrnoToStatus(errno, absl::StrCat("open ", lock));
   // Stray writes of dead processes: <hex>.<pid>.<seq>.
   ForEachEntry(dir_ + "/tmp", [&](const std::string& name) {

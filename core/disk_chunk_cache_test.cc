@@ -621,6 +621,51 @@ TEST(DiskChunkCachePackTest, ConcurrentReadersWritersAndEvictionsOfPacks) {
   EXPECT_LE((*c)->Usage().bytes, o.capacity);
 }
 
+// A cache directory another user could plant files in is refused (its
+// files are created, trusted and deleted by name: a planted symlink took
+// those writes and deletes outside it); so are chunks/, packs/, tmp/ that
+// are not real directories.
+TEST(DiskChunkCacheTest, RefusesADirectoryOthersCouldPlantFilesIn) {
+  const std::string open_dir = TempDir();
+  ASSERT_EQ(chmod(open_dir.c_str(), 01777), 0);
+  absl::Status s = DiskChunkCache::Open(open_dir).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
+  EXPECT_NE(std::string(s.message()).find("writable by other users"),
+            std::string::npos)
+      << s;
+  // (Another user's directory: where this test may give one away.)
+  const std::string theirs = TempDir();
+  if (chown(theirs.c_str(), 65534, 65534) == 0) {
+    s = DiskChunkCache::Open(theirs).status();
+    EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
+    EXPECT_NE(std::string(s.message()).find("belongs to uid 65534"),
+              std::string::npos)
+        << s;
+  }
+  const std::string linked = TempDir(), elsewhere = TempDir();
+  ASSERT_EQ(symlink(elsewhere.c_str(), (linked + "/packs").c_str()), 0);
+  s = DiskChunkCache::Open(linked).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
+  EXPECT_EQ(CountFiles(elsewhere), 0u);
+}
+
+// A pack index that is a fifo, or a sparse terabyte, is not a pack index:
+// the cache opens (it hung on the fifo, and read the terabyte whole).
+TEST(DiskChunkCachePackTest, IndexesThatAreNotFilesAreIgnored) {
+  std::string dir = TempDir();
+  { ASSERT_TRUE(DiskChunkCache::Open(dir).ok()); }
+  const std::string packs = dir + "/packs/" + std::to_string(getpid());
+  ASSERT_EQ(mkfifo((packs + "-1-0.idx").c_str(), 0600), 0);
+  std::ofstream(packs + "-1-0.pack");
+  { std::ofstream big(packs + "-2-0.idx"); }
+  ASSERT_EQ(truncate((packs + "-2-0.idx").c_str(), off_t{1} << 40), 0);
+  std::ofstream(packs + "-2-0.pack");
+  auto c = DiskChunkCache::Open(dir);
+  ASSERT_TRUE(c.ok()) << c.status();
+  const std::string a = Chunk(7, 1000);
+  ASSERT_TRUE((*c)->Insert(Sha256::Of(a), a).ok());
+}
+
 // A pack left empty by a writer that died, and an index whose pack is
 // gone, are removed at the next Open; a live writer's empty pack stays.
 TEST(DiskChunkCachePackTest, LeftoversOfDeadWritersAreRemoved) {
