@@ -752,7 +752,13 @@ absl::Status DiskChunkCache::InsertShared(
       pending_bytes_ += data->size();
     }
   }
-  if (inline_write) return WriteChunk(d, *data);
+  if (inline_write) {
+    // (The caller's buffer itself: a copy doubled the memory a huge chunk
+    // holds while it is written.)
+    std::vector<Job> one;
+    one.push_back(Job{d, std::move(data)});
+    return WriteChunks(one);
+  }
   {
     std::lock_guard<std::mutex> l(q_mu_);
     queue_.push_back(Job{d, std::move(data)});
@@ -836,14 +842,6 @@ void DiskChunkCache::WriterLoop() {
 void DiskChunkCache::Flush() {
   std::unique_lock<std::mutex> l(q_mu_);
   q_done_cv_.wait(l, [&] { return queue_.empty() && writing_ == 0; });
-}
-
-absl::Status DiskChunkCache::WriteChunk(const Digest& d,
-                                        absl::string_view data) {
-  std::vector<Job> one;
-  one.push_back(
-      Job{d, std::make_shared<const std::string>(data.data(), data.size())});
-  return WriteChunks(one);
 }
 
 absl::Status DiskChunkCache::WriteChunks(const std::vector<Job>& jobs) {

@@ -204,7 +204,6 @@ class DiskChunkCache final : public ChunkCache {
       : dir_(std::move(dir)), options_(options) {}
   absl::Status Load();
   void WriterLoop();
-  absl::Status WriteChunk(const Digest& d, absl::string_view data);
   // Writes a batch to tmp/, makes it durable with one syncfs, publishes it.
   absl::Status WriteChunks(const std::vector<Job>& jobs);
   // Writes chunks to files of their own (WriteChunks' file half).
