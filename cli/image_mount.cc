@@ -1000,7 +1000,10 @@ absl::Status ServeImage(
     }
 
     // 3. Bottom first: serve the lazy layers, pull the others.
+    // layers[visible_from...] are those no opaque root above hides.
+    size_t visible_from = 0;
     for (Plan& plan : plans) {
+      bool root_opaque = false;
       auto& m = plan.m;
       const Descriptor& d = m->desc;
       std::string why = plan.why;
@@ -1041,8 +1044,14 @@ absl::Status ServeImage(
         fo.state_digest = fo.state_name;
         fo.user_overlay_xattrs = false;  // a root overlay uses trusted.*
         fo.stacked = true;
-        for (auto it = layers.rbegin(); it != layers.rend(); ++it) {
-          fo.lower_dirs.push_back((*it)->dir);
+        // (A layer whose root is opaque has nothing below it.)
+        root_opaque = shared_reader->index()
+                          .Lookup(LayerIndex::kRoot, ".wh..wh..opq")
+                          .has_value();
+        if (!root_opaque) {
+          for (size_t i = layers.size(); i-- > visible_from;) {
+            fo.lower_dirs.push_back(layers[i]->dir);
+          }
         }
         fo.push_pages = push_pages;
         if (mkdir(m->dir.c_str(), 0755) != 0) {
@@ -1074,18 +1083,28 @@ absl::Status ServeImage(
               u.status().code(),
               absl::StrCat(LayerName(*m, n), ": ", u.status().message()));
         }
+        root_opaque = std::find(u->opaque_dirs.begin(), u->opaque_dirs.end(),
+                                "") != u->opaque_dirs.end();
         std::vector<std::string> lowers;
-        for (const auto& l : layers) lowers.push_back(l->dir);
+        for (size_t i = visible_from; i < layers.size() && !root_opaque; ++i) {
+          lowers.push_back(layers[i]->dir);
+        }
         RETURN_IF_ERROR(MakeOverlayLower(m->dir, *u, lowers));
       }
       layers.push_back(std::move(m));
+      // An opaque root (the layer's "./.wh..wh..opq") hides every layer
+      // below: overlayfs ignores the mark on a lower layer's root, so they
+      // are left out of the stack (one layer left is bind-mounted).
+      if (root_opaque) visible_from = layers.size() - 1;
     }
 
     RETURN_IF_ERROR(join_config());
     t_layers = absl::Now();
     // Assemble MOUNTPOINT.
     std::vector<std::string> lowers;
-    for (const auto& m : layers) lowers.push_back(m->dir);
+    for (size_t i = visible_from; i < layers.size(); ++i) {
+      lowers.push_back(layers[i]->dir);
+    }
     RETURN_IF_ERROR(MountLayerStack(lowers, mountpoint));
     overlay_mounted = true;
     if (std::optional<MountEntry> top = TopMountAt(mountpoint)) {

@@ -661,6 +661,46 @@ TEST_F(RegistryMountTest, LayersOwnOverlayXattrs) {
   }
 }
 
+// A layer whose root is opaque ("./.wh..wh..opq") hides every layer below
+// it, also when it is the top one (overlayfs ignores the mark on a lower
+// root; with one layer left the mount showed the lower layers' files, where
+// pull showed none).
+TEST_F(RegistryMountTest, AnOpaqueRootHidesTheLayersBelow) {
+  for (bool plain_upper : {false, true}) {
+    SCOPED_TRACE(plain_upper ? "plain upper" : "lazy upper");
+    TarBuilder lower, upper;
+    lower.Dir("./").File("x", "x").Dir("d/").File("d/y", "y");
+    upper.File(".wh..wh..opq", "").File("n", "n").Dir("d/").File("d/.wh.y", "");
+    const std::string mnt = dir_ + "/mnt-opq" + (plain_upper ? "-p" : "");
+    std::string ref;
+    testing::RunResult m =
+        MountTwoLayers(&lower, &upper, plain_upper, mnt, &ref);
+    ASSERT_EQ(m.exit_code, 0) << m.err << m.out;
+    const std::string pulled = mnt + "-pulled";
+    testing::RunResult p =
+        testing::Run({bin_, "pull", ref, pulled, "--ca-file", reg_->ca_file()});
+    ASSERT_EQ(p.exit_code, 0) << p.err << p.out;
+    for (const std::string& root : {mnt, pulled}) {
+      SCOPED_TRACE(root);
+      std::vector<std::string> names;
+      for (const std::string& dir : {root, root + "/d"}) {
+        if (DIR* dd = opendir(dir.c_str())) {
+          while (struct dirent* e = readdir(dd)) {
+            if (e->d_name[0] != '.') names.push_back(e->d_name);
+          }
+          closedir(dd);
+        }
+      }
+      std::sort(names.begin(), names.end());
+      EXPECT_EQ(names, (std::vector<std::string>{"d", "n"}));
+      EXPECT_EQ(ReadAll(root + "/n"), "n");
+    }
+    testing::RunResult u = testing::Run({bin_, "unmount", mnt});
+    EXPECT_EQ(u.exit_code, 0) << u.err;
+    mounts_.clear();
+  }
+}
+
 // The prioritized files (before the prefetch landmark) are fetched before
 // `mount --wait-prefetch` returns, without any read.
 TEST_F(RegistryMountTest, WaitPrefetchFetchesThePrioritizedFiles) {
