@@ -298,6 +298,17 @@ class RegistryMountTest : public ::testing::Test {
     return Mount(r, mnt, {"--no-background-fetch"});
   }
 
+  // MountTwoLayers, and `pull` of the same image into mnt + "-pulled".
+  void MountAndPullTwoLayers(TarBuilder* lower, TarBuilder* upper,
+                             bool plain_upper, const std::string& mnt) {
+    std::string ref;
+    testing::RunResult m = MountTwoLayers(lower, upper, plain_upper, mnt, &ref);
+    ASSERT_EQ(m.exit_code, 0) << m.err << m.out;
+    testing::RunResult p = testing::Run(
+        {bin_, "pull", ref, mnt + "-pulled", "--ca-file", reg_->ca_file()});
+    ASSERT_EQ(p.exit_code, 0) << p.err << p.out;
+  }
+
   // A directory an upper layer only implies (a file beneath it, no entry
   // of its own) keeps the attributes the layer below gives it, as
   // containerd's unpack (and `pull`) keep them; it showed 0755, root, time
@@ -635,14 +646,9 @@ TEST_F(RegistryMountTest, LayersOwnOverlayXattrs) {
     e.xattrs = {{"trusted.overlay.redirect", "/secret"}};
     upper.Add(e);
     const std::string mnt = dir_ + "/mnt-ovx" + (plain_upper ? "-p" : "");
-    std::string ref;
-    testing::RunResult m =
-        MountTwoLayers(&lower, &upper, plain_upper, mnt, &ref);
-    ASSERT_EQ(m.exit_code, 0) << m.err << m.out;
+    MountAndPullTwoLayers(&lower, &upper, plain_upper, mnt);
+    if (HasFatalFailure()) return;
     const std::string pulled = mnt + "-pulled";
-    testing::RunResult p =
-        testing::Run({bin_, "pull", ref, pulled, "--ca-file", reg_->ca_file()});
-    ASSERT_EQ(p.exit_code, 0) << p.err << p.out;
     for (const std::string& root : {mnt, pulled}) {
       SCOPED_TRACE(root);
       struct stat st;
@@ -672,14 +678,9 @@ TEST_F(RegistryMountTest, AnOpaqueRootHidesTheLayersBelow) {
     lower.Dir("./").File("x", "x").Dir("d/").File("d/y", "y");
     upper.File(".wh..wh..opq", "").File("n", "n").Dir("d/").File("d/.wh.y", "");
     const std::string mnt = dir_ + "/mnt-opq" + (plain_upper ? "-p" : "");
-    std::string ref;
-    testing::RunResult m =
-        MountTwoLayers(&lower, &upper, plain_upper, mnt, &ref);
-    ASSERT_EQ(m.exit_code, 0) << m.err << m.out;
+    MountAndPullTwoLayers(&lower, &upper, plain_upper, mnt);
+    if (HasFatalFailure()) return;
     const std::string pulled = mnt + "-pulled";
-    testing::RunResult p =
-        testing::Run({bin_, "pull", ref, pulled, "--ca-file", reg_->ca_file()});
-    ASSERT_EQ(p.exit_code, 0) << p.err << p.out;
     for (const std::string& root : {mnt, pulled}) {
       SCOPED_TRACE(root);
       std::vector<std::string> names;
