@@ -378,7 +378,8 @@ std::shared_ptr<absl::Mutex> RegistryAuth::FlightFor(const std::string& key) {
 
 absl::Status RegistryAuth::HandleUnauthorized(
     absl::string_view registry, absl::string_view host, absl::string_view scope,
-    const std::vector<std::string>& challenges, absl::string_view sent) {
+    const std::vector<std::string>& challenges, absl::string_view sent,
+    bool over_tls) {
   std::vector<AuthChallenge> parsed;
   for (const std::string& h : challenges) {
     for (AuthChallenge& c : ParseWwwAuthenticate(h))
@@ -407,6 +408,7 @@ absl::Status RegistryAuth::HandleUnauthorized(
     }
     HostState hs;
     hs.realm = realm->second;
+    hs.over_tls = over_tls;
     if (auto s = bearer->params.find("service"); s != bearer->params.end()) {
       hs.service = s->second;
     }
@@ -489,6 +491,15 @@ absl::StatusOr<RegistryAuth::Token> RegistryAuth::FetchToken(
     absl::string_view registry, const HostState& hs,
     const std::vector<std::string>& scopes) {
   ASSIGN_OR_RETURN(std::optional<Credentials> creds, CredsFor(registry));
+  if (creds && hs.over_tls &&
+      absl::StartsWith(absl::AsciiStrToLower(hs.realm), "http://")) {
+    return absl::UnauthenticatedError(
+        absl::StrCat("the registry ", registry,
+                     ", reached over HTTPS, names a plain-HTTP "
+                     "token realm (",
+                     hs.realm, "): the credentials from ", creds->source,
+                     " are not sent over plain HTTP"));
+  }
   HttpRequest req;
   req.retry = opts_.retry;
   if (opts_.realm_tls) req.tls = opts_.realm_tls(hs.realm);
@@ -585,6 +596,15 @@ absl::StatusOr<RegistryAuth::Token> RegistryAuth::FetchToken(
       value.empty()) {
     return absl::UnauthenticatedError(absl::StrCat(
         "the token service ", req.Describe(), " answered without a token"));
+  }
+  // RFC 6750's b64token: what may follow "Bearer " in a header line.
+  for (char ch : value) {
+    if (!absl::ascii_isalnum(static_cast<unsigned char>(ch)) &&
+        !absl::StrContains("-._~+/=", ch)) {
+      return absl::UnauthenticatedError(absl::StrCat(
+          "the token service ", req.Describe(),
+          " answered a token with characters a Bearer token cannot hold"));
+    }
   }
   int64_t expires_in = 60;  // the distribution spec's default
   int64_t e;

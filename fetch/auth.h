@@ -122,11 +122,16 @@ class RegistryAuth {
   // After a 401 from `host`: learns the challenge and obtains what it asks
   // for (dropping the token that was refused, if `sent` was one). Returns
   // Unauthenticated, saying what to do, when retrying cannot help.
+  // `over_tls`: the 401 came over HTTPS; credentials then never go to a
+  // plain-HTTP token realm (a downgrade the registry's answer may not
+  // impose). A token whose characters are not RFC 6750's is refused (one
+  // with CR LF would inject headers into every later request).
   absl::Status HandleUnauthorized(absl::string_view registry,
                                   absl::string_view host,
                                   absl::string_view scope,
                                   const std::vector<std::string>& challenges,
-                                  absl::string_view sent);
+                                  absl::string_view sent,
+                                  bool over_tls = false);
 
   // The final error when `host` still answers 401 to a request that carried
   // `sent` (what was answered to the first 401): names the credentials'
@@ -140,6 +145,7 @@ class RegistryAuth {
  private:
   struct HostState {
     bool basic = false;
+    bool over_tls = false;  // the challenge came over HTTPS
     std::string realm, service;
   };
   struct Token {

@@ -304,7 +304,8 @@ absl::StatusOr<std::unique_ptr<HttpBodyReader>> RegistryClient::SendOnHost(
           (*r)->response().headers.GetAll("www-authenticate");
       r->reset();  // the error body is not needed
       RETURN_IF_ERROR(
-          auth_.HandleUnauthorized(key, h.host, scope, challenges, authz));
+          auth_.HandleUnauthorized(key, h.host, scope, challenges, authz,
+                                   /*over_tls=*/h.scheme == "https"));
       continue;
     }
     return r;

@@ -987,6 +987,73 @@ TEST_F(RegistryTest, RefreshTokenNeverLeavesTheRealmsOrigin) {
   EXPECT_EQ(elsewhere.load(), 0);
 }
 
+// A token is what may follow "Bearer " in a header line (RFC 6750): one
+// holding CR LF injected a header (or a whole second request) into every
+// later request to the registry.
+TEST_F(RegistryTest, TokensThatWouldInjectHeadersAreRefused) {
+  auto realm =
+      LoopbackHttpServer::Start([&](const TestRequest&, TestResponse* r) {
+        r->body = R"({"token":"abc\r\nX-Injected: yes"})";
+      });
+  ASSERT_TRUE(realm.ok());
+  std::atomic<int> injected{0};
+  auto registry =
+      LoopbackHttpServer::Start([&](const TestRequest& q, TestResponse* r) {
+        if (q.headers.count("x-injected") != 0) injected.fetch_add(1);
+        r->status = 401;
+        r->headers.push_back(
+            {"WWW-Authenticate",
+             absl::StrCat("Bearer realm=\"", (*realm)->url(), "/token\"")});
+      });
+  ASSERT_TRUE(registry.ok());
+  const std::string host = absl::StrCat("127.0.0.1:", (*registry)->port());
+  auto m = PlainClientWithConfig(host + "/r/app:v1", TestDir("inject"))
+               ->ResolveManifest();
+  ASSERT_FALSE(m.ok());
+  EXPECT_TRUE(absl::StrContains(m.status().message(), "cannot hold"))
+      << m.status();
+  EXPECT_EQ(injected.load(), 0);
+}
+
+// A registry reached over HTTPS that names a plain-HTTP token realm does
+// not get the user's credentials sent there in the clear (an anonymous
+// token request may go).
+TEST_F(RegistryTest, CredentialsNeverGoToAPlainHttpRealmOfAnHttpsRegistry) {
+  std::atomic<int> with_creds{0}, without{0};
+  auto realm =
+      LoopbackHttpServer::Start([&](const TestRequest& q, TestResponse* r) {
+        (q.headers.count("authorization") ? with_creds : without).fetch_add(1);
+        r->body = R"({"token":"T"})";
+      });
+  ASSERT_TRUE(realm.ok());
+  const std::string registry = "registry.example:443";
+  const std::string cfg =
+      WriteDockerConfig(TestDir("downgrade"), registry, "dave", "secret");
+  CredentialStore::Options co;
+  co.docker_config_dir = cfg;
+  co.podman_auth_file = "/nonexistent";
+  CredentialStore creds(co);
+  auto http = CurlHttpTransport::Create();
+  ASSERT_TRUE(http.ok());
+  RegistryAuth::Options ao;
+  ao.http = http->get();
+  ao.credentials = &creds;
+  RegistryAuth auth(ao);
+  const std::vector<std::string> challenge = {
+      absl::StrCat("Bearer realm=\"", (*realm)->url(), "/token\"")};
+  absl::Status s =
+      auth.HandleUnauthorized(registry, registry, "repository:r/app:pull",
+                              challenge, "", /*over_tls=*/true);
+  EXPECT_EQ(s.code(), absl::StatusCode::kUnauthenticated) << s;
+  EXPECT_TRUE(absl::StrContains(s.message(), "not sent over plain HTTP")) << s;
+  EXPECT_EQ(with_creds.load() + without.load(), 0);
+  // Over plain HTTP already (--plain-http), the realm gets them.
+  s = auth.HandleUnauthorized(registry, registry, "repository:r/app:pull",
+                              challenge, "", /*over_tls=*/false);
+  EXPECT_TRUE(s.ok()) << s;
+  EXPECT_EQ(with_creds.load(), 1);
+}
+
 // hosts.toml's [header] table goes with every request to the registry,
 // not to the storage host it redirects blob reads to.
 TEST_F(RegistryTest, HostsConfigHeadersGoToTheirHostOnly) {
