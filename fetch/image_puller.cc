@@ -3,6 +3,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -13,6 +14,8 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
@@ -284,6 +287,26 @@ absl::StatusOr<PullResult> PullImage(RegistryClient* client,
   }
   const std::string work_name = Basename(work);
   RETURN_IF_ERROR(RemoveTreeAt(parent_fd.get(), work_name, work));
+  // Work directories of earlier pulls into DIR that were killed (a signal
+  // skips the clean-up below) go too, once their process is gone.
+  const std::string stale_prefix =
+      absl::StrCat(".", Basename(dir), ".lazypull-pull.");
+  std::vector<std::string> stale;
+  if (DIR* d = fdopendir(dup(parent_fd.get()))) {
+    while (struct dirent* e = readdir(d)) {
+      const absl::string_view name = e->d_name;
+      int pid = 0;
+      if (absl::StartsWith(name, stale_prefix) &&
+          absl::SimpleAtoi(name.substr(stale_prefix.size()), &pid) && pid > 0 &&
+          kill(pid, 0) != 0 && errno == ESRCH) {
+        stale.emplace_back(name);
+      }
+    }
+    closedir(d);
+  }
+  for (const std::string& name : stale) {
+    (void)RemoveTreeAt(parent_fd.get(), name, absl::StrCat(parent, "/", name));
+  }
   if (mkdir(work.c_str(), 0700) != 0) {
     return ErrnoToStatus(errno, absl::StrCat("mkdir ", work));
   }

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
+#include <sys/wait.h>
 #include <sys/xattr.h>
 #include <unistd.h>
 
@@ -365,6 +366,34 @@ TEST_F(PullTest, CorruptBlobFailsAndLeavesNothing) {
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_TRUE(Snapshot(out).empty());
   EXPECT_TRUE(Leftovers(parent).empty());
+}
+
+// The work directory of an earlier pull into DIR that was killed (a
+// signal skips the clean-up) goes at the next pull once its process is
+// gone; a live pull's stays.
+TEST_F(PullTest, WorkDirsOfKilledPullsAreRemoved) {
+  auto reg = StartRegistry();
+  ASSERT_NE(reg, nullptr);
+  Push(*reg, "stale/app", {Layer1()});
+  const std::string parent = TestDir("stale");
+  const std::string out = parent + "/rootfs";
+  pid_t dead = fork();
+  if (dead == 0) _exit(0);
+  ASSERT_GT(dead, 0);
+  waitpid(dead, nullptr, 0);  // a pid whose process is gone
+  const std::string stale =
+      absl::StrCat(parent, "/.rootfs.lazypull-pull.", dead);
+  const std::string live =
+      absl::StrCat(parent, "/.rootfs.lazypull-pull.", getpid());
+  for (const std::string& d : {stale, live}) {
+    ASSERT_EQ(mkdir(d.c_str(), 0700), 0);
+    std::ofstream(d + "/partial") << "x";
+  }
+  auto r = Pull({"--plain-http", reg->host() + "/stale/app:v1", out});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  struct stat st;
+  EXPECT_NE(lstat(stale.c_str(), &st), 0) << "a killed pull's work dir stayed";
+  EXPECT_EQ(lstat(live.c_str(), &st), 0);
 }
 
 TEST_F(PullTest, WrongDiffIdFails) {
