@@ -3,6 +3,9 @@
 #include <simdjson.h>
 #include <sys/utsname.h>
 
+#include <optional>
+
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -37,6 +40,25 @@ std::string Str(element e, const char* key) {
   return std::string(s);
 }
 
+// The first key an object holds twice, if any, anywhere in `e`: readers
+// disagree on which one counts (simdjson and this code take the first, Go
+// and Python the last), so such a document means different images to
+// different clients.
+std::optional<std::string> DuplicateKey(element e) {
+  if (e.is_object()) {
+    absl::flat_hash_set<std::string_view> keys;
+    for (auto field : object(e)) {
+      if (!keys.insert(field.key).second) return std::string(field.key);
+      if (auto d = DuplicateKey(field.value)) return d;
+    }
+  } else if (e.is_array()) {
+    for (element v : simdjson::dom::array(e)) {
+      if (auto d = DuplicateKey(v)) return d;
+    }
+  }
+  return std::nullopt;
+}
+
 absl::StatusOr<element> ParseObject(simdjson::dom::parser& parser,
                                     absl::string_view json,
                                     absl::string_view what) {
@@ -49,6 +71,11 @@ absl::StatusOr<element> ParseObject(simdjson::dom::parser& parser,
   if (!root.is_object()) {
     return absl::InvalidArgumentError(
         absl::StrCat(what, " is not a JSON object"));
+  }
+  if (std::optional<std::string> key = DuplicateKey(root)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        what, " holds the key \"", *key,
+        "\" twice in one object (clients disagree on which one counts)"));
   }
   return root;
 }

@@ -144,5 +144,33 @@ TEST(ManifestTest, Rejects) {
   EXPECT_FALSE(ParseImageConfig("{\"rootfs\":{}}").ok());
 }
 
+// A key held twice in one object, at any depth: Go and Python take the
+// last, simdjson the first, so the document means different images to
+// different clients ("layers":[L] then "layers":[] pulled L here and
+// nothing elsewhere).
+TEST(ManifestTest, DuplicateKeysAreRefused) {
+  const std::string layer = std::string("{\"mediaType\":\"l\",\"digest\":\"") +
+                            kD2 + "\",\"size\":7}";
+  const std::string config = std::string("{\"mediaType\":\"x\",\"digest\":\"") +
+                             kD1 + "\",\"size\":5}";
+  const std::string ok = "{\"schemaVersion\":2,\"config\":" + config +
+                         ",\"layers\":[" + layer + "]}";
+  ASSERT_TRUE(ParseImageManifest(ok).ok());
+  absl::Status s =
+      ParseImageManifest("{\"schemaVersion\":2,\"config\":" + config +
+                         ",\"layers\":[" + layer + "],\"layers\":[]}")
+          .status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_NE(std::string(s.message()).find("\"layers\" twice"),
+            std::string::npos)
+      << s;
+  // Inside a descriptor of the array.
+  std::string nested = layer;
+  nested.insert(nested.size() - 1, ",\"size\":8");
+  EXPECT_FALSE(ParseImageManifest("{\"schemaVersion\":2,\"config\":" + config +
+                                  ",\"layers\":[" + nested + "]}")
+                   .ok());
+}
+
 }  // namespace
 }  // namespace lazypull
