@@ -619,6 +619,41 @@ IndexImage MakeIndex(FakeReader* r) {
   return x;
 }
 
+// An index listing one entry many times (same digest and platform) is
+// converted once: the layer is read once, every entry names the result.
+TEST_F(ImageConverterTest, RepeatedIndexEntriesAreConvertedOnce) {
+  FakeReader r;
+  IndexImage x = MakeIndex(&r);
+  const std::string entry =
+      DescJson(x.amd64.manifest,
+               ",\"platform\":{\"architecture\":\"amd64\",\"os\":\"linux\"}");
+  auto convert = [&](int copies, std::string* out) {
+    std::string many;
+    for (int i = 0; i < copies; ++i)
+      absl::StrAppend(&many, i ? "," : "", entry);
+    r.root =
+        r.Add(kOciIndexType,
+              absl::StrCat("{\"schemaVersion\":2,\"mediaType\":\"",
+                           kOciIndexType, "\",\"manifests\":[", many, "]}"));
+    r.blob_reads = 0;
+    FakeWriter w;
+    absl::StatusOr<ImageConvertReport> rep = ConvertImage(&r, &w, Options());
+    EXPECT_TRUE(rep.ok()) << rep.status();
+    *out = w.tagged_bytes;
+    return r.blob_reads;
+  };
+  std::string one, fifty;
+  const int reads_for_one = convert(1, &one);
+  EXPECT_EQ(convert(50, &fifty), reads_for_one);
+  absl::StatusOr<ImageIndex> a = ParseImageIndex(one),
+                             b = ParseImageIndex(fifty);
+  ASSERT_TRUE(a.ok() && b.ok());
+  ASSERT_EQ(b->manifests.size(), 50u);
+  for (const Descriptor& d : b->manifests) {
+    EXPECT_EQ(d.digest, a->manifests[0].digest);
+  }
+}
+
 TEST_F(ImageConverterTest, IndexKeepsEveryPlatform) {
   FakeReader r;
   IndexImage x = MakeIndex(&r);
