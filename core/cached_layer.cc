@@ -756,6 +756,17 @@ absl::StatusOr<bool> CachedLayer::ForEachPiece(uint32_t inode, uint64_t offset,
   return true;
 }
 
+absl::Status CachedLayer::VerifyZerosOnce(uint32_t chunk) {
+  {
+    absl::MutexLock l(&mu_);
+    if (zeros_verified_.contains(chunk)) return absl::OkStatus();
+  }
+  RETURN_IF_ERROR(reader_->VerifyZerosChunk(chunk));
+  absl::MutexLock l(&mu_);
+  zeros_verified_.insert(chunk);
+  return absl::OkStatus();
+}
+
 absl::StatusOr<size_t> CachedLayer::Read(uint32_t inode, uint64_t offset,
                                          absl::Span<char> out,
                                          ReadPriority priority) {
@@ -776,7 +787,7 @@ absl::StatusOr<size_t> CachedLayer::Read(uint32_t inode, uint64_t offset,
             char* dst = out.data() + (pos - offset);
             if (c.zeros) {
               // (Never filled nor cached: a TOC may declare any size.)
-              if (c.has_digest) RETURN_IF_ERROR(reader_->VerifyZerosChunk(ci));
+              if (c.has_digest) RETURN_IF_ERROR(VerifyZerosOnce(ci));
               std::memset(dst, 0, len);
               return true;
             }

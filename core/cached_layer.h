@@ -35,6 +35,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
@@ -303,6 +304,8 @@ class CachedLayer {
       ABSL_GUARDED_BY(mu_);
   // Per-file end of the last read, for sequential detection.
   absl::flat_hash_map<uint32_t, uint64_t> last_end_ ABSL_GUARDED_BY(mu_);
+  // Zeros chunks whose digest was checked (once: a read of one is a memset).
+  absl::flat_hash_set<uint32_t> zeros_verified_ ABSL_GUARDED_BY(mu_);
 
   // Background work: a chunk's fill, or a span's (directory prefetch).
   struct BackgroundJob {
@@ -324,6 +327,9 @@ class CachedLayer {
   std::vector<std::atomic<bool>> dir_done_;
   std::atomic<uint64_t> dir_prefetches_{0};
   std::atomic<uint64_t> joined_fills_{0};
+
+  // LayerReader::VerifyZerosChunk, once per chunk.
+  absl::Status VerifyZerosOnce(uint32_t chunk);
 
   // Hands `filled` to the observer, if any.
   void Observe(const absl::flat_hash_map<uint32_t, ChunkData>& filled);

@@ -406,6 +406,13 @@ TEST_F(RegistryTest, IndexEntriesWithoutPlatformAndNestedIndexes) {
   EXPECT_EQ(*res->index_digest, outer->digest);
 }
 
+// A 401 asking for a Bearer token from `realm` (a URL), as registries send.
+void ChallengeFor(const std::string& realm, TestResponse* r) {
+  r->status = 401;
+  r->headers.push_back(
+      {"WWW-Authenticate", absl::StrCat("Bearer realm=\"", realm, "\"")});
+}
+
 // Writes $dir/config.json with Docker's "auths" for `host`.
 std::string WriteDockerConfig(const std::string& dir, const std::string& host,
                               const std::string& user,
@@ -971,10 +978,7 @@ TEST_F(RegistryTest, RefreshTokenNeverLeavesTheRealmsOrigin) {
   ASSERT_TRUE(realm.ok());
   auto registry =
       LoopbackHttpServer::Start([&](const TestRequest&, TestResponse* r) {
-        r->status = 401;
-        r->headers.push_back(
-            {"WWW-Authenticate",
-             absl::StrCat("Bearer realm=\"", (*realm)->url(), "/token\"")});
+        ChallengeFor((*realm)->url() + "/token", r);
       });
   ASSERT_TRUE(registry.ok());
   const std::string host = absl::StrCat("127.0.0.1:", (*registry)->port());
@@ -1000,10 +1004,7 @@ TEST_F(RegistryTest, TokensThatWouldInjectHeadersAreRefused) {
   auto registry =
       LoopbackHttpServer::Start([&](const TestRequest& q, TestResponse* r) {
         if (q.headers.count("x-injected") != 0) injected.fetch_add(1);
-        r->status = 401;
-        r->headers.push_back(
-            {"WWW-Authenticate",
-             absl::StrCat("Bearer realm=\"", (*realm)->url(), "/token\"")});
+        ChallengeFor((*realm)->url() + "/token", r);
       });
   ASSERT_TRUE(registry.ok());
   const std::string host = absl::StrCat("127.0.0.1:", (*registry)->port());
