@@ -7,9 +7,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstring>
 #include <memory>
+#include <optional>
 #include <thread>
 #include <vector>
 
@@ -26,6 +28,7 @@
 #include "core/status_macros.h"
 #include "core/tar_reader.h"
 #include "core/tar_unpacker.h"
+#include "fetch/oci_layout.h"
 #include "fetch/rootfs_builder.h"
 
 namespace lazypull {
@@ -34,7 +37,7 @@ namespace {
 // The uncompressed tar stream of a layer blob, hashed for its DiffID.
 class LayerTarStream : public ByteStream {
  public:
-  LayerTarStream(BlobReader* blob, const std::atomic<bool>* cancel)
+  LayerTarStream(ByteStream* blob, const std::atomic<bool>* cancel)
       : blob_(blob), cancel_(cancel), out_(256 << 10) {}
 
   absl::StatusOr<absl::string_view> Read(size_t n) override {
@@ -155,7 +158,7 @@ class LayerTarStream : public ByteStream {
     }
   }
 
-  BlobReader* blob_;
+  ByteStream* blob_;
   const std::atomic<bool>* cancel_;
   Mode mode_ = Mode::kUnknown;
   std::unique_ptr<StreamDecompressor> dec_;
@@ -175,22 +178,25 @@ class LayerTarStream : public ByteStream {
 struct LayerJob {
   bool done = false;
   absl::Status status;
+  // A blob listed again later: downloaded into the work dir (then done).
+  bool blob_done = false;
+  absl::Status blob_status;
   UnpackedLayer unpacked;
   std::string staged;
   uint64_t compressed = 0;
   uint64_t uncompressed = 0;
 };
 
-// Downloads, checks and unpacks one layer into `staged`.
-absl::Status RunLayer(RegistryClient* client, const Descriptor& d,
+// Unpacks layer blob `blob` (descriptor `d`) into `staged` and checks its
+// diff_id; sets job->unpacked and job->uncompressed.
+absl::Status RunLayer(ByteStream* blob, const Descriptor& d,
                       const Digest& diff_id, const std::string& staged,
                       const PullOptions& opts, const std::atomic<bool>* cancel,
                       LayerJob* job) {
   if (mkdir(staged.c_str(), 0755) != 0) {
     return ErrnoToStatus(errno, absl::StrCat("mkdir ", staged));
   }
-  ASSIGN_OR_RETURN(std::unique_ptr<BlobReader> blob, client->OpenBlob(d));
-  LayerTarStream tar_stream(blob.get(), cancel);
+  LayerTarStream tar_stream(blob, cancel);
   TarReader tar(&tar_stream);
   TarUnpackOptions uo;
   uo.same_owner = opts.same_owner;
@@ -204,7 +210,6 @@ absl::Status RunLayer(RegistryClient* client, const Descriptor& d,
     ASSIGN_OR_RETURN(absl::string_view rest, tar_stream.Read(1 << 20));
     if (rest.empty()) break;
   }
-  job->compressed = blob->bytes_read();
   job->uncompressed = tar_stream.uncompressed_bytes();
   Digest got = tar_stream.diff_id();
   if (got != diff_id) {
@@ -212,6 +217,17 @@ absl::Status RunLayer(RegistryClient* client, const Descriptor& d,
         "its uncompressed content hashes to ", got.ToString(),
         " but the image config's diff_id is ", diff_id.ToString()));
   }
+  return absl::OkStatus();
+}
+
+// Downloads, checks and unpacks one layer into `staged`.
+absl::Status DownloadLayer(RegistryClient* client, const Descriptor& d,
+                           const Digest& diff_id, const std::string& staged,
+                           const PullOptions& opts,
+                           const std::atomic<bool>* cancel, LayerJob* job) {
+  ASSIGN_OR_RETURN(std::unique_ptr<BlobReader> blob, client->OpenBlob(d));
+  RETURN_IF_ERROR(RunLayer(blob.get(), d, diff_id, staged, opts, cancel, job));
+  job->compressed = blob->bytes_read();
   return absl::OkStatus();
 }
 
@@ -267,7 +283,7 @@ absl::StatusOr<UnpackedLayer> PullLayer(RegistryClient* client,
   opts.same_owner = same_owner;
   std::atomic<bool> cancel{false};
   LayerJob job;
-  RETURN_IF_ERROR(RunLayer(client, d, diff_id, dir, opts, &cancel, &job));
+  RETURN_IF_ERROR(DownloadLayer(client, d, diff_id, dir, opts, &cancel, &job));
   return std::move(job.unpacked);
 }
 
@@ -334,10 +350,56 @@ absl::StatusOr<PullResult> PullImage(RegistryClient* client,
   const size_t n = img.manifest.layers.size();
   result.layers = n;
 
+  // A blob the manifest lists more than once is downloaded once, into an
+  // OCI layout in the work dir, and unpacked from there each time.
+  const std::vector<Descriptor>& layers = img.manifest.layers;
+  std::vector<size_t> first(n);
+  std::vector<bool> repeated(n, false);
+  for (size_t i = 0; i < n; ++i) {
+    first[i] = i;
+    for (size_t k = 0; k < i; ++k) {
+      if (layers[k].digest == layers[i].digest) {
+        first[i] = k;
+        repeated[k] = repeated[i] = true;
+        break;
+      }
+    }
+  }
+  std::optional<OciImageLayout> blobs;
+  if (std::find(repeated.begin(), repeated.end(), true) != repeated.end()) {
+    ASSIGN_OR_RETURN(blobs, OciImageLayout::OpenOrCreate(work + "/blobs"));
+  }
+
   std::vector<LayerJob> jobs(n);
   absl::Mutex mu;
   std::atomic<size_t> next{0};
   std::atomic<bool> cancel{false};
+  auto run_repeated = [&](size_t i, LayerJob* job) -> absl::Status {
+    const Descriptor& d = layers[i];
+    if (first[i] == i) {
+      absl::Status st = [&]() -> absl::Status {
+        ASSIGN_OR_RETURN(std::unique_ptr<BlobReader> blob, client->OpenBlob(d));
+        RETURN_IF_ERROR(blobs->WriteBlobFrom(d, blob.get()));
+        job->compressed = blob->bytes_read();
+        return absl::OkStatus();
+      }();
+      absl::MutexLock l(&mu);
+      job->blob_status = st;
+      job->blob_done = true;
+      RETURN_IF_ERROR(st);
+    } else {
+      // The first occurrence was taken by a worker before this one.
+      absl::MutexLock l(&mu);
+      mu.Await(absl::Condition(&jobs[first[i]].blob_done));
+      if (!jobs[first[i]].blob_status.ok()) {
+        return absl::CancelledError(
+            absl::StrCat("layer ", first[i] + 1, " (the same blob) failed"));
+      }
+    }
+    ASSIGN_OR_RETURN(std::unique_ptr<ByteStream> blob, blobs->OpenBlob(d));
+    return RunLayer(blob.get(), d, img.config.diff_ids[i], job->staged, opts,
+                    &cancel, job);
+  };
   auto worker = [&] {
     while (!cancel.load()) {
       size_t i = next.fetch_add(1);
@@ -345,8 +407,9 @@ absl::StatusOr<PullResult> PullImage(RegistryClient* client,
       LayerJob* job = &jobs[i];
       job->staged = absl::StrCat(work, "/layer-", i);
       absl::Status st =
-          RunLayer(client, img.manifest.layers[i], img.config.diff_ids[i],
-                   job->staged, opts, &cancel, job);
+          repeated[i] ? run_repeated(i, job)
+                      : DownloadLayer(client, layers[i], img.config.diff_ids[i],
+                                      job->staged, opts, &cancel, job);
       // A failed layer fails the pull: the others stop early.
       if (!st.ok()) cancel.store(true);
       absl::MutexLock l(&mu);
@@ -394,7 +457,7 @@ absl::StatusOr<PullResult> PullImage(RegistryClient* client,
           }
         }
       }
-      const Descriptor& d = img.manifest.layers[bad];
+      const Descriptor& d = layers[bad];
       return absl::Status(
           st.code(), absl::StrCat("layer ", bad + 1, "/", n, " (",
                                   d.digest.ToString(), "): ", st.message()));

@@ -90,26 +90,42 @@ bool Exists(const std::string& path) {
   return stat(path.c_str(), &st) == 0;
 }
 
-// The blob as a stream, hashed as it is read.
-class FileBlobStream : public ByteStream {
+// A file read to its end through a descriptor the caller owns.
+class FdStream : public ByteStream {
  public:
-  FileBlobStream(int fd, Descriptor d, std::string path)
-      : fd_(fd), d_(std::move(d)), path_(std::move(path)) {}
-  ~FileBlobStream() override { close(fd_); }
-
+  FdStream(int fd, std::string path) : fd_(fd), path_(std::move(path)) {}
   absl::StatusOr<absl::string_view> Read(size_t n) override {
-    if (!final_.ok()) return final_;
-    if (done_ || n == 0) return absl::string_view();
     buf_.resize(std::min(n, kCopyChunk));
     ssize_t got;
     do {
       got = read(fd_, buf_.data(), buf_.size());
     } while (got < 0 && errno == EINTR);
-    if (got < 0) {
-      final_ = ErrnoToStatus(errno, absl::StrCat("read ", path_));
+    if (got < 0) return ErrnoToStatus(errno, absl::StrCat("read ", path_));
+    return absl::string_view(buf_.data(), static_cast<size_t>(got));
+  }
+
+ private:
+  const int fd_;
+  const std::string path_;
+  std::string buf_;
+};
+
+// The blob as a stream, hashed as it is read.
+class FileBlobStream : public ByteStream {
+ public:
+  FileBlobStream(int fd, Descriptor d, std::string path)
+      : fd_(fd), raw_(fd, path), d_(std::move(d)), path_(std::move(path)) {}
+  ~FileBlobStream() override { close(fd_); }
+
+  absl::StatusOr<absl::string_view> Read(size_t n) override {
+    if (!final_.ok()) return final_;
+    if (done_ || n == 0) return absl::string_view();
+    absl::StatusOr<absl::string_view> piece = raw_.Read(n);
+    if (!piece.ok()) {
+      final_ = piece.status();
       return final_;
     }
-    if (got == 0) {
+    if (piece->empty()) {
       done_ = true;
       if (count_ != static_cast<uint64_t>(d_.size)) {
         final_ = absl::DataLossError(
@@ -126,22 +142,22 @@ class FileBlobStream : public ByteStream {
       }
       return absl::string_view();
     }
-    count_ += static_cast<uint64_t>(got);
+    count_ += piece->size();
     if (count_ > static_cast<uint64_t>(d_.size)) {
       final_ = absl::DataLossError(absl::StrCat(
           "blob ", d_.digest.ToString(), " at ", path_, " is longer than the ",
           d_.size, " bytes its descriptor says"));
       return final_;
     }
-    hash_.Update(buf_.data(), static_cast<size_t>(got));
-    return absl::string_view(buf_.data(), static_cast<size_t>(got));
+    hash_.Update(*piece);
+    return piece;
   }
 
  private:
   const int fd_;
+  FdStream raw_;
   const Descriptor d_;
   const std::string path_;
-  std::string buf_;
   Sha256 hash_;
   uint64_t count_ = 0;
   bool done_ = false;
@@ -218,16 +234,14 @@ absl::StatusOr<OciImageLayout> OciImageLayout::OpenOrCreate(
     ASSIGN_OR_RETURN(l, Open(dir));
   } else {
     RETURN_IF_ERROR(l.WriteAtomically(dir + "/oci-layout",
-                                      "{\"imageLayoutVersion\":\"1.0.0\"}", "",
-                                      nullptr));
+                                      "{\"imageLayoutVersion\":\"1.0.0\"}"));
   }
   RETURN_IF_ERROR(MakeDirs(dir + "/blobs/sha256"));
   if (!Exists(dir + "/index.json")) {
     RETURN_IF_ERROR(
         l.WriteAtomically(dir + "/index.json",
                           absl::StrCat("{\"schemaVersion\":2,\"mediaType\":\"",
-                                       kOciIndexType, "\",\"manifests\":[]}"),
-                          "", nullptr));
+                                       kOciIndexType, "\",\"manifests\":[]}")));
   }
   return l;
 }
@@ -359,18 +373,37 @@ absl::Status OciImageLayout::WriteBlob(const Descriptor& d,
   }
   ASSIGN_OR_RETURN(bool present, HasBlob(d));
   if (present) return absl::OkStatus();
-  return WriteAtomically(BlobPath(d.digest), bytes, "", &d);
+  MemoryByteStream in(bytes);
+  return WriteAtomically(BlobPath(d.digest), &in, "", &d);
 }
 
 absl::Status OciImageLayout::CopyBlobFile(const Descriptor& d,
                                           const std::string& path) const {
   ASSIGN_OR_RETURN(bool present, HasBlob(d));
   if (present) return absl::OkStatus();
-  return WriteAtomically(BlobPath(d.digest), "", path, &d);
+  int src = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (src < 0) return ErrnoToStatus(errno, absl::StrCat("open ", path));
+  FdStream in(src, path);
+  absl::Status st = WriteAtomically(BlobPath(d.digest), &in, path, &d);
+  close(src);
+  return st;
+}
+
+absl::Status OciImageLayout::WriteBlobFrom(const Descriptor& d,
+                                           ByteStream* in) const {
+  ASSIGN_OR_RETURN(bool present, HasBlob(d));
+  if (present) return absl::OkStatus();
+  return WriteAtomically(BlobPath(d.digest), in, "", &d);
 }
 
 absl::Status OciImageLayout::WriteAtomically(const std::string& final_path,
-                                             absl::string_view bytes,
+                                             absl::string_view bytes) const {
+  MemoryByteStream in(bytes);
+  return WriteAtomically(final_path, &in, "", nullptr);
+}
+
+absl::Status OciImageLayout::WriteAtomically(const std::string& final_path,
+                                             ByteStream* in,
                                              const std::string& path,
                                              const Descriptor* d) const {
   std::string tmp = dir_ + "/.lazypull-tmp-XXXXXX";
@@ -385,30 +418,13 @@ absl::Status OciImageLayout::WriteAtomically(const std::string& final_path,
   };
   Sha256 hash;
   uint64_t count = 0;
-  if (path.empty()) {
-    hash.Update(bytes);
-    count = bytes.size();
-    absl::Status st = WriteAll(fd, bytes.data(), bytes.size(), tmp);
-    if (!st.ok()) return fail(st);
-  } else {
-    int src = open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (src < 0) return fail(ErrnoToStatus(errno, absl::StrCat("open ", path)));
-    std::string buf(kCopyChunk, '\0');
-    absl::Status st;
-    while (true) {
-      ssize_t n = read(src, buf.data(), buf.size());
-      if (n < 0 && errno == EINTR) continue;
-      if (n < 0) {
-        st = ErrnoToStatus(errno, absl::StrCat("read ", path));
-        break;
-      }
-      if (n == 0) break;
-      hash.Update(buf.data(), static_cast<size_t>(n));
-      count += static_cast<uint64_t>(n);
-      st = WriteAll(fd, buf.data(), static_cast<size_t>(n), tmp);
-      if (!st.ok()) break;
-    }
-    close(src);
+  while (true) {
+    absl::StatusOr<absl::string_view> piece = in->Read(kCopyChunk);
+    if (!piece.ok()) return fail(piece.status());
+    if (piece->empty()) break;
+    hash.Update(*piece);
+    count += piece->size();
+    absl::Status st = WriteAll(fd, piece->data(), piece->size(), tmp);
     if (!st.ok()) return fail(st);
   }
   if (d != nullptr) {
@@ -508,7 +524,7 @@ absl::Status OciImageLayout::SetIndexEntry(const Descriptor& d,
     absl::StrAppend(&out, ":", v);
   }
   out.push_back('}');
-  return WriteAtomically(path, out, "", nullptr);
+  return WriteAtomically(path, out);
 }
 
 }  // namespace lazypull

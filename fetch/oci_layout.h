@@ -73,6 +73,11 @@ class OciImageLayout {
   // Stores a copy of the file at `path` as blob `d`, hashing as it copies
   // (InvalidArgument, and nothing stored, if it is not d's content).
   absl::Status CopyBlobFile(const Descriptor& d, const std::string& path) const;
+  // Stores what `in` yields up to its end as blob `d`, hashing as it copies
+  // (InvalidArgument, and nothing stored, if it is not d's content; an error
+  // of `in` is returned as is). A blob already stored is kept and `in` left
+  // unread.
+  absl::Status WriteBlobFrom(const Descriptor& d, ByteStream* in) const;
   // Adds `d` to index.json: with a non-empty `tag`, as the entry of that
   // ref.name (replacing any of the same name); with an empty one, as an
   // untagged entry appended (unless an untagged entry of the same digest is
@@ -82,11 +87,14 @@ class OciImageLayout {
 
  private:
   explicit OciImageLayout(std::string dir) : dir_(std::move(dir)) {}
-  // Writes `bytes` (or the file at `path`) to a temporary file, checks it
-  // against `d` when `d` is given, and renames it to `final_path`.
-  absl::Status WriteAtomically(const std::string& final_path,
-                               absl::string_view bytes, const std::string& path,
+  // Writes what `in` yields to a temporary file, checks it against `d` when
+  // `d` is given (`from`: where the bytes came from, for the message), and
+  // renames it to `final_path`.
+  absl::Status WriteAtomically(const std::string& final_path, ByteStream* in,
+                               const std::string& from,
                                const Descriptor* d) const;
+  absl::Status WriteAtomically(const std::string& final_path,
+                               absl::string_view bytes) const;
 
   std::string dir_;
 };

@@ -428,6 +428,38 @@ TEST_F(PullTest, WrongDiffIdFails) {
   EXPECT_NE(lstat(out.c_str(), &st), 0);
 }
 
+// A blob the manifest lists twice (the same layer applied again higher up,
+// as two identical COPY steps make) is downloaded once and applied twice.
+TEST_F(PullTest, ARepeatedLayerIsDownloadedOnce) {
+  auto reg = StartRegistry();
+  ASSERT_NE(reg, nullptr);
+  TarBuilder a, b;
+  a.File("x", "one").File("a", std::string(300000, 'a'));
+  b.File("x", "two").File(".wh.a", "").File("b", "b");
+  const std::string layer_a = a.Finish();
+  TestImage img = Push(*reg, "dup/layers", {layer_a, b.Finish(), layer_a});
+  ASSERT_EQ(img.layers.size(), 3u);
+  ASSERT_EQ(img.layers[0].digest, img.layers[2].digest);
+  const std::string out = TestDir("dup") + "/rootfs";
+  auto r = Pull({"--plain-http", reg->host() + "/dup/layers:v1", out});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(testing::ReadFile(out + "/x"), "one") << "the top layer is A";
+  EXPECT_EQ(testing::ReadFile(out + "/a"), std::string(300000, 'a'));
+  EXPECT_EQ(testing::ReadFile(out + "/b"), "b");
+  const uint64_t want = img.layers[0].size + img.layers[1].size;
+  EXPECT_TRUE(absl::StrContains(r.out, absl::StrCat(want, " bytes downloaded")))
+      << r.out << " (want " << want << ")";
+  int gets = 0;
+  for (absl::string_view line : absl::StrSplit(reg->Log(), '\n')) {
+    if (absl::StrContains(line, "\"GET /v2/dup/layers/blobs/" +
+                                    img.layers[0].digest.ToString())) {
+      ++gets;
+    }
+  }
+  EXPECT_EQ(gets, 1) << reg->Log();
+  EXPECT_TRUE(Leftovers(TestDir("dup")).empty());
+}
+
 TEST_F(PullTest, HostileLayerWritesNothingOutside) {
   auto reg = StartRegistry();
   ASSERT_NE(reg, nullptr);
