@@ -34,8 +34,10 @@ CommandSpec Spec() {
       "honoured). DIR must be absent or empty; it is filled only once every\n"
       "layer is in, so a failed pull leaves it as it was.\n\n"
       "Credentials come from $DOCKER_CONFIG/config.json (~/.docker), then\n"
-      "Podman's ${XDG_RUNTIME_DIR}/containers/auth.json, credential helpers\n"
-      "included. Mirrors and per-host TLS come from --hosts-dir.",
+      "Podman's: $REGISTRY_AUTH_FILE, else ${XDG_RUNTIME_DIR}/containers/\n"
+      "auth.json (/run/containers/$UID/auth.json without XDG_RUNTIME_DIR)\n"
+      "and ~/.config/containers/auth.json; credential helpers included.\n"
+      "Mirrors and per-host TLS come from --hosts-dir.",
       {"IMAGE_REF", "DIR"},
       NetworkFlags(),
   };

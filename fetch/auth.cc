@@ -226,19 +226,31 @@ CredentialStore::CredentialStore(Options o) {
   } else if (const char* h = std::getenv("HOME"); h && *h) {
     docker_config_ = absl::StrCat(h, "/.docker/config.json");
   }
+  // containers-auth.json(5): $REGISTRY_AUTH_FILE alone when set; else the
+  // runtime file `podman login` writes, then the persistent one it reads.
   if (!o.podman_auth_file.empty()) {
-    podman_auth_ = o.podman_auth_file;
+    podman_auth_.push_back(o.podman_auth_file);
   } else if (const char* f = std::getenv("REGISTRY_AUTH_FILE"); f && *f) {
-    podman_auth_ = f;
-  } else if (const char* x = std::getenv("XDG_RUNTIME_DIR"); x && *x) {
-    podman_auth_ = absl::StrCat(x, "/containers/auth.json");
+    podman_auth_.push_back(f);
+  } else {
+    if (const char* x = std::getenv("XDG_RUNTIME_DIR"); x && *x) {
+      podman_auth_.push_back(absl::StrCat(x, "/containers/auth.json"));
+    } else {
+      podman_auth_.push_back(
+          absl::StrCat("/run/containers/", geteuid(), "/auth.json"));
+    }
+    if (const char* c = std::getenv("XDG_CONFIG_HOME"); c && *c) {
+      podman_auth_.push_back(absl::StrCat(c, "/containers/auth.json"));
+    } else if (const char* h = std::getenv("HOME"); h && *h) {
+      podman_auth_.push_back(absl::StrCat(h, "/.config/containers/auth.json"));
+    }
   }
 }
 
 std::vector<std::string> CredentialStore::Files() const {
   std::vector<std::string> out;
   if (!docker_config_.empty()) out.push_back(docker_config_);
-  if (!podman_auth_.empty()) out.push_back(podman_auth_);
+  out.insert(out.end(), podman_auth_.begin(), podman_auth_.end());
   return out;
 }
 

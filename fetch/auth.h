@@ -3,8 +3,11 @@
 //
 // Credentials (CredentialStore), first match wins:
 //  1. Docker's config: $DOCKER_CONFIG/config.json, else ~/.docker/config.json.
-//  2. Podman's: $REGISTRY_AUTH_FILE, else ${XDG_RUNTIME_DIR}/containers/
-//     auth.json.
+//  2. Podman's (containers-auth.json(5)): $REGISTRY_AUTH_FILE when set;
+//     else ${XDG_RUNTIME_DIR}/containers/auth.json (without XDG_RUNTIME_DIR,
+//     /run/containers/$UID/auth.json, where `podman login` writes as root
+//     under sudo, cron or systemd), then ${XDG_CONFIG_HOME:-~/.config}/
+//     containers/auth.json.
 // In each file: `credHelpers[host]` (runs `docker-credential-<helper> get`
 // with the server on stdin), then `auths[host]` ("auth": base64 of
 // user:password, or "username"/"password", or "identitytoken"), then
@@ -64,8 +67,8 @@ class CredentialStore {
   struct Options {
     // Docker's config directory; empty: $DOCKER_CONFIG, else ~/.docker.
     std::string docker_config_dir;
-    // Podman's auth file; empty: $REGISTRY_AUTH_FILE, else
-    // ${XDG_RUNTIME_DIR}/containers/auth.json.
+    // Podman's auth file; empty: the files of containers-auth.json(5), as
+    // above.
     std::string podman_auth_file;
   };
   // Reads nothing yet: files are read on each Lookup (they are small, and a
@@ -83,7 +86,7 @@ class CredentialStore {
 
  private:
   std::string docker_config_;
-  std::string podman_auth_;
+  std::vector<std::string> podman_auth_;
 };
 
 // Runs `docker-credential-<helper> get` with `server` on stdin. nullopt if

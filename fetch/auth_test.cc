@@ -1,9 +1,14 @@
 #include "fetch/auth.h"
 
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <cstdlib>
 #include <fstream>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
@@ -92,6 +97,87 @@ TEST(CredentialStoreTest, PodmanAuthFileAfterDocker) {
   ASSERT_TRUE(c.ok() && c->has_value()) << c.status();
   EXPECT_EQ((*c)->username, "pod");
   EXPECT_TRUE(absl::EndsWith((*c)->source, "auth.json"));
+}
+
+// Sets environment variables for one scope (nullptr: unset), then puts the
+// old values back.
+class ScopedEnv {
+ public:
+  ScopedEnv(std::initializer_list<std::pair<const char*, const char*>> vars) {
+    for (const auto& [k, v] : vars) {
+      const char* old = std::getenv(k);
+      saved_.push_back({k, old ? std::optional<std::string>(old)
+                               : std::optional<std::string>()});
+      if (v) {
+        setenv(k, v, 1);
+      } else {
+        unsetenv(k);
+      }
+    }
+  }
+  ~ScopedEnv() {
+    for (const auto& [k, v] : saved_) {
+      if (v) {
+        setenv(k.c_str(), v->c_str(), 1);
+      } else {
+        unsetenv(k.c_str());
+      }
+    }
+  }
+
+ private:
+  std::vector<std::pair<std::string, std::optional<std::string>>> saved_;
+};
+
+// Where `podman login` writes as root without XDG_RUNTIME_DIR (sudo, cron,
+// systemd), and the persistent file podman also reads, are both consulted.
+TEST(CredentialStoreTest, PodmanLoginFilesOfContainersAuthJson) {
+  const std::string home = Dir("home");
+  const std::string docker = Dir("home-docker");
+  const std::string runtime_file =
+      absl::StrCat("/run/containers/", geteuid(), "/auth.json");
+  const std::string config_file = home + "/.config/containers/auth.json";
+  {
+    ScopedEnv env({{"HOME", home.c_str()},
+                   {"DOCKER_CONFIG", docker.c_str()},
+                   {"XDG_RUNTIME_DIR", nullptr},
+                   {"XDG_CONFIG_HOME", nullptr},
+                   {"REGISTRY_AUTH_FILE", nullptr}});
+    CredentialStore s;
+    EXPECT_EQ(s.Files(), (std::vector<std::string>{docker + "/config.json",
+                                                   runtime_file, config_file}));
+    auto none = s.Lookup("persist.io");
+    ASSERT_TRUE(none.ok()) << none.status();
+    EXPECT_FALSE(none->has_value());
+    mkdir((home + "/.config").c_str(), 0700);
+    mkdir((home + "/.config/containers").c_str(), 0700);
+    std::ofstream(config_file) << absl::StrCat(
+        "{\"auths\":{\"persist.io\":{\"auth\":\"", Auth("p", "q"), "\"}}}");
+    auto c = s.Lookup("persist.io");
+    ASSERT_TRUE(c.ok() && c->has_value()) << c.status();
+    EXPECT_EQ((*c)->username, "p");
+    EXPECT_EQ((*c)->source, config_file);
+  }
+  {
+    const std::string xdg = Dir("xdg-runtime");
+    const std::string cfg = Dir("xdg-config");
+    ScopedEnv env({{"HOME", home.c_str()},
+                   {"DOCKER_CONFIG", docker.c_str()},
+                   {"XDG_RUNTIME_DIR", xdg.c_str()},
+                   {"XDG_CONFIG_HOME", cfg.c_str()},
+                   {"REGISTRY_AUTH_FILE", nullptr}});
+    EXPECT_EQ(CredentialStore().Files(),
+              (std::vector<std::string>{docker + "/config.json",
+                                        xdg + "/containers/auth.json",
+                                        cfg + "/containers/auth.json"}));
+  }
+  {
+    ScopedEnv env({{"DOCKER_CONFIG", docker.c_str()},
+                   {"REGISTRY_AUTH_FILE", "/etc/my-auth.json"}});
+    EXPECT_EQ(CredentialStore().Files(),
+              (std::vector<std::string>{docker + "/config.json",
+                                        "/etc/my-auth.json"}));
+  }
 }
 
 TEST(CredentialStoreTest, MalformedFilesSayWhichAndNeverLeakSecrets) {
