@@ -752,11 +752,9 @@ absl::Status ServeImage(
       if (t->joinable()) t->join();
     }
   } join_config_at_exit{&config_thread};
+  // (An image of no layers mounts as an empty read-only root, as `pull`
+  // makes an empty directory of it.)
   const size_t n = img.manifest.layers.size();
-  if (n == 0) {
-    return absl::FailedPreconditionError(
-        absl::StrCat(ref.String(), " has no layers"));
-  }
   std::optional<size_t> only;
   if (auto l = args.Get("layer")) {
     size_t k = 0;
@@ -1104,6 +1102,13 @@ absl::Status ServeImage(
     std::vector<std::string> lowers;
     for (size_t i = visible_from; i < layers.size(); ++i) {
       lowers.push_back(layers[i]->dir);
+    }
+    if (lowers.empty()) {
+      const std::string empty = run_dir + "/empty";
+      if (mkdir(empty.c_str(), 0755) != 0) {
+        return ErrnoToStatus(errno, absl::StrCat("mkdir ", empty));
+      }
+      lowers.push_back(empty);
     }
     RETURN_IF_ERROR(MountLayerStack(lowers, mountpoint));
     overlay_mounted = true;

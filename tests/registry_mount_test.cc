@@ -584,6 +584,29 @@ TEST_F(RegistryMountTest, SingleLayerIsBindMounted) {
   mounts_.clear();
 }
 
+// An image of no layers (a valid manifest; pull makes an empty directory of
+// it) mounts as an empty read-only root.
+TEST_F(RegistryMountTest, AnImageWithNoLayersMountsEmpty) {
+  const std::string ref = Push("test/no-layers", {});
+  const std::string mnt = dir_ + "/mnt-none";
+  testing::RunResult m = Mount(ref, mnt, {});
+  ASSERT_EQ(m.exit_code, 0) << m.err << m.out;
+  DIR* d = opendir(mnt.c_str());
+  ASSERT_NE(d, nullptr);
+  int entries = 0;
+  while (struct dirent* e = readdir(d)) {
+    if (strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0) ++entries;
+  }
+  closedir(d);
+  EXPECT_EQ(entries, 0);
+  EXPECT_NE(mkdir((mnt + "/x").c_str(), 0755), 0);
+  EXPECT_EQ(errno, EROFS);
+  testing::RunResult u = testing::Run({bin_, "unmount", mnt});
+  EXPECT_EQ(u.exit_code, 0) << u.err;
+  mounts_.clear();
+  EXPECT_EQ(testing::MountCount(mnt), 0);
+}
+
 // (See CheckImpliedDirectoriesAndIdleWhiteouts.)
 TEST_F(RegistryMountTest, ImpliedDirectoriesKeepTheLowerLayersAttributes) {
   CheckImpliedDirectoriesAndIdleWhiteouts(/*plain_upper=*/false);
