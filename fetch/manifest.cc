@@ -80,6 +80,10 @@ absl::StatusOr<element> ParseObject(simdjson::dom::parser& parser,
   return root;
 }
 
+// More than this many `urls` of one descriptor are ignored (each is tried
+// in turn when the registry lacks the blob).
+constexpr size_t kMaxUrls = 8;
+
 absl::StatusOr<Descriptor> ParseDescriptor(element e, absl::string_view what) {
   Descriptor d;
   d.media_type = Str(e, "mediaType");
@@ -106,6 +110,15 @@ absl::StatusOr<Descriptor> ParseDescriptor(element e, absl::string_view what) {
     pl.architecture = NormalizeArch(Str(p, "architecture"));
     pl.variant = Str(p, "variant");
     d.platform = pl;
+  }
+  array urls;
+  if (e["urls"].get(urls) == simdjson::SUCCESS) {
+    for (element u : urls) {
+      std::string_view s;
+      if (u.get(s) == simdjson::SUCCESS && d.urls.size() < kMaxUrls) {
+        d.urls.emplace_back(s);
+      }
+    }
   }
   object ann;
   if (e["annotations"].get(ann) == simdjson::SUCCESS) {

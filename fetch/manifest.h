@@ -62,6 +62,9 @@ struct Descriptor {
   int64_t size = 0;
   std::optional<Platform> platform;
   std::map<std::string, std::string> annotations;
+  // Where else the blob may be fetched (non-distributable / foreign layers;
+  // the first 8, as given).
+  std::vector<std::string> urls;
 };
 
 struct ImageIndex {

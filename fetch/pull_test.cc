@@ -22,6 +22,7 @@
 #include "absl/strings/str_split.h"
 #include "core/digest.h"
 #include "core/testing/tar_builder.h"
+#include "fetch/testing/loopback_http_server.h"
 #include "fetch/testing/oci_image.h"
 #include "fetch/testing/registry_fixture.h"
 #include "fetch/testing/token_server.h"
@@ -458,6 +459,78 @@ TEST_F(PullTest, ARepeatedLayerIsDownloadedOnce) {
   }
   EXPECT_EQ(gets, 1) << reg->Log();
   EXPECT_TRUE(Leftovers(TestDir("dup")).empty());
+}
+
+// A non-distributable layer the registry does not hold (skopeo does not
+// upload it) is fetched from its descriptor's `urls` (one that 404s is
+// skipped), checked as any blob: wrong bytes there fail the pull.
+TEST_F(PullTest, NonDistributableLayerFromItsUrls) {
+  RegistryServerOptions ro;
+  ro.allow_manifest_urls = true;
+  auto reg = StartRegistry(ro);
+  ASSERT_NE(reg, nullptr);
+  TarBuilder base, foreign;
+  base.File("etc/base", "base");
+  foreign.File("foreign/data", std::string(100000, 'f'));
+  const std::string base_tar = base.Finish(), foreign_tar = foreign.Finish();
+  const std::string foreign_gz = testing::GzipForTest(foreign_tar);
+  bool lie = false;
+  auto files = testing::LoopbackHttpServer::Start(
+      [&](const testing::TestRequest& q, testing::TestResponse* a) {
+        if (q.path != "/layers/foreign.tar.gz") {
+          a->status = 404;
+          return;
+        }
+        a->body = foreign_gz;
+        if (lie) a->body += "x";
+      });
+  ASSERT_TRUE(files.ok()) << files.status();
+  auto layout = OciLayout::Create(TestDir("foreign-layout"));
+  ASSERT_TRUE(layout.ok());
+  auto l0 = layout->AddBlob("application/vnd.oci.image.layer.v1.tar+gzip",
+                            testing::GzipForTest(base_tar));
+  ASSERT_TRUE(l0.ok());
+  const std::string media =
+      "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip";
+  const std::string foreign_desc = absl::StrCat(
+      "{\"mediaType\":\"", media, "\",\"digest\":\"",
+      Sha256::Of(foreign_gz).ToString(), "\",\"size\":", foreign_gz.size(),
+      ",\"urls\":[\"", (*files)->url(), "/layers/missing.tar.gz\",\"",
+      (*files)->url(), "/layers/foreign.tar.gz\"]}");
+  auto cfg = layout->AddBlob(
+      "application/vnd.oci.image.config.v1+json",
+      absl::StrCat("{\"architecture\":\"amd64\",\"os\":\"linux\",\"rootfs\":"
+                   "{\"type\":\"layers\",\"diff_ids\":[\"",
+                   Sha256::Of(base_tar).ToString(), "\",\"",
+                   Sha256::Of(foreign_tar).ToString(), "\"]}}"));
+  ASSERT_TRUE(cfg.ok());
+  auto man = layout->AddBlob(
+      "application/vnd.oci.image.manifest.v1+json",
+      absl::StrCat("{\"schemaVersion\":2,\"mediaType\":\"application/vnd.oci."
+                   "image.manifest.v1+json\",\"config\":",
+                   cfg->Json(), ",\"layers\":[", l0->Json(), ",", foreign_desc,
+                   "]}"));
+  ASSERT_TRUE(man.ok());
+  ASSERT_TRUE(layout->Tag("v1", *man).ok());
+  // The foreign layer's blob is only in the layout: skopeo leaves it out.
+  absl::Status pushed =
+      testing::PushWithSkopeo(*layout, "v1", reg->host(), "foreign/app");
+  ASSERT_TRUE(pushed.ok()) << pushed;
+  const std::string out = TestDir("foreign") + "/rootfs";
+  auto r = Pull({"--plain-http", reg->host() + "/foreign/app:v1", out});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(testing::ReadFile(out + "/etc/base"), "base");
+  EXPECT_EQ(testing::ReadFile(out + "/foreign/data"), std::string(100000, 'f'));
+  // Wrong bytes at the URL: the pull fails and says why.
+  lie = true;
+  const std::string out2 = TestDir("foreign2") + "/rootfs";
+  r = Pull({"--plain-http", reg->host() + "/foreign/app:v1", out2});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_TRUE(absl::StrContains(r.err, Sha256::Of(foreign_gz).ToString()))
+      << r.err;
+  EXPECT_TRUE(absl::StrContains(r.err, "descriptor says")) << r.err;
+  struct stat st;
+  EXPECT_NE(lstat(out2.c_str(), &st), 0);
 }
 
 TEST_F(PullTest, HostileLayerWritesNothingOutside) {

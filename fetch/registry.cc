@@ -497,35 +497,69 @@ absl::StatusOr<std::unique_ptr<HttpBodyReader>> RegistryClient::OpenBlobOnHost(
 absl::StatusOr<std::unique_ptr<BlobReader>> RegistryClient::OpenBlob(
     const Descriptor& d) {
   std::vector<std::pair<std::string, absl::Status>> errs;
-  for (const RegistryHost& h : hosts_) {
-    if (!h.can_pull) continue;
-    std::string source;
-    absl::StatusOr<std::unique_ptr<HttpBodyReader>> r =
-        OpenBlobOnHost(h, d, &source);
-    absl::Status st;
-    if (!r.ok()) {
-      st = r.status();
-    } else if ((*r)->response().status != 200) {
-      st = ErrorResponse(r->get(), absl::StrCat("blob ", d.digest.ToString(),
-                                                " from ", source));
-    } else if (auto cl = (*r)->response().headers.Get("content-length")) {
+  // An answer that must be the whole blob: 200, and its Content-Length (when
+  // given) the descriptor's size.
+  auto whole_blob = [&](absl::StatusOr<std::unique_ptr<HttpBodyReader>> r,
+                        const std::string& source)
+      -> absl::StatusOr<std::unique_ptr<BlobReader>> {
+    if (!r.ok()) return r.status();
+    if ((*r)->response().status != 200) {
+      return ErrorResponse(r->get(), absl::StrCat("blob ", d.digest.ToString(),
+                                                  " from ", source));
+    }
+    if (auto cl = (*r)->response().headers.Get("content-length")) {
       int64_t n;
       if (absl::SimpleAtoi(*cl, &n) && n != d.size) {
-        st = absl::DataLossError(absl::StrCat(
+        return absl::DataLossError(absl::StrCat(
             "blob ", d.digest.ToString(), " from ", source, " has ", n,
             " bytes (Content-Length); its descriptor says ", d.size));
       }
     }
-    if (st.ok()) {
-      return std::unique_ptr<BlobReader>(
-          new VerifyingBlobReader(*std::move(r), d, source));
-    }
-    errs.emplace_back(h.BaseUrl(), WithHint(st, h));
+    return std::unique_ptr<BlobReader>(
+        new VerifyingBlobReader(*std::move(r), d, source));
+  };
+  const RegistryHost* puller = nullptr;
+  for (const RegistryHost& h : hosts_) {
+    if (!h.can_pull) continue;
+    if (puller == nullptr) puller = &h;
+    std::string source;
+    absl::StatusOr<std::unique_ptr<HttpBodyReader>> r =
+        OpenBlobOnHost(h, d, &source);
+    absl::StatusOr<std::unique_ptr<BlobReader>> b =
+        whole_blob(std::move(r), source);
+    if (b.ok()) return b;
+    errs.emplace_back(h.BaseUrl(), WithHint(b.status(), h));
   }
   if (errs.empty()) {
     return absl::FailedPreconditionError(
         absl::StrCat("no host of ", ref_.registry,
                      " may pull (check capabilities in hosts.toml)"));
+  }
+  // A non-distributable (foreign) layer may live only at its descriptor's
+  // `urls`, as containerd and podman fetch it: plain GETs there, without the
+  // registry's credentials (another origin), the bytes checked against the
+  // digest as any blob's.
+  for (const std::string& u : d.urls) {
+    if (!absl::StartsWith(u, "https://") && !absl::StartsWith(u, "http://")) {
+      errs.emplace_back(
+          u, absl::InvalidArgumentError("not an http(s) URL: not fetched"));
+      continue;
+    }
+    HttpRequest tmpl;
+    tmpl.timeout = absl::ZeroDuration();
+    HttpRequest req = tmpl;
+    req.url = u;
+    std::string url = u;
+    absl::StatusOr<std::unique_ptr<HttpBodyReader>> r =
+        SendOnHost(*puller, std::move(req), PullScope());
+    if (r.ok()) {
+      absl::Status st = FollowRedirects(*puller, tmpl, PullScope(), &url, &*r);
+      if (!st.ok()) r = st;
+    }
+    absl::StatusOr<std::unique_ptr<BlobReader>> b =
+        whole_blob(std::move(r), url.substr(0, url.find('?')));
+    if (b.ok()) return b;
+    errs.emplace_back(u.substr(0, u.find('?')), b.status());
   }
   return AllHostsFailed(absl::StrCat("fetching blob ", d.digest.ToString()),
                         errs);

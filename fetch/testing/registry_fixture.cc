@@ -209,6 +209,11 @@ absl::StatusOr<std::unique_ptr<RegistryServer>> RegistryServer::Start(
                       "\n    issuer: ", o.token->issuer,
                       "\n    rootcertbundle: ", o.token->rootcertbundle, "\n");
     }
+    if (o.allow_manifest_urls) {
+      absl::StrAppend(&cfg,
+                      "validation:\n  manifests:\n    urls:\n      allow:\n"
+                      "        - ^https?://\n");
+    }
     const std::string cfg_path = o.work_dir + "/config.yml";
     std::ofstream(cfg_path) << cfg;
     absl::StatusOr<pid_t> pid =

@@ -61,6 +61,9 @@ struct RegistryServerOptions {
   // TLS, http.tls.clientcas); Start's readiness probe presents this one.
   std::vector<std::string> client_cas;
   std::string probe_client_cert, probe_client_key;
+  // Accept manifests whose layers carry http(s) `urls` (non-distributable
+  // layers; validation.manifests.urls.allow).
+  bool allow_manifest_urls = false;
 };
 
 class RegistryServer {
