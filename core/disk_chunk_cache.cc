@@ -114,6 +114,18 @@ class FileLock {
   int fd_;
 };
 
+// Whether the open file has at least `end` bytes.
+bool HoldsBytes(int fd, uint64_t end) {
+  struct stat st;
+  return fstat(fd, &st) == 0 && static_cast<uint64_t>(st.st_size) >= end;
+}
+
+void TruncatedUnderUs(const std::string& path) {
+  LogWarning("cache file ", path,
+             " was cut short while open (not by lazypull): dropped, its "
+             "chunks will be fetched again");
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<DiskChunkCache>> DiskChunkCache::Open(
@@ -523,6 +535,13 @@ std::shared_ptr<CachedFile> DiskChunkCache::OpenPacked(
       file = pack->file;
     }
   }
+  // (On every open: a pack cut short under us would make a zero-copy reply
+  // short, which the kernel takes for the end of the file.)
+  if (!HoldsBytes(file->fd(), offset + size)) {
+    TruncatedUnderUs(PackPath(pack->name) + ".pack");
+    DropPack(pack, /*evicted=*/false);
+    return nullptr;
+  }
   if (!trusted) {
     if (!Rehash(file->fd(), offset, d, size)) {
       LogWarning("cache pack ", PackPath(pack->name),
@@ -598,6 +617,7 @@ std::shared_ptr<CachedFile> DiskChunkCache::OpenChunkFrom(
     std::shared_ptr<Pack> pack;
     uint64_t pack_offset = 0;
     bool trusted = false;
+    std::shared_ptr<CachedFile> cached;
     {
       absl::MutexLock l(&mu_);
       auto it = index_.find(d);
@@ -611,7 +631,7 @@ std::shared_ptr<CachedFile> DiskChunkCache::OpenChunkFrom(
           lru_.splice(lru_.begin(), lru_, it->second.lru);
           if (it->second.pack == nullptr) {
             auto f = files_.find(d);
-            if (f != files_.end()) return f->second;
+            if (f != files_.end()) cached = f->second;
           }
           pack = it->second.pack;
           pack_offset = it->second.pack_offset;
@@ -620,6 +640,12 @@ std::shared_ptr<CachedFile> DiskChunkCache::OpenChunkFrom(
       } else if (pending_.contains(d)) {
         return nullptr;  // not on disk yet
       }
+    }
+    if (cached != nullptr) {
+      if (HoldsBytes(cached->fd(), size)) return cached;
+      TruncatedUnderUs(ChunkPath(d));
+      DropFile(d);
+      return nullptr;
     }
     if (pack != nullptr) {
       if (from != nullptr) *from = pack;

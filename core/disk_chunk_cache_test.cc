@@ -84,6 +84,19 @@ size_t CountFiles(const std::string& dir) {
   return n;
 }
 
+// The name of the pack a cache wrote (there is one).
+std::string OnlyPack(const std::string& dir) {
+  std::string cmd = "ls '" + dir + "/packs' | grep '[.]pack$'";
+  std::string name;
+  FILE* p = popen(cmd.c_str(), "r");
+  if (p == nullptr) return name;
+  char line[256];
+  if (fgets(line, sizeof(line), p) != nullptr) name = line;
+  pclose(p);
+  while (!name.empty() && name.back() == '\n') name.pop_back();
+  return dir + "/packs/" + name;
+}
+
 // Files of their own (one per chunk) or packs: the tests below hold for both.
 class LayoutTest : public ::testing::TestWithParam<bool> {
  protected:
@@ -246,6 +259,37 @@ TEST_P(LayoutTest, OpenFileSurvivesEviction) {
       static_cast<ssize_t>(a.size()));
   EXPECT_EQ(out, a);  // the reader holding the fd still sees its bytes
   EXPECT_EQ(StoredFiles(dir), 0u);
+}
+
+// A cache file cut short behind a live cache's back (the fd it keeps open
+// for zero-copy replies sees the new size) is a miss from then on, not a
+// short file handed out, and the chunk is stored again when refetched.
+TEST_P(LayoutTest, AFileTruncatedWhileOpenIsAMiss) {
+  std::string dir = TempDir();
+  auto c = DiskChunkCache::Open(dir, Options());
+  ASSERT_TRUE(c.ok());
+  std::string before = Chunk(20, 3000), a = Chunk(21, 9000);
+  const Digest d = Sha256::Of(a);
+  ASSERT_TRUE((*c)->Insert(Sha256::Of(before), before).ok());
+  ASSERT_TRUE((*c)->Insert(d, a).ok());
+  (*c)->Flush();
+  ASSERT_NE((*c)->OpenChunk(d, a.size()), nullptr);  // its fd kept open
+  const std::string path = packed() ? OnlyPack(dir) : (*c)->ChunkPath(d);
+  ASSERT_FALSE(path.empty());
+  ASSERT_EQ(truncate(path.c_str(), packed() ? 6000 : 4500), 0);
+  EXPECT_EQ((*c)->OpenChunk(d, a.size()), nullptr);
+  std::string out(a.size(), '\0');
+  auto hit = (*c)->Read(d, a.size(), 0, absl::MakeSpan(out));
+  ASSERT_TRUE(hit.ok());
+  EXPECT_FALSE(*hit);
+  ASSERT_TRUE((*c)->Insert(d, a).ok());
+  (*c)->Flush();
+  std::shared_ptr<CachedFile> f = (*c)->OpenChunk(d, a.size());
+  ASSERT_NE(f, nullptr);
+  ASSERT_EQ(
+      pread(f->fd(), out.data(), out.size(), static_cast<off_t>(f->offset())),
+      static_cast<ssize_t>(a.size()));
+  EXPECT_EQ(out, a);
 }
 
 // Without a syncfs per write, files nobody vouches for are re-hashed on
@@ -412,19 +456,6 @@ TEST(DiskChunkCachePackTest, SmallChunksShareAPackBigOnesHaveFiles) {
   }
   EXPECT_EQ((*c)->counters().rehashed, chunks.size())
       << "nothing vouches for them: no syncfs mark, another writer";
-}
-
-// The name of the pack a closed cache wrote (there is one).
-std::string OnlyPack(const std::string& dir) {
-  std::string cmd = "ls '" + dir + "/packs' | grep '[.]pack$'";
-  std::string name;
-  FILE* p = popen(cmd.c_str(), "r");
-  if (p == nullptr) return name;
-  char line[256];
-  if (fgets(line, sizeof(line), p) != nullptr) name = line;
-  pclose(p);
-  while (!name.empty() && name.back() == '\n') name.pop_back();
-  return dir + "/packs/" + name;
 }
 
 // A packed chunk that fails its hash (torn by a crash, or altered) is
