@@ -54,6 +54,7 @@
 #include "fetch/registry.h"
 #include "fuse/layer_mount.h"
 #include "fuse/mount_table.h"
+#include "fuse/mount_watch.h"
 
 namespace lazypull::cli {
 namespace {
@@ -798,6 +799,7 @@ absl::Status ServeImage(
   bool overlay_mounted = false;
   int overlay_id = -1;  // its id in the mount table (ids are reused)
   std::string overlay_fstype;
+  std::optional<MountEntry> overlay_entry;
 
   // Page pushes (on unless --no-push-pages), guarded by a watchdog.
   const bool push_pages = !args.Has("no-push-pages");
@@ -1115,6 +1117,7 @@ absl::Status ServeImage(
     if (std::optional<MountEntry> top = TopMountAt(mountpoint)) {
       overlay_id = top->id;
       overlay_fstype = top->fstype;
+      overlay_entry = top;
     }
     return absl::OkStatus();
   }();
@@ -1289,7 +1292,18 @@ absl::Status ServeImage(
   serving.store(true);
   ready(absl::StrJoin(notes, "\n"));
 
+  // MOUNTPOINT unmounted by hand (umount, umount -l), not by `lazypull
+  // unmount`: the layers and this process end as on SIGTERM.
+  std::unique_ptr<MountWatch> watch;
+  if (overlay_entry) {
+    watch = std::make_unique<MountWatch>(*overlay_entry, [&] {
+      LogInfo(mountpoint,
+              " was unmounted (not by lazypull unmount): ending its layers");
+      kill(getpid(), SIGTERM);
+    });
+  }
   const int sig = signals.Wait();
+  watch.reset();
   LogInfo("signal ", sig, ": unmounting ", mountpoint);
   {
     const BackgroundBudget& budget = *tuning.source.background_budget;

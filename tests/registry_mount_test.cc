@@ -6,6 +6,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <sys/xattr.h>
@@ -872,6 +873,52 @@ TEST_F(RegistryMountTest, LayersWithSharedMembersMountAndComplete) {
   }
   testing::RunResult u = testing::Run({bin_, "unmount", mnt});
   EXPECT_EQ(u.exit_code, 0) << u.err;
+  mounts_.clear();
+}
+
+// An image mount taken away by hand (umount, umount -l: not `lazypull
+// unmount`) ends its serving process, its watchdog and its layers' mounts.
+TEST_F(RegistryMountTest, PlainUmountEndsTheServer) {
+  const std::vector<LayerBlob> layers = StandardLayers();
+  const std::string ref = Push("test/plain-umount", layers);
+  for (const bool lazy : {false, true}) {
+    SCOPED_TRACE(lazy ? "umount -l" : "umount");
+    const std::string mnt =
+        absl::StrCat(dir_, "/mnt-plain-umount-", static_cast<int>(lazy));
+    testing::RunResult m = Mount(ref, mnt, {});
+    ASSERT_EQ(m.exit_code, 0) << m.err << m.out;
+    pid_t server = 0;
+    const size_t at = m.out.find("(pid ");
+    ASSERT_NE(at, std::string::npos) << m.out;
+    ASSERT_TRUE(absl::SimpleAtoi(
+        m.out.substr(at + 5, m.out.find(')', at) - at - 5), &server));
+    const std::vector<pid_t> watchdogs = testing::WatchdogsOf(server);
+    EXPECT_EQ(ReadAll(mnt + "/data/small"), "small");
+    const std::string run_dir = absl::StrCat(cache_dir(), "/mounts/", server);
+    int layer_mounts = 0;
+    for (size_t i = 0; i < layers.size(); ++i) {
+      layer_mounts += testing::MountCount(absl::StrCat(run_dir, "/", i));
+    }
+    EXPECT_GT(layer_mounts, 0);
+    ASSERT_EQ(umount2(mnt.c_str(), lazy ? MNT_DETACH : 0), 0)
+        << strerror(errno);
+    EXPECT_TRUE(testing::WaitProcessGone(server, std::chrono::seconds(10)))
+        << ReadAll(cache_dir() + "/lazypull.log");
+    for (pid_t w : watchdogs) {
+      EXPECT_TRUE(testing::WaitProcessGone(w, std::chrono::seconds(5)));
+    }
+    for (size_t i = 0; i < layers.size(); ++i) {
+      EXPECT_EQ(testing::MountCount(absl::StrCat(run_dir, "/", i)), 0) << i;
+    }
+    EXPECT_TRUE(absl::StrContains(ReadAll(cache_dir() + "/lazypull.log"),
+                                  "was unmounted (not by lazypull unmount)"));
+    // A new mount at the same place works.
+    m = Mount(ref, mnt, {});
+    ASSERT_EQ(m.exit_code, 0) << m.err << m.out;
+    EXPECT_EQ(ReadAll(mnt + "/data/small"), "small");
+    testing::RunResult u = testing::Run({bin_, "unmount", mnt});
+    EXPECT_EQ(u.exit_code, 0) << u.err;
+  }
   mounts_.clear();
 }
 
