@@ -370,6 +370,17 @@ class RegistryMountTest : public ::testing::Test {
   }
 
   std::string cache_dir() const { return dir_ + "/cache"; }
+  // The serving process `lazypull mount` reported ("... (pid N)"); 0 if none.
+  static pid_t ServerPid(const testing::RunResult& m) {
+    const size_t at = m.out.find("(pid ");
+    pid_t pid = 0;
+    if (at == std::string::npos ||
+        !absl::SimpleAtoi(m.out.substr(at + 5, m.out.find(')', at) - at - 5),
+                          &pid)) {
+      return 0;
+    }
+    return pid;
+  }
 
   std::string bin_, dir_;
   std::unique_ptr<RegistryServer> reg_;
@@ -853,11 +864,8 @@ TEST_F(RegistryMountTest, LayersWithSharedMembersMountAndComplete) {
   testing::RunResult m = Mount(ref, mnt, {});
   ASSERT_EQ(m.exit_code, 0) << m.err << m.out;
   // One watchdog guards the serving process's pushes (both layers).
-  pid_t server = 0;
-  const size_t at = m.out.find("(pid ");
-  ASSERT_NE(at, std::string::npos) << m.out;
-  ASSERT_TRUE(absl::SimpleAtoi(
-      m.out.substr(at + 5, m.out.find(')', at) - at - 5), &server));
+  const pid_t server = ServerPid(m);
+  ASSERT_GT(server, 0) << m.out;
   EXPECT_EQ(testing::WatchdogsOf(server).size(), 1u);
   for (auto it = files.rbegin(); it != files.rend(); ++it) {
     EXPECT_EQ(ReadAll(mnt + "/" + it->first), it->second) << it->first;
@@ -887,11 +895,8 @@ TEST_F(RegistryMountTest, PlainUmountEndsTheServer) {
         absl::StrCat(dir_, "/mnt-plain-umount-", static_cast<int>(lazy));
     testing::RunResult m = Mount(ref, mnt, {});
     ASSERT_EQ(m.exit_code, 0) << m.err << m.out;
-    pid_t server = 0;
-    const size_t at = m.out.find("(pid ");
-    ASSERT_NE(at, std::string::npos) << m.out;
-    ASSERT_TRUE(absl::SimpleAtoi(
-        m.out.substr(at + 5, m.out.find(')', at) - at - 5), &server));
+    const pid_t server = ServerPid(m);
+    ASSERT_GT(server, 0) << m.out;
     const std::vector<pid_t> watchdogs = testing::WatchdogsOf(server);
     EXPECT_EQ(ReadAll(mnt + "/data/small"), "small");
     const std::string run_dir = absl::StrCat(cache_dir(), "/mounts/", server);
