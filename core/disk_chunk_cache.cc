@@ -880,8 +880,18 @@ absl::Status DiskChunkCache::WriteChunks(const std::vector<Job>& jobs) {
   absl::Status st = WriteFiles(files);
   st.Update(WritePacked(packed));
   const uint64_t after = inserts_.load();
-  if (options_.rescan_every != 0 &&
-      after / options_.rescan_every != before / options_.rescan_every) {
+  // Other processes' chunks count against the budget too: they are found by
+  // a rescan every `rescan_every` inserts, and with a budget every eighth of
+  // it written here (so N processes sharing the directory overshoot it by
+  // about N/8 at most, not N times).
+  uint64_t batch_bytes = 0;
+  for (const Job& job : jobs) batch_bytes += job.data->size();
+  const uint64_t written =
+      written_since_rescan_.fetch_add(batch_bytes) + batch_bytes;
+  if ((options_.rescan_every != 0 &&
+       after / options_.rescan_every != before / options_.rescan_every) ||
+      (options_.capacity != 0 && written >= options_.capacity / 8)) {
+    written_since_rescan_.store(0);
     Rescan();
   }
   bool over;

@@ -59,8 +59,9 @@
 // eviction and pruning are serialized by flock(lock), and each process learns
 // of the others' chunks when it looks one up (packs: their indexes are read
 // on from where this process left them, at most every 100 ms, on a miss)
-// and by rescanning the directory every `rescan_every` inserts, so the byte
-// budget covers every process's chunks.
+// and by rescanning the directory every `rescan_every` inserts and, with a
+// budget, every eighth of it written, so the byte budget covers every
+// process's chunks (N processes overshoot it by about N/8 at most).
 //
 // Thread-safety: all public methods may be called concurrently.
 #ifndef LAZYPULL_CORE_DISK_CHUNK_CACHE_H_
@@ -301,6 +302,7 @@ class DiskChunkCache final : public ChunkCache {
   std::thread writer_;
 
   std::atomic<uint64_t> seq_{0};
+  std::atomic<uint64_t> written_since_rescan_{0};  // bytes, by WriteChunks
   std::atomic<uint64_t> hits_{0}, misses_{0}, inserts_{0}, evictions_{0},
       dropped_{0}, rehashed_{0};
   // The synced mark read at Open (ns since the epoch; 0 = none).

@@ -73,6 +73,20 @@ void ReadOrInsert(DiskChunkCache& c, const std::string& s,
   }
 }
 
+// Bytes of the chunk files and packs under a cache dir.
+uint64_t DiskBytes(const std::string& dir) {
+  uint64_t n = 0;
+  std::string cmd = "find '" + dir + "/chunks' '" + dir +
+                    "/packs' -type f ! -name '*.idx' -printf '%s\\n'";
+  FILE* p = popen(cmd.c_str(), "r");
+  if (p != nullptr) {
+    unsigned long long v;
+    while (fscanf(p, "%llu", &v) == 1) n += v;
+    pclose(p);
+  }
+  return n;
+}
+
 size_t CountFiles(const std::string& dir) {
   size_t n = 0;
   std::string cmd = "find '" + dir + "' -type f | wc -l";
@@ -424,6 +438,30 @@ TEST_P(LayoutTest, TwoProcessesShareOneDirectory) {
   auto rep = (*c)->VerifyAll();
   ASSERT_TRUE(rep.ok());
   EXPECT_EQ(rep->removed, 0u);
+}
+
+// Two caches sharing a directory (as two mounts' processes do) keep to one
+// budget between them: each finds the other's chunks while writing its own.
+TEST_P(LayoutTest, SharersKeepToOneBudget) {
+  std::string dir = TempDir();
+  DiskChunkCacheOptions o = Options();
+  o.capacity = 1 << 20;
+  auto a = DiskChunkCache::Open(dir, o);
+  auto b = DiskChunkCache::Open(dir, o);
+  ASSERT_TRUE(a.ok() && b.ok());
+  uint64_t peak = 0;
+  for (int i = 0; i < 60; ++i) {
+    for (auto* c : {&*a, &*b}) {
+      std::string s = Chunk(5000 + i * 2 + (c == &*a ? 0 : 1), 16 << 10);
+      ASSERT_TRUE((*c)->Insert(Sha256::Of(s), s).ok());
+      (*c)->Flush();
+    }
+    peak = std::max(peak, DiskBytes(dir));
+  }
+  // 1.9 MB written in all; the budget plus what each may write before its
+  // next look at the directory (an eighth), and a pack being filled.
+  EXPECT_LE(peak, (1u << 20) * 3 / 2) << "bytes on disk at the peak";
+  EXPECT_GT(peak, 0u);
 }
 
 // Packs: a whole layer's small chunks in a few files, big chunks in files of
