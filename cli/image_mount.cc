@@ -564,6 +564,10 @@ void CleanStaleRunDirs(const std::string& mounts_dir) {
 
 }  // namespace
 
+bool AllowOthers(const ParsedArgs& args) {
+  return geteuid() == 0 || args.GetOr("o", "") == "allow_other";
+}
+
 std::vector<FlagSpec> ImageMountFlags() {
   std::vector<FlagSpec> f = NetworkFlags();
   f.push_back({"layer", "N",
@@ -1058,7 +1062,7 @@ absl::Status ServeImage(
           return ErrnoToStatus(errno, absl::StrCat("mkdir ", m->dir));
         }
         FuseServerOptions so;
-        so.allow_other = args.GetOr("o", "") == "allow_other";
+        so.allow_other = AllowOthers(args);
         ASSIGN_OR_RETURN(m->served, ServedLayer::Start(
                                         m->dir,
                                         std::make_shared<CachedLayer>(

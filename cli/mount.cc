@@ -86,7 +86,11 @@ const CommandSpec kMountSpec = {
         {"push-pages", "", "push pages (the default)"},
         {"foreground", "", "serve in this process; do not daemonize"},
         {"log-file", "FILE", "daemon log (default: CACHE_DIR/lazypull.log)"},
-        {"o", "OPTIONS", "mount options; only allow_other is accepted"},
+        {"o", "OPTIONS",
+         "mount options; only allow_other is accepted (other users may "
+         "read the mount, the kernel checking each file's permissions; "
+         "always so as root; otherwise needs user_allow_other in "
+         "/etc/fuse.conf)"},
     },
 };
 
@@ -218,7 +222,7 @@ absl::Status Serve(const ParsedArgs& args,
   auto fs = std::make_unique<LayerFs>(layer, fo);
   malloc_trim(0);  // return what parsing the TOC used to the kernel
   FuseServerOptions so;
-  so.allow_other = args.GetOr("o", "") == "allow_other";
+  so.allow_other = AllowOthers(args);
   ASSIGN_OR_RETURN(std::unique_ptr<FuseServer> server,
                    FuseServer::Mount(mountpoint, LayerFs::Ops(), fs.get(), so));
   const std::string pid_file = MountRecordPath(mountpoint);

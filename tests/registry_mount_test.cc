@@ -6,9 +6,11 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
+#include <sys/wait.h>
 #include <sys/xattr.h>
 #include <unistd.h>
 
@@ -370,6 +372,43 @@ class RegistryMountTest : public ::testing::Test {
   }
 
   std::string cache_dir() const { return dir_ + "/cache"; }
+  // The content of `rel` under `dir` read by a process of user `uid` (which
+  // starts in `dir`: the test's own directories are not others'), or
+  // "errno N".
+  static std::string ReadAs(uid_t uid, const std::string& dir,
+                            const std::string& rel) {
+    int p[2];
+    if (pipe(p) != 0) return "pipe failed";
+    const pid_t pid = fork();
+    if (pid == 0) {
+      close(p[0]);
+      int e = 0;
+      if (chdir(dir.c_str()) != 0 || setgroups(0, nullptr) != 0 ||
+          setresgid(uid, uid, uid) != 0 || setresuid(uid, uid, uid) != 0) {
+        e = errno;
+      }
+      int fd = e == 0 ? open(rel.c_str(), O_RDONLY) : -1;
+      if (fd < 0 && e == 0) e = errno;
+      char buf[4096];
+      ssize_t n = 0;
+      while (fd >= 0 && (n = read(fd, buf, sizeof(buf))) > 0) {
+        if (write(p[1], buf, static_cast<size_t>(n)) != n) break;
+      }
+      _exit(e == 0 && n == 0 ? 0 : (e != 0 ? e : 255));
+    }
+    close(p[1]);
+    std::string out;
+    char buf[4096];
+    ssize_t n;
+    while ((n = read(p[0], buf, sizeof(buf))) > 0) out.append(buf, n);
+    close(p[0]);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+      return absl::StrCat("errno ", WEXITSTATUS(status));
+    }
+    return out;
+  }
   // The serving process `lazypull mount` reported ("... (pid N)"); 0 if none.
   static pid_t ServerPid(const testing::RunResult& m) {
     const size_t at = m.out.find("(pid ");
@@ -591,6 +630,10 @@ TEST_F(RegistryMountTest, SingleLayerIsBindMounted) {
   EXPECT_EQ(ReadAll(mnt + "/etc/remove-me"), "x");
   // Read-only.
   EXPECT_NE(access((mnt + "/etc").c_str(), W_OK), 0);
+  // A container's non-root process reads it as any filesystem (the bind
+  // mount is the layer's FUSE mount itself: allow_other, as root), the
+  // kernel checking modes.
+  EXPECT_EQ(ReadAs(65534, mnt, "data/small"), "small");
   testing::RunResult u = testing::Run({bin_, "unmount", mnt});
   EXPECT_EQ(u.exit_code, 0) << u.err;
   mounts_.clear();
