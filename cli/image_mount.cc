@@ -765,8 +765,10 @@ absl::Status ServeImage(
     size_t k = 0;
     (void)absl::SimpleAtoi(*l, &k);
     if (k >= n) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "--layer ", k, ": the image has ", n, " layers (0 to ", n - 1, ")"));
+      return absl::InvalidArgumentError(
+          n == 0 ? absl::StrCat("--layer ", k, ": the image has no layers")
+                 : absl::StrCat("--layer ", k, ": the image has ", n,
+                                " layers (0 to ", n - 1, ")"));
     }
     only = k;
   }

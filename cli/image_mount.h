@@ -41,10 +41,11 @@ namespace lazypull::cli {
 // The flags of an image mount beyond the --blob ones.
 std::vector<FlagSpec> ImageMountFlags();
 
-// Whether users other than the mounter may use a layer's FUSE mount: as root
-// always (as stargz-snapshotter mounts; the kernel still checks each file's
-// mode and owner, default_permissions: a container's non-root processes read
-// a single-layer image, bind-mounted, as any filesystem), otherwise with
+// Whether users other than the mounter may use an image's layer mounts: as
+// root always (as stargz-snapshotter mounts; the kernel still checks each
+// file's mode and owner, default_permissions: a container's non-root
+// processes read a single-layer image, bind-mounted, as any filesystem, and
+// an overlay of several layers is open to them anyway), otherwise with
 // `-o allow_other` (needs user_allow_other in /etc/fuse.conf).
 bool AllowOthers(const ParsedArgs& args);
 

@@ -89,8 +89,8 @@ const CommandSpec kMountSpec = {
         {"o", "OPTIONS",
          "mount options; only allow_other is accepted (other users may "
          "read the mount, the kernel checking each file's permissions; "
-         "always so as root; otherwise needs user_allow_other in "
-         "/etc/fuse.conf)"},
+         "without root, needs user_allow_other in /etc/fuse.conf; an "
+         "image mount as root always allows them)"},
     },
 };
 
@@ -222,7 +222,9 @@ absl::Status Serve(const ParsedArgs& args,
   auto fs = std::make_unique<LayerFs>(layer, fo);
   malloc_trim(0);  // return what parsing the TOC used to the kernel
   FuseServerOptions so;
-  so.allow_other = AllowOthers(args);
+  // (Opt-in here: a bare layer's setuid files and device nodes are not a
+  // container's root, whose runtime decides who sees it.)
+  so.allow_other = args.GetOr("o", "") == "allow_other";
   ASSIGN_OR_RETURN(std::unique_ptr<FuseServer> server,
                    FuseServer::Mount(mountpoint, LayerFs::Ops(), fs.get(), so));
   const std::string pid_file = MountRecordPath(mountpoint);

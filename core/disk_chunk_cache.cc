@@ -888,10 +888,11 @@ absl::Status DiskChunkCache::WriteChunks(const std::vector<Job>& jobs) {
   for (const Job& job : jobs) batch_bytes += job.data->size();
   const uint64_t written =
       written_since_rescan_.fetch_add(batch_bytes) + batch_bytes;
+  // (One of two threads writing at once takes the bytes counted.)
   if ((options_.rescan_every != 0 &&
        after / options_.rescan_every != before / options_.rescan_every) ||
-      (options_.capacity != 0 && written >= options_.capacity / 8)) {
-    written_since_rescan_.store(0);
+      (options_.capacity != 0 && written >= options_.capacity / 8 &&
+       written_since_rescan_.exchange(0) >= options_.capacity / 8)) {
     Rescan();
   }
   bool over;

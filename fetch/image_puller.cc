@@ -175,6 +175,21 @@ class LayerTarStream : public ByteStream {
   Sha256 diff_hash_;
 };
 
+// `in`, ending with Cancelled once `cancel` is set.
+class CancellableStream : public ByteStream {
+ public:
+  CancellableStream(ByteStream* in, const std::atomic<bool>* cancel)
+      : in_(in), cancel_(cancel) {}
+  absl::StatusOr<absl::string_view> Read(size_t n) override {
+    if (cancel_->load()) return absl::CancelledError("pull cancelled");
+    return in_->Read(n);
+  }
+
+ private:
+  ByteStream* in_;
+  const std::atomic<bool>* cancel_;
+};
+
 struct LayerJob {
   bool done = false;
   absl::Status status;
@@ -379,7 +394,8 @@ absl::StatusOr<PullResult> PullImage(RegistryClient* client,
     if (first[i] == i) {
       absl::Status st = [&]() -> absl::Status {
         ASSIGN_OR_RETURN(std::unique_ptr<BlobReader> blob, client->OpenBlob(d));
-        RETURN_IF_ERROR(blobs->WriteBlobFrom(d, blob.get()));
+        CancellableStream in(blob.get(), &cancel);
+        RETURN_IF_ERROR(blobs->WriteBlobFrom(d, &in));
         job->compressed = blob->bytes_read();
         return absl::OkStatus();
       }();

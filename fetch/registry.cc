@@ -3,6 +3,7 @@
 #include <simdjson.h>
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <utility>
 
@@ -258,6 +259,14 @@ std::string RegistryClient::PullScope() const {
 absl::Status RegistryClient::FollowRedirects(
     const RegistryHost& h, const HttpRequest& tmpl, const std::string& scope,
     std::string* url, std::unique_ptr<HttpBodyReader>* r) {
+  return FollowRedirects(
+      [&](HttpRequest q) { return SendOnHost(h, std::move(q), scope); }, tmpl,
+      url, r);
+}
+
+absl::Status RegistryClient::FollowRedirects(
+    const Sender& send, const HttpRequest& tmpl, std::string* url,
+    std::unique_ptr<HttpBodyReader>* r) {
   for (int hop = 0; IsRedirect((*r)->response().status); ++hop) {
     std::optional<std::string> loc = (*r)->response().headers.Get("location");
     if (!loc || hop >= kMaxRedirects) {
@@ -269,7 +278,7 @@ absl::Status RegistryClient::FollowRedirects(
     r->reset();
     HttpRequest req = tmpl;
     req.url = *url;
-    ASSIGN_OR_RETURN(*r, SendOnHost(h, std::move(req), scope));
+    ASSIGN_OR_RETURN(*r, send(std::move(req)));
   }
   return absl::OkStatus();
 }
@@ -518,10 +527,8 @@ absl::StatusOr<std::unique_ptr<BlobReader>> RegistryClient::OpenBlob(
     return std::unique_ptr<BlobReader>(
         new VerifyingBlobReader(*std::move(r), d, source));
   };
-  const RegistryHost* puller = nullptr;
   for (const RegistryHost& h : hosts_) {
     if (!h.can_pull) continue;
-    if (puller == nullptr) puller = &h;
     std::string source;
     absl::StatusOr<std::unique_ptr<HttpBodyReader>> r =
         OpenBlobOnHost(h, d, &source);
@@ -536,10 +543,23 @@ absl::StatusOr<std::unique_ptr<BlobReader>> RegistryClient::OpenBlob(
                      " may pull (check capabilities in hosts.toml)"));
   }
   // A non-distributable (foreign) layer may live only at its descriptor's
-  // `urls`, as containerd and podman fetch it: plain GETs there, without the
-  // registry's credentials (another origin), the bytes checked against the
+  // `urls`, as containerd and podman fetch it: when every host says it does
+  // not have the blob, plain GETs there (and their redirects) with neither
+  // the registry's credentials, its headers nor a client certificate
+  // (whatever origin the manifest names), the bytes checked against the
   // digest as any blob's.
-  for (const std::string& u : d.urls) {
+  const bool unknown_everywhere =
+      std::all_of(errs.begin(), errs.end(),
+                  [](const auto& e) { return absl::IsNotFound(e.second); });
+  auto send_plain = [this](HttpRequest q) {
+    q.tls = TlsFor(q.url);
+    q.tls.client_cert.clear();
+    q.tls.client_key.clear();
+    q.retry = opts_.retry;
+    return opts_.http->Open(q);
+  };
+  for (const std::string& u :
+       unknown_everywhere ? d.urls : std::vector<std::string>{}) {
     if (!absl::StartsWith(u, "https://") && !absl::StartsWith(u, "http://")) {
       errs.emplace_back(
           u, absl::InvalidArgumentError("not an http(s) URL: not fetched"));
@@ -550,10 +570,9 @@ absl::StatusOr<std::unique_ptr<BlobReader>> RegistryClient::OpenBlob(
     HttpRequest req = tmpl;
     req.url = u;
     std::string url = u;
-    absl::StatusOr<std::unique_ptr<HttpBodyReader>> r =
-        SendOnHost(*puller, std::move(req), PullScope());
+    absl::StatusOr<std::unique_ptr<HttpBodyReader>> r = send_plain(req);
     if (r.ok()) {
-      absl::Status st = FollowRedirects(*puller, tmpl, PullScope(), &url, &*r);
+      absl::Status st = FollowRedirects(send_plain, tmpl, &url, &*r);
       if (!st.ok()) r = st;
     }
     absl::StatusOr<std::unique_ptr<BlobReader>> b =

@@ -36,6 +36,7 @@
 #define LAZYPULL_FETCH_REGISTRY_H_
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -202,6 +203,12 @@ class RegistryClient {
   // becomes the final URL.
   absl::Status FollowRedirects(const RegistryHost& h, const HttpRequest& tmpl,
                                const std::string& scope, std::string* url,
+                               std::unique_ptr<HttpBodyReader>* r);
+  // The same with each hop sent by `send`.
+  using Sender = std::function<absl::StatusOr<std::unique_ptr<HttpBodyReader>>(
+      HttpRequest)>;
+  absl::Status FollowRedirects(const Sender& send, const HttpRequest& tmpl,
+                               std::string* url,
                                std::unique_ptr<HttpBodyReader>* r);
   std::string PullScope() const;
   // The origin host (pushes never go to mirrors).

@@ -4,8 +4,11 @@
 //
 // It watches /proc/self/mountinfo (poll wakes with POLLPRI on every change
 // of this namespace's mount table) and, after each change, looks for the
-// mount it was given: the same id, type and mount point. A mount stacked on
-// top of it, or one mounted elsewhere, is not a reason to end.
+// mount it was given: the same id, device and type (ids are unique while a
+// mount exists). A mount stacked on top of it, one moved elsewhere (mount
+// --move, a parent directory renamed), or one mounted elsewhere too, is not
+// a reason to end; nor is a table that cannot be read. "Gone" takes two
+// looks 100 ms apart.
 //
 // Thread-safety: the callback runs once, on the watch's own thread; the
 // destructor stops the thread (waiting out a running callback), from any
@@ -33,6 +36,7 @@ class MountWatch {
 
  private:
   void Run();
+  bool Gone();
 
   const MountEntry mount_;
   const std::function<void()> on_gone_;
@@ -40,7 +44,8 @@ class MountWatch {
   std::thread thread_;  // last: starts once the rest is set
 };
 
-// Whether the table holds `m` (same id, type and mount point).
+// Whether the table holds `m` (same id, device and type); true when the
+// table cannot be read.
 bool StillMounted(const MountEntry& m);
 
 }  // namespace lazypull
