@@ -61,6 +61,13 @@ bool BackgroundBudget::CanStart(uint64_t bytes) const {
   return in_flight_ == 0 || in_flight_ + bytes <= CapLocked();
 }
 
+bool BackgroundBudget::TryStart(uint64_t bytes) {
+  absl::MutexLock l(&mu_);
+  if (in_flight_ != 0 && in_flight_ + bytes > CapLocked()) return false;
+  in_flight_ += bytes;
+  return true;
+}
+
 void BackgroundBudget::Start(uint64_t bytes) {
   absl::MutexLock l(&mu_);
   in_flight_ += bytes;

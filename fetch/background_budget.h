@@ -70,7 +70,12 @@ class BackgroundBudget {
   // flight (one request is always allowed, whatever its size), or room for
   // it under the cap.
   bool CanStart(uint64_t bytes) const;
-  // Charges a background request of `bytes`.
+  // CanStart and, if it may, charges it: one step, so that of two sources
+  // sharing the budget that both saw room for one more request, only one
+  // sends it. Returns whether it was charged.
+  [[nodiscard]] bool TryStart(uint64_t bytes);
+  // Charges `bytes` unconditionally (a request that grew past its admitted
+  // piece by coalescing).
   void Start(uint64_t bytes);
   // Releases `bytes` of a background request (as they arrive, or what is
   // left of it when it ends). Returns true when the caller should call

@@ -2,6 +2,7 @@
 
 #include <atomic>
 #include <thread>
+#include <vector>
 
 #include "absl/time/clock.h"
 #include "gtest/gtest.h"
@@ -101,6 +102,49 @@ TEST(BackgroundBudgetTest, PiecesHaveAFloor) {
   EXPECT_EQ(b.PieceBytes(), 300u << 10) << "not a quarter of the cap";
   BackgroundBudget big({.fixed_bytes = 8 << 20});
   EXPECT_EQ(big.PieceBytes(), 2u << 20);
+}
+
+TEST(BackgroundBudgetTest, TryStartChecksAndChargesInOneStep) {
+  BackgroundBudget b({.fixed_bytes = 100, .min_piece_bytes = 1});
+  EXPECT_TRUE(b.TryStart(1000)) << "one request always goes";
+  EXPECT_EQ(b.in_flight(), 1000u);
+  EXPECT_FALSE(b.TryStart(1));
+  EXPECT_EQ(b.in_flight(), 1000u) << "a refused start charges nothing";
+  EXPECT_TRUE(b.Release(1000));
+  EXPECT_TRUE(b.TryStart(60));
+  EXPECT_FALSE(b.TryStart(41));
+  EXPECT_TRUE(b.TryStart(40));
+  EXPECT_EQ(b.in_flight(), 100u);
+}
+
+// Sources sharing a budget, each admitting pieces from its own thread, never
+// hold more than the cap between them (a check, then a charge, let two
+// sources take the same room).
+TEST(BackgroundBudgetTest, SharersNeverOvershootTheCap) {
+  constexpr uint64_t kCap = 4000, kPiece = 1000;
+  BackgroundBudget b({.fixed_bytes = kCap, .min_piece_bytes = 1});
+  std::atomic<uint64_t> worst{0};
+  std::atomic<bool> go{false};
+  std::vector<std::thread> ts;
+  for (int i = 0; i < 4; ++i) {
+    ts.emplace_back([&] {
+      while (!go.load()) {
+      }
+      for (int k = 0; k < 20000; ++k) {
+        if (!b.TryStart(kPiece)) continue;
+        uint64_t seen = b.in_flight();
+        uint64_t w = worst.load();
+        while (seen > w && !worst.compare_exchange_weak(w, seen)) {
+        }
+        if (b.Release(kPiece)) b.Notify();
+      }
+    });
+  }
+  go.store(true);
+  for (auto& t : ts) t.join();
+  EXPECT_LE(worst.load(), kCap);
+  EXPECT_GE(worst.load(), kPiece);
+  EXPECT_EQ(b.in_flight(), 0u);
 }
 
 TEST(BackgroundBudgetTest, ListenersAreCalledUntilRemoved) {

@@ -538,6 +538,14 @@ void HttpBlobSource::WorkerLoop() {
         continue;
       }
       std::shared_ptr<Piece> head = queued_[best];
+      // A background piece takes its room in the link's budget here, in one
+      // step with the check: between HasWork's check and now, another
+      // source of the link may have taken the room it saw.
+      if (head->priority == ReadPriority::kBackground &&
+          !budget_->TryStart(head->len)) {
+        ++idle_workers_;
+        continue;
+      }
       queued_.erase(queued_.begin() + best);
       prio = head->priority;
       lo = head->first;
@@ -577,7 +585,9 @@ void HttpBlobSource::WorkerLoop() {
       }
       ++requests_in_flight_;
       if (prio != ReadPriority::kOnDemand) ++non_urgent_in_flight_;
-      if (prio == ReadPriority::kBackground) budget_->Start(hi - lo);
+      // (What coalescing added to an admitted background piece.)
+      if (prio == ReadPriority::kBackground)
+        budget_->Start(hi - lo - head->len);
       if (prio == ReadPriority::kOnDemand && warm_gate_ == WarmGate::kForRead) {
         warm_gate_ = WarmGate::kForHeaders;
         warm_gate_request_ = request.get();

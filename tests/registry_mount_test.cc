@@ -698,6 +698,49 @@ TEST_F(RegistryMountTest, LowerHardlinkTargetsDoNotFollowSymlinks) {
   mounts_.clear();
 }
 
+// A lower layer's opaque directory hides the layers below it from a layer
+// pulled in full too: a hardlink to a file it hides is no copy of that file,
+// and a directory the upper layer only implies there does not take the
+// hidden directory's attributes (both did: the lookup in the lower layers
+// went past the opaque directory).
+TEST_F(RegistryMountTest, AnOpaqueLowerDirectoryHidesFromAPlainUpperLayer) {
+  TarBuilder l0, l1, l2;
+  l0.Dir("./").Dir("a/");
+  TarSpec b;
+  b.name = "a/b/";
+  b.typeflag = '5';
+  b.mode = 0700;
+  b.uid = 7;
+  b.gid = 8;
+  b.mtime = 1400000000;
+  l0.Add(b);
+  l0.File("a/b/hidden", "hidden by layer 1's opaque a/\n");
+  l1.Dir("a/").File("a/.wh..wh..opq", "").File("a/keep", "k");
+  l2.File("a/b/c", "c");  // implies a/b
+  l2.Hardlink("link", "a/b/hidden");
+  const std::string ref =
+      Push("test/opaque-lower",
+           {Convert(l0.Finish(), "ol0", {}), Convert(l1.Finish(), "ol1", {}),
+            Gzip(l2.Finish())});
+  const std::string mnt = dir_ + "/mnt-opaque-lower";
+  testing::RunResult m = Mount(ref, mnt, {"--no-background-fetch"});
+  ASSERT_EQ(m.exit_code, 0) << m.err << m.out;
+  EXPECT_EQ(ReadAll(mnt + "/a/keep"), "k");
+  EXPECT_EQ(ReadAll(mnt + "/a/b/c"), "c");
+  struct stat st;
+  EXPECT_NE(lstat((mnt + "/a/b/hidden").c_str(), &st), 0);
+  EXPECT_NE(lstat((mnt + "/link").c_str(), &st), 0)
+      << "a file an opaque directory hides came back: "
+      << ReadAll(mnt + "/link");
+  ASSERT_EQ(stat((mnt + "/a/b").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 0755u) << std::oct << st.st_mode;
+  EXPECT_EQ(st.st_uid, 0u);
+  EXPECT_NE(st.st_mtime, 1400000000);
+  testing::RunResult u = testing::Run({bin_, "unmount", mnt});
+  EXPECT_EQ(u.exit_code, 0) << u.err;
+  mounts_.clear();
+}
+
 // A layer's own overlayfs xattrs: the opaque marker on a directory means
 // what it means to overlayfs and containerd's unpack (the lower layers'
 // files there are hidden), for `pull` too (which showed them); the others
