@@ -149,7 +149,10 @@ bool IsLazypullMount(const MountEntry& e, const std::optional<MountRecord>& r) {
   if (e.fstype == "fuse.lazypull") return true;
   if (!r) return false;
   const std::string run_marker = absl::StrCat("/mounts/", r->pid, "/");
+  // (An overlay of layers too many for absolute paths names them relative
+  // to its source: MountLayerStack.)
   return absl::StrContains(e.super_options, run_marker) ||
+         absl::StrContains(e.source, run_marker) ||
          absl::StrContains(e.root + "/", run_marker);
 }
 

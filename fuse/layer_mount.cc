@@ -1,13 +1,16 @@
 #include "fuse/layer_mount.h"
 
 #include <errno.h>
+#include <limits.h>
+#include <sched.h>
 #include <sys/mount.h>
 #include <sys/xattr.h>
+#include <unistd.h>
 
+#include <thread>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_join.h"
 #include "core/errno_status.h"
 #include "core/log.h"
 #include "core/status_macros.h"
@@ -55,6 +58,56 @@ void ServedLayer::Stop() {
 
 ServedLayer::~ServedLayer() { Stop(); }
 
+namespace {
+
+// A path as overlayfs's options take it: they are split at ',' and
+// lowerdir's list at ':', and a backslash escapes either (or itself).
+std::string OverlayPath(absl::string_view path) {
+  std::string out;
+  out.reserve(path.size());
+  for (char c : path) {
+    if (c == '\\' || c == ':' || c == ',') out.push_back('\\');
+    out.push_back(c);
+  }
+  return out;
+}
+
+// overlayfs's options for `top_first` lowers (and `upper`, `work` unless
+// empty), each path taken after its first `skip` bytes.
+std::string OverlayOptions(const std::vector<std::string>& top_first,
+                           const std::string& upper, const std::string& work,
+                           size_t skip) {
+  std::string opts = "lowerdir=";
+  for (size_t i = 0; i < top_first.size(); ++i) {
+    if (i != 0) opts.push_back(':');
+    opts += OverlayPath(absl::string_view(top_first[i]).substr(skip));
+  }
+  if (!upper.empty()) {
+    absl::StrAppend(&opts, ",upperdir=", OverlayPath(upper.substr(skip)),
+                    ",workdir=", OverlayPath(work.substr(skip)));
+  }
+  return opts;
+}
+
+// The longest directory every one of `paths` (absolute) is beneath, with
+// its trailing '/' ("/" at least).
+std::string CommonDirectory(const std::vector<std::string>& paths) {
+  std::string common = paths.front();
+  for (const std::string& p : paths) {
+    size_t n = 0;
+    // (Short of each path's last byte: no path is the directory itself.)
+    while (n < common.size() && n + 1 < p.size() && common[n] == p[n]) ++n;
+    common.resize(n);
+  }
+  // Back to a whole component that is a directory of every path (a common
+  // prefix "/a/b" of "/a/b" and "/a/bc" is not one).
+  const size_t slash = common.rfind('/');
+  common.resize(slash == std::string::npos ? 0 : slash + 1);
+  return common.empty() ? "/" : common;
+}
+
+}  // namespace
+
 absl::Status MountLayerStack(const std::vector<std::string>& all_lowers,
                              const std::string& mountpoint,
                              const std::string& upper,
@@ -94,15 +147,62 @@ absl::Status MountLayerStack(const std::vector<std::string>& all_lowers,
   }
   // overlayfs lists lower dirs top first.
   std::vector<std::string> top_first(lowers.rbegin(), lowers.rend());
-  std::string opts = absl::StrCat("lowerdir=", absl::StrJoin(top_first, ":"));
-  if (!upper.empty()) {
-    absl::StrAppend(&opts, ",upperdir=", upper, ",workdir=", work);
+  const unsigned long flags = upper.empty() ? MS_RDONLY : 0;
+  const std::string what = absl::StrCat(
+      "mounting the overlay of ", lowers.size(), " layer(s) at ", mountpoint);
+  // mount(2) takes one page of options. When they are longer (many layers,
+  // long paths), the paths are given relative to the directory they share,
+  // from a thread of this process whose working directory it is (overlayfs
+  // resolves them at mount time; containerd mounts such stacks the same
+  // way). The mount's source is then that directory, so that the table
+  // still says where its layers are.
+  const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  std::string opts = OverlayOptions(top_first, upper, work, 0);
+  if (opts.size() < page) {
+    if (mount("overlay", mountpoint.c_str(), "overlay", flags, opts.c_str()) !=
+        0) {
+      return ErrnoToStatus(errno, what);
+    }
+    return absl::OkStatus();
   }
-  if (mount("overlay", mountpoint.c_str(), "overlay",
-            upper.empty() ? MS_RDONLY : 0, opts.c_str()) != 0) {
-    return ErrnoToStatus(errno,
-                         absl::StrCat("mounting the overlay of ", lowers.size(),
-                                      " layer(s) at ", mountpoint));
+  std::vector<std::string> all = top_first;
+  if (!upper.empty()) {
+    all.push_back(upper);
+    all.push_back(work);
+  }
+  for (const std::string& p : all) {
+    if (p.empty() || p[0] != '/') {
+      return absl::InvalidArgumentError(
+          absl::StrCat(what, ": layer path \"", p, "\" is not absolute"));
+    }
+  }
+  const std::string base = CommonDirectory(all);
+  opts = OverlayOptions(top_first, upper, work, base.size());
+  if (opts.size() >= page) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, ": overlayfs's options take ", opts.size(),
+                     " bytes even with the layers' paths relative to ", base,
+                     ", more than the ", page, " a mount takes"));
+  }
+  std::string target = mountpoint;
+  if (target.empty() || target[0] != '/') {
+    char cwd[PATH_MAX];
+    if (getcwd(cwd, sizeof(cwd)) == nullptr) return ErrnoToStatus(errno, what);
+    target = absl::StrCat(cwd, "/", mountpoint);
+  }
+  int err = 0;
+  std::thread t([&] {
+    // (Only this thread's working directory changes.)
+    if (unshare(CLONE_FS) != 0 || chdir(base.c_str()) != 0 ||
+        mount(base.c_str(), target.c_str(), "overlay", flags, opts.c_str()) !=
+            0) {
+      err = errno;
+    }
+  });
+  t.join();
+  if (err != 0) {
+    return ErrnoToStatus(
+        err, absl::StrCat(what, " (layer paths relative to ", base, ")"));
   }
   return absl::OkStatus();
 }

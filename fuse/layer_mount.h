@@ -69,7 +69,13 @@ class ServedLayer {
 // one whose root is opaque (trusted.overlay.opaque, which overlayfs ignores
 // on a lower root) are left out. With
 // `upper` and `work` empty: read-only (see above); otherwise a writable
-// overlay. Undo with umount2(mountpoint).
+// overlay. Undo with umount2(mountpoint). Any path may hold ',' and ':'
+// (escaped for overlayfs). Options longer than the page mount(2) takes (a
+// hundred layers or so of long paths) are given relative to the directory
+// the paths share, from a thread of its own working directory, and that
+// directory is the mount's source (absolute paths then; InvalidArgument if
+// even that is too long). Thread-safe: the caller's working directory never
+// changes.
 absl::Status MountLayerStack(const std::vector<std::string>& lowers,
                              const std::string& mountpoint,
                              const std::string& upper = "",

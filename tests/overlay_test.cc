@@ -24,6 +24,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
+#include <limits.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
@@ -40,6 +41,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "core/testing/tar_builder.h"
 #include "fuse/layer_mount.h"
 #include "gtest/gtest.h"
@@ -384,6 +386,49 @@ TEST(LayerStackTest, WhiteoutBesideItsOwnNameAndAnOpaqueRoot) {
   for (const LayerMount* m : {&l, &u, &t}) {
     EXPECT_EQ(UnmountLayer(m->mountpoint).exit_code, 0);
   }
+  EXPECT_EQ(janitor.DetachAll(), 0) << "the test left a mount behind";
+}
+
+// An image of many layers whose paths are long, and hold ',' and ':' (a
+// --cache-dir may): overlayfs splits its options at both, and mount(2) takes
+// one page of them, which 150 such paths overflow (the mount failed).
+TEST(LayerStackTest, ManyLayersWithLongPathsHoldingCommasAndColons) {
+  LAZYPULL_SKIP_WITHOUT_FUSE();
+  MountJanitor janitor;
+  const std::string base = MakeTempDir("many") + "/cache,dir:with " +
+                           std::string(60, 'x') + ",long:name";
+  ASSERT_EQ(mkdir(base.c_str(), 0755), 0) << strerror(errno);
+  constexpr int kLayers = 150;
+  std::vector<std::string> lowers;
+  for (int i = 0; i < kLayers; ++i) {
+    lowers.push_back(absl::StrCat(base, "/layer-", i));
+    ASSERT_EQ(mkdir(lowers.back().c_str(), 0755), 0) << strerror(errno);
+    ASSERT_NO_FATAL_FAILURE(
+        WriteFile(absl::StrCat(lowers.back(), "/f", i), absl::StrCat(i)));
+    ASSERT_NO_FATAL_FAILURE(
+        WriteFile(lowers.back() + "/top", absl::StrCat("layer ", i)));
+  }
+  const std::string merged = MakeTempDir("merged") + "/at,a:b";
+  ASSERT_EQ(mkdir(merged.c_str(), 0755), 0) << strerror(errno);
+  janitor.Track(merged);
+  char cwd_before[PATH_MAX];
+  ASSERT_NE(getcwd(cwd_before, sizeof(cwd_before)), nullptr);
+  absl::Status st = MountLayerStack(lowers, merged);
+  ASSERT_TRUE(st.ok()) << st;
+  char cwd_after[PATH_MAX];
+  ASSERT_NE(getcwd(cwd_after, sizeof(cwd_after)), nullptr);
+  EXPECT_STREQ(cwd_after, cwd_before) << "the caller's directory changed";
+  EXPECT_EQ(Content(merged + "/top"), absl::StrCat("layer ", kLayers - 1));
+  EXPECT_EQ(Content(merged + "/f0"), "0");
+  EXPECT_EQ(Content(merged + "/f77"), "77");
+  EXPECT_EQ(Listing(merged).size(), static_cast<size_t>(kLayers + 1));
+  EXPECT_EQ(umount2(merged.c_str(), 0), 0) << strerror(errno);
+  // A few layers: the options fit, the paths are escaped in place.
+  st = MountLayerStack({lowers[0], lowers[1]}, merged);
+  ASSERT_TRUE(st.ok()) << st;
+  EXPECT_EQ(Content(merged + "/top"), "layer 1");
+  EXPECT_EQ(Listing(merged).size(), 3u);
+  EXPECT_EQ(umount2(merged.c_str(), 0), 0) << strerror(errno);
   EXPECT_EQ(janitor.DetachAll(), 0) << "the test left a mount behind";
 }
 

@@ -741,6 +741,39 @@ TEST_F(RegistryMountTest, AnOpaqueLowerDirectoryHidesFromAPlainUpperLayer) {
   mounts_.clear();
 }
 
+// An image of 130 layers, some lazy, most pulled in full, with a cache
+// directory whose name holds ',' and ':': the overlay's options are longer
+// than the page mount(2) takes, and overlayfs splits them at both (the
+// mount failed). Each layer's file shows, the topmost of a shared one wins.
+TEST_F(RegistryMountTest, ManyLayersAndAnAwkwardCacheDir) {
+  constexpr int kLayers = 130;
+  std::vector<LayerBlob> layers;
+  for (int i = 0; i < kLayers; ++i) {
+    TarBuilder b;
+    b.File(absl::StrCat("f", i), absl::StrCat(i));
+    b.File("top", absl::StrCat("layer ", i));
+    layers.push_back(i % 26 == 0 ? Convert(b.Finish(), absl::StrCat("m", i))
+                                 : Gzip(b.Finish()));
+  }
+  const std::string ref = Push("test/many-layers", layers);
+  const std::string mnt = dir_ + "/mnt-many";
+  const std::string cache = dir_ + "/cache,with:" + std::string(40, 'c');
+  mkdir(mnt.c_str(), 0755);
+  testing::RunResult m =
+      testing::Run({bin_, "mount", ref, mnt, "--ca-file", reg_->ca_file(),
+                    "--cache-dir", cache, "--no-background-fetch"});
+  ASSERT_EQ(m.exit_code, 0) << m.err << m.out;
+  mounts_.push_back(mnt);
+  EXPECT_EQ(ReadAll(mnt + "/top"), absl::StrCat("layer ", kLayers - 1));
+  for (int i : {0, 1, 26, 77, kLayers - 1}) {
+    EXPECT_EQ(ReadAll(absl::StrCat(mnt, "/f", i)), absl::StrCat(i)) << i;
+  }
+  testing::RunResult u = testing::Run({bin_, "unmount", mnt});
+  ASSERT_EQ(u.exit_code, 0) << u.err;
+  mounts_.clear();
+  EXPECT_EQ(testing::MountCount(mnt), 0);
+}
+
 // A layer's own overlayfs xattrs: the opaque marker on a directory means
 // what it means to overlayfs and containerd's unpack (the lower layers'
 // files there are hidden), for `pull` too (which showed them); the others
