@@ -24,6 +24,7 @@
 #include <semaphore>
 #include <thread>
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -412,13 +413,41 @@ absl::Status CopyFromLower(int root, const std::string& path,
   return absl::OkStatus();
 }
 
+// What a layer's whiteouts and opaque directories hide of the layers below.
+class LayerHides {
+ public:
+  explicit LayerHides(const UnpackedLayer& unpacked)
+      : whiteouts_(unpacked.whiteouts.begin(), unpacked.whiteouts.end()),
+        opaque_(unpacked.opaque_dirs.begin(), unpacked.opaque_dirs.end()) {}
+
+  // Whether the layer hides `path` (relative, "" for the root) of the
+  // layers below: a whiteout of it or of a directory above it, or an
+  // opaque directory above it. (Applying the layer, containerd's unpack
+  // removes such a lower entry before the layer's own entries go in.)
+  bool Hides(const std::string& path) const {
+    if (path.empty()) return false;
+    if (opaque_.contains("")) return true;
+    for (size_t at = path.find('/'); at != std::string::npos;
+         at = path.find('/', at + 1)) {
+      const std::string up = path.substr(0, at);
+      if (whiteouts_.contains(up) || opaque_.contains(up)) return true;
+    }
+    return whiteouts_.contains(path);
+  }
+
+ private:
+  absl::flat_hash_set<std::string> whiteouts_, opaque_;
+};
+
 // Gives each directory under `fd` (path `rel`, "" for the layer's root)
 // that `unpacked` made implicitly the attributes of the same directory in
 // the layers below, as applying the layer onto them would leave them
 // (containerd's unpack, `pull`): the overlay shows the topmost layer's.
-// Children first; changing attributes leaves the parents' times alone.
+// A directory the layer hides in the layers below (`hides`) keeps what it
+// has. Children first; changing attributes leaves the parents' times alone.
 absl::Status KeepLowerAttrs(int fd, const std::string& rel,
                             const UnpackedLayer& unpacked,
+                            const LayerHides& hides,
                             const std::vector<std::string>& lowers) {
   std::vector<std::string> subdirs;
   {
@@ -448,9 +477,11 @@ absl::Status KeepLowerAttrs(int fd, const std::string& rel,
     if (!sub.valid()) return ErrnoToStatus(errno, absl::StrCat("open ", n));
     RETURN_IF_ERROR(KeepLowerAttrs(sub.get(),
                                    rel.empty() ? n : absl::StrCat(rel, "/", n),
-                                   unpacked, lowers));
+                                   unpacked, hides, lowers));
   }
-  if (unpacked.explicit_dirs.count(rel) != 0) return absl::OkStatus();
+  if (unpacked.explicit_dirs.count(rel) != 0 || hides.Hides(rel)) {
+    return absl::OkStatus();
+  }
   absl::StatusOr<LowerEntry> lower = FindInLowers(lowers, rel);
   if (!lower.ok() || !S_ISDIR(lower->st.st_mode)) return absl::OkStatus();
   const struct stat& st = lower->st;
@@ -527,8 +558,12 @@ absl::Status MakeOverlayLower(const std::string& dir,
   // Hardlinks to files of lower layers cannot be links across layer
   // directories: the file is copied in (content, mode, owner, times), as a
   // copy-up would.
+  const LayerHides hides(unpacked);
   for (const auto& [path, target] : unpacked.lower_hardlinks) {
-    absl::Status st = CopyFromLower(root.get(), path, target, lowers);
+    absl::Status st =
+        hides.Hides(target)
+            ? absl::NotFoundError("this layer's whiteouts hide the target")
+            : CopyFromLower(root.get(), path, target, lowers);
     if (!st.ok()) {
       LogWarning(dir, ": hardlink ", path, " -> ", target,
                  " (a file of a lower layer) is not shown: ", st.message());
@@ -537,7 +572,7 @@ absl::Status MakeOverlayLower(const std::string& dir,
               " to a lower layer made a copy");
     }
   }
-  return KeepLowerAttrs(root.get(), "", unpacked, lowers);
+  return KeepLowerAttrs(root.get(), "", unpacked, hides, lowers);
 }
 
 // FillAdaptive's settings common to prefetch and background fetch: spans

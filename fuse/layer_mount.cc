@@ -72,6 +72,15 @@ std::string OverlayPath(absl::string_view path) {
   return out;
 }
 
+// `path` past its first `skip` bytes (0: the whole path), without the
+// slashes that may follow them ("/a//b" past "/a/" is "b", not "/b").
+absl::string_view Below(absl::string_view path, size_t skip) {
+  if (skip == 0) return path;
+  path.remove_prefix(skip);
+  while (!path.empty() && path.front() == '/') path.remove_prefix(1);
+  return path;
+}
+
 // overlayfs's options for `top_first` lowers (and `upper`, `work` unless
 // empty), each path taken after its first `skip` bytes.
 std::string OverlayOptions(const std::vector<std::string>& top_first,
@@ -80,11 +89,11 @@ std::string OverlayOptions(const std::vector<std::string>& top_first,
   std::string opts = "lowerdir=";
   for (size_t i = 0; i < top_first.size(); ++i) {
     if (i != 0) opts.push_back(':');
-    opts += OverlayPath(absl::string_view(top_first[i]).substr(skip));
+    opts += OverlayPath(Below(top_first[i], skip));
   }
   if (!upper.empty()) {
-    absl::StrAppend(&opts, ",upperdir=", OverlayPath(upper.substr(skip)),
-                    ",workdir=", OverlayPath(work.substr(skip)));
+    absl::StrAppend(&opts, ",upperdir=", OverlayPath(Below(upper, skip)),
+                    ",workdir=", OverlayPath(Below(work, skip)));
   }
   return opts;
 }

@@ -401,7 +401,8 @@ TEST(LayerStackTest, ManyLayersWithLongPathsHoldingCommasAndColons) {
   constexpr int kLayers = 150;
   std::vector<std::string> lowers;
   for (int i = 0; i < kLayers; ++i) {
-    lowers.push_back(absl::StrCat(base, "/layer-", i));
+    // (One spelled with a double slash: the same directory.)
+    lowers.push_back(absl::StrCat(base, i == 3 ? "//" : "/", "layer-", i));
     ASSERT_EQ(mkdir(lowers.back().c_str(), 0755), 0) << strerror(errno);
     ASSERT_NO_FATAL_FAILURE(
         WriteFile(absl::StrCat(lowers.back(), "/f", i), absl::StrCat(i)));
@@ -420,6 +421,7 @@ TEST(LayerStackTest, ManyLayersWithLongPathsHoldingCommasAndColons) {
   EXPECT_STREQ(cwd_after, cwd_before) << "the caller's directory changed";
   EXPECT_EQ(Content(merged + "/top"), absl::StrCat("layer ", kLayers - 1));
   EXPECT_EQ(Content(merged + "/f0"), "0");
+  EXPECT_EQ(Content(merged + "/f3"), "3");
   EXPECT_EQ(Content(merged + "/f77"), "77");
   EXPECT_EQ(Listing(merged).size(), static_cast<size_t>(kLayers + 1));
   EXPECT_EQ(umount2(merged.c_str(), 0), 0) << strerror(errno);

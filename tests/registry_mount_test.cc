@@ -741,6 +741,49 @@ TEST_F(RegistryMountTest, AnOpaqueLowerDirectoryHidesFromAPlainUpperLayer) {
   mounts_.clear();
 }
 
+// The same within one layer pulled in full: its own opaque directory, or a
+// whiteout of a directory it then fills again, hides the lower one, so a
+// directory it implies there is a new one (it took the hidden directory's
+// attributes) and a hardlink to a file hidden so is no copy of it.
+TEST_F(RegistryMountTest, APlainLayersOwnWhiteoutsHideFromItself) {
+  TarBuilder lower, upper;
+  lower.Dir("./").Dir("a/");
+  TarSpec hidden;
+  hidden.name = "a/b/";
+  hidden.typeflag = '5';
+  hidden.mode = 0700;
+  hidden.uid = 7;
+  hidden.mtime = 1400000000;
+  lower.Add(hidden);
+  lower.File("a/x", "hidden by the upper layer's opaque a/\n");
+  hidden.name = "e/";
+  lower.Add(hidden);
+  lower.File("e/old", "old");
+  upper.File("a/.wh..wh..opq", "").File("a/b/c", "c");  // implies a/b
+  upper.Hardlink("link", "a/x");
+  upper.File(".wh.e", "").File("e/new", "new");  // implies e
+  const std::string mnt = dir_ + "/mnt-own-whiteouts";
+  testing::RunResult m =
+      MountTwoLayers(&lower, &upper, /*plain_upper=*/true, mnt);
+  ASSERT_EQ(m.exit_code, 0) << m.err << m.out;
+  EXPECT_EQ(ReadAll(mnt + "/a/b/c"), "c");
+  EXPECT_EQ(ReadAll(mnt + "/e/new"), "new");
+  struct stat st;
+  EXPECT_NE(lstat((mnt + "/a/x").c_str(), &st), 0);
+  EXPECT_NE(lstat((mnt + "/e/old").c_str(), &st), 0);
+  EXPECT_NE(lstat((mnt + "/link").c_str(), &st), 0)
+      << "a file the layer's own opaque directory hides came back: "
+      << ReadAll(mnt + "/link");
+  for (const char* d : {"/a/b", "/e"}) {
+    ASSERT_EQ(stat((mnt + d).c_str(), &st), 0) << d;
+    EXPECT_EQ(st.st_mode & 07777, 0755u) << d << " " << std::oct << st.st_mode;
+    EXPECT_EQ(st.st_uid, 0u) << d;
+  }
+  testing::RunResult u = testing::Run({bin_, "unmount", mnt});
+  ASSERT_EQ(u.exit_code, 0) << u.err;
+  mounts_.clear();
+}
+
 // An image of 130 layers, some lazy, most pulled in full, with a cache
 // directory whose name holds ',' and ':': the overlay's options are longer
 // than the page mount(2) takes, and overlayfs splits them at both (the
