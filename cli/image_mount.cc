@@ -25,6 +25,7 @@
 #include <thread>
 
 #include "absl/container/flat_hash_set.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -610,11 +611,15 @@ void CleanStaleRunDirs(const std::string& mounts_dir) {
     stale.push_back(absl::StrCat(mounts_dir, "/", e->d_name));
   }
   closedir(d);
+  if (stale.empty()) return;
+  // Every mount left beneath them (a layer's dead FUSE mount answers
+  // ENOTCONN; `--layer N` leaves RUN/N alone), the most recent first.
+  const std::vector<MountEntry> table = ReadMountTable();
   for (const std::string& s : stale) {
-    for (int n = 0; n < 1024; ++n) {
-      std::string layer = absl::StrCat(s, "/", n);
-      if (access(layer.c_str(), F_OK) != 0 && errno == ENOENT) break;
-      umount2(layer.c_str(), MNT_DETACH);
+    for (auto it = table.rbegin(); it != table.rend(); ++it) {
+      if (absl::StartsWith(it->mount_point, s + "/")) {
+        umount2(it->mount_point.c_str(), MNT_DETACH);
+      }
     }
     LogInfo("removing the runtime dir of a dead mount process: ", s);
     (void)RemoveDir(s);

@@ -9,6 +9,7 @@
 #include <sstream>
 #include <vector>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -38,15 +39,32 @@ uint64_t ProcessStartTicks(pid_t pid) {
   return ticks;
 }
 
+namespace {
+
+// A path or reference as one line of the record: C-escaped, so that a
+// newline in it cannot end the line (and start a forged "run" line).
+std::string Field(const std::string& s) { return absl::CEscape(s); }
+
+// The field back; a line that does not unescape (a record of an older
+// version, written raw) is taken as it is.
+std::string Unfield(const std::string& line) {
+  std::string out;
+  return absl::CUnescape(line, &out) ? out : line;
+}
+
+}  // namespace
+
 void WriteMountRecord(const std::string& path, MountRecord record) {
   record.pid = getpid();
   record.start_ticks = ProcessStartTicks(record.pid);
   mkdir(RuntimeDir().c_str(), 0700);
   std::ostringstream out;
-  out << record.pid << "\n" << record.mountpoint << "\n";
-  if (!record.image_ref.empty()) out << "image " << record.image_ref << "\n";
+  out << record.pid << "\n" << Field(record.mountpoint) << "\n";
+  if (!record.image_ref.empty()) {
+    out << "image " << Field(record.image_ref) << "\n";
+  }
   out << "start " << record.start_ticks << "\n";
-  if (!record.run_dir.empty()) out << "run " << record.run_dir << "\n";
+  if (!record.run_dir.empty()) out << "run " << Field(record.run_dir) << "\n";
   // Written whole, then renamed: a reader never sees half a record.
   const std::string tmp = absl::StrCat(path, ".", record.pid);
   std::ofstream(tmp) << out.str();
@@ -61,14 +79,15 @@ std::optional<MountRecord> ReadMountRecord(const std::string& path) {
       r.pid <= 0) {
     return std::nullopt;
   }
-  if (!std::getline(in, r.mountpoint)) return std::nullopt;
+  if (!std::getline(in, line)) return std::nullopt;
+  r.mountpoint = Unfield(line);
   while (std::getline(in, line)) {
     if (absl::StartsWith(line, "image ")) {
-      r.image_ref = line.substr(6);
+      r.image_ref = Unfield(line.substr(6));
     } else if (absl::StartsWith(line, "start ")) {
       (void)absl::SimpleAtoi(line.substr(6), &r.start_ticks);
     } else if (absl::StartsWith(line, "run ")) {
-      r.run_dir = line.substr(4);
+      r.run_dir = Unfield(line.substr(4));
     }
   }
   return r;

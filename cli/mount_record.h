@@ -6,7 +6,8 @@
 // holding its layer mounts.
 //
 // File format, one item per line: the pid; the mountpoint; then optional
-// "image REF", "start TICKS" (field 22 of /proc/PID/stat), "run DIR".
+// "image REF", "start TICKS" (field 22 of /proc/PID/stat), "run DIR"; the
+// mountpoint, REF and DIR C-escaped (a newline in a path stays in its line).
 //
 // Thread-safety: pure functions over files; no shared state.
 #ifndef LAZYPULL_CLI_MOUNT_RECORD_H_

@@ -9,6 +9,22 @@
 
 namespace lazypull {
 
+namespace {
+
+// NAME_MAX of every Linux filesystem: a longer component can be neither
+// extracted nor looked up (and the kernel refuses a whole FUSE directory
+// listing holding one over 1024 bytes).
+constexpr size_t kNameMax = 255;
+
+absl::Status NameTooLong(absl::string_view name) {
+  return absl::InvalidArgumentError(
+      absl::StrCat("a component of name \"", name.substr(0, 300),
+                   name.size() > 300 ? "..." : "", "\" is longer than ",
+                   kNameMax, " bytes"));
+}
+
+}  // namespace
+
 absl::StatusOr<std::string> NormalizeTarPath(absl::string_view name) {
   if (name.find('\0') != absl::string_view::npos) {
     return absl::InvalidArgumentError("a name holds a NUL byte");
@@ -29,6 +45,7 @@ absl::StatusOr<std::string> NormalizeTarPath(absl::string_view name) {
     for (size_t i = 0; i <= n.size() && clean; ++i) {
       if (i == n.size() || n[i] == '/') {
         const size_t len = i - start;
+        if (len > kNameMax) return NameTooLong(name);
         if (len == 0 && !n.empty()) clean = false;
         if (len == 1 && n[start] == '.') clean = false;
         if (len == 2 && n[start] == '.' && n[start + 1] == '.') clean = false;
@@ -45,6 +62,7 @@ absl::StatusOr<std::string> NormalizeTarPath(absl::string_view name) {
     absl::string_view part = name.substr(pos, slash - pos);
     pos = slash + 1;
     if (part.empty() || part == ".") continue;
+    if (part.size() > kNameMax) return NameTooLong(name);
     if (part == "..") {
       if (parts.empty()) {
         return absl::InvalidArgumentError(

@@ -155,7 +155,8 @@ class LayerIndex {
 };
 
 // Normalizes a tar path: clean("/" + name) with the leading "/" stripped; the
-// root is "". Fails if the name climbs above the root or holds a NUL byte.
+// root is "". Fails if the name climbs above the root, holds a NUL byte or a
+// component longer than 255 bytes (NAME_MAX).
 absl::StatusOr<std::string> NormalizeTarPath(absl::string_view name);
 
 }  // namespace lazypull

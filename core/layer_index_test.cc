@@ -137,6 +137,24 @@ TEST(NormalizeTarPathTest, RejectsEscapesAndNul) {
   EXPECT_FALSE(NormalizeTarPath(absl::string_view("a\0b", 3)).ok());
 }
 
+// A component longer than NAME_MAX can be neither looked up nor extracted
+// (over 1024 bytes, the kernel refuses the whole FUSE directory listing).
+TEST(NormalizeTarPathTest, RejectsComponentsLongerThanNameMax) {
+  const std::string ok(255, 'n'), long_name(256, 'n');
+  EXPECT_TRUE(NormalizeTarPath("d/" + ok + "/f").ok());
+  for (const std::string& in :
+       {long_name, "./d/" + long_name, "d/" + long_name + "/f",
+        "d//" + long_name + "/../f", std::string(2000, 'x') + "/"}) {
+    absl::StatusOr<std::string> got = NormalizeTarPath(in);
+    EXPECT_FALSE(got.ok()) << in.size();
+    if (!got.ok()) {
+      EXPECT_THAT(std::string(got.status().message()),
+                  HasSubstr("longer than 255 bytes"));
+    }
+  }
+  ExpectInvalid(Build({Reg("d/" + long_name, 1, 0)}), "longer than 255");
+}
+
 // ---- Names and the tree -----------------------------------------------------
 
 TEST(LayerIndexTest, NamesAreNormalized) {

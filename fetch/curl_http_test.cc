@@ -712,6 +712,21 @@ TEST(HttpHelpersTest, ParsesRangesAndRetryAfter) {
   EXPECT_EQ(ResolveUrl("https://a:5000/v2/x/blobs/y", "/z"),
             "https://a:5000/z");
   EXPECT_EQ(ResolveUrl("https://a/v2/x/blobs/y", "//c/d"), "https://c/d");
+  // A "://" in a relative reference's query does not make it absolute.
+  EXPECT_EQ(ResolveUrl("https://a/v2/r/blobs/uploads/",
+                       "/v2/r/blobs/uploads/u?next=https://cdn/x"),
+            "https://a/v2/r/blobs/uploads/u?next=https://cdn/x");
+  EXPECT_EQ(ResolveUrl("https://a/v2/r/blobs/uploads/", "u?next=http://c"),
+            "https://a/v2/r/blobs/uploads/u?next=http://c");
+  // A query alone keeps the base's path; "." and ".." segments go.
+  EXPECT_EQ(ResolveUrl("https://a/v2/x/blobs/sha256:1?old=1", "?x=1"),
+            "https://a/v2/x/blobs/sha256:1?x=1");
+  EXPECT_EQ(ResolveUrl("https://a/v2/x/blobs/y", "../manifests/./m"),
+            "https://a/v2/x/manifests/m");
+  EXPECT_EQ(ResolveUrl("https://a/v2/x", "../../../z"), "https://a/z");
+  EXPECT_EQ(ResolveUrl("https://a/v2/x/blobs/y", "./sha256:2"),
+            "https://a/v2/x/blobs/sha256:2");
+  EXPECT_EQ(ResolveUrl("http://a/b", "HTTPS://c/d"), "HTTPS://c/d");
   EXPECT_EQ(UrlHost("https://u:p@h:1/x"), "h:1");
   HttpRequest q;
   q.url = "https://h/p?sig=secret";

@@ -3,11 +3,14 @@
 #include <time.h>
 
 #include <cstring>
+#include <string>
+#include <vector>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 
@@ -306,24 +309,74 @@ std::string UrlHost(absl::string_view url) {
   return std::string(host);
 }
 
+namespace {
+
+// Whether `ref` starts with a scheme and "//" (RFC 3986: ALPHA *( ALPHA /
+// DIGIT / "+" / "-" / "." ) ":"): an absolute URL. A "://" further on (in a
+// query: "?next=https://...") does not make a reference absolute.
+bool HasSchemeAndAuthority(absl::string_view ref) {
+  if (ref.empty() || !absl::ascii_isalpha(ref[0])) return false;
+  size_t i = 1;
+  while (i < ref.size() && (absl::ascii_isalnum(ref[i]) || ref[i] == '+' ||
+                            ref[i] == '-' || ref[i] == '.')) {
+    ++i;
+  }
+  return absl::StartsWith(ref.substr(i), "://");
+}
+
+// RFC 3986 5.2.4: a path without its "." and ".." segments.
+std::string RemoveDotSegments(absl::string_view path) {
+  std::vector<absl::string_view> out;
+  const bool trailing_dir = absl::EndsWith(path, "/.") ||
+                            absl::EndsWith(path, "/..") || path == "." ||
+                            path == "..";
+  for (absl::string_view seg : absl::StrSplit(path, '/')) {
+    if (seg == ".") continue;
+    if (seg == "..") {
+      if (out.size() > 1) out.pop_back();  // (out[0] is the "" before "/")
+      continue;
+    }
+    out.push_back(seg);
+  }
+  std::string r = absl::StrJoin(out, "/");
+  if (trailing_dir && !absl::EndsWith(r, "/")) r.push_back('/');
+  return r.empty() ? "/" : r;
+}
+
+}  // namespace
+
 std::string ResolveUrl(absl::string_view base, absl::string_view location) {
   location = absl::StripAsciiWhitespace(location);
-  if (location.find("://") != absl::string_view::npos) {
-    return std::string(location);
-  }
+  if (HasSchemeAndAuthority(location)) return std::string(location);
   if (absl::StartsWith(location, "//")) {
     return absl::StrCat(base.substr(0, base.find("://") + 1), location);
   }
-  std::string origin = UrlOrigin(base);
-  if (absl::StartsWith(location, "/")) return absl::StrCat(origin, location);
-  // Relative to the base path's directory.
-  absl::string_view path = base.substr(origin.size());
-  path = path.substr(0, path.find_first_of("?#"));
-  size_t slash = path.rfind('/');
-  std::string dir = slash == absl::string_view::npos
-                        ? "/"
-                        : std::string(path.substr(0, slash + 1));
-  return absl::StrCat(origin, dir, location);
+  const std::string origin = UrlOrigin(base);
+  absl::string_view base_path = base.substr(origin.size());
+  const absl::string_view base_no_fragment =
+      base.substr(0, origin.size() + base_path.find('#'));
+  base_path = base_path.substr(0, base_path.find_first_of("?#"));
+  if (location.empty()) return std::string(base_no_fragment);
+  // A query or a fragment alone replaces the base's (the path stays).
+  if (location[0] == '?') {
+    return absl::StrCat(origin, base_path.empty() ? "/" : base_path, location);
+  }
+  if (location[0] == '#') return absl::StrCat(base_no_fragment, location);
+  const size_t tail = location.find_first_of("?#");
+  const absl::string_view ref_path = location.substr(0, tail);
+  const absl::string_view ref_tail =
+      tail == absl::string_view::npos ? "" : location.substr(tail);
+  std::string path;
+  if (absl::StartsWith(ref_path, "/")) {
+    path = std::string(ref_path);
+  } else {
+    // Relative to the base path's directory.
+    const size_t slash = base_path.rfind('/');
+    path = absl::StrCat(
+        slash == absl::string_view::npos ? "/" : base_path.substr(0, slash + 1),
+        ref_path);
+  }
+  return absl::StrCat(origin, RemoveDotSegments(path), ref_tail);
 }
 
 }  // namespace lazypull

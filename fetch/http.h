@@ -221,7 +221,9 @@ struct ContentRange {
 };
 absl::StatusOr<ContentRange> ParseContentRange(absl::string_view value);
 
-// Resolves `location` (absolute, scheme-relative or path) against `base`.
+// Resolves `location` (a URL, or a reference relative to `base`: "//host/...",
+// "/path", "path", "?query", "#fragment", with "." and ".." segments)
+// against `base`, as RFC 3986 section 5.2 does.
 std::string ResolveUrl(absl::string_view base, absl::string_view location);
 
 // Percent-encodes everything but RFC 3986 unreserved characters.

@@ -310,8 +310,12 @@ absl::StatusOr<PullResult> PullImage(RegistryClient* client,
   while (dir.size() > 1 && dir.back() == '/') dir.pop_back();
   RETURN_IF_ERROR(CheckTarget(dir));
   const std::string parent = Dirname(dir);
+  // The work directory beside DIR is named after it; a name too long to
+  // take the suffix within NAME_MAX (255) goes by its hash instead.
+  std::string stem = Basename(dir);
+  if (stem.size() > 200) stem = Sha256::Of(stem).Hex().substr(0, 16);
   const std::string work =
-      absl::StrCat(parent, "/.", Basename(dir), ".lazypull-pull.", getpid());
+      absl::StrCat(parent, "/.", stem, ".lazypull-pull.", getpid());
   ScopedFd parent_fd(open(parent.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
   if (!parent_fd.valid()) {
     return ErrnoToStatus(errno, absl::StrCat("open ", parent));
@@ -320,8 +324,7 @@ absl::StatusOr<PullResult> PullImage(RegistryClient* client,
   RETURN_IF_ERROR(RemoveTreeAt(parent_fd.get(), work_name, work));
   // Work directories of earlier pulls into DIR that were killed (a signal
   // skips the clean-up below) go too, once their process is gone.
-  const std::string stale_prefix =
-      absl::StrCat(".", Basename(dir), ".lazypull-pull.");
+  const std::string stale_prefix = absl::StrCat(".", stem, ".lazypull-pull.");
   std::vector<std::string> stale;
   if (DIR* d = fdopendir(dup(parent_fd.get()))) {
     while (struct dirent* e = readdir(d)) {

@@ -397,6 +397,21 @@ TEST_F(PullTest, WorkDirsOfKilledPullsAreRemoved) {
   EXPECT_EQ(lstat(live.c_str(), &st), 0);
 }
 
+// A target whose name is near NAME_MAX: the work directory beside it, named
+// after it with a suffix, was too long a name (ENAMETOOLONG).
+TEST_F(PullTest, ATargetWithALongName) {
+  auto reg = StartRegistry();
+  ASSERT_NE(reg, nullptr);
+  Push(*reg, "long/app", {Layer1()});
+  const std::string parent = TestDir("long");
+  const std::string out = parent + "/" + std::string(250, 'n');
+  auto r = Pull({"--plain-http", reg->host() + "/long/app:v1", out});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  struct stat st;
+  EXPECT_EQ(lstat((out + "/etc").c_str(), &st), 0);
+  EXPECT_TRUE(Leftovers(parent).empty());
+}
+
 TEST_F(PullTest, WrongDiffIdFails) {
   auto reg = StartRegistry();
   ASSERT_NE(reg, nullptr);

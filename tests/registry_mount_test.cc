@@ -784,6 +784,42 @@ TEST_F(RegistryMountTest, APlainLayersOwnWhiteoutsHideFromItself) {
   mounts_.clear();
 }
 
+// A `--layer N` mount whose server was killed leaves RUN/N (a dead FUSE
+// mount) and no RUN/0: the next image mount's sweep of dead run
+// directories stopped at the first missing layer directory, so that mount
+// and the directory stayed for good.
+TEST_F(RegistryMountTest, ADeadLayerMountIsSweptByTheNextMount) {
+  TarBuilder lower, upper;
+  lower.Dir("./").File("a", "a");
+  upper.File("b", "b");
+  const std::string ref = Push(
+      "test/dead-layer",
+      {Convert(lower.Finish(), "dl0", {}), Convert(upper.Finish(), "dl1", {})});
+  const std::string mnt = dir_ + "/mnt-dead-layer";
+  testing::RunResult m = Mount(ref, mnt, {"--layer", "1"});
+  ASSERT_EQ(m.exit_code, 0) << m.err << m.out;
+  EXPECT_EQ(ReadAll(mnt + "/b"), "b");
+  const pid_t pid = ServerPid(m);
+  ASSERT_GT(pid, 0) << m.out;
+  const std::string run = absl::StrCat(cache_dir(), "/mounts/", pid);
+  ASSERT_EQ(testing::MountCount(run + "/1"), 1);
+  ASSERT_EQ(kill(pid, SIGKILL), 0);
+  for (int i = 0; i < 500 && kill(pid, 0) == 0; ++i) usleep(10000);
+  ASSERT_NE(kill(pid, 0), 0) << "the server outlived SIGKILL";
+  umount2(mnt.c_str(), MNT_DETACH);
+  mounts_.clear();
+  const std::string mnt2 = dir_ + "/mnt-dead-layer-2";
+  testing::RunResult m2 = Mount(ref, mnt2, {"--no-background-fetch"});
+  ASSERT_EQ(m2.exit_code, 0) << m2.err << m2.out;
+  EXPECT_EQ(testing::MountCount(run + "/1"), 0)
+      << "the dead server's layer mount stayed";
+  struct stat st;
+  EXPECT_NE(lstat(run.c_str(), &st), 0) << run << " stayed";
+  testing::RunResult u = testing::Run({bin_, "unmount", mnt2});
+  ASSERT_EQ(u.exit_code, 0) << u.err;
+  mounts_.clear();
+}
+
 // An image of 130 layers, some lazy, most pulled in full, with a cache
 // directory whose name holds ',' and ':': the overlay's options are longer
 // than the page mount(2) takes, and overlayfs splits them at both (the
