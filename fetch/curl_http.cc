@@ -597,8 +597,11 @@ void CurlHttpTransport::Loop::StartAttempt(Transfer* t) {
   }
   for (const auto& [k, v] : r.headers) {
     if (range_header && absl::EqualsIgnoreCase(k, "range")) continue;
-    t->headers =
-        curl_slist_append(t->headers, absl::StrCat(k, ": ", v).c_str());
+    // ("Name:" with nothing after it tells curl to drop the header; "Name;"
+    // sends it empty.)
+    t->headers = curl_slist_append(
+        t->headers,
+        (v.empty() ? absl::StrCat(k, ";") : absl::StrCat(k, ": ", v)).c_str());
   }
   if (range_header) {
     t->headers = curl_slist_append(

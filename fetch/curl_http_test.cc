@@ -4,6 +4,8 @@
 
 #include <cstdlib>
 #include <fstream>
+#include <map>
+#include <mutex>
 #include <string>
 #include <thread>
 
@@ -87,6 +89,29 @@ class CurlHttpTest : public ::testing::Test {
   }
   std::unique_ptr<CurlHttpTransport> http_;
 };
+
+// A configured header with an empty value is sent empty ("Name:" alone
+// would tell curl to drop it).
+TEST_F(CurlHttpTest, AnEmptyHeaderValueIsSent) {
+  std::map<std::string, std::string> seen;
+  std::mutex mu;
+  auto s =
+      LoopbackHttpServer::Start([&](const TestRequest& q, TestResponse* r) {
+        std::lock_guard<std::mutex> l(mu);
+        seen = q.headers;
+        r->body = "ok";
+      });
+  ASSERT_TRUE(s.ok());
+  HttpRequest req = Get(**s, "/e");
+  req.headers.push_back({"X-Empty", ""});
+  req.headers.push_back({"X-Full", "v"});
+  auto a = http_->Fetch(req);
+  ASSERT_TRUE(a.ok()) << a.status();
+  std::lock_guard<std::mutex> l(mu);
+  EXPECT_EQ(seen.count("x-empty"), 1u);
+  EXPECT_EQ(seen["x-empty"], "");
+  EXPECT_EQ(seen["x-full"], "v");
+}
 
 TEST_F(CurlHttpTest, FetchReusesTheConnectionAndLowercasesHeaders) {
   auto s = LoopbackHttpServer::Start([](const TestRequest&, TestResponse* r) {

@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -358,19 +359,29 @@ absl::Status ApplyClient(const TomlValue& v, const std::string& dir,
 }
 
 // A header's value: a string, or an array of them (the header repeated).
+// CR, LF or NUL in a name or value would end the header line and start
+// another (TOML's "\r\n" escapes make them easy to write): refused.
 absl::Status ApplyHeader(const std::string& name, const TomlValue& v,
                          RegistryHost* h) {
-  if (v.type == TomlValue::Type::kString) {
-    h->headers.emplace_back(name, v.str);
+  auto add = [&](const std::string& value) -> absl::Status {
+    for (const std::string* s : {&name, &value}) {
+      if (s->find_first_of(std::string("\r\n\0", 3)) != std::string::npos) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("header ", absl::CEscape(name),
+                         ": a line break or NUL in its name or value"));
+      }
+    }
+    h->headers.emplace_back(name, value);
     return absl::OkStatus();
-  }
+  };
+  if (v.type == TomlValue::Type::kString) return add(v.str);
   if (v.type == TomlValue::Type::kArray) {
     for (const TomlValue& e : v.array) {
       if (e.type != TomlValue::Type::kString) {
         return absl::InvalidArgumentError(
             absl::StrCat("header ", name, " must be a string or strings"));
       }
-      h->headers.emplace_back(name, e.str);
+      RETURN_IF_ERROR(add(e.str));
     }
     return absl::OkStatus();
   }

@@ -154,6 +154,14 @@ client = [["c.crt", "c.key"]]
   EXPECT_EQ(o.tls.client_cert, base + "c.crt");
   EXPECT_EQ(o.tls.client_key, base + "c.key");
   EXPECT_EQ(o.headers, (Headers{{"x-origin", "o"}}));
+  // A header value with a line break (TOML's escapes) would end the header
+  // line and inject another: refused.
+  Write(dir + "/reg.local_5000_/hosts.toml",
+        "[header]\n  x-a = \"v\\r\\nInjected: 1\"\n");
+  hosts = LoadRegistryHosts("reg.local:5000", "reg.local:5000", d);
+  ASSERT_FALSE(hosts.ok());
+  EXPECT_NE(hosts.status().message().find("line break"), std::string::npos)
+      << hosts.status();
   // A bad `client` is an error naming the file.
   Write(dir + "/reg.local_5000_/hosts.toml", "client = 5\n");
   hosts = LoadRegistryHosts("reg.local:5000", "reg.local:5000", d);
