@@ -115,7 +115,9 @@ std::unique_ptr<ConnectionWatchdog> GuardPushes(
 }
 
 int Fail(const std::string& cmd, const absl::Status& status) {
-  std::cerr << "lazypull " << cmd << ": " << status.message() << "\n";
+  // (A message may carry a registry's text: no terminal control from it.)
+  std::cerr << "lazypull " << cmd << ": "
+            << WithoutControls(status.message(), "\t\n") << "\n";
   return 1;
 }
 
