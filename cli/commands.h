@@ -66,6 +66,13 @@ std::string DefaultCacheDir();
 // Prints "lazypull <cmd>: <status message>" and returns 1.
 int Fail(const std::string& cmd, const absl::Status& status);
 
+// Raises this process's soft limit on open files to its hard limit, as Go
+// programs (containerd) do: a serving process holds descriptors per layer
+// and per FUSE thread (an image of a hundred layers passes 1024, the usual
+// soft limit). For the mount servers (a credential helper they start
+// inherits it, as containerd's do).
+void RaiseOpenFileLimit();
+
 // When `pushing` (page pushes are on), starts the watchdog that aborts
 // `connections` should this process die without unmounting them
 // (fuse/connection_watchdog.h says why pushes need it). Call from the

@@ -1,3 +1,4 @@
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -112,6 +113,15 @@ std::unique_ptr<ConnectionWatchdog> GuardPushes(
     return nullptr;
   }
   return *std::move(w);
+}
+
+void RaiseOpenFileLimit() {
+  struct rlimit rl;
+  if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur >= rl.rlim_max) return;
+  rl.rlim_cur = rl.rlim_max;
+  if (setrlimit(RLIMIT_NOFILE, &rl) != 0) {
+    LogWarning("could not raise the open-file limit to ", rl.rlim_max);
+  }
 }
 
 int Fail(const std::string& cmd, const absl::Status& status) {

@@ -7,6 +7,7 @@
 #include <netinet/in.h>
 #include <signal.h>
 #include <sys/mount.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -21,6 +22,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "core/digest.h"
 #include "core/testing/tar_builder.h"
 #include "gtest/gtest.h"
@@ -89,6 +91,34 @@ class UnmountTest : public ::testing::Test {
   std::vector<std::string> cleanup_;
   std::vector<pid_t> kill_;  // children of this process
 };
+
+// A serving process raises its soft open-file limit to the hard one (an
+// image of a hundred layers holds more than the usual 1024 descriptors).
+TEST_F(UnmountTest, TheServerRaisesItsOpenFileLimit) {
+  struct rlimit mine;
+  ASSERT_EQ(getrlimit(RLIMIT_NOFILE, &mine), 0);
+  if (mine.rlim_max <= 256) GTEST_SKIP() << "SKIPPED: hard limit too low";
+  struct rlimit low = mine;
+  low.rlim_cur = 256;
+  ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &low), 0);
+  const pid_t pid = Mount(base_ + "/mnt-limits");
+  ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &mine), 0);
+  ASSERT_GT(pid, 0);
+  std::string soft;
+  std::ifstream in(absl::StrCat("/proc/", pid, "/limits"));
+  for (std::string line; std::getline(in, line);) {
+    if (absl::StartsWith(line, "Max open files")) {
+      std::vector<std::string> f =
+          absl::StrSplit(line.substr(14), ' ', absl::SkipEmpty());
+      ASSERT_GE(f.size(), 2u) << line;
+      soft = f[0];
+      EXPECT_EQ(f[0], f[1]) << line;
+    }
+  }
+  EXPECT_NE(soft, "256");
+  EXPECT_FALSE(soft.empty());
+  EXPECT_EQ(Unmount(base_ + "/mnt-limits").exit_code, 0);
+}
 
 TEST_F(UnmountTest, OnlyLazypullMountsAreUnmounted) {
   const std::string tfs = base_ + "/tmpfs";
