@@ -170,7 +170,10 @@ TEST(LinkProxyTest, RoundTripTakesOneRttPlusOneForTheHandshake) {
         "measured: first round trip on a new connection %.1f ms (2 x rtt "
         "40 ms)\n",
         firsts.back());
-    EXPECT_GE(firsts.back(), 80.0);
+    // (The proxy's emulated handshake starts when it accepts, which can be
+    // a fraction of a millisecond before connect() returns here and the
+    // clock starts: a millisecond of slack below 2 x rtt.)
+    EXPECT_GE(firsts.back(), 79.0);
     for (int i = 0; conn == 0 && i < 5; ++i) {
       rts.push_back(EchoRoundTripMs(fd.get()));
       printf("measured: round trip %.1f ms (rtt 40 ms)\n", rts.back());
