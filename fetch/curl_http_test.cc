@@ -752,6 +752,9 @@ TEST(HttpHelpersTest, ParsesRangesAndRetryAfter) {
   EXPECT_EQ(ResolveUrl("https://a/v2/x/blobs/y", "./sha256:2"),
             "https://a/v2/x/blobs/sha256:2");
   EXPECT_EQ(ResolveUrl("http://a/b", "HTTPS://c/d"), "HTTPS://c/d");
+  // A fragment alone, or nothing, keeps the base (whose origin stays whole).
+  EXPECT_EQ(ResolveUrl("https://a/b?q", "#f"), "https://a/b?q#f");
+  EXPECT_EQ(ResolveUrl("https://a/b#old", ""), "https://a/b");
   EXPECT_EQ(UrlHost("https://u:p@h:1/x"), "h:1");
   HttpRequest q;
   q.url = "https://h/p?sig=secret";

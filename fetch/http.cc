@@ -352,10 +352,9 @@ std::string ResolveUrl(absl::string_view base, absl::string_view location) {
     return absl::StrCat(base.substr(0, base.find("://") + 1), location);
   }
   const std::string origin = UrlOrigin(base);
-  absl::string_view base_path = base.substr(origin.size());
-  const absl::string_view base_no_fragment =
-      base.substr(0, origin.size() + base_path.find('#'));
-  base_path = base_path.substr(0, base_path.find_first_of("?#"));
+  const absl::string_view base_no_fragment = base.substr(0, base.find('#'));
+  absl::string_view base_path = base_no_fragment.substr(origin.size());
+  base_path = base_path.substr(0, base_path.find('?'));
   if (location.empty()) return std::string(base_no_fragment);
   // A query or a fragment alone replaces the base's (the path stays).
   if (location[0] == '?') {
