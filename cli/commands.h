@@ -8,6 +8,7 @@
 #ifndef LAZYPULL_CLI_COMMANDS_H_
 #define LAZYPULL_CLI_COMMANDS_H_
 
+#include <cstdint>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -66,12 +67,18 @@ std::string DefaultCacheDir();
 // Prints "lazypull <cmd>: <status message>" and returns 1.
 int Fail(const std::string& cmd, const absl::Status& status);
 
-// Raises this process's soft limit on open files to its hard limit, as Go
-// programs (containerd) do: a serving process holds descriptors per layer
-// and per FUSE thread (an image of a hundred layers passes 1024, the usual
-// soft limit). For the mount servers (a credential helper they start
-// inherits it, as containerd's do).
+// Raises this process's soft open-file limit to its hard limit, as Go
+// programs (containerd) do: a mount server holds descriptors per layer and
+// per FUSE thread (an image of a hundred layers passes 1024, the usual soft
+// limit), and extraction walks a directory tree with descriptors per level
+// (a tree 2048 levels deep, the most a 4095-byte path allows, needs twice
+// that). Every command calls it first (main). A credential helper started
+// from here inherits the raised limit, as containerd's do; a workload does
+// not (OriginalOpenFileSoftLimit), as Go's os/exec restores it.
 void RaiseOpenFileLimit();
+
+// The soft open-file limit this process started with.
+uint64_t OriginalOpenFileSoftLimit();
 
 // When `pushing` (page pushes are on), starts the watchdog that aborts
 // `connections` should this process die without unmounting them

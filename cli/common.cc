@@ -1,6 +1,7 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cstdio>
 #include <cstdlib>
 #include <iostream>
@@ -115,9 +116,24 @@ std::unique_ptr<ConnectionWatchdog> GuardPushes(
   return *std::move(w);
 }
 
+namespace {
+// 0 until RaiseOpenFileLimit ran.
+std::atomic<uint64_t> original_soft_limit{0};
+}  // namespace
+
+uint64_t OriginalOpenFileSoftLimit() {
+  uint64_t v = original_soft_limit.load();
+  if (v != 0) return v;
+  struct rlimit rl;
+  return getrlimit(RLIMIT_NOFILE, &rl) == 0 ? rl.rlim_cur : 1024;
+}
+
 void RaiseOpenFileLimit() {
   struct rlimit rl;
-  if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur >= rl.rlim_max) return;
+  if (getrlimit(RLIMIT_NOFILE, &rl) != 0) return;
+  uint64_t unset = 0;
+  original_soft_limit.compare_exchange_strong(unset, rl.rlim_cur);
+  if (rl.rlim_cur >= rl.rlim_max) return;
   rl.rlim_cur = rl.rlim_max;
   if (setrlimit(RLIMIT_NOFILE, &rl) != 0) {
     LogWarning("could not raise the open-file limit to ", rl.rlim_max);

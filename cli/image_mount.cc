@@ -762,7 +762,6 @@ absl::Status ServeImage(
     const std::function<void(const std::string& notes)>& ready) {
   mallopt(M_MMAP_THRESHOLD, 256 << 10);
   mallopt(M_ARENA_MAX, 2);
-  RaiseOpenFileLimit();
   // Termination signals are taken by a watcher thread with sigwait; every
   // thread started from here on inherits the mask.
   SignalWatcher signals(BlockTerminationSignals());

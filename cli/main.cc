@@ -61,6 +61,7 @@ int main(int argc, char** argv) {
   // and debug builds keep the check; optimized builds do not pay for it.
   absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
 #endif
+  lazypull::cli::RaiseOpenFileLimit();
   if (argc < 2) {
     PrintUsage(std::cerr);
     return 2;

@@ -182,7 +182,6 @@ absl::Status Serve(const ParsedArgs& args,
   // threshold keep them as peak RSS.
   mallopt(M_MMAP_THRESHOLD, 256 << 10);
   mallopt(M_ARENA_MAX, 2);
-  RaiseOpenFileLimit();
   const std::string mountpoint = MountpointPath(args.positionals[0]);
   std::optional<std::string> toc = args.Get("toc-digest");
   LayerOpenOptions lo;

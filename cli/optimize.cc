@@ -15,6 +15,7 @@
 #include <utility>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
@@ -235,6 +236,7 @@ absl::Status RecordWorkload(const std::vector<StagedLayer>& layers,
     ws.period = o.period;
     ws.on_start = [&recorder] { recorder.Start(); };
     ws.running_group = workload_group;
+    ws.open_file_soft_limit = OriginalOpenFileSoftLimit();
     LogInfo("optimize: running `", o.workload, "` for up to ",
             absl::FormatDuration(o.period));
     ASSIGN_OR_RETURN(WorkloadResult r, RunWorkload(ws));
@@ -261,7 +263,9 @@ absl::Status WriteRecord(const OptimizeOptions& o,
   if (o.record_file.empty()) return absl::OkStatus();
   std::ofstream f(o.record_file, std::ios::trunc);
   for (size_t i = 0; i < report.recorded.size(); ++i) {
-    for (const std::string& p : report.recorded[i]) f << i << "\t" << p << "\n";
+    for (const std::string& p : report.recorded[i]) {
+      f << i << "\t" << absl::Utf8SafeCEscape(p) << "\n";
+    }
   }
   f.close();
   if (!f) return ErrnoToStatus(errno ? errno : EIO, "write " + o.record_file);
@@ -314,7 +318,7 @@ std::vector<FlagSpec> WorkloadFlags() {
        "(default 10)"},
       {"record", "FILE",
        "also write the recorded files, \"LAYER<TAB>PATH\" per line in "
-       "access order"},
+       "access order (PATH C-escaped)"},
   };
 }
 

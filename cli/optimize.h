@@ -40,7 +40,8 @@ struct OptimizeOptions {
   // Scratch space (default $TMPDIR or /tmp); removed at the end.
   std::string work_dir;
   // If set, the recorded paths are also written here, one per line,
-  // "<layer index>\t<path>" in access order.
+  // "<layer index>\t<path>" in access order, the path C-escaped
+  // (absl::Utf8SafeCEscape: a tab or newline in a name cannot split a line).
   std::string record_file;
   // If set (the commands set it: see TerminationCleanup), a termination
   // signal while the scratch dir exists kills the workload, detaches every

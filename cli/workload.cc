@@ -9,6 +9,7 @@
 #include <signal.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -370,6 +371,13 @@ absl::StatusOr<WorkloadResult> RunWorkload(const WorkloadSpec& spec) {
       if (null_fd > 2) close(null_fd);
     }
     dup2(2, 1);
+    struct rlimit nofile;
+    if (spec.open_file_soft_limit != 0 &&
+        getrlimit(RLIMIT_NOFILE, &nofile) == 0 &&
+        spec.open_file_soft_limit < nofile.rlim_cur) {
+      nofile.rlim_cur = spec.open_file_soft_limit;
+      (void)setrlimit(RLIMIT_NOFILE, &nofile);
+    }
     execve(argv[0], argv, envp.data());
     fail(kExec);
   }

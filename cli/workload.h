@@ -27,6 +27,7 @@
 #include <sys/types.h>
 
 #include <atomic>
+#include <cstdint>
 #include <functional>
 #include <string>
 #include <vector>
@@ -50,6 +51,9 @@ struct WorkloadSpec {
   // If set, holds the workload's process group while it runs (0 before and
   // after): a signal handler may kill it.
   std::atomic<pid_t>* running_group = nullptr;
+  // If not 0, the workload's soft open-file limit (at most the hard one):
+  // the limit the caller started with when it raised its own.
+  uint64_t open_file_soft_limit = 0;
 };
 
 struct WorkloadResult {

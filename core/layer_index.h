@@ -33,6 +33,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/types/span.h"
 #include "core/digest.h"
+#include "core/tar_path.h"  // NormalizeTarPath, for the index's users
 #include "core/toc.h"
 
 namespace lazypull {
@@ -153,11 +154,6 @@ class LayerIndex {
   uint64_t toc_entry_count_ = 0;
   uint64_t total_file_bytes_ = 0;
 };
-
-// Normalizes a tar path: clean("/" + name) with the leading "/" stripped; the
-// root is "". Fails if the name climbs above the root, holds a NUL byte or a
-// component longer than 255 bytes (NAME_MAX).
-absl::StatusOr<std::string> NormalizeTarPath(absl::string_view name);
 
 }  // namespace lazypull
 

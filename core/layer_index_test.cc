@@ -155,6 +155,35 @@ TEST(NormalizeTarPathTest, RejectsComponentsLongerThanNameMax) {
   ExpectInvalid(Build({Reg("d/" + long_name, 1, 0)}), "longer than 255");
 }
 
+// No path or symlink target longer than PATH_MAX less its NUL can be created
+// or read back; extraction and the mount refuse the same layers.
+TEST(NormalizeTarPathTest, RejectsPathsAndTargetsLongerThanPathMax) {
+  std::string at_max;
+  while (at_max.size() + 2 <= 4095) at_max += "d/";
+  at_max += std::string(4095 - at_max.size(), 'f');
+  ASSERT_EQ(at_max.size(), 4095u);
+  absl::StatusOr<std::string> got = NormalizeTarPath("./" + at_max);
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(*got, at_max);
+  // Spelled longer, but clean it is short enough.
+  EXPECT_TRUE(NormalizeTarPath("x/../" + at_max).ok());
+  for (const std::string& in : {at_max + "f", "/" + at_max + "/g"}) {
+    got = NormalizeTarPath(in);
+    ASSERT_FALSE(got.ok()) << in.size();
+    EXPECT_THAT(std::string(got.status().message()),
+                HasSubstr("longer than 4095 (PATH_MAX)"));
+    EXPECT_LT(got.status().message().size(), 500u);  // not the whole name
+  }
+  EXPECT_TRUE(CheckSymlinkTarget(at_max).ok());
+  EXPECT_FALSE(CheckSymlinkTarget(at_max + "x").ok());
+  EXPECT_FALSE(CheckSymlinkTarget(std::string("a\0b", 3)).ok());
+  ExpectInvalid(Build({Reg(at_max + "f", 1, 0)}), "PATH_MAX");
+  ExpectInvalid(Build({Symlink("s", at_max + "x")}), "PATH_MAX");
+  ExpectInvalid(Build({Reg("f", 1, 0), Hardlink("h", at_max + "x")}),
+                "PATH_MAX");
+  EXPECT_TRUE(Build({Symlink("s", at_max)}).ok());
+}
+
 // ---- Names and the tree -----------------------------------------------------
 
 TEST(LayerIndexTest, NamesAreNormalized) {

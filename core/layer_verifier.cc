@@ -12,6 +12,7 @@
 #include "core/decompressor.h"
 #include "core/layer_index.h"
 #include "core/status_macros.h"
+#include "core/tar_path.h"
 #include "core/tar_reader.h"
 #include "core/toc.h"
 

@@ -21,6 +21,7 @@
 #include "core/footer.h"
 #include "core/layer_index.h"
 #include "core/status_macros.h"
+#include "core/tar_path.h"
 #include "core/tar_reader.h"
 #include "core/toc.h"
 #include "core/utf8.h"
@@ -637,10 +638,13 @@ absl::StatusOr<LayerWriteResult> WriteLayer(absl::string_view tar,
       if (bad_name.ok() && it.h.type == TarType::kHardlink) {
         bad_name = NormalizeTarPath(it.h.link_name).status();
       }
+      if (bad_name.ok() && it.h.type == TarType::kSymlink) {
+        bad_name = CheckSymlinkTarget(it.h.link_name);
+      }
       if (!bad_name.ok()) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("tar entry \"", it.h.name, "\": ", bad_name.message(),
-                         " (readers refuse such layers)"));
+        return absl::InvalidArgumentError(absl::StrCat(
+            "tar entry \"", it.h.name.substr(0, 300),
+            "\": ", bad_name.message(), " (readers refuse such layers)"));
       }
       // RFC 3339 (the TOC's modtime, as Go writes it) holds years 0-9999.
       constexpr int64_t kYear0 = -62167219200, kYear9999End = 253402300799;

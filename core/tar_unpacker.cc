@@ -14,6 +14,7 @@
 #include "core/errno_status.h"
 #include "core/node_writer.h"
 #include "core/status_macros.h"
+#include "core/tar_path.h"
 #include "core/toc.h"
 
 namespace lazypull {
@@ -66,8 +67,10 @@ class Unpacker {
       ++out_.entries;
       absl::Status st = Entry(h);
       if (!st.ok()) {
-        return absl::Status(st.code(), absl::StrCat("tar entry \"", h.name,
-                                                    "\": ", st.message()));
+        const bool cut = h.name.size() > 300;
+        return absl::Status(
+            st.code(), absl::StrCat("tar entry \"", h.name.substr(0, 300),
+                                    cut ? "..." : "", "\": ", st.message()));
       }
     }
     RETURN_IF_ERROR(FinishDirs());
@@ -97,7 +100,8 @@ class Unpacker {
   }
 
   absl::Status Entry(const TarHeader& h) {
-    ASSIGN_OR_RETURN(std::vector<std::string> comps, SplitRelativePath(h.name));
+    ASSIGN_OR_RETURN(const std::string name, NormalizeTarPath(h.name));
+    ASSIGN_OR_RETURN(std::vector<std::string> comps, SplitRelativePath(name));
     const std::string path = absl::StrJoin(comps, "/");
     if (comps.empty()) {
       if (h.type != TarType::kDir) {
@@ -177,6 +181,7 @@ class Unpacker {
         break;
       }
       case TarType::kSymlink:
+        RETURN_IF_ERROR(CheckSymlinkTarget(h.link_name));
         rc = symlinkat(h.link_name.c_str(), pfd, base.c_str());
         break;
       case TarType::kHardlink:
@@ -201,8 +206,10 @@ class Unpacker {
   absl::Status Hardlink(const TarHeader& h,
                         const std::vector<std::string>& comps, int pfd) {
     const std::string path = absl::StrJoin(comps, "/");
+    absl::StatusOr<std::string> norm = NormalizeTarPath(h.link_name);
     absl::StatusOr<std::vector<std::string>> target =
-        SplitRelativePath(h.link_name);
+        norm.ok() ? SplitRelativePath(*norm)
+                  : absl::StatusOr<std::vector<std::string>>(norm.status());
     if (!target.ok()) {
       return absl::InvalidArgumentError(
           absl::StrCat("hardlink target: ", target.status().message()));

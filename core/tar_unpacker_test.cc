@@ -199,6 +199,35 @@ TEST_F(TarUnpackerTest, RefusesToClimbOut) {
   EXPECT_FALSE(Exists(outside + "/pwned"));
 }
 
+// Names are cleaned as the lazy mount cleans them ("a/../b" is "b"), and
+// what no path can hold is refused with a clear error, not ENAMETOOLONG.
+TEST_F(TarUnpackerTest, NamesFollowTheMountsRules) {
+  {
+    TarBuilder b;
+    b.File("x/../b", "b");
+    b.Hardlink("./y/../h", "/q/../b");
+    auto r = Unpack(b.Finish());
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_TRUE(Exists(dir_ + "/b"));
+    EXPECT_TRUE(Exists(dir_ + "/h"));
+    EXPECT_FALSE(Exists(dir_ + "/x"));
+  }
+  std::string deep;
+  while (deep.size() < 4096) deep += "d/";
+  for (int i = 0; i < 3; ++i) {
+    TarBuilder b;
+    if (i == 0) b.File(deep + "f", "x");
+    if (i == 1) b.Symlink("s", deep + "t");
+    if (i == 2) b.File("f", "x").Hardlink("h", deep + "f");
+    auto r = Unpack(b.Finish());
+    ASSERT_FALSE(r.ok()) << i;
+    EXPECT_NE(r.status().message().find("longer than 4095 (PATH_MAX)"),
+              std::string::npos)
+        << r.status();
+    EXPECT_LT(r.status().message().size(), 1000u) << i;
+  }
+}
+
 TEST_F(TarUnpackerTest, TruncatedStreamIsAnError) {
   TarBuilder b;
   b.File("big", std::string(10000, 'z'));

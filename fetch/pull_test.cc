@@ -3,6 +3,7 @@
 // (owners, devices), and the merged root filesystem compared exactly.
 #include <dirent.h>
 #include <stdlib.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <sys/wait.h>
@@ -409,6 +410,54 @@ TEST_F(PullTest, ATargetWithALongName) {
   ASSERT_EQ(r.exit_code, 0) << r.err;
   struct stat st;
   EXPECT_EQ(lstat((out + "/etc").c_str(), &st), 0);
+  EXPECT_TRUE(Leftovers(parent).empty());
+}
+
+// A tree as deep as a 4095-byte path allows (1500 levels here), in two
+// layers, so that the second merges into the first level by level, pulled
+// under the usual soft limit of 1024 open files: extraction, the merge and
+// the work dir's removal hold a descriptor or two per level, so the pull
+// raises its soft limit to the hard one first. A deeper name is refused.
+TEST_F(PullTest, ADeepTreeUnderTheUsualOpenFileLimit) {
+  struct rlimit rl;
+  ASSERT_EQ(getrlimit(RLIMIT_NOFILE, &rl), 0);
+  if (rl.rlim_max != RLIM_INFINITY && rl.rlim_max < 4096) {
+    GTEST_SKIP() << "hard open-file limit " << rl.rlim_max << " < 4096";
+  }
+  auto reg = StartRegistry();
+  ASSERT_NE(reg, nullptr);
+  std::string deep;
+  for (int i = 0; i < 1500; ++i) deep += "d/";
+  TarBuilder a, b, c;
+  a.File(deep + "bottom-a", "a");
+  b.File(deep + "bottom-b", "b");
+  Push(*reg, "deep/ok", {a.Finish(), b.Finish()});
+  std::string deeper;
+  for (int i = 0; i < 2048; ++i) deeper += "d/";
+  c.File(deeper + "x", "x");
+  Push(*reg, "deep/toolong", {c.Finish()});
+
+  const std::string parent = TestDir("deep");
+  auto pull_at_1024 = [&](const std::string& ref, const std::string& out) {
+    std::vector<std::string> argv = {"/bin/sh",
+                                     "-c",
+                                     "ulimit -Sn 1024 && exec \"$0\" \"$@\"",
+                                     testing::LazypullBinary(),
+                                     "pull",
+                                     "--hosts-dir",
+                                     TestDir("no-hosts"),
+                                     "--plain-http",
+                                     ref,
+                                     out};
+    return testing::Run(argv);
+  };
+  auto r = pull_at_1024(reg->host() + "/deep/ok:v1", parent + "/out");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(testing::ReadFile(parent + "/out/" + deep + "bottom-a"), "a");
+  EXPECT_EQ(testing::ReadFile(parent + "/out/" + deep + "bottom-b"), "b");
+  r = pull_at_1024(reg->host() + "/deep/toolong:v1", parent + "/out2");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_TRUE(absl::StrContains(r.err, "longer than 4095 (PATH_MAX)")) << r.err;
   EXPECT_TRUE(Leftovers(parent).empty());
 }
 

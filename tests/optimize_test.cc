@@ -113,6 +113,8 @@ class OptimizeTest : public ::testing::Test {
       std::ofstream(absl::StrCat(data, "/data/", f))
           << std::string(300000, f[0]);
     }
+    // A name no line-per-path record could hold raw.
+    std::ofstream(data + "/data/tab\tand\nnewline") << "t";
     auto layout = testing::OciLayout::Create(dir_ + "/src");
     ASSERT_TRUE(layout.ok()) << layout.status();
     auto img = layout->AddImage(
@@ -142,10 +144,10 @@ class OptimizeTest : public ::testing::Test {
 
 TEST_F(OptimizeTest, RecordsTheWorkloadAndPrioritizesItPerLayer) {
   const std::string record = dir_ + "/record.txt";
-  RunResult r =
-      testing::Run({LazypullBinary(), "optimize", "oci:" + dir_ + "/src:v1",
-                    "oci:" + dir_ + "/out:opt", "--workload",
-                    "cat /data/b /data/a > /dev/null", "--record", record});
+  RunResult r = testing::Run(
+      {LazypullBinary(), "optimize", "oci:" + dir_ + "/src:v1",
+       "oci:" + dir_ + "/out:opt", "--workload",
+       "cat /data/b /data/a /data/tab* > /dev/null", "--record", record});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.out.find("\"recorded\""), std::string::npos) << r.out;
 
@@ -158,6 +160,10 @@ TEST_F(OptimizeTest, RecordsTheWorkloadAndPrioritizesItPerLayer) {
   EXPECT_LT(b, a);
   EXPECT_LT(a, lines.size());
   EXPECT_EQ(IndexOf(lines, "1\tdata/c"), lines.size());
+  // Paths are C-escaped: a tab or newline in a name cannot split a line.
+  EXPECT_GT(IndexOf(lines, "1\tdata/tab\\tand\\nnewline"), a)
+      << ReadFile(record);
+  EXPECT_LT(IndexOf(lines, "1\tdata/tab\\tand\\nnewline"), lines.size());
 
   // The written image: the same order before the landmark in each layer.
   RegistryOptions none;
