@@ -205,12 +205,17 @@ TEST_F(OptimizeTest, RecordsTheWorkloadAndPrioritizesItPerLayer) {
 
 TEST_F(OptimizeTest, SingleLayerFileAndAWorkloadThatFails) {
   const std::string out = dir_ + "/opt.layer";
+  // Started under a soft open-file limit of 1000: lazypull raises its own,
+  // the workload gets 1000 back (it prints it to lazypull's stderr).
   RunResult r =
-      testing::Run({LazypullBinary(), "optimize", "layer:" + dir_ + "/all.tar",
-                    "layer:" + out, "--workload", "cat /data/c; exit 3",
+      testing::Run({"/bin/sh", "-c", "ulimit -Sn 1000 && exec \"$0\" \"$@\"",
+                    LazypullBinary(), "optimize", "layer:" + dir_ + "/all.tar",
+                    "layer:" + out, "--workload",
+                    "cat /data/c; echo \"nofile=$(ulimit -Sn)\"; exit 3",
                     "--format", "estargz"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.out.find("\"exit_code\": 3"), std::string::npos) << r.out;
+  EXPECT_NE(r.err.find("nofile=1000\n"), std::string::npos) << r.err;
   std::vector<std::string> t = TarOrder(out);
   const size_t lm = IndexOf(t, ".prefetch.landmark");
   ASSERT_LT(lm, t.size());
