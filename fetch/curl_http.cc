@@ -1,6 +1,7 @@
 #include "fetch/curl_http.h"
 
 #include <fcntl.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -939,6 +940,20 @@ void CurlHttpTransport::Loop::OnDone(Transfer* t, CURLcode code) {
   }
   const std::string what = t->req.Describe();
   if (code != CURLE_OK) {
+    if (code == CURLE_OPERATION_TIMEDOUT) {
+      // The stall may be the connection's, gone silently dead (a NAT or
+      // load balancer on the path lost it). curl keeps an HTTP/2 connection
+      // whose stream timed out, so the retry and every later request would
+      // stall on it in turn, until TCP gave up (~15 minutes). It is shut
+      // down instead: its other streams fail at once (and are retried), and
+      // the next request opens a new one. A stall that was the server's
+      // costs a reconnect. (HTTP/1.1: curl closed it already.)
+      curl_socket_t s = CURL_SOCKET_BAD;
+      if (curl_easy_getinfo(t->easy, CURLINFO_ACTIVESOCKET, &s) == CURLE_OK &&
+          s != CURL_SOCKET_BAD) {
+        shutdown(s, SHUT_RDWR);
+      }
+    }
     absl::Status st = CurlCodeToStatus(code, what, t->errbuf);
     if (IsRetryableCurlCode(code)) {
       ScheduleRetry(t, st, std::nullopt);

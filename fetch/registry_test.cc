@@ -12,6 +12,7 @@
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
@@ -22,6 +23,7 @@
 #include "fetch/testing/registry_fixture.h"
 #include "fetch/testing/token_server.h"
 #include "gtest/gtest.h"
+#include "proxy/link_proxy.h"
 
 namespace lazypull {
 namespace {
@@ -310,6 +312,66 @@ TEST_F(RegistryTest, PausedHttp2StreamsDoNotStallEachOther) {
   for (auto& t : threads) t.join();
   EXPECT_EQ(ok.load(), 3);
   EXPECT_EQ(http_->stats().connections, 1);
+}
+
+// A connection that goes silent (a NAT or load balancer on the path lost
+// it: no reset, no close) must not take every later request down with it.
+// curl keeps an HTTP/2 connection whose stream timed out, so the retries and
+// every request after them stalled on it in turn; the attempt after a stall
+// now opens a new connection, and later requests use that one.
+TEST_F(RegistryTest, ASilentlyDeadConnectionIsLeftForANewOne) {
+  RegistryServerOptions ro;
+  ro.tls = true;
+  auto reg = StartRegistry(ro);
+  ASSERT_NE(reg, nullptr);
+  std::string noise(100000, '\0');  // incompressible: a blob this big
+  uint64_t x = 88172645463325252ull;
+  for (char& ch : noise) {
+    x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+    ch = static_cast<char>(x);
+  }
+  TestImage img = Push(*reg, "dead/app", "v1", {LayerTar("f", noise)});
+  proxy::LinkProxy::Options po;
+  ASSERT_TRUE(absl::SimpleAtoi(reg->host().substr(reg->host().rfind(':') + 1),
+                               &po.upstream_port));
+  auto link = proxy::LinkProxy::Start(po);
+  ASSERT_TRUE(link.ok()) << link.status();
+  auto range = [&](int first) {
+    HttpRequest req;
+    req.url =
+        absl::StrCat("https://127.0.0.1:", (*link)->port(),
+                     "/v2/dead/app/blobs/", img.layers[0].digest.ToString());
+    req.headers = {{"Range", absl::StrCat("bytes=", first, "-", first + 99)}};
+    req.tls.ca_files = {reg->ca_file()};
+    req.stall_timeout = absl::Seconds(1);
+    req.timeout = absl::Seconds(2);
+    req.retry.max_attempts = 4;
+    req.retry.initial_backoff = absl::Milliseconds(10);
+    return http_->Fetch(req);
+  };
+  auto r = range(0);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->status, 206);
+  EXPECT_EQ(r->body.size(), 100u);
+  EXPECT_EQ((*link)->counters().connections_accepted, 1u);
+
+  (*link)->SilenceOpenConnections();
+  absl::Time t0 = absl::Now();
+  r = range(100);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->status, 206);
+  EXPECT_EQ(r->attempts, 2);  // one stall, then a new connection
+  EXPECT_LT(absl::Now() - t0, absl::Seconds(5));
+  EXPECT_EQ((*link)->counters().connections_accepted, 2u);
+  // The dead connection is not tried again.
+  t0 = absl::Now();
+  r = range(200);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->attempts, 1);
+  EXPECT_LT(absl::Now() - t0, absl::Milliseconds(900));
+  EXPECT_EQ((*link)->counters().connections_accepted, 2u);
+  // It was HTTP/2 (the registry's access log).
+  EXPECT_TRUE(absl::StrContains(reg->Log(), " HTTP/2.0\"")) << reg->Log();
 }
 
 TEST_F(RegistryTest, IndexResolvesToThePlatformAsked) {

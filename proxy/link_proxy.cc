@@ -72,6 +72,7 @@ struct Conn {
   uint32_t registered[2] = {0, 0};  // epoll mask; 0 = not in the epoll set
   bool connecting = true;           // upstream connect in progress
   int64_t open_at = 0;  // no client bytes are read before (handshake)
+  bool silent = false;  // SilenceOpenConnections(): nothing crosses
   Half half[2];
 };
 
@@ -105,6 +106,10 @@ class LinkProxy::Loop {
 
   void Run();
   void RequestStop() {
+    stop_asked_.store(true);
+    Wake();
+  }
+  void Wake() {
     uint64_t one = 1;
     ssize_t rc = write(wake_.get(), &one, sizeof(one));
     (void)rc;
@@ -120,6 +125,7 @@ class LinkProxy::Loop {
   }
 
   void AcceptAll(int64_t now);
+  void OnWake();
   void OnConnEvent(uint64_t tag, uint32_t events, int64_t now);
   bool Eligible(const Conn& c, int d, int64_t now) const;
   void OnReadable(Conn& c, int d, int64_t now);
@@ -154,6 +160,7 @@ class LinkProxy::Loop {
   uint64_t next_id_ = 1;
   int64_t armed_at_ = 0;
   bool stopping_ = false;
+  std::atomic<bool> stop_asked_{false};
 };
 
 void LinkProxy::Loop::Run() {
@@ -176,7 +183,7 @@ void LinkProxy::Loop::Run() {
         (void)rc;
         armed_at_ = 0;
       } else if (tag == kWakeTag) {
-        stopping_ = true;
+        OnWake();
       } else {
         OnConnEvent(tag, events[i].events, now);
       }
@@ -188,6 +195,27 @@ void LinkProxy::Loop::Run() {
     counters_->active.fetch_sub(1);
   }
   conns_.clear();
+}
+
+void LinkProxy::Loop::OnWake() {
+  uint64_t count;
+  ssize_t rc = read(wake_.get(), &count, sizeof(count));
+  (void)rc;
+  if (stop_asked_.load()) stopping_ = true;
+  const uint64_t asked = counters_->silence_asked.load();
+  if (asked == counters_->silence_done.load()) return;
+  for (auto& [id, c] : conns_) {
+    (void)id;
+    c.silent = true;
+    for (Conn::Half& h : c.half) {
+      h.out.clear();
+      h.out_off = 0;
+      h.unwritten = 0;
+    }
+  }
+  // (Their segments on the link are dropped as they arrive; their places in
+  // the round-robin are skipped: no longer Eligible.)
+  counters_->silence_done.store(asked);
 }
 
 void LinkProxy::Loop::AcceptAll(int64_t now) {
@@ -253,7 +281,7 @@ void LinkProxy::Loop::OnConnEvent(uint64_t tag, uint32_t events, int64_t now) {
 
 bool LinkProxy::Loop::Eligible(const Conn& c, int d, int64_t now) const {
   const Conn::Half& h = c.half[d];
-  return !c.connecting && !h.src_eof && !h.waiting &&
+  return !c.connecting && !c.silent && !h.src_eof && !h.waiting &&
          h.unwritten < options_.window_bytes && (d != kUp || now >= c.open_at);
 }
 
@@ -320,7 +348,7 @@ void LinkProxy::Loop::DeliverArrived(int64_t now) {
       Segment seg = std::move(in_flight_[d].front());
       in_flight_[d].pop_front();
       Conn* c = Find(seg.conn_id);
-      if (c == nullptr) continue;  // aborted while in flight
+      if (c == nullptr || c->silent) continue;  // aborted, or lost
       Conn::Half& h = c->half[d];
       if (seg.fin) {
         h.fin_arrived = true;
@@ -503,6 +531,14 @@ std::string LinkProxy::CountersJson() const {
                       ",\"connections_active\":", c.connections_active,
                       ",\"bytes_up\":", c.bytes_up,
                       ",\"bytes_down\":", c.bytes_down, "}");
+}
+
+void LinkProxy::SilenceOpenConnections() {
+  const uint64_t ticket = counters_.silence_asked.fetch_add(1) + 1;
+  loop_->Wake();
+  while (counters_.silence_done.load() < ticket) {
+    absl::SleepFor(absl::Milliseconds(1));
+  }
 }
 
 void LinkProxy::ResetCounters() {

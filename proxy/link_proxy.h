@@ -25,7 +25,8 @@
 //   ... connect to 127.0.0.1:p->port() ...
 //
 // Thread-safety: one event-loop thread per proxy does all the I/O. port(),
-// counters(), CountersJson() and ResetCounters() are safe from any thread;
+// counters(), CountersJson(), ResetCounters() and SilenceOpenConnections()
+// are safe from any thread but, for the last, the loop's;
 // Stop() (and the destructor) from any thread but the loop's.
 #ifndef LAZYPULL_PROXY_LINK_PROXY_H_
 #define LAZYPULL_PROXY_LINK_PROXY_H_
@@ -88,6 +89,13 @@ class LinkProxy {
   std::string CountersJson() const;
   // Zeroes every counter but connections_active.
   void ResetCounters();
+  // Every connection open now goes silent, as when a NAT or load balancer on
+  // the path loses its state: from now on nothing more crosses in either
+  // direction (bytes on the emulated link are lost too), and nothing is
+  // closed or reset, so neither end learns of it but by a timeout.
+  // Connections accepted afterwards are served as usual. Returns once it
+  // holds. For tests of a client's recovery from a dead connection.
+  void SilenceOpenConnections();
   // Closes the listener and every connection and joins the loop thread.
   // Idempotent.
   void Stop();
@@ -99,6 +107,9 @@ class LinkProxy {
     std::atomic<uint64_t> active{0};
     std::atomic<uint64_t> bytes_up{0};
     std::atomic<uint64_t> bytes_down{0};
+    // SilenceOpenConnections() calls made, and applied by the loop.
+    std::atomic<uint64_t> silence_asked{0};
+    std::atomic<uint64_t> silence_done{0};
   };
 
   LinkProxy() = default;
