@@ -49,7 +49,7 @@ mkdir -p "$WORK/seeds" "$WORK/regress" "$WORK/corpus" "$WORK/artifacts"
 
 # ---- build ------------------------------------------------------------------
 SRCS=(footer toc layer_index decompressor isal_inflater zstd_decompressor
-      layer_reader digest memory_blob_source buffer_pool)
+      layer_reader digest memory_blob_source buffer_pool tar_path)
 SRC_PATHS=()
 for s in "${SRCS[@]}"; do SRC_PATHS+=("$REPO/core/$s.cc"); done
 # The abseil libraries of //bazel:absl.
