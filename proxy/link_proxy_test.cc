@@ -8,6 +8,7 @@
 #include "proxy/link_proxy.h"
 
 #include <curl/curl.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <sys/socket.h>
@@ -379,6 +380,30 @@ TEST(LinkProxyTest, RefusedUpstreamClosesTheClient) {
   (void)SendAll(fd.get(), "hello");
   char c;
   EXPECT_LE(recv(fd.get(), &c, 1, 0), 0);
+}
+
+// A silenced connection carries nothing more either way and is neither
+// closed nor reset (its peers cannot tell); one opened afterwards is served
+// as usual.
+TEST(LinkProxyTest, SilencedConnectionsCarryNothingAndStayOpen) {
+  ByteServer server;
+  auto proxy = StartProxy(server.port(), absl::Milliseconds(2), kBps, false);
+  ASSERT_NE(proxy, nullptr);
+  UniqueFd old = Connect(proxy->port());
+  EchoRoundTripMs(old.get(), "ECHO\n");
+  proxy->SilenceOpenConnections();
+  ASSERT_TRUE(SendAll(old.get(), "2").ok());  // taken by the proxy's socket
+  pollfd p{old.get(), POLLIN, 0};
+  EXPECT_EQ(poll(&p, 1, 300), 0) << "an echo, an EOF or a reset came back";
+  UniqueFd fresh = Connect(proxy->port());
+  EXPECT_LT(EchoRoundTripMs(fresh.get(), "ECHO\n"), 1000.0);
+  EXPECT_EQ(proxy->counters().connections_active, 2u);
+  proxy->SilenceOpenConnections();
+  ASSERT_TRUE(SendAll(fresh.get(), "3").ok());
+  p = {fresh.get(), POLLIN, 0};
+  EXPECT_EQ(poll(&p, 1, 300), 0);
+  proxy->Stop();
+  server.Stop();
 }
 
 TEST(LinkProxyTest, StopsWithConnectionsOpen) {
