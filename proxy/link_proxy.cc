@@ -534,6 +534,7 @@ std::string LinkProxy::CountersJson() const {
 }
 
 void LinkProxy::SilenceOpenConnections() {
+  if (!thread_.joinable()) return;  // stopped: nothing is open
   const uint64_t ticket = counters_.silence_asked.fetch_add(1) + 1;
   loop_->Wake();
   while (counters_.silence_done.load() < ticket) {

@@ -94,7 +94,8 @@ class LinkProxy {
   // direction (bytes on the emulated link are lost too), and nothing is
   // closed or reset, so neither end learns of it but by a timeout.
   // Connections accepted afterwards are served as usual. Returns once it
-  // holds. For tests of a client's recovery from a dead connection.
+  // holds (at once after Stop()). For tests of a client's recovery from a
+  // dead connection.
   void SilenceOpenConnections();
   // Closes the listener and every connection and joins the loop thread.
   // Idempotent.
