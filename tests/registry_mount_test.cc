@@ -935,6 +935,44 @@ TEST_F(RegistryMountTest, AnOpaqueRootHidesTheLayersBelow) {
   }
 }
 
+// An image may list one layer twice (identical layers made by two build
+// steps): each listing mounts (or, plain, is pulled) on its own, and the
+// merged root is what `pull` makes of it, the upper copy undoing what the
+// layer between hid.
+TEST_F(RegistryMountTest, ALayerListedTwice) {
+  for (bool plain_middle : {false, true}) {
+    SCOPED_TRACE(plain_middle ? "plain middle" : "lazy middle");
+    TarBuilder twice, middle;
+    twice.Dir("./").File("a", "a").Dir("d/").File("d/x", "x");
+    middle.File(".wh.a", "").Dir("d/").File("d/x", "changed").File("m", "m");
+    const LayerBlob t = Convert(twice.Finish(), "twice");
+    const LayerBlob m =
+        plain_middle ? Gzip(middle.Finish()) : Convert(middle.Finish(), "mid");
+    const std::string name = plain_middle ? "twice-p" : "twice-l";
+    const std::string ref = Push("test/" + name, {t, m, t});
+    const std::string mnt = dir_ + "/mnt-" + name;
+    testing::RunResult r = Mount(ref, mnt, {"--no-background-fetch"});
+    ASSERT_EQ(r.exit_code, 0) << r.err << r.out;
+    const std::string pulled = mnt + "-pulled";
+    r = testing::Run({bin_, "pull", ref, pulled, "--ca-file", reg_->ca_file()});
+    ASSERT_EQ(r.exit_code, 0) << r.err << r.out;
+    for (const std::string& root : {mnt, pulled}) {
+      SCOPED_TRACE(root);
+      EXPECT_EQ(ReadAll(root + "/a"), "a");
+      EXPECT_EQ(ReadAll(root + "/d/x"), "x");
+      EXPECT_EQ(ReadAll(root + "/m"), "m");
+    }
+    TreeCompareOptions cmp;
+    cmp.label = "lazy mount vs full pull";
+    cmp.skip_dir_nlink = true;
+    cmp.skip_mtime = {""};
+    CompareTrees(mnt, pulled, cmp);
+    r = testing::Run({bin_, "unmount", mnt});
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    mounts_.clear();
+  }
+}
+
 // The prioritized files (before the prefetch landmark) are fetched before
 // `mount --wait-prefetch` returns, without any read.
 TEST_F(RegistryMountTest, WaitPrefetchFetchesThePrioritizedFiles) {
