@@ -1,6 +1,8 @@
 #include "fetch/curl_http.h"
 
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -16,10 +18,12 @@
 #include <random>
 #include <sstream>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
@@ -270,6 +274,11 @@ class CurlHttpTransport::Loop {
   static size_t WriteCb(char* data, size_t size, size_t n, void* p);
   static size_t ReadCb(char* data, size_t size, size_t n, void* p);
   static int SeekCb(void* p, curl_off_t offset, int origin);
+  static curl_socket_t OpenSocketCb(void* p, curlsocktype purpose,
+                                    curl_sockaddr* address);
+  static int CloseSocketCb(void* p, curl_socket_t s);
+  // Shuts down the connection `easy`'s last attempt used, if it is open.
+  void ShutDownConnectionOf(CURL* easy);
 
   const CurlHttpOptions opts_;
   CURLM* multi_ = nullptr;
@@ -291,6 +300,10 @@ class CurlHttpTransport::Loop {
                       std::greater<>>
       timers_;
   std::mt19937_64 rng_;
+  // The connections' sockets curl has open (its open/close socket
+  // callbacks), so that one can be found, while surely still curl's, by its
+  // ports.
+  absl::flat_hash_set<curl_socket_t> sockets_;
 
   std::atomic<int64_t> requests_{0}, attempts_{0}, connections_{0};
 };
@@ -619,6 +632,10 @@ void CurlHttpTransport::Loop::StartAttempt(Transfer* t) {
   curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
   curl_easy_setopt(e, CURLOPT_USERAGENT, opts_.user_agent.c_str());
   curl_easy_setopt(e, CURLOPT_ERRORBUFFER, t->errbuf);
+  curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, &Loop::OpenSocketCb);
+  curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, this);
+  curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, &Loop::CloseSocketCb);
+  curl_easy_setopt(e, CURLOPT_CLOSESOCKETDATA, this);
   curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, &Loop::HeaderCb);
   curl_easy_setopt(e, CURLOPT_HEADERDATA, t);
   curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, &Loop::WriteCb);
@@ -741,6 +758,58 @@ int CurlHttpTransport::Loop::SeekCb(void* p, curl_off_t offset, int origin) {
   }
   t->body_pos = static_cast<uint64_t>(offset);
   return CURL_SEEKFUNC_OK;
+}
+
+curl_socket_t CurlHttpTransport::Loop::OpenSocketCb(void* p,
+                                                    curlsocktype purpose,
+                                                    curl_sockaddr* address) {
+  curl_socket_t s = socket(address->family, address->socktype | SOCK_CLOEXEC,
+                           address->protocol);
+  if (s < 0) return CURL_SOCKET_BAD;
+  if (purpose == CURLSOCKTYPE_IPCXN) static_cast<Loop*>(p)->sockets_.insert(s);
+  return s;
+}
+
+int CurlHttpTransport::Loop::CloseSocketCb(void* p, curl_socket_t s) {
+  static_cast<Loop*>(p)->sockets_.erase(s);
+  return close(s);
+}
+
+void CurlHttpTransport::Loop::ShutDownConnectionOf(CURL* easy) {
+  long local_port = 0, peer_port = 0;
+  char* peer_ip = nullptr;
+  if (curl_easy_getinfo(easy, CURLINFO_LOCAL_PORT, &local_port) != CURLE_OK ||
+      curl_easy_getinfo(easy, CURLINFO_PRIMARY_PORT, &peer_port) != CURLE_OK ||
+      curl_easy_getinfo(easy, CURLINFO_PRIMARY_IP, &peer_ip) != CURLE_OK ||
+      local_port <= 0 || peer_port <= 0 || peer_ip == nullptr) {
+    return;
+  }
+  // "ip", port of an address.
+  auto parts = [](const sockaddr_storage& a) -> std::pair<std::string, long> {
+    char ip[INET6_ADDRSTRLEN] = {0};
+    if (a.ss_family == AF_INET) {
+      const auto& in = reinterpret_cast<const sockaddr_in&>(a);
+      inet_ntop(AF_INET, &in.sin_addr, ip, sizeof(ip));
+      return {ip, ntohs(in.sin_port)};
+    }
+    if (a.ss_family == AF_INET6) {
+      const auto& in6 = reinterpret_cast<const sockaddr_in6&>(a);
+      inet_ntop(AF_INET6, &in6.sin6_addr, ip, sizeof(ip));
+      return {ip, ntohs(in6.sin6_port)};
+    }
+    return {"", -1};
+  };
+  for (curl_socket_t s : sockets_) {
+    sockaddr_storage local{}, peer{};
+    socklen_t ll = sizeof(local), pl = sizeof(peer);
+    if (getsockname(s, reinterpret_cast<sockaddr*>(&local), &ll) == 0 &&
+        getpeername(s, reinterpret_cast<sockaddr*>(&peer), &pl) == 0 &&
+        parts(local).second == local_port &&
+        parts(peer) == std::make_pair(std::string(peer_ip), peer_port)) {
+      shutdown(s, SHUT_RDWR);
+      return;
+    }
+  }
 }
 
 size_t CurlHttpTransport::Loop::OnHeaderLine(Transfer* t,
@@ -947,12 +1016,10 @@ void CurlHttpTransport::Loop::OnDone(Transfer* t, CURLcode code) {
       // stall on it in turn, until TCP gave up (~15 minutes). It is shut
       // down instead: its other streams fail at once (and are retried), and
       // the next request opens a new one. A stall that was the server's
-      // costs a reconnect. (HTTP/1.1: curl closed it already.)
-      curl_socket_t s = CURL_SOCKET_BAD;
-      if (curl_easy_getinfo(t->easy, CURLINFO_ACTIVESOCKET, &s) == CURLE_OK &&
-          s != CURL_SOCKET_BAD) {
-        shutdown(s, SHUT_RDWR);
-      }
+      // costs a reconnect. (HTTP/1.1: curl closed it already. The socket is
+      // found by its ports among those curl has open: CURLINFO_ACTIVESOCKET
+      // names none while other streams still use the connection.)
+      ShutDownConnectionOf(t->easy);
     }
     absl::Status st = CurlCodeToStatus(code, what, t->errbuf);
     if (IsRetryableCurlCode(code)) {

@@ -25,8 +25,9 @@
 //   ... connect to 127.0.0.1:p->port() ...
 //
 // Thread-safety: one event-loop thread per proxy does all the I/O. port(),
-// counters(), CountersJson(), ResetCounters() and SilenceOpenConnections()
-// are safe from any thread but, for the last, the loop's;
+// counters(), CountersJson() and ResetCounters() are safe from any thread;
+// SilenceOpenConnections() from any thread but the loop's, not concurrently
+// with Stop();
 // Stop() (and the destructor) from any thread but the loop's.
 #ifndef LAZYPULL_PROXY_LINK_PROXY_H_
 #define LAZYPULL_PROXY_LINK_PROXY_H_
