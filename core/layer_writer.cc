@@ -643,9 +643,8 @@ absl::StatusOr<LayerWriteResult> WriteLayer(absl::string_view tar,
       }
       if (!bad_name.ok()) {
         return absl::InvalidArgumentError(absl::StrCat(
-            "tar entry \"", it.h.name.substr(0, 300),
-            it.h.name.size() > 300 ? "..." : "", "\": ", bad_name.message(),
-            " (readers refuse such layers)"));
+            "tar entry \"", NameForMessage(it.h.name),
+            "\": ", bad_name.message(), " (readers refuse such layers)"));
       }
       // RFC 3339 (the TOC's modtime, as Go writes it) holds years 0-9999.
       constexpr int64_t kYear0 = -62167219200, kYear9999End = 253402300799;

@@ -21,9 +21,8 @@ constexpr size_t kPathMax = 4095;
 
 absl::Status NameTooLong(absl::string_view name) {
   return absl::InvalidArgumentError(
-      absl::StrCat("a component of name \"", name.substr(0, 300),
-                   name.size() > 300 ? "..." : "", "\" is longer than ",
-                   kNameMax, " bytes"));
+      absl::StrCat("a component of name \"", NameForMessage(name),
+                   "\" is longer than ", kNameMax, " bytes"));
 }
 
 absl::StatusOr<std::string> Normalize(absl::string_view name) {
@@ -66,9 +65,9 @@ absl::StatusOr<std::string> Normalize(absl::string_view name) {
     if (part.size() > kNameMax) return NameTooLong(name);
     if (part == "..") {
       if (parts.empty()) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "name \"", name.substr(0, 300), name.size() > 300 ? "..." : "",
-            "\" climbs above the layer's root"));
+        return absl::InvalidArgumentError(
+            absl::StrCat("name \"", NameForMessage(name),
+                         "\" climbs above the layer's root"));
       }
       parts.pop_back();
       continue;
@@ -85,11 +84,17 @@ absl::StatusOr<std::string> Normalize(absl::string_view name) {
 
 absl::Status TooLong(absl::string_view what, absl::string_view s) {
   return absl::InvalidArgumentError(
-      absl::StrCat(what, " \"", s.substr(0, 300), "...\" is ", s.size(),
+      absl::StrCat(what, " \"", NameForMessage(s), "\" is ", s.size(),
                    " bytes long: longer than ", kPathMax, " (PATH_MAX)"));
 }
 
 }  // namespace
+
+std::string NameForMessage(absl::string_view name) {
+  constexpr size_t kShown = 300;
+  if (name.size() <= kShown) return std::string(name);
+  return absl::StrCat(name.substr(0, kShown), "...");
+}
 
 absl::StatusOr<std::string> NormalizeTarPath(absl::string_view name) {
   absl::StatusOr<std::string> out = Normalize(name);

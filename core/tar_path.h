@@ -25,6 +25,9 @@ absl::StatusOr<std::string> NormalizeTarPath(absl::string_view name);
 // are otherwise kept verbatim: they are never resolved by lazypull.
 absl::Status CheckSymlinkTarget(absl::string_view target);
 
+// A name as error messages quote it: its first 300 bytes, "..." if cut.
+std::string NameForMessage(absl::string_view name);
+
 }  // namespace lazypull
 
 #endif  // LAZYPULL_CORE_TAR_PATH_H_

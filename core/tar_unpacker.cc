@@ -67,10 +67,9 @@ class Unpacker {
       ++out_.entries;
       absl::Status st = Entry(h);
       if (!st.ok()) {
-        const bool cut = h.name.size() > 300;
-        return absl::Status(
-            st.code(), absl::StrCat("tar entry \"", h.name.substr(0, 300),
-                                    cut ? "..." : "", "\": ", st.message()));
+        return absl::Status(st.code(),
+                            absl::StrCat("tar entry \"", NameForMessage(h.name),
+                                         "\": ", st.message()));
       }
     }
     RETURN_IF_ERROR(FinishDirs());
