@@ -785,11 +785,18 @@ absl::Status DiskChunkCache::InsertShared(
     one.push_back(Job{d, std::move(data)});
     return WriteChunks(one);
   }
+  bool wake;
   {
     std::lock_guard<std::mutex> l(q_mu_);
+    // The writer waits for a first chunk, or lingers for more (woken only
+    // once they are enough).
+    wake = queue_.empty() ||
+           (lingering_ && queued_bytes_ < options_.linger_bytes &&
+            queued_bytes_ + data->size() >= options_.linger_bytes);
+    queued_bytes_ += data->size();
     queue_.push_back(Job{d, std::move(data)});
   }
-  q_cv_.notify_one();
+  if (wake) q_cv_.notify_one();
   return absl::OkStatus();
 }
 
@@ -800,6 +807,15 @@ void DiskChunkCache::WriterLoop() {
       std::unique_lock<std::mutex> l(q_mu_);
       q_cv_.wait(l, [&] { return stop_ || !queue_.empty(); });
       if (queue_.empty()) return;  // stop_ with nothing left
+      if (options_.write_linger > absl::ZeroDuration()) {
+        lingering_ = true;
+        q_cv_.wait_for(l, absl::ToChronoNanoseconds(options_.write_linger),
+                       [&] {
+                         return stop_ || flushing_ > 0 ||
+                                queued_bytes_ >= options_.linger_bytes;
+                       });
+        lingering_ = false;
+      }
       // Group commit: everything queued (bounded), one sync for all.
       uint64_t bytes = 0;
       while (!queue_.empty() && batch.size() < 256 && bytes < (64 << 20)) {
@@ -807,6 +823,7 @@ void DiskChunkCache::WriterLoop() {
         batch.push_back(std::move(queue_.front()));
         queue_.pop_front();
       }
+      queued_bytes_ -= bytes;
       writing_ += batch.size();
     }
     absl::Status st = WriteChunks(batch);
@@ -867,7 +884,10 @@ void DiskChunkCache::WriterLoop() {
 
 void DiskChunkCache::Flush() {
   std::unique_lock<std::mutex> l(q_mu_);
+  ++flushing_;
+  if (lingering_) q_cv_.notify_one();
   q_done_cv_.wait(l, [&] { return queue_.empty() && writing_ == 0; });
+  --flushing_;
 }
 
 absl::Status DiskChunkCache::WriteChunks(const std::vector<Job>& jobs) {

@@ -100,8 +100,15 @@ struct DiskChunkCacheOptions {
   // recently used fifth to make room, at most this often (default 10 s).
   absl::Duration full_disk_eviction_every = absl::Seconds(10);
   uint64_t max_pending_bytes = 4 << 20;  // queued writes held in memory
-  uint64_t rescan_every = 4096;          // inserts between directory scans
-  size_t max_open_files = 512;           // cached read descriptors
+  // Once a chunk is queued, the writer waits up to `write_linger` for
+  // `linger_bytes` to gather (or a Flush) before it writes them as one
+  // batch: a layer streaming in costs a wake-up and an index write per
+  // batch, not per chunk (queued chunks are served from memory meanwhile).
+  // Zero: write at once.
+  absl::Duration write_linger = absl::Milliseconds(2);
+  uint64_t linger_bytes = 1 << 20;
+  uint64_t rescan_every = 4096;  // inserts between directory scans
+  size_t max_open_files = 512;   // cached read descriptors
   // Chunks of at most this many bytes go into packs; 0 = none (one file
   // per chunk, the layout before packs; both are always read).
   uint64_t pack_max_chunk = 4 << 20;
@@ -297,6 +304,9 @@ class DiskChunkCache final : public ChunkCache {
   std::condition_variable q_cv_;
   std::condition_variable q_done_cv_;
   std::deque<Job> queue_;
+  uint64_t queued_bytes_ = 0;  // in queue_
+  bool lingering_ = false;     // the writer waits for more (see options)
+  int flushing_ = 0;           // Flush calls waiting: no lingering
   size_t writing_ = 0;
   bool stop_ = false;
   std::thread writer_;

@@ -17,6 +17,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/time/clock.h"
 #include "core/block_io.h"
 #include "core/digest.h"
 #include "gtest/gtest.h"
@@ -154,6 +155,40 @@ TEST_P(LayoutTest, StoresOnceAndReadsBack) {
   auto wrong = (*c)->Read(d, a.size() + 1, 0, absl::MakeSpan(out));
   ASSERT_TRUE(wrong.ok());
   EXPECT_FALSE(*wrong);
+}
+
+TEST_P(LayoutTest, TheWriterGathersABurstAndAFlushEndsTheWait) {
+  std::string dir = TempDir();
+  DiskChunkCacheOptions o = Options();
+  o.write_linger = absl::Seconds(30);  // far longer than the test
+  o.linger_bytes = 300000;
+  auto c = DiskChunkCache::Open(dir, o);
+  ASSERT_TRUE(c.ok()) << c.status();
+  std::vector<std::string> chunks;
+  for (int i = 0; i < 4; ++i) chunks.push_back(Chunk(10 + i, 100000));
+  for (int i = 0; i < 2; ++i) {
+    ASSERT_TRUE((*c)->Insert(Sha256::Of(chunks[i]), chunks[i]).ok());
+  }
+  absl::SleepFor(absl::Milliseconds(200));
+  EXPECT_EQ((*c)->counters().inserts, 0u) << "200 kB: the writer waits";
+  std::string out(100, '\0');
+  auto hit = (*c)->Read(Sha256::Of(chunks[1]), 100000, 50, absl::MakeSpan(out));
+  ASSERT_TRUE(hit.ok());
+  EXPECT_TRUE(*hit) << "a queued chunk is served from memory";
+  EXPECT_EQ(out, chunks[1].substr(50, 100));
+  ASSERT_TRUE((*c)->Insert(Sha256::Of(chunks[2]), chunks[2]).ok());
+  const absl::Time t0 = absl::Now();
+  while ((*c)->counters().inserts < 3 && absl::Now() - t0 < absl::Seconds(10)) {
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  EXPECT_EQ((*c)->counters().inserts, 3u)
+      << "300 kB gathered: written at once, as one batch";
+  ASSERT_TRUE((*c)->Insert(Sha256::Of(chunks[3]), chunks[3]).ok());
+  const absl::Time t1 = absl::Now();
+  (*c)->Flush();
+  EXPECT_LT(absl::Now() - t1, absl::Seconds(10)) << "Flush ends the wait";
+  EXPECT_EQ((*c)->counters().inserts, 4u);
+  EXPECT_EQ(StoredFiles(dir), packed() ? 1u : 4u);
 }
 
 TEST_P(LayoutTest, PersistsAcrossRestart) {

@@ -105,6 +105,16 @@ bool BackgroundBudget::Delivered(uint64_t bytes) {
   return CapLocked() > before;
 }
 
+bool BackgroundBudget::RequestDone(uint64_t bytes, absl::Duration elapsed) {
+  if (bytes == 0 || elapsed <= absl::ZeroDuration()) return false;
+  absl::MutexLock l(&mu_);
+  const uint64_t before = CapLocked();
+  Slot& s = SlotNow();
+  s.max_rate = std::max(
+      s.max_rate, static_cast<double>(bytes) / absl::ToDoubleSeconds(elapsed));
+  return CapLocked() > before;
+}
+
 void BackgroundBudget::OnHeaders(absl::Duration time_to_headers) {
   if (time_to_headers <= absl::ZeroDuration()) return;
   absl::MutexLock l(&mu_);

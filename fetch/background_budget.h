@@ -14,7 +14,10 @@
 //  - bandwidth: the largest delivery rate seen in the last `window`, a
 //    sample being the body bytes the whole link received (every request,
 //    every priority) over an interval of max(2 RTT, 50 ms) (long enough
-//    that bursts of buffered bytes average out).
+//    that bursts of buffered bytes average out), or one request's bytes
+//    over its whole time from sending to its last byte (a lower bound of
+//    what the link carries: a mount's TOC read tells a fast link at once,
+//    before any interval of steady traffic).
 // A link kept below its capacity shows a lower rate, hence a lower cap, but
 // gain > 1 lets in flight grow past rate x RTT, so the rate and the cap
 // grow until the link is full, and stop there: the queue then holds about
@@ -91,6 +94,9 @@ class BackgroundBudget {
   // Release).
   [[nodiscard]] bool Delivered(uint64_t bytes);
   void OnHeaders(absl::Duration time_to_headers);
+  // A request's `bytes` of body took `elapsed` from sending it to its last
+  // byte: a rate sample. Returns as Delivered.
+  [[nodiscard]] bool RequestDone(uint64_t bytes, absl::Duration elapsed);
 
   // The current cap, and the size background requests are cut to.
   uint64_t Cap() const;

@@ -73,6 +73,32 @@ TEST(BackgroundBudgetTest, TheAdaptiveCapIsGainTimesTheMeasuredProduct) {
   EXPECT_NEAR(static_cast<double>(b.Cap()), 2000000, 400000);
 }
 
+TEST(BackgroundBudgetTest, AWholeRequestIsARateSample) {
+  BackgroundBudget b({.gain = 2.0,
+                      .min_bytes = 64 << 10,
+                      .max_bytes = 16 << 20,
+                      .initial_bytes = 8 << 20,
+                      .min_piece_bytes = 4096});
+  b.OnHeaders(absl::Milliseconds(20));
+  EXPECT_EQ(b.bandwidth(), 0.0);
+  // A TOC read: 400 kB in 40 ms (sending to last byte) = 10 MB/s, with no
+  // interval of steady traffic behind it.
+  EXPECT_FALSE(b.RequestDone(400000, absl::Milliseconds(40)))
+      << "the cap shrinks from its initial value: no room for anyone";
+  EXPECT_DOUBLE_EQ(b.bandwidth(), 10e6);
+  EXPECT_EQ(b.Cap(), 400000u) << "2 x 10 MB/s x 20 ms";
+  // A slower request lowers nothing (a lower bound of the link); a faster
+  // one raises the estimate.
+  EXPECT_FALSE(b.RequestDone(100000, absl::Milliseconds(40)));
+  EXPECT_DOUBLE_EQ(b.bandwidth(), 10e6);
+  EXPECT_TRUE(b.RequestDone(1000000, absl::Milliseconds(50))) << "the cap grew";
+  EXPECT_DOUBLE_EQ(b.bandwidth(), 20e6);
+  // Nothing, or no time: no sample.
+  EXPECT_FALSE(b.RequestDone(0, absl::Milliseconds(1)));
+  EXPECT_FALSE(b.RequestDone(1 << 20, absl::ZeroDuration()));
+  EXPECT_DOUBLE_EQ(b.bandwidth(), 20e6);
+}
+
 TEST(BackgroundBudgetTest, TheAdaptiveCapStaysWithinItsBounds) {
   BackgroundBudget slow({.min_bytes = 64 << 10, .max_bytes = 1 << 20});
   slow.OnHeaders(absl::Microseconds(100));

@@ -1002,6 +1002,7 @@ absl::Status HttpBlobSource::Fetch(uint64_t first, uint64_t last,
                                             " bytes, not ", want));
   }
   ExtendHash(first, *out);  // (what arrived ahead of the hashed prefix)
+  if (budget_->RequestDone(got, absl::Now() - sent)) budget_->Notify();
   // Done: every byte of the checked Content-Range is in. The end of the
   // stream is not waited for (docker-registry can send it tens of ms after
   // the last byte); the transport holds a 206 to its Content-Range, so bytes
