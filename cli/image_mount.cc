@@ -139,6 +139,12 @@ struct FetchTuning {
   uint64_t stream_give_way = CachedLayer::kStreamGiveWayBytes;
   // When background fetch starts after the prefetch.
   QuietOptions quiet;
+  // ...except on a link already measured at `stream_rate` by then (its
+  // mount's TOC read tells): there it starts at once, since the link has
+  // room for it beside a starting program's reads (2 ms / 1 Gbit/s: heavy
+  // 6%, python 10% sooner; bench/TUNING.md, session 21). Off when
+  // --background-after-misses is given.
+  bool fast_link_starts_at_once = true;
 };
 
 absl::Status ParseCount(const ParsedArgs& args, const char* flag, int lo,
@@ -224,6 +230,7 @@ absl::StatusOr<FetchTuning> FetchTuningFromArgs(const ParsedArgs& args) {
   RETURN_IF_ERROR(
       ParseCount(args, "background-after-misses", 0, 1 << 20, &after_misses));
   t.quiet.busy_misses = static_cast<uint64_t>(after_misses);
+  t.fast_link_starts_at_once = !args.Has("background-after-misses");
   int quiet_ms = static_cast<int>(absl::ToInt64Milliseconds(t.quiet.quiet));
   RETURN_IF_ERROR(
       ParseCount(args, "background-quiet-ms", 0, 600000, &quiet_ms));
@@ -668,7 +675,10 @@ std::vector<FlagSpec> ImageMountFlags() {
   f.push_back({"background-after-misses", "N",
                absl::StrCat("...or once N reads have missed it since the "
                             "prefetch (default ",
-                            QuietOptions().busy_misses, "; 0 = at once)")});
+                            QuietOptions().busy_misses,
+                            "; 0 = at once). Without this flag, background "
+                            "fetch starts at once on a link already measured "
+                            "at the background stream rate")});
   f.push_back({"background-nice", "N",
                absl::StrCat("nice value (0-19) of background fetch's threads, "
                             "so that reads a program waits for and the program "
@@ -1267,11 +1277,21 @@ absl::Status ServeImage(
       }
       pf_cv.notify_all();
       if (!background || stop.load()) return;
-      const QuietOutcome quiet =
-          WaitForQuiet([&] { return ImageMisses(layers); }, stop, tuning.quiet);
+      const double link_rate = tuning.source.background_budget->bandwidth();
+      const bool fast = tuning.fast_link_starts_at_once &&
+                        tuning.stream_rate != 0 &&
+                        tuning.stream_rate != UINT64_MAX &&
+                        link_rate >= static_cast<double>(tuning.stream_rate);
+      std::string why;
+      if (fast) {
+        why = absl::StrCat("the link is fast: measured at ",
+                           static_cast<uint64_t>(link_rate / 1e3), " kB/s");
+      } else {
+        why = QuietOutcomeName(WaitForQuiet([&] { return ImageMisses(layers); },
+                                            stop, tuning.quiet));
+      }
       if (stop.load()) return;
-      LogInfo(name, ": background fetch starts (", QuietOutcomeName(quiet),
-              ")");
+      LogInfo(name, ": background fetch starts (", why, ")");
       std::vector<uint32_t> rest;
       for (uint32_t c = 0; c < idx.chunks().size(); ++c) {
         if (!in_first[c]) rest.push_back(c);

@@ -470,10 +470,13 @@ TEST_F(RegistryMountTest, MountMatchesPullAndUnmounts) {
   const std::string mount_log = ReadAll(cache_dir() + "/lazypull.log");
   EXPECT_TRUE(absl::StrContains(mount_log, "whole blob verified"));
   // Background fetch began once the (idle) workload let it: after a quiet
-  // period, for every lazy layer.
+  // period, or at once if the TOC reads measured the link as fast.
   EXPECT_TRUE(absl::StrContains(
-      mount_log,
-      "background fetch starts (no read has missed the cache for a while)"))
+                  mount_log,
+                  "background fetch starts (no read has missed the cache for a "
+                  "while)") ||
+              absl::StrContains(mount_log,
+                                "background fetch starts (the link is fast: "))
       << mount_log;
 
   // The full pull leaves out an eStargz layer's TOC entry and landmarks, as
@@ -1265,6 +1268,56 @@ TEST_F(RegistryMountTest, FetchKnobsAreFlags) {
     EXPECT_TRUE(
         absl::StrContains(r.err, bad.back() == "2" ? "reserved" : bad[0]))
         << r.err;
+  }
+}
+
+// Background fetch waits for a starting program (a quiet spell or a few
+// misses), except on a link its TOC reads already measured at the stream
+// rate: there it starts at once. --background-after-misses keeps the wait.
+TEST_F(RegistryMountTest, AFastLinkStartsBackgroundFetchAtOnce) {
+  TarBuilder b;
+  b.Dir("./");
+  b.File("a", Payload(300 << 10, 21));
+  LayerBlob l = Convert(b.Finish(), "fast", {"--chunk-size", "64K"});
+  const std::string ref = Push("test/fast", {l});
+  const std::string marker =
+      absl::StrCat(cache_dir(), "/verified/", Sha256::Of(l.bytes).Hex());
+  // Nothing reads, and the quiet spell is 10 minutes: background fetch
+  // starts now only because the link counts as fast.
+  struct Case {
+    std::vector<std::string> flags;
+    bool starts;
+  };
+  const std::vector<Case> cases = {
+      {{"--background-stream-rate", "1"}, true},  // any link is "fast"
+      {{"--background-stream-rate", "1000G"}, false},
+      {{"--background-stream-rate", "1", "--background-after-misses", "4"},
+       false}};
+  int n = 0;
+  for (const Case& c : cases) {
+    std::filesystem::remove_all(cache_dir());
+    const std::string mnt = absl::StrCat(dir_, "/mnt-fast-", n++);
+    std::vector<std::string> flags = c.flags;
+    flags.insert(flags.end(), {"--background-quiet-ms", "600000"});
+    testing::RunResult m = Mount(ref, mnt, flags);
+    ASSERT_EQ(m.exit_code, 0) << m.err << m.out;
+    for (int i = 0;
+         i < (c.starts ? 300 : 20) && access(marker.c_str(), F_OK) != 0; ++i) {
+      usleep(100 * 1000);
+    }
+    const std::string log = ReadAll(cache_dir() + "/lazypull.log");
+    EXPECT_EQ(access(marker.c_str(), F_OK) == 0, c.starts) << c.flags[1] << log;
+    EXPECT_EQ(absl::StrContains(log,
+                                "background fetch starts (the link is "
+                                "fast: measured at "),
+              c.starts)
+        << c.flags[1] << log;
+    EXPECT_EQ(absl::StrContains(log, "background fetch starts"), c.starts)
+        << c.flags[1] << log;
+    EXPECT_EQ(ReadAll(mnt + "/a"), Payload(300 << 10, 21));
+    testing::RunResult u = testing::Run({bin_, "unmount", mnt});
+    EXPECT_EQ(u.exit_code, 0) << u.err;
+    mounts_.clear();
   }
 }
 
