@@ -659,7 +659,9 @@ void CurlHttpTransport::Loop::StartAttempt(Transfer* t) {
   }
   if (r.stall_timeout > absl::ZeroDuration()) {
     // Paused transfers are exempt from curl's speed check.
-    curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, 1L);
+    curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT,
+                     static_cast<long>(std::clamp<uint64_t>(
+                         r.stall_bytes_per_second, 1, uint64_t{1} << 30)));
     curl_easy_setopt(
         e, CURLOPT_LOW_SPEED_TIME,
         std::max<long>(

@@ -109,9 +109,11 @@ struct HttpRequest {
   // streamed bodies of any size; the stall limit still applies.
   absl::Duration timeout = absl::Seconds(30);
   absl::Duration connect_timeout = absl::Seconds(10);
-  // An attempt whose body makes no progress for this long fails (default
+  // An attempt whose body averages under `stall_bytes_per_second` over
+  // `stall_timeout` fails (defaults: 30 s at 1 byte/s, i.e. no progress for
   // 30 s). Time a reader spends not reading does not count.
   absl::Duration stall_timeout = absl::Seconds(30);
+  uint64_t stall_bytes_per_second = 1;
   // HTTP/2 stream weight, 1 to 256 (0: the protocol's default, 16). A hint
   // only: servers that schedule by RFC 7540 priorities send heavier streams'
   // frames first; others ignore it (and HTTP/1.1 has none).

@@ -220,6 +220,12 @@ std::string RegistryClient::CredentialKey(const RegistryHost& h) const {
   return h.mirror ? h.host : ref_.registry;
 }
 
+void RegistryClient::SetAttemptLimits(HttpRequest* req) const {
+  req->retry = opts_.retry;
+  req->stall_timeout = opts_.stall_timeout;
+  req->stall_bytes_per_second = opts_.stall_bytes_per_second;
+}
+
 TlsOptions RegistryClient::TlsFor(absl::string_view url) const {
   std::string host = UrlHost(url);
   for (const RegistryHost& h : hosts_) {
@@ -290,7 +296,7 @@ absl::StatusOr<std::unique_ptr<HttpBodyReader>> RegistryClient::SendOnHost(
   const std::vector<std::pair<std::string, std::string>> headers =
       std::move(req.headers);
   req.tls = same_origin ? h.tls : TlsFor(req.url);
-  req.retry = opts_.retry;
+  SetAttemptLimits(&req);
   std::vector<std::pair<std::string, std::string>> host_headers;
   if (same_origin) host_headers = h.headers;
   for (int round = 0;; ++round) {
@@ -555,7 +561,7 @@ absl::StatusOr<std::unique_ptr<BlobReader>> RegistryClient::OpenBlob(
     q.tls = TlsFor(q.url);
     q.tls.client_cert.clear();
     q.tls.client_key.clear();
-    q.retry = opts_.retry;
+    SetAttemptLimits(&q);
     return opts_.http->Open(q);
   };
   for (const std::string& u :

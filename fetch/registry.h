@@ -66,6 +66,14 @@ struct RegistryOptions {
   // The platform to pick from an index (default: this machine).
   Platform platform = Platform::Host();
   RetryPolicy retry;
+  // An attempt whose body averages under `stall_bytes_per_second` over
+  // `stall_timeout` fails, and is retried (a download resumes where it
+  // stopped) as a dropped connection is: a server or middlebox trickling a
+  // whole blob a few bytes at a time would otherwise hold a pull forever
+  // (whole-blob transfers have no total time limit). Defaults: 1 KiB/s over
+  // 30 s.
+  absl::Duration stall_timeout = absl::Seconds(30);
+  uint64_t stall_bytes_per_second = 1024;
   // Manifests and configs larger than this are refused (default 4 MiB, as
   // containerd).
   size_t max_manifest_size = 4 << 20;
@@ -230,6 +238,8 @@ class RegistryClient {
   // TLS for a URL: its host's settings if configured, else the origin's
   // (CAs and verification, no client certificate).
   TlsOptions TlsFor(absl::string_view url) const;
+  // The retry policy and stall limits of these options, on `req`.
+  void SetAttemptLimits(HttpRequest* req) const;
 
   const ImageReference ref_;
   const RegistryOptions opts_;

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include <fstream>
+#include <functional>
 #include <iostream>
 #include <memory>
 #include <string>
@@ -159,11 +160,13 @@ class RegistryFaultsTest : public ::testing::Test {
   // A client of the image through the proxy: at most 4 attempts per
   // request, short backoffs.
   std::unique_ptr<RegistryClient> Client(
-      const CredentialStore* creds = nullptr) {
-    return ClientOn(http_.get(), creds);
+      const CredentialStore* creds = nullptr,
+      const std::function<void(RegistryOptions*)>& adjust = nullptr) {
+    return ClientOn(http_.get(), creds, adjust);
   }
   static std::unique_ptr<RegistryClient> ClientOn(
-      HttpTransport* http, const CredentialStore* creds) {
+      HttpTransport* http, const CredentialStore* creds,
+      const std::function<void(RegistryOptions*)>& adjust = nullptr) {
     static const CredentialStore* const no_creds = new CredentialStore(
         CredentialStore::Options{"/nonexistent-docker", "/nonexistent-auth"});
     RegistryOptions o;
@@ -175,6 +178,7 @@ class RegistryFaultsTest : public ::testing::Test {
     o.retry.max_attempts = 4;
     o.retry.initial_backoff = absl::Milliseconds(5);
     o.retry.max_backoff = absl::Milliseconds(50);
+    if (adjust) adjust(&o);
     auto ref = ImageReference::Parse(Ref());
     EXPECT_TRUE(ref.ok()) << ref.status();
     auto c = RegistryClient::Create(*ref, o);
@@ -559,6 +563,23 @@ TEST_F(RegistryFaultsTest, SlowBodiesStillPullExactly) {
   EXPECT_GE(took, absl::Seconds(img_->layers[0].size / 500000.0 * 0.8));
   EXPECT_LT(took, absl::Seconds(bytes / 500000.0 + 20));
   EXPECT_EQ(reg_->Rule(0).fired, 4u) << "the config and three layers";
+}
+
+// A server (or middlebox) trickling bytes keeps a connection alive but a
+// whole-blob download, which has no total time limit, would never end: an
+// attempt under the speed floor fails, and the pull fails clearly once the
+// attempts are spent.
+TEST_F(RegistryFaultsTest, ATricklingServerFailsThePullClearly) {
+  SetRules("GET /blobs/ every slow=200");  // 200 bytes/s: alive, never done
+  auto c = Client(nullptr, [](RegistryOptions* o) {
+    o->stall_timeout = absl::Seconds(1);  // (the default is 30 s)
+  });
+  const absl::Time t0 = absl::Now();
+  absl::Status st = PullExpectingFailure(c.get());
+  EXPECT_EQ(st.code(), absl::StatusCode::kDeadlineExceeded) << st;
+  EXPECT_TRUE(absl::StrContains(st.message(), "too slow")) << st;
+  EXPECT_LT(absl::Now() - t0, absl::Seconds(60));
+  EXPECT_GE(reg_->Rule(0).fired, 4u) << "every attempt was tried";
 }
 
 // ---- Redirects to blob storage with signed, expiring URLs. ----
