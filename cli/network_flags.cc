@@ -2,7 +2,9 @@
 
 #include <unistd.h>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "cli/commands.h"
 #include "core/status_macros.h"
 
 namespace lazypull::cli {
@@ -23,6 +25,13 @@ std::vector<FlagSpec> NetworkFlags() {
        "machine's)"},
       {"http1.1", "",
        "use HTTP/1.1 connection pools even where HTTP/2 is offered"},
+      {"stall-timeout", "SECONDS",
+       "a transfer whose body averages under --min-speed for this long is "
+       "given up and retried, a download resuming where it stopped (default "
+       "30)"},
+      {"min-speed", "BYTES",
+       "bytes per second a transfer must average over --stall-timeout "
+       "(default 1K; 1: only a transfer making no progress at all stalls)"},
   };
 }
 
@@ -45,6 +54,22 @@ absl::Status RegistryOptionsFromArgs(const ParsedArgs& args,
           absl::StrCat("--platform: ", pl.status().message()));
     }
     o->platform = *pl;
+  }
+  if (auto v = args.Get("stall-timeout")) {
+    int secs;
+    if (!absl::SimpleAtoi(*v, &secs) || secs < 1 || secs > 3600) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--stall-timeout takes seconds from 1 to 3600, not \"", *v, "\""));
+    }
+    o->stall_timeout = absl::Seconds(secs);
+  }
+  if (auto v = args.Get("min-speed")) {
+    absl::StatusOr<uint64_t> n = ParseByteSize(*v);
+    if (!n.ok() || *n == 0 || *n > (uint64_t{1} << 30)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--min-speed takes bytes per second from 1 to 1G, not \"", *v, "\""));
+    }
+    o->stall_bytes_per_second = *n;
   }
   return absl::OkStatus();
 }

@@ -18,11 +18,11 @@
 namespace lazypull::cli {
 
 // --ca-file, --plain-http, --insecure-skip-tls-verify, --hosts-dir,
-// --platform.
+// --platform, --http1.1, --stall-timeout, --min-speed.
 std::vector<FlagSpec> NetworkFlags();
 
-// Fills o->hosts and o->platform from those flags (http and credentials are
-// the caller's).
+// Fills o->hosts, o->platform and the stall limits from those flags (http and
+// credentials are the caller's).
 absl::Status RegistryOptionsFromArgs(const ParsedArgs& args,
                                      RegistryOptions* o);
 

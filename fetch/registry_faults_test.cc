@@ -626,10 +626,18 @@ TEST_F(RegistryFaultsTest, RedirectsToSignedUrlsWithoutCredentials) {
 
 class PullBinaryFaultsTest : public RegistryFaultsTest {
  protected:
-  testing::RunResult Pull(const std::string& dir) {
-    return testing::Run({testing::LazypullBinary(), "pull", "--plain-http",
-                         "--platform", "linux/amd64", "--hosts-dir",
-                         base_ + "/no-hosts-dir", Ref(), dir});
+  testing::RunResult Pull(const std::string& dir,
+                          const std::vector<std::string>& flags = {}) {
+    std::vector<std::string> argv = {testing::LazypullBinary(),
+                                     "pull",
+                                     "--plain-http",
+                                     "--platform",
+                                     "linux/amd64",
+                                     "--hosts-dir",
+                                     base_ + "/no-hosts-dir"};
+    argv.insert(argv.end(), flags.begin(), flags.end());
+    argv.insert(argv.end(), {Ref(), dir});
+    return testing::Run(argv);
   }
 };
 
@@ -658,6 +666,40 @@ TEST_F(PullBinaryFaultsTest, ReportsTheFinalError) {
   EXPECT_TRUE(absl::StrContains(r.err, "gave up after 5 attempts")) << r.err;
   EXPECT_EQ(reg_->Rule(0).matched, 5u);
   ExpectNothingWritten(parent);
+}
+
+// --stall-timeout and --min-speed set the speed floor a transfer must keep.
+TEST_F(PullBinaryFaultsTest, TheSpeedFloorIsAFlag) {
+  struct Case {
+    std::string pace;
+    std::vector<std::string> flags;
+    std::string says;
+  };
+  for (const Case& c : std::vector<Case>{
+           {"200", {"--stall-timeout", "1"}, "Less than 1024 bytes/sec"},
+           {"2000",
+            {"--stall-timeout", "1", "--min-speed", "8K"},
+            "Less than 8192 bytes/sec"}}) {
+    SCOPED_TRACE(c.pace);
+    SetRules(absl::StrCat("GET ", Layer(0), " every slow=", c.pace));
+    const std::string parent = NewParent();
+    const absl::Time t0 = absl::Now();
+    testing::RunResult r = Pull(parent + "/rootfs", c.flags);
+    EXPECT_EQ(r.exit_code, 1) << r.err;
+    EXPECT_LT(absl::Now() - t0, absl::Seconds(60));
+    EXPECT_TRUE(absl::StrContains(r.err, c.says)) << r.err;
+    EXPECT_TRUE(absl::StrContains(r.err, "gave up after 5 attempts")) << r.err;
+    ExpectNothingWritten(parent);
+  }
+  for (const std::vector<std::string>& bad :
+       std::vector<std::vector<std::string>>{{"--stall-timeout", "0"},
+                                             {"--stall-timeout", "soon"},
+                                             {"--min-speed", "0"},
+                                             {"--min-speed", "fast"}}) {
+    testing::RunResult r = Pull(NewParent() + "/rootfs", bad);
+    EXPECT_NE(r.exit_code, 0) << bad[0] << " " << bad[1];
+    EXPECT_TRUE(absl::StrContains(r.err, bad[0])) << r.err;
+  }
 }
 
 }  // namespace

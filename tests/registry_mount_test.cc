@@ -1191,7 +1191,9 @@ TEST_F(RegistryMountTest, FetchKnobsAreFlags) {
                        "2M",        "--max-connections-per-host",
                        "2",         "--background-after-misses",
                        "0",         "--background-quiet-ms",
-                       "50"});
+                       "50",        "--stall-timeout",
+                       "20",        "--min-speed",
+                       "1"});
   ASSERT_EQ(m.exit_code, 0) << m.err << m.out;
   EXPECT_EQ(ReadAll(mnt + "/data/a"), Payload(600 << 10, 11));
   EXPECT_EQ(ReadAll(mnt + "/data/b"), Payload(300 << 10, 12));
@@ -1262,6 +1264,8 @@ TEST_F(RegistryMountTest, FetchKnobsAreFlags) {
            {"--background-gain", "0.5"},
            {"--background-after-misses", "-3"},
            {"--background-quiet-ms", "soon"},
+           {"--stall-timeout", "0"},
+           {"--min-speed", "0"},
            {"--span-size", "1"}}) {
     testing::RunResult r = Mount(ref, dir_ + "/mnt-bad", bad);
     EXPECT_EQ(r.exit_code, 2) << bad[0] << ": " << r.err;
