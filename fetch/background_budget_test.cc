@@ -47,12 +47,18 @@ bool Feed(BackgroundBudget* b, double rate, int ms) {
   return grew;
 }
 
+// An adaptive budget with room to move: gain 2, cap within [64 KiB, 16 MiB],
+// 8 MiB before the first sample.
+BackgroundBudgetOptions AdaptiveOptions() {
+  return {.gain = 2.0,
+          .min_bytes = 64 << 10,
+          .max_bytes = 16 << 20,
+          .initial_bytes = 8 << 20,
+          .min_piece_bytes = 4096};
+}
+
 TEST(BackgroundBudgetTest, TheAdaptiveCapIsGainTimesTheMeasuredProduct) {
-  BackgroundBudget b({.gain = 2.0,
-                      .min_bytes = 64 << 10,
-                      .max_bytes = 16 << 20,
-                      .initial_bytes = 8 << 20,
-                      .min_piece_bytes = 4096});
+  BackgroundBudget b(AdaptiveOptions());
   EXPECT_EQ(b.Cap(), 8u << 20) << "no sample yet";
   b.OnHeaders(absl::Milliseconds(20));
   b.OnHeaders(absl::Milliseconds(35));  // queued: the minimum counts
@@ -74,11 +80,7 @@ TEST(BackgroundBudgetTest, TheAdaptiveCapIsGainTimesTheMeasuredProduct) {
 }
 
 TEST(BackgroundBudgetTest, AWholeRequestIsARateSample) {
-  BackgroundBudget b({.gain = 2.0,
-                      .min_bytes = 64 << 10,
-                      .max_bytes = 16 << 20,
-                      .initial_bytes = 8 << 20,
-                      .min_piece_bytes = 4096});
+  BackgroundBudget b(AdaptiveOptions());
   b.OnHeaders(absl::Milliseconds(20));
   EXPECT_EQ(b.bandwidth(), 0.0);
   // A TOC read: 400 kB in 40 ms (sending to last byte) = 10 MB/s, with no
