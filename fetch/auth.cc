@@ -7,6 +7,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdlib>
 #include <fstream>
@@ -17,6 +18,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "absl/time/clock.h"
 #include "core/errno_status.h"
@@ -47,24 +49,67 @@ std::string NormalizeKey(absl::string_view key) {
   return absl::AsciiStrToLower(key);
 }
 
-bool KeyMatches(absl::string_view key, absl::string_view registry) {
-  std::string k = NormalizeKey(key);
+bool HostMatches(absl::string_view host, absl::string_view registry) {
   if (registry == "docker.io") {
     for (const std::string& alias : DockerHubKeys()) {
-      if (k == NormalizeKey(alias)) return true;
+      if (host == NormalizeKey(alias)) return true;
     }
     return false;
   }
-  return k == absl::AsciiStrToLower(registry);
+  return host == absl::AsciiStrToLower(registry);
+}
+
+bool KeyMatches(absl::string_view key, absl::string_view registry) {
+  return HostMatches(NormalizeKey(key), registry);
+}
+
+// How specifically an `auths` key names `registry`/`repository`: -1 when it
+// does not; else the length of its namespace. A key with a scheme is
+// Docker's (its path, "/v1/", is no namespace); one without may name a
+// namespace or repository (containers-auth.json(5): "quay.io/team" covers
+// quay.io/team/app, and the most specific key wins).
+int KeySpecificity(absl::string_view key, absl::string_view registry,
+                   absl::string_view repository) {
+  if (absl::StartsWith(key, "https://") || absl::StartsWith(key, "http://")) {
+    return KeyMatches(key, registry) ? 0 : -1;
+  }
+  const size_t slash = key.find('/');
+  if (!HostMatches(absl::AsciiStrToLower(key.substr(0, slash)), registry)) {
+    return -1;
+  }
+  if (slash == absl::string_view::npos) return 0;
+  absl::string_view ns = key.substr(slash + 1);
+  while (absl::ConsumeSuffix(&ns, "/")) {
+  }
+  if (ns.empty()) return 0;
+  if (repository == ns ||
+      (absl::StartsWith(repository, ns) && repository[ns.size()] == '/')) {
+    return static_cast<int>(ns.size());
+  }
+  return -1;
 }
 
 std::string HelperServer(absl::string_view registry) {
   return registry == "docker.io" ? DockerHubKeys()[0] : std::string(registry);
 }
 
+// A helper's failure, naming the file and key that asked for it.
+absl::Status HelperError(const absl::Status& st, const std::string& path,
+                         absl::string_view key, absl::string_view helper) {
+  return absl::Status(
+      st.code(),
+      absl::StrCat("credentials file ", path, ": ", key, " names the helper ",
+                   "docker-credential-", helper, ": ", st.message(),
+                   st.code() == absl::StatusCode::kNotFound
+                       ? absl::StrCat(" (install the helper, or remove ", key,
+                                      " from the file)")
+                       : std::string()));
+}
+
 // One config file (Docker's config.json or Podman's auth.json).
 absl::StatusOr<std::optional<Credentials>> LookupInFile(
-    const std::string& path, absl::string_view registry) {
+    const std::string& path, absl::string_view registry,
+    absl::string_view repository) {
   std::ifstream in(path, std::ios::binary);
   if (!in) return std::optional<Credentials>();  // no such file: nothing here
   std::stringstream ss;
@@ -88,18 +133,29 @@ absl::StatusOr<std::optional<Credentials>> LookupInFile(
       std::string_view helper;
       if (KeyMatches(absl::string_view(key.data(), key.size()), registry) &&
           value.get(helper) == simdjson::SUCCESS) {
-        return RunCredentialHelper(
-            absl::string_view(helper.data(), helper.size()),
-            HelperServer(registry));
+        const absl::string_view name(helper.data(), helper.size());
+        absl::StatusOr<std::optional<Credentials>> c =
+            RunCredentialHelper(name, HelperServer(registry));
+        if (!c.ok()) {
+          return HelperError(
+              c.status(), path,
+              absl::StrCat("credHelpers[\"", std::string(key), "\"]"), name);
+        }
+        return c;
       }
     }
   }
   object auths;
   if (obj["auths"].get(auths) == simdjson::SUCCESS) {
+    // The most specific key that names the repository (file order among
+    // equals); an empty entry (what `docker login` with a credsStore
+    // leaves) is no key.
+    std::optional<Credentials> best;
+    int best_specificity = -1;
     for (auto [key, value] : auths) {
-      if (!KeyMatches(absl::string_view(key.data(), key.size()), registry)) {
-        continue;
-      }
+      const int specificity = KeySpecificity(
+          absl::string_view(key.data(), key.size()), registry, repository);
+      if (specificity <= best_specificity) continue;
       Credentials c;
       c.source = path;
       std::string_view s;
@@ -123,14 +179,20 @@ absl::StatusOr<std::optional<Credentials>> LookupInFile(
       if (value["identitytoken"].get(s) == simdjson::SUCCESS) {
         c.identity_token = s;
       }
-      if (!c.username.empty() || !c.identity_token.empty()) return c;
-      // An empty entry: `docker login` with a credsStore leaves these.
+      if (!c.username.empty() || !c.identity_token.empty()) {
+        best = std::move(c);
+        best_specificity = specificity;
+      }
     }
+    if (best) return best;
   }
   std::string_view store;
   if (obj["credsStore"].get(store) == simdjson::SUCCESS && !store.empty()) {
-    return RunCredentialHelper(absl::string_view(store.data(), store.size()),
-                               HelperServer(registry));
+    const absl::string_view name(store.data(), store.size());
+    absl::StatusOr<std::optional<Credentials>> c =
+        RunCredentialHelper(name, HelperServer(registry));
+    if (!c.ok()) return HelperError(c.status(), path, "credsStore", name);
+    return c;
   }
   return std::optional<Credentials>();
 }
@@ -255,9 +317,10 @@ std::vector<std::string> CredentialStore::Files() const {
 }
 
 absl::StatusOr<std::optional<Credentials>> CredentialStore::Lookup(
-    absl::string_view registry) const {
+    absl::string_view registry, absl::string_view repository) const {
   for (const std::string& f : Files()) {
-    ASSIGN_OR_RETURN(std::optional<Credentials> c, LookupInFile(f, registry));
+    ASSIGN_OR_RETURN(std::optional<Credentials> c,
+                     LookupInFile(f, registry, repository));
     if (c) return c;
   }
   return std::optional<Credentials>();
@@ -325,19 +388,38 @@ int RegistryAuth::tokens_fetched() const {
   return tokens_fetched_;
 }
 
+namespace {
+
+// "repository:team/app:pull" -> "team/app" ("" for other scopes).
+absl::string_view RepositoryOfScope(absl::string_view scope) {
+  if (!absl::ConsumePrefix(&scope, "repository:")) return "";
+  const size_t colon = scope.rfind(':');
+  return colon == absl::string_view::npos ? scope : scope.substr(0, colon);
+}
+
+// The Basic Authorization header value for `c`.
+std::string BasicHeader(const Credentials& c) {
+  return absl::StrCat(
+      "Basic ", absl::Base64Escape(absl::StrCat(c.username, ":", c.password)));
+}
+
+}  // namespace
+
 absl::StatusOr<std::optional<Credentials>> RegistryAuth::CredsFor(
-    absl::string_view registry) {
-  {
+    absl::string_view registry, absl::string_view scope, bool fresh) {
+  const absl::string_view repository = RepositoryOfScope(scope);
+  const std::string key = absl::StrCat(registry, "/", repository);
+  if (!fresh) {
     absl::MutexLock l(&mu_);
-    auto it = creds_.find(std::string(registry));
+    auto it = creds_.find(key);
     if (it != creds_.end()) return it->second;
   }
   std::optional<Credentials> c;
   if (opts_.credentials != nullptr) {
-    ASSIGN_OR_RETURN(c, opts_.credentials->Lookup(registry));
+    ASSIGN_OR_RETURN(c, opts_.credentials->Lookup(registry, repository));
   }
   absl::MutexLock l(&mu_);
-  creds_[std::string(registry)] = c;
+  creds_[key] = c;
   return c;
 }
 
@@ -358,10 +440,9 @@ absl::StatusOr<std::string> RegistryAuth::Authorization(
     }
   }
   if (hs.basic) {
-    ASSIGN_OR_RETURN(std::optional<Credentials> c, CredsFor(registry));
+    ASSIGN_OR_RETURN(std::optional<Credentials> c, CredsFor(registry, scope));
     if (!c || c->username.empty()) return std::string();
-    return absl::StrCat("Basic ", absl::Base64Escape(absl::StrCat(
-                                      c->username, ":", c->password)));
+    return BasicHeader(*c);
   }
   // A token is missing or about to expire: get a fresh one now, once for
   // all the threads that need it (single flight per host and scope).
@@ -403,7 +484,10 @@ absl::Status RegistryAuth::HandleUnauthorized(
     if (c.scheme == "bearer" && bearer == nullptr) bearer = &c;
     if (c.scheme == "basic" && basic == nullptr) basic = &c;
   }
-  ASSIGN_OR_RETURN(std::optional<Credentials> creds, CredsFor(registry));
+  // Read again: they may have changed since (a helper's short-lived
+  // password, another `docker login`) and a long-lived mount must see it.
+  ASSIGN_OR_RETURN(std::optional<Credentials> creds,
+                   CredsFor(registry, scope, /*fresh=*/true));
   auto no_creds_hint = [&] {
     std::vector<std::string> files;
     if (opts_.credentials != nullptr) files = opts_.credentials->Files();
@@ -424,10 +508,16 @@ absl::Status RegistryAuth::HandleUnauthorized(
     if (auto s = bearer->params.find("service"); s != bearer->params.end()) {
       hs.service = s->second;
     }
+    // The challenge's scopes, space-separated (a cross-repository mount
+    // asks for two), each its own `scope` parameter.
     std::vector<std::string> scopes = {std::string(scope)};
-    if (auto s = bearer->params.find("scope");
-        s != bearer->params.end() && s->second != scope) {
-      scopes.push_back(s->second);
+    if (auto s = bearer->params.find("scope"); s != bearer->params.end()) {
+      for (absl::string_view one :
+           absl::StrSplit(s->second, ' ', absl::SkipEmpty())) {
+        if (std::find(scopes.begin(), scopes.end(), one) == scopes.end()) {
+          scopes.emplace_back(one);
+        }
+      }
     }
     const std::string key = absl::StrCat(host, "|", scope);
     std::shared_ptr<absl::Mutex> flight = FlightFor(key);
@@ -447,7 +537,7 @@ absl::Status RegistryAuth::HandleUnauthorized(
         tokens_.erase(cur);
       }
     }
-    ASSIGN_OR_RETURN(Token t, FetchToken(registry, hs, scopes));
+    ASSIGN_OR_RETURN(Token t, FetchToken(registry, hs, scopes, creds));
     if (absl::StartsWith(sent, "Bearer ") &&
         absl::StrCat("Bearer ", t.value) == sent) {
       return absl::UnauthenticatedError(absl::StrCat(
@@ -464,10 +554,11 @@ absl::Status RegistryAuth::HandleUnauthorized(
       return absl::UnauthenticatedError(absl::StrCat(
           host, " requires a user name and password: ", no_creds_hint()));
     }
-    if (absl::StartsWith(sent, "Basic ")) {
+    if (sent == BasicHeader(*creds)) {
       return absl::UnauthenticatedError(absl::StrCat(
           host, " rejected the user name and password from ", creds->source));
     }
+    // (Credentials that changed since `sent` are tried.)
     absl::MutexLock l(&mu_);
     hosts_[std::string(host)].basic = true;
     return absl::OkStatus();
@@ -481,7 +572,7 @@ absl::Status RegistryAuth::Refused(absl::string_view registry,
                                    absl::string_view host,
                                    absl::string_view scope,
                                    absl::string_view sent) {
-  absl::StatusOr<std::optional<Credentials>> creds = CredsFor(registry);
+  absl::StatusOr<std::optional<Credentials>> creds = CredsFor(registry, scope);
   std::string source = creds.ok() && *creds ? (*creds)->source : "";
   if (absl::StartsWith(sent, "Basic ")) {
     return absl::UnauthenticatedError(absl::StrCat(
@@ -501,8 +592,16 @@ absl::Status RegistryAuth::Refused(absl::string_view registry,
 
 absl::StatusOr<RegistryAuth::Token> RegistryAuth::FetchToken(
     absl::string_view registry, const HostState& hs,
-    const std::vector<std::string>& scopes) {
-  ASSIGN_OR_RETURN(std::optional<Credentials> creds, CredsFor(registry));
+    const std::vector<std::string>& scopes,
+    std::optional<std::optional<Credentials>> given) {
+  // A token outlives nothing: the credentials are read afresh for each
+  // (containerd asks its credentials callback on every token fetch).
+  std::optional<Credentials> creds;
+  if (given) {
+    creds = *given;
+  } else {
+    ASSIGN_OR_RETURN(creds, CredsFor(registry, scopes[0], /*fresh=*/true));
+  }
   if (creds && hs.over_tls &&
       absl::StartsWith(absl::AsciiStrToLower(hs.realm), "http://")) {
     return absl::UnauthenticatedError(
@@ -537,11 +636,7 @@ absl::StatusOr<RegistryAuth::Token> RegistryAuth::FetchToken(
     req.url = absl::StrCat(hs.realm,
                            absl::StrContains(hs.realm, "?") ? "&" : "?", query);
     if (creds && !creds->username.empty()) {
-      req.headers.push_back(
-          {"Authorization",
-           absl::StrCat("Basic ",
-                        absl::Base64Escape(absl::StrCat(creds->username, ":",
-                                                        creds->password)))});
+      req.headers.push_back({"Authorization", BasicHeader(*creds)});
     }
   }
   ASSIGN_OR_RETURN(HttpResponse resp, opts_.http->Fetch(req, 1 << 20));

@@ -9,11 +9,14 @@
 //     under sudo, cron or systemd), then ${XDG_CONFIG_HOME:-~/.config}/
 //     containers/auth.json.
 // In each file: `credHelpers[host]` (runs `docker-credential-<helper> get`
-// with the server on stdin), then `auths[host]` ("auth": base64 of
+// with the server on stdin), then `auths[key]` ("auth": base64 of
 // user:password, or "username"/"password", or "identitytoken"), then
 // `credsStore` (a helper for every host). Keys of `auths` may carry a scheme
-// and path ("https://index.docker.io/v1/"); Docker Hub is known under its
-// historic names too.
+// and path ("https://index.docker.io/v1/": Docker's, the host alone counts),
+// or, without a scheme, a namespace or repository ("quay.io/team",
+// containers-auth.json(5)): the most specific key naming the repository
+// wins. Docker Hub is known under its historic names too. A helper that
+// cannot run is an error naming the file and the key that names it.
 //
 // Flows (RegistryAuth), after a 401 with `WWW-Authenticate`:
 //  - Bearer realm,service,scope: a token from the realm (GET with Basic
@@ -22,6 +25,10 @@
 //    absent) runs short, refreshed before it does, and dropped on a 401
 //    mid-session (a token the registry no longer accepts).
 //  - Basic: the credentials themselves, on every request to that host.
+// Credentials are read again for every token fetch and after every 401, so a
+// long-lived mount follows a rotated password (a helper's short-lived one,
+// another `docker login`); only Basic's per-request header uses the copy
+// read last.
 // After the first challenge the host's realm is remembered, so new scopes get
 // their token without another 401 round trip.
 //
@@ -78,8 +85,9 @@ class CredentialStore {
   // Credentials for `registry` (as in the image reference: "docker.io",
   // "127.0.0.1:5000"); nullopt when none is configured. An unreadable or
   // malformed file, or a failing helper, is an error naming it.
+  // `repository` ("team/app"), when given, selects among namespaced keys.
   absl::StatusOr<std::optional<Credentials>> Lookup(
-      absl::string_view registry) const;
+      absl::string_view registry, absl::string_view repository = "") const;
 
   // The files consulted, in order (for "no credentials" messages).
   std::vector<std::string> Files() const;
@@ -155,13 +163,17 @@ class RegistryAuth {
     std::string value;
     absl::Time refresh_at;  // fetch a new one from then on
   };
+  // The credentials for `registry` and the repository of `scope`: the
+  // copy read last, or read afresh (`fresh`, and cached for the next).
   absl::StatusOr<std::optional<Credentials>> CredsFor(
-      absl::string_view registry);
+      absl::string_view registry, absl::string_view scope, bool fresh = false);
   // The mutex that serializes token fetches for one host|scope.
   std::shared_ptr<absl::Mutex> FlightFor(const std::string& key);
-  absl::StatusOr<Token> FetchToken(absl::string_view registry,
-                                   const HostState& hs,
-                                   const std::vector<std::string>& scopes);
+  // `given`: the credentials to use, else read afresh for scopes[0].
+  absl::StatusOr<Token> FetchToken(
+      absl::string_view registry, const HostState& hs,
+      const std::vector<std::string>& scopes,
+      std::optional<std::optional<Credentials>> given = std::nullopt);
 
   const Options opts_;
   mutable absl::Mutex mu_;
@@ -169,6 +181,7 @@ class RegistryAuth {
   std::map<std::string, Token> tokens_ ABSL_GUARDED_BY(mu_);  // host|scope
   std::map<std::string, std::shared_ptr<absl::Mutex>> flights_
       ABSL_GUARDED_BY(mu_);
+  // registry/repository -> what was read last.
   std::map<std::string, std::optional<Credentials>> creds_ ABSL_GUARDED_BY(mu_);
   int tokens_fetched_ ABSL_GUARDED_BY(mu_) = 0;
 };

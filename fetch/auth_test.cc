@@ -89,6 +89,38 @@ TEST(CredentialStoreTest, AuthsKeysInEveryForm) {
   EXPECT_FALSE(c->has_value());
 }
 
+// containers-auth.json(5): a key may name a namespace or a repository, and
+// the most specific one naming the repository wins, whatever the order; a
+// key with a scheme is Docker's, its path no namespace.
+TEST(CredentialStoreTest, NamespacedKeysMostSpecificFirst) {
+  CredentialStore s = StoreWith(
+      "{\"auths\":{}}",
+      absl::StrCat(
+          "{\"auths\":{", "\"reg.io\":{\"auth\":\"", Auth("whole", "w"), "\"},",
+          "\"reg.io/team-a\":{\"auth\":\"", Auth("robot-a", "a"), "\"},",
+          "\"reg.io/team-b/\":{\"auth\":\"", Auth("robot-b", "b"), "\"},",
+          "\"reg.io/team-b/app\":{\"auth\":\"", Auth("app-b", "c"), "\"},",
+          "\"only.io/ns\":{\"auth\":\"", Auth("ns", "n"), "\"},",
+          "\"https://legacy.io/v1/\":{\"auth\":\"", Auth("legacy", "l"),
+          "\"}}}"));
+  auto user = [&](const char* registry, const char* repo) -> std::string {
+    auto c = s.Lookup(registry, repo);
+    EXPECT_TRUE(c.ok()) << c.status();
+    return c.ok() && c->has_value() ? (*c)->username : std::string("(none)");
+  };
+  EXPECT_EQ(user("reg.io", "team-a/app"), "robot-a");
+  EXPECT_EQ(user("reg.io", "team-b/tool"), "robot-b");
+  EXPECT_EQ(user("reg.io", "team-b/app"), "app-b");
+  EXPECT_EQ(user("reg.io", "team-b/app2"), "robot-b") << "components, not "
+                                                         "prefixes";
+  EXPECT_EQ(user("reg.io", "team-c/app"), "whole");
+  EXPECT_EQ(user("reg.io", "team-ab/app"), "whole");
+  EXPECT_EQ(user("reg.io", ""), "whole");
+  EXPECT_EQ(user("only.io", "ns/app"), "ns");
+  EXPECT_EQ(user("only.io", "other/app"), "(none)");
+  EXPECT_EQ(user("legacy.io", "any/thing"), "legacy");
+}
+
 TEST(CredentialStoreTest, PodmanAuthFileAfterDocker) {
   CredentialStore s = StoreWith(
       "{\"auths\":{}}", absl::StrCat("{\"auths\":{\"r.io\":{\"auth\":\"",
@@ -249,6 +281,19 @@ TEST(CredentialStoreTest, CredentialHelpers) {
   ASSERT_FALSE(m.ok());
   EXPECT_TRUE(
       absl::StrContains(m.status().message(), "docker-credential-absent"));
+  // ...said with the file and the key that named it, and what to do.
+  EXPECT_TRUE(absl::StrContains(m.status().message(), "config.json"))
+      << m.status();
+  EXPECT_TRUE(absl::StrContains(m.status().message(), "credsStore"))
+      << m.status();
+  EXPECT_TRUE(absl::StrContains(m.status().message(), "install the helper"))
+      << m.status();
+  CredentialStore missing_for_host =
+      StoreWith("{\"credHelpers\":{\"y.io\":\"gone\"}}");
+  m = missing_for_host.Lookup("y.io");
+  ASSERT_FALSE(m.ok());
+  EXPECT_TRUE(absl::StrContains(m.status().message(), "credHelpers[\"y.io\"]"))
+      << m.status();
   // Names that could escape PATH lookup are refused.
   EXPECT_FALSE(RunCredentialHelper("../x", "h").ok());
 }

@@ -528,6 +528,13 @@ absl::StatusOr<std::vector<RegistryHost>> LoadRegistryHosts(
     m.mirror = m.host != api_host && m.host != registry;
     mirrors.push_back(std::move(m));
   }
+  // override_path applies to `server` too, wherever it is in the file.
+  bool server_override_path = false;
+  for (const auto& [path, v] : doc->keys) {
+    if (path.size() == 1 && path[0] == "override_path") {
+      server_override_path = v.boolean;
+    }
+  }
   for (const auto& [path, v] : doc->keys) {
     if (path.size() == 2 && path[0] == "header") {
       absl::Status st = ApplyHeader(path[1], v, &origin);
@@ -540,7 +547,7 @@ absl::StatusOr<std::vector<RegistryHost>> LoadRegistryHosts(
       if (v.type != TomlValue::Type::kString) {
         return err(absl::InvalidArgumentError("server must be a string"));
       }
-      st = ParseHostUrl(v.str, &origin, false);
+      st = ParseHostUrl(v.str, &origin, server_override_path);
       if (st.ok() && defaults.plain_http) origin.scheme = "http";
     } else if (path[0] == "ca") {
       st = ApplyCa(v, dir, &origin);
@@ -553,6 +560,10 @@ absl::StatusOr<std::vector<RegistryHost>> LoadRegistryHosts(
     }
     if (!st.ok()) return err(st);
   }
+  // A `server` elsewhere than the registry (a pull-through cache named as
+  // the only host) is a mirror in all but its place: its own credentials,
+  // and ?ns= naming the registry meant (containerd's isProxy).
+  origin.mirror = origin.host != api_host && origin.host != registry;
   mirrors.push_back(std::move(origin));
   return mirrors;
 }

@@ -6,12 +6,17 @@
 //   server = "https://registry.example.com"   # origin; http:// = plain HTTP
 //   ca = "/etc/certs/ca.pem"                  # or an array; relative paths
 //   skip_verify = false                       #   are relative to the file
+//   override_path = false                     # server's path is the API root
 //
 //   [host."https://mirror.example.com"]      # mirrors, tried in file order
 //     capabilities = ["pull", "resolve"]
 //     ca = ["mirror-ca.pem"]
 //     skip_verify = true
 //     override_path = false
+//
+// A `server` on another host than the registry's (a pull-through cache as
+// the only host) is flagged `mirror` like the [host] tables: requests carry
+// ?ns=<registry> and credentials are looked up for its own host.
 //
 // A directory without hosts.toml still contributes its `*.crt` files as CAs
 // of the origin (Docker's certs.d convention, which containerd also reads).

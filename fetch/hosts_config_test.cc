@@ -114,6 +114,34 @@ ca = "origin.pem"
                                 "/global.pem", dir + "/docker.io/origin.pem"}));
 }
 
+// A `server` on another host than the registry is a pull-through cache:
+// flagged a mirror (?ns=, its own credentials); override_path applies to it
+// wherever the key is in the file.
+TEST(HostsConfigTest, AServerElsewhereIsAMirrorAndTakesOverridePath) {
+  std::string dir = TempDir() + "/certs-server.d";
+  mkdir(dir.c_str(), 0755);
+  mkdir((dir + "/reg.example").c_str(), 0755);
+  Write(dir + "/reg.example/hosts.toml", R"(
+server = "https://cache.example/api/docker/remote"
+override_path = true
+)");
+  RegistryHostDefaults d;
+  d.hosts_dir = dir;
+  auto hosts = LoadRegistryHosts("reg.example", "reg.example", d);
+  ASSERT_TRUE(hosts.ok()) << hosts.status();
+  ASSERT_EQ(hosts->size(), 1u);
+  EXPECT_EQ((*hosts)[0].BaseUrl(), "https://cache.example/api/docker/remote");
+  EXPECT_TRUE((*hosts)[0].mirror);
+  // Without override_path the API root gets /v2; the registry's own host as
+  // `server` is no mirror.
+  Write(dir + "/reg.example/hosts.toml",
+        "server = \"https://reg.example/base\"\n");
+  hosts = LoadRegistryHosts("reg.example", "reg.example", d);
+  ASSERT_TRUE(hosts.ok()) << hosts.status();
+  EXPECT_EQ((*hosts)[0].BaseUrl(), "https://reg.example/base/v2");
+  EXPECT_FALSE((*hosts)[0].mirror);
+}
+
 // containerd's host_port_ directory form (tried first), [header] tables,
 // and client certificates in each of containerd's forms.
 TEST(HostsConfigTest, HeadersClientCertsAndThePortDirectoryForm) {

@@ -7,6 +7,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <cstring>
 #include <fstream>
 #include <thread>
 
@@ -1218,6 +1220,164 @@ TEST_F(RegistryTest, MirrorsFirstWithNsThenTheOrigin) {
     EXPECT_TRUE(absl::StartsWith(source, reg->url())) << source;
   }
   EXPECT_EQ((*mirror)->requests().size(), before + 1);
+}
+
+// A challenge naming several scopes (space-separated, as distribution's
+// registry sends for a cross-repository mount) asks the realm for each as
+// its own `scope` parameter, as the token spec and containerd do.
+TEST_F(RegistryTest, AChallengesScopesGoToTheRealmOneByOne) {
+  auto realm =
+      LoopbackHttpServer::Start([](const TestRequest&, TestResponse* r) {
+        r->body = "{\"token\":\"tok\",\"expires_in\":300}";
+      });
+  ASSERT_TRUE(realm.ok());
+  const std::string realm_url = (*realm)->url() + "/token";
+  auto server =
+      LoopbackHttpServer::Start([&](const TestRequest& q, TestResponse* r) {
+        if (q.headers.count("authorization") == 0) {
+          r->status = 401;
+          r->headers.push_back(
+              {"WWW-Authenticate",
+               "Bearer realm=\"" + realm_url +
+                   "\",service=\"svc\",scope=\"repository:team/app:pull "
+                   "repository:team/base:pull\""});
+          return;
+        }
+        r->status = 404;
+        r->body =
+            "{\"errors\":[{\"code\":\"NAME_UNKNOWN\",\"message\":\"no\"}]}";
+      });
+  ASSERT_TRUE(server.ok());
+  RegistryOptions o;
+  o.hosts.plain_http = true;
+  auto c =
+      Client((*server)->url().substr(strlen("http://")) + "/team/app:v1", o);
+  auto res = c->Resolve();
+  EXPECT_EQ(res.status().code(), absl::StatusCode::kNotFound) << res.status();
+  auto reqs = (*realm)->requests();
+  ASSERT_EQ(reqs.size(), 1u);
+  EXPECT_EQ(reqs[0].query_all("scope"),
+            (std::vector<std::string>{"repository:team/app:pull",
+                                      "repository:team/base:pull"}));
+  EXPECT_EQ(reqs[0].query["service"], "svc");
+}
+
+// A long-lived client (a mount) follows credentials that change under it:
+// the password the registry accepts is rotated, and so is the one in the
+// config (a helper's short-lived password, another `docker login`). The
+// next 401 reads them again instead of failing every read from then on.
+TEST_F(RegistryTest, RotatedCredentialsAreReadAgainAfterA401) {
+  std::atomic<int> accepted{1};
+  auto server = LoopbackHttpServer::Start([&](const TestRequest& q,
+                                              TestResponse* r) {
+    auto a = q.headers.find("authorization");
+    const std::string want =
+        "Basic " + absl::Base64Escape(absl::StrCat("u:pw", accepted.load()));
+    if (a == q.headers.end() || a->second != want) {
+      r->status = 401;
+      r->headers.push_back({"WWW-Authenticate", "Basic realm=\"r\""});
+      return;
+    }
+    r->status = 404;  // (authenticated: what is asked for is not here)
+    r->body = "{\"errors\":[{\"code\":\"NAME_UNKNOWN\",\"message\":\"no\"}]}";
+  });
+  ASSERT_TRUE(server.ok());
+  const std::string host = (*server)->url().substr(strlen("http://"));
+  const std::string config_dir = TestDir("rotating-creds");
+  auto write_config = [&](int n) {
+    WriteDockerConfig(config_dir, host, "u", absl::StrCat("pw", n));
+  };
+  write_config(1);
+  CredentialStore::Options co;
+  co.docker_config_dir = config_dir;
+  co.podman_auth_file = "/nonexistent";
+  CredentialStore store(co);
+  RegistryOptions o;
+  o.http = http_.get();
+  o.credentials = &store;
+  o.hosts.plain_http = true;
+  auto c = Client(host + "/team/app:v1", o);
+  auto res = c->Resolve();
+  ASSERT_FALSE(res.ok());
+  EXPECT_EQ(res.status().code(), absl::StatusCode::kNotFound) << res.status();
+
+  accepted = 2;
+  write_config(2);
+  res = c->Resolve();
+  ASSERT_FALSE(res.ok());
+  EXPECT_EQ(res.status().code(), absl::StatusCode::kNotFound) << res.status();
+  EXPECT_EQ((*server)->requests().back().headers["authorization"],
+            "Basic " + absl::Base64Escape("u:pw2"));
+
+  // Credentials rotated on the server only: refused, naming their file.
+  accepted = 3;
+  res = c->Resolve();
+  ASSERT_FALSE(res.ok());
+  EXPECT_EQ(res.status().code(), absl::StatusCode::kUnauthenticated);
+  EXPECT_TRUE(absl::StrContains(res.status().message(), "rejected"))
+      << res.status();
+  EXPECT_TRUE(absl::StrContains(res.status().message(), "config.json"))
+      << res.status();
+}
+
+// A hosts.toml `server` on another host than the registry (a pull-through
+// cache as the only host, as containerd's docs suggest): requests carry
+// ?ns=<registry>, and the credentials sent are the cache's own, never the
+// registry's; its path is the API root with override_path.
+TEST_F(RegistryTest, AServerElsewhereGetsNsAndItsOwnCredentials) {
+  auto cache =
+      LoopbackHttpServer::Start([](const TestRequest& q, TestResponse* r) {
+        if (q.headers.count("authorization") == 0) {
+          r->status = 401;
+          r->headers.push_back({"WWW-Authenticate", "Basic realm=\"cache\""});
+          return;
+        }
+        r->status = 404;
+        r->body =
+            "{\"errors\":[{\"code\":\"NAME_UNKNOWN\",\"message\":\"no\"}]}";
+      });
+  ASSERT_TRUE(cache.ok());
+  const std::string registry = "registry.invalid:5000";
+  const std::string hosts_dir = TestDir("server-elsewhere.d");
+  mkdir((hosts_dir + "/" + registry).c_str(), 0755);
+  std::ofstream(hosts_dir + "/" + registry + "/hosts.toml")
+      << "server = \"" << (*cache)->url() << "/api/docker/remote\"\n"
+      << "override_path = true\n";
+  const std::string config_dir = TestDir("server-elsewhere-creds");
+  const std::string cache_host = (*cache)->url().substr(strlen("http://"));
+  std::ofstream(config_dir + "/config.json")
+      << "{\"auths\":{\"" << registry << "\":{\"auth\":\""
+      << absl::Base64Escape("upstream:UPSTREAM-SECRET") << "\"},\""
+      << cache_host << "\":{\"auth\":\""
+      << absl::Base64Escape("cacheuser:cachepass") << "\"}}}";
+  CredentialStore::Options co;
+  co.docker_config_dir = config_dir;
+  co.podman_auth_file = "/nonexistent";
+  CredentialStore store(co);
+  RegistryOptions o;
+  o.http = http_.get();
+  o.credentials = &store;
+  o.hosts.hosts_dir = hosts_dir;
+  auto ref = ImageReference::Parse(registry + "/team/app:v1");
+  ASSERT_TRUE(ref.ok());
+  auto c = RegistryClient::Create(*ref, o);
+  ASSERT_TRUE(c.ok()) << c.status();
+  ASSERT_EQ((*c)->hosts().size(), 1u);
+  EXPECT_TRUE((*c)->hosts()[0].mirror);
+  auto res = (*c)->Resolve();
+  EXPECT_FALSE(res.ok());  // the cache has no such image
+  auto reqs = (*cache)->requests();
+  ASSERT_GE(reqs.size(), 2u);
+  for (TestRequest q : reqs) {
+    EXPECT_EQ(q.path, "/api/docker/remote/team/app/manifests/v1");
+    EXPECT_EQ(q.query["ns"], registry);
+    auto a = q.headers.find("authorization");
+    if (a != q.headers.end()) {
+      EXPECT_EQ(a->second,
+                "Basic " + absl::Base64Escape("cacheuser:cachepass"));
+    }
+  }
+  EXPECT_EQ(reqs.back().headers.count("authorization"), 1u);
 }
 
 }  // namespace
