@@ -43,9 +43,8 @@ int InspectMain(int argc, char** argv) {
     w.BeginObject();
     w.Key("format").String(LayerFormatName(layer.format()));
     w.Key("footer_size")
-        .Uint(layer.footer().footer_size == 48   ? 40
-              : layer.footer().footer_size == 72 ? 64
-                                                 : layer.footer().footer_size);
+        .Uint(IsZstd(layer.footer().format) ? layer.footer().footer_size - 8
+                                            : layer.footer().footer_size);
     w.Key("toc_digest").String(layer.toc_digest().ToString());
     w.Key("toc_offset").Uint(layer.footer().toc_offset);
     w.Key("toc_compressed_size").Uint(layer.footer().toc_compressed_size);

@@ -112,44 +112,51 @@ absl::StatusOr<Footer> ParseFooter(absl::string_view tail, uint64_t blob_size,
   const char* end = tail.data() + tail.size();
   Footer f;
 
-  // zstd:chunked, containers/storage dialect: 8 + 64 bytes, magic GNUlInUx.
-  if (tail.size() >= kZstdStorageFooterSize &&
-      std::memcmp(end - 8, "GNUlInUx", 8) == 0) {
-    const char* p = end - 64;
-    if (std::memcmp(p - 8, kSkippableMagic, 4) != 0 || LoadLe32(p - 4) != 64) {
+  // zstd:chunked: a skippable frame whose payload starts with TOC offset,
+  // compressed and uncompressed TOC length and manifest type (LE64 each),
+  // with a magic at a fixed place in it. The dialects, by their magic's
+  // distance from the end:
+  struct ZstdDialect {
+    const char* magic;
+    size_t magic_from_end;  // magic at end - this
+    uint32_t payload;       // the skippable frame's length field
+    LayerFormat format;
+  };
+  static constexpr ZstdDialect kZstdDialects[] = {
+      // containers/storage: 64 bytes, tar-split fields, magic last.
+      {"GNUlInUx", 8, 64, LayerFormat::kZstdChunkedStorage},
+      // the stargz reference: 40 bytes, magic last.
+      {"GnUlInUx", 8, 40, LayerFormat::kZstdChunked},
+      // containers/storage v1.47.0-v1.49.0 (mended by "chunked: fix
+      // generating footer", Aug 2023): 56 bytes, the reference's magic at
+      // [32:40], then 16 zero bytes. Current containers/storage still reads
+      // such layers (through the manifest-position annotation).
+      {"GnUlInUx", 24, 56, LayerFormat::kZstdChunkedStorage},
+  };
+  for (const ZstdDialect& d : kZstdDialects) {
+    const size_t size = 8 + d.payload;
+    if (tail.size() < size ||
+        std::memcmp(end - d.magic_from_end, d.magic, 8) != 0) {
+      continue;
+    }
+    const char* p = end - d.payload;
+    if (d.magic_from_end != 8 &&
+        (LoadLe64(end - 16) != 0 || LoadLe64(end - 8) != 0)) {
+      continue;  // (not this dialect: its last 16 bytes are zero)
+    }
+    if (std::memcmp(p - 8, kSkippableMagic, 4) != 0 ||
+        LoadLe32(p - 4) != d.payload) {
       return absl::InvalidArgumentError(
-          "zstd:chunked footer (GNUlInUx) is not inside a 64-byte skippable "
-          "frame");
+          absl::StrCat("zstd:chunked footer (", d.magic, ") is not inside a ",
+                       d.payload, "-byte skippable frame"));
     }
     if (LoadLe64(p + 24) != 1) {
       return absl::InvalidArgumentError(absl::StrCat(
           "zstd:chunked footer has manifest type ", LoadLe64(p + 24),
           ", only 1 (zstd-compressed JSON TOC) is supported"));
     }
-    f.format = LayerFormat::kZstdChunkedStorage;
-    f.footer_size = kZstdStorageFooterSize;
-    f.toc_offset = LoadLe64(p);
-    f.toc_compressed_size = LoadLe64(p + 8);
-    f.toc_uncompressed_size = LoadLe64(p + 16);
-    if (absl::Status s = CheckTocRange(f, blob_size, limits); !s.ok()) return s;
-    return f;
-  }
-  // zstd:chunked, stargz reference dialect: 8 + 40 bytes, magic GnUlInUx.
-  if (tail.size() >= kZstdFooterSize &&
-      std::memcmp(end - 8, "GnUlInUx", 8) == 0) {
-    const char* p = end - 40;
-    if (std::memcmp(p - 8, kSkippableMagic, 4) != 0 || LoadLe32(p - 4) != 40) {
-      return absl::InvalidArgumentError(
-          "zstd:chunked footer (GnUlInUx) is not inside a 40-byte skippable "
-          "frame");
-    }
-    if (LoadLe64(p + 24) != 1) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "zstd:chunked footer has manifest type ", LoadLe64(p + 24),
-          ", only 1 (zstd-compressed JSON TOC) is supported"));
-    }
-    f.format = LayerFormat::kZstdChunked;
-    f.footer_size = kZstdFooterSize;
+    f.format = d.format;
+    f.footer_size = size;
     f.toc_offset = LoadLe64(p);
     f.toc_compressed_size = LoadLe64(p + 8);
     f.toc_uncompressed_size = LoadLe64(p + 16);

@@ -4,7 +4,8 @@
 //   eStargz         51-byte empty gzip member, extra subfield "SG"
 //   legacy stargz   47-byte empty gzip member, bare 22-byte extra field
 //   zstd:chunked    8-byte skippable-frame header + 40-byte payload
-//   ("GnUlInUx") containers/storage zstd:chunked: 8 + 64 bytes ("GNUlInUx")
+//   ("GnUlInUx") containers/storage zstd:chunked: 8 + 64 bytes ("GNUlInUx"),
+//   and its v1.47-v1.49 form: 8 + 56 bytes, "GnUlInUx" then 16 zero bytes
 // The external-TOC eStargz footer (46 bytes) is recognised and refused with
 // an Unimplemented error. ParseFooter is pure: it never trusts an offset or a
 // length without checking it against the blob size and the limits given.
@@ -24,8 +25,9 @@ namespace lazypull {
 inline constexpr size_t kFooterTailSize = 72;
 inline constexpr size_t kEstargzFooterSize = 51;
 inline constexpr size_t kLegacyFooterSize = 47;
-inline constexpr size_t kZstdFooterSize = 48;         // 8 + 40
-inline constexpr size_t kZstdStorageFooterSize = 72;  // 8 + 64
+inline constexpr size_t kZstdFooterSize = 48;           // 8 + 40
+inline constexpr size_t kZstdStorageFooterSize = 72;    // 8 + 64
+inline constexpr size_t kZstdStorage56FooterSize = 64;  // 8 + 56
 
 enum class LayerFormat : uint8_t {
   kEstargz,             // gzip, 51-byte footer
@@ -45,7 +47,7 @@ inline bool IsZstd(LayerFormat f) {
 struct Footer {
   LayerFormat format = LayerFormat::kEstargz;
   // Bytes the footer occupies at the end of the blob (for zstd including the
-  // skippable-frame header): 51, 47, 48 or 72.
+  // skippable-frame header): 51, 47, 48, 72 or 64.
   uint64_t footer_size = 0;
   // gzip: offset of the TOC's gzip member. zstd: offset of the compressed TOC
   // bytes (just after their skippable-frame header).

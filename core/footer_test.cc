@@ -188,6 +188,32 @@ TEST(FooterTest, ZstdChunkedStorage) {
   EXPECT_EQ(f->toc_uncompressed_size, 400u);
 }
 
+// containers/storage v1.47.0-v1.49.0 wrote a 56-byte payload: the
+// reference's fields and magic, then 16 zero bytes.
+TEST(FooterTest, ZstdChunkedStorage56) {
+  std::string footer = ZstdChunkedFooter(108, 50, 400);
+  footer[4] = 56;
+  footer += std::string(16, '\0');
+  ASSERT_EQ(footer.size(), kZstdStorage56FooterSize);
+  std::string blob = std::string(108, 'x') + std::string(50, 't') + footer;
+  absl::StatusOr<Footer> f = Parse(blob);
+  ASSERT_TRUE(f.ok()) << f.status();
+  EXPECT_EQ(f->format, LayerFormat::kZstdChunkedStorage);
+  EXPECT_EQ(f->footer_size, 64u);
+  EXPECT_EQ(f->toc_offset, 108u);
+  EXPECT_EQ(f->toc_compressed_size, 50u);
+  EXPECT_EQ(f->toc_uncompressed_size, 400u);
+  // Its frame length must say 56; the 16 bytes must be zero.
+  std::string wrong_len = blob;
+  wrong_len[wrong_len.size() - 64 + 4] = 40;
+  EXPECT_EQ(Parse(wrong_len).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  std::string not_zero = blob;
+  not_zero.back() = 1;
+  EXPECT_EQ(Parse(not_zero).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
 TEST(FooterTest, ZstdManifestTypeOtherThanOneIsRefused) {
   std::string blob =
       std::string(200, 'x') + ZstdChunkedFooter(108, 50, 400, /*type=*/2);

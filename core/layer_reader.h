@@ -81,9 +81,13 @@ class LayerReader {
   // Checks `data` (a chunk's bytes) against the chunk's digest.
   absl::Status VerifyChunk(uint32_t chunk, absl::string_view data) const;
   // For a zeros chunk (zstd:chunked's chunkType "zeros": its bytes are
-  // zeros, none stored): checks its digest, if it has one, hashing the
-  // zeros a piece at a time (a TOC may declare any size; nothing the size
-  // of the chunk is allocated). OK for a zeros chunk without a digest.
+  // zeros, none stored, fixed by the verified TOC): checks its digest, if it
+  // has one and the chunk is at most kMaxHashedZeros bytes, hashing the
+  // zeros a piece at a time (nothing the size of the chunk is allocated).
+  // OK for a zeros chunk without a digest or longer than that: the digest
+  // only checks the TOC against itself, and a TOC may declare any size (a
+  // sparse file's hole of hundreds of GB; 2^49 bytes from a hostile one).
+  static constexpr uint64_t kMaxHashedZeros = uint64_t{64} << 20;
   absl::Status VerifyZerosChunk(uint32_t chunk) const;
 
   // "file \"a/b\", chunk at offset N (M bytes, blob offset B)": for errors

@@ -489,6 +489,27 @@ TEST_P(SynthesizedTest, FilesSharingAMember) {
   EXPECT_EQ(VerifyLayer(**r).status().code(), absl::StatusCode::kDataLoss);
 }
 
+// A whole zstd:chunked layer with containers/storage v1.47-v1.49's 56-byte
+// footer payload reads and verifies.
+TEST(LayerReaderTest, ZstdChunkedWithThe56ByteFooter) {
+  TestLayer t(Compression::kZstd);
+  t.AddFile("etc/hello", "hello, world\n");
+  t.AddFile("big", RandomBytes(300000, 5));
+  TestBlob b = t.Build();
+  std::string blob = b.blob;
+  ASSERT_EQ(blob.substr(blob.size() - 8), "GnUlInUx");
+  blob[blob.size() - 48 + 4] = 56;
+  blob += std::string(16, '\0');
+  absl::StatusOr<std::unique_ptr<LayerReader>> r = OpenBlob(blob);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ((*r)->footer().footer_size, 64u);
+  EXPECT_EQ(ReadFile(**r, "etc/hello").value(), "hello, world\n");
+  EXPECT_EQ(ReadFile(**r, "big").value(), RandomBytes(300000, 5));
+  absl::StatusOr<VerifyResult> v = VerifyRaw(**r);
+  ASSERT_TRUE(v.ok()) << v.status();
+  EXPECT_EQ(v->files_verified, 2u);
+}
+
 // containers/storage stores runs of zeros as no data at all.
 TEST_P(SynthesizedTest, ZerosChunks) {
   const Compression c = GetParam();

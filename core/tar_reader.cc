@@ -406,6 +406,12 @@ absl::StatusOr<bool> TarReader::Next(TarHeader* h) {
         if (raw.empty()) header_offset = pos_;
         continue;
       }
+      if (raw.size() + ext_raw.size() > options_.max_extensions_per_entry) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "tar extension headers from offset ", header_offset, " exceed ",
+            options_.max_extensions_per_entry,
+            " bytes before their entry (a hostile or corrupt stream)"));
+      }
       raw.append(ext_raw);
       if (t == 'L' || t == 'K') {
         size_t nul = data.find('\0');

@@ -109,6 +109,10 @@ struct TarReaderOptions {
   // Largest GNU long-name or PAX extension payload (default 1 MiB, as Go's
   // archive/tar).
   uint64_t max_extension_size = 1 << 20;
+  // Largest sum of the extension headers before one entry (default 4 MiB):
+  // each is kept until the entry comes, and a stream of them is otherwise a
+  // memory bomb (1 MiB of NULs per KiB of gzip).
+  uint64_t max_extensions_per_entry = 4 << 20;
 };
 
 class TarReader {

@@ -285,6 +285,26 @@ TEST(TarReaderTest, HostileHeaders) {
               ::testing::Property(&absl::Status::message,
                                   HasSubstr("extension header")));
 
+  // Extension headers chained before one entry: kept until it comes, so
+  // their sum is bounded (each 1 MiB of NULs or letters costs ~1 KiB of
+  // gzip: a memory bomb otherwise).
+  auto chained = [](int n) {
+    std::string t;
+    for (int i = 0; i < n; ++i) {
+      t += TarBuilder::Header("././@LongLink", 'L', (1 << 20) - 1);
+      t += std::string((1 << 20) - 1, 'n') + std::string(1, '\0');
+    }
+    TarBuilder b;
+    b.File("f", "x");
+    return t + b.Finish();
+  };
+  absl::StatusOr<std::vector<Parsed>> three = ParseAll(chained(3));
+  ASSERT_TRUE(three.ok()) << three.status();
+  ASSERT_EQ(three->size(), 1u);
+  EXPECT_EQ((*three)[0].h.name.size(), (1u << 20) - 1);
+  EXPECT_THAT(ParseError(chained(5)).message(),
+              HasSubstr("exceed 4194304 bytes before their entry"));
+
   // Negative base-256 size.
   std::string neg = TarBuilder::Header("neg", '0', 0);
   std::memset(neg.data() + 124, 0xff, 12);
