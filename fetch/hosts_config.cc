@@ -272,8 +272,9 @@ absl::Status ParseHostUrl(absl::string_view url, RegistryHost* h,
                           bool override_path) {
   size_t sep = url.find("://");
   if (sep == absl::string_view::npos) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "host \"", url, "\" needs a scheme (https:// or http://)"));
+    // containerd: a host without a scheme is reached over HTTPS.
+    std::string with_scheme = absl::StrCat("https://", url);
+    return ParseHostUrl(with_scheme, h, override_path);
   }
   h->scheme = absl::AsciiStrToLower(url.substr(0, sep));
   if (h->scheme != "http" && h->scheme != "https") {
@@ -395,9 +396,19 @@ absl::Status ApplyCapabilities(const TomlValue& v, RegistryHost* h) {
   }
   h->can_pull = h->can_resolve = h->can_push = false;
   for (const TomlValue& e : v.array) {
-    if (e.str == "pull") h->can_pull = true;
-    if (e.str == "resolve") h->can_resolve = true;
-    if (e.str == "push") h->can_push = true;
+    // As containerd: any case; an unknown one is an error, not a host that
+    // silently can do nothing.
+    const std::string c = absl::AsciiStrToLower(e.str);
+    if (c == "pull") {
+      h->can_pull = true;
+    } else if (c == "resolve") {
+      h->can_resolve = true;
+    } else if (c == "push") {
+      h->can_push = true;
+    } else {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "unknown capability \"", e.str, "\" (known: pull, resolve, push)"));
+    }
   }
   return absl::OkStatus();
 }

@@ -5,6 +5,7 @@
 #include <cstdlib>
 #include <fstream>
 
+#include "absl/strings/match.h"
 #include "gtest/gtest.h"
 
 namespace lazypull {
@@ -140,6 +141,39 @@ override_path = true
   ASSERT_TRUE(hosts.ok()) << hosts.status();
   EXPECT_EQ((*hosts)[0].BaseUrl(), "https://reg.example/base/v2");
   EXPECT_FALSE((*hosts)[0].mirror);
+}
+
+// As containerd: a host without a scheme is HTTPS; capabilities in any case;
+// an unknown capability is an error naming it (not a host that silently
+// serves nothing).
+TEST(HostsConfigTest, SchemelessHostsAndCapabilitiesAsContainerdReadsThem) {
+  std::string dir = TempDir() + "/certs-caps.d";
+  mkdir(dir.c_str(), 0755);
+  mkdir((dir + "/reg.example").c_str(), 0755);
+  Write(dir + "/reg.example/hosts.toml", R"(
+server = "reg.example:5000"
+[host."mirror.example"]
+  capabilities = ["Pull", "RESOLVE"]
+)");
+  RegistryHostDefaults d;
+  d.hosts_dir = dir;
+  auto hosts = LoadRegistryHosts("reg.example", "reg.example", d);
+  ASSERT_TRUE(hosts.ok()) << hosts.status();
+  ASSERT_EQ(hosts->size(), 2u);
+  EXPECT_EQ((*hosts)[0].BaseUrl(), "https://mirror.example/v2");
+  EXPECT_TRUE((*hosts)[0].can_pull && (*hosts)[0].can_resolve);
+  EXPECT_FALSE((*hosts)[0].can_push);
+  EXPECT_EQ((*hosts)[1].BaseUrl(), "https://reg.example:5000/v2");
+  Write(dir + "/reg.example/hosts.toml", R"(
+[host."https://mirror.example"]
+  capabilities = ["pul"]
+)");
+  hosts = LoadRegistryHosts("reg.example", "reg.example", d);
+  ASSERT_FALSE(hosts.ok());
+  EXPECT_TRUE(absl::StrContains(hosts.status().message(), "\"pul\""))
+      << hosts.status();
+  EXPECT_TRUE(absl::StrContains(hosts.status().message(), "hosts.toml"))
+      << hosts.status();
 }
 
 // containerd's host_port_ directory form (tried first), [header] tables,

@@ -7,6 +7,7 @@
 
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
@@ -24,7 +25,20 @@ std::string NormalizeArch(absl::string_view a) {
   if (s == "x86_64" || s == "x86-64") return "amd64";
   if (s == "aarch64") return "arm64";
   if (s == "i386" || s == "i686") return "386";
+  // 32-bit ARM: uname's armv6l / armv7l / armv8l, Debian's armhf / armel.
+  if (s == "armhf" || s == "armel" ||
+      (absl::StartsWith(s, "armv") && s != "armv8b")) {
+    return "arm";
+  }
   return s;
+}
+
+// The variant of a 32-bit ARM machine name: "armv6l" -> "v6"; "v7" for the
+// rest (armhf, armv7l, and armv8l: a 32-bit v8 runs v7 code).
+std::string ArmVariant(absl::string_view machine) {
+  if (absl::StartsWith(machine, "armv6") || machine == "armel") return "v6";
+  if (absl::StartsWith(machine, "armv5")) return "v5";
+  return "v7";
 }
 
 std::string DefaultVariant(absl::string_view arch) {
@@ -162,11 +176,16 @@ absl::StatusOr<Platform> Platform::Parse(absl::string_view text) {
 }
 
 Platform Platform::Host() {
+  struct utsname u;
+  return FromMachine(uname(&u) == 0 ? u.machine : "x86_64");
+}
+
+Platform Platform::FromMachine(absl::string_view machine) {
   Platform p;
   p.os = "linux";
-  struct utsname u;
-  p.architecture = uname(&u) == 0 ? NormalizeArch(u.machine) : "amd64";
+  p.architecture = NormalizeArch(machine);
   if (p.architecture == "arm64") p.variant = "v8";
+  if (p.architecture == "arm") p.variant = ArmVariant(machine);
   return p;
 }
 

@@ -51,6 +51,9 @@ struct Platform {
   static absl::StatusOr<Platform> Parse(absl::string_view text);
   // The machine this runs on (linux/amd64 here).
   static Platform Host();
+  // Linux on uname's machine name: "x86_64" -> linux/amd64, "aarch64" ->
+  // linux/arm64/v8, "armv7l" -> linux/arm/v7, "armv6l" -> linux/arm/v6.
+  static Platform FromMachine(absl::string_view machine);
   std::string String() const;
   // Whether an index entry for `candidate` serves this platform.
   bool Matches(const Platform& candidate) const;

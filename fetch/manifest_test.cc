@@ -33,6 +33,16 @@ TEST(PlatformTest, ParseAndMatch) {
   EXPECT_FALSE(armv6.Matches({"linux", "arm", ""}));  // default v7
   EXPECT_TRUE(armv6.Matches({"linux", "arm", "v6"}));
   EXPECT_EQ(Platform::Host().os, "linux");
+  // 32-bit ARM hosts are named as index entries name them.
+  EXPECT_EQ(Platform::FromMachine("armv7l").String(), "linux/arm/v7");
+  EXPECT_EQ(Platform::FromMachine("armv6l").String(), "linux/arm/v6");
+  EXPECT_EQ(Platform::FromMachine("armv8l").String(), "linux/arm/v7");
+  EXPECT_EQ(Platform::FromMachine("aarch64").String(), "linux/arm64/v8");
+  EXPECT_EQ(Platform::FromMachine("x86_64").String(), "linux/amd64");
+  auto arm = Platform::Parse("linux/arm/v7");
+  ASSERT_TRUE(arm.ok());
+  EXPECT_TRUE(Platform::FromMachine("armv7l").Matches(*arm));
+  EXPECT_FALSE(Platform::FromMachine("armv6l").Matches(*arm));
 }
 
 TEST(ManifestTest, IndexSelection) {
