@@ -43,6 +43,7 @@
 #include "core/layer_reader.h"
 #include "core/layer_writer.h"
 #include "core/log.h"
+#include "core/lower_layers.h"
 #include "core/node_writer.h"
 #include "core/status_macros.h"
 #include "core/thread_priority.h"
@@ -298,78 +299,6 @@ std::string LayerName(const LayerMount& m, size_t n) {
 const std::string* Annotation(const Descriptor& d, const char* key) {
   auto it = d.annotations.find(key);
   return it == d.annotations.end() ? nullptr : &it->second;
-}
-
-// An entry of the merged lower layers: the directory holding it in the
-// topmost layer dir that has it, its name there, and its lstat.
-struct LowerEntry {
-  ScopedFd parent;
-  std::string name;
-  struct stat st;
-};
-
-// Whether a directory on `dirs` (a path's directory components, from the
-// layer's root `root`) is opaque in that layer: overlayfs shows nothing of
-// the layers below it under that directory.
-bool OpaqueOnPath(int root, const std::vector<std::string>& dirs) {
-  int cur = root;
-  ScopedFd held;
-  for (const std::string& d : dirs) {
-    ScopedFd next(openat(cur, d.c_str(),
-                         O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
-    if (!next.valid()) return false;
-    char v = 0;
-    if (fgetxattr(next.get(), "trusted.overlay.opaque", &v, 1) == 1 &&
-        v == 'y') {
-      return true;
-    }
-    held = std::move(next);
-    cur = held.get();
-  }
-  return false;
-}
-
-// Finds `path` (relative, '/'-separated) in the topmost of `lowers` (layer
-// dirs, bottom first) holding it, walking its components without following
-// a symlink (a lower layer's symlink must not lead a lookup out of the
-// image: "a -> /" then "a/etc/shadow"). NotFound if no layer has it, the
-// topmost one that names it holds a whiteout, or a layer above the ones
-// that have it has an opaque directory on its way (as overlayfs merges).
-absl::StatusOr<LowerEntry> FindInLowers(const std::vector<std::string>& lowers,
-                                        const std::string& path) {
-  std::vector<std::string> parts;
-  if (!path.empty()) parts = absl::StrSplit(path, '/');
-  std::string name = ".";
-  if (!parts.empty()) {
-    name = parts.back();
-    parts.pop_back();
-  }
-  for (auto it = lowers.rbegin(); it != lowers.rend(); ++it) {
-    ScopedFd root(
-        open(it->c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
-    if (!root.valid()) continue;
-    absl::StatusOr<ScopedFd> parent =
-        OpenDirBeneath(root.get(), parts, /*create=*/false);
-    // Absent there: look lower, unless an opaque directory of this layer on
-    // the way hides the layers below. A file, symlink or whiteout on the
-    // way hides them too.
-    if (absl::IsNotFound(parent.status())) {
-      if (OpaqueOnPath(root.get(), parts)) break;
-      continue;
-    }
-    if (!parent.ok()) break;
-    LowerEntry e;
-    if (fstatat(parent->get(), name.c_str(), &e.st, AT_SYMLINK_NOFOLLOW) != 0) {
-      if (errno != ENOENT || OpaqueOnPath(root.get(), parts)) break;
-      continue;
-    }
-    if (S_ISCHR(e.st.st_mode) && e.st.st_rdev == makedev(0, 0)) break;
-    e.parent = std::move(*parent);
-    e.name = name;
-    return e;
-  }
-  return absl::NotFoundError(
-      absl::StrCat(path.empty() ? "/" : path, ": in no lower layer"));
 }
 
 // Copies regular file `target` of the topmost of `lowers` (layer dirs,

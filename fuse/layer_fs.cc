@@ -17,6 +17,7 @@
 #include "core/buffer_pool.h"
 #include "core/json_writer.h"
 #include "core/log.h"
+#include "core/lower_layers.h"
 #include "core/thread_priority.h"
 #include "fuse/status_errno.h"
 
@@ -65,11 +66,14 @@ LayerFs::LayerFs(std::shared_ptr<CachedLayer> layer, LayerFsOptions options)
   listing_.resize(n);
   whiteout_.assign(n, false);
   opaque_.assign(n, false);
+  replaced_.assign(n, false);
+  lowers_bottom_first_.assign(options_.lower_dirs.rbegin(),
+                              options_.lower_dirs.rend());
   const auto& dirents = index_.dirents();
+  // Which directories hide the layers below them (before any is asked of
+  // the lower layers: a directory's opacity hides its descendants there).
   for (uint32_t dir = 0; dir < n; ++dir) {
     if (index_.inode(dir).type != EntryType::kDir) continue;
-    std::vector<Child>& kids = children_[dir];
-    std::optional<int> lower_has_dir;  // asked once per directory
     for (uint32_t d : index_.Children(dir)) {
       const Dirent& de = dirents[d];
       absl::string_view name = de.name;
@@ -77,6 +81,33 @@ LayerFs::LayerFs(std::shared_ptr<CachedLayer> layer, LayerFsOptions options)
         opaque_[dir] = true;
         continue;
       }
+      if (!absl::StartsWith(name, kWhiteoutPrefix) ||
+          index_.inode(de.inode).type == EntryType::kDir) {
+        continue;
+      }
+      // The layer has its own X beside ".wh.X": the whiteout hides the
+      // lower X, which for a directory means this one is opaque (whiteouts
+      // apply to the lower layers only, OCI image-spec); a non-directory X
+      // hides the lower one by itself.
+      absl::string_view target = name.substr(kWhiteoutPrefix.size());
+      if (target.empty() || target == "." || target == "..") continue;
+      if (std::optional<uint32_t> own = index_.Lookup(dir, target)) {
+        const Dirent& x = dirents[*own];
+        if (!x.hardlink && index_.inode(x.inode).type == EntryType::kDir) {
+          opaque_[x.inode] = true;
+          replaced_[x.inode] = true;
+        }
+      }
+    }
+  }
+  for (uint32_t dir = 0; dir < n; ++dir) {
+    if (index_.inode(dir).type != EntryType::kDir) continue;
+    std::vector<Child>& kids = children_[dir];
+    std::optional<int> lower_has_dir;  // asked once per directory
+    for (uint32_t d : index_.Children(dir)) {
+      const Dirent& de = dirents[d];
+      absl::string_view name = de.name;
+      if (name == kOpaqueMarker) continue;
       // The state directory's name at the root is this mount's: a layer's
       // own entry there is shadowed for lookups, so it is not listed either
       // (a listing and a lookup must agree on what a name is).
@@ -86,27 +117,22 @@ LayerFs::LayerFs(std::shared_ptr<CachedLayer> layer, LayerFsOptions options)
         absl::string_view target = name.substr(kWhiteoutPrefix.size());
         // ".wh.", ".wh..", ".wh..." name nothing a whiteout could hide.
         if (target.empty() || target == "." || target == "..") continue;
-        if (std::optional<uint32_t> own = index_.Lookup(dir, target)) {
-          // The layer has its own X: the whiteout hides the lower X, which
-          // for a directory means this one is opaque (whiteouts apply to the
-          // lower layers only, OCI image-spec); a non-directory X hides the
-          // lower one by itself.
-          const Dirent& x = dirents[*own];
-          if (!x.hardlink && index_.inode(x.inode).type == EntryType::kDir) {
-            opaque_[x.inode] = true;
-          }
-          continue;
-        }
+        // (Beside its own X: see above.)
+        if (index_.Lookup(dir, target)) continue;
         // Whiteouts are marked by inode: one whose inode has other names (a
         // hostile hardlink to or from a real file) would turn them into
         // whiteouts too, so it is dropped.
         if (de.hardlink || index_.inode(de.inode).nlink > 1) continue;
-        // In a stack, one in a directory no lower layer has hides nothing.
+        // In a stack, one in a directory no lower layer shows here (none
+        // has it, or this layer's opacity hides theirs) hides nothing.
         if (options_.stacked) {
           if (!lower_has_dir) {
             struct stat st;
             lower_has_dir =
-                LowerDir(index_.Path(index_.inode(dir).dirent), &st) ? 1 : 0;
+                !HidesLower(dir, /*whiteouts=*/true) &&
+                        LowerDir(index_.Path(index_.inode(dir).dirent), &st)
+                    ? 1
+                    : 0;
           }
           if (*lower_has_dir == 0) continue;
         }
@@ -130,7 +156,8 @@ LayerFs::LayerFs(std::shared_ptr<CachedLayer> layer, LayerFsOptions options)
       const Inode& in = index_.inode(i);
       if (!in.implicit || in.type != EntryType::kDir) continue;
       struct stat st;
-      if (LowerDir(index_.Path(in.dirent), &st)) {
+      if (!HidesLower(i, /*whiteouts=*/false) &&
+          LowerDir(index_.Path(in.dirent), &st)) {
         implied_[i] = {static_cast<uint32_t>(st.st_mode & 07777), st.st_uid,
                        st.st_gid, st.st_mtim};
       }
@@ -142,29 +169,32 @@ LayerFs::LayerFs(std::shared_ptr<CachedLayer> layer, LayerFsOptions options)
   state_file_name_ = options_.state_name + ".json";
 }
 
-bool LayerFs::LowerDir(const std::string& path, struct stat* st) const {
-  for (const std::string& src : options_.lower_dirs) {
-    // A component at a time, never through a symlink (a lower layer's
-    // symlink must not lead to a path outside it).
-    int fd = open(src.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC);
-    int err = fd < 0 ? errno : 0;
-    for (absl::string_view part :
-         absl::StrSplit(path, '/', absl::SkipEmpty())) {
-      if (fd < 0) break;
-      const int next = openat(fd, std::string(part).c_str(),
-                              O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-      err = next < 0 ? errno : 0;
-      close(fd);
-      fd = next;
-    }
-    const bool found = fd >= 0 && fstat(fd, st) == 0;
-    if (fd >= 0) close(fd);
-    if (found) return true;
-    // Absent there: look lower. There but not a directory (a file, a
-    // symlink, a whiteout): it hides the layers below.
-    if (err != ENOENT) return false;
+bool LayerFs::HidesLower(uint32_t dir, bool whiteouts) const {
+  if (whiteouts ? opaque_[dir] : replaced_[dir]) return true;
+  const auto& dirents = index_.dirents();
+  for (uint32_t x = dir; x != LayerIndex::kRoot;) {
+    const uint32_t de = index_.inode(x).dirent;
+    if (de == LayerIndex::kNoDirent) break;
+    x = dirents[de].parent;
+    if (opaque_[x]) return true;
   }
   return false;
+}
+
+fuse_ino_t LayerFs::ParentIno(fuse_ino_t ino) const {
+  if (ino == FUSE_ROOT_ID || ino > index_.inodes().size()) {
+    return FUSE_ROOT_ID;  // the root, and the state directory in it
+  }
+  const uint32_t de = index_.inode(static_cast<uint32_t>(ino - 1)).dirent;
+  if (de == LayerIndex::kNoDirent) return FUSE_ROOT_ID;
+  return index_.dirents()[de].parent + 1;
+}
+
+bool LayerFs::LowerDir(const std::string& path, struct stat* st) const {
+  absl::StatusOr<LowerEntry> e = FindInLowers(lowers_bottom_first_, path);
+  if (!e.ok() || !S_ISDIR(e->st.st_mode)) return false;
+  *st = e->st;
+  return true;
 }
 
 const LayerFs::Child* LayerFs::Find(uint32_t dir,
@@ -615,7 +645,7 @@ struct LayerFsOpsImpl {
         child = ino;
       } else if (k == 1) {
         name = "..";
-        child = FUSE_ROOT_ID;  // the kernel does not use it
+        child = fs->ParentIno(ino);  // (what readdir(3) reports for it)
       } else if (kids) {
         const LayerFs::Child& c = (*kids)[k - 2];
         name.assign(c.name.data(), c.name.size());

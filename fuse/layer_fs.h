@@ -204,7 +204,11 @@ class LayerFs {
   std::vector<std::vector<Child>> children_;  // visible children, by name
   std::vector<std::vector<Child>> listing_;   // the same in TOC order
   std::vector<bool> whiteout_;                // index inode shown as 0:0
-  std::vector<bool> opaque_;                  // dir holds .wh..wh..opq
+  std::vector<bool> opaque_;  // dir holds .wh..wh..opq or is replaced
+  // Dir replaced: a ".wh.X" beside its own X (the lower X is deleted, not
+  // only emptied).
+  std::vector<bool> replaced_;
+  std::vector<std::string> lowers_bottom_first_;  // lower_dirs reversed
   // Implied directories' attributes from lower_dirs, by inode.
   struct ImpliedAttrs {
     uint32_t mode = 0;
@@ -212,10 +216,18 @@ class LayerFs {
     struct timespec mtime = {0, 0};
   };
   absl::flat_hash_map<uint32_t, ImpliedAttrs> implied_;
-  // `path` in the topmost of lower_dirs where it exists: true and *st
-  // there; false if no lower layer has it, or one has a non-directory in
-  // its way (which hides the layers below).
+  // `path` as a directory of the merged lower layers (FindInLowers): true
+  // and *st there; false if none shows one there (absent, a non-directory
+  // or whiteout on the way, or an opaque directory above it).
   bool LowerDir(const std::string& path, struct stat* st) const;
+  // Whether this layer hides what the lower layers have at directory `dir`:
+  // an opaque or replaced directory above it, or `dir` itself replaced; for
+  // whiteouts in it (`whiteouts`), `dir` itself opaque too. (A directory
+  // only marked opaque keeps its own lower attributes, as containerd's
+  // unpack empties it and keeps it; its descendants are new.)
+  bool HidesLower(uint32_t dir, bool whiteouts) const;
+  // The inode number of directory `ino`'s parent (the root's: itself).
+  fuse_ino_t ParentIno(fuse_ino_t ino) const;
   // Whether open is answered ENOSYS (options_.skip_open, as Init found the
   // kernel).
   std::atomic<bool> skip_open_{false};

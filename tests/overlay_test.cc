@@ -183,7 +183,19 @@ TEST(LayerListingTest, ReaddirFollowsTheLayersOrder) {
       .Symlink("dir/kilo", "mike")
       .File("alpha", "a\n")
       .Dir("bravo/")
-      .File("bravo/x", "x\n");
+      .File("bravo/x", "x\n")
+      .Dir("bravo/charlie/");
+  // readdir(3)'s ".." names the parent (programs match it against stat).
+  auto dotdot_ino = [](const std::string& dir) -> ino_t {
+    DIR* d = opendir(dir.c_str());
+    if (d == nullptr) return 0;
+    ino_t ino = 0;
+    while (struct dirent* e = readdir(d)) {
+      if (std::string(e->d_name) == "..") ino = e->d_ino;
+    }
+    closedir(d);
+    return ino;
+  };
   for (const char* format : {"estargz", "zstd:chunked"}) {
     SCOPED_TRACE(format);
     LayerMount m;
@@ -201,6 +213,10 @@ TEST(LayerListingTest, ReaddirFollowsTheLayersOrder) {
     ASSERT_EQ(lstat((m.mountpoint + "/dir/kilo").c_str(), &st), 0);
     EXPECT_TRUE(S_ISLNK(st.st_mode));
     EXPECT_TRUE(Absent(m.mountpoint + "/dir/nope"));
+    ASSERT_EQ(stat((m.mountpoint + "/bravo").c_str(), &st), 0);
+    EXPECT_EQ(dotdot_ino(m.mountpoint + "/bravo/charlie"), st.st_ino);
+    ASSERT_EQ(stat(m.mountpoint.c_str(), &st), 0);
+    EXPECT_EQ(dotdot_ino(m.mountpoint + "/bravo"), st.st_ino);
     EXPECT_EQ(
         ::lazypull::testing::Run({LazypullBinary(), "unmount", m.mountpoint})
             .exit_code,

@@ -744,6 +744,59 @@ TEST_F(RegistryMountTest, AnOpaqueLowerDirectoryHidesFromAPlainUpperLayer) {
   mounts_.clear();
 }
 
+// The same with every layer lazy: a lazy layer's implied directory takes
+// no attributes from a lower one that an opaque directory (its own, or a
+// layer's between) or a whiteout of its parent hides, and its whiteouts
+// there hide nothing (one was listed with no entry behind it).
+TEST_F(RegistryMountTest, LazyLayersSeeTheLowerLayersAsOverlayfsMergesThem) {
+  TarBuilder l0, l1, l2;
+  l0.Dir("./");
+  TarSpec hidden;
+  hidden.typeflag = '5';
+  hidden.mode = 0700;
+  hidden.uid = 7;
+  hidden.mtime = 1400000000;
+  for (const char* d : {"p/", "q/", "r/", "keep/"}) l0.Dir(d);
+  for (const char* d : {"p/b/", "q/b/", "r/s/", "keep/b/"}) {
+    hidden.name = d;
+    l0.Add(hidden);
+  }
+  l0.File("p/b/old", "o").File("q/b/x", "x").File("r/s/old", "o");
+  l1.Dir("q/").File("q/.wh..wh..opq", "").File("q/other", "other");
+  l2.File("p/.wh..wh..opq", "").File("p/b/c", "c");  // p opaque, implies p/b
+  l2.File("q/b/.wh.x", "").File("q/b/y", "y");       // implies q/b
+  l2.File(".wh.r", "").File("r/s/t", "t");           // r replaced
+  l2.File("keep/b/z", "z");  // keep/b: the lower one's attributes
+  const std::string ref =
+      Push("test/lazy-opaque",
+           {Convert(l0.Finish(), "lo0", {}), Convert(l1.Finish(), "lo1", {}),
+            Convert(l2.Finish(), "lo2", {})});
+  const std::string mnt = dir_ + "/mnt-lazy-opaque";
+  testing::RunResult m = Mount(ref, mnt, {"--no-background-fetch"});
+  ASSERT_EQ(m.exit_code, 0) << m.err << m.out;
+  for (const char* d : {"p/b", "q/b", "r/s"}) {
+    SCOPED_TRACE(d);
+    struct stat st;
+    ASSERT_EQ(stat((mnt + "/" + d).c_str(), &st), 0);
+    EXPECT_EQ(st.st_mode & 07777, 0755u) << std::oct << st.st_mode;
+    EXPECT_EQ(st.st_uid, 0u);
+    EXPECT_NE(st.st_mtime, 1400000000);
+  }
+  struct stat st;
+  ASSERT_EQ(stat((mnt + "/keep/b").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 0700u) << "an implied directory nothing hides";
+  EXPECT_EQ(st.st_uid, 7u);
+  using testing::ListDir;
+  EXPECT_EQ(ListDir(mnt + "/p/b"), std::set<std::string>{"c"});
+  EXPECT_EQ(ListDir(mnt + "/q"), (std::set<std::string>{"b", "other"}));
+  EXPECT_EQ(ListDir(mnt + "/q/b"), std::set<std::string>{"y"});
+  EXPECT_EQ(ListDir(mnt + "/r/s"), std::set<std::string>{"t"});
+  EXPECT_EQ(ReadAll(mnt + "/q/b/y"), "y");
+  testing::RunResult u = testing::Run({bin_, "unmount", mnt});
+  EXPECT_EQ(u.exit_code, 0) << u.err;
+  mounts_.clear();
+}
+
 // The same within one layer pulled in full: its own opaque directory, or a
 // whiteout of a directory it then fills again, hides the lower one, so a
 // directory it implies there is a new one (it took the hidden directory's
