@@ -13,6 +13,7 @@
 #include <map>
 #include <utility>
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -41,6 +42,9 @@ constexpr char kDockerConfig[] =
     "application/vnd.docker.container.image.v1+json";
 // BuildKit's attestation manifests name the manifest they describe.
 constexpr char kDockerReferenceDigest[] = "vnd.docker.reference.digest";
+// On an index entry: the instance's layers are zstd (containers/image).
+constexpr char kZstdInstanceAnnotation[] =
+    "io.github.containers.compression.zstd";
 
 // ---- Minimal JSON surgery ---------------------------------------------
 //
@@ -239,17 +243,31 @@ class ObjectEdits {
   // REQUIRES: at least one member stays (descriptors keep digest and size).
   void Remove(absl::string_view key) {
     for (size_t i = 0; i < members_.size(); ++i) {
-      if (members_[i].key != key) continue;
-      if (i > 0) {
-        edits_.push_back(
-            {members_[i - 1].value.end, members_[i].value.end, ""});
-      } else if (members_.size() > 1) {
-        edits_.push_back({members_[0].key_begin, members_[1].key_begin, ""});
-      }
-      return;
+      if (members_[i].key == key) removed_.insert(i);
     }
   }
   void AppendTo(std::vector<Edit>* edits) {
+    // Each run of removed members goes with the separator after it, or,
+    // when it ends the object, the one before it: never two ranges that
+    // overlap ("urls" and "data" side by side first).
+    const size_t n = members_.size();
+    for (size_t a = 0; a < n;) {
+      if (!removed_.contains(a)) {
+        ++a;
+        continue;
+      }
+      size_t b = a;
+      while (b + 1 < n && removed_.contains(b + 1)) ++b;
+      if (b + 1 < n) {
+        edits->push_back(
+            {members_[a].key_begin, members_[b + 1].key_begin, ""});
+      } else if (a > 0) {
+        edits->push_back(
+            {members_[a - 1].value.end, members_[b].value.end, ""});
+      }
+      a = b + 1;
+    }
+    removed_.clear();
     for (Edit& e : edits_) edits->push_back(std::move(e));
     edits_.clear();
   }
@@ -258,6 +276,7 @@ class ObjectEdits {
   Span obj_;
   std::vector<Member> members_;
   std::vector<Edit> edits_;
+  absl::flat_hash_set<size_t> removed_;  // member indices
   bool appended_ = false;
 };
 
@@ -442,6 +461,7 @@ std::string HumanBytes(int64_t n) {
 struct Written {
   Descriptor desc;
   std::string bytes;
+  bool converted_layers = false;  // an image manifest with layers rewritten
 };
 
 class Converter {
@@ -735,6 +755,7 @@ class Converter {
     top.AppendTo(&edits);
     Written w;
     w.bytes = ApplyEdits(fm.bytes, std::move(edits));
+    w.converted_layers = any_converted;
     w.desc = from;
     w.desc.media_type = new_type;
     w.desc.digest = Sha256::Of(w.bytes);
@@ -851,6 +872,18 @@ class Converter {
       if (ref != to.annotations.end() && renamed.count(ref->second)) {
         ref->second = renamed[ref->second];
         set_annotations = true;
+      }
+      // Podman's mark of a zstd instance (containers/image chooses among
+      // instances by it) says what the entry's layers now are.
+      if (children[i]->converted_layers) {
+        auto z = to.annotations.find(kZstdInstanceAnnotation);
+        if (to_oci_ && (z == to.annotations.end() || z->second != "true")) {
+          to.annotations[kZstdInstanceAnnotation] = "true";
+          set_annotations = true;
+        } else if (!to_oci_ && z != to.annotations.end()) {
+          to.annotations.erase(z);
+          set_annotations = true;
+        }
       }
       std::vector<Edit> e;
       RETURN_IF_ERROR(

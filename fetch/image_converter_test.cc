@@ -692,6 +692,69 @@ TEST_F(ImageConverterTest, IndexKeepsEveryPlatform) {
           ->config.digest.ToString());
 }
 
+// Podman's mark of a zstd instance on an index entry says what its layers
+// are after conversion: dropped for eStargz, set for zstd:chunked.
+TEST_F(ImageConverterTest, TheZstdInstanceMarkFollowsTheLayers) {
+  FakeReader r;
+  IndexImage x = MakeIndex(&r);
+  std::string index = r.blobs[x.index.digest.ToString()];
+  absl::StrReplaceAll({{"\"org.example.e\":\"amd\"",
+                        "\"org.example.e\":\"amd\",\"io.github.containers."
+                        "compression.zstd\":\"true\""}},
+                      &index);
+  r.root = r.Add(kOciIndexType, index);
+  for (Compression c : {Compression::kGzip, Compression::kZstd}) {
+    FakeWriter w;
+    absl::StatusOr<ImageConvertReport> rep = ConvertImage(&r, &w, Options(c));
+    ASSERT_TRUE(rep.ok()) << rep.status();
+    absl::StatusOr<ImageIndex> idx = ParseImageIndex(w.tagged_bytes);
+    ASSERT_TRUE(idx.ok()) << idx.status();
+    ASSERT_EQ(idx->manifests.size(), 3u);
+    for (size_t i = 0; i < 2; ++i) {
+      const auto& a = idx->manifests[i].annotations;
+      auto z = a.find("io.github.containers.compression.zstd");
+      if (c == Compression::kZstd) {
+        ASSERT_NE(z, a.end()) << i;
+        EXPECT_EQ(z->second, "true");
+      } else {
+        EXPECT_EQ(z, a.end()) << i << ": " << w.tagged_bytes;
+      }
+    }
+    EXPECT_EQ(idx->manifests[0].annotations.at("org.example.e"), "amd");
+    // Not on the attestation, whose layers are no image's.
+    EXPECT_EQ(idx->manifests[2].annotations.count(
+                  "io.github.containers.compression.zstd"),
+              0u);
+  }
+}
+
+// A descriptor may list its members in any order: "urls" and "data" side
+// by side first (both go from a converted layer) once crashed the
+// converter (two overlapping cuts of the text).
+TEST_F(ImageConverterTest, DescriptorsStartingWithUrlsAndData) {
+  FakeReader r;
+  SourceImage img = MakeImage(&r, {Input::kGzip});
+  std::string man = img.manifest_json;
+  const std::string layer_start =
+      absl::StrCat("{\"mediaType\":", Json(img.layers[0].media_type));
+  ASSERT_TRUE(absl::StrContains(man, layer_start));
+  absl::StrReplaceAll(
+      {{layer_start,
+        absl::StrCat("{\"urls\":[\"https://example/l\"],\"data\":\"e30=\",",
+                     layer_start.substr(1))}},
+      &man);
+  r.root = r.Add(kOciManifestType, man);
+  FakeWriter w;
+  absl::StatusOr<ImageConvertReport> rep = ConvertImage(&r, &w, Options());
+  ASSERT_TRUE(rep.ok()) << rep.status();
+  ImageManifest m = TaggedManifest(w);
+  ASSERT_EQ(m.layers.size(), 1u);
+  EXPECT_TRUE(m.layers[0].urls.empty());
+  EXPECT_FALSE(absl::StrContains(w.tagged_bytes, "e30="));
+  EXPECT_FALSE(absl::StrContains(w.tagged_bytes, "example/l"));
+  EXPECT_TRUE(absl::StrContains(w.tagged_bytes, "org.example.note"));
+}
+
 TEST_F(ImageConverterTest, IndexKeepsOnlyThePlatformAsked) {
   FakeReader r;
   MakeIndex(&r);
