@@ -85,10 +85,12 @@ void FillAdaptive(CachedLayer* layer, const std::vector<uint32_t>& chunks,
     if (now) handed_over = true;
     return now;
   };
-  // Spans, until the link proves fast (if it does).
+  // Spans, until the link proves fast (if it does). With retry_spans, what
+  // fails here is counted only if the last pass below fails it again.
+  std::atomic<uint64_t> retried{0};
   FillChunks(layer, chunks, how.priority, how.span_threads, how.span_size,
-             how.gap, how.nice, how.limiter, stop, errors, &hand_over,
-             how.what);
+             how.gap, how.nice, how.limiter, stop,
+             how.retry_spans ? &retried : errors, &hand_over, how.what);
   if (!stop->load() && handed_over) {  // (FillChunks joined its threads)
     if (how.nice > 0) {
       absl::Status st = LowerThisThreadPriority(how.nice);

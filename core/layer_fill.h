@@ -97,7 +97,8 @@ struct AdaptiveFill {
 // too often, or failed) in spans. Once seen fast, the link stays so for this
 // call (the measurement may be a windowed maximum that falls back). Returns
 // when every chunk is filled or failed, or at `stop`. Spans that failed are
-// counted in `errors` (a stream's failure is not: spans take its chunks up);
+// counted in `errors` (a stream's failure is not: spans take its chunks up;
+// with `retry_spans`, only spans that failed in the last pass count);
 // what the streams did is logged under `name`.
 void FillAdaptive(CachedLayer* layer, const std::vector<uint32_t>& chunks,
                   const AdaptiveFill& how, const std::string& name,

@@ -94,6 +94,11 @@ absl::Status CurlMCodeToStatus(CURLMcode code, absl::string_view what) {
 bool IsRetryableCurlCode(CURLcode code) {
   switch (code) {
     case CURLE_COULDNT_CONNECT:
+    // (A reset in the TLS handshake, a DNS answer "try again": a load
+    // balancer or resolver of the moment, as the reference retries them.
+    // A certificate that does not verify is another code, final.)
+    case CURLE_SSL_CONNECT_ERROR:
+    case CURLE_COULDNT_RESOLVE_HOST:
     case CURLE_OPERATION_TIMEDOUT:
     case CURLE_SEND_ERROR:
     case CURLE_RECV_ERROR:
@@ -1024,7 +1029,11 @@ void CurlHttpTransport::Loop::OnDone(Transfer* t, CURLcode code) {
       ShutDownConnectionOf(t->easy);
     }
     absl::Status st = CurlCodeToStatus(code, what, t->errbuf);
-    if (IsRetryableCurlCode(code)) {
+    // (A TLS handshake that failed because the server speaks plain HTTP is
+    // no passing fault: said at once, with WithHint's advice.)
+    if (IsRetryableCurlCode(code) &&
+        !(code == CURLE_SSL_CONNECT_ERROR &&
+          absl::StrContains(t->errbuf, "wrong version number"))) {
       ScheduleRetry(t, st, std::nullopt);
     } else {
       Finish(t, st);

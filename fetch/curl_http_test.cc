@@ -1,8 +1,13 @@
 #include "fetch/curl_http.h"
 
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <cerrno>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <map>
 #include <mutex>
@@ -233,6 +238,81 @@ TEST_F(CurlHttpTest, ConnectionRefusedIsRetriedThenFinal) {
       << a.status();
   EXPECT_NE(a.status().message().find("gave up after 2 attempts"),
             std::string::npos);
+}
+
+// A server on 127.0.0.1 that reads what a client sends first, then either
+// resets the connection (a load balancer dropping a TLS handshake) or
+// answers as a plain-HTTP server would (`reply`); counts connections.
+class RawServer {
+ public:
+  explicit RawServer(std::string reply) : reply_(std::move(reply)) {
+    fd_ = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof(a);
+    if (bind(fd_, reinterpret_cast<sockaddr*>(&a), len) != 0 ||
+        listen(fd_, 16) != 0 ||
+        getsockname(fd_, reinterpret_cast<sockaddr*>(&a), &len) != 0) {
+      ADD_FAILURE() << "listen: " << strerror(errno);
+    }
+    port_ = ntohs(a.sin_port);
+    thread_ = std::thread([this] {
+      for (;;) {
+        const int c = accept4(fd_, nullptr, nullptr, SOCK_CLOEXEC);
+        if (c < 0) return;  // (shut down)
+        ++connections_;
+        char buf[4096];
+        (void)!read(c, buf, sizeof(buf));
+        if (reply_.empty()) {
+          linger l{1, 0};  // close with a reset
+          setsockopt(c, SOL_SOCKET, SO_LINGER, &l, sizeof(l));
+        } else {
+          (void)!write(c, reply_.data(), reply_.size());
+        }
+        close(c);
+      }
+    });
+  }
+  ~RawServer() {
+    shutdown(fd_, SHUT_RDWR);
+    thread_.join();
+    close(fd_);
+  }
+  int port() const { return port_; }
+  int connections() const { return connections_.load(); }
+
+ private:
+  std::string reply_;
+  int fd_ = -1, port_ = 0;
+  std::atomic<int> connections_{0};
+  std::thread thread_;
+};
+
+// A TLS handshake reset is a passing fault, retried (the first one failed
+// an on-demand read with EIO); a plain-HTTP server behind an https:// URL is
+// not, and is said at once.
+TEST_F(CurlHttpTest, AResetTlsHandshakeIsRetriedAPlainHttpServerIsNot) {
+  RawServer reset("");
+  HttpRequest req;
+  req.url = absl::StrCat("https://127.0.0.1:", reset.port(), "/v2/");
+  req.retry.max_attempts = 3;
+  req.retry.initial_backoff = absl::Milliseconds(1);
+  auto a = http_->Fetch(req);
+  ASSERT_FALSE(a.ok());
+  EXPECT_TRUE(absl::StrContains(a.status().message(), "curl error 35"))
+      << a.status();
+  EXPECT_TRUE(absl::StrContains(a.status().message(), "gave up after 3"))
+      << a.status();
+  EXPECT_EQ(reset.connections(), 3);
+
+  RawServer plain("HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n");
+  req.url = absl::StrCat("https://127.0.0.1:", plain.port(), "/v2/");
+  a = http_->Fetch(req);
+  ASSERT_FALSE(a.ok());
+  EXPECT_FALSE(absl::StrContains(a.status().message(), "gave up after"))
+      << a.status();
+  EXPECT_EQ(plain.connections(), 1);
 }
 
 TEST_F(CurlHttpTest, RangeAnsweredWith200IsRefused) {
