@@ -390,9 +390,26 @@ int MountMain(int argc, char** argv) {
   int devnull = open("/dev/null", O_RDWR);
   int logfd =
       open(log_file.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_NOFOLLOW, 0600);
+  if (logfd < 0) {
+    // (Not served with the caller's stderr: a caller capturing the
+    // command's output would wait for this server to end.)
+    const std::string m(
+        ErrnoToStatus(errno, absl::StrCat("log file ", log_file)).message());
+    (void)!write(fds[1], m.data(), m.size());
+    _exit(1);
+  }
   dup2(devnull, 0);
   dup2(devnull, 1);
-  if (logfd >= 0) dup2(logfd, 2);
+  dup2(logfd, 2);
+  // Nothing of the caller's is held for the life of the mount (a pipe
+  // capturing its output, descriptors a runtime leaves open): only the pipe
+  // to the command, and what the server opens from here.
+  const int told_fd = fcntl(fds[1], F_DUPFD_CLOEXEC, 3);
+  if (told_fd >= 3) {
+    if (told_fd > 3) close_range(3, told_fd - 1, 0);
+    close_range(told_fd + 1, ~0U, 0);
+    fds[1] = told_fd;
+  }
   bool told = false;
   absl::Status st = serve([&](const std::string& notes) {
     const std::string m = notes.empty() ? "OK" : absl::StrCat("OK\n", notes);

@@ -15,6 +15,7 @@
 
 #include <chrono>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <string>
 #include <thread>
@@ -118,6 +119,45 @@ TEST_F(UnmountTest, TheServerRaisesItsOpenFileLimit) {
   EXPECT_NE(soft, "256");
   EXPECT_FALSE(soft.empty());
   EXPECT_EQ(Unmount(base_ + "/mnt-limits").exit_code, 0);
+}
+
+// The serving process holds nothing of its caller's: a descriptor the
+// caller left open (a pipe capturing the command's output) is closed, or
+// the caller would wait on it for the life of the mount; a log file that
+// cannot be opened fails the mount, saying so, rather than serving with the
+// caller's stderr.
+TEST_F(UnmountTest, TheServerHoldsNoneOfItsCallersDescriptors) {
+  int p[2];
+  ASSERT_EQ(pipe(p), 0);  // (inherited: no O_CLOEXEC)
+  struct stat pst;
+  ASSERT_EQ(fstat(p[1], &pst), 0);
+  const pid_t pid = Mount(base_ + "/mnt-fds");
+  close(p[1]);
+  ASSERT_GT(pid, 0);
+  const std::string fd_dir = absl::StrCat("/proc/", pid, "/fd");
+  int seen = 0;
+  for (const auto& e : std::filesystem::directory_iterator(fd_dir)) {
+    ++seen;
+    std::error_code ec;
+    const std::string target = std::filesystem::read_symlink(e.path(), ec);
+    EXPECT_NE(target, absl::StrCat("pipe:[", pst.st_ino, "]"))
+        << "the server holds the caller's pipe as fd " << e.path().filename();
+  }
+  EXPECT_GT(seen, 3);
+  char c;
+  EXPECT_EQ(read(p[0], &c, 1), 0) << "a writer of the pipe is still open";
+  close(p[0]);
+  EXPECT_EQ(Unmount(base_ + "/mnt-fds").exit_code, 0);
+
+  const std::string mp = base_ + "/mnt-nolog";
+  mkdir(mp.c_str(), 0755);
+  RunResult r = ::lazypull::testing::Run(
+      {LazypullBinary(), "mount", "--blob", blob_, "--insecure-skip-toc-verify",
+       mp, "--cache-dir", base_ + "/cache", "--log-file",
+       base_ + "/no/such/dir/x.log"});
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_TRUE(absl::StrContains(r.err, "log file")) << r.err;
+  EXPECT_FALSE(IsMountPoint(mp));
 }
 
 TEST_F(UnmountTest, OnlyLazypullMountsAreUnmounted) {
