@@ -55,6 +55,7 @@
 #include "fetch/image_puller.h"
 #include "fetch/reference.h"
 #include "fetch/registry.h"
+#include "fuse/fuse_server.h"
 #include "fuse/layer_mount.h"
 #include "fuse/mount_table.h"
 #include "fuse/mount_watch.h"
@@ -1121,6 +1122,9 @@ absl::Status ServeImage(
       }
       lowers.push_back(empty);
     }
+    // A killed server's mount there (answering ENOTCONN) is detached, not
+    // stacked on: it would come back at the next unmount.
+    DetachStaleMount(mountpoint);
     RETURN_IF_ERROR(MountLayerStack(lowers, mountpoint));
     overlay_mounted = true;
     if (std::optional<MountEntry> top = TopMountAt(mountpoint)) {

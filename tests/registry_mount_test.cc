@@ -23,6 +23,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -874,6 +875,49 @@ TEST_F(RegistryMountTest, ADeadLayerMountIsSweptByTheNextMount) {
   testing::RunResult u = testing::Run({bin_, "unmount", mnt2});
   ASSERT_EQ(u.exit_code, 0) << u.err;
   mounts_.clear();
+}
+
+// An image mount whose server was killed leaves a dead mount at its
+// mountpoint: the next image mount there detaches it rather than stacking
+// on it (after which one unmount left the dead mount in place).
+TEST_F(RegistryMountTest, AMountOnAKilledServersMountpointReplacesIt) {
+  for (bool single : {true, false}) {
+    SCOPED_TRACE(single ? "one layer (a bind mount)" : "two layers (overlay)");
+    TarBuilder lower, upper;
+    lower.Dir("./").File("a", "a");
+    upper.File("b", "b");
+    std::vector<LayerBlob> layers = {Convert(lower.Finish(), "kl0", {})};
+    if (!single) layers.push_back(Convert(upper.Finish(), "kl1", {}));
+    const std::string ref =
+        Push(single ? "test/killed-one" : "test/killed-two", layers);
+    const std::string mnt =
+        dir_ + (single ? "/mnt-killed-one" : "/mnt-killed-two");
+    // (Whatever fails, no dead mount is left behind.)
+    absl::Cleanup detach = [&] {
+      for (int i = 0; i < 4 && testing::MountCount(mnt) > 0; ++i) {
+        umount2(mnt.c_str(), MNT_DETACH);
+      }
+    };
+    testing::RunResult m = Mount(ref, mnt, {"--no-background-fetch"});
+    ASSERT_EQ(m.exit_code, 0) << m.err << m.out;
+    const pid_t pid = ServerPid(m);
+    ASSERT_GT(pid, 0) << m.out;
+    ASSERT_EQ(kill(pid, SIGKILL), 0);
+    for (int i = 0; i < 500 && kill(pid, 0) == 0; ++i) usleep(10000);
+    ASSERT_NE(kill(pid, 0), 0) << "the server outlived SIGKILL";
+    ASSERT_EQ(testing::MountCount(mnt), 1);
+    mounts_.clear();
+    testing::RunResult m2 = Mount(ref, mnt, {"--no-background-fetch"});
+    ASSERT_EQ(m2.exit_code, 0) << m2.err << m2.out;
+    EXPECT_EQ(testing::MountCount(mnt), 1) << "stacked on the dead mount";
+    EXPECT_EQ(ReadAll(mnt + "/a"), "a");
+    testing::RunResult u = testing::Run({bin_, "unmount", mnt});
+    ASSERT_EQ(u.exit_code, 0) << u.err;
+    mounts_.clear();
+    EXPECT_EQ(testing::MountCount(mnt), 0);
+    struct stat st;
+    EXPECT_EQ(stat(mnt.c_str(), &st), 0) << strerror(errno);
+  }
 }
 
 // An image of 130 layers, some lazy, most pulled in full, with a cache
