@@ -89,6 +89,7 @@ absl::StatusOr<std::unique_ptr<FuseServer>> FuseServer::Mount(
     return absl::InternalError("cannot install signal handlers");
   }
   std::unique_ptr<FuseServer> server(new FuseServer(se, options));
+  server->mountpoint_ = mountpoint;
   server->connection_ = MountDeviceMinor(mountpoint);
   if (server->connection_ >= 0) {
     server->abort_fd_ = OpenFuseAbortFile(server->connection_);
@@ -103,8 +104,22 @@ bool FuseServer::AbortConnection() const {
 FuseServer::~FuseServer() {
   if (abort_fd_ >= 0) close(abort_fd_);
   if (options_.install_signal_handlers) fuse_remove_signal_handlers(se_);
-  if (mounted_) fuse_session_unmount(se_);
+  if (mounted_) Unmount();
   fuse_session_destroy(se_);
+}
+
+void FuseServer::Unmount() {
+  mounted_ = false;
+  // libfuse unmounts by path: once this mount was detached (busy, `unmount
+  // --force`) and another one made there, that would be the other one. It
+  // is only done while the newest mount there is this connection's; else
+  // closing the connection (fuse_session_destroy) ends this one.
+  if (connection_ >= 0 && MountDeviceMinor(mountpoint_) != connection_) {
+    LogInfo("the mount at ", mountpoint_,
+            " is no longer this server's (detached); leaving it");
+    return;
+  }
+  fuse_session_unmount(se_);
 }
 
 absl::Status FuseServer::Run(const std::function<void()>& before_unmount) {
@@ -120,8 +135,7 @@ absl::Status FuseServer::Run(const std::function<void()>& before_unmount) {
   int rc = fuse_session_loop_mt(se_, cfg);
   fuse_loop_cfg_destroy(cfg);
   if (before_unmount) before_unmount();
-  fuse_session_unmount(se_);
-  mounted_ = false;
+  Unmount();
   if (rc < 0) return ErrnoToStatus(-rc, "FUSE session loop");
   return absl::OkStatus();
 }

@@ -5,7 +5,8 @@
 // max_read 1 MiB (libfuse needs it as a mount option too), optionally
 // allow_other. A mountpoint left behind by a killed server ("transport
 // endpoint is not connected") is detached first, with a log line.
-// SIGINT/SIGTERM/SIGHUP end the loop; Run() then unmounts cleanly.
+// SIGINT/SIGTERM/SIGHUP end the loop; Run() then unmounts cleanly (its own
+// mount only: not one made at the same path after it was detached).
 //
 // Thread-safety: Mount and Run from one thread; the filesystem's callbacks
 // run on the loop's worker threads.
@@ -65,7 +66,12 @@ class FuseServer {
  private:
   FuseServer(fuse_session* se, FuseServerOptions options)
       : se_(se), options_(options) {}
+  // fuse_session_unmount, if the newest mount at the mountpoint is still
+  // this connection's.
+  void Unmount();
+
   fuse_session* se_;
+  std::string mountpoint_;
   // The connection's number (the mount's anonymous device minor), or -1.
   long connection_ = -1;
   int abort_fd_ = -1;  // its fusectl abort file

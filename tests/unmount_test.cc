@@ -263,6 +263,15 @@ TEST_F(UnmountTest, ADetachedBusyMountFreesItsMountpoint) {
   char buf[16] = {0};
   EXPECT_EQ(pread(fd, buf, sizeof(buf), 0), 6) << strerror(errno);
   EXPECT_STREQ(buf, "hello\n");
+  // The first server, signalled now (an operator, a supervisor, shutdown),
+  // ends without unmounting the second one's mount (libfuse unmounts by
+  // path: the new mount went, and its server with it).
+  ASSERT_EQ(kill(first, SIGTERM), 0);
+  for (int i = 0; i < 500 && kill(first, 0) == 0; ++i) usleep(10000);
+  EXPECT_NE(kill(first, 0), 0) << "the first server outlived SIGTERM";
+  EXPECT_TRUE(IsMountPoint(mp)) << "the first server took the second mount";
+  EXPECT_EQ(ReadFile(mp + "/hello"), "hello\n");
+  EXPECT_EQ(kill(second, 0), 0) << "the second server ended";
   close(fd);
   RunResult u = Unmount(mp);
   EXPECT_EQ(u.exit_code, 0) << u.err;
