@@ -1,5 +1,6 @@
 #include "cli/mount_record.h"
 
+#include <fcntl.h>
 #include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -14,6 +15,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "core/digest.h"
+#include "core/log.h"
 #include "core/process_stat.h"
 
 namespace lazypull::cli {
@@ -52,12 +54,35 @@ std::string Unfield(const std::string& line) {
   return absl::CUnescape(line, &out) ? out : line;
 }
 
+// Whether `st` is this user's and no one else may write it (a record, or
+// the directory holding it: /tmp/lazypull-UID may have been made first by
+// another user, to plant records that make `unmount` signal a process of
+// this user's choosing).
+bool Private(const struct stat& st) {
+  return st.st_uid == geteuid() && (st.st_mode & 022) == 0;
+}
+
+bool PrivateDirOf(const std::string& path) {
+  const size_t slash = path.rfind('/');
+  const std::string dir = slash == std::string::npos ? "."
+                          : slash == 0               ? "/"
+                                                     : path.substr(0, slash);
+  struct stat st;
+  return lstat(dir.c_str(), &st) == 0 && S_ISDIR(st.st_mode) && Private(st);
+}
+
 }  // namespace
 
 void WriteMountRecord(const std::string& path, MountRecord record) {
   record.pid = getpid();
   record.start_ticks = ProcessStartTicks(record.pid);
   mkdir(RuntimeDir().c_str(), 0700);
+  if (!PrivateDirOf(path)) {
+    LogWarning("no mount record written: the directory of ", path,
+               " is not this user's alone (`lazypull unmount` will not find "
+               "this server)");
+    return;
+  }
   std::ostringstream out;
   out << record.pid << "\n" << Field(record.mountpoint) << "\n";
   if (!record.image_ref.empty()) {
@@ -67,12 +92,39 @@ void WriteMountRecord(const std::string& path, MountRecord record) {
   if (!record.run_dir.empty()) out << "run " << Field(record.run_dir) << "\n";
   // Written whole, then renamed: a reader never sees half a record.
   const std::string tmp = absl::StrCat(path, ".", record.pid);
-  std::ofstream(tmp) << out.str();
-  rename(tmp.c_str(), path.c_str());
+  unlink(tmp.c_str());
+  const int fd = open(
+      tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+  if (fd < 0) return;
+  const std::string text = out.str();
+  const bool whole =
+      write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size());
+  close(fd);
+  if (!whole || rename(tmp.c_str(), path.c_str()) != 0) unlink(tmp.c_str());
 }
 
 std::optional<MountRecord> ReadMountRecord(const std::string& path) {
-  std::ifstream in(path);
+  // Only a record this user wrote, in a directory only it writes.
+  const int fd = open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+  if (fd < 0) return std::nullopt;
+  struct stat st;
+  const bool trusted = fstat(fd, &st) == 0 && S_ISREG(st.st_mode) &&
+                       Private(st) && PrivateDirOf(path);
+  std::string text;
+  if (trusted) {
+    char buf[4096];
+    for (ssize_t n;
+         (n = read(fd, buf, sizeof(buf))) > 0 && text.size() < (1 << 16);) {
+      text.append(buf, static_cast<size_t>(n));
+    }
+  }
+  close(fd);
+  if (!trusted) {
+    LogWarning("mount record ", path,
+               " ignored: it, or its directory, is not this user's alone");
+    return std::nullopt;
+  }
+  std::istringstream in(text);
   MountRecord r;
   std::string line;
   if (!std::getline(in, line) || !absl::SimpleAtoi(line, &r.pid) ||
