@@ -14,6 +14,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/buffer_pool.h"
+#include "core/log.h"
 #include "core/status_macros.h"
 #include "core/thread_priority.h"
 
@@ -799,13 +800,42 @@ absl::Status HttpBlobSource::VerifyWholeBlob(uint64_t* refetched,
     }
     again += n;
   }
-  if (refetched != nullptr) *refetched = again;
   Digest got;
   {
     absl::MutexLock l(&hash_mu_);
     if (!whole_digest_) whole_digest_ = hash_.Finish();
     got = *whole_digest_;
   }
+  if (got != blob_.digest) {
+    // The running hash takes bytes as they land, before their chunks are
+    // checked: an answer that failed its check (a bad edge, a flipped bit)
+    // and was read again went into it. The blob is read once more, whole,
+    // before it is called corrupt.
+    LogWarning(Describe(), ": the bytes fetched hash to ", got.ToString(),
+               ": reading the whole blob once more");
+    Sha256 h;
+    std::string piece;
+    for (uint64_t at = 0; at < size();) {
+      const uint64_t n = std::min<uint64_t>(size() - at, uint64_t{64} << 20);
+      ASSIGN_OR_RETURN(std::unique_ptr<BlobStream> s,
+                       OpenStream(at, n, ReadPriority::kBackground));
+      for (uint64_t done = 0; done < n;) {
+        if (stop != nullptr && stop->load()) {
+          return absl::CancelledError("whole-blob check stopped");
+        }
+        piece.resize(std::min<uint64_t>(n - done, 1 << 20));
+        RETURN_IF_ERROR(s->Read(absl::MakeSpan(piece)));
+        h.Update(piece.data(), piece.size());
+        done += piece.size();
+      }
+      at += n;
+      again += n;
+    }
+    got = h.Finish();
+    absl::MutexLock l(&hash_mu_);
+    whole_digest_ = got;
+  }
+  if (refetched != nullptr) *refetched = again;
   if (got != blob_.digest) {
     return absl::DataLossError(
         absl::StrCat(Describe(), ": the whole blob hashes to ", got.ToString(),

@@ -48,7 +48,10 @@
 //    fetched; without a spill directory, also those fetched out of order beyond
 //    the window) at background priority and compares the digest with the
 //    descriptor's: the check `mount` makes once a layer's background fetch
-//    completes.
+//    completes. Bytes join the hash as they land, before their chunks are
+//    checked, so an answer that failed its check and was read again went
+//    in: on a mismatch the whole blob is read once more, alone, before it
+//    is called corrupt.
 //  - Every answer must be a 206 whose Content-Range is exactly the range
 //    asked for, with the blob's size as total, and whose body has exactly
 //    that length; anything else (a 200, a wrong Content-Range) fails the

@@ -41,7 +41,8 @@ enum class Fault {
   kWrongContentRange,
   kWrongTotal,  // the right range, of a blob of another size
   kTruncate,
-  kNotFound
+  kNotFound,
+  kFlipOnce  // the first answer's first byte flipped (a bad edge, a bit)
 };
 
 std::string MakeBlob(size_t n) {
@@ -152,12 +153,16 @@ class HttpBlobSourceTest : public ::testing::Test {
         if (truncations_.fetch_add(1) < 2) resp->truncate_after = 100;
         break;
       case Fault::kNone:
+      case Fault::kFlipOnce:
         break;
     }
     resp->status = 206;
     resp->headers.push_back({"Content-Range", absl::StrCat("bytes ", a, "-", b,
                                                            "/", blob_.size())});
     resp->body = blob_.substr(a, b - a + 1);
+    if (fault_.load() == Fault::kFlipOnce && flips_.fetch_add(1) == 0) {
+      resp->body[0] ^= 1;
+    }
   }
 
   std::string blob_;
@@ -166,6 +171,7 @@ class HttpBlobSourceTest : public ::testing::Test {
   std::atomic<Fault> fault_{Fault::kNone};
   std::atomic<int> delay_ms_{0};
   std::atomic<int> truncations_{0};
+  std::atomic<int> flips_{0};
   // Answers send this many body bytes, then wait for release_ (0: no).
   std::atomic<size_t> pause_after_{0};
   absl::Notification paused_, release_;
@@ -218,6 +224,28 @@ TEST_F(HttpBlobSourceTest, WholeBlobDigestAfterOutOfOrderReads) {
   st = bad.VerifyWholeBlob();
   EXPECT_EQ(st.code(), absl::StatusCode::kDataLoss) << st;
   EXPECT_NE(st.message().find(digest_.ToString()), std::string::npos) << st;
+}
+
+// Bytes go into the running hash as they land, before their chunk is
+// checked: an answer with a flipped byte (refused by the chunk's digest, read
+// again right) poisoned it, and a layer every chunk of which verified was
+// reported corrupt. A mismatch is now read once more, whole, before it is
+// believed.
+TEST_F(HttpBlobSourceTest, ABadAnswerReadAgainDoesNotFailTheWholeBlob) {
+  fault_ = Fault::kFlipOnce;
+  HttpBlobSourceOptions o;
+  o.max_request_size = 128 << 10;
+  HttpBlobSource src(client_, desc_, o);
+  std::string buf(4096, '\0');
+  ASSERT_TRUE(src.ReadAt(0, absl::MakeSpan(buf), ReadPriority::kOnDemand).ok());
+  EXPECT_NE(buf, blob_.substr(0, 4096)) << "the fault did not fire";
+  ASSERT_TRUE(src.ReadAt(0, absl::MakeSpan(buf), ReadPriority::kOnDemand).ok());
+  EXPECT_EQ(buf, blob_.substr(0, 4096));
+  uint64_t again = 0;
+  absl::Status st = src.VerifyWholeBlob(&again);
+  EXPECT_TRUE(st.ok()) << st;
+  EXPECT_GE(again, blob_.size()) << "the blob was not read again whole";
+  EXPECT_TRUE(src.VerifyWholeBlob().ok());
 }
 
 TEST_F(HttpBlobSourceTest, OutOfOrderBytesSpillInsteadOfBeingFetchedAgain) {
