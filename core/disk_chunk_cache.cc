@@ -407,8 +407,10 @@ void DiskChunkCache::ScanPacks(bool wait) {
       return;
     }
     f.index_end = *end;
-    if (*end == 0 && f.st.st_size == 0 && writer_dead) {
-      // Created by a process that died before writing to it.
+    if (*end == 0 && writer_dead) {
+      // Created by a process that died before indexing anything in it: its
+      // bytes, if any (a batch cut short by ENOSPC or a kill), are no
+      // chunk's, and nothing else would ever free them.
       unlink((PackPath(name) + ".pack").c_str());
       unlink((PackPath(name) + ".idx").c_str());
       return;

@@ -784,12 +784,18 @@ TEST(DiskChunkCachePackTest, LeftoversOfDeadWritersAreRemoved) {
   std::ofstream(dead + "-1-0.pack");
   std::ofstream(dead + "-1-0.idx");
   std::ofstream(dead + "-2-0.idx");  // its pack already unlinked
-  std::ofstream(live + "-1-0.pack");
+  // Bytes never indexed (a batch cut short by ENOSPC or a kill): no
+  // chunk's, counted nowhere, and were never freed.
+  std::ofstream(dead + "-3-0.pack") << std::string(600 << 10, 'x');
+  std::ofstream(dead + "-3-0.idx");
+  std::ofstream(live + "-1-0.pack") << std::string(1000, 'y');
   std::ofstream(live + "-1-0.idx");
   auto c = DiskChunkCache::Open(dir);
   ASSERT_TRUE(c.ok());
   EXPECT_NE(access((dead + "-1-0.idx").c_str(), F_OK), 0);
   EXPECT_NE(access((dead + "-2-0.idx").c_str(), F_OK), 0);
+  EXPECT_NE(access((dead + "-3-0.pack").c_str(), F_OK), 0);
+  EXPECT_NE(access((dead + "-3-0.idx").c_str(), F_OK), 0);
   EXPECT_EQ(CountFiles(dir + "/packs"), 2u) << "a live writer's stays";
 }
 
