@@ -111,8 +111,8 @@ void FillAdaptive(CachedLayer* layer, const std::vector<uint32_t>& chunks,
           (from - hashed) * 8 <= spans.back().end - from) {
         from = hashed;
       }
-      // Streams of about 20 s at the measured rate (a range request's time
-      // limit is 60 s), at least 64 MiB.
+      // Streams of about 20 s at the measured rate, at least 64 MiB (a
+      // broken one costs what it had left to bring again).
       const double measured = how.link_rate ? how.link_rate() : 0;
       const double rate = how.rate_cap != 0
                               ? std::min<double>(measured, how.rate_cap)

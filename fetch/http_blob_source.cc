@@ -938,7 +938,8 @@ absl::StatusOr<std::unique_ptr<BlobStream>> HttpBlobSource::OpenStream(
   std::string where;
   absl::StatusOr<std::unique_ptr<HttpBodyReader>> r =
       (background ? background_client_ : client_)
-          ->OpenBlobRange(blob_, offset, last, &where, StreamWeight(priority));
+          ->OpenBlobRange(blob_, offset, last, &where, StreamWeight(priority),
+                          /*reader_paced=*/true);
   absl::Status st = r.status();
   if (st.ok()) {
     budget_->OnHeaders(absl::Now() - sent);

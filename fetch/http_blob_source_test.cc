@@ -837,6 +837,40 @@ TEST_F(HttpBlobSourceTest, ABrokenBodyIsResumedOrFails) {
 
 // A stream is one GET however it is read, in blob order: its bytes extend
 // the whole-blob hash as they land, so the check reads nothing again.
+// A stream is read at its reader's pace: the range requests' time limit
+// does not count the time it waits for its reader (it timed out every 60 s,
+// reconnecting, and a rate-limited stream of 64 MiB could not finish).
+TEST_F(HttpBlobSourceTest,
+       AStreamWaitingForItsReaderOutlivesTheRangeTimeLimit) {
+  CurlHttpOptions ho;
+  ho.reader_window = 64 << 10;  // (so that the transfer does pause)
+  auto http = CurlHttpTransport::Create(ho);
+  ASSERT_TRUE(http.ok());
+  auto ref = ImageReference::Parse(
+      absl::StrCat("127.0.0.1:", server_->port(), "/test/blob:v1"));
+  ASSERT_TRUE(ref.ok());
+  RegistryOptions ro;
+  ro.http = http->get();
+  ro.hosts.plain_http = true;
+  ro.hosts.hosts_dir = "/nonexistent";
+  ro.range_timeout = absl::Seconds(1);
+  auto client = RegistryClient::Create(*ref, ro);
+  ASSERT_TRUE(client.ok()) << client.status();
+  HttpBlobSource src(std::shared_ptr<RegistryClient>(std::move(*client)),
+                     desc_);
+  auto stream = src.OpenStream(0, blob_.size(), ReadPriority::kBackground);
+  ASSERT_TRUE(stream.ok()) << stream.status();
+  std::string got(100000, '\0');
+  ASSERT_TRUE((*stream)->Read(absl::MakeSpan(got)).ok());
+  absl::SleepFor(absl::Milliseconds(2500));
+  std::string rest(blob_.size() - got.size(), '\0');
+  absl::Status st = (*stream)->Read(absl::MakeSpan(rest));
+  ASSERT_TRUE(st.ok()) << st;
+  EXPECT_EQ(got + rest, blob_);
+  absl::MutexLock l(&log_mu_);
+  EXPECT_EQ(log_.size(), 1u) << "the stream was cut and resumed";
+}
+
 TEST_F(HttpBlobSourceTest, AStreamIsOneRequestAndFeedsTheHash) {
   HttpBlobSource src(client_, desc_);
   auto stream = src.OpenStream(0, blob_.size(), ReadPriority::kBackground);

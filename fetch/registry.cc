@@ -448,7 +448,7 @@ absl::StatusOr<ImageConfig> RegistryClient::FetchConfig(
 
 absl::StatusOr<std::unique_ptr<HttpBodyReader>> RegistryClient::OpenBlobOnHost(
     const RegistryHost& h, const Descriptor& d, std::string* source,
-    const std::string& range, int stream_weight) {
+    const std::string& range, int stream_weight, absl::Duration timeout) {
   const std::string cache_key = absl::StrCat(d.digest.ToString(), "@", h.host);
   const int ok_status = range.empty() ? 200 : 206;
   std::vector<std::pair<std::string, std::string>> range_headers;
@@ -461,7 +461,7 @@ absl::StatusOr<std::unique_ptr<HttpBodyReader>> RegistryClient::OpenBlobOnHost(
   // own origin with its credentials (SendOnHost tells them apart).
   HttpRequest tmpl;
   tmpl.headers = range_headers;
-  tmpl.timeout = range.empty() ? absl::ZeroDuration() : absl::Seconds(60);
+  tmpl.timeout = timeout;
   tmpl.stream_weight = stream_weight;
   auto open_plain = [&](const std::string& url)
       -> absl::StatusOr<std::unique_ptr<HttpBodyReader>> {
@@ -495,9 +495,7 @@ absl::StatusOr<std::unique_ptr<HttpBodyReader>> RegistryClient::OpenBlobOnHost(
   const std::string suffix = absl::StrCat("/blobs/", d.digest.ToString());
   ASSIGN_OR_RETURN(
       std::unique_ptr<HttpBodyReader> r,
-      OpenOnHost(h, "GET", suffix, range_headers,
-                 range.empty() ? absl::ZeroDuration() : absl::Seconds(60),
-                 stream_weight));
+      OpenOnHost(h, "GET", suffix, range_headers, timeout, stream_weight));
   std::string url = absl::StrCat(h.BaseUrl(), "/", ref_.repository, suffix);
   const bool redirected = IsRedirect(r->response().status);
   RETURN_IF_ERROR(FollowRedirects(h, tmpl, PullScope(), &url, &r));
@@ -592,7 +590,7 @@ absl::StatusOr<std::unique_ptr<BlobReader>> RegistryClient::OpenBlob(
 
 absl::StatusOr<std::unique_ptr<HttpBodyReader>> RegistryClient::OpenBlobRange(
     const Descriptor& d, uint64_t first, uint64_t last, std::string* source,
-    int stream_weight) {
+    int stream_weight, bool reader_paced) {
   const std::string range = absl::StrCat("bytes=", first, "-", last);
   std::vector<std::pair<std::string, absl::Status>> errs;
   size_t pullers = 0;
@@ -610,8 +608,9 @@ absl::StatusOr<std::unique_ptr<HttpBodyReader>> RegistryClient::OpenBlobRange(
         continue;
       }
     }
-    absl::StatusOr<std::unique_ptr<HttpBodyReader>> r =
-        OpenBlobOnHost(h, d, source, range, stream_weight);
+    absl::StatusOr<std::unique_ptr<HttpBodyReader>> r = OpenBlobOnHost(
+        h, d, source, range, stream_weight,
+        reader_paced ? absl::ZeroDuration() : opts_.range_timeout);
     absl::Status st;
     if (!r.ok()) {
       st = r.status();

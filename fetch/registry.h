@@ -82,6 +82,9 @@ struct RegistryOptions {
   // How long range requests for a blob skip a mirror that failed one for
   // it, while a host after it can serve them (default 1 min).
   absl::Duration mirror_retry_after = absl::Minutes(1);
+  // An attempt of a range request may take this long in all (not one read
+  // at its reader's pace: see OpenBlobRange).
+  absl::Duration range_timeout = absl::Seconds(60);
 };
 
 struct FetchedManifest {
@@ -146,9 +149,13 @@ class RegistryClient {
   // NOT verified (a range cannot be): callers check them (chunk digests).
   // `*source` names where they came from (no signature).
   // `stream_weight`: HttpRequest::stream_weight of the request(s).
+  // `reader_paced`: the body is read at its reader's pace (a stream over
+  // much of the blob): no limit on an attempt's whole time, which would
+  // count the time it waits for its reader (the stall limit still holds);
+  // else an attempt has RegistryOptions::range_timeout.
   absl::StatusOr<std::unique_ptr<HttpBodyReader>> OpenBlobRange(
       const Descriptor& d, uint64_t first, uint64_t last, std::string* source,
-      int stream_weight = 0);
+      int stream_weight = 0, bool reader_paced = false);
 
   // --- Write side. The origin only; scope pull,push.
 
@@ -228,10 +235,12 @@ class RegistryClient {
   absl::Status Upload(const Descriptor& d, absl::string_view bytes,
                       const std::string& path);
   // Opens the blob on `h`, following a redirect (or a cached one).
-  // With `range` ("bytes=a-b"), a range request: the expected answer is 206.
+  // With `range` ("bytes=a-b"), a range request: the expected answer is 206;
+  // each attempt is limited to `timeout` (zero: no limit).
   absl::StatusOr<std::unique_ptr<HttpBodyReader>> OpenBlobOnHost(
       const RegistryHost& h, const Descriptor& d, std::string* source,
-      const std::string& range = "", int stream_weight = 0);
+      const std::string& range = "", int stream_weight = 0,
+      absl::Duration timeout = absl::ZeroDuration());
   absl::StatusOr<FetchedManifest> FetchManifestOnHost(
       const RegistryHost& h, absl::string_view selector);
   std::string CredentialKey(const RegistryHost& h) const;
