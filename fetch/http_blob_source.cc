@@ -873,12 +873,14 @@ absl::Status HttpBlobSource::CheckRangeAnswer(const HttpResponse& resp,
 class HttpBlobSource::BodyStream : public BlobStream {
  public:
   BodyStream(HttpBlobSource* source, std::unique_ptr<HttpBodyReader> body,
-             std::string where, uint64_t offset, uint64_t len)
+             std::string where, uint64_t offset, uint64_t len,
+             ReadPriority priority)
       : source_(source),
         body_(std::move(body)),
         where_(std::move(where)),
         pos_(offset),
-        end_(offset + len) {}
+        end_(offset + len),
+        priority_(priority) {}
 
   absl::Status Read(absl::Span<char> dst) override {
     if (!status_.ok()) return status_;
@@ -886,7 +888,7 @@ class HttpBlobSource::BodyStream : public BlobStream {
       return absl::OutOfRangeError("read past the end of a blob stream");
     }
     size_t landed = 0;
-    absl::StatusOr<size_t> got = body_->ReadInto(dst, [&](size_t n) {
+    const auto on_landed = [&](size_t n) {
       source_->ExtendHash(pos_ + landed,
                           absl::string_view(dst.data() + landed, n));
       landed += n;
@@ -895,7 +897,22 @@ class HttpBlobSource::BodyStream : public BlobStream {
         source_->stats_.bytes += n;
       }
       if (source_->budget_->Delivered(n)) source_->budget_->Notify();
-    });
+    };
+    absl::StatusOr<size_t> got = body_->ReadInto(dst, on_landed);
+    if (!got.ok() && !asked_again_ && HttpBlobSource::AskAgain(got.status())) {
+      asked_again_ = true;
+      const uint64_t at = pos_ + landed;
+      absl::StatusOr<std::unique_ptr<HttpBodyReader>> again =
+          source_->OpenRange(at, end_ - 1, priority_, /*reader_paced=*/true,
+                             &where_);
+      if (again.ok()) {
+        body_ = *std::move(again);
+        const size_t before = landed;
+        absl::StatusOr<size_t> more =
+            body_->ReadInto(dst.subspan(before), on_landed);
+        got = more.ok() ? absl::StatusOr<size_t>(before + *more) : more;
+      }
+    }
     if (got.ok() && *got != dst.size()) {
       got = absl::DataLossError(
           absl::StrCat(where_, ": the answer to bytes up to ", end_ - 1,
@@ -913,10 +930,12 @@ class HttpBlobSource::BodyStream : public BlobStream {
 
  private:
   HttpBlobSource* const source_;
-  const std::unique_ptr<HttpBodyReader> body_;
-  const std::string where_;
+  std::unique_ptr<HttpBodyReader> body_;
+  std::string where_;
   uint64_t pos_;
   const uint64_t end_;
+  const ReadPriority priority_;
+  bool asked_again_ = false;  // (once per stream)
   absl::Status status_;
 };
 
@@ -933,25 +952,42 @@ absl::StatusOr<std::unique_ptr<BlobStream>> HttpBlobSource::OpenStream(
     ++stats_.requests;
     ++stats_.requests_by_priority[Rank(priority)];
   }
-  const bool background = priority == ReadPriority::kBackground;
-  const absl::Time sent = absl::Now();
   std::string where;
   absl::StatusOr<std::unique_ptr<HttpBodyReader>> r =
-      (background ? background_client_ : client_)
-          ->OpenBlobRange(blob_, offset, last, &where, StreamWeight(priority),
-                          /*reader_paced=*/true);
-  absl::Status st = r.status();
-  if (st.ok()) {
-    budget_->OnHeaders(absl::Now() - sent);
-    st = CheckRangeAnswer((*r)->response(), where, offset, last);
-  }
-  if (!st.ok()) {
+      OpenRange(offset, last, priority, /*reader_paced=*/true, &where);
+  if (!r.ok()) {
     absl::MutexLock l(&mu_);
     ++stats_.failures;
-    return st;
+    return r.status();
   }
   return std::make_unique<BodyStream>(this, *std::move(r), std::move(where),
-                                      offset, len);
+                                      offset, len, priority);
+}
+
+absl::StatusOr<std::unique_ptr<HttpBodyReader>> HttpBlobSource::OpenRange(
+    uint64_t first, uint64_t last, ReadPriority priority, bool reader_paced,
+    std::string* where) {
+  const bool background = priority == ReadPriority::kBackground;
+  const absl::Time sent = absl::Now();
+  ASSIGN_OR_RETURN(std::unique_ptr<HttpBodyReader> r,
+                   (background ? background_client_ : client_)
+                       ->OpenBlobRange(blob_, first, last, where,
+                                       StreamWeight(priority), reader_paced));
+  budget_->OnHeaders(absl::Now() - sent);
+  RETURN_IF_ERROR(CheckRangeAnswer(r->response(), *where, first, last));
+  return r;
+}
+
+bool HttpBlobSource::AskAgain(const absl::Status& st) {
+  switch (st.code()) {
+    case absl::StatusCode::kUnauthenticated:
+    case absl::StatusCode::kPermissionDenied:
+    case absl::StatusCode::kInvalidArgument:
+    case absl::StatusCode::kNotFound:
+      return true;
+    default:
+      return false;
+  }
 }
 
 absl::Status HttpBlobSource::Fetch(uint64_t first, uint64_t last,
@@ -991,42 +1027,55 @@ absl::Status HttpBlobSource::Fetch(uint64_t first, uint64_t last,
     request.buf = buf;
   }
   std::string* out = buf.get();
-  ASSIGN_OR_RETURN(
-      const size_t got, r->ReadInto(absl::MakeSpan(*out), [&](size_t n) {
-        landed += n;
-        // In blob order, the bytes extend the running hash as they land;
-        // then readers may take them. The last ones wait for the request's
-        // end (`finished`): a read that takes a whole request finds it
-        // hashed, counted and let go.
-        HashLanded(first, absl::string_view(*out).substr(0, landed));
-        if (landed < want) {
-          absl::MutexLock l(&request.mu);
-          request.received = landed;
+  const auto on_landed = [&](size_t n) {
+    landed += n;
+    // In blob order, the bytes extend the running hash as they land;
+    // then readers may take them. The last ones wait for the request's
+    // end (`finished`): a read that takes a whole request finds it
+    // hashed, counted and let go.
+    HashLanded(first, absl::string_view(*out).substr(0, landed));
+    if (landed < want) {
+      absl::MutexLock l(&request.mu);
+      request.received = landed;
+    }
+    // A warm request lets the next one go once its rest
+    // takes about 1.5 round trips at its rate so far
+    // (measured over one round trip at least).
+    if (handing_off) {
+      const double t = absl::ToDoubleSeconds(absl::Now() - headers);
+      if (t >= rtt && static_cast<double>(want - landed) * t <=
+                          1.5 * rtt * static_cast<double>(landed)) {
+        handing_off = false;
+        absl::MutexLock l(&mu_);
+        if (!request.handed_off) {
+          request.handed_off = true;
+          --warm_streaming_;
+          AddWorkerIfNeeded();  // (for the next one, if all are busy)
         }
-        // A warm request lets the next one go once its rest
-        // takes about 1.5 round trips at its rate so far
-        // (measured over one round trip at least).
-        if (handing_off) {
-          const double t = absl::ToDoubleSeconds(absl::Now() - headers);
-          if (t >= rtt && static_cast<double>(want - landed) * t <=
-                              1.5 * rtt * static_cast<double>(landed)) {
-            handing_off = false;
-            absl::MutexLock l(&mu_);
-            if (!request.handed_off) {
-              request.handed_off = true;
-              --warm_streaming_;
-              AddWorkerIfNeeded();  // (for the next one, if all are busy)
-            }
-          }
-        }
-        bool wake = budget_->Delivered(n);
-        if (charged != 0) {
-          const uint64_t m = std::min<uint64_t>(charged, n);
-          charged -= m;
-          wake = budget_->Release(m) || wake;
-        }
-        if (wake) budget_->Notify();
-      }));
+      }
+    }
+    bool wake = budget_->Delivered(n);
+    if (charged != 0) {
+      const uint64_t m = std::min<uint64_t>(charged, n);
+      charged -= m;
+      wake = budget_->Release(m) || wake;
+    }
+    if (wake) budget_->Notify();
+  };
+  absl::StatusOr<size_t> read = r->ReadInto(absl::MakeSpan(*out), on_landed);
+  if (!read.ok() && landed > 0 && landed < want && AskAgain(read.status())) {
+    // (Refused where the transport resumed it: see AskAgain.)
+    const uint64_t before = landed;
+    absl::StatusOr<std::unique_ptr<HttpBodyReader>> again =
+        OpenRange(first + before, last, prio, /*reader_paced=*/false, &source);
+    if (again.ok()) {
+      r = *std::move(again);
+      absl::StatusOr<size_t> more =
+          r->ReadInto(absl::MakeSpan(*out).subspan(before), on_landed);
+      read = more.ok() ? absl::StatusOr<size_t>(before + *more) : more;
+    }
+  }
+  ASSIGN_OR_RETURN(const size_t got, read);
   if (got != want) {
     return absl::DataLossError(absl::StrCat(source, ": the answer to bytes ",
                                             first, "-", last, " has ", got,

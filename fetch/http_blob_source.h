@@ -52,6 +52,9 @@
 //    checked, so an answer that failed its check and was read again went
 //    in: on a mismatch the whole blob is read once more, alone, before it
 //    is called corrupt.
+//  - A body cut off and refused when the transport resumed it (a signed
+//    storage URL that expired meanwhile) is asked of the registry again,
+//    once, from where it stopped.
 //  - Every answer must be a 206 whose Content-Range is exactly the range
 //    asked for, with the blob's size as total, and whose body has exactly
 //    that length; anything else (a 200, a wrong Content-Range) fails the
@@ -212,6 +215,16 @@ class HttpBlobSource : public BlobSource {
   absl::Status CheckRangeAnswer(const HttpResponse& resp,
                                 const std::string& source, uint64_t first,
                                 uint64_t last) const;
+  // Opens [first, last] and checks the answer (CheckRangeAnswer).
+  absl::StatusOr<std::unique_ptr<HttpBodyReader>> OpenRange(
+      uint64_t first, uint64_t last, ReadPriority priority, bool reader_paced,
+      std::string* where);
+  // Whether a body cut off with `st` after some of it came is asked for
+  // again through the registry: the transport resumed it at the same URL and
+  // was refused (401/403, or 400/404 from some storages), as a signed
+  // storage URL that expired meanwhile is; the registry resolves a fresh
+  // one.
+  static bool AskAgain(const absl::Status& st);
 
   void WorkerLoop();
   // Starts another worker if a queued piece has none waiting for it.
