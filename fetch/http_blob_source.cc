@@ -899,7 +899,7 @@ class HttpBlobSource::BodyStream : public BlobStream {
       if (source_->budget_->Delivered(n)) source_->budget_->Notify();
     };
     absl::StatusOr<size_t> got = body_->ReadInto(dst, on_landed);
-    if (!got.ok() && !asked_again_ && HttpBlobSource::AskAgain(got.status())) {
+    if (!got.ok() && !asked_again_ && AskRegistryAgain(got.status())) {
       asked_again_ = true;
       const uint64_t at = pos_ + landed;
       absl::StatusOr<std::unique_ptr<HttpBodyReader>> again =
@@ -978,18 +978,6 @@ absl::StatusOr<std::unique_ptr<HttpBodyReader>> HttpBlobSource::OpenRange(
   return r;
 }
 
-bool HttpBlobSource::AskAgain(const absl::Status& st) {
-  switch (st.code()) {
-    case absl::StatusCode::kUnauthenticated:
-    case absl::StatusCode::kPermissionDenied:
-    case absl::StatusCode::kInvalidArgument:
-    case absl::StatusCode::kNotFound:
-      return true;
-    default:
-      return false;
-  }
-}
-
 absl::Status HttpBlobSource::Fetch(uint64_t first, uint64_t last,
                                    ReadPriority prio, Request& request) {
   const uint64_t want = last - first + 1;
@@ -1063,8 +1051,9 @@ absl::Status HttpBlobSource::Fetch(uint64_t first, uint64_t last,
     if (wake) budget_->Notify();
   };
   absl::StatusOr<size_t> read = r->ReadInto(absl::MakeSpan(*out), on_landed);
-  if (!read.ok() && landed > 0 && landed < want && AskAgain(read.status())) {
-    // (Refused where the transport resumed it: see AskAgain.)
+  if (!read.ok() && landed > 0 && landed < want &&
+      AskRegistryAgain(read.status())) {
+    // (Refused where the transport resumed it: see AskRegistryAgain.)
     const uint64_t before = landed;
     absl::StatusOr<std::unique_ptr<HttpBodyReader>> again =
         OpenRange(first + before, last, prio, /*reader_paced=*/false, &source);

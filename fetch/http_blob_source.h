@@ -219,12 +219,6 @@ class HttpBlobSource : public BlobSource {
   absl::StatusOr<std::unique_ptr<HttpBodyReader>> OpenRange(
       uint64_t first, uint64_t last, ReadPriority priority, bool reader_paced,
       std::string* where);
-  // Whether a body cut off with `st` after some of it came is asked for
-  // again through the registry: the transport resumed it at the same URL and
-  // was refused (401/403, or 400/404 from some storages), as a signed
-  // storage URL that expired meanwhile is; the registry resolves a fresh
-  // one.
-  static bool AskAgain(const absl::Status& st);
 
   void WorkerLoop();
   // Starts another worker if a queued piece has none waiting for it.

@@ -101,16 +101,49 @@ absl::Status CheckContentDigest(const HttpResponse& resp, const Digest& want,
   return absl::OkStatus();
 }
 
+}  // namespace
+
+bool AskRegistryAgain(const absl::Status& st) {
+  switch (st.code()) {
+    case absl::StatusCode::kUnauthenticated:
+    case absl::StatusCode::kPermissionDenied:
+    case absl::StatusCode::kInvalidArgument:
+    case absl::StatusCode::kNotFound:
+      return true;
+    default:
+      return false;
+  }
+}
+
+namespace {
+
 class VerifyingBlobReader : public BlobReader {
  public:
+  // `reopen` (may be empty): the blob's bytes from an offset on, asked of
+  // the registry again (AskRegistryAgain).
+  using Reopen = std::function<absl::StatusOr<std::unique_ptr<HttpBodyReader>>(
+      uint64_t from)>;
   VerifyingBlobReader(std::unique_ptr<HttpBodyReader> r, Descriptor d,
-                      std::string source)
-      : r_(std::move(r)), d_(std::move(d)), source_(std::move(source)) {}
+                      std::string source, Reopen reopen = nullptr)
+      : r_(std::move(r)),
+        d_(std::move(d)),
+        source_(std::move(source)),
+        reopen_(std::move(reopen)) {}
 
   absl::StatusOr<absl::string_view> Read(size_t n) override {
     if (!final_.ok()) return final_;
     if (done_) return absl::string_view();
     absl::StatusOr<absl::string_view> piece = r_->Read(n);
+    if (!piece.ok() && reopen_ && count_ > 0 &&
+        count_ < static_cast<uint64_t>(d_.size) &&
+        AskRegistryAgain(piece.status())) {
+      absl::StatusOr<std::unique_ptr<HttpBodyReader>> again = reopen_(count_);
+      reopen_ = nullptr;  // (once)
+      if (again.ok()) {
+        r_ = *std::move(again);
+        piece = r_->Read(n);
+      }
+    }
     if (!piece.ok()) {
       final_ = absl::Status(piece.status().code(),
                             absl::StrCat("blob ", d_.digest.ToString(), ": ",
@@ -152,6 +185,7 @@ class VerifyingBlobReader : public BlobReader {
   std::unique_ptr<HttpBodyReader> r_;
   const Descriptor d_;
   const std::string source_;
+  Reopen reopen_;
   Sha256 hash_;
   uint64_t count_ = 0;
   bool done_ = false;
@@ -528,8 +562,14 @@ absl::StatusOr<std::unique_ptr<BlobReader>> RegistryClient::OpenBlob(
             " bytes (Content-Length); its descriptor says ", d.size));
       }
     }
-    return std::unique_ptr<BlobReader>(
-        new VerifyingBlobReader(*std::move(r), d, source));
+    return std::unique_ptr<BlobReader>(new VerifyingBlobReader(
+        *std::move(r), d, source,
+        [this,
+         d](uint64_t from) -> absl::StatusOr<std::unique_ptr<HttpBodyReader>> {
+          std::string where;
+          return OpenBlobRange(d, from, static_cast<uint64_t>(d.size) - 1,
+                               &where, 0, /*reader_paced=*/true);
+        }));
   };
   for (const RegistryHost& h : hosts_) {
     if (!h.can_pull) continue;

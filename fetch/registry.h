@@ -117,6 +117,13 @@ class BlobReader : public ByteStream {
   virtual std::string source() const = 0;
 };
 
+// Whether a blob body cut off with `st` after some of it came should be
+// asked for again through the registry, from where it stopped: the transport
+// resumed it at the same URL and was refused (401/403, or 400/404 from some
+// storages), as a signed storage URL that expired meanwhile is; the registry
+// resolves a fresh one.
+bool AskRegistryAgain(const absl::Status& st);
+
 class RegistryClient {
  public:
   static absl::StatusOr<std::unique_ptr<RegistryClient>> Create(
