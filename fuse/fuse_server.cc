@@ -9,6 +9,7 @@
 #include <sys/vfs.h>
 #include <unistd.h>
 
+#include <cstring>
 #include <optional>
 #include <vector>
 
@@ -120,6 +121,12 @@ void FuseServer::Unmount() {
     return;
   }
   fuse_session_unmount(se_);
+  // libfuse leaves the mount when its connection was aborted (fusectl):
+  // a dead mount would stay there, answering ENOTCONN.
+  if (connection_ >= 0 && MountDeviceMinor(mountpoint_) == connection_ &&
+      umount2(mountpoint_.c_str(), MNT_DETACH) != 0) {
+    LogWarning("unmount ", mountpoint_, ": ", strerror(errno));
+  }
 }
 
 absl::Status FuseServer::Run(const std::function<void()>& before_unmount) {

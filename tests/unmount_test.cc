@@ -11,6 +11,7 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -162,6 +163,29 @@ TEST_F(UnmountTest, TheServerHoldsNoneOfItsCallersDescriptors) {
   EXPECT_NE(r.exit_code, 0);
   EXPECT_TRUE(absl::StrContains(r.err, "log file")) << r.err;
   EXPECT_FALSE(IsMountPoint(mp));
+}
+
+// A connection aborted through fusectl ends the server, which leaves no dead
+// mount behind (libfuse skips the unmount of an aborted connection: the
+// mount stayed, answering ENOTCONN, while the log said "unmounted").
+TEST_F(UnmountTest, AnAbortedConnectionLeavesNoDeadMount) {
+  const std::string mp = base_ + "/mnt-abort";
+  const pid_t pid = Mount(mp);
+  ASSERT_GT(pid, 0);
+  struct stat st;
+  ASSERT_EQ(stat(mp.c_str(), &st), 0);
+  const std::string abort_file =
+      absl::StrCat("/sys/fs/fuse/connections/", minor(st.st_dev), "/abort");
+  {
+    std::ofstream a(abort_file);
+    if (!a) GTEST_SKIP() << "SKIPPED: no fusectl (" << abort_file << ")";
+    a << "1";
+  }
+  for (int i = 0; i < 500 && kill(pid, 0) == 0; ++i) usleep(10000);
+  EXPECT_NE(kill(pid, 0), 0) << "the server outlived its aborted connection";
+  for (int i = 0; i < 100 && IsMountPoint(mp); ++i) usleep(10000);
+  EXPECT_FALSE(IsMountPoint(mp)) << "a dead mount stayed";
+  if (IsMountPoint(mp)) umount2(mp.c_str(), MNT_DETACH);
 }
 
 TEST_F(UnmountTest, OnlyLazypullMountsAreUnmounted) {
