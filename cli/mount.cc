@@ -288,6 +288,20 @@ int MountMain(int argc, char** argv) {
                     "anchor the layer's contents. Pass the layer's "
                     "containerd.io/snapshot/stargz/toc.digest, or "
                     "--insecure-skip-toc-verify to trust the blob as is"));
+  } else {
+    // Bad flag values are usage errors, said here rather than by the
+    // serving process (exit 1).
+    absl::Status st = CacheOptionsFromArgs(*args).status();
+    if (auto toc = args->Get("toc-digest"); st.ok() && toc) {
+      st = Digest::Parse(*toc).status();
+      if (!st.ok())
+        st = absl::InvalidArgumentError(
+            absl::StrCat("--toc-digest: ", st.message()));
+    }
+    if (!st.ok()) {
+      std::cerr << "lazypull mount: " << st.message() << "\n";
+      return 2;
+    }
   }
   if (args->Has("o") && args->GetOr("o", "") != "allow_other") {
     return Fail("mount",

@@ -188,6 +188,28 @@ TEST_F(UnmountTest, AnAbortedConnectionLeavesNoDeadMount) {
   if (IsMountPoint(mp)) umount2(mp.c_str(), MNT_DETACH);
 }
 
+// A --blob mount's bad flag values are usage errors (exit 2, as an image
+// mount's), said by the command before any serving process starts.
+TEST_F(UnmountTest, BadBlobMountFlagValuesAreUsageErrors) {
+  const std::string mp = base_ + "/mnt-flags";
+  mkdir(mp.c_str(), 0755);
+  for (const std::vector<std::string>& extra :
+       {std::vector<std::string>{"--toc-digest", "bogus"},
+        std::vector<std::string>{"--insecure-skip-toc-verify", "--cache-size",
+                                 "10Q"}}) {
+    std::vector<std::string> argv = {
+        LazypullBinary(), "mount",         "--blob", blob_, mp,
+        "--cache-dir",    base_ + "/cache"};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    RunResult r = ::lazypull::testing::Run(argv);
+    EXPECT_EQ(r.exit_code, 2) << extra[1] << ": " << r.err;
+    EXPECT_TRUE(absl::StrContains(
+        r.err, extra[0] == "--toc-digest" ? "--toc-digest" : "is not a size"))
+        << r.err;
+    EXPECT_FALSE(IsMountPoint(mp));
+  }
+}
+
 TEST_F(UnmountTest, OnlyLazypullMountsAreUnmounted) {
   const std::string tfs = base_ + "/tmpfs";
   mkdir(tfs.c_str(), 0755);
