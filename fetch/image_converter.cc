@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cstring>
 #include <map>
+#include <set>
 #include <utility>
 
 #include "absl/container/flat_hash_set.h"
@@ -18,6 +19,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/strip.h"
 #include "absl/time/time.h"
 #include "core/dir_tar.h"
 #include "core/errno_status.h"
@@ -187,6 +189,27 @@ const Member* Find(const std::vector<Member>& ms, absl::string_view key) {
     if (m.key == key) return &m;
   }
   return nullptr;
+}
+
+// The digest a descriptor object at `obj` names ("" if none).
+std::string DescriptorDigest(absl::string_view t, Span obj) {
+  absl::StatusOr<std::vector<Member>> ms = Members(t, obj);
+  const Member* d = ms.ok() ? Find(*ms, "digest") : nullptr;
+  if (d == nullptr) return "";
+  return std::string(absl::StripPrefix(
+      absl::StripSuffix(t.substr(d->value.begin, d->value.end - d->value.begin),
+                        "\""),
+      "\""));
+}
+
+// The digest the top-level "subject" of manifest JSON `t` names (an OCI 1.1
+// referrer's), or "".
+std::string SubjectDigest(absl::string_view t) {
+  absl::StatusOr<Span> root = RootObject(t, "manifest");
+  if (!root.ok()) return "";
+  absl::StatusOr<std::vector<Member>> ms = Members(t, *root);
+  const Member* subject = ms.ok() ? Find(*ms, "subject") : nullptr;
+  return subject == nullptr ? "" : DescriptorDigest(t, subject->value);
 }
 
 struct Edit {
@@ -625,9 +648,12 @@ class Converter {
     return lr;
   }
 
-  absl::StatusOr<Written> Manifest(const FetchedManifest& fm,
-                                   const Descriptor& from,
-                                   std::optional<Platform> platform) {
+  // `subjects`: manifests converted already, by old digest: a `subject`
+  // naming one of them names its new descriptor.
+  absl::StatusOr<Written> Manifest(
+      const FetchedManifest& fm, const Descriptor& from,
+      std::optional<Platform> platform,
+      const std::map<std::string, Descriptor>* subjects = nullptr) {
     ASSIGN_OR_RETURN(ImageManifest m, ParseImageManifest(fm.bytes));
     const std::string what = absl::StrCat("manifest ", from.digest.ToString());
     auto fail = [&](const absl::Status& s) {
@@ -752,6 +778,14 @@ class Converter {
         le.AppendTo(&edits);
       }
     }
+    if (const Member* subject = Find(top.members(), "subject");
+        subject != nullptr && subjects != nullptr) {
+      auto to = subjects->find(DescriptorDigest(fm.bytes, subject->value));
+      if (to != subjects->end()) {
+        RETURN_IF_ERROR(EditDescriptor(fm.bytes, subject->value, to->second,
+                                       false, &edits));
+      }
+    }
     top.AppendTo(&edits);
     Written w;
     w.bytes = ApplyEdits(fm.bytes, std::move(edits));
@@ -823,32 +857,54 @@ class Converter {
     // Children first; their new descriptors by old digest.
     std::vector<std::optional<Written>> children(idx.manifests.size());
     std::map<std::string, std::string> renamed;  // old digest -> new
+    std::map<std::string, Descriptor> subjects;  // old digest -> new one
     // An entry repeated (same digest and platform) is converted once: an
     // index of 2000 copies of one entry took 4002 requests.
     std::map<std::string, size_t> first_of;
+    std::vector<std::optional<FetchedManifest>> fetched(idx.manifests.size());
     for (size_t i = 0; i < idx.manifests.size(); ++i) {
       if (!keep[i]) continue;
       const Descriptor& d = idx.manifests[i];
       const std::string key = absl::StrCat(
           d.digest.ToString(), " ", d.platform ? d.platform->String() : "");
-      if (auto it = first_of.find(key); it != first_of.end()) {
-        children[i] = children[it->second];
-        continue;
-      }
+      if (first_of.count(key)) continue;
       first_of[key] = i;
       absl::StatusOr<FetchedManifest> child = src_->Manifest(d);
       if (!child.ok()) {
         return absl::Status(child.status().code(),
                             absl::StrCat(what, ": ", child.status().message()));
       }
-      Written w;
-      if (child->kind == ManifestKind::kIndex) {
-        ASSIGN_OR_RETURN(w, Index(*child, d, depth + 1));
-      } else {
-        ASSIGN_OR_RETURN(w, Manifest(*child, d, d.platform));
+      fetched[i] = *std::move(child);
+    }
+    // Referrers (an OCI 1.1 `subject`: signatures, SBOMs) of an entry of
+    // this index after it, whose new descriptor their subject then names.
+    std::set<std::string> listed;
+    for (size_t i = 0; i < idx.manifests.size(); ++i) {
+      if (fetched[i]) listed.insert(idx.manifests[i].digest.ToString());
+    }
+    for (bool referrers : {false, true}) {
+      for (size_t i = 0; i < idx.manifests.size(); ++i) {
+        if (!fetched[i] ||
+            listed.count(SubjectDigest(fetched[i]->bytes)) != referrers) {
+          continue;
+        }
+        const Descriptor& d = idx.manifests[i];
+        Written w;
+        if (fetched[i]->kind == ManifestKind::kIndex) {
+          ASSIGN_OR_RETURN(w, Index(*fetched[i], d, depth + 1));
+        } else {
+          ASSIGN_OR_RETURN(w, Manifest(*fetched[i], d, d.platform, &subjects));
+        }
+        renamed[d.digest.ToString()] = w.desc.digest.ToString();
+        subjects[d.digest.ToString()] = w.desc;
+        children[i] = std::move(w);
       }
-      renamed[d.digest.ToString()] = w.desc.digest.ToString();
-      children[i] = std::move(w);
+    }
+    for (size_t i = 0; i < idx.manifests.size(); ++i) {
+      if (!keep[i] || fetched[i]) continue;
+      const Descriptor& d = idx.manifests[i];
+      children[i] = children[first_of.at(absl::StrCat(
+          d.digest.ToString(), " ", d.platform ? d.platform->String() : ""))];
     }
     ASSIGN_OR_RETURN(Span root, RootObject(fm.bytes, what));
     ASSIGN_OR_RETURN(ObjectEdits top, ObjectEdits::Open(fm.bytes, root));

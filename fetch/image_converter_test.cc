@@ -755,6 +755,52 @@ TEST_F(ImageConverterTest, DescriptorsStartingWithUrlsAndData) {
   EXPECT_TRUE(absl::StrContains(w.tagged_bytes, "org.example.note"));
 }
 
+// An OCI 1.1 referrer in the index (a signature or SBOM whose `subject` is
+// an image manifest, listed before it) names the converted manifest: its
+// subject followed the rewrite (it named a manifest the destination lacks,
+// so registries filed it under nothing).
+TEST_F(ImageConverterTest, AReferrersSubjectFollowsTheManifest) {
+  FakeReader r;
+  SourceImage img = MakeImage(&r, {Input::kGzip});
+  Descriptor sbom = r.Add("application/spdx+json", "{\"spdx\":1}");
+  Descriptor empty = r.Add("application/vnd.oci.empty.v1+json", "{}");
+  const std::string referrer_json = absl::StrCat(
+      "{\"schemaVersion\":2,\"mediaType\":", Json(kOciManifestType),
+      ",\"artifactType\":\"application/spdx+json\",\"config\":",
+      DescJson(empty), ",\"layers\":[", DescJson(sbom),
+      "],\"subject\":", DescJson(img.manifest), "}");
+  Descriptor referrer = r.Add(kOciManifestType, referrer_json);
+  r.root = r.Add(
+      kOciIndexType,
+      absl::StrCat(
+          "{\"schemaVersion\":2,\"mediaType\":", Json(kOciIndexType),
+          ",\"manifests\":[",
+          DescJson(referrer, ",\"artifactType\":\"application/spdx+json\""),
+          ",",
+          DescJson(img.manifest,
+                   ",\"platform\":{\"architecture\":"
+                   "\"amd64\",\"os\":\"linux\"}"),
+          "]}"));
+  FakeWriter w;
+  absl::StatusOr<ImageConvertReport> rep = ConvertImage(&r, &w, Options());
+  ASSERT_TRUE(rep.ok()) << rep.status();
+  absl::StatusOr<ImageIndex> idx = ParseImageIndex(w.tagged_bytes);
+  ASSERT_TRUE(idx.ok()) << idx.status();
+  ASSERT_EQ(idx->manifests.size(), 2u);
+  const Descriptor& new_image = idx->manifests[1];
+  EXPECT_NE(new_image.digest, img.manifest.digest);
+  const std::string new_referrer =
+      w.manifests[idx->manifests[0].digest.ToString()];
+  EXPECT_TRUE(absl::StrContains(new_referrer, new_image.digest.ToString()))
+      << new_referrer;
+  EXPECT_TRUE(absl::StrContains(new_referrer,
+                                absl::StrCat("\"size\":", new_image.size)))
+      << new_referrer;
+  EXPECT_FALSE(absl::StrContains(new_referrer, img.manifest.digest.ToString()));
+  EXPECT_TRUE(absl::StrContains(new_referrer, "application/spdx+json"));
+  EXPECT_EQ(w.Blob(sbom.digest), "{\"spdx\":1}");
+}
+
 TEST_F(ImageConverterTest, IndexKeepsOnlyThePlatformAsked) {
   FakeReader r;
   MakeIndex(&r);
