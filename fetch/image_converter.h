@@ -15,7 +15,9 @@
 // kept as it was), and the manifest keeps its own fields (annotations,
 // subject, ...). An index keeps every platform (or only the one asked for)
 // with each entry's platform and annotations; a BuildKit attestation
-// entry's "vnd.docker.reference.digest" follows the manifest it describes.
+// entry's "vnd.docker.reference.digest", and an OCI 1.1 referrer's
+// `subject` naming an entry of the index, follow the manifest they describe;
+// Podman's zstd-instance mark on an entry follows its converted layers.
 //
 // Media types: eStargz layers are application/vnd.oci.image.layer.v1.tar+gzip
 // in an OCI manifest and application/vnd.docker.image.rootfs.diff.tar.gzip in
