@@ -24,6 +24,14 @@ absl::Status Fail(int err, absl::string_view op, absl::string_view display) {
 
 absl::Status SetNodeOwner(int dirfd, const std::string& name, uint64_t uid,
                           uint64_t gid, absl::string_view display) {
+  // (Refused, as the converter refuses them: a uid past 32 bits was cut to
+  // its low bits - 2^32+1000 became 1000, setuid and all - and 2^32-1 means
+  // "leave it" to chown, leaving root's.)
+  if (uid >= UINT32_MAX || gid >= UINT32_MAX) {
+    return absl::InvalidArgumentError(absl::StrCat("owner of \"", display,
+                                                   "\": uid ", uid, " / gid ",
+                                                   gid, ", beyond 32 bits"));
+  }
   const char* nm = name.empty() ? "." : name.c_str();
   const int flags = name.empty() ? 0 : AT_SYMLINK_NOFOLLOW;
   if (fchownat(dirfd, nm, static_cast<uid_t>(uid), static_cast<gid_t>(gid),

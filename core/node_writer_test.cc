@@ -4,8 +4,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cstdint>
 #include <cstdlib>
 #include <string>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
@@ -50,6 +52,35 @@ TEST(NodeWriterTest, SetNodeModeNeverFollowsASymlink) {
   absl::Status s = SetNodeMode(tree.get(), "missing", 0644, "missing");
   EXPECT_FALSE(s.ok());
   EXPECT_NE(std::string(s.message()).find("missing"), std::string::npos) << s;
+}
+
+// An owner past 32 bits is refused (it was cut to its low bits: 2^32+1000
+// became 1000; 2^32-1 means "leave it" to chown), as the converter refuses
+// it; one in range is applied.
+TEST(NodeWriterTest, OwnersBeyond32BitsAreRefused) {
+  const std::string dir = TempDir();
+  ScopedFd d(open(dir.c_str(), O_RDONLY | O_DIRECTORY));
+  ASSERT_TRUE(d.valid());
+  const int f = openat(d.get(), "f", O_WRONLY | O_CREAT, 0600);
+  ASSERT_GE(f, 0);
+  close(f);
+  for (auto [uid, gid] : {std::pair<uint64_t, uint64_t>{(1ull << 32) + 1000, 0},
+                          {0, (1ull << 32) + 7},
+                          {4294967295ull, 0}}) {
+    absl::Status st = SetNodeOwner(d.get(), "f", uid, gid, "f");
+    EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument)
+        << uid << " " << gid;
+    EXPECT_NE(std::string(st.message()).find("beyond 32 bits"),
+              std::string::npos)
+        << st;
+  }
+  // (Applied where chown to another user is allowed: not in a sandbox's
+  // user namespace.)
+  if (geteuid() == 0 && SetNodeOwner(d.get(), "f", 1000, 1000, "f").ok()) {
+    struct stat st;
+    ASSERT_EQ(fstatat(d.get(), "f", &st, 0), 0);
+    EXPECT_EQ(st.st_uid, 1000u);
+  }
 }
 
 }  // namespace

@@ -135,6 +135,11 @@ class Unpacker {
       }
       return absl::OkStatus();
     }
+    // A later entry at (or under) a path linked to a lower layer's file
+    // replaces that link too (it was made after merging, over this entry).
+    std::erase_if(out_.lower_hardlinks, [&](const auto& link) {
+      return link.first == path || absl::StartsWith(path, link.first + "/");
+    });
     ASSIGN_OR_RETURN(int pfd, Parent(comps));
     struct stat st;
     if (fstatat(pfd, base.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0) {

@@ -173,6 +173,25 @@ TEST_F(TarUnpackerTest, HardlinkToALowerLayerIsDeferred) {
   EXPECT_EQ(r->lower_hardlinks[0].second, "bin/bash");
 }
 
+// A later entry at (or under) a path linked to a lower layer's file wins,
+// as in tar: the deferred link was made over it after merging (the later
+// file's content was lost, a later directory removed).
+TEST_F(TarUnpackerTest, ALaterEntryReplacesADeferredHardlink) {
+  TarBuilder b;
+  b.Hardlink("h", "x");
+  b.File("h", "later entry wins");
+  b.Hardlink("g", "x");
+  b.Dir("g");
+  b.File("g/y", "y");
+  b.Hardlink("k", "x");  // (kept)
+  auto r = Unpack(b.Finish());
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_EQ(r->lower_hardlinks.size(), 1u);
+  EXPECT_EQ(r->lower_hardlinks[0].first, "k");
+  EXPECT_EQ(Read("h"), "later entry wins");
+  EXPECT_EQ(Read("g/y"), "y");
+}
+
 TEST_F(TarUnpackerTest, RefusesToClimbOut) {
   {
     TarBuilder b;
