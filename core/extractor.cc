@@ -99,6 +99,8 @@ class Extractor {
   absl::Status Run(const std::string& dir);
 
  private:
+  // What Run does once DIR is known empty.
+  absl::Status Write();
   // Opens the directory inode `ino` (already created) from its nearest open
   // ancestor (DirFds), opening each directory on the way without following
   // symlinks.
@@ -403,6 +405,29 @@ absl::Status Extractor::Run(const std::string& dir) {
                        "directory"));
     }
   }
+  absl::Status st = Write();
+  if (!st.ok()) {
+    // DIR is left empty, as it was (a disk that filled up left a partial
+    // tree - a file cut short, no attributes - and a second try was refused
+    // for DIR not being empty).
+    std::vector<std::string> names;
+    if (DIR* dp = fdopendir(dup(root_.get()))) {
+      rewinddir(dp);  // (a dup shares the offset the first listing left)
+      while (struct dirent* e = readdir(dp)) {
+        if (strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0) {
+          names.emplace_back(e->d_name);
+        }
+      }
+      closedir(dp);
+    }
+    for (const std::string& n : names) {
+      (void)RemoveTreeAt(root_.get(), n, absl::StrCat(dir, "/", n));
+    }
+  }
+  return st;
+}
+
+absl::Status Extractor::Write() {
   RETURN_IF_ERROR(MakeDirs());
   RETURN_IF_ERROR(WriteFiles());
   RETURN_IF_ERROR(MakeOthers());

@@ -34,7 +34,8 @@ struct ExtractOptions {
   int threads = 2;
 };
 
-// Extracts the layer into `dir`, which must be empty or not exist yet.
+// Extracts the layer into `dir`, which must be empty or not exist yet. On
+// failure (a chunk that does not verify, a full disk) `dir` is left empty.
 absl::Status ExtractLayer(const LayerReader& reader, const std::string& dir,
                           const ExtractOptions& options = {});
 

@@ -4,6 +4,7 @@
 // directory itself, after its mode had locked the user out).
 #include "core/extractor.h"
 
+#include <dirent.h>
 #include <grp.h>
 #include <stdlib.h>
 #include <sys/stat.h>
@@ -121,6 +122,41 @@ TEST(ExtractorTest, ZerosChunksBecomeHoles) {
   ASSERT_TRUE(statted);
   EXPECT_EQ(s.st_size, int64_t{1} << 36);
   EXPECT_LT(s.st_blocks, 64);  // a hole, not 64 GiB of zeros
+}
+
+// A failure part-way (here a chunk that does not verify) leaves DIR empty:
+// a partial tree (a file cut short, no attributes) stayed, and a second try
+// was refused for DIR not being empty.
+TEST(ExtractorTest, AFailureLeavesTheDirectoryEmpty) {
+  using namespace testing;
+  TestLayer t;
+  t.AddFile("a", std::string(3000, 'a'));
+  t.AddDir("d");
+  t.AddFile("d/b", RandomBytes(20000, 9));
+  TestBlob b = t.Build();
+  std::string blob = b.blob;
+  for (const TestChunk& c : b.chunks) {
+    if (c.name == "d/b") blob[(c.blob_offset + c.blob_end) / 2] ^= 0x55;
+  }
+  absl::StatusOr<std::unique_ptr<LayerReader>> r =
+      LayerReader::Open(std::make_shared<MemoryBlobSource>(blob), {});
+  ASSERT_TRUE(r.ok()) << r.status();
+  char tmpl[] = "/tmp/lazypull-extractor-fail.XXXXXX";
+  ASSERT_NE(mkdtemp(tmpl), nullptr);
+  const std::string dest = std::string(tmpl) + "/x";
+  absl::Status st = ExtractLayer(**r, dest, {});
+  int left = 0;
+  if (DIR* d = opendir(dest.c_str())) {
+    while (struct dirent* e = readdir(d)) {
+      if (std::string(e->d_name) != "." && std::string(e->d_name) != "..") {
+        ++left;
+      }
+    }
+    closedir(d);
+  }
+  (void)!std::system(absl::StrCat("rm -rf ", tmpl).c_str());
+  EXPECT_FALSE(st.ok());
+  EXPECT_EQ(left, 0) << "the failed extract left entries in its directory";
 }
 
 }  // namespace
