@@ -178,9 +178,21 @@ class LayerApplier {
         continue;
       }
       if (in_root) RETURN_IF_ERROR(RemoveTreeAt(rfd, n, path));
+      // Moving a directory to another parent writes its "..": one without
+      // owner write (a layer's 0555 /proc) is opened up for the move, for a
+      // user without CAP_DAC_OVERRIDE, then given its mode back.
+      const bool open_up = S_ISDIR(ss.st_mode) && (ss.st_mode & 0200) == 0 &&
+                           ss.st_uid == geteuid() && geteuid() != 0;
+      if (open_up) {
+        (void)fchmodat(sfd, n.c_str(), (ss.st_mode & 07777) | 0200,
+                       AT_SYMLINK_NOFOLLOW);
+      }
       if (renameat(sfd, n.c_str(), rfd, n.c_str()) != 0) {
         return ErrnoToStatus(errno,
                              absl::StrCat("move \"", path, "\" into place"));
+      }
+      if (open_up) {
+        (void)fchmodat(rfd, n.c_str(), ss.st_mode & 07777, AT_SYMLINK_NOFOLLOW);
       }
     }
     return absl::OkStatus();
