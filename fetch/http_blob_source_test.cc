@@ -27,6 +27,7 @@
 #include "fetch/curl_http.h"
 #include "fetch/reference.h"
 #include "fetch/testing/loopback_http_server.h"
+#include "fetch/testing/one_use_url_storage.h"
 #include "gtest/gtest.h"
 
 namespace lazypull {
@@ -877,40 +878,9 @@ TEST_F(HttpBlobSourceTest,
 // which the transport resumed at the same URL and got 403 for, is asked of
 // the registry again from where it stopped (it failed the read: EIO).
 TEST_F(HttpBlobSourceTest, ACutBodyWhoseSignedUrlExpiredIsAskedAgain) {
-  std::atomic<int> tokens{0}, registry_hits{0};
-  absl::Mutex used_mu;
-  std::set<std::string> used;
-  auto store = LoopbackHttpServer::Start([&](const TestRequest& q,
-                                             TestResponse* r) {
-    if (absl::StartsWith(q.path, "/v2/")) {
-      ++registry_hits;
-      r->status = 307;
-      r->headers.push_back(
-          {"Location", absl::StrCat("/store?t=", tokens.fetch_add(1))});
-      return;
-    }
-    const std::string t = q.query.count("t") ? q.query.at("t") : "";
-    {
-      absl::MutexLock l(&used_mu);
-      if (!used.insert(t).second) {
-        r->status = 403;
-        r->body = "<Error><Code>AccessDenied</Code></Error>";
-        return;
-      }
-    }
-    std::vector<std::string> ab =
-        absl::StrSplit(q.headers.at("range").substr(6), '-');
-    uint64_t a = 0, b = 0;
-    ASSERT_TRUE(absl::SimpleAtoi(ab[0], &a) && absl::SimpleAtoi(ab[1], &b));
-    r->status = 206;
-    r->headers.push_back({"Content-Range", absl::StrCat("bytes ", a, "-", b,
-                                                        "/", blob_.size())});
-    r->body = blob_.substr(a, b - a + 1);
-    if (t == "0") r->truncate_after = 300000;  // the first answer breaks off
-  });
-  ASSERT_TRUE(store.ok());
-  auto ref = ImageReference::Parse(
-      absl::StrCat("127.0.0.1:", (*store)->port(), "/test/blob:v1"));
+  auto store = testing::OneUseUrlStorage::Start(blob_, 300000);
+  ASSERT_TRUE(store.ok()) << store.status();
+  auto ref = ImageReference::Parse((*store)->host() + "/test/blob:v1");
   ASSERT_TRUE(ref.ok());
   auto fresh_client = [&]() -> std::shared_ptr<RegistryClient> {
     RegistryOptions ro;
@@ -927,21 +897,16 @@ TEST_F(HttpBlobSourceTest, ACutBodyWhoseSignedUrlExpiredIsAskedAgain) {
   absl::Status st = src.ReadAt(0, absl::MakeSpan(buf), ReadPriority::kOnDemand);
   ASSERT_TRUE(st.ok()) << st;
   EXPECT_TRUE(buf == blob_);
-  EXPECT_EQ(registry_hits.load(), 2) << "the registry was not asked again";
+  EXPECT_EQ((*store)->registry_hits(), 2) << "the registry was not asked again";
   // The same for a stream.
-  {
-    absl::MutexLock l(&used_mu);
-    used.clear();
-  }
-  tokens = 0;
-  registry_hits = 0;
+  (*store)->Reset();
   HttpBlobSource s2(fresh_client(), desc_);
   auto stream = s2.OpenStream(0, blob_.size(), ReadPriority::kBackground);
   ASSERT_TRUE(stream.ok()) << stream.status();
   std::string got(blob_.size(), '\0');
   st = (*stream)->Read(absl::MakeSpan(got));
   ASSERT_TRUE(st.ok()) << st;
-  EXPECT_EQ(registry_hits.load(), 2);
+  EXPECT_EQ((*store)->registry_hits(), 2);
   EXPECT_TRUE(got == blob_);
 }
 

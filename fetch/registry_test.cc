@@ -23,6 +23,7 @@
 #include "fetch/curl_http.h"
 #include "fetch/testing/loopback_http_server.h"
 #include "fetch/testing/oci_image.h"
+#include "fetch/testing/one_use_url_storage.h"
 #include "fetch/testing/registry_fixture.h"
 #include "fetch/testing/token_server.h"
 #include "gtest/gtest.h"
@@ -1270,45 +1271,11 @@ TEST_F(RegistryTest, AChallengesScopesGoToTheRealmOneByOne) {
 TEST_F(RegistryTest, ACutDownloadWhoseSignedUrlExpiredIsAskedAgain) {
   std::string blob(1 << 20, '\0');
   for (size_t i = 0; i < blob.size(); ++i) blob[i] = static_cast<char>(i * 7);
-  std::atomic<int> tokens{0}, registry_hits{0};
-  absl::Mutex used_mu;
-  std::set<std::string> used;
-  auto server = LoopbackHttpServer::Start([&](const TestRequest& q,
-                                              TestResponse* r) {
-    if (absl::StartsWith(q.path, "/v2/")) {
-      ++registry_hits;
-      r->status = 307;
-      r->headers.push_back(
-          {"Location", absl::StrCat("/store?t=", tokens.fetch_add(1))});
-      return;
-    }
-    const std::string t = q.query.count("t") ? q.query.at("t") : "";
-    {
-      absl::MutexLock l(&used_mu);
-      if (!used.insert(t).second) {
-        r->status = 403;
-        return;
-      }
-    }
-    auto range = q.headers.find("range");
-    if (range == q.headers.end()) {
-      r->body = blob;
-      r->truncate_after = 300000;  // the download breaks off
-      return;
-    }
-    std::vector<std::string> ab = absl::StrSplit(range->second.substr(6), '-');
-    uint64_t a = 0, b = 0;
-    ASSERT_TRUE(absl::SimpleAtoi(ab[0], &a) && absl::SimpleAtoi(ab[1], &b));
-    r->status = 206;
-    r->headers.push_back(
-        {"Content-Range", absl::StrCat("bytes ", a, "-", b, "/", blob.size())});
-    r->body = blob.substr(a, b - a + 1);
-  });
-  ASSERT_TRUE(server.ok());
+  auto server = testing::OneUseUrlStorage::Start(blob, 300000);
+  ASSERT_TRUE(server.ok()) << server.status();
   RegistryOptions o;
   o.hosts.plain_http = true;
-  auto c =
-      Client((*server)->url().substr(strlen("http://")) + "/team/app:v1", o);
+  auto c = Client((*server)->host() + "/team/app:v1", o);
   Descriptor d;
   d.digest = Sha256::Of(blob);
   d.size = static_cast<int64_t>(blob.size());
@@ -1322,7 +1289,8 @@ TEST_F(RegistryTest, ACutDownloadWhoseSignedUrlExpiredIsAskedAgain) {
     got.append(piece->data(), piece->size());
   }
   EXPECT_TRUE(got == blob);
-  EXPECT_EQ(registry_hits.load(), 2) << "the registry was not asked again";
+  EXPECT_EQ((*server)->registry_hits(), 2)
+      << "the registry was not asked again";
 }
 
 // A long-lived client (a mount) follows credentials that change under it:
