@@ -258,6 +258,40 @@ std::string Basename(const std::string& p) {
   return s == std::string::npos ? p : p.substr(s + 1);
 }
 
+// The name prefix of a pull's work directory inside DIR (DIR a mount point)
+// or, with DIR's name before it, beside DIR; the pull's pid follows.
+constexpr absl::string_view kWorkSuffix = ".lazypull-pull.";
+
+// Whether `name` is the work directory of a pull that is gone (killed: a
+// signal skips the clean-up) given its prefix.
+bool IsDeadWork(absl::string_view name, absl::string_view prefix) {
+  int pid = 0;
+  return absl::StartsWith(name, prefix) &&
+         absl::SimpleAtoi(name.substr(prefix.size()), &pid) && pid > 0 &&
+         kill(pid, 0) != 0 && errno == ESRCH;
+}
+
+// Whether the existing directory `dir` is the root of a mount (a rename
+// into or out of it fails with EXDEV: another filesystem, or a bind mount
+// of the same one). statx says so from Linux 5.8; before it, a device
+// other than the parent's.
+absl::StatusOr<bool> IsMountRoot(const std::string& dir) {
+  struct statx sx;
+  if (statx(AT_FDCWD, dir.c_str(), AT_SYMLINK_NOFOLLOW, STATX_INO, &sx) != 0) {
+    return ErrnoToStatus(errno, absl::StrCat("stat ", dir));
+  }
+  if (sx.stx_attributes_mask & STATX_ATTR_MOUNT_ROOT) {
+    return (sx.stx_attributes & STATX_ATTR_MOUNT_ROOT) != 0;
+  }
+  struct stat here, up;
+  if (stat(dir.c_str(), &here) != 0 || stat((dir + "/..").c_str(), &up) != 0) {
+    return ErrnoToStatus(errno, absl::StrCat("stat ", dir, " and its parent"));
+  }
+  return here.st_dev != up.st_dev || here.st_ino == up.st_ino;
+}
+
+// DIR is absent, or an empty directory but for the work directories of
+// killed pulls into it.
 absl::Status CheckTarget(const std::string& dir) {
   struct stat st;
   if (lstat(dir.c_str(), &st) != 0) {
@@ -274,7 +308,8 @@ absl::Status CheckTarget(const std::string& dir) {
   if (d == nullptr) return ErrnoToStatus(errno, absl::StrCat("read ", dir));
   bool empty = true;
   while (struct dirent* e = readdir(d)) {
-    if (strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0)
+    if (strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0 &&
+        !IsDeadWork(e->d_name, kWorkSuffix))
       empty = false;
   }
   closedir(d);
@@ -309,13 +344,21 @@ absl::StatusOr<PullResult> PullImage(RegistryClient* client,
   std::string dir = dir_in;
   while (dir.size() > 1 && dir.back() == '/') dir.pop_back();
   RETURN_IF_ERROR(CheckTarget(dir));
-  const std::string parent = Dirname(dir);
-  // The work directory beside DIR is named after it; a name too long to
-  // take the suffix within NAME_MAX (255) goes by its hash instead.
-  std::string stem = Basename(dir);
+  // The layers are staged and merged in a work directory on DIR's
+  // filesystem, so that they go into place by rename(2): beside DIR, named
+  // after it, or, when DIR is a mount point, inside it.
+  bool in_dir = false;
+  if (access(dir.c_str(), F_OK) == 0) {
+    ASSIGN_OR_RETURN(in_dir, IsMountRoot(dir));
+  }
+  const std::string parent = in_dir ? dir : Dirname(dir);
+  // A name too long to take the suffix within NAME_MAX (255) goes by its
+  // hash instead.
+  std::string stem = in_dir ? "" : Basename(dir);
   if (stem.size() > 200) stem = Sha256::Of(stem).Hex().substr(0, 16);
-  const std::string work =
-      absl::StrCat(parent, "/.", stem, ".lazypull-pull.", getpid());
+  const std::string stale_prefix =
+      in_dir ? std::string(kWorkSuffix) : absl::StrCat(".", stem, kWorkSuffix);
+  const std::string work = absl::StrCat(parent, "/", stale_prefix, getpid());
   ScopedFd parent_fd(open(parent.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
   if (!parent_fd.valid()) {
     return ErrnoToStatus(errno, absl::StrCat("open ", parent));
@@ -324,17 +367,10 @@ absl::StatusOr<PullResult> PullImage(RegistryClient* client,
   RETURN_IF_ERROR(RemoveTreeAt(parent_fd.get(), work_name, work));
   // Work directories of earlier pulls into DIR that were killed (a signal
   // skips the clean-up below) go too, once their process is gone.
-  const std::string stale_prefix = absl::StrCat(".", stem, ".lazypull-pull.");
   std::vector<std::string> stale;
   if (DIR* d = fdopendir(dup(parent_fd.get()))) {
     while (struct dirent* e = readdir(d)) {
-      const absl::string_view name = e->d_name;
-      int pid = 0;
-      if (absl::StartsWith(name, stale_prefix) &&
-          absl::SimpleAtoi(name.substr(stale_prefix.size()), &pid) && pid > 0 &&
-          kill(pid, 0) != 0 && errno == ESRCH) {
-        stale.emplace_back(name);
-      }
+      if (IsDeadWork(e->d_name, stale_prefix)) stale.emplace_back(e->d_name);
     }
     closedir(d);
   }
@@ -488,11 +524,12 @@ absl::StatusOr<PullResult> PullImage(RegistryClient* client,
   stop();
 
   // Into place: one rename (DIR absent or an empty directory) ...
-  if (rename(rootfs.c_str(), dir.c_str()) != 0) {
-    if (errno != EBUSY && errno != EXDEV) {
+  if (in_dir || rename(rootfs.c_str(), dir.c_str()) != 0) {
+    if (!in_dir && errno != EBUSY && errno != EXDEV) {
       return ErrnoToStatus(errno, absl::StrCat("rename ", rootfs, " to ", dir));
     }
-    // ... or, for a mount point, entry by entry plus the root's attributes.
+    // ... or, for a mount point (the work directory inside it), entry by
+    // entry plus the root's attributes.
     UnpackedLayer whole;
     whole.explicit_dirs.insert("");
     ApplyLayerOptions mo;

@@ -3,6 +3,7 @@
 // (owners, devices), and the merged root filesystem compared exactly.
 #include <dirent.h>
 #include <stdlib.h>
+#include <sys/mount.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
@@ -396,6 +397,44 @@ TEST_F(PullTest, WorkDirsOfKilledPullsAreRemoved) {
   struct stat st;
   EXPECT_NE(lstat(stale.c_str(), &st), 0) << "a killed pull's work dir stayed";
   EXPECT_EQ(lstat(live.c_str(), &st), 0);
+}
+
+// DIR a mount point - a tmpfs, or a bind mount of a directory on the same
+// filesystem as its parent: nothing can be renamed into it from beside it
+// (EXDEV), so the work directory is inside it, and a killed pull's work
+// directory there neither makes DIR "not empty" nor stays.
+TEST_F(PullTest, IntoAMountPoint) {
+  if (geteuid() != 0) GTEST_SKIP() << "mounts need root";
+  auto reg = StartRegistry();
+  ASSERT_NE(reg, nullptr);
+  Push(*reg, "os/base", {Layer1(), Layer2(), Layer3()});
+  const std::string parent = TestDir("mountpoints");
+  for (const std::string kind : {"tmpfs", "bind"}) {
+    SCOPED_TRACE(kind);
+    const std::string out = parent + "/" + kind;
+    ASSERT_EQ(mkdir(out.c_str(), 0700), 0);
+    const int m =
+        kind == "tmpfs"
+            ? mount("lazypull-test", out.c_str(), "tmpfs", 0, "mode=0700")
+            : mount(out.c_str(), out.c_str(), nullptr, MS_BIND, nullptr);
+    ASSERT_EQ(m, 0) << strerror(errno);
+    pid_t dead = fork();
+    if (dead == 0) _exit(0);
+    ASSERT_GT(dead, 0);
+    waitpid(dead, nullptr, 0);  // a pid whose process is gone
+    const std::string stale = absl::StrCat(out, "/.lazypull-pull.", dead);
+    ASSERT_EQ(mkdir(stale.c_str(), 0700), 0);
+    std::ofstream(stale + "/partial") << "x";
+    auto r = Pull({"--plain-http", reg->host() + "/os/base:v1", out});
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    ExpectTree(out, ExpectedTree());
+    struct stat st;
+    ASSERT_EQ(lstat(out.c_str(), &st), 0);
+    EXPECT_EQ(st.st_mode & 07777, 0755u) << "the image root's mode";
+    EXPECT_TRUE(Leftovers(out).empty());
+    EXPECT_TRUE(Leftovers(parent).empty());
+    EXPECT_EQ(umount2(out.c_str(), MNT_DETACH), 0) << strerror(errno);
+  }
 }
 
 // A target whose name is near NAME_MAX: the work directory beside it, named
