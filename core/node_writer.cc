@@ -170,9 +170,10 @@ absl::Status RemoveTreeAt(int parent, const std::string& name,
   }
   // A directory of ours without owner rwx (a layer's 0555 /proc) is opened
   // up first: a user without CAP_DAC_OVERRIDE could not list or empty it.
-  if (st.st_uid == geteuid() && (st.st_mode & 0700) != 0700) {
-    (void)fchmodat(parent, name.c_str(), (st.st_mode & 07777) | 0700,
-                   AT_SYMLINK_NOFOLLOW);
+  if (st.st_uid == geteuid() && (st.st_mode & 0700) != 0700 &&
+      fchmodat(parent, name.c_str(), (st.st_mode & 07777) | 0700,
+               AT_SYMLINK_NOFOLLOW) != 0) {
+    return Fail(errno, "chmod u+rwx", display);
   }
   int fd = openat(parent, name.c_str(),
                   O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);

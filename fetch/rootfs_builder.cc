@@ -183,16 +183,17 @@ class LayerApplier {
       // user without CAP_DAC_OVERRIDE, then given its mode back.
       const bool open_up = S_ISDIR(ss.st_mode) && (ss.st_mode & 0200) == 0 &&
                            ss.st_uid == geteuid() && geteuid() != 0;
-      if (open_up) {
-        (void)fchmodat(sfd, n.c_str(), (ss.st_mode & 07777) | 0200,
-                       AT_SYMLINK_NOFOLLOW);
+      if (open_up && fchmodat(sfd, n.c_str(), (ss.st_mode & 07777) | 0200,
+                              AT_SYMLINK_NOFOLLOW) != 0) {
+        return ErrnoToStatus(errno, absl::StrCat("chmod u+w \"", path, "\""));
       }
       if (renameat(sfd, n.c_str(), rfd, n.c_str()) != 0) {
         return ErrnoToStatus(errno,
                              absl::StrCat("move \"", path, "\" into place"));
       }
-      if (open_up) {
-        (void)fchmodat(rfd, n.c_str(), ss.st_mode & 07777, AT_SYMLINK_NOFOLLOW);
+      if (open_up && fchmodat(rfd, n.c_str(), ss.st_mode & 07777,
+                              AT_SYMLINK_NOFOLLOW) != 0) {
+        return ErrnoToStatus(errno, absl::StrCat("chmod \"", path, "\""));
       }
     }
     return absl::OkStatus();
