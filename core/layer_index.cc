@@ -180,6 +180,39 @@ absl::Status LayerIndexBuilder::FinishFile(size_t entry_index) {
   if (chunks.empty() || chunks[0].file_offset != 0) {
     return fail("its first chunk does not start at offset 0");
   }
+  // Legacy stargz (CRFS) gives chunks no digests, only the file its
+  // `digest`: a file of several chunks is one chunk here, its extent from
+  // the first chunk's member through the last one's (the file's data is
+  // contiguous in the tar stream the members make), checked against that
+  // digest - read whole, never served unverified.
+  const bool whole_file =
+      chunks.size() > 1 && f.digest.has_value() &&
+      std::none_of(chunks.begin(), chunks.end(),
+                   [](const Chunk& c) { return c.has_digest || c.zeros; });
+  if (whole_file) {
+    if (f.size <= chunks.back().file_offset) {
+      return fail(absl::StrCat("its last chunk starts at ",
+                               chunks.back().file_offset, ", past its size ",
+                               f.size));
+    }
+    for (size_t k = 1; k < chunks.size(); ++k) {
+      if (chunks[k].file_offset <= chunks[k - 1].file_offset ||
+          chunks[k].blob_offset <= chunks[k - 1].blob_offset) {
+        return fail(absl::StrCat("chunks are out of order at offset ",
+                                 chunks[k].file_offset));
+      }
+    }
+    idx_.chunks_.resize(f.first_chunk + 1);
+    end_offsets_[f.first_chunk] = end_offsets_.back();
+    end_offsets_.resize(f.first_chunk + 1);
+    Chunk& c = idx_.chunks_[f.first_chunk];
+    c.size = f.size;
+    c.digest = *f.digest;
+    c.has_digest = true;
+    f.num_chunks = 1;
+    open_file_ = UINT32_MAX;
+    return absl::OkStatus();
+  }
   for (size_t k = 0; k < chunks.size(); ++k) {
     Chunk& c = chunks[k];
     uint64_t end = k + 1 < chunks.size() ? chunks[k + 1].file_offset : f.size;

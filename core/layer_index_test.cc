@@ -622,6 +622,42 @@ TEST(LayerIndexTest, OneChunkFileWithOnlyAFileDigest) {
   ExpectInvalid(Build({first, ChunkEntry(100, 10)}), "chunkDigest");
 }
 
+// Legacy stargz (CRFS) writes no chunkDigest: a file of several chunks has
+// only its `digest`. It is indexed as one chunk checked against that digest,
+// its extent running from its first member to the next file's.
+TEST(LayerIndexTest, ChunksWithOnlyAFileDigestAreOneChunk) {
+  TocEntry first = Reg("big", 25, 100, 10);
+  first.chunk_digest.reset();
+  TocEntry second = ChunkEntry(200, 10, 10);
+  second.chunk_digest.reset();
+  TocEntry third = ChunkEntry(300, 20);
+  third.chunk_digest.reset();
+  TocEntry next = Reg("next", 5, 400);
+  absl::StatusOr<LayerIndex> idx = Build({first, second, third, next});
+  ASSERT_TRUE(idx.ok()) << idx.status();
+  ASSERT_EQ(idx->chunks().size(), 2u);
+  const Chunk& c = idx->chunks()[0];
+  EXPECT_EQ(c.file_offset, 0u);
+  EXPECT_EQ(c.size, 25u);
+  EXPECT_EQ(c.blob_offset, 100u);
+  EXPECT_EQ(c.blob_end, 400u);
+  EXPECT_TRUE(c.has_digest);
+  EXPECT_EQ(c.digest, *first.digest);
+  const Inode& big = idx->inode(MustResolve(*idx, "big"));
+  EXPECT_EQ(big.num_chunks, 1u);
+  EXPECT_EQ(big.size, 25u);
+  EXPECT_EQ(idx->chunks()[1].blob_offset, 400u);
+  EXPECT_EQ(idx->chunks()[big.first_chunk + 1].inode,
+            MustResolve(*idx, "next"));
+  // Without the file's digest, or with chunks out of order, it is refused.
+  TocEntry undigested = first;
+  undigested.digest.reset();
+  ExpectInvalid(Build({undigested, second, third}), "chunkDigest");
+  TocEntry back = third;
+  back.offset = 150;
+  ExpectInvalid(Build({first, second, back}), "out of order");
+}
+
 TEST(LayerIndexTest, ExtentsEndAtTheNextDistinctOffset) {
   TocEntry shared = Reg("c", 5, 200);
   shared.inner_offset = 1024;

@@ -283,6 +283,59 @@ TEST_P(SynthesizedTest, OpenReadAndVerify) {
   EXPECT_EQ(v2->diff_id, t.diff_id);
 }
 
+// A legacy stargz layer as CRFS wrote it: the 47-byte footer and no
+// chunkDigest anywhere, only each file's `digest`. A file of several chunks
+// is read whole and checked against that digest: served when it matches,
+// DataLoss (never a byte) when it does not.
+TEST(LayerReaderTest, CrfsFilesOfSeveralChunksAreCheckedWhole) {
+  const std::string big = RandomBytes(300 << 10, 7);
+  const TestBlob t = TestLayer()
+                         .AddFile("small", "one chunk")
+                         .AddFile("big.bin", big, 64 << 10)
+                         .AddFile("after", "the next file")
+                         .Build();
+  std::string toc = t.toc_json;
+  // Each `"chunkDigest": "..."` goes with the comma before it.
+  for (size_t at; (at = toc.find("\"chunkDigest\"")) != std::string::npos;) {
+    const size_t from = toc.rfind(',', at);
+    const size_t value = toc.find('"', at + 14);
+    toc.erase(from, toc.find('"', value + 1) + 1 - from);
+  }
+  ASSERT_FALSE(absl::StrContains(toc, "chunkDigest"));
+  auto open = [&](const std::string& toc_json) {
+    const std::string blob =
+        t.payload + ::lazypull::testing::EstargzTocMember(toc_json) +
+        ::lazypull::testing::LegacyStargzFooter(t.payload.size());
+    LayerOpenOptions opts;
+    opts.toc_digest = Sha256::Of(toc_json);
+    return OpenSource(std::make_shared<MemoryBlobSource>(blob), opts);
+  };
+  absl::StatusOr<std::unique_ptr<LayerReader>> r = open(toc);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ((*r)->format(), LayerFormat::kStargzLegacy);
+  const LayerIndex& idx = (*r)->index();
+  EXPECT_EQ(idx.FileChunks(*idx.Resolve("big.bin")).size(), 1u);
+  EXPECT_TRUE(ReadFile(**r, "big.bin").value() == big);
+  EXPECT_EQ(ReadFile(**r, "small").value(), "one chunk");
+  EXPECT_EQ(ReadFile(**r, "after").value(), "the next file");
+  absl::StatusOr<VerifyResult> v = VerifyLayer(**r);
+  ASSERT_TRUE(v.ok()) << v.status();
+  EXPECT_EQ(v->chunks_verified, 3u);
+  EXPECT_EQ(v->files_verified, 3u);
+
+  // The same layer whose TOC gives big.bin another file's digest.
+  const std::string theirs = Sha256::Of(big).ToString();
+  std::string lying = toc;
+  lying.replace(lying.find(theirs), theirs.size(),
+                Sha256::Of("not big").ToString());
+  absl::StatusOr<std::unique_ptr<LayerReader>> bad = open(lying);
+  ASSERT_TRUE(bad.ok()) << bad.status();
+  absl::StatusOr<std::string> got = ReadFile(**bad, "big.bin");
+  ASSERT_FALSE(got.ok());
+  EXPECT_EQ(got.status().code(), absl::StatusCode::kDataLoss) << got.status();
+  EXPECT_THAT(std::string(got.status().message()), HasSubstr("big.bin"));
+}
+
 TEST_P(SynthesizedTest, TailReadCanCoverTheToc) {
   const TestBlob t = Build();
   auto src = std::make_shared<MemoryBlobSource>(t.blob);
