@@ -115,6 +115,14 @@ void FinishBlock(std::string* b) {
 
 bool KeepXattr(absl::string_view name) {
   if (name == "security.selinux") return false;
+  // Overlayfs' own state on an upper or lower directory of the host (opaque,
+  // origin, redirect, metacopy: a metacopy file's data is in another layer)
+  // means nothing in an image, and a layer holding it would be read by the
+  // overlay it is mounted in.
+  if (absl::StartsWith(name, "trusted.overlay.") ||
+      absl::StartsWith(name, "user.overlay.")) {
+    return false;
+  }
   return absl::StartsWith(name, "user.") ||
          absl::StartsWith(name, "trusted.") ||
          absl::StartsWith(name, "security.");
