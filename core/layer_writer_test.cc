@@ -20,6 +20,7 @@
 #include "core/layer_verifier.h"
 #include "core/memory_blob_source.h"
 #include "core/testing/tar_builder.h"
+#include "core/testing/test_layer.h"
 #include "core/toc.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -370,6 +371,60 @@ TEST(LayerWriterTest, GnuInput) {
     ASSERT_TRUE(ino.has_value()) << path;
     EXPECT_TRUE(ReadFile(*r, *ino) == content) << path;
   }
+}
+
+// What the eStargz reference (Go's archive/tar under it) writes, and what
+// verify must take as it is: a hardlink naming another hardlink ("usr" ->
+// "k" -> "data": the TOC keeps the names), a time with a fraction (the
+// reference's TOC rounds it to the nearest second, its tar stream keeps the
+// fraction) and a LIBARCHIVE.xattr.* record (not an xattr to Go: neither to
+// the TOC nor to containerd's unpack).
+TEST(LayerWriterTest, WhatTheReferenceWritesVerifies) {
+  TarBuilder b;
+  b.File("data", "bytes");
+  b.Hardlink("k", "data");
+  b.Hardlink("usr", "k");
+  TarSpec f;
+  f.name = "f";
+  f.content = "x";
+  f.pax_mtime = "1600000000.6";
+  f.pax_records = {{"LIBARCHIVE.xattr.user.foo", "YmFy"}};
+  b.Add(f);
+  LayerWriterOptions o;
+  Written w = Write(b.Finish(), o);
+  std::unique_ptr<LayerReader> r = Open(w);
+  ASSERT_NE(r, nullptr);
+  absl::StatusOr<VerifyResult> v = VerifyLayer(*r);
+  ASSERT_TRUE(v.ok()) << v.status();
+  const LayerIndex& idx = r->index();
+  EXPECT_EQ(idx.Resolve("usr"), idx.Resolve("data"));
+  EXPECT_TRUE(idx.Xattrs(*idx.Resolve("f")).empty());
+
+  // The TOC as the reference writes it: whole seconds, rounded.
+  const std::string json = TocJson(w, Compression::kGzip);
+  auto verify_with = [&](absl::string_view from, absl::string_view to) {
+    std::string edited = json;
+    const size_t at = edited.find(std::string(from));
+    EXPECT_NE(at, std::string::npos) << from << " in " << json;
+    if (at == std::string::npos) return absl::UnknownError("no such text");
+    edited.replace(at, from.size(), std::string(to));
+    absl::StatusOr<std::unique_ptr<LayerReader>> e = LayerReader::Open(
+        std::make_shared<MemoryBlobSource>(testing::AssembleEstargz(
+            absl::string_view(w.blob).substr(0, w.result.toc_offset), edited)),
+        {});
+    if (!e.ok()) return e.status();
+    return VerifyLayer(**e).status();
+  };
+  const std::string ours = "2020-09-13T12:26:40.6Z";
+  EXPECT_TRUE(verify_with(ours, "2020-09-13T12:26:41Z").ok());
+  EXPECT_TRUE(verify_with(ours, "2020-09-13T12:26:40Z").ok());
+  absl::Status s = verify_with(ours, "2020-09-13T12:26:42Z");
+  EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss) << s;
+  EXPECT_THAT(std::string(s.message()), HasSubstr("(mtime)"));
+  // A TOC linking "usr" to another file than the tar's chain is refused.
+  s = verify_with("\"linkName\": \"k\"", "\"linkName\": \"f\"");
+  EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss) << s;
+  EXPECT_THAT(std::string(s.message()), HasSubstr("hardlink target"));
 }
 
 std::vector<std::string> TocNames(const std::string& json) {

@@ -90,31 +90,6 @@ bool ParsePaxUint(absl::string_view s, uint64_t* out) {
   return absl::SimpleAtoi(s, out);
 }
 
-// LIBARCHIVE.xattr names are URL-encoded (%XX).
-bool UrlDecode(absl::string_view in, std::string* out) {
-  out->clear();
-  for (size_t i = 0; i < in.size(); ++i) {
-    if (in[i] != '%') {
-      out->push_back(in[i]);
-      continue;
-    }
-    if (i + 2 >= in.size()) return false;
-    int v = 0;
-    for (size_t k = 1; k <= 2; ++k) {
-      char c = in[i + k];
-      int d = absl::ascii_isdigit(c)   ? c - '0'
-              : (c >= 'a' && c <= 'f') ? c - 'a' + 10
-              : (c >= 'A' && c <= 'F') ? c - 'A' + 10
-                                       : -1;
-      if (d < 0) return false;
-      v = v * 16 + d;
-    }
-    out->push_back(static_cast<char>(v));
-    i += 2;
-  }
-  return true;
-}
-
 void SetXattr(std::vector<std::pair<std::string, std::string>>* xattrs,
               std::string name, std::string value) {
   for (auto& kv : *xattrs) {
@@ -167,14 +142,10 @@ absl::Status ParsePax(absl::string_view data, uint64_t offset,
     }
     if (absl::StartsWith(key, "SCHILY.xattr.")) {
       SetXattr(&out->xattrs, std::string(key.substr(13)), std::string(value));
-    } else if (absl::StartsWith(key, "LIBARCHIVE.xattr.")) {
-      std::string name, decoded;
-      if (!UrlDecode(key.substr(17), &name) ||
-          !absl::Base64Unescape(value, &decoded)) {
-        return bad(absl::StrCat("malformed record ", key.substr(0, 200)));
-      }
-      SetXattr(&out->xattrs, std::move(name), std::move(decoded));
     } else {
+      // LIBARCHIVE.xattr.* among them: Go's archive/tar, containerd's and
+      // containers/storage's unpack and the eStargz writer read xattrs from
+      // SCHILY.xattr.* only (libarchive writes both).
       out->values[std::string(key)] = std::string(value);
     }
   }

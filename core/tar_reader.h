@@ -2,8 +2,9 @@
 //
 // Formats: POSIX ustar (name prefix), GNU (././@LongLink 'L' / 'K' records,
 // base-256 numbers), PAX ('x' records: path, linkpath, size, uid, gid, uname,
-// gname, mtime with a fraction, SCHILY.xattr.*, LIBARCHIVE.xattr.*,
-// SCHILY.devmajor/devminor) and old V7 headers. A PAX 'g' global header is
+// gname, mtime with a fraction, SCHILY.xattr.*, SCHILY.devmajor/devminor;
+// LIBARCHIVE.xattr.* is not read, as Go's archive/tar - containerd, the
+// eStargz writer - does not) and old V7 headers. A PAX 'g' global header is
 // skipped: its records are not applied (as the eStargz reference does) and
 // its blocks are not part of any entry.
 //
@@ -91,8 +92,8 @@ struct TarHeader {
   uint32_t mtime_nsec = 0;
   uint64_t dev_major = 0;
   uint64_t dev_minor = 0;
-  // Extended attributes in the order the records appeared; values are raw
-  // bytes (LIBARCHIVE.xattr values are base64-decoded, names URL-decoded).
+  // Extended attributes (SCHILY.xattr.*) in the order the records appeared;
+  // values are raw bytes.
   std::vector<std::pair<std::string, std::string>> xattrs;
   uint64_t size = 0;  // payload length (0 for header-only types)
   // The header blocks exactly as read (GNU long-name and PAX extension

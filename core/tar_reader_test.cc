@@ -150,8 +150,9 @@ TEST(TarReaderTest, PaxRecords) {
   EXPECT_THAT(h.xattrs,
               ::testing::UnorderedElementsAre(
                   Pair("user.comment", "hi"),
-                  Pair("security.capability", std::string("\0\xff", 2)),
-                  Pair("user.a=b", std::string("v\0w", 3))));
+                  Pair("security.capability", std::string("\0\xff", 2))));
+  // LIBARCHIVE.xattr.user.a%3Db is not an xattr: Go's archive/tar (the
+  // eStargz writer, containerd's unpack) reads SCHILY.xattr.* only.
   // The raw bytes include the PAX header.
   EXPECT_GT(h.raw.size(), 1024u);
   EXPECT_EQ(h.data_offset, h.header_offset + h.raw.size());
